@@ -1,0 +1,93 @@
+/* stats — the daemon's counters and live object counts.
+ *
+ * One stats_t is embedded in struct daemon; every module that creates objects
+ * gets a borrowed pointer to it. Object counts are "created - destroyed" for
+ * each heap type, so a leak of any type shows up as a count that never returns
+ * to its baseline. Everything runs on the loop thread: plain integers suffice.
+ */
+#ifndef FETCHD_STATS_H
+#define FETCHD_STATS_H
+
+#include <stdint.h>
+
+/* X(ENUM, metrics label) — one per heap object type. */
+#define STATS_OBJ_MAP(X)          \
+    X(CONN, "conn")               \
+    X(JOB, "job")                 \
+    X(ORIGIN, "origin")           \
+    X(DNS_ENTRY, "dns_entry")     \
+    X(BUFFER, "buffer")           \
+    X(REQUEST, "request")         \
+    X(TLS_CONTEXT, "tls_context") \
+    X(TLS_SESSION, "tls_session")
+
+typedef enum stats_obj {
+#define X(e, label) STATS_OBJ_##e,
+    STATS_OBJ_MAP(X)
+#undef X
+        STATS_OBJ__COUNT
+} stats_obj_t;
+
+/* X(ENUM, metrics label) — why a connection was closed. */
+#define STATS_CLOSE_MAP(X)              \
+    X(CONNECT_FAILED, "connect_failed") \
+    X(NOT_REUSABLE, "not_reusable")     \
+    X(ERROR, "error")                   \
+    X(IDLE_TIMEOUT, "idle_timeout")     \
+    X(PEER_CLOSED, "peer_closed")       \
+    X(CANCELLED, "cancelled")           \
+    X(POOL_FULL, "pool_full")           \
+    X(SHUTDOWN, "shutdown")
+
+typedef enum stats_close {
+#define X(e, label) STATS_CLOSE_##e,
+    STATS_CLOSE_MAP(X)
+#undef X
+        STATS_CLOSE__COUNT
+} stats_close_t;
+
+typedef enum stats_result {
+    STATS_RESULT_DONE,
+    STATS_RESULT_FAILED,
+    STATS_RESULT_CANCELLED,
+    STATS_RESULT__COUNT
+} stats_result_t;
+
+/* Upper bounds (seconds) of the fetch-duration histogram buckets; +Inf is implied. */
+#define STATS_DURATION_BUCKETS                                               \
+    {                                                                        \
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300 \
+    }
+#define STATS_NDURATION 14
+
+typedef struct stats {
+    int64_t objects[STATS_OBJ__COUNT]; /* live instances */
+    uint64_t conns_opened;
+    uint64_t conns_closed[STATS_CLOSE__COUNT];
+    uint64_t conn_reuses;
+    uint64_t received_bytes;
+    uint64_t jobs_finished[STATS_RESULT__COUNT];
+    uint64_t retries;
+    uint64_t redirects;
+    uint64_t duration_buckets[STATS_NDURATION]; /* non-cumulative */
+    uint64_t duration_count;
+    double duration_sum;
+} stats_t;
+
+void stats_init(stats_t *s);
+
+static inline void stats_obj_created(stats_t *s, stats_obj_t t)
+{
+    s->objects[t]++;
+}
+
+/* Asserts the count stays non-negative: a destroy without a create is a bug. */
+void stats_obj_destroyed(stats_t *s, stats_obj_t t);
+
+void stats_observe_duration(stats_t *s, double seconds);
+
+const char *stats_obj_label(stats_obj_t t);
+const char *stats_close_label(stats_close_t r);
+const char *stats_result_label(stats_result_t r);
+
+#endif
