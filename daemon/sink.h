@@ -1,0 +1,112 @@
+/* sink — where a response body goes: discarded, into a file, or into memory,
+ * optionally through SHA-256.
+ *
+ * A file sink writes to a temporary name beside the final path, with
+ * asynchronous writes on libuv's thread pool at explicit offsets, and renames
+ * the file into place only on sink_commit(); sink_abort() removes it, so a
+ * failed job never leaves a partial file.
+ *
+ * Ownership: a sink_t is embedded in its job (which owns it). While a write is
+ * in flight the sink holds a reference to the buf_t the bytes live in. The
+ * owner must keep the sink alive until the callback of sink_commit() or
+ * sink_abort() has run; sink_dispose() then releases what is left.
+ */
+#ifndef FETCHD_SINK_H
+#define FETCHD_SINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <mbedtls/sha256.h>
+#include <uv.h>
+
+#include "buf.h"
+
+typedef enum sink_kind { SINK_DISCARD, SINK_FILE, SINK_MEMORY } sink_kind_t;
+
+typedef struct sink sink_t;
+
+/* status is 0 or a negative fetchd error. */
+typedef void (*sink_cb)(sink_t *s, int status);
+
+typedef struct sink_write_req sink_write_req_t;
+
+struct sink {
+    sink_kind_t kind;         /* read-only */
+    uint64_t bytes;           /* read-only: body bytes accepted so far */
+    int want_sha256;          /* read-only */
+    unsigned char sha256[32]; /* read-only: valid after sink_commit() succeeded */
+    void *data;               /* public: the owner's */
+    /* memory sink */
+    char *mem;        /* owned; the body so far (NUL-terminated) */
+    size_t mem_len;   /* read-only */
+    size_t mem_limit; /* read-only */
+    /* file sink */
+    char *path;     /* owned: final path */
+    char *tmp_path; /* owned: temporary path while writing */
+    /* private */
+    uv_loop_t *loop; /* borrowed */
+    stats_t *stats;  /* borrowed */
+    mbedtls_sha256_context sha;
+    uv_file fd;
+    size_t mem_cap; /* bytes allocated at mem */
+    int digested;   /* sha256[] holds the final digest */
+    int error;      /* first write error, reported by commit */
+    unsigned writes_in_flight;
+    uint64_t bytes_in_flight;
+    sink_write_req_t *free_reqs; /* owned */
+    int finishing;               /* 0, or 1 commit / 2 abort, waiting for writes */
+    sink_cb finish_cb;
+    sink_cb on_drain; /* public, optional: a write completed while no commit
+                         or abort was pending; check sink_pending() */
+    uv_fs_t fs;       /* fsync / close / rename / unlink chain */
+};
+
+/* Sets the sink up as a discard sink (the default). Never fails. */
+void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256);
+
+/* Makes s a memory sink that accepts at most limit bytes; more makes
+ * sink_write() fail with ERR_BODY_TOO_LARGE. */
+void sink_set_memory(sink_t *s, size_t limit);
+
+/* Makes s a file sink that will end up at path (an absolute path the caller
+ * has already confined to the download directory). Opens the temporary file
+ * path + ".fetchd-part-<tag>" now (O_CREAT|O_EXCL|O_NOFOLLOW, 0644) with a
+ * synchronous open. Returns 0, ERR_IO (with errno text logged) or
+ * ERR_NO_MEMORY. */
+int sink_open_file(sink_t *s, const char *path, const char *tag);
+
+/* Feeds len body bytes at `at`, which lie inside b (a file sink takes a
+ * reference on b while it writes them). Returns 0, ERR_BODY_TOO_LARGE (memory
+ * sink over its limit), ERR_IO (an earlier write failed) or ERR_NO_MEMORY. */
+int sink_write(sink_t *s, buf_t *b, const char *at, size_t len);
+
+/* Bytes handed to the thread pool and not yet written; the owner stops
+ * reading while this is above its high-water mark. */
+uint64_t sink_pending(const sink_t *s);
+
+/* Finalises the SHA-256 digest into s->sha256 (when want_sha256 is set), so
+ * the owner can compare it before deciding to commit or abort. Idempotent. */
+void sink_digest(sink_t *s);
+
+#define SINK_PENDING 1
+
+/* Finishes successfully: finalises the digest, waits for the writes in
+ * flight, fsyncs, closes and renames the temporary file into place.
+ * Returns 0 when there was nothing to wait for (discard and memory sinks; cb
+ * is not called), SINK_PENDING when cb will run later with 0 or ERR_IO, or a
+ * negative error (cb is not called). */
+int sink_commit(sink_t *s, sink_cb cb);
+
+/* Gives up: waits for the writes in flight, closes and unlinks the temporary
+ * file. Same returns as sink_commit(). */
+int sink_abort(sink_t *s, sink_cb cb);
+
+/* Releases everything the sink still owns. Must not be called while a
+ * commit or abort is pending. */
+void sink_dispose(sink_t *s);
+
+/* Returns the hex digest (65 bytes incl. NUL) into out; s->want_sha256 must
+ * be set and the sink committed. */
+void sink_sha256_hex(const sink_t *s, char out[65]);
+
+#endif

@@ -1,0 +1,477 @@
+/* Unit tests for daemon/sink.c on a real libuv loop: the discard and memory
+ * sinks, SHA-256, file sinks that commit, abort and fail, the refusal to open
+ * over an existing temporary name, and that every request, buffer and heap
+ * block is released afterwards. */
+#include "sink.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "mem.h"
+#include "stats.h"
+#include "test.h"
+
+#define ABC_SHA256   "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+typedef struct fixture {
+    uv_loop_t loop;
+    stats_t stats;
+    buf_pool_t pool;
+    char dir[64];
+    uint64_t blocks;
+    int finished; /* finish callbacks seen */
+    int status;   /* the last finish status */
+    int drained;  /* on_drain calls seen */
+} fixture_t;
+
+static uint64_t fetchd_blocks(void)
+{
+    uint64_t blocks, bytes;
+    mem_get(MEM_FETCHD, &blocks, &bytes);
+    return blocks;
+}
+
+static void setup(fixture_t *f)
+{
+    memset(f, 0, sizeof(*f));
+    CHECK_INT(mem_install(), 0);
+    CHECK_INT(uv_loop_init(&f->loop), 0);
+    stats_init(&f->stats);
+    f->blocks = fetchd_blocks();
+    buf_pool_init(&f->pool, 16384, 8, &f->stats);
+    snprintf(f->dir, sizeof(f->dir), "/tmp/fetchd-test-sink-XXXXXX");
+    CHECK(mkdtemp(f->dir) != NULL);
+    f->status = 1;
+}
+
+static void teardown(fixture_t *f)
+{
+    CHECK_INT(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    CHECK_INT(uv_loop_close(&f->loop), 0);
+    CHECK_INT(f->pool.in_use, 0);
+    buf_pool_dispose(&f->pool);
+    CHECK_INT(f->stats.objects[STATS_OBJ_REQUEST], 0);
+    CHECK_INT(f->stats.objects[STATS_OBJ_BUFFER], 0);
+    CHECK_INT(fetchd_blocks(), f->blocks);
+    /* Every test cleans up its files, so the directory must be empty. */
+    CHECK_INT(rmdir(f->dir), 0);
+}
+
+static void path_in(const fixture_t *f, const char *name, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s", f->dir, name);
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static void on_finish(sink_t *s, int status)
+{
+    fixture_t *f = s->data;
+    CHECK(s->finish_cb == NULL);
+    f->finished++;
+    f->status = status;
+}
+
+static void on_drain(sink_t *s, int status)
+{
+    fixture_t *f = s->data;
+    (void)status;
+    f->drained++;
+}
+
+/* Feeds len bytes through a pool buffer, as a connection would. */
+static int feed(fixture_t *f, sink_t *s, const char *data, size_t len)
+{
+    buf_t *b = buf_get(&f->pool);
+    CHECK(b != NULL && len <= f->pool.size);
+    memcpy(b->data, data, len);
+    b->len = len;
+    int rc = sink_write(s, b, b->data, len);
+    buf_decref(b);
+    return rc;
+}
+
+static void test_discard_sha256(void)
+{
+    fixture_t f;
+    sink_t s;
+    char hex[65];
+    setup(&f);
+
+    sink_init(&s, &f.loop, &f.stats, 1);
+    CHECK_INT(feed(&f, &s, "a", 1), 0);
+    CHECK_INT(feed(&f, &s, "bc", 2), 0);
+    CHECK_INT(s.bytes, 3);
+    CHECK_INT(s.kind, SINK_DISCARD);
+    CHECK_INT(sink_commit(&s, on_finish), 0);
+    sink_sha256_hex(&s, hex);
+    CHECK_STR(hex, ABC_SHA256);
+    /* sink_digest() is idempotent. */
+    sink_digest(&s);
+    sink_sha256_hex(&s, hex);
+    CHECK_STR(hex, ABC_SHA256);
+    CHECK_INT(f.finished, 0);
+    sink_dispose(&s);
+
+    sink_init(&s, &f.loop, &f.stats, 1);
+    sink_digest(&s);
+    sink_sha256_hex(&s, hex);
+    CHECK_STR(hex, EMPTY_SHA256);
+    sink_dispose(&s);
+
+    /* Without SHA-256 the bytes are still counted. */
+    sink_init(&s, &f.loop, &f.stats, 0);
+    CHECK_INT(feed(&f, &s, "hello", 5), 0);
+    CHECK_INT(s.bytes, 5);
+    CHECK_INT(sink_abort(&s, on_finish), 0);
+    sink_dispose(&s);
+    teardown(&f);
+}
+
+static void test_memory(void)
+{
+    fixture_t f;
+    sink_t s;
+    setup(&f);
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    sink_set_memory(&s, 10);
+    CHECK_INT(s.kind, SINK_MEMORY);
+    CHECK_INT(feed(&f, &s, "hello", 5), 0);
+    CHECK_STR(s.mem, "hello");
+    CHECK_INT(feed(&f, &s, "world", 5), 0);
+    CHECK_STR(s.mem, "helloworld");
+    CHECK_INT(s.mem_len, 10);
+    CHECK_INT(feed(&f, &s, "!", 1), ERR_BODY_TOO_LARGE);
+    CHECK_INT(s.mem_len, 10);
+    CHECK_INT(s.bytes, 10);
+    /* The body is incomplete from now on. */
+    CHECK_INT(feed(&f, &s, "", 0), ERR_BODY_TOO_LARGE);
+    CHECK_INT(sink_commit(&s, on_finish), ERR_BODY_TOO_LARGE);
+    sink_dispose(&s);
+    CHECK(s.mem == NULL);
+
+    /* Growth over many pieces keeps the bytes and the NUL terminator. */
+    char piece[1000];
+    sink_init(&s, &f.loop, &f.stats, 0);
+    sink_set_memory(&s, 200000);
+    for (int i = 0; i < 200; i++) {
+        memset(piece, 'a' + i % 26, sizeof(piece));
+        CHECK_INT(feed(&f, &s, piece, sizeof(piece)), 0);
+    }
+    CHECK_INT(s.mem_len, 200000);
+    CHECK_INT(strlen(s.mem), 200000);
+    CHECK(s.mem[0] == 'a' && s.mem[1000] == 'b' && s.mem[199999] == 'a' + 199 % 26);
+    CHECK_INT(feed(&f, &s, "x", 1), ERR_BODY_TOO_LARGE);
+    CHECK_INT(sink_commit(&s, on_finish), ERR_BODY_TOO_LARGE);
+    sink_dispose(&s);
+
+    /* An allocation failure is reported and poisons the sink. */
+    sink_init(&s, &f.loop, &f.stats, 0);
+    sink_set_memory(&s, 100);
+    mem_fail_after(1);
+    CHECK_INT(sink_write(&s, NULL, "abc", 3), ERR_NO_MEMORY);
+    mem_fail_after(0);
+    CHECK_INT(s.bytes, 0);
+    CHECK_INT(sink_write(&s, NULL, "abc", 3), ERR_NO_MEMORY);
+    sink_dispose(&s);
+    teardown(&f);
+}
+
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)((i * 131u + (i >> 12)) & 0xff);
+}
+
+/* Writes total bytes of pattern() in uneven pieces from pool buffers. */
+static void write_pattern(fixture_t *f, sink_t *s, size_t total)
+{
+    size_t off = 0, piece = 1;
+    while (off < total) {
+        buf_t *b = buf_get(&f->pool);
+        size_t n = total - off < f->pool.size ? total - off : f->pool.size;
+        for (size_t i = 0; i < n; i++)
+            b->data[i] = (char)pattern(off + i);
+        b->len = n;
+        /* Each buffer goes out in two writes, so several writes share it. */
+        size_t first = piece % n;
+        CHECK_INT(sink_write(s, b, b->data, first), 0);
+        CHECK_INT(sink_write(s, b, b->data + first, n - first), 0);
+        buf_decref(b);
+        off += n;
+        piece = piece * 7 + 3;
+    }
+}
+
+static int check_pattern_file(const char *path, size_t total)
+{
+    FILE *fp = fopen(path, "rb");
+    if (fp == NULL)
+        return 0;
+    size_t i = 0;
+    int c, ok = 1;
+    while ((c = fgetc(fp)) != EOF) {
+        if (i >= total || (unsigned char)c != pattern(i))
+            ok = 0;
+        i++;
+    }
+    fclose(fp);
+    return ok && i == total;
+}
+
+static void test_file_commit(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128], tmp[160], hex[65], want_hex[65];
+    const size_t total = 1 << 20;
+    setup(&f);
+    path_in(&f, "out.bin", path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-7", path);
+
+    sink_init(&s, &f.loop, &f.stats, 1);
+    s.data = &f;
+    CHECK_INT(sink_open_file(&s, path, "7"), 0);
+    CHECK_INT(s.kind, SINK_FILE);
+    CHECK_STR(s.tmp_path, tmp);
+    CHECK(exists(tmp));
+    CHECK(!exists(path));
+
+    write_pattern(&f, &s, total);
+    CHECK_INT(s.bytes, total);
+    CHECK(sink_pending(&s) > 0);
+    /* The writes still hold the buffers the reader already let go of. */
+    CHECK(f.pool.in_use > 0);
+
+    /* Commit while writes are in flight: it waits for them. */
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.finished, 1);
+    CHECK_INT(f.status, 0);
+    CHECK_INT(sink_pending(&s), 0);
+    CHECK_INT(f.pool.in_use, 0);
+    CHECK(!exists(tmp));
+    CHECK(check_pattern_file(path, total));
+
+    /* The digest is that of the bytes in the file. */
+    mbedtls_sha256_context ctx;
+    unsigned char want[32];
+    unsigned char *all = malloc(total);
+    for (size_t i = 0; i < total; i++)
+        all[i] = pattern(i);
+    mbedtls_sha256_init(&ctx);
+    mbedtls_sha256_starts_ret(&ctx, 0);
+    mbedtls_sha256_update_ret(&ctx, all, total);
+    mbedtls_sha256_finish_ret(&ctx, want);
+    mbedtls_sha256_free(&ctx);
+    free(all);
+    for (int i = 0; i < 32; i++)
+        snprintf(want_hex + 2 * i, 3, "%02x", want[i]);
+    sink_sha256_hex(&s, hex);
+    CHECK_STR(hex, want_hex);
+
+    CHECK(f.stats.objects[STATS_OBJ_REQUEST] > 0);
+    sink_dispose(&s);
+    CHECK_INT(f.stats.objects[STATS_OBJ_REQUEST], 0);
+    CHECK_INT(unlink(path), 0);
+    teardown(&f);
+}
+
+static void test_file_drain_then_commit(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128];
+    setup(&f);
+    path_in(&f, "drained.bin", path, sizeof(path));
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    s.data = &f;
+    s.on_drain = on_drain;
+    CHECK_INT(sink_open_file(&s, path, "x"), 0);
+    write_pattern(&f, &s, 100000);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    /* Two writes per 16 KiB buffer, each one drained. */
+    CHECK_INT(f.drained, 14);
+    CHECK_INT(sink_pending(&s), 0);
+
+    /* Nothing in flight: commit starts the fsync chain at once. */
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.finished, 1);
+    CHECK_INT(f.status, 0);
+    CHECK_INT(f.drained, 14);
+    CHECK(check_pattern_file(path, 100000));
+    /* A committed sink has nothing left to abort. */
+    CHECK_INT(sink_abort(&s, on_finish), 0);
+    CHECK(exists(path));
+    sink_dispose(&s);
+    CHECK_INT(unlink(path), 0);
+    teardown(&f);
+}
+
+static void test_file_abort(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128], tmp[160];
+    setup(&f);
+    path_in(&f, "aborted.bin", path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-9", path);
+
+    sink_init(&s, &f.loop, &f.stats, 1);
+    s.data = &f;
+    CHECK_INT(sink_open_file(&s, path, "9"), 0);
+    write_pattern(&f, &s, 300000);
+    CHECK_INT(sink_abort(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.finished, 1);
+    CHECK_INT(f.status, 0);
+    CHECK(!exists(tmp));
+    CHECK(!exists(path));
+    sink_dispose(&s);
+    teardown(&f);
+}
+
+static void test_file_write_error(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128], tmp[160];
+    setup(&f);
+    path_in(&f, "full.bin", path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-e", path);
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    s.data = &f;
+    s.on_drain = on_drain;
+    CHECK_INT(sink_open_file(&s, path, "e"), 0);
+    /* Swap /dev/full in under the sink's descriptor: every write fails with
+     * ENOSPC, as on a full disk. */
+    int full = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    CHECK(full >= 0);
+    CHECK(dup2(full, s.fd) == s.fd);
+    close(full);
+
+    CHECK_INT(feed(&f, &s, "doomed", 6), 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.drained, 1);
+    CHECK_INT(s.error, ERR_IO);
+    CHECK_INT(sink_pending(&s), 0);
+    CHECK_INT(feed(&f, &s, "more", 4), ERR_IO);
+
+    /* Commit cleans up and reports the failure. */
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.finished, 1);
+    CHECK_INT(f.status, ERR_IO);
+    CHECK(!exists(tmp));
+    CHECK(!exists(path));
+    sink_dispose(&s);
+    teardown(&f);
+}
+
+static void test_file_alloc_failure(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128], tmp[160];
+    setup(&f);
+    path_in(&f, "nomem.bin", path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-m", path);
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    s.data = &f;
+    for (long n = 1; n <= 2; n++) {
+        mem_fail_after(n);
+        CHECK_INT(sink_open_file(&s, path, "m"), ERR_NO_MEMORY);
+        mem_fail_after(0);
+        CHECK(!exists(tmp));
+    }
+    CHECK_INT(sink_open_file(&s, path, "m"), 0);
+
+    buf_t *b = buf_get(&f.pool);
+    mem_fail_after(1);
+    CHECK_INT(sink_write(&s, b, b->data, 10), ERR_NO_MEMORY);
+    mem_fail_after(0);
+    CHECK_INT(b->refcnt, 1);
+    buf_decref(b);
+    CHECK_INT(s.bytes, 0);
+
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.status, ERR_IO);
+    CHECK(!exists(tmp));
+    CHECK(!exists(path));
+    sink_dispose(&s);
+    teardown(&f);
+}
+
+static void test_open_refuses(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128], tmp[160], target[128];
+    setup(&f);
+    path_in(&f, "taken.bin", path, sizeof(path));
+    path_in(&f, "target", target, sizeof(target));
+    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-t", path);
+
+    /* An existing temporary file is not reused (O_EXCL). */
+    FILE *fp = fopen(tmp, "w");
+    CHECK(fp != NULL);
+    fputs("someone else's", fp);
+    fclose(fp);
+    sink_init(&s, &f.loop, &f.stats, 0);
+    CHECK_INT(sink_open_file(&s, path, "t"), ERR_IO);
+    CHECK_INT(s.kind, SINK_DISCARD);
+    CHECK_INT(unlink(tmp), 0);
+
+    /* Nor followed when it is a symlink, dangling or not. */
+    CHECK_INT(symlink(target, tmp), 0);
+    CHECK_INT(sink_open_file(&s, path, "t"), ERR_IO);
+    CHECK(!exists(target));
+    fp = fopen(target, "w");
+    CHECK(fp != NULL);
+    fclose(fp);
+    CHECK_INT(sink_open_file(&s, path, "t"), ERR_IO);
+    struct stat st;
+    CHECK(stat(target, &st) == 0 && st.st_size == 0);
+    CHECK_INT(unlink(tmp), 0);
+    CHECK_INT(unlink(target), 0);
+    sink_dispose(&s);
+    teardown(&f);
+}
+
+static void test_dispose_unfinished(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[128], tmp[160];
+    setup(&f);
+    path_in(&f, "left.bin", path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-l", path);
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    CHECK_INT(sink_open_file(&s, path, "l"), 0);
+    CHECK_INT(feed(&f, &s, "partial", 7), 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    /* Disposed without commit or abort: no partial file stays behind. */
+    sink_dispose(&s);
+    CHECK(!exists(tmp));
+    CHECK(!exists(path));
+    teardown(&f);
+}
+
+TEST_MAIN(TEST_CASE(test_discard_sha256), TEST_CASE(test_memory), TEST_CASE(test_file_commit),
+          TEST_CASE(test_file_drain_then_commit), TEST_CASE(test_file_abort),
+          TEST_CASE(test_file_write_error), TEST_CASE(test_file_alloc_failure),
+          TEST_CASE(test_open_refuses), TEST_CASE(test_dispose_unfinished))
