@@ -1,0 +1,183 @@
+/* config — configuration file and options; see config.h. */
+#include "config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mem.h"
+
+typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL } opt_kind_t;
+
+typedef struct option_def {
+    const char *key;
+    opt_kind_t kind;
+    size_t offset;
+    uint64_t min, max;
+} option_def_t;
+
+#define OFF(f) offsetof(daemon_config_t, f)
+
+static const option_def_t options[] = {
+    {"control", OPT_STRING, OFF(control_path), 0, 0},
+    {"metrics", OPT_STRING, OFF(metrics_addr), 0, 0},
+    {"download_dir", OPT_STRING, OFF(download_dir), 0, 0},
+    {"state_dir", OPT_STRING, OFF(state_dir), 0, 0},
+    {"ca_file", OPT_STRING, OFF(ca_file), 0, 0},
+    {"max_connections", OPT_UINT, OFF(max_connections), 1, 100000},
+    {"max_per_host", OPT_UINT, OFF(max_per_host), 1, 100000},
+    {"max_jobs", OPT_UINT, OFF(max_jobs), 1, 100000000},
+    {"max_running", OPT_UINT, OFF(max_running), 1, 1000000},
+    {"idle_timeout", OPT_SECONDS, OFF(idle_timeout_ms), 1, 86400},
+    {"retain_jobs", OPT_UINT, OFF(retain_jobs), 0, 100000000},
+    {"retain_seconds", OPT_SECONDS, OFF(retain_ms), 0, 86400 * 365},
+    {"log_level", OPT_LEVEL, OFF(log_level), 0, 0},
+};
+
+static const option_def_t *find(const char *key)
+{
+    for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++)
+        if (strcmp(options[i].key, key) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* Stores v into the field; unsigned fields differ in width, so write by size. */
+static void store_uint(daemon_config_t *cfg, const option_def_t *o, uint64_t v)
+{
+    char *field = (char *)cfg + o->offset;
+    if (o->kind == OPT_SECONDS) {
+        *(uint64_t *)(void *)field = v * 1000;
+    } else if (o->offset == OFF(max_jobs) || o->offset == OFF(retain_jobs)) {
+        *(size_t *)(void *)field = (size_t)v;
+    } else {
+        *(unsigned *)(void *)field = (unsigned)v;
+    }
+}
+
+static int set_string(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
+                      size_t errlen)
+{
+    char **field = (char **)(void *)((char *)cfg + o->offset);
+    char *copy;
+
+    if (*v == '\0') {
+        snprintf(err, errlen, "%s: must not be empty", o->key);
+        return -1;
+    }
+    copy = mem_strdup(v);
+    if (copy == NULL) {
+        snprintf(err, errlen, "%s: out of memory", o->key);
+        return -1;
+    }
+    mem_free(*field);
+    *field = copy;
+    return 0;
+}
+
+static int set_number(daemon_config_t *cfg, const option_def_t *o, uint64_t v, char *err,
+                      size_t errlen)
+{
+    if (v < o->min || v > o->max) {
+        snprintf(err, errlen, "%s: must be between %llu and %llu", o->key,
+                 (unsigned long long)o->min, (unsigned long long)o->max);
+        return -1;
+    }
+    store_uint(cfg, o, v);
+    return 0;
+}
+
+int config_set(daemon_config_t *cfg, const char *key, const char *value, char *err, size_t errlen)
+{
+    const option_def_t *o = find(key);
+    unsigned long long v;
+    char *end;
+
+    if (o == NULL) {
+        snprintf(err, errlen, "unknown option \"%s\"", key);
+        return -1;
+    }
+    switch (o->kind) {
+    case OPT_STRING:
+        return set_string(cfg, o, value, err, errlen);
+    case OPT_LEVEL:
+        if (log_level_parse(value, &cfg->log_level) != 0) {
+            snprintf(err, errlen, "%s: expected error, warn, notice, info or debug", key);
+            return -1;
+        }
+        return 0;
+    default:
+        errno = 0;
+        v = strtoull(value, &end, 10);
+        if (errno || end == value || *end != '\0' || value[0] == '-') {
+            snprintf(err, errlen, "%s: \"%s\" is not a non-negative integer", key, value);
+            return -1;
+        }
+        return set_number(cfg, o, v, err, errlen);
+    }
+}
+
+static int set_json(daemon_config_t *cfg, const char *path, const char *key, json_t *v, char *err,
+                    size_t errlen)
+{
+    const option_def_t *o = find(key);
+    char why[200];
+
+    if (o == NULL) {
+        snprintf(err, errlen, "%s: unknown key \"%s\"", path, key);
+        return -1;
+    }
+    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
+        if (!json_is_string(v)) {
+            snprintf(err, errlen, "%s: \"%s\" must be a string", path, key);
+            return -1;
+        }
+        if (config_set(cfg, key, json_string_value(v), why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s: %s", path, why);
+            return -1;
+        }
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        snprintf(err, errlen, "%s: \"%s\" must be a non-negative integer", path, key);
+        return -1;
+    }
+    if (set_number(cfg, o, (uint64_t)json_integer_value(v), why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
+        return -1;
+    }
+    return 0;
+}
+
+int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    const char *key;
+    json_t *v;
+
+    if (root == NULL) {
+        if (jerr.line > 0)
+            snprintf(err, errlen, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+        else
+            snprintf(err, errlen, "%s: %s", path, jerr.text);
+        return -1;
+    }
+    if (!json_is_object(root)) {
+        snprintf(err, errlen, "%s:1: the configuration must be a JSON object", path);
+        json_decref(root);
+        return -1;
+    }
+    json_object_foreach(root, key, v)
+    {
+        if (set_json(cfg, path, key, v, err, errlen) != 0) {
+            json_decref(root);
+            return -1;
+        }
+    }
+    json_decref(root);
+    return 0;
+}

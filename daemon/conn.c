@@ -1,0 +1,665 @@
+/* conn — a TCP connection and its response parser; see conn.h.
+ *
+ * Every libuv callback here runs inside a reference (conn_incref at the top,
+ * conn_decref at the bottom), so a close triggered anywhere below it only
+ * marks the connection; the memory goes with the last reference.
+ */
+#include "conn.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "err.h"
+#include "job.h"
+#include "mem.h"
+#include "pool.h"
+
+static int on_message_begin(llhttp_t *p);
+static int on_status(llhttp_t *p, const char *at, size_t len);
+static int on_header_field(llhttp_t *p, const char *at, size_t len);
+static int on_header_field_complete(llhttp_t *p);
+static int on_header_value(llhttp_t *p, const char *at, size_t len);
+static int on_header_value_complete(llhttp_t *p);
+static int on_headers_complete(llhttp_t *p);
+static int on_body(llhttp_t *p, const char *at, size_t len);
+static int on_message_complete(llhttp_t *p);
+
+static const llhttp_settings_t parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* The buffer being parsed, for on_body; only valid inside llhttp_execute(). */
+typedef struct parse_ctx {
+    conn_t *conn;
+    buf_t *buf;
+    const char *errmsg;
+} parse_ctx_t;
+
+conn_t *conn_create(origin_t *o)
+{
+    conn_t *c = mem_calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    if (uv_tcp_init(o->pool->loop, &c->tcp) != 0) {
+        mem_free(c);
+        return NULL;
+    }
+    c->tcp.data = c;
+    c->handle_open = 1;
+    c->refcnt = 2; /* the caller's, and the open handle's */
+    c->state = CONN_CONNECTING;
+    c->origin = o;
+    c->stats = o->pool->stats;
+    llhttp_init(&c->parser, HTTP_RESPONSE, &parser_settings);
+    c->parser.data = NULL;
+    stats_obj_created(o->pool->stats, STATS_OBJ_CONN);
+    return c;
+}
+
+static void conn_destroy(conn_t *c)
+{
+    assert(c->job == NULL && !c->handle_open);
+    if (c->dns)
+        dns_entry_decref(c->dns);
+    if (c->rbuf)
+        buf_decref(c->rbuf);
+    mem_free(c->hdr);
+    stats_obj_destroyed(c->stats, STATS_OBJ_CONN);
+    mem_free(c);
+}
+
+void conn_incref(conn_t *c)
+{
+    c->refcnt++;
+}
+
+int conn_decref(conn_t *c)
+{
+    assert(c->refcnt > 0);
+    if (--c->refcnt > 0)
+        return 0;
+    conn_destroy(c);
+    return 1;
+}
+
+void conn_attach(conn_t *c, job_t *j)
+{
+    assert(c->job == NULL && j->conn == NULL);
+    job_incref(j);
+    c->job = j;
+    conn_incref(c);
+    j->conn = c;
+}
+
+void conn_detach(conn_t *c)
+{
+    job_t *j = c->job;
+    if (j == NULL)
+        return;
+    assert(j->conn == c);
+    c->job = NULL;
+    j->conn = NULL;
+    /* Drop the job's reference to us last: it may be the one keeping us. */
+    job_decref(j);
+    conn_decref(c);
+}
+
+static void on_close(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    c->handle_open = 0;
+    conn_decref(c);
+}
+
+void conn_close(conn_t *c, stats_close_t reason)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    conn_incref(c);
+    c->stats->conns_closed[reason]++;
+    pool_conn_closing(c); /* leaves the origin: c->origin is NULL afterwards */
+    c->state = CONN_CLOSING;
+    conn_detach(c);
+    if (c->dns) {
+        dns_entry_decref(c->dns);
+        c->dns = NULL;
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+    conn_decref(c);
+}
+
+/* Closes the connection and tells its job why the exchange failed. */
+static void conn_fail(conn_t *c, stats_close_t reason, int err, const char *msg)
+{
+    job_t *j = c->job;
+    int reused = c->requests > 1;
+    uint64_t got = c->resp_bytes;
+
+    if (j == NULL) {
+        conn_close(c, reason);
+        return;
+    }
+    job_incref(j);
+    conn_close(c, reason);
+    job_on_conn_error(j, err, msg, reused, got);
+    job_decref(j);
+}
+
+/* ---- connecting ------------------------------------------------------------ */
+
+static void try_next_address(conn_t *c);
+
+static void on_connect(uv_connect_t *req, int status);
+
+static void on_reopen_close(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+
+    c->handle_open = 0;
+    if (c->state == CONN_CLOSING) {
+        conn_decref(c); /* the handle's reference */
+        return;
+    }
+    /* A fresh handle for the next address; the handle's reference carries over. */
+    if (uv_tcp_init(h->loop, &c->tcp) != 0) {
+        c->handle_open = 0;
+        c->state = CONN_CLOSING; /* nothing to uv_close: the handle never opened */
+        conn_incref(c);
+        c->stats->conns_closed[STATS_CLOSE_CONNECT_FAILED]++;
+        pool_conn_closing(c);
+        {
+            job_t *j = c->job;
+            if (j)
+                job_incref(j);
+            conn_detach(c);
+            if (j) {
+                job_on_connected(j, ERR_NO_MEMORY, "cannot create a socket handle");
+                job_decref(j);
+            }
+        }
+        conn_decref(c); /* the local one */
+        conn_decref(c); /* the handle's */
+        return;
+    }
+    c->tcp.data = c;
+    c->handle_open = 1;
+    try_next_address(c);
+}
+
+static void connect_failed(conn_t *c)
+{
+    char msg[160];
+    int err = c->connect_err == UV_ETIMEDOUT ? ERR_CONNECT_TIMEOUT : ERR_CONNECT_REFUSED;
+    job_t *j = c->job;
+
+    snprintf(msg, sizeof(msg), "connect to %s port %u: %s", c->origin->host,
+             (unsigned)c->origin->port, uv_strerror(c->connect_err));
+    if (j)
+        job_incref(j);
+    conn_close(c, STATS_CLOSE_CONNECT_FAILED);
+    if (j) {
+        job_on_connected(j, err, msg);
+        job_decref(j);
+    }
+}
+
+static void try_next_address(conn_t *c)
+{
+    int rc;
+
+    while (c->addr_index < c->dns->naddrs) {
+        const struct sockaddr *sa = (const struct sockaddr *)&c->dns->addrs[c->addr_index++];
+        conn_incref(c); /* the request's */
+        c->connect_req.data = c;
+        rc = uv_tcp_connect(&c->connect_req, &c->tcp, sa, on_connect);
+        if (rc == 0)
+            return;
+        conn_decref(c);
+        c->connect_err = rc;
+        if (rc == UV_ENOMEM) {
+            break;
+        }
+        if (c->addr_index < c->dns->naddrs) {
+            /* The handle may hold a socket of the wrong family now: start over. */
+            uv_close((uv_handle_t *)&c->tcp, on_reopen_close);
+            return;
+        }
+    }
+    connect_failed(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    conn_t *c = req->data;
+
+    if (c->state == CONN_CLOSING) {
+        conn_decref(c);
+        return;
+    }
+    if (status != 0) {
+        c->connect_err = status;
+        if (c->addr_index < c->dns->naddrs)
+            uv_close((uv_handle_t *)&c->tcp, on_reopen_close);
+        else
+            connect_failed(c);
+        conn_decref(c);
+        return;
+    }
+    dns_entry_decref(c->dns);
+    c->dns = NULL;
+    uv_tcp_nodelay(&c->tcp, 1);
+    status = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (status != 0) {
+        c->connect_err = status;
+        connect_failed(c);
+        conn_decref(c);
+        return;
+    }
+    c->reading = 1;
+    pool_conn_state(c->origin->pool, CONN_CONNECTING, CONN_ACTIVE);
+    c->state = CONN_ACTIVE;
+    if (c->job)
+        job_on_connected(c->job, 0, NULL);
+    conn_decref(c);
+}
+
+int conn_connect(conn_t *c, dns_entry_t *e)
+{
+    assert(c->state == CONN_CONNECTING && c->dns == NULL);
+    if (e->naddrs == 0)
+        return ERR_DNS;
+    dns_entry_incref(e);
+    c->dns = e;
+    c->addr_index = 0;
+    c->connect_err = 0;
+    conn_incref(c); /* try_next_address() may report synchronously */
+    try_next_address(c);
+    conn_decref(c);
+    return 0;
+}
+
+/* ---- sending --------------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status)
+{
+    conn_t *c = req->data;
+
+    if (c->state == CONN_ACTIVE && c->job != NULL) {
+        if (status == 0) {
+            job_on_request_sent(c->job);
+        } else {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "sending the request: %s", uv_strerror(status));
+            /* Nothing was read yet, so this is an empty reply: a job on a
+             * stale reused connection may retry it. */
+            conn_fail(c, STATS_CLOSE_ERROR, c->resp_bytes ? ERR_TRUNCATED : ERR_EMPTY_REPLY, msg);
+        }
+    }
+    conn_decref(c);
+}
+
+int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
+{
+    int rc;
+
+    assert(c->state == CONN_ACTIVE && c->job != NULL);
+    llhttp_reset(&c->parser);
+    c->requests++;
+    c->head_request = head;
+    c->resp_bytes = 0;
+    c->final_status = 0;
+    c->callback_err = 0;
+    c->message_done = 0;
+    c->must_close = 0;
+    conn_incref(c);
+    c->write_req.data = c;
+    rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
+    if (rc != 0) {
+        conn_decref(c);
+        return err_from_uv(rc);
+    }
+    return 0;
+}
+
+void conn_pause(conn_t *c)
+{
+    if (c->reading && c->state == CONN_ACTIVE) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+void conn_resume(conn_t *c)
+{
+    if (!c->reading && c->state == CONN_ACTIVE) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = 1;
+    }
+}
+
+/* ---- receiving ------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
+{
+    conn_t *c = h->data;
+    (void)hint;
+    if (c->rbuf == NULL && c->origin != NULL)
+        c->rbuf = buf_get(c->origin->pool->bufs);
+    if (c->rbuf == NULL) {
+        /* libuv reports UV_ENOBUFS to on_read. */
+        out->base = NULL;
+        out->len = 0;
+        return;
+    }
+    out->base = c->rbuf->data;
+    out->len = c->rbuf->pool->size;
+}
+
+/* The final response has been parsed in full. */
+static void response_done(conn_t *c, int reusable)
+{
+    job_t *j = c->job;
+
+    job_incref(j);
+    conn_detach(c);
+    if (reusable) {
+        conn_incref(c); /* the pool's reference */
+        pool_return(c);
+    } else {
+        conn_close(c, STATS_CLOSE_NOT_REUSABLE);
+    }
+    job_on_response_complete(j);
+    job_decref(j);
+}
+
+static void parse(conn_t *c, buf_t *b)
+{
+    parse_ctx_t ctx = {c, b, NULL};
+    llhttp_errno_t rc;
+    int leftover;
+
+    c->parser.data = &ctx;
+    rc = llhttp_execute(&c->parser, b->data, b->len);
+    c->parser.data = NULL;
+    if (c->state != CONN_ACTIVE || c->job == NULL)
+        return;
+    if (c->callback_err) {
+        conn_fail(c, STATS_CLOSE_ERROR, c->callback_err, ctx.errmsg);
+        return;
+    }
+    if (rc == HPE_OK)
+        return; /* the response goes on in the next read */
+    if (rc == HPE_PAUSED && c->message_done) {
+        /* We never pipeline, so bytes after the response mean the server
+         * and we disagree about framing: do not trust the connection. */
+        leftover = llhttp_get_error_pos(&c->parser) != b->data + b->len;
+        if (leftover && (c->final_status == 204 || c->final_status == 304)) {
+            conn_fail(c, STATS_CLOSE_ERROR, ERR_PROTOCOL, "body on a 204 or 304 response");
+            return;
+        }
+        response_done(c, !leftover && !c->must_close && llhttp_should_keep_alive(&c->parser));
+        return;
+    }
+    {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "malformed response: %s (%s)",
+                 llhttp_get_error_reason(&c->parser), llhttp_errno_name(rc));
+        conn_fail(c, STATS_CLOSE_ERROR, ERR_PROTOCOL, msg);
+    }
+}
+
+static void read_ended(conn_t *c, ssize_t n)
+{
+    char msg[160];
+
+    if (c->state == CONN_IDLE) {
+        conn_close(c, STATS_CLOSE_PEER_CLOSED);
+        return;
+    }
+    if (c->job == NULL) {
+        conn_close(c, STATS_CLOSE_ERROR);
+        return;
+    }
+    if (n == UV_ENOBUFS) {
+        conn_fail(c, STATS_CLOSE_ERROR, ERR_NO_MEMORY, "no read buffer available");
+        return;
+    }
+    if (c->resp_bytes == 0) {
+        snprintf(msg, sizeof(msg), "%s before any response byte",
+                 n == UV_EOF ? "connection closed" : uv_strerror((int)n));
+        conn_fail(c, STATS_CLOSE_ERROR, ERR_EMPTY_REPLY, msg);
+        return;
+    }
+    if (n == UV_EOF) {
+        /* A response without Content-Length or chunking ends with the
+         * connection: llhttp_finish() completes it, or says it is cut short. */
+        parse_ctx_t ctx = {c, NULL, NULL};
+        llhttp_errno_t rc;
+        c->parser.data = &ctx;
+        rc = llhttp_finish(&c->parser);
+        c->parser.data = NULL;
+        if (c->state != CONN_ACTIVE || c->job == NULL)
+            return;
+        if (c->callback_err) {
+            conn_fail(c, STATS_CLOSE_ERROR, c->callback_err, ctx.errmsg);
+            return;
+        }
+        if (c->message_done && (rc == HPE_OK || rc == HPE_PAUSED)) {
+            response_done(c, 0);
+            return;
+        }
+        conn_fail(c, STATS_CLOSE_ERROR, ERR_TRUNCATED,
+                  "connection closed before the response was complete");
+        return;
+    }
+    snprintf(msg, sizeof(msg), "%s in the middle of the response", uv_strerror((int)n));
+    conn_fail(c, STATS_CLOSE_ERROR, ERR_TRUNCATED, msg);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
+{
+    conn_t *c = s->data;
+    buf_t *b = c->rbuf;
+
+    (void)ub;
+    c->rbuf = NULL;
+    conn_incref(c);
+    if (c->state == CONN_CLOSING) {
+        /* nothing: the connection is going away */
+    } else if (n > 0) {
+        b->len = (size_t)n;
+        if (c->state == CONN_IDLE || c->job == NULL) {
+            /* An idle connection must stay silent; anything it says now
+             * (often a 408 before closing) makes it unusable. */
+            conn_close(c, STATS_CLOSE_PEER_CLOSED);
+        } else {
+            c->stats->received_bytes += (uint64_t)n;
+            c->resp_bytes += (uint64_t)n;
+            job_on_read(c->job);
+            if (c->state == CONN_ACTIVE && c->job != NULL)
+                parse(c, b);
+        }
+    } else if (n < 0) {
+        read_ended(c, n);
+    }
+    if (b)
+        buf_decref(b);
+    conn_decref(c);
+}
+
+/* ---- llhttp callbacks -------------------------------------------------------
+ * They run inside llhttp_execute(); an error is recorded in callback_err and
+ * the parse() caller acts on it once the parser has returned. */
+
+static conn_t *ctx_conn(llhttp_t *p)
+{
+    return ((parse_ctx_t *)p->data)->conn;
+}
+
+static int fail_cb(llhttp_t *p, int err, const char *msg)
+{
+    parse_ctx_t *ctx = p->data;
+    ctx->conn->callback_err = err;
+    ctx->errmsg = msg;
+    return -1;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    conn_t *c = ctx_conn(p);
+    c->hdr_count = 0;
+    c->hdr_bytes = 0;
+    c->hdr_len = 0;
+    c->content_lengths = 0;
+    c->chunked = 0;
+    c->final_status = 0;
+    return 0;
+}
+
+static int count_header_bytes(llhttp_t *p, size_t len)
+{
+    conn_t *c = ctx_conn(p);
+    c->hdr_bytes += len;
+    if (c->hdr_bytes > CONN_MAX_HEADER_BYTES)
+        return fail_cb(p, ERR_HEADERS_TOO_LARGE, "response headers exceed 64 KiB");
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len)
+{
+    (void)at;
+    return count_header_bytes(p, len);
+}
+
+static int hdr_append(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *c = ctx_conn(p);
+    if (c->hdr_len + len + 1 > c->hdr_cap) {
+        size_t cap = c->hdr_cap ? c->hdr_cap : 256;
+        char *n;
+        while (cap < c->hdr_len + len + 1)
+            cap *= 2;
+        n = mem_realloc(c->hdr, cap);
+        if (n == NULL)
+            return fail_cb(p, ERR_NO_MEMORY, "no memory for a response header");
+        c->hdr = n;
+        c->hdr_cap = cap;
+    }
+    memcpy(c->hdr + c->hdr_len, at, len);
+    c->hdr_len += len;
+    c->hdr[c->hdr_len] = '\0';
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    int rc = count_header_bytes(p, len);
+    return rc ? rc : hdr_append(p, at, len);
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    conn_t *c = ctx_conn(p);
+    if (++c->hdr_count > CONN_MAX_HEADERS)
+        return fail_cb(p, ERR_HEADERS_TOO_LARGE, "more than 256 response headers");
+    c->hdr_name_len = c->hdr_len;
+    return hdr_append(p, "", 1) ? -1 : 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    int rc = count_header_bytes(p, len);
+    if (rc)
+        return rc;
+    /* llhttp 8 accepts obs-fold continuation lines and hands them over as
+     * part of the value; RFC 9112 lets a client reject them, and we do so
+     * whichever llhttp we were built with. */
+    if (memchr(at, '\r', len) || memchr(at, '\n', len))
+        return fail_cb(p, ERR_PROTOCOL, "obsolete line folding in a response header");
+    return hdr_append(p, at, len);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    conn_t *c = ctx_conn(p);
+    const char *name = c->hdr;
+    size_t nlen = c->hdr_name_len;
+    const char *value = c->hdr + nlen + 1;
+    size_t vlen = c->hdr_len - nlen - 1;
+    int rc;
+
+    if (nlen == 14 && strncasecmp(name, "content-length", 14) == 0)
+        c->content_lengths++;
+    else if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0)
+        c->chunked = 1;
+    rc = job_on_header(c->job, name, nlen, value, vlen);
+    c->hdr_len = 0;
+    if (rc)
+        return fail_cb(p, rc, "response header refused");
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    conn_t *c = ctx_conn(p);
+    int status = llhttp_get_status_code(p);
+    int64_t length = -1;
+    int rc;
+
+    if (status < 100 || status > 999)
+        return fail_cb(p, ERR_PROTOCOL, "the status code is not three digits");
+    if (c->content_lengths > 1)
+        return fail_cb(p, ERR_PROTOCOL, "more than one Content-Length header");
+    if (c->content_lengths && c->chunked)
+        return fail_cb(p, ERR_PROTOCOL, "both Content-Length and Transfer-Encoding");
+    if (status == 101)
+        return fail_cb(p, ERR_PROTOCOL, "unexpected 101 Switching Protocols");
+    if (status < 200)
+        return 0; /* an interim response: the final one follows */
+    if (status == 204 && (c->chunked || (c->content_lengths && p->content_length > 0)))
+        return fail_cb(p, ERR_PROTOCOL, "body on a 204 response");
+    if (status == 304 && c->chunked)
+        return fail_cb(p, ERR_PROTOCOL, "body on a 304 response");
+    c->final_status = status;
+    if (c->content_lengths && !c->head_request && status != 204 && status != 304)
+        length = (int64_t)p->content_length;
+    rc = job_on_headers_complete(c->job, status, length);
+    if (rc)
+        return fail_cb(p, rc, NULL);
+    /* 1 tells llhttp that no body follows, whatever the headers say. */
+    return (c->head_request || status == 204 || status == 304) ? 1 : 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    parse_ctx_t *ctx = p->data;
+    int rc;
+
+    if (ctx->conn->final_status == 0)
+        return 0; /* cannot happen: interim responses have no body */
+    rc = job_on_body(ctx->conn->job, ctx->buf, at, len);
+    return rc ? fail_cb(p, rc, NULL) : 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    conn_t *c = ctx_conn(p);
+    if (c->final_status == 0)
+        return 0; /* an interim 1xx response: keep parsing */
+    c->message_done = 1;
+    /* Stop right after the response, so parse() can see leftover bytes. */
+    return HPE_PAUSED;
+}

@@ -1,0 +1,184 @@
+/* daemon — assembly and teardown of the engine; see daemon.h. */
+#include "daemon.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "mem.h"
+
+void daemon_config_init(daemon_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->max_connections = 256;
+    cfg->max_per_host = 32;
+    cfg->max_jobs = 1000000;
+    cfg->max_running = 1024;
+    cfg->idle_timeout_ms = 30000;
+    cfg->retain_jobs = 10000;
+    cfg->retain_ms = 3600 * 1000;
+    cfg->log_level = LOG_LEVEL_INFO;
+}
+
+void daemon_config_dispose(daemon_config_t *cfg)
+{
+    mem_free(cfg->control_path);
+    mem_free(cfg->metrics_addr);
+    mem_free(cfg->download_dir);
+    mem_free(cfg->state_dir);
+    mem_free(cfg->ca_file);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+static void apply_limits(daemon_t *d)
+{
+    d->pool.max_conns = d->cfg.max_connections;
+    d->pool.max_per_host = d->cfg.max_per_host;
+    d->pool.idle_timeout_ms = d->cfg.idle_timeout_ms;
+    d->sched.max_queued = d->cfg.max_jobs;
+    d->sched.max_running = d->cfg.max_running;
+    d->sched.retain_jobs = d->cfg.retain_jobs;
+    d->sched.retain_ms = d->cfg.retain_ms;
+}
+
+int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
+{
+    int rc;
+
+    memset(d, 0, sizeof(*d));
+    d->cfg = *cfg;
+    memset(cfg, 0, sizeof(*cfg));
+    rc = uv_loop_init(&d->loop);
+    if (rc != 0) {
+        snprintf(errmsg, errlen, "event loop: %s", uv_strerror(rc));
+        daemon_config_dispose(&d->cfg);
+        return err_from_uv(rc);
+    }
+    stats_init(&d->stats);
+    buf_pool_init(&d->bufs, DAEMON_BUF_SIZE, DAEMON_BUF_MAX_FREE, &d->stats);
+    rc = dns_init(&d->dns, &d->loop, &d->stats);
+    if (rc == 0) {
+        rc = pool_init(&d->pool, &d->loop, &d->stats, &d->bufs);
+        if (rc == 0) {
+            rc = sched_init(&d->sched, &d->loop, &d->stats, &d->pool, &d->dns, &d->bufs,
+                            d->cfg.download_dir);
+            if (rc == 0) {
+                apply_limits(d);
+                return 0;
+            }
+            snprintf(errmsg, errlen, "download directory %s: %s",
+                     d->cfg.download_dir ? d->cfg.download_dir : "-",
+                     rc == ERR_IO ? "does not exist or is not accessible" : err_str(rc));
+            pool_close(&d->pool);
+        } else {
+            snprintf(errmsg, errlen, "connection pool: %s", err_str(rc));
+        }
+        dns_dispose(&d->dns);
+    } else {
+        snprintf(errmsg, errlen, "DNS cache: %s", err_str(rc));
+    }
+    uv_run(&d->loop, UV_RUN_DEFAULT); /* let the closes finish */
+    pool_dispose(&d->pool);
+    buf_pool_dispose(&d->bufs);
+    uv_loop_close(&d->loop);
+    daemon_config_dispose(&d->cfg);
+    return rc;
+}
+
+void daemon_close(daemon_t *d)
+{
+    if (d->closing)
+        return;
+    d->closing = 1;
+    sched_close(&d->sched);
+    pool_close(&d->pool);
+    dns_dispose(&d->dns);
+}
+
+int daemon_dispose(daemon_t *d)
+{
+    int rc;
+
+    sched_dispose(&d->sched);
+    pool_dispose(&d->pool);
+    buf_pool_dispose(&d->bufs);
+    rc = uv_loop_close(&d->loop);
+    daemon_config_dispose(&d->cfg);
+    return rc;
+}
+
+/* ---- the figures as JSON ----------------------------------------------------- */
+
+static int set_u64(json_t *o, const char *k, uint64_t v)
+{
+    return json_object_set_new(o, k, json_integer((json_int_t)v));
+}
+
+static json_t *pair(const char *k1, uint64_t v1, const char *k2, uint64_t v2)
+{
+    json_t *o = json_object();
+    if (o && (set_u64(o, k1, v1) || set_u64(o, k2, v2))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *daemon_stats_json(daemon_t *d)
+{
+    stats_t *st = &d->stats;
+    json_t *o = json_object(), *objects = json_object(), *closed = json_object();
+    json_t *conns = json_object(), *jobs = json_object(), *finished = json_object();
+    json_t *heap = json_object();
+    int bad = !o || !objects || !closed || !conns || !jobs || !finished || !heap;
+
+    for (int t = 0; !bad && t < STATS_OBJ__COUNT; t++)
+        bad |= set_u64(objects, stats_obj_label(t), (uint64_t)st->objects[t]);
+    for (int r = 0; !bad && r < STATS_CLOSE__COUNT; r++)
+        bad |= set_u64(closed, stats_close_label(r), st->conns_closed[r]);
+    for (int r = 0; !bad && r < STATS_RESULT__COUNT; r++)
+        bad |= set_u64(finished, stats_result_label(r), st->jobs_finished[r]);
+    for (int c = 0; !bad && c < MEM__COUNT; c++) {
+        uint64_t blocks, bytes;
+        mem_get(c, &blocks, &bytes);
+        bad |= json_object_set_new(heap, mem_component_name(c),
+                                   pair("blocks", blocks, "bytes", bytes));
+    }
+    if (!bad) {
+        bad |= set_u64(conns, "connecting", d->pool.nconnecting);
+        bad |= set_u64(conns, "active", d->pool.nactive);
+        bad |= set_u64(conns, "idle", d->pool.nidle);
+        bad |= set_u64(jobs, "queued", d->sched.nqueued);
+        bad |= set_u64(jobs, "running", d->sched.nrunning);
+        bad |= set_u64(jobs, "retained", d->sched.nretained);
+        bad |= json_object_set(o, "objects", objects);
+        bad |= json_object_set(o, "connections", conns);
+        bad |= set_u64(o, "connections_opened_total", st->conns_opened);
+        bad |= json_object_set(o, "connections_closed_total", closed);
+        bad |= set_u64(o, "connection_reuses_total", st->conn_reuses);
+        bad |= json_object_set_new(o, "buffers",
+                                   pair("in_use", d->bufs.in_use, "free", d->bufs.nfree));
+        bad |= json_object_set_new(
+            o, "buffer_bytes",
+            pair("in_use", d->bufs.in_use * d->bufs.size, "free", d->bufs.nfree * d->bufs.size));
+        bad |= json_object_set(o, "jobs", jobs);
+        bad |= json_object_set(o, "jobs_finished_total", finished);
+        bad |= json_object_set(o, "heap", heap);
+        bad |= set_u64(o, "received_bytes_total", st->received_bytes);
+        bad |= set_u64(o, "retries_total", st->retries);
+        bad |= set_u64(o, "redirects_total", st->redirects);
+        bad |= set_u64(o, "dns_lookups_total", d->dns.lookups);
+        bad |= set_u64(o, "dns_cache_hits_total", d->dns.hits);
+    }
+    json_decref(objects);
+    json_decref(closed);
+    json_decref(conns);
+    json_decref(jobs);
+    json_decref(finished);
+    json_decref(heap);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}

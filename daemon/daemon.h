@@ -1,0 +1,77 @@
+/* daemon — the one struct daemon: the loop and every engine part on it.
+ *
+ * main.c, the engine harness, the benchmarks and (later) the control and
+ * metrics servers all drive fetchd through this struct.
+ *
+ * Ownership: the daemon owns everything in it; teardown order is
+ * daemon_close() (cancel jobs, close connections and handles), run the loop
+ * until it has nothing left, then daemon_dispose().
+ */
+#ifndef FETCHD_DAEMON_H
+#define FETCHD_DAEMON_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "dns.h"
+#include "log.h"
+#include "pool.h"
+#include "sched.h"
+#include "stats.h"
+
+typedef struct daemon_config {
+    char *control_path;       /* owned; NULL: the default */
+    char *metrics_addr;       /* owned; "127.0.0.1:9464" by default, "off" disables */
+    char *download_dir;       /* owned; NULL: file output refused */
+    char *state_dir;          /* owned; NULL: nothing persisted */
+    char *ca_file;            /* owned; NULL: the system bundle */
+    unsigned max_connections; /* 256 */
+    unsigned max_per_host;    /* 32 */
+    size_t max_jobs;          /* 1000000 queued jobs */
+    unsigned max_running;     /* 1024 jobs at once */
+    uint64_t idle_timeout_ms; /* 30 s */
+    size_t retain_jobs;       /* 10000 */
+    uint64_t retain_ms;       /* 3600 s */
+    log_level_t log_level;    /* info */
+} daemon_config_t;
+
+/* Fills in the defaults above. */
+void daemon_config_init(daemon_config_t *cfg);
+void daemon_config_dispose(daemon_config_t *cfg);
+
+/* Read buffers: 64 KiB each, at most 256 kept free (16 MiB). */
+#define DAEMON_BUF_SIZE     (64 * 1024)
+#define DAEMON_BUF_MAX_FREE 256
+
+typedef struct daemon {
+    uv_loop_t loop;
+    stats_t stats;
+    buf_pool_t bufs;
+    dns_t dns;
+    pool_t pool;
+    sched_t sched;
+    daemon_config_t cfg; /* owned */
+    int closing;
+} daemon_t;
+
+/* Initialises d from cfg (whose contents d takes over; cfg is zeroed).
+ * mem_install() must have run. Returns 0, or a negative error with errmsg
+ * filled in (everything initialised so far is released). */
+int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen);
+
+/* Starts the teardown: cancels every job (ERR_SHUTDOWN), closes every
+ * connection and handle. Run the loop until it returns, then dispose. */
+void daemon_close(daemon_t *d);
+
+/* Releases what is left; returns the uv_loop_close() result (0 when every
+ * handle was closed). */
+int daemon_dispose(daemon_t *d);
+
+/* Returns a new reference to the live figures as JSON (the same figures
+ * /metrics exports), or NULL on allocation failure. */
+json_t *daemon_stats_json(daemon_t *d);
+
+#endif

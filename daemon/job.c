@@ -1,0 +1,1039 @@
+/* job — one fetch and its state machine; see job.h.
+ *
+ * Phases of a running job (enum job_phase):
+ *
+ *   QUEUED -> WAIT_CONN -> RESOLVING -> CONNECTING -> REQUEST -> RESPONSE
+ *                 \________________(reused connection)___/          |
+ *   RESPONSE -> (redirect or retry) -> [BACKOFF ->] back to the start
+ *   any phase -> FINISHING (the sink commits or aborts) -> FINISHED
+ *
+ * finish() is the one way out: it releases whatever the current phase holds
+ * (DNS waiter, pool wait, connection, timers) on every path, success and
+ * error alike.
+ */
+#include "job.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "conn.h"
+#include "err.h"
+#include "log.h"
+#include "mem.h"
+#include "pool.h"
+#include "sched.h"
+
+enum job_phase {
+    PH_QUEUED,
+    PH_WAIT_CONN,
+    PH_RESOLVING,
+    PH_CONNECTING,
+    PH_REQUEST,
+    PH_RESPONSE,
+    PH_BACKOFF,
+    PH_FINISHING,
+    PH_FINISHED
+};
+
+/* What the response being read is for. */
+enum { RESP_FINAL, RESP_REDIRECT, RESP_RETRY };
+
+/* Sink backpressure: stop reading above HIGH bytes queued for the disk and
+ * resume below LOW. */
+#define SINK_HIGH_WATER (8u << 20)
+#define SINK_LOW_WATER  (2u << 20)
+
+static void attempt(job_t *j);
+static void finish(job_t *j, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void on_total_timeout(uv_timer_t *t);
+static void on_phase_timeout(uv_timer_t *t);
+static void on_sink_drain(sink_t *s, int status);
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static const char *job_method(const job_t *j)
+{
+    return j->method ? j->method : "GET";
+}
+
+static int is_idempotent(const char *m)
+{
+    static const char *const ok[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        if (strcmp(m, ok[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int is_tchar(int c)
+{
+    return isalnum(c) || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int is_token(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (!is_tchar((unsigned char)*s))
+            return 0;
+    return 1;
+}
+
+static int valid_header_value(const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static void set_error_msg(job_t *j, const char *fmt, va_list ap)
+{
+    vsnprintf(j->error_msg, sizeof(j->error_msg), fmt, ap);
+}
+
+static void phase_timer(job_t *j, uint64_t ms)
+{
+    if (ms > 0)
+        uv_timer_start(&j->phase_timer, on_phase_timeout, ms, 0);
+    else
+        uv_timer_stop(&j->phase_timer);
+}
+
+/* ---- spec ------------------------------------------------------------------ */
+
+void job_spec_init(job_spec_t *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    spec->output = JOB_OUTPUT_DISCARD;
+    spec->inline_max = JOB_DEFAULT_INLINE_MAX;
+    spec->connect_timeout_ms = JOB_DEFAULT_CONNECT_TIMEOUT_MS;
+    spec->first_byte_timeout_ms = JOB_DEFAULT_FIRST_BYTE_TIMEOUT_MS;
+    spec->idle_timeout_ms = JOB_DEFAULT_IDLE_TIMEOUT_MS;
+    spec->max_redirects = JOB_DEFAULT_MAX_REDIRECTS;
+}
+
+void job_spec_dispose(job_spec_t *spec)
+{
+    mem_free(spec->url);
+    mem_free(spec->method);
+    for (size_t i = 0; i < spec->nheaders; i++) {
+        mem_free(spec->headers[i].name);
+        mem_free(spec->headers[i].value);
+    }
+    mem_free(spec->headers);
+    mem_free(spec->body);
+    mem_free(spec->output_path);
+    mem_free(spec->expected_sha256);
+    mem_free(spec->ca_file);
+    if (spec->labels)
+        json_decref(spec->labels);
+    memset(spec, 0, sizeof(*spec));
+}
+
+/* ---- creation and destruction ----------------------------------------------- */
+
+/* Confines the output path to the download directory: the parent directory
+ * must exist and resolve (symlinks included) inside it, and the last
+ * component must be a plain name. A symlink at the final name is harmless:
+ * rename() replaces the link, never its target. */
+static int resolve_output(job_t *j, const char *dir, char *err, size_t errlen)
+{
+    const char *path = j->spec.output_path;
+    char full[PATH_MAX], parent[PATH_MAX], real[PATH_MAX], final[PATH_MAX];
+    const char *base;
+    char *slash;
+    size_t dlen;
+    struct stat st;
+    int n;
+
+    if (dir == NULL) {
+        snprintf(err, errlen, "output: file output needs a download directory (--download-dir)");
+        return ERR_INVALID_REQUEST;
+    }
+    n = path[0] == '/' ? snprintf(full, sizeof(full), "%s", path)
+                       : snprintf(full, sizeof(full), "%s/%s", dir, path);
+    if (n < 0 || (size_t)n >= sizeof(full)) {
+        snprintf(err, errlen, "output: path too long");
+        return ERR_INVALID_REQUEST;
+    }
+    memcpy(parent, full, (size_t)n + 1);
+    slash = strrchr(parent, '/');
+    *slash = '\0';
+    base = full + (slash - parent) + 1;
+    if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
+        snprintf(err, errlen, "output: \"%s\" does not name a file", path);
+        return ERR_INVALID_REQUEST;
+    }
+    if (realpath(parent[0] ? parent : "/", real) == NULL) {
+        snprintf(err, errlen, "output: directory of \"%s\": %s", path, strerror(errno));
+        return ERR_INVALID_REQUEST;
+    }
+    dlen = strlen(dir);
+    if (strncmp(real, dir, dlen) != 0 || (real[dlen] != '\0' && real[dlen] != '/')) {
+        snprintf(err, errlen, "output: \"%s\" is outside the download directory", path);
+        return ERR_INVALID_REQUEST;
+    }
+    n = snprintf(final, sizeof(final), "%s/%s", real, base);
+    if (n < 0 || (size_t)n >= sizeof(final)) {
+        snprintf(err, errlen, "output: path too long");
+        return ERR_INVALID_REQUEST;
+    }
+    if (lstat(final, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "output: \"%s\" is a directory", path);
+        return ERR_INVALID_REQUEST;
+    }
+    j->file_path = mem_strdup(final);
+    return j->file_path ? 0 : ERR_NO_MEMORY;
+}
+
+static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
+{
+    const char *msg = NULL;
+    int rc;
+
+    rc = url_parse(&j->url, j->spec.url, &msg);
+    if (rc != 0) {
+        snprintf(err, errlen, "url: %s", msg ? msg : err_str(rc));
+        return rc;
+    }
+    if (j->url.scheme == URL_HTTPS) {
+        snprintf(err, errlen, "url: https is not supported by this build yet");
+        return ERR_INVALID_REQUEST;
+    }
+    if (j->spec.method && (!is_token(j->spec.method) || strlen(j->spec.method) > 32)) {
+        snprintf(err, errlen, "method: not a valid HTTP method token");
+        return ERR_INVALID_REQUEST;
+    }
+    for (size_t i = 0; i < j->spec.nheaders; i++) {
+        const job_header_t *h = &j->spec.headers[i];
+        if (!is_token(h->name)) {
+            snprintf(err, errlen, "headers: invalid header name \"%.40s\"", h->name);
+            return ERR_INVALID_REQUEST;
+        }
+        if (!valid_header_value(h->value)) {
+            snprintf(err, errlen, "headers: value of \"%.40s\" contains CR, LF or a control byte",
+                     h->name);
+            return ERR_INVALID_REQUEST;
+        }
+    }
+    if (j->spec.output == JOB_OUTPUT_FILE) {
+        rc = resolve_output(j, s->download_dir, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    j->effective_url = mem_strdup(j->url.href);
+    if (j->spec.method) {
+        j->method = mem_strdup(j->spec.method);
+        if (j->method == NULL)
+            return ERR_NO_MEMORY;
+    }
+    return j->effective_url ? 0 : ERR_NO_MEMORY;
+}
+
+int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
+{
+    job_t *j = mem_calloc(1, sizeof(*j));
+    int rc;
+
+    if (j == NULL) {
+        job_spec_dispose(spec);
+        snprintf(errmsg, errlen, "%s", err_str(ERR_NO_MEMORY));
+        return ERR_NO_MEMORY;
+    }
+    j->spec = *spec;
+    memset(spec, 0, sizeof(*spec));
+    j->refcnt = 1;
+    j->sched = s;
+    j->state = JOB_QUEUED;
+    j->phase = PH_QUEUED;
+    j->timings.created = wall_now();
+    stats_obj_created(s->stats, STATS_OBJ_JOB);
+    uv_timer_init(s->loop, &j->total_timer);
+    uv_timer_init(s->loop, &j->phase_timer);
+    j->total_timer.data = j;
+    j->phase_timer.data = j;
+    j->handles_open = 2;
+    sink_init(&j->sink, s->loop, s->stats, j->spec.sha256 || j->spec.expected_sha256);
+    j->sink.data = j;
+    j->sink.on_drain = on_sink_drain;
+    if (j->spec.output == JOB_OUTPUT_INLINE)
+        sink_set_memory(&j->sink, j->spec.inline_max);
+    rc = validate(j, s, errmsg, errlen);
+    if (rc != 0) {
+        if (rc == ERR_NO_MEMORY)
+            snprintf(errmsg, errlen, "%s", err_str(ERR_NO_MEMORY));
+        job_decref(j);
+        return rc;
+    }
+    *out = j;
+    return 0;
+}
+
+static void on_job_handle_close(uv_handle_t *h)
+{
+    job_t *j = h->data;
+    if (--j->handles_open > 0)
+        return;
+    stats_obj_destroyed(j->sched->stats, STATS_OBJ_JOB);
+    mem_free(j);
+}
+
+static void job_destroy(job_t *j)
+{
+    assert(j->conn == NULL && j->origin == NULL);
+    sink_dispose(&j->sink);
+    job_spec_dispose(&j->spec);
+    url_dispose(&j->url);
+    mem_free(j->effective_url);
+    mem_free(j->output);
+    mem_free(j->inline_body);
+    mem_free(j->method);
+    mem_free(j->req_head);
+    mem_free(j->location);
+    mem_free(j->retry_after);
+    mem_free(j->file_path);
+    /* The memory goes when both timers have closed. */
+    uv_close((uv_handle_t *)&j->total_timer, on_job_handle_close);
+    uv_close((uv_handle_t *)&j->phase_timer, on_job_handle_close);
+}
+
+void job_incref(job_t *j)
+{
+    j->refcnt++;
+}
+
+int job_decref(job_t *j)
+{
+    assert(j->refcnt > 0);
+    if (--j->refcnt > 0)
+        return 0;
+    job_destroy(j);
+    return 1;
+}
+
+/* ---- the request ------------------------------------------------------------ */
+
+static int header_is(const job_header_t *h, const char *name)
+{
+    return strcasecmp(h->name, name) == 0;
+}
+
+static int user_has_header(const job_t *j, const char *name)
+{
+    for (size_t i = 0; i < j->spec.nheaders; i++)
+        if (header_is(&j->spec.headers[i], name))
+            return 1;
+    return 0;
+}
+
+static int sends_body(const job_t *j)
+{
+    return j->spec.body != NULL && !j->body_dropped;
+}
+
+/* Serialises the request head into j->req_head, reusing its memory. */
+static int build_request(job_t *j)
+{
+    const char *m = job_method(j);
+    size_t need = strlen(m) + strlen(j->url.target) + strlen(j->url.authority) + 128;
+    int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
+    size_t len;
+    char *p;
+
+    for (size_t i = 0; i < j->spec.nheaders; i++)
+        need += strlen(j->spec.headers[i].name) + strlen(j->spec.headers[i].value) + 4;
+    p = mem_realloc(j->req_head, need);
+    if (p == NULL)
+        return ERR_NO_MEMORY;
+    j->req_head = p;
+    len = (size_t)snprintf(p, need, "%s %s HTTP/1.1\r\nHost: %s\r\n", m, j->url.target,
+                           j->url.authority);
+    if (ua)
+        len += (size_t)snprintf(p + len, need - len, "User-Agent: fetchd/%s\r\n", FETCHD_VERSION);
+    if (accept)
+        len += (size_t)snprintf(p + len, need - len, "Accept: */*\r\n");
+    for (size_t i = 0; i < j->spec.nheaders; i++) {
+        const job_header_t *h = &j->spec.headers[i];
+        /* Credentials never follow a redirect to another origin. */
+        if (j->cross_origin && (header_is(h, "Authorization") || header_is(h, "Cookie") ||
+                                header_is(h, "Proxy-Authorization")))
+            continue;
+        len += (size_t)snprintf(p + len, need - len, "%s: %s\r\n", h->name, h->value);
+    }
+    if (sends_body(j))
+        len += (size_t)snprintf(p + len, need - len, "Content-Length: %zu\r\n", j->spec.body_len);
+    else if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"))
+        len += (size_t)snprintf(p + len, need - len, "Content-Length: 0\r\n");
+    len += (size_t)snprintf(p + len, need - len, "\r\n");
+    assert(len < need);
+    j->req_head_len = len;
+    return 0;
+}
+
+static void send_request(job_t *j)
+{
+    uv_buf_t bufs[2];
+    unsigned n = 1;
+    int rc;
+
+    bufs[0] = uv_buf_init(j->req_head, (unsigned)j->req_head_len);
+    if (sends_body(j) && j->spec.body_len > 0)
+        bufs[n++] = uv_buf_init(j->spec.body, (unsigned)j->spec.body_len);
+    j->phase = PH_REQUEST;
+    j->phase_start_ms = mono_ms();
+    phase_timer(j, j->spec.first_byte_timeout_ms);
+    rc = conn_send(j->conn, bufs, n, strcmp(job_method(j), "HEAD") == 0);
+    if (rc != 0)
+        finish(j, rc, "sending the request: %s", err_str(rc));
+}
+
+/* ---- connecting ------------------------------------------------------------- */
+
+static void reset_response(job_t *j)
+{
+    mem_free(j->location);
+    mem_free(j->retry_after);
+    j->location = NULL;
+    j->retry_after = NULL;
+    j->disposition = RESP_FINAL;
+}
+
+static void start_connect(job_t *j, dns_entry_t *e)
+{
+    int rc;
+
+    j->timings.dns_ms = mono_ms() - j->phase_start_ms;
+    if (e->status != 0) {
+        finish(j, e->status, "%s", e->errmsg[0] ? e->errmsg : err_str(e->status));
+        return;
+    }
+    j->phase = PH_CONNECTING;
+    j->connect_start_ms = mono_ms();
+    rc = conn_connect(j->conn, e);
+    if (rc != 0)
+        finish(j, rc, "connecting: %s", err_str(rc));
+}
+
+static void on_dns(dns_waiter_t *w, dns_entry_t *e)
+{
+    job_t *j = w->data;
+
+    job_incref(j);
+    start_connect(j, e);
+    dns_entry_decref(e);
+    job_decref(j);
+}
+
+void job_on_conn(job_t *j, conn_t *c, int reused)
+{
+    dns_entry_t *e = NULL;
+    int rc;
+
+    if (c == NULL) {
+        finish(j, ERR_NO_MEMORY, "no memory for a connection");
+        return;
+    }
+    conn_attach(c, j);
+    conn_decref(c); /* the pool's reference is now j->conn's */
+    if (reused) {
+        j->timings.dns_ms = 0;
+        j->timings.connect_ms = 0;
+        send_request(j);
+        return;
+    }
+    j->phase = PH_RESOLVING;
+    j->phase_start_ms = mono_ms();
+    /* The connect timeout covers name resolution too, as curl's does. */
+    phase_timer(j, j->spec.connect_timeout_ms);
+    j->dns_waiter.cb = on_dns;
+    j->dns_waiter.data = j;
+    rc = dns_lookup(j->sched->dns, j->url.host, j->url.port, &j->dns_waiter, &e);
+    if (rc == DNS_PENDING)
+        return;
+    if (rc < 0) {
+        finish(j, rc, "resolving %s: %s", j->url.host, err_str(rc));
+        return;
+    }
+    start_connect(j, e);
+    dns_entry_decref(e);
+}
+
+static int retryable_error(int err)
+{
+    return err == ERR_CONNECT_REFUSED || err == ERR_CONNECT_TIMEOUT;
+}
+
+static uint64_t backoff_ms(job_t *j)
+{
+    sched_t *s = j->sched;
+    unsigned done = (unsigned)(j->spec.retries - j->retries_left);
+    uint64_t d = s->retry_base_ms << (done < 16 ? done : 16);
+    if (d > s->retry_max_ms)
+        d = s->retry_max_ms;
+    /* Jitter in [d/2, d) keeps a crowd of retries from arriving in step. */
+    return d / 2 + (uint64_t)(sched_random(s) * (double)(d / 2));
+}
+
+static void on_backoff(job_t *j)
+{
+    attempt(j);
+}
+
+static void schedule_retry(job_t *j, uint64_t delay_ms, int err, const char *why)
+{
+    j->retries_left--;
+    j->sched->stats->retries++;
+    j->phase = PH_BACKOFF;
+    j->last_retry_err = err;
+    snprintf(j->error_msg, sizeof(j->error_msg), "%s", why);
+    sched_emit(j->sched, j, SCHED_EV_RETRYING);
+    j->error_msg[0] = '\0';
+    uv_timer_start(&j->phase_timer, on_phase_timeout, delay_ms, 0);
+}
+
+static void retry_or_fail(job_t *j, int err, const char *msg)
+{
+    if (retryable_error(err) && j->retries_left > 0) {
+        schedule_retry(j, backoff_ms(j), err, msg);
+        return;
+    }
+    finish(j, err, "%s", msg);
+}
+
+void job_on_connected(job_t *j, int status, const char *msg)
+{
+    if (j->phase != PH_CONNECTING)
+        return;
+    if (status != 0) {
+        retry_or_fail(j, status, msg ? msg : err_str(status));
+        return;
+    }
+    j->timings.connect_ms = mono_ms() - j->connect_start_ms;
+    send_request(j);
+}
+
+/* ---- the response ----------------------------------------------------------- */
+
+void job_on_request_sent(job_t *j)
+{
+    if (j->phase == PH_REQUEST) {
+        /* The first-byte clock starts once the request is on the wire. */
+        j->phase_start_ms = mono_ms();
+        phase_timer(j, j->spec.first_byte_timeout_ms);
+    }
+}
+
+void job_on_read(job_t *j)
+{
+    if (j->phase == PH_REQUEST) {
+        j->phase = PH_RESPONSE;
+        j->timings.ttfb_ms = mono_ms() - j->phase_start_ms;
+    }
+    if (j->phase == PH_RESPONSE && !j->read_paused)
+        phase_timer(j, j->spec.idle_timeout_ms);
+}
+
+static int keep_header(char **slot, const char *value, size_t vlen)
+{
+    mem_free(*slot);
+    *slot = mem_strndup(value, vlen);
+    return *slot ? 0 : ERR_NO_MEMORY;
+}
+
+int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (nlen == 8 && strncasecmp(name, "location", 8) == 0)
+        return keep_header(&j->location, value, vlen);
+    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
+        return keep_header(&j->retry_after, value, vlen);
+    return 0;
+}
+
+static int is_redirect(int status)
+{
+    return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+static int retryable_status(const job_t *j, int status)
+{
+    if (status == 429 || status == 503)
+        return 1;
+    return (status == 502 || status == 504) && is_idempotent(job_method(j));
+}
+
+static int fail_response(job_t *j, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records why a parser callback is failing the response; the connection
+ * then reports err through job_on_conn_error() with no message of its own. */
+static int fail_response(job_t *j, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_error_msg(j, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+int job_on_headers_complete(job_t *j, int status, int64_t content_length)
+{
+    int rc;
+
+    if (is_redirect(status) && j->location != NULL) {
+        j->disposition = RESP_REDIRECT;
+        j->redirect_status = status;
+        return 0;
+    }
+    if (retryable_status(j, status) && j->retries_left > 0) {
+        j->disposition = RESP_RETRY;
+        j->retry_status = status;
+        return 0;
+    }
+    j->disposition = RESP_FINAL;
+    j->http_status = status;
+    if (j->spec.fail_on_http_error && status >= 400 && status <= 599)
+        return fail_response(j, ERR_HTTP_ERROR, "HTTP status %d", status);
+    if (j->spec.max_body && content_length > 0 && (uint64_t)content_length > j->spec.max_body)
+        return fail_response(j, ERR_BODY_TOO_LARGE,
+                             "Content-Length %" PRId64 " exceeds max_body %" PRIu64, content_length,
+                             j->spec.max_body);
+    if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind != SINK_FILE) {
+        rc = sink_open_file(&j->sink, j->file_path, j->id);
+        if (rc != 0)
+            return fail_response(j, rc, "cannot create the output file for %s", j->file_path);
+    }
+    return 0;
+}
+
+int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)
+{
+    int rc;
+
+    if (j->disposition != RESP_FINAL)
+        return 0; /* a redirect's or retried response's body is read and dropped */
+    j->bytes += len;
+    if (j->spec.max_body && j->bytes > j->spec.max_body)
+        return fail_response(j, ERR_BODY_TOO_LARGE, "body exceeds max_body %" PRIu64 " bytes",
+                             j->spec.max_body);
+    rc = sink_write(&j->sink, b, at, len);
+    if (rc == ERR_BODY_TOO_LARGE)
+        return fail_response(j, rc, "inline body exceeds %" PRIu64 " bytes", j->spec.inline_max);
+    if (rc != 0)
+        return fail_response(j, rc, "writing the body: %s", err_str(rc));
+    if (sink_pending(&j->sink) > SINK_HIGH_WATER && j->conn) {
+        conn_pause(j->conn);
+        j->read_paused = 1;
+        uv_timer_stop(&j->phase_timer); /* the disk, not the peer, is slow */
+    }
+    return 0;
+}
+
+static void on_sink_drain(sink_t *s, int status)
+{
+    job_t *j = s->data;
+    (void)status; /* a write error surfaces at the next write or at commit */
+    if (j->read_paused && sink_pending(s) < SINK_LOW_WATER && j->conn) {
+        j->read_paused = 0;
+        conn_resume(j->conn);
+        phase_timer(j, j->spec.idle_timeout_ms);
+    }
+}
+
+/* Parses Retry-After (delta-seconds or an HTTP-date) into milliseconds;
+ * returns -1 when absent or unparsable. */
+static int64_t retry_after_ms(const char *v)
+{
+    struct tm tm;
+    char *end;
+    long long secs;
+
+    if (v == NULL)
+        return -1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (isdigit((unsigned char)*v)) {
+        errno = 0;
+        secs = strtoll(v, &end, 10);
+        if (errno || secs < 0 || (*end != '\0' && *end != ' '))
+            return -1;
+        return secs > INT64_MAX / 1000 ? INT64_MAX : secs * 1000;
+    }
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL)
+        return -1;
+    secs = (long long)timegm(&tm) - (long long)time(NULL);
+    return secs > 0 ? secs * 1000 : 0;
+}
+
+static void follow_redirect(job_t *j)
+{
+    char loc[4096];
+    const char *msg = NULL, *v = j->location;
+    size_t n;
+    url_t next;
+    int status = j->redirect_status, rc;
+    char *href;
+
+    if (j->redirects >= (unsigned)j->spec.max_redirects) {
+        finish(j, ERR_TOO_MANY_REDIRECTS, "more than %d redirects", j->spec.max_redirects);
+        return;
+    }
+    while (*v == ' ' || *v == '\t')
+        v++;
+    n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n >= sizeof(loc)) {
+        finish(j, ERR_PROTOCOL, "Location header too long");
+        return;
+    }
+    memcpy(loc, v, n);
+    loc[n] = '\0';
+    rc = url_resolve(&next, &j->url, loc, &msg);
+    if (rc != 0) {
+        finish(j, rc == ERR_NO_MEMORY ? rc : ERR_PROTOCOL, "bad Location \"%.100s\": %s", loc,
+               msg ? msg : err_str(rc));
+        return;
+    }
+    if (j->url.scheme == URL_HTTPS && next.scheme == URL_HTTP && !j->spec.allow_downgrade) {
+        finish(j, ERR_INVALID_REQUEST,
+               "refusing redirect from https to %.100s (set allow_downgrade to permit it)",
+               next.href);
+        url_dispose(&next);
+        return;
+    }
+    href = mem_strdup(next.href);
+    if (href == NULL) {
+        url_dispose(&next);
+        finish(j, ERR_NO_MEMORY, "no memory for the redirect");
+        return;
+    }
+    if (!url_same_origin(&j->url, &next))
+        j->cross_origin = 1;
+    /* RFC 9110 15.4: 303 turns anything but HEAD into GET; browsers and curl
+     * do the same to a POST answered with 301 or 302. */
+    if ((status == 303 && strcmp(job_method(j), "HEAD") != 0) ||
+        ((status == 301 || status == 302) && strcmp(job_method(j), "POST") == 0)) {
+        mem_free(j->method);
+        j->method = NULL; /* GET */
+        j->body_dropped = 1;
+    }
+    url_dispose(&j->url);
+    j->url = next;
+    mem_free(j->effective_url);
+    j->effective_url = href;
+    j->redirects++;
+    j->sched->stats->redirects++;
+    sched_emit(j->sched, j, SCHED_EV_REDIRECTED);
+    attempt(j);
+}
+
+static void succeed(job_t *j)
+{
+    sink_digest(&j->sink);
+    if (j->sink.want_sha256)
+        sink_sha256_hex(&j->sink, j->sha256);
+    if (j->spec.expected_sha256 && strcmp(j->sha256, j->spec.expected_sha256) != 0) {
+        finish(j, ERR_CHECKSUM_MISMATCH, "expected sha256 %s, got %s", j->spec.expected_sha256,
+               j->sha256);
+        return;
+    }
+    finish(j, 0, "%s", "");
+}
+
+void job_on_response_complete(job_t *j)
+{
+    int64_t delay;
+
+    uv_timer_stop(&j->phase_timer);
+    switch (j->disposition) {
+    case RESP_REDIRECT:
+        follow_redirect(j);
+        break;
+    case RESP_RETRY:
+        delay = retry_after_ms(j->retry_after);
+        if (delay < 0)
+            delay = (int64_t)backoff_ms(j);
+        else if ((uint64_t)delay > j->sched->retry_after_max_ms)
+            delay = (int64_t)j->sched->retry_after_max_ms;
+        {
+            char why[64];
+            snprintf(why, sizeof(why), "HTTP status %d", j->retry_status);
+            schedule_retry(j, (uint64_t)delay, 0, why);
+        }
+        break;
+    default:
+        succeed(j);
+        break;
+    }
+}
+
+void job_on_conn_error(job_t *j, int err, const char *msg, int reused, uint64_t resp_bytes)
+{
+    /* A server may close a kept-alive connection just as we reuse it. Such a
+     * request never reached the application, so an idempotent one is sent
+     * again, once, on a fresh connection. */
+    if (err == ERR_EMPTY_REPLY && reused && resp_bytes == 0 && !j->retried_stale &&
+        is_idempotent(job_method(j))) {
+        j->retried_stale = 1;
+        j->force_new = 1;
+        log_debug("job %s: reused connection closed before a response; retrying on a new one",
+                  j->id);
+        attempt(j);
+        return;
+    }
+    if (msg == NULL) {
+        /* A parser callback of ours failed the response and left its reason. */
+        char why[sizeof(j->error_msg)];
+        memcpy(why, j->error_msg, sizeof(why));
+        finish(j, err, "%s", why[0] ? why : err_str(err));
+        return;
+    }
+    finish(j, err, "%s", msg);
+}
+
+/* ---- timers ----------------------------------------------------------------- */
+
+static void on_total_timeout(uv_timer_t *t)
+{
+    job_t *j = t->data;
+    finish(j, ERR_TIMEOUT, "total timeout of %.3g s exceeded", j->spec.total_timeout_ms / 1e3);
+}
+
+static void on_phase_timeout(uv_timer_t *t)
+{
+    job_t *j = t->data;
+    char msg[96];
+
+    switch (j->phase) {
+    case PH_RESOLVING:
+    case PH_CONNECTING:
+        dns_cancel(&j->dns_waiter);
+        if (j->conn)
+            conn_close(j->conn, STATS_CLOSE_CONNECT_FAILED);
+        snprintf(msg, sizeof(msg), "no connection to %s within %.3g s", j->url.authority,
+                 j->spec.connect_timeout_ms / 1e3);
+        retry_or_fail(j, ERR_CONNECT_TIMEOUT, msg);
+        break;
+    case PH_REQUEST:
+        finish(j, ERR_TIMEOUT, "no response within %.3g s", j->spec.first_byte_timeout_ms / 1e3);
+        break;
+    case PH_RESPONSE:
+        finish(j, ERR_TIMEOUT, "no data for %.3g s while reading the response",
+               j->spec.idle_timeout_ms / 1e3);
+        break;
+    case PH_BACKOFF:
+        on_backoff(j);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- starting, cancelling, finishing ---------------------------------------- */
+
+static void attempt(job_t *j)
+{
+    conn_t *c = NULL;
+    int rc;
+
+    j->attempts++;
+    reset_response(j);
+    rc = build_request(j);
+    if (rc != 0) {
+        finish(j, rc, "building the request: %s", err_str(rc));
+        return;
+    }
+    j->phase = PH_WAIT_CONN;
+    rc = pool_checkout(j->sched->pool, j, j->force_new, &c);
+    j->force_new = 0;
+    switch (rc) {
+    case POOL_REUSED:
+        job_on_conn(j, c, 1);
+        break;
+    case POOL_NEW:
+        job_on_conn(j, c, 0);
+        break;
+    case POOL_WAIT:
+        break;
+    default:
+        finish(j, rc, "no connection: %s", err_str(rc));
+        break;
+    }
+}
+
+void job_start(job_t *j)
+{
+    assert(j->phase == PH_QUEUED);
+    j->state = JOB_RUNNING;
+    j->timings.started = wall_now();
+    j->timings.queued_ms = (uint64_t)((j->timings.started - j->timings.created) * 1000);
+    j->start_ms = mono_ms();
+    j->retries_left = j->spec.retries;
+    if (j->spec.total_timeout_ms)
+        uv_timer_start(&j->total_timer, on_total_timeout, j->spec.total_timeout_ms, 0);
+    sched_emit(j->sched, j, SCHED_EV_STARTED);
+    attempt(j);
+}
+
+static void finalize(job_t *j)
+{
+    stats_t *st = j->sched->stats;
+    stats_result_t r;
+
+    if (j->error == 0) {
+        j->state = JOB_DONE;
+        r = STATS_RESULT_DONE;
+        if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind == SINK_FILE) {
+            j->output = j->file_path;
+            j->file_path = NULL;
+        } else if (j->spec.output == JOB_OUTPUT_INLINE) {
+            j->inline_body = j->sink.mem;
+            j->inline_len = j->sink.mem_len;
+            j->sink.mem = NULL;
+            j->sink.mem_len = 0;
+        }
+    } else if (j->error == ERR_CANCELLED || j->error == ERR_SHUTDOWN) {
+        j->state = JOB_CANCELLED;
+        r = STATS_RESULT_CANCELLED;
+    } else {
+        j->state = JOB_FAILED;
+        r = STATS_RESULT_FAILED;
+    }
+    j->phase = PH_FINISHED;
+    j->timings.finished = wall_now();
+    j->finished_ms = uv_now(j->sched->loop);
+    if (j->start_ms) {
+        j->timings.total_ms = mono_ms() - j->start_ms;
+        stats_observe_duration(st, j->timings.total_ms / 1e3);
+    }
+    st->jobs_finished[r]++;
+    sched_job_finished(j->sched, j);
+}
+
+static void on_sink_done(sink_t *s, int status)
+{
+    job_t *j = s->data;
+
+    if (status != 0 && j->error == 0) {
+        j->error = status;
+        snprintf(j->error_msg, sizeof(j->error_msg), "writing %s: %s", j->file_path,
+                 err_str(status));
+    }
+    finalize(j);
+    job_decref(j); /* held across the sink's callback */
+}
+
+static stats_close_t close_reason(const conn_t *c, int err)
+{
+    if (c->state == CONN_CONNECTING)
+        return STATS_CLOSE_CONNECT_FAILED;
+    if (err == ERR_CANCELLED || err == ERR_SHUTDOWN)
+        return STATS_CLOSE_CANCELLED;
+    return STATS_CLOSE_ERROR;
+}
+
+static void finish(job_t *j, int err, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    if (j->phase >= PH_FINISHING)
+        return;
+    uv_timer_stop(&j->total_timer);
+    uv_timer_stop(&j->phase_timer);
+    dns_cancel(&j->dns_waiter);
+    pool_cancel_wait(j->sched->pool, j);
+    if (j->conn)
+        conn_close(j->conn, close_reason(j->conn, err));
+    j->error = err;
+    va_start(ap, fmt);
+    set_error_msg(j, fmt, ap);
+    va_end(ap);
+    if (err == 0)
+        j->error_msg[0] = '\0';
+    else if (j->error_msg[0] == '\0')
+        snprintf(j->error_msg, sizeof(j->error_msg), "%s", err_str(err));
+    j->phase = PH_FINISHING;
+    rc = err ? sink_abort(&j->sink, on_sink_done) : sink_commit(&j->sink, on_sink_done);
+    if (rc == SINK_PENDING) {
+        job_incref(j);
+        return;
+    }
+    if (rc < 0 && j->error == 0) {
+        j->error = rc;
+        snprintf(j->error_msg, sizeof(j->error_msg), "finishing the output: %s", err_str(rc));
+    }
+    finalize(j);
+}
+
+int job_cancel(job_t *j, int err)
+{
+    if (j->phase >= PH_FINISHING)
+        return j->phase == PH_FINISHED ? ERR_INVALID_REQUEST : 0;
+    finish(j, err, "%s",
+           err == ERR_SHUTDOWN ? "cancelled: the daemon is shutting down" : "cancelled by request");
+    return 0;
+}
+
+/* ---- names ------------------------------------------------------------------ */
+
+static const char *const state_names[] = {"queued", "running", "done", "failed", "cancelled"};
+
+const char *job_state_name(job_state_t s)
+{
+    return (unsigned)s < sizeof(state_names) / sizeof(state_names[0]) ? state_names[s] : "unknown";
+}
+
+int job_state_from_name(const char *name, job_state_t *out)
+{
+    for (size_t i = 0; i < sizeof(state_names) / sizeof(state_names[0]); i++) {
+        if (strcmp(name, state_names[i]) == 0) {
+            *out = (job_state_t)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int job_is_finished(const job_t *j)
+{
+    return j->state >= JOB_DONE;
+}
+
+int job_is_queued(const job_t *j)
+{
+    return j->phase == PH_QUEUED;
+}
+
+int job_is_cancellable(const job_t *j)
+{
+    return j->phase < PH_FINISHING;
+}

@@ -1,0 +1,203 @@
+/* job — one fetch and its state machine.
+ *
+ * A job is created from a job_spec_t (which it takes ownership of), queued by
+ * the scheduler, and then runs: resolve, check a connection out of its
+ * origin's pool, send the request, parse the response into its sink, follow
+ * redirects and retry with backoff as its spec allows, and finish as done,
+ * failed or cancelled. Finished jobs are retained for a while so clients can
+ * ask for their result.
+ *
+ * Ownership: the scheduler owns one reference to every job it knows (queued,
+ * running or retained). While a request is in flight the job and its
+ * connection hold a reference to each other; both are dropped the moment the
+ * response completes or fails. Anyone else who keeps a job across a callback
+ * (a control client waiting on it, say) takes a reference of its own.
+ */
+#ifndef FETCHD_JOB_H
+#define FETCHD_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <uv.h>
+
+#include "dns.h"
+#include "sink.h"
+#include "url.h"
+
+typedef struct job job_t;
+typedef struct conn conn_t;
+typedef struct sched sched_t;
+typedef struct origin origin_t;
+
+typedef enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state_t;
+
+typedef enum job_output { JOB_OUTPUT_DISCARD, JOB_OUTPUT_FILE, JOB_OUTPUT_INLINE } job_output_t;
+
+typedef struct job_header {
+    char *name;  /* owned */
+    char *value; /* owned */
+} job_header_t;
+
+/* What to fetch and how. job_spec_init() fills in the defaults below; every
+ * pointer is owned by the spec and released by job_spec_dispose(). */
+typedef struct job_spec {
+    char *url;             /* required */
+    char *method;          /* NULL means "GET" */
+    job_header_t *headers; /* nheaders entries */
+    size_t nheaders;
+    char *body; /* may contain NUL bytes; NULL when none */
+    size_t body_len;
+    job_output_t output;            /* JOB_OUTPUT_DISCARD */
+    char *output_path;              /* JOB_OUTPUT_FILE: relative to the download dir, or absolute
+                                       inside it */
+    uint64_t inline_max;            /* JOB_OUTPUT_INLINE cap: 1 MiB */
+    int sha256;                     /* 0: compute the body's SHA-256 */
+    char *expected_sha256;          /* lowercase hex; implies sha256 */
+    uint64_t connect_timeout_ms;    /* 10 s */
+    uint64_t first_byte_timeout_ms; /* 30 s: request sent -> first response byte */
+    uint64_t idle_timeout_ms;       /* 30 s: longest silence while reading */
+    uint64_t total_timeout_ms;      /* 0: none */
+    int retries;                    /* 0 */
+    int max_redirects;              /* 10 */
+    uint64_t max_body;              /* 0: unlimited */
+    int fail_on_http_error;         /* 0: a 4xx/5xx response is a done job */
+    int insecure;                   /* 0: verify TLS */
+    char *ca_file;                  /* NULL: the daemon's */
+    int priority;                   /* 0; higher runs first */
+    int allow_downgrade;            /* 0: an https -> http redirect fails the job */
+    json_t *labels;                 /* owned reference, echoed back; may be NULL */
+} job_spec_t;
+
+#define JOB_DEFAULT_CONNECT_TIMEOUT_MS    10000
+#define JOB_DEFAULT_FIRST_BYTE_TIMEOUT_MS 30000
+#define JOB_DEFAULT_IDLE_TIMEOUT_MS       30000
+#define JOB_DEFAULT_MAX_REDIRECTS         10
+#define JOB_DEFAULT_INLINE_MAX            (1024 * 1024)
+#define JOB_MAX_RETRIES                   20
+#define JOB_MAX_REDIRECTS_LIMIT           50
+
+void job_spec_init(job_spec_t *spec);
+void job_spec_dispose(job_spec_t *spec);
+
+/* Millisecond timings of a job; 0 when the phase did not happen. */
+typedef struct job_timings {
+    double created;      /* unix time (s) the job was submitted */
+    double started;      /* unix time it first left the queue */
+    double finished;     /* unix time it finished */
+    uint64_t queued_ms;  /* submitted -> started */
+    uint64_t dns_ms;     /* last attempt: name resolution */
+    uint64_t connect_ms; /* last attempt: TCP connect (0 on a reused connection) */
+    uint64_t ttfb_ms;    /* last attempt: request sent -> first response byte */
+    uint64_t total_ms;   /* started -> finished */
+} job_timings_t;
+
+/* The observable part of a job, read by the control protocol's encoder. */
+struct job {
+    /* read-only */
+    char id[20]; /* 16 hex digits */
+    job_state_t state;
+    job_spec_t spec;     /* owned */
+    char *effective_url; /* owned: the last URL fetched (after redirects) */
+    int http_status;     /* 0 until a final response arrived */
+    uint64_t bytes;      /* body bytes received from the final response */
+    char sha256[65];     /* hex, "" unless asked for and done */
+    char *output;        /* owned: the file written, once the job is done */
+    char *inline_body;   /* owned: JOB_OUTPUT_INLINE body, once done */
+    size_t inline_len;
+    int error;           /* 0, or a negative fetchd error */
+    char error_msg[192]; /* human message when error != 0 */
+    unsigned redirects;  /* redirects followed */
+    unsigned attempts;   /* requests started, retries included */
+    job_timings_t timings;
+    void *data; /* public: free for the submitter's own use */
+
+    /* private: the scheduler's and the job module's */
+    unsigned refcnt;
+    sched_t *sched;       /* borrowed: the scheduler outlives its jobs */
+    uint64_t seq;         /* submission order, the FIFO tie-break */
+    size_t heap_index;    /* position in the scheduler's queue while queued */
+    int phase;            /* enum job_phase in job.c */
+    job_t *rprev, *rnext; /* the scheduler's retained list */
+    job_t *hnext;         /* the scheduler's id hash chain */
+    job_t *wnext;         /* the origin's wait list */
+    origin_t *origin;     /* borrowed: the origin it waits at, or NULL */
+    conn_t *conn;         /* owned reference while a request is in flight */
+    url_t url;            /* owned: the URL being fetched now */
+    char *method;         /* owned: the current method; NULL means GET (a 303 changes it) */
+    char *req_head;       /* owned: the serialised request head */
+    size_t req_head_len;
+    char *file_path;  /* owned: the confined output path until the job is done */
+    int body_dropped; /* a redirect turned the request into a bodiless GET */
+    int cross_origin; /* a redirect left the first origin: credentials dropped */
+    dns_waiter_t dns_waiter;
+    sink_t sink;            /* owned */
+    uv_timer_t total_timer; /* total timeout */
+    uv_timer_t phase_timer; /* connect / first byte / idle / backoff */
+    int handles_open;       /* timers not yet closed */
+    uint64_t start_ms;      /* monotonic ms the job started */
+    uint64_t finished_ms;   /* loop time (ms) it finished, for retention */
+    uint64_t phase_start_ms;
+    uint64_t connect_start_ms;
+    int retries_left;
+    int retried_stale;   /* a reused connection already failed once */
+    int force_new;       /* the next checkout must not reuse a connection */
+    int read_paused;     /* reading stopped for sink backpressure */
+    int disposition;     /* what the response being read is for (job.c) */
+    int redirect_status; /* status of the redirect being followed */
+    int retry_status;    /* status of the response being retried */
+    int last_retry_err;  /* the error that made the last retry */
+    char *location;      /* owned: the response's Location */
+    char *retry_after;   /* owned: the response's Retry-After */
+};
+
+/* Creates a job that takes ownership of *spec (which is zeroed) — on failure
+ * too. Validates the URL, method and headers; returns 0 with *out a new
+ * reference, or ERR_INVALID_REQUEST (errmsg says which field and why) or
+ * ERR_NO_MEMORY. The job is not queued: see sched_submit(). */
+int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
+
+void job_incref(job_t *j);
+/* Returns 1 when the job was destroyed (its timers' close callbacks may still
+ * be pending on the loop). */
+int job_decref(job_t *j);
+
+/* Starts a queued job (called by the scheduler). */
+void job_start(job_t *j);
+
+/* Cancels a job at any stage. A queued or running job finishes as
+ * "cancelled" with reason err (ERR_CANCELLED or ERR_SHUTDOWN); a finished job
+ * is left as it is. Returns 0, or ERR_INVALID_REQUEST for a finished job. */
+int job_cancel(job_t *j, int err);
+
+/* A connection the job asked its origin for is ready (called by the pool).
+ * conn is a new reference; reused says whether it served a request before. */
+void job_on_conn(job_t *j, conn_t *c, int reused);
+
+/* The connection's reports to its attached job (called by conn.c only). The
+ * int-returning ones return 0 or an error that makes the connection fail the
+ * response; none of them closes the connection itself. */
+void job_on_connected(job_t *j, int status, const char *msg);
+void job_on_request_sent(job_t *j);
+void job_on_read(job_t *j);
+int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen);
+/* content_length is -1 when the response has none. */
+int job_on_headers_complete(job_t *j, int status, int64_t content_length);
+int job_on_body(job_t *j, buf_t *b, const char *at, size_t len);
+/* The final response is complete; the connection is already detached (and
+ * back in the pool or closing). */
+void job_on_response_complete(job_t *j);
+/* The exchange failed; the connection is already detached and closing.
+ * reused: the connection had served a request before; resp_bytes: response
+ * bytes received before the failure. */
+void job_on_conn_error(job_t *j, int err, const char *msg, int reused, uint64_t resp_bytes);
+
+const char *job_state_name(job_state_t s);
+int job_state_from_name(const char *name, job_state_t *out);
+int job_is_finished(const job_t *j);
+/* 1 while the job waits in the scheduler's queue. */
+int job_is_queued(const job_t *j);
+/* 1 while job_cancel() would still change the job's outcome. */
+int job_is_cancellable(const job_t *j);
+
+#endif

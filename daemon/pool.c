@@ -1,0 +1,492 @@
+/* pool — per-origin keep-alive pools; see pool.h. */
+#include "pool.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "job.h"
+#include "mem.h"
+
+#define POOL_INITIAL_BUCKETS 64
+
+static void on_kick(uv_idle_t *h);
+static void on_sweep(uv_timer_t *t);
+
+static void on_handle_close(uv_handle_t *h)
+{
+    pool_t *p = h->data;
+    p->handles_open--;
+}
+
+int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs)
+{
+    memset(p, 0, sizeof(*p));
+    p->loop = loop;
+    p->stats = stats;
+    p->bufs = bufs;
+    p->max_conns = 256;
+    p->max_per_host = 32;
+    p->idle_timeout_ms = 30000;
+    p->nbuckets = POOL_INITIAL_BUCKETS;
+    p->buckets = mem_calloc(p->nbuckets, sizeof(*p->buckets));
+    if (p->buckets == NULL)
+        return ERR_NO_MEMORY;
+    uv_timer_init(loop, &p->sweep);
+    uv_idle_init(loop, &p->kick);
+    p->sweep.data = p;
+    p->kick.data = p;
+    p->handles_open = 2;
+    return 0;
+}
+
+/* ---- origins --------------------------------------------------------------- */
+
+static uint64_t hash_key(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static int format_key(char *out, size_t len, url_scheme_t scheme, const char *host, uint16_t port,
+                      int insecure)
+{
+    int n = snprintf(out, len, "%s://%s:%u%s", url_scheme_name(scheme), host, (unsigned)port,
+                     insecure ? "#insecure" : "");
+    return n > 0 && (size_t)n < len ? 0 : ERR_INVALID_REQUEST;
+}
+
+static void grow_table(pool_t *p)
+{
+    size_t n = p->nbuckets * 2;
+    origin_t **b = mem_calloc(n, sizeof(*b));
+    if (b == NULL)
+        return; /* longer chains are slower, not wrong */
+    for (size_t i = 0; i < p->nbuckets; i++) {
+        origin_t *o = p->buckets[i], *next;
+        for (; o; o = next) {
+            next = o->hnext;
+            size_t k = hash_key(o->key) & (n - 1);
+            o->hnext = b[k];
+            b[k] = o;
+        }
+    }
+    mem_free(p->buckets);
+    p->buckets = b;
+    p->nbuckets = n;
+}
+
+static origin_t *origin_get(pool_t *p, const url_t *u, int insecure)
+{
+    char key[512];
+    size_t k;
+    origin_t *o;
+
+    if (format_key(key, sizeof(key), u->scheme, u->host, u->port, insecure) != 0)
+        return NULL;
+    k = hash_key(key) & (p->nbuckets - 1);
+    for (o = p->buckets[k]; o; o = o->hnext)
+        if (strcmp(o->key, key) == 0)
+            return o;
+    o = mem_calloc(1, sizeof(*o));
+    if (o == NULL)
+        return NULL;
+    o->key = mem_strdup(key);
+    o->host = mem_strdup(u->host);
+    if (o->key == NULL || o->host == NULL) {
+        mem_free(o->key);
+        mem_free(o->host);
+        mem_free(o);
+        return NULL;
+    }
+    o->pool = p;
+    o->scheme = u->scheme;
+    o->port = u->port;
+    o->insecure = insecure;
+    o->hnext = p->buckets[k];
+    p->buckets[k] = o;
+    p->norigins++;
+    stats_obj_created(p->stats, STATS_OBJ_ORIGIN);
+    if (p->norigins > p->nbuckets)
+        grow_table(p);
+    return o;
+}
+
+/* An origin lives while it has connections or waiters, and not while the
+ * kick is walking it. */
+static void origin_maybe_free(origin_t *o)
+{
+    pool_t *p = o->pool;
+    origin_t **pp;
+
+    if (o->nconns > 0 || o->nwaiting > 0 || o->busy)
+        return;
+    assert(o->idle == NULL && !o->in_wait_list);
+    for (pp = &p->buckets[hash_key(o->key) & (p->nbuckets - 1)]; *pp != o; pp = &(*pp)->hnext)
+        ;
+    *pp = o->hnext;
+    p->norigins--;
+    stats_obj_destroyed(p->stats, STATS_OBJ_ORIGIN);
+    mem_free(o->key);
+    mem_free(o->host);
+    mem_free(o);
+}
+
+static void wait_list_remove(pool_t *p, origin_t *o)
+{
+    if (!o->in_wait_list)
+        return;
+    if (o->wprev)
+        o->wprev->wnext = o->wnext;
+    else
+        p->wait_head = o->wnext;
+    if (o->wnext)
+        o->wnext->wprev = o->wprev;
+    else
+        p->wait_tail = o->wprev;
+    o->wprev = o->wnext = NULL;
+    o->in_wait_list = 0;
+}
+
+static void schedule_kick(pool_t *p)
+{
+    if (!p->kick_active && p->wait_head != NULL && !p->closing) {
+        uv_idle_start(&p->kick, on_kick);
+        p->kick_active = 1;
+    }
+}
+
+/* ---- idle lists ------------------------------------------------------------ */
+
+static void idle_unlink(origin_t *o, conn_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        o->idle = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    o->nidle--;
+}
+
+static conn_t *idle_oldest(origin_t *o)
+{
+    conn_t *c = o->idle;
+    while (c && c->next)
+        c = c->next;
+    return c;
+}
+
+/* Takes the most recently used idle connection: it is the least likely to
+ * have been closed by the server. The pool's reference goes to the caller. */
+static conn_t *idle_pop(pool_t *p, origin_t *o)
+{
+    conn_t *c = o->idle;
+    idle_unlink(o, c);
+    c->state = CONN_ACTIVE;
+    p->nidle--;
+    p->nactive++;
+    p->stats->conn_reuses++;
+    return c;
+}
+
+void pool_conn_state(pool_t *p, conn_state_t from, conn_state_t to)
+{
+    unsigned *g[] = {&p->nconnecting, &p->nactive, &p->nidle, NULL};
+    if (from <= CONN_IDLE)
+        (*g[from])--;
+    if (to <= CONN_IDLE)
+        (*g[to])++;
+}
+
+/* ---- limits ---------------------------------------------------------------- */
+
+static origin_t *origin_with_idle(pool_t *p)
+{
+    for (size_t i = 0; i < p->nbuckets; i++)
+        for (origin_t *o = p->buckets[i]; o; o = o->hnext)
+            if (o->idle)
+                return o;
+    return NULL;
+}
+
+/* Whether o may open one more connection, closing an idle one of this origin
+ * (per-host limit) or of another (global limit) to make room if need be. */
+static int make_room(pool_t *p, origin_t *o)
+{
+    if (o->nconns >= p->max_per_host) {
+        if (o->idle == NULL)
+            return 0;
+        conn_close(idle_oldest(o), STATS_CLOSE_POOL_FULL);
+    }
+    if (p->nconns >= p->max_conns) {
+        origin_t *victim = origin_with_idle(p);
+        if (victim == NULL)
+            return 0;
+        conn_close(idle_oldest(victim), STATS_CLOSE_POOL_FULL);
+    }
+    return o->nconns < p->max_per_host && p->nconns < p->max_conns;
+}
+
+static conn_t *open_conn(pool_t *p, origin_t *o)
+{
+    conn_t *c = conn_create(o);
+    if (c == NULL)
+        return NULL;
+    o->nconns++;
+    p->nconns++;
+    p->nconnecting++;
+    p->stats->conns_opened++;
+    return c;
+}
+
+/* ---- checkout and return --------------------------------------------------- */
+
+int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
+{
+    origin_t *o = origin_get(p, &j->url, j->spec.insecure);
+
+    if (o == NULL)
+        return ERR_NO_MEMORY;
+    if (!force_new && o->idle) {
+        *out = idle_pop(p, o);
+        return POOL_REUSED;
+    }
+    /* Jobs already waiting for this origin go first. */
+    if (o->nwaiting == 0 && make_room(p, o)) {
+        *out = open_conn(p, o);
+        if (*out == NULL) {
+            origin_maybe_free(o);
+            return ERR_NO_MEMORY;
+        }
+        return POOL_NEW;
+    }
+    j->wnext = NULL;
+    if (o->waiters_tail)
+        o->waiters_tail->wnext = j;
+    else
+        o->waiters = j;
+    o->waiters_tail = j;
+    o->nwaiting++;
+    j->origin = o;
+    if (!o->in_wait_list) {
+        o->wprev = p->wait_tail;
+        o->wnext = NULL;
+        if (p->wait_tail)
+            p->wait_tail->wnext = o;
+        else
+            p->wait_head = o;
+        p->wait_tail = o;
+        o->in_wait_list = 1;
+    }
+    schedule_kick(p);
+    return POOL_WAIT;
+}
+
+static job_t *waiter_pop(pool_t *p, origin_t *o)
+{
+    job_t *j = o->waiters;
+    o->waiters = j->wnext;
+    if (o->waiters == NULL) {
+        o->waiters_tail = NULL;
+        wait_list_remove(p, o);
+    }
+    o->nwaiting--;
+    j->wnext = NULL;
+    j->origin = NULL;
+    return j;
+}
+
+void pool_cancel_wait(pool_t *p, job_t *j)
+{
+    origin_t *o = j->origin;
+    job_t **pp, *prev = NULL;
+
+    if (o == NULL)
+        return;
+    for (pp = &o->waiters; *pp && *pp != j; pp = &(*pp)->wnext)
+        prev = *pp;
+    assert(*pp == j);
+    *pp = j->wnext;
+    if (o->waiters_tail == j)
+        o->waiters_tail = prev;
+    o->nwaiting--;
+    j->wnext = NULL;
+    j->origin = NULL;
+    if (o->waiters == NULL)
+        wait_list_remove(p, o);
+    origin_maybe_free(o);
+}
+
+static void start_sweep(pool_t *p)
+{
+    uint64_t every = p->idle_timeout_ms / 4;
+    if (p->sweep_active || p->closing)
+        return;
+    if (every < 10)
+        every = 10;
+    if (every > 1000)
+        every = 1000;
+    uv_timer_start(&p->sweep, on_sweep, every, every);
+    p->sweep_active = 1;
+}
+
+void pool_return(conn_t *c)
+{
+    origin_t *o = c->origin;
+    pool_t *p = o->pool;
+
+    assert(c->state == CONN_ACTIVE && c->job == NULL);
+    if (p->closing) {
+        conn_close(c, STATS_CLOSE_SHUTDOWN);
+        conn_decref(c);
+        return;
+    }
+    c->state = CONN_IDLE;
+    c->idle_since = uv_now(p->loop);
+    p->nactive--;
+    p->nidle++;
+    c->prev = NULL;
+    c->next = o->idle;
+    if (o->idle)
+        o->idle->prev = c;
+    o->idle = c;
+    o->nidle++;
+    start_sweep(p);
+    if (o->nwaiting)
+        schedule_kick(p);
+}
+
+void pool_conn_closing(conn_t *c)
+{
+    origin_t *o = c->origin;
+    pool_t *p;
+
+    if (o == NULL)
+        return;
+    p = o->pool;
+    if (c->state == CONN_IDLE) {
+        idle_unlink(o, c);
+        conn_decref(c); /* the pool's reference; the caller holds another */
+    }
+    pool_conn_state(p, c->state, CONN_CLOSING);
+    o->nconns--;
+    p->nconns--;
+    c->origin = NULL;
+    schedule_kick(p);
+    origin_maybe_free(o);
+}
+
+/* Hands idle connections and free slots to waiting jobs, oldest origin
+ * first. It runs from an idle handle rather than inside pool_return() so a
+ * job never starts a request on a connection whose read callback is still on
+ * the stack. */
+/* Returns how many waiting jobs got a connection. */
+static unsigned serve_waiters(pool_t *p, origin_t *o)
+{
+    unsigned served = 0;
+    while (o->waiters) {
+        int reused = o->idle != NULL;
+        conn_t *c;
+        if (reused) {
+            c = idle_pop(p, o);
+        } else {
+            if (!make_room(p, o))
+                break;
+            c = open_conn(p, o);
+        }
+        job_on_conn(waiter_pop(p, o), c, c == NULL ? ERR_NO_MEMORY : reused);
+        served++;
+    }
+    return served;
+}
+
+static void on_kick(uv_idle_t *h)
+{
+    pool_t *p = h->data;
+    origin_t *o = p->wait_head;
+    /* Job callbacks may add or remove waiting origins while we walk; the
+     * bound keeps the walk finite whatever they do. */
+    size_t budget = 2 * p->norigins + 16;
+    unsigned served = 0;
+
+    uv_idle_stop(&p->kick);
+    p->kick_active = 0;
+    while (o && budget-- > 0) {
+        origin_t *next;
+        o->busy++;
+        served += serve_waiters(p, o);
+        o->busy--;
+        next = o->in_wait_list ? o->wnext : p->wait_head;
+        origin_maybe_free(o);
+        o = next;
+    }
+    /* Out of budget with work done: go on next turn. Without progress the
+     * waiters wait for a connection to come back, which kicks us again. */
+    if (o && served)
+        schedule_kick(p);
+}
+
+static void close_idle_of(origin_t *o, stats_close_t reason, uint64_t older_than, uint64_t now)
+{
+    conn_t *c = idle_oldest(o);
+    while (c) {
+        conn_t *prev = c->prev;
+        if (now - c->idle_since < older_than)
+            break;
+        conn_close(c, reason);
+        c = prev;
+    }
+}
+
+static void close_idle(pool_t *p, stats_close_t reason, uint64_t older_than)
+{
+    uint64_t now = uv_now(p->loop);
+    for (size_t i = 0; i < p->nbuckets; i++) {
+        origin_t *o = p->buckets[i], *next;
+        for (; o; o = next) {
+            next = o->hnext;
+            o->busy++;
+            close_idle_of(o, reason, older_than, now);
+            o->busy--;
+            origin_maybe_free(o);
+        }
+    }
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    pool_t *p = t->data;
+    close_idle(p, STATS_CLOSE_IDLE_TIMEOUT, p->idle_timeout_ms);
+    if (p->nidle == 0) {
+        uv_timer_stop(&p->sweep);
+        p->sweep_active = 0;
+    }
+}
+
+void pool_close_idle(pool_t *p, stats_close_t reason)
+{
+    close_idle(p, reason, 0);
+}
+
+void pool_close(pool_t *p)
+{
+    if (p->closing)
+        return;
+    pool_close_idle(p, STATS_CLOSE_SHUTDOWN);
+    p->closing = 1;
+    assert(p->wait_head == NULL);
+    uv_close((uv_handle_t *)&p->sweep, on_handle_close);
+    uv_close((uv_handle_t *)&p->kick, on_handle_close);
+}
+
+void pool_dispose(pool_t *p)
+{
+    assert(p->norigins == 0 && p->handles_open == 0);
+    mem_free(p->buckets);
+    p->buckets = NULL;
+}

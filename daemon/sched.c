@@ -1,0 +1,392 @@
+/* sched — queue, running set and retention; see sched.h. */
+#include "sched.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "mem.h"
+
+#define SCHED_INITIAL_TABLE 1024
+#define SCHED_INITIAL_HEAP  64
+
+static void on_kick(uv_idle_t *h);
+static void on_retain_timer(uv_timer_t *t);
+
+static void on_handle_close(uv_handle_t *h)
+{
+    sched_t *s = h->data;
+    s->handles_open--;
+}
+
+int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t *dns,
+               buf_pool_t *bufs, const char *download_dir)
+{
+    memset(s, 0, sizeof(*s));
+    s->loop = loop;
+    s->stats = stats;
+    s->pool = pool;
+    s->dns = dns;
+    s->bufs = bufs;
+    s->max_running = 1024;
+    s->max_queued = 1000000;
+    s->retain_jobs = 10000;
+    s->retain_ms = 3600 * 1000;
+    s->retry_base_ms = 250;
+    s->retry_max_ms = 30000;
+    s->retry_after_max_ms = 120000;
+    s->accepting = 1;
+    if (download_dir != NULL) {
+        char real[PATH_MAX];
+        if (realpath(download_dir, real) == NULL)
+            return ERR_IO;
+        s->download_dir = mem_strdup(real);
+        if (s->download_dir == NULL)
+            return ERR_NO_MEMORY;
+    }
+    s->table_size = SCHED_INITIAL_TABLE;
+    s->table = mem_calloc(s->table_size, sizeof(*s->table));
+    s->heap_cap = SCHED_INITIAL_HEAP;
+    s->heap = mem_alloc(s->heap_cap * sizeof(*s->heap));
+    if (s->table == NULL || s->heap == NULL) {
+        mem_free(s->table);
+        mem_free(s->heap);
+        mem_free(s->download_dir);
+        return ERR_NO_MEMORY;
+    }
+    /* Ids are unique across restarts: the high half comes from the start
+     * time and the pid, the low half counts submissions. */
+    s->id_prefix = ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20)) & 0xffffffffu;
+    s->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    uv_idle_init(loop, &s->kick);
+    uv_timer_init(loop, &s->retain_timer);
+    s->kick.data = s;
+    s->retain_timer.data = s;
+    s->handles_open = 2;
+    return 0;
+}
+
+double sched_random(sched_t *s)
+{
+    /* xorshift64*: plenty for backoff jitter, and no global state. */
+    s->rng ^= s->rng >> 12;
+    s->rng ^= s->rng << 25;
+    s->rng ^= s->rng >> 27;
+    return (double)((s->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+/* ---- the id table ------------------------------------------------------------ */
+
+static uint64_t hash_id(const char *id)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    return h;
+}
+
+static void table_grow(sched_t *s)
+{
+    size_t n = s->table_size * 2;
+    job_t **t = mem_calloc(n, sizeof(*t));
+    if (t == NULL)
+        return; /* longer chains, still correct */
+    for (size_t i = 0; i < s->table_size; i++) {
+        job_t *j = s->table[i], *next;
+        for (; j; j = next) {
+            next = j->hnext;
+            size_t k = hash_id(j->id) & (n - 1);
+            j->hnext = t[k];
+            t[k] = j;
+        }
+    }
+    mem_free(s->table);
+    s->table = t;
+    s->table_size = n;
+}
+
+static void table_insert(sched_t *s, job_t *j)
+{
+    size_t k = hash_id(j->id) & (s->table_size - 1);
+    j->hnext = s->table[k];
+    s->table[k] = j;
+    if (++s->njobs > s->table_size)
+        table_grow(s);
+}
+
+static void table_remove(sched_t *s, job_t *j)
+{
+    job_t **pp = &s->table[hash_id(j->id) & (s->table_size - 1)];
+    while (*pp != j)
+        pp = &(*pp)->hnext;
+    *pp = j->hnext;
+    j->hnext = NULL;
+    s->njobs--;
+}
+
+job_t *sched_find(sched_t *s, const char *id)
+{
+    job_t *j = s->table[hash_id(id) & (s->table_size - 1)];
+    while (j && strcmp(j->id, id) != 0)
+        j = j->hnext;
+    return j;
+}
+
+/* ---- the priority queue ------------------------------------------------------ */
+
+static int runs_before(const job_t *a, const job_t *b)
+{
+    if (a->spec.priority != b->spec.priority)
+        return a->spec.priority > b->spec.priority;
+    return a->seq < b->seq;
+}
+
+static void heap_set(sched_t *s, size_t i, job_t *j)
+{
+    s->heap[i] = j;
+    j->heap_index = i;
+}
+
+static void sift_up(sched_t *s, size_t i)
+{
+    job_t *j = s->heap[i];
+    while (i > 0 && runs_before(j, s->heap[(i - 1) / 2])) {
+        heap_set(s, i, s->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_set(s, i, j);
+}
+
+static void sift_down(sched_t *s, size_t i)
+{
+    job_t *j = s->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= s->nqueued)
+            break;
+        if (c + 1 < s->nqueued && runs_before(s->heap[c + 1], s->heap[c]))
+            c++;
+        if (!runs_before(s->heap[c], j))
+            break;
+        heap_set(s, i, s->heap[c]);
+        i = c;
+    }
+    heap_set(s, i, j);
+}
+
+static int heap_push(sched_t *s, job_t *j)
+{
+    if (s->nqueued == s->heap_cap) {
+        job_t **h = mem_realloc(s->heap, 2 * s->heap_cap * sizeof(*h));
+        if (h == NULL)
+            return ERR_NO_MEMORY;
+        s->heap = h;
+        s->heap_cap *= 2;
+    }
+    heap_set(s, s->nqueued++, j);
+    sift_up(s, s->nqueued - 1);
+    return 0;
+}
+
+static void heap_remove(sched_t *s, job_t *j)
+{
+    size_t i = j->heap_index;
+    assert(i < s->nqueued && s->heap[i] == j);
+    if (i != --s->nqueued) {
+        heap_set(s, i, s->heap[s->nqueued]);
+        sift_down(s, i);
+        sift_up(s, s->heap[i]->heap_index);
+    }
+}
+
+/* ---- dispatch ---------------------------------------------------------------- */
+
+static void schedule_kick(sched_t *s)
+{
+    if (!s->kick_active && s->nqueued > 0 && s->nrunning < s->max_running && s->accepting) {
+        uv_idle_start(&s->kick, on_kick);
+        s->kick_active = 1;
+    }
+}
+
+/* Starts queued jobs from an idle handle, so submitting a batch never runs
+ * connection code inside the submitter's call. */
+static void on_kick(uv_idle_t *h)
+{
+    sched_t *s = h->data;
+
+    uv_idle_stop(&s->kick);
+    s->kick_active = 0;
+    while (s->nqueued > 0 && s->nrunning < s->max_running && s->accepting) {
+        job_t *j = s->heap[0];
+        heap_remove(s, j);
+        s->nrunning++;
+        job_start(j);
+    }
+}
+
+int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
+{
+    job_t *j;
+    int rc;
+
+    if (!s->accepting) {
+        job_spec_dispose(spec);
+        snprintf(errmsg, errlen, "the daemon is shutting down");
+        return ERR_SHUTDOWN;
+    }
+    if (s->max_queued && s->nqueued >= s->max_queued) {
+        job_spec_dispose(spec);
+        snprintf(errmsg, errlen, "the queue is full: %zu jobs are queued (max_jobs)", s->nqueued);
+        return ERR_QUEUE_FULL;
+    }
+    rc = job_create(s, spec, &j, errmsg, errlen);
+    if (rc != 0)
+        return rc;
+    j->seq = ++s->next_seq;
+    snprintf(j->id, sizeof(j->id), "%08" PRIx64 "%08" PRIx64, s->id_prefix, j->seq & 0xffffffffu);
+    rc = heap_push(s, j);
+    if (rc != 0) {
+        snprintf(errmsg, errlen, "%s", err_str(rc));
+        job_decref(j);
+        return rc;
+    }
+    table_insert(s, j); /* the table owns the creator's reference */
+    sched_emit(s, j, SCHED_EV_QUEUED);
+    schedule_kick(s);
+    *out = j;
+    return 0;
+}
+
+/* ---- finishing and retention -------------------------------------------------- */
+
+static void forget(sched_t *s, job_t *j)
+{
+    if (j->rprev)
+        j->rprev->rnext = j->rnext;
+    else
+        s->retained_head = j->rnext;
+    if (j->rnext)
+        j->rnext->rprev = j->rprev;
+    else
+        s->retained_tail = j->rprev;
+    j->rprev = j->rnext = NULL;
+    s->nretained--;
+    table_remove(s, j);
+    job_decref(j);
+}
+
+static void expire(sched_t *s)
+{
+    uint64_t now = uv_now(s->loop);
+
+    while (s->retained_head &&
+           (s->nretained > s->retain_jobs || now - s->retained_head->finished_ms >= s->retain_ms))
+        forget(s, s->retained_head);
+    if (!s->accepting)
+        return; /* the timer is closing */
+    if (s->retained_head) {
+        uint64_t due = s->retained_head->finished_ms + s->retain_ms;
+        uv_timer_start(&s->retain_timer, on_retain_timer, due > now ? due - now : 1, 0);
+    } else {
+        uv_timer_stop(&s->retain_timer);
+    }
+}
+
+static void on_retain_timer(uv_timer_t *t)
+{
+    expire(t->data);
+}
+
+void sched_job_finished(sched_t *s, job_t *j)
+{
+    if (j->timings.started > 0) {
+        assert(s->nrunning > 0);
+        s->nrunning--;
+    }
+    j->rprev = s->retained_tail;
+    j->rnext = NULL;
+    if (s->retained_tail)
+        s->retained_tail->rnext = j;
+    else
+        s->retained_head = j;
+    s->retained_tail = j;
+    s->nretained++;
+    job_incref(j); /* observers may drop the last other reference */
+    sched_emit(s, j, SCHED_EV_FINISHED);
+    if (!s->accepting)
+        forget(s, j); /* shutting down: nobody will ask for it */
+    else
+        expire(s);
+    job_decref(j);
+    schedule_kick(s);
+}
+
+int sched_cancel(sched_t *s, job_t *j)
+{
+    if (job_is_queued(j))
+        heap_remove(s, j);
+    return job_cancel(j, ERR_CANCELLED);
+}
+
+void sched_forget_finished(sched_t *s)
+{
+    while (s->retained_head)
+        forget(s, s->retained_head);
+}
+
+void sched_emit(sched_t *s, job_t *j, sched_event_t ev)
+{
+    if (s->on_event)
+        s->on_event(s, j, ev, s->event_data);
+}
+
+void sched_close(sched_t *s)
+{
+    if (!s->accepting)
+        return;
+    s->accepting = 0;
+    while (s->nqueued > 0) {
+        job_t *j = s->heap[0];
+        heap_remove(s, j);
+        job_cancel(j, ERR_SHUTDOWN);
+    }
+    /* Cancelling may change the chain under us (observers, finished jobs
+     * leaving the table), so start the bucket over after each cancel. */
+    for (size_t i = 0; i < s->table_size; i++) {
+    again:
+        for (job_t *j = s->table[i]; j; j = j->hnext) {
+            if (job_is_cancellable(j)) {
+                job_cancel(j, ERR_SHUTDOWN);
+                goto again;
+            }
+        }
+    }
+    sched_forget_finished(s);
+    uv_close((uv_handle_t *)&s->kick, on_handle_close);
+    uv_close((uv_handle_t *)&s->retain_timer, on_handle_close);
+}
+
+void sched_dispose(sched_t *s)
+{
+    sched_forget_finished(s);
+    assert(s->njobs == 0 && s->handles_open == 0);
+    mem_free(s->table);
+    mem_free(s->heap);
+    mem_free(s->download_dir);
+    s->table = NULL;
+    s->heap = NULL;
+    s->download_dir = NULL;
+}
+
+const char *sched_event_name(sched_event_t ev)
+{
+    static const char *const names[] = {"queued", "started", "redirected", "retrying", "finished"};
+    return names[ev];
+}

@@ -1,0 +1,108 @@
+/* sched — the job queue, the running set and the retained finished jobs.
+ *
+ * Queued jobs wait in a binary heap ordered by priority (higher first), then
+ * submission order. Up to max_running jobs run at once. Finished jobs are
+ * retained, oldest first out, within retain_jobs and retain_ms, so their
+ * results can be read after the fact without memory growing with the number
+ * of jobs ever run.
+ *
+ * Ownership: the scheduler owns one reference to every job it knows, from
+ * submission until the job leaves retention (or the scheduler is disposed).
+ * It borrows the pool, DNS cache and buffer pool the jobs use.
+ */
+#ifndef FETCHD_SCHED_H
+#define FETCHD_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "dns.h"
+#include "job.h"
+#include "pool.h"
+#include "stats.h"
+
+typedef enum sched_event {
+    SCHED_EV_QUEUED,
+    SCHED_EV_STARTED,
+    SCHED_EV_REDIRECTED,
+    SCHED_EV_RETRYING,
+    SCHED_EV_FINISHED
+} sched_event_t;
+
+/* Observes job events; j is borrowed for the duration of the call. An
+ * observer may submit or cancel jobs but must not dispose the scheduler. */
+typedef void (*sched_event_cb)(sched_t *s, job_t *j, sched_event_t ev, void *data);
+
+struct sched {
+    uv_loop_t *loop;                     /* borrowed */
+    stats_t *stats;                      /* borrowed */
+    pool_t *pool;                        /* borrowed */
+    dns_t *dns;                          /* borrowed */
+    buf_pool_t *bufs;                    /* borrowed */
+    char *download_dir;                  /* owned: canonical path, or NULL (file output refused) */
+    unsigned max_running;                /* public */
+    size_t max_queued;                   /* public: --max-jobs; 0 = unlimited */
+    size_t retain_jobs;                  /* public */
+    uint64_t retain_ms;                  /* public */
+    uint64_t retry_base_ms;              /* public: first backoff step */
+    uint64_t retry_max_ms;               /* public: backoff cap */
+    uint64_t retry_after_max_ms;         /* public: cap on a server's Retry-After */
+    sched_event_cb on_event;             /* public, optional */
+    void *event_data;                    /* public */
+    size_t nqueued, nrunning, nretained; /* read-only */
+    int accepting;                       /* read-only: 0 once shutting down */
+    /* private */
+    job_t **heap; /* owned references are the table's; the heap borrows */
+    size_t heap_cap;
+    job_t **table; /* id hash table; owns one reference per job */
+    size_t table_size, njobs;
+    job_t *retained_head, *retained_tail; /* oldest first */
+    uint64_t next_seq;
+    uint64_t id_prefix;
+    uint64_t rng;
+    uv_idle_t kick;
+    uv_timer_t retain_timer;
+    int kick_active, handles_open;
+};
+
+/* Returns 0 or ERR_NO_MEMORY. download_dir may be NULL; it is canonicalised
+ * (it must exist) — an error there is ERR_IO. */
+int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t *dns,
+               buf_pool_t *bufs, const char *download_dir);
+
+/* Cancels every job (with ERR_SHUTDOWN), drops retained ones and closes the
+ * scheduler's handles; run the loop afterwards until everything is closed. */
+void sched_close(sched_t *s);
+
+/* Creates a job from spec (taking ownership of it, on failure too) and
+ * queues it. Returns 0 with *out a borrowed pointer (valid until the job
+ * leaves retention: take a reference to keep it longer), or an error with
+ * errmsg filled in: ERR_INVALID_REQUEST, ERR_QUEUE_FULL (max_queued jobs are
+ * already queued), ERR_SHUTDOWN or ERR_NO_MEMORY. */
+int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
+
+/* Frees the scheduler's memory once sched_close() has run and the loop has
+ * closed its handles; jobs still finishing are a bug (asserted). */
+void sched_dispose(sched_t *s);
+
+/* Looks a job up by id; returns a borrowed pointer or NULL. */
+job_t *sched_find(sched_t *s, const char *id);
+
+/* Cancels a job; see job_cancel(). */
+int sched_cancel(sched_t *s, job_t *j);
+
+/* Drops every retained job now. */
+void sched_forget_finished(sched_t *s);
+
+/* For job.c: the job started / emitted an event / finished. */
+void sched_emit(sched_t *s, job_t *j, sched_event_t ev);
+void sched_job_finished(sched_t *s, job_t *j);
+
+/* A random number in [0, 1) for backoff jitter. */
+double sched_random(sched_t *s);
+
+const char *sched_event_name(sched_event_t ev);
+
+#endif

@@ -1,0 +1,703 @@
+/* jobspec — decoding job spec objects and encoding job results.
+ *
+ * Decoding is table-driven: each known top-level field has one decoder, and
+ * any other field is refused, so a typo ("retry" for "retries") is an error
+ * rather than a silently ignored wish. Every message starts with the field it
+ * is about ("timeouts.connect: ...", "headers: ..."), because the client shows
+ * it to a person who must find the mistake in their request.
+ *
+ * Every string the spec keeps is copied with mem_strndup() and the header
+ * array comes from mem_calloc(): job_spec_dispose() releases them with
+ * mem_free(). Labels are deep-copied, so the job never shares a JSON tree with
+ * the request it came from.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <mbedtls/base64.h>
+
+#include "err.h"
+#include "jobspec.h"
+#include "mem.h"
+
+#define JOBSPEC_MAX_HEADERS   100
+#define JOBSPEC_MAX_METHOD    32
+#define JOBSPEC_MAX_TIMEOUT_S 86400
+#define JOBSPEC_MAX_INLINE    (64 * 1024 * 1024)
+#define JOBSPEC_PRIORITY_MIN  -1000
+#define JOBSPEC_PRIORITY_MAX  1000
+#define JOBSPEC_SHA256_HEX    64
+
+/* The decoder's working state for one jobspec_decode() call. */
+typedef struct decoder {
+    job_spec_t *spec; /* borrowed: the spec being filled */
+    char *errbuf;     /* borrowed: may be NULL */
+    size_t errlen;
+} decoder_t;
+
+typedef struct field field_t;
+
+/* One known top-level field. The generic decoders find their target through
+ * offset (into job_spec_t) and check min..max; the others ignore both. */
+struct field {
+    const char *name;
+    int (*decode)(decoder_t *d, const field_t *f, json_t *v);
+    size_t offset;
+    long long min, max;
+};
+
+/* Header fields fetchd writes itself or that manage the connection, which a
+ * job must not be able to override (RFC 9110 section 7.6.1). */
+static const char *const reserved_headers[] = {
+    "Host",    "Content-Length", "Transfer-Encoding", "Connection",
+    "Upgrade", "Keep-Alive",     "Proxy-Connection",  "TE",
+};
+
+static int bad(decoder_t *d, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes "field: reason" into the caller's buffer and returns the error. */
+static int bad(decoder_t *d, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (d->errbuf == NULL || d->errlen == 0)
+        return ERR_INVALID_REQUEST;
+    n = snprintf(d->errbuf, d->errlen, "%s: ", field);
+    if (n >= 0 && (size_t)n < d->errlen) {
+        va_start(ap, fmt);
+        vsnprintf(d->errbuf + n, d->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return ERR_INVALID_REQUEST;
+}
+
+static int no_memory(decoder_t *d)
+{
+    if (d->errbuf != NULL && d->errlen > 0)
+        snprintf(d->errbuf, d->errlen, "%s", err_str(ERR_NO_MEMORY));
+    return ERR_NO_MEMORY;
+}
+
+/* Copies a name from the request into a message, replacing anything that
+ * is not printable ASCII so a hostile name cannot forge log lines. */
+static const char *printable(char *out, size_t outlen, const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n && i + 1 < outlen; i++)
+        out[i] = (s[i] > 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    out[i] = '\0';
+    return out;
+}
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int is_token(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_tchar((unsigned char)s[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* A string value without NUL bytes (which C strings cannot carry). */
+static int text_value(decoder_t *d, const char *field, json_t *v, const char **s, size_t *n)
+{
+    if (!json_is_string(v))
+        return bad(d, field, "must be a string");
+    *s = json_string_value(v);
+    *n = json_string_length(v);
+    if (memchr(*s, '\0', *n) != NULL)
+        return bad(d, field, "must not contain NUL bytes");
+    return 0;
+}
+
+/* Stores a heap copy of a non-empty string field at f->offset. */
+static int dec_string(decoder_t *d, const field_t *f, json_t *v)
+{
+    char **dst = (char **)((char *)d->spec + f->offset);
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    if (n == 0)
+        return bad(d, f->name, "must not be empty");
+    *dst = mem_strndup(s, n);
+    return *dst != NULL ? 0 : no_memory(d);
+}
+
+static int dec_bool(decoder_t *d, const field_t *f, json_t *v)
+{
+    if (!json_is_boolean(v))
+        return bad(d, f->name, "must be true or false");
+    *(int *)((char *)d->spec + f->offset) = json_is_true(v);
+    return 0;
+}
+
+static int integer_in_range(decoder_t *d, const field_t *f, json_t *v, long long *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < f->min || json_integer_value(v) > f->max)
+        return bad(d, f->name, "must be an integer from %lld to %lld", f->min, f->max);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* An int field of job_spec_t. */
+static int dec_int(decoder_t *d, const field_t *f, json_t *v)
+{
+    long long x = 0;
+    int rc = integer_in_range(d, f, v, &x);
+    if (rc == 0)
+        *(int *)((char *)d->spec + f->offset) = (int)x;
+    return rc;
+}
+
+/* A uint64_t field of job_spec_t. */
+static int dec_u64(decoder_t *d, const field_t *f, json_t *v)
+{
+    long long x = 0;
+    int rc = integer_in_range(d, f, v, &x);
+    if (rc == 0)
+        *(uint64_t *)((char *)d->spec + f->offset) = (uint64_t)x;
+    return rc;
+}
+
+/* A duration in seconds (integer or real), stored in milliseconds. A tiny
+ * positive value rounds up to 1 ms rather than to "no timeout". */
+static int seconds(decoder_t *d, const char *field, json_t *v, uint64_t *ms)
+{
+    double s = json_is_number(v) ? json_number_value(v) : -1;
+    if (!(s > 0 && s <= JOBSPEC_MAX_TIMEOUT_S))
+        return bad(d, field, "must be a positive number of seconds (at most %d)",
+                   JOBSPEC_MAX_TIMEOUT_S);
+    *ms = (uint64_t)llround(s * 1000);
+    if (*ms == 0)
+        *ms = 1;
+    return 0;
+}
+
+static int dec_timeout(decoder_t *d, const field_t *f, json_t *v)
+{
+    return seconds(d, f->name, v, &d->spec->total_timeout_ms);
+}
+
+static int dec_timeouts(decoder_t *d, const field_t *f, json_t *v)
+{
+    static const char *const names[] = {"connect", "first_byte", "idle", "total"};
+    uint64_t *dst[] = {&d->spec->connect_timeout_ms, &d->spec->first_byte_timeout_ms,
+                       &d->spec->idle_timeout_ms, &d->spec->total_timeout_ms};
+    const size_t ntimeouts = sizeof(names) / sizeof(names[0]);
+    const char *key;
+    size_t klen;
+    json_t *sub;
+    char field[64], name[32];
+    if (!json_is_object(v))
+        return bad(d, f->name, "must be an object");
+    json_object_keylen_foreach(v, key, klen, sub)
+    {
+        size_t i = 0;
+        while (i < ntimeouts && !(strlen(names[i]) == klen && memcmp(names[i], key, klen) == 0))
+            i++;
+        snprintf(field, sizeof(field), "%s.%s", f->name, printable(name, sizeof(name), key, klen));
+        if (i == ntimeouts)
+            return bad(d, field, "unknown field (known: connect, first_byte, idle, total)");
+        int rc = seconds(d, field, sub, dst[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int dec_method(decoder_t *d, const field_t *f, json_t *v)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    if (n == 0 || n > JOBSPEC_MAX_METHOD || !is_token(s, n))
+        return bad(d, f->name, "must be an HTTP method token of 1 to %d characters",
+                   JOBSPEC_MAX_METHOD);
+    d->spec->method = mem_strndup(s, n);
+    return d->spec->method != NULL ? 0 : no_memory(d);
+}
+
+static int reserved_header(const char *name, size_t n)
+{
+    for (size_t i = 0; i < sizeof(reserved_headers) / sizeof(reserved_headers[0]); i++) {
+        if (strlen(reserved_headers[i]) == n && strncasecmp(reserved_headers[i], name, n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Refuses CR, LF, NUL and other control bytes except HTAB in a field value;
+ * obs-text (bytes >= 0x80) is allowed, as RFC 9110 section 5.5 does. */
+static int check_value(decoder_t *d, const char *name, const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '\r' || c == '\n')
+            return bad(d, "headers", "value of \"%s\" contains CR or LF", name);
+        if (c == '\0')
+            return bad(d, "headers", "value of \"%s\" contains a NUL byte", name);
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return bad(d, "headers", "value of \"%s\" contains a control byte", name);
+    }
+    return 0;
+}
+
+/* Validates one header and appends a copy of it. Leading and trailing
+ * whitespace around the value is not part of it (RFC 9110 section 5.5). */
+static int add_header(decoder_t *d, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    job_header_t *h = &d->spec->headers[d->spec->nheaders];
+    char shown[64];
+    printable(shown, sizeof(shown), name, nlen);
+    if (!is_token(name, nlen))
+        return bad(d, "headers", "invalid header name \"%s\" (must be a token)", shown);
+    if (reserved_header(name, nlen))
+        return bad(d, "headers", "\"%s\" is set by fetchd and cannot be given", shown);
+    while (vlen > 0 && (value[0] == ' ' || value[0] == '\t')) {
+        value++;
+        vlen--;
+    }
+    while (vlen > 0 && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+        vlen--;
+    int rc = check_value(d, shown, value, vlen);
+    if (rc != 0)
+        return rc;
+    h->name = mem_strndup(name, nlen);
+    h->value = h->name ? mem_strndup(value, vlen) : NULL;
+    if (h->value == NULL) {
+        mem_free(h->name);
+        h->name = NULL;
+        return no_memory(d);
+    }
+    d->spec->nheaders++;
+    return 0;
+}
+
+static int alloc_headers(decoder_t *d, size_t n)
+{
+    if (n > JOBSPEC_MAX_HEADERS)
+        return bad(d, "headers", "too many (at most %d)", JOBSPEC_MAX_HEADERS);
+    if (n == 0)
+        return 0;
+    d->spec->headers = mem_calloc(n, sizeof(job_header_t));
+    return d->spec->headers != NULL ? 0 : no_memory(d);
+}
+
+static int headers_object(decoder_t *d, json_t *v)
+{
+    const char *key;
+    size_t klen;
+    json_t *val;
+    char shown[64];
+    int rc = alloc_headers(d, json_object_size(v));
+    if (rc != 0)
+        return rc;
+    json_object_keylen_foreach(v, key, klen, val)
+    {
+        if (!json_is_string(val))
+            return bad(d, "headers", "value of \"%s\" must be a string",
+                       printable(shown, sizeof(shown), key, klen));
+        rc = add_header(d, key, klen, json_string_value(val), json_string_length(val));
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* One array element: "Name: value" or ["Name", "value"]. */
+static int header_item(decoder_t *d, size_t i, json_t *item)
+{
+    char field[32];
+    snprintf(field, sizeof(field), "headers[%zu]", i);
+    if (json_is_string(item)) {
+        const char *s = json_string_value(item);
+        size_t n = json_string_length(item);
+        const char *colon = memchr(s, ':', n);
+        if (colon == NULL)
+            return bad(d, field, "expected \"Name: value\"");
+        return add_header(d, s, (size_t)(colon - s), colon + 1, n - (size_t)(colon - s) - 1);
+    }
+    if (json_is_array(item) && json_array_size(item) == 2 &&
+        json_is_string(json_array_get(item, 0)) && json_is_string(json_array_get(item, 1))) {
+        json_t *name = json_array_get(item, 0), *value = json_array_get(item, 1);
+        return add_header(d, json_string_value(name), json_string_length(name),
+                          json_string_value(value), json_string_length(value));
+    }
+    return bad(d, field, "must be a \"Name: value\" string or a [name, value] pair");
+}
+
+static int dec_headers(decoder_t *d, const field_t *f, json_t *v)
+{
+    size_t i;
+    json_t *item;
+    int rc;
+    if (json_is_object(v))
+        return headers_object(d, v);
+    if (!json_is_array(v))
+        return bad(d, f->name, "must be an object or an array");
+    rc = alloc_headers(d, json_array_size(v));
+    if (rc != 0)
+        return rc;
+    json_array_foreach(v, i, item)
+    {
+        rc = header_item(d, i, item);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int dec_body(decoder_t *d, const field_t *f, json_t *v)
+{
+    if (!json_is_string(v))
+        return bad(d, f->name, "must be a string");
+    d->spec->body_len = json_string_length(v);
+    d->spec->body = mem_strndup(json_string_value(v), d->spec->body_len);
+    return d->spec->body != NULL ? 0 : no_memory(d);
+}
+
+static int dec_body_base64(decoder_t *d, const field_t *f, json_t *v)
+{
+    const unsigned char *src;
+    size_t slen, olen = 0;
+    if (!json_is_string(v))
+        return bad(d, f->name, "must be a string");
+    src = (const unsigned char *)json_string_value(v);
+    slen = json_string_length(v);
+    /* A first pass without a buffer validates and measures. */
+    int rc = mbedtls_base64_decode(NULL, 0, &olen, src, slen);
+    if (rc != 0 && rc != MBEDTLS_ERR_BASE64_BUFFER_TOO_SMALL)
+        return bad(d, f->name, "invalid base64");
+    d->spec->body = mem_alloc(olen + 1);
+    if (d->spec->body == NULL)
+        return no_memory(d);
+    if (mbedtls_base64_decode((unsigned char *)d->spec->body, olen + 1, &olen, src, slen) != 0)
+        return bad(d, f->name, "invalid base64");
+    d->spec->body[olen] = '\0';
+    d->spec->body_len = olen;
+    return 0;
+}
+
+static int dec_output(decoder_t *d, const field_t *f, json_t *v)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    if (n == 0)
+        return bad(d, f->name, "must be \"discard\", \"inline\" or a file path");
+    if (strcmp(s, "discard") == 0) {
+        d->spec->output = JOB_OUTPUT_DISCARD;
+    } else if (strcmp(s, "inline") == 0) {
+        d->spec->output = JOB_OUTPUT_INLINE;
+    } else {
+        d->spec->output = JOB_OUTPUT_FILE;
+        d->spec->output_path = mem_strndup(s, n);
+        if (d->spec->output_path == NULL)
+            return no_memory(d);
+    }
+    return 0;
+}
+
+static int dec_expected_sha256(decoder_t *d, const field_t *f, json_t *v)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    if (n != JOBSPEC_SHA256_HEX || strspn(s, "0123456789abcdefABCDEF") != n)
+        return bad(d, f->name, "must be %d hexadecimal digits", JOBSPEC_SHA256_HEX);
+    d->spec->expected_sha256 = mem_strndup(s, n);
+    if (d->spec->expected_sha256 == NULL)
+        return no_memory(d);
+    for (char *p = d->spec->expected_sha256; *p != '\0'; p++) {
+        if (*p >= 'A' && *p <= 'F')
+            *p = (char)(*p - 'A' + 'a');
+    }
+    d->spec->sha256 = 1;
+    return 0;
+}
+
+static int dec_labels(decoder_t *d, const field_t *f, json_t *v)
+{
+    if (!json_is_object(v))
+        return bad(d, f->name, "must be an object");
+    d->spec->labels = json_deep_copy(v);
+    return d->spec->labels != NULL ? 0 : no_memory(d);
+}
+
+#define SPEC_OFF(m) offsetof(job_spec_t, m)
+
+static const field_t fields[] = {
+    {"url", dec_string, SPEC_OFF(url), 0, 0},
+    {"method", dec_method, 0, 0, 0},
+    {"headers", dec_headers, 0, 0, 0},
+    {"body", dec_body, 0, 0, 0},
+    {"body_base64", dec_body_base64, 0, 0, 0},
+    {"output", dec_output, 0, 0, 0},
+    {"inline_max", dec_u64, SPEC_OFF(inline_max), 1, JOBSPEC_MAX_INLINE},
+    {"sha256", dec_bool, SPEC_OFF(sha256), 0, 0},
+    {"expected_sha256", dec_expected_sha256, 0, 0, 0},
+    {"timeouts", dec_timeouts, 0, 0, 0},
+    {"timeout", dec_timeout, 0, 0, 0},
+    {"retries", dec_int, SPEC_OFF(retries), 0, JOB_MAX_RETRIES},
+    {"max_redirects", dec_int, SPEC_OFF(max_redirects), 0, JOB_MAX_REDIRECTS_LIMIT},
+    {"max_body", dec_u64, SPEC_OFF(max_body), 0, LLONG_MAX},
+    {"fail_on_http_error", dec_bool, SPEC_OFF(fail_on_http_error), 0, 0},
+    {"insecure", dec_bool, SPEC_OFF(insecure), 0, 0},
+    {"allow_downgrade", dec_bool, SPEC_OFF(allow_downgrade), 0, 0},
+    {"ca_file", dec_string, SPEC_OFF(ca_file), 0, 0},
+    {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
+    {"labels", dec_labels, 0, 0, 0},
+};
+
+static const field_t *find_field(const char *key, size_t klen)
+{
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (strlen(fields[i].name) == klen && memcmp(fields[i].name, key, klen) == 0)
+            return &fields[i];
+    }
+    return NULL;
+}
+
+/* Fields that exclude each other, refused before either is decoded so that
+ * one never overwrites (and leaks) what the other stored. */
+static int check_conflicts(decoder_t *d, const json_t *obj)
+{
+    json_t *timeouts = json_object_get(obj, "timeouts");
+    if (json_object_get(obj, "body") && json_object_get(obj, "body_base64"))
+        return bad(d, "body_base64", "cannot be combined with \"body\"");
+    if (json_object_get(obj, "timeout") && json_object_get(timeouts, "total"))
+        return bad(d, "timeout", "cannot be combined with \"timeouts.total\"");
+    return 0;
+}
+
+/* Rules that need the whole spec, checked once every field is decoded. */
+static int check_complete(decoder_t *d, const json_t *obj)
+{
+    if (d->spec->url == NULL)
+        return bad(d, "url", "required");
+    if (d->spec->expected_sha256 && json_is_false(json_object_get(obj, "sha256")))
+        return bad(d, "sha256", "cannot be false when \"expected_sha256\" is given");
+    return 0;
+}
+
+static int decode_fields(decoder_t *d, const json_t *obj)
+{
+    const char *key;
+    size_t klen;
+    json_t *v;
+    char shown[64];
+    /* jansson's iteration API takes a non-const object; it does not modify it. */
+    json_t *o = (json_t *)obj;
+    int rc;
+    if (!json_is_object(obj))
+        return bad(d, "job", "must be a JSON object");
+    rc = check_conflicts(d, obj);
+    if (rc != 0)
+        return rc;
+    json_object_keylen_foreach(o, key, klen, v)
+    {
+        const field_t *f = find_field(key, klen);
+        if (f == NULL)
+            return bad(d, printable(shown, sizeof(shown), key, klen), "unknown field");
+        rc = f->decode(d, f, v);
+        if (rc != 0)
+            return rc;
+    }
+    return check_complete(d, obj);
+}
+
+int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen)
+{
+    decoder_t d = {spec, errbuf, errlen};
+    int rc;
+    job_spec_init(spec);
+    if (errbuf != NULL && errlen > 0)
+        errbuf[0] = '\0';
+    rc = decode_fields(&d, obj);
+    if (rc != 0) {
+        job_spec_dispose(spec);
+        memset(spec, 0, sizeof(*spec));
+    }
+    return rc;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (1 to 4), or 0 when there is
+ * none: overlong forms, surrogates and code points above U+10FFFF are not. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t len;
+    if (c < 0x80)
+        return 1;
+    if (c < 0xC2 || c > 0xF4)
+        return 0;
+    len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (c == 0xE0)
+        lo = 0xA0;
+    else if (c == 0xED)
+        hi = 0x9F;
+    else if (c == 0xF0)
+        lo = 0x90;
+    else if (c == 0xF4)
+        hi = 0x8F;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++) {
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    }
+    return len;
+}
+
+/* Length of the longest well-formed UTF-8 prefix of s. */
+static size_t utf8_valid_prefix(const char *s, size_t n)
+{
+    size_t i = 0, k;
+    while (i < n && (k = utf8_seq((const unsigned char *)s + i, n - i)) != 0)
+        i += k;
+    return i;
+}
+
+/* A JSON string for text that should be UTF-8 but may not be (an error
+ * message quoting a server, a path): bytes that are not well-formed become
+ * '?', so the encoder never fails or emits invalid JSON because of them. */
+static json_t *lossy_string(const char *s)
+{
+    size_t n = strlen(s), i;
+    char *copy;
+    json_t *j;
+    i = utf8_valid_prefix(s, n);
+    if (i == n)
+        return json_stringn_nocheck(s, n);
+    copy = mem_strndup(s, n);
+    if (copy == NULL)
+        return NULL;
+    while (i < n) {
+        copy[i++] = '?';
+        i += utf8_valid_prefix(copy + i, n - i);
+    }
+    j = json_stringn_nocheck(copy, n);
+    mem_free(copy);
+    return j;
+}
+
+static json_t *base64_string(const char *p, size_t n)
+{
+    size_t cap, olen = 0;
+    char *b64;
+    json_t *j;
+    if (n > (SIZE_MAX / 4 - 1) * 3)
+        return NULL;
+    cap = (n + 2) / 3 * 4 + 1;
+    b64 = mem_alloc(cap);
+    if (b64 == NULL)
+        return NULL;
+    b64[0] = '\0';
+    if (mbedtls_base64_encode((unsigned char *)b64, cap, &olen, (const unsigned char *)p, n) != 0) {
+        mem_free(b64);
+        return NULL;
+    }
+    j = json_stringn_nocheck(b64, olen);
+    mem_free(b64);
+    return j;
+}
+
+/* {"encoding": "text" | "base64", "data": ...}: text when the body is
+ * well-formed UTF-8 without NUL bytes, which is what a person can read. */
+static json_t *encode_inline(const job_t *j)
+{
+    const char *p = j->inline_body != NULL ? j->inline_body : "";
+    size_t n = j->inline_body != NULL ? j->inline_len : 0;
+    int text = memchr(p, '\0', n) == NULL && utf8_valid_prefix(p, n) == n;
+    json_t *data = text ? json_stringn_nocheck(p, n) : base64_string(p, n);
+    if (data == NULL)
+        return NULL;
+    return json_pack("{s:s, s:o}", "encoding", text ? "text" : "base64", "data", data);
+}
+
+static json_t *encode_timings(const job_timings_t *t)
+{
+    json_t *o = json_pack("{s:f, s:I, s:I, s:I, s:I, s:I}", "created", t->created, "queued_ms",
+                          (json_int_t)t->queued_ms, "dns_ms", (json_int_t)t->dns_ms, "connect_ms",
+                          (json_int_t)t->connect_ms, "ttfb_ms", (json_int_t)t->ttfb_ms, "total_ms",
+                          (json_int_t)t->total_ms);
+    if (o == NULL)
+        return NULL;
+    if ((t->started != 0 && json_object_set_new(o, "started", json_real(t->started)) != 0) ||
+        (t->finished != 0 && json_object_set_new(o, "finished", json_real(t->finished)) != 0)) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Adds the fields that are present only in some states; 0 or -1. */
+static int encode_optional(json_t *o, const job_t *j)
+{
+    int rc = 0;
+    if (j->effective_url != NULL)
+        rc |= json_object_set_new(o, "effective_url", lossy_string(j->effective_url));
+    if (j->http_status != 0)
+        rc |= json_object_set_new(o, "http_status", json_integer(j->http_status));
+    if (j->sha256[0] != '\0')
+        rc |= json_object_set_new(o, "sha256", lossy_string(j->sha256));
+    if (j->output != NULL)
+        rc |= json_object_set_new(o, "output", lossy_string(j->output));
+    if (j->spec.output == JOB_OUTPUT_INLINE && j->state == JOB_DONE)
+        rc |= json_object_set_new(o, "inline", encode_inline(j));
+    if (j->error != 0)
+        rc |= json_object_set_new(o, "error",
+                                  jobspec_encode_error(j->error, j->error_msg[0] != '\0'
+                                                                     ? j->error_msg
+                                                                     : err_str(j->error)));
+    if (j->spec.labels != NULL)
+        rc |= json_object_set(o, "labels", j->spec.labels);
+    rc |= json_object_set_new(o, "timings", encode_timings(&j->timings));
+    return rc;
+}
+
+json_t *jobspec_encode_job(const job_t *j)
+{
+    json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:I, s:I, s:I, s:i}", "id", j->id, "state",
+                          job_state_name(j->state), "url",
+                          lossy_string(j->spec.url != NULL ? j->spec.url : ""), "method",
+                          j->spec.method != NULL ? j->spec.method : "GET", "bytes",
+                          (json_int_t)j->bytes, "redirects", (json_int_t)j->redirects, "attempts",
+                          (json_int_t)j->attempts, "priority", j->spec.priority);
+    if (o == NULL)
+        return NULL;
+    if (encode_optional(o, j) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *jobspec_encode_error(int err, const char *msg)
+{
+    json_t *m = lossy_string(msg != NULL ? msg : err_str(err));
+    if (m == NULL)
+        return NULL;
+    return json_pack("{s:s, s:o}", "code", err_name(err), "message", m);
+}

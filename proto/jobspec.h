@@ -1,0 +1,27 @@
+/* jobspec — the JSON form of jobs, shared by the daemon and fetchctl.
+ *
+ * Decoding validates a job spec object in full and names the offending field
+ * in its message; encoding produces the job object that status/wait return.
+ * proto/PROTOCOL.md documents both.
+ */
+#ifndef FETCHD_JOBSPEC_H
+#define FETCHD_JOBSPEC_H
+
+#include <stddef.h>
+#include <jansson.h>
+
+#include "job.h"
+
+/* Initialises spec and fills it from the JSON object obj. obj is borrowed. Returns 0, or
+ * ERR_INVALID_REQUEST with a message naming the field in errbuf (spec is then
+ * disposed and zeroed), or ERR_NO_MEMORY. Unknown fields are refused. */
+int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen);
+
+/* Returns a new reference to the JSON object describing job j, or NULL on
+ * allocation failure. */
+json_t *jobspec_encode_job(const job_t *j);
+
+/* Returns a new reference to {"code": err_name(err), "message": msg}. */
+json_t *jobspec_encode_error(int err, const char *msg);
+
+#endif
