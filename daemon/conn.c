@@ -297,7 +297,17 @@ static void on_write(uv_write_t *req, int status)
 {
     conn_t *c = req->data;
 
-    if (c->state == CONN_ACTIVE && c->job != NULL) {
+    c->write_pending = 0;
+    if (c->return_on_write) {
+        /* The response came first; now the connection may go back. */
+        c->return_on_write = 0;
+        if (status == 0 && c->state == CONN_ACTIVE) {
+            pool_return(c); /* takes the reference response_done() took */
+        } else {
+            conn_close(c, STATS_CLOSE_ERROR);
+            conn_decref(c);
+        }
+    } else if (c->state == CONN_ACTIVE && c->job != NULL) {
         if (status == 0) {
             job_on_request_sent(c->job);
         } else {
@@ -324,6 +334,7 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     c->callback_err = 0;
     c->message_done = 0;
     c->must_close = 0;
+    assert(!c->write_pending);
     conn_incref(c);
     c->write_req.data = c;
     rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
@@ -331,6 +342,7 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
         conn_decref(c);
         return err_from_uv(rc);
     }
+    c->write_pending = 1;
     return 0;
 }
 
@@ -377,7 +389,13 @@ static void response_done(conn_t *c, int reusable)
     conn_detach(c);
     if (reusable) {
         conn_incref(c); /* the pool's reference */
-        pool_return(c);
+        /* libuv reports a finished write on a later loop turn, and the
+         * response may beat it; the write request must be free before
+         * anyone can send on the connection again. */
+        if (c->write_pending)
+            c->return_on_write = 1;
+        else
+            pool_return(c);
     } else {
         conn_close(c, STATS_CLOSE_NOT_REUSABLE);
     }
@@ -394,6 +412,7 @@ static void parse(conn_t *c, buf_t *b)
     c->parser.data = &ctx;
     rc = llhttp_execute(&c->parser, b->data, b->len);
     c->parser.data = NULL;
+    c->last_byte = b->data[b->len - 1];
     if (c->state != CONN_ACTIVE || c->job == NULL)
         return;
     if (c->callback_err) {
@@ -581,14 +600,20 @@ static int on_header_field_complete(llhttp_t *p)
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
+    parse_ctx_t *ctx = p->data;
     int rc = count_header_bytes(p, len);
     if (rc)
         return rc;
-    /* llhttp 8 accepts obs-fold continuation lines and hands them over as
-     * part of the value; RFC 9112 lets a client reject them, and we do so
-     * whichever llhttp we were built with. */
-    if (memchr(at, '\r', len) || memchr(at, '\n', len))
-        return fail_cb(p, ERR_PROTOCOL, "obsolete line folding in a response header");
+    /* llhttp 8 accepts obs-fold continuation lines: it drops the line break
+     * and hands the next line over as another piece of the value, starting
+     * with its SP or HTAB. llhttp skips leading whitespace otherwise, so a
+     * piece that starts with one right after a line feed is a fold. RFC 9112
+     * lets a client reject folding, and we do, whichever llhttp we built. */
+    if (len > 0 && (at[0] == ' ' || at[0] == '\t')) {
+        char before = ctx->buf && at > ctx->buf->data ? at[-1] : ctx->conn->last_byte;
+        if (before == '\n')
+            return fail_cb(p, ERR_PROTOCOL, "obsolete line folding in a response header");
+    }
     return hdr_append(p, at, len);
 }
 

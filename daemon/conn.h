@@ -54,6 +54,8 @@ struct conn {
     int handle_open;
     int reading;
     int head_request;    /* the request in flight is HEAD: no body follows */
+    int write_pending;   /* write_req is with libuv */
+    int return_on_write; /* reusable: back to the pool once the write is done */
     uint64_t resp_bytes; /* bytes received for the request in flight */
     int final_status;    /* status of the response being parsed */
     int callback_err;    /* error a parser callback asked us to fail with */
@@ -65,7 +67,7 @@ struct conn {
     size_t hdr_bytes;
     char *hdr; /* owned: the current header as "name\0value" */
     size_t hdr_len, hdr_cap, hdr_name_len;
-    int hdr_in_value;
+    char last_byte; /* the last byte of the previous read (obs-fold check) */
 };
 
 /* Creates a connection for origin o in state CONNECTING. Returns a new

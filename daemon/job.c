@@ -113,6 +113,9 @@ static int valid_header_value(const char *s)
 }
 
 static void set_error_msg(job_t *j, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void set_error_msg(job_t *j, const char *fmt, va_list ap)
 {
     vsnprintf(j->error_msg, sizeof(j->error_msg), fmt, ap);
 }
