@@ -192,3 +192,8 @@ void mem_fail_after(long n)
 {
     atomic_store_explicit(&fail_countdown, n > 0 ? n : 0, memory_order_relaxed);
 }
+
+int mem_fail_pending(void)
+{
+    return atomic_load_explicit(&fail_countdown, memory_order_relaxed) > 0;
+}

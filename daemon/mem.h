@@ -43,4 +43,8 @@ const char *mem_component_name(mem_component_t c);
  * returns NULL, once. n <= 0 turns injection off. */
 void mem_fail_after(long n);
 
+/* Test hook: 1 while an injected failure set by mem_fail_after() has not
+ * happened yet. */
+int mem_fail_pending(void);
+
 #endif

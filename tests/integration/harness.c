@@ -139,6 +139,13 @@ static int run_command(harness_t *h, json_t *line)
         size_t i = (size_t)json_integer_value(index);
         if (i < h->njobs && h->jobs[i])
             sched_cancel(&h->d.sched, h->jobs[i]);
+    } else if (strcmp(cmd, "fail_alloc") == 0) {
+        /* The n-th allocation of fetchd's own from now on fails, once; 0
+         * cancels, and the event says whether the failure happened. */
+        long after = (long)json_integer_value(json_object_get(line, "after"));
+        if (after == 0)
+            emit(json_pack("{s:s, s:b}", "event", "fail_alloc", "fired", !mem_fail_pending()));
+        mem_fail_after(after);
     } else if (strcmp(cmd, "close_idle") == 0) {
         pool_close_idle(&h->d.pool, STATS_CLOSE_SHUTDOWN);
     } else {
