@@ -357,8 +357,9 @@ void pool_return(conn_t *c)
     o->idle = c;
     o->nidle++;
     start_sweep(p);
-    if (o->nwaiting)
-        schedule_kick(p);
+    /* Waiters of this origin can take it; waiters elsewhere, held back by
+     * the global limit, can have it closed to make room. */
+    schedule_kick(p);
 }
 
 void pool_conn_closing(conn_t *c)
@@ -385,8 +386,10 @@ void pool_conn_closing(conn_t *c)
  * first. It runs from an idle handle rather than inside pool_return() so a
  * job never starts a request on a connection whose read callback is still on
  * the stack. */
-/* Returns how many waiting jobs got a connection. */
-static unsigned serve_waiters(pool_t *p, origin_t *o)
+/* Hands waiting jobs of o their origin's idle connections and, when open is
+ * set, new connections as far as the limits allow. Returns how many waiting
+ * jobs got a connection. */
+static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
 {
     unsigned served = 0;
     while (o->waiters) {
@@ -395,7 +398,7 @@ static unsigned serve_waiters(pool_t *p, origin_t *o)
         if (reused) {
             c = idle_pop(p, o);
         } else {
-            if (!make_room(p, o))
+            if (!open || !make_room(p, o))
                 break;
             c = open_conn(p, o);
         }
@@ -405,29 +408,47 @@ static unsigned serve_waiters(pool_t *p, origin_t *o)
     return served;
 }
 
-static void on_kick(uv_idle_t *h)
+/* One walk over the origins with waiters. Job callbacks may add or remove
+ * waiting origins as we go; the budget keeps the walk finite whatever they
+ * do, and *unfinished says it ran out. Returns how many jobs got a
+ * connection. */
+static unsigned walk_waiters(pool_t *p, int open, int *unfinished)
 {
-    pool_t *p = h->data;
     origin_t *o = p->wait_head;
-    /* Job callbacks may add or remove waiting origins while we walk; the
-     * bound keeps the walk finite whatever they do. */
     size_t budget = 2 * p->norigins + 16;
     unsigned served = 0;
 
-    uv_idle_stop(&p->kick);
-    p->kick_active = 0;
     while (o && budget-- > 0) {
         origin_t *next;
         o->busy++;
-        served += serve_waiters(p, o);
+        served += serve_waiters(p, o, open);
         o->busy--;
         next = o->in_wait_list ? o->wnext : p->wait_head;
         origin_maybe_free(o);
         o = next;
     }
+    *unfinished |= o != NULL;
+    return served;
+}
+
+/* Hands idle connections and free slots to waiting jobs. It runs from an
+ * idle handle rather than inside pool_return() so a job never starts a
+ * request on a connection whose read callback is still on the stack. Each
+ * origin's own idle connections go to its waiters first; only then may an
+ * idle connection of one origin be closed to make room for another. */
+static void on_kick(uv_idle_t *h)
+{
+    pool_t *p = h->data;
+    int unfinished = 0;
+    unsigned served;
+
+    uv_idle_stop(&p->kick);
+    p->kick_active = 0;
+    served = walk_waiters(p, 0, &unfinished);
+    served += walk_waiters(p, 1, &unfinished);
     /* Out of budget with work done: go on next turn. Without progress the
      * waiters wait for a connection to come back, which kicks us again. */
-    if (o && served)
+    if (unfinished && served > 0)
         schedule_kick(p);
 }
 
