@@ -120,64 +120,109 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
     }
 }
 
-static int set_json(daemon_config_t *cfg, const char *path, const char *key, json_t *v, char *err,
-                    size_t errlen)
+/* The line of the first occurrence of "key" in text: jansson keeps no
+ * positions for the values it parsed, and a user wants the line. */
+static int key_line(const char *text, const char *key)
 {
-    const option_def_t *o = find(key);
-    char why[200];
+    size_t klen = strlen(key);
+    int line = 1;
 
-    if (o == NULL) {
-        snprintf(err, errlen, "%s: unknown key \"%s\"", path, key);
-        return -1;
-    }
-    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
-        if (!json_is_string(v)) {
-            snprintf(err, errlen, "%s: \"%s\" must be a string", path, key);
-            return -1;
-        }
-        if (config_set(cfg, key, json_string_value(v), why, sizeof(why)) != 0) {
-            snprintf(err, errlen, "%s: %s", path, why);
-            return -1;
-        }
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        snprintf(err, errlen, "%s: \"%s\" must be a non-negative integer", path, key);
-        return -1;
-    }
-    if (set_number(cfg, o, (uint64_t)json_integer_value(v), why, sizeof(why)) != 0) {
-        snprintf(err, errlen, "%s: %s", path, why);
-        return -1;
+    for (const char *p = text; *p; p++) {
+        if (*p == '\n')
+            line++;
+        else if (*p == '"' && strncmp(p + 1, key, klen) == 0 && p[1 + klen] == '"')
+            return line;
     }
     return 0;
 }
 
+static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why, size_t len)
+{
+    const option_def_t *o = find(key);
+
+    if (o == NULL) {
+        snprintf(why, len, "unknown key \"%s\"", key);
+        return -1;
+    }
+    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
+        if (!json_is_string(v)) {
+            snprintf(why, len, "\"%s\" must be a string", key);
+            return -1;
+        }
+        return config_set(cfg, key, json_string_value(v), why, len);
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        snprintf(why, len, "\"%s\" must be a non-negative integer", key);
+        return -1;
+    }
+    return set_number(cfg, o, (uint64_t)json_integer_value(v), why, len);
+}
+
+static char *read_file(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    char *text = NULL;
+    size_t len = 0, cap = 0, n;
+
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    do {
+        if (cap - len < 4096) {
+            char *t = mem_realloc(text, cap + 65536);
+            if (t == NULL) {
+                snprintf(err, errlen, "%s: out of memory", path);
+                mem_free(text);
+                fclose(f);
+                return NULL;
+            }
+            text = t;
+            cap += 65536;
+        }
+        n = fread(text + len, 1, cap - len - 1, f);
+        len += n;
+    } while (n > 0 && len < (16u << 20));
+    if (ferror(f) || len >= (16u << 20)) {
+        snprintf(err, errlen, "%s: %s", path, ferror(f) ? strerror(errno) : "file too large");
+        mem_free(text);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    text[len] = '\0';
+    return text;
+}
+
 int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t errlen)
 {
+    char *text = read_file(path, err, errlen);
     json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root, *v;
     const char *key;
-    json_t *v;
+    char why[256];
+    int rc = 0;
 
+    if (text == NULL)
+        return -1;
+    root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
-        if (jerr.line > 0)
-            snprintf(err, errlen, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
-        else
-            snprintf(err, errlen, "%s: %s", path, jerr.text);
-        return -1;
-    }
-    if (!json_is_object(root)) {
+        snprintf(err, errlen, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+        rc = -1;
+    } else if (!json_is_object(root)) {
         snprintf(err, errlen, "%s:1: the configuration must be a JSON object", path);
-        json_decref(root);
-        return -1;
-    }
-    json_object_foreach(root, key, v)
-    {
-        if (set_json(cfg, path, key, v, err, errlen) != 0) {
-            json_decref(root);
-            return -1;
+        rc = -1;
+    } else {
+        json_object_foreach(root, key, v)
+        {
+            if (set_json(cfg, key, v, why, sizeof(why)) != 0) {
+                snprintf(err, errlen, "%s:%d: %s", path, key_line(text, key), why);
+                rc = -1;
+                break;
+            }
         }
     }
     json_decref(root);
-    return 0;
+    mem_free(text);
+    return rc;
 }
