@@ -8,7 +8,7 @@ import subprocess
 import time
 import unittest
 
-from fetchtest import BIN_DIR, tmpdir
+from fetchtest import BIN_DIR, tmpdir, remove_tree
 
 FETCHD = os.path.join(BIN_DIR, "fetchd")
 
@@ -52,7 +52,9 @@ class Options(unittest.TestCase):
 
 class Config(unittest.TestCase):
     def write(self, text):
-        path = os.path.join(tmpdir(), "fetchd.json")
+        d = tmpdir()
+        self.addCleanup(remove_tree, d)
+        path = os.path.join(d, "fetchd.json")
         with open(path, "w") as f:
             f.write(text)
         return path
