@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Installs fetchd's build, test and benchmark dependencies from Debian
+# (bookworm) packages with apt. Nothing else is downloaded.
+#
+#   deploy/install-deps.sh               everything: build, tests, benchmarks
+#   deploy/install-deps.sh --build-only  just what building fetchd needs
+#
+# When every package is already installed it does nothing at all (no
+# apt-get update), so it is cheap to run before every build. Run it as root,
+# or as a user who may use sudo.
+set -euo pipefail
+
+# What building needs: the compiler, CMake, the libraries fetchd links, the
+# llhttp C sources Debian ships in node-llhttp, and python3, which CMake's
+# test setup looks for at configure time.
+build_pkgs=(
+    build-essential cmake pkg-config
+    libuv1-dev libmbedtls-dev libjansson-dev node-llhttp zlib1g-dev
+    python3
+)
+
+# What the tests and benchmarks add: servers and clients to test against,
+# certificate tooling, promtool, valgrind, clang with its sanitizer runtimes
+# and libFuzzer, clang-format for the style check, and plotting.
+test_pkgs=(
+    nginx-light curl wrk prometheus nodejs npm openssl
+    valgrind clang clang-format libclang-rt-14-dev
+    socat jq gnuplot-nox procps ca-certificates
+)
+
+usage() {
+    sed -n '2,10s/^# \{0,1\}//p' "$0"
+}
+
+want=("${build_pkgs[@]}")
+case "${1:-}" in
+    "") want+=("${test_pkgs[@]}") ;;
+    --build-only) ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        echo "install-deps.sh: unknown option '$1' (try --help)" >&2
+        exit 2
+        ;;
+esac
+if [ $# -gt 1 ]; then
+    echo "install-deps.sh: too many arguments (try --help)" >&2
+    exit 2
+fi
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "install-deps.sh: dpkg-query not found; this script needs Debian (bookworm)" >&2
+    exit 1
+fi
+
+# Names that installed packages provide. A package counts as present when an
+# installed package provides it: NodeSource's nodejs, for one, provides (and
+# conflicts with) npm, and asking apt for Debian's npm there would fail.
+provided=" $(dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\n' 2>/dev/null |
+    sed -n 's/^ii *|//p' | tr ',' '\n' | sed 's/(.*)//; s/:any//; s/[[:space:]]//g' |
+    tr '\n' ' ') "
+
+is_installed() {
+    local status
+    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || status=""
+    [ "$status" = "install ok installed" ] || [[ "$provided" == *" $1 "* ]]
+}
+
+missing=()
+for pkg in "${want[@]}"; do
+    if ! is_installed "$pkg"; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps.sh: all ${#want[@]} packages are already installed"
+    exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+else
+    echo "install-deps.sh: missing packages: ${missing[*]}" >&2
+    echo "install-deps.sh: run this script as root, or install sudo" >&2
+    exit 1
+fi
+
+echo "install-deps.sh: installing: ${missing[*]}"
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${missing[@]}"
+
+still_missing=()
+for pkg in "${missing[@]}"; do
+    if ! is_installed "$pkg"; then
+        still_missing+=("$pkg")
+    fi
+done
+if [ ${#still_missing[@]} -ne 0 ]; then
+    echo "install-deps.sh: still not installed: ${still_missing[*]}" >&2
+    exit 1
+fi
+echo "install-deps.sh: done"
