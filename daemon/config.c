@@ -27,6 +27,8 @@ static const option_def_t options[] = {
     {"download_dir", OPT_STRING, OFF(download_dir), 0, 0},
     {"state_dir", OPT_STRING, OFF(state_dir), 0, 0},
     {"ca_file", OPT_STRING, OFF(ca_file), 0, 0},
+    {"client_cert", OPT_STRING, OFF(client_cert), 0, 0},
+    {"client_key", OPT_STRING, OFF(client_key), 0, 0},
     {"max_connections", OPT_UINT, OFF(max_connections), 1, 100000},
     {"max_per_host", OPT_UINT, OFF(max_per_host), 1, 100000},
     {"max_jobs", OPT_UINT, OFF(max_jobs), 1, 100000000},

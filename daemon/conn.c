@@ -73,6 +73,8 @@ static void conn_destroy(conn_t *c)
         dns_entry_decref(c->dns);
     if (c->rbuf)
         buf_decref(c->rbuf);
+    if (c->tls)
+        tls_conn_destroy(c->tls);
     mem_free(c->hdr);
     stats_obj_destroyed(c->stats, STATS_OBJ_CONN);
     mem_free(c);
@@ -81,6 +83,11 @@ static void conn_destroy(conn_t *c)
 void conn_incref(conn_t *c)
 {
     c->refcnt++;
+}
+
+int conn_handshaking(const conn_t *c)
+{
+    return c->state == CONN_CONNECTING && c->tls != NULL;
 }
 
 int conn_decref(conn_t *c)
@@ -134,6 +141,8 @@ void conn_close(conn_t *c, stats_close_t reason)
         dns_entry_decref(c->dns);
         c->dns = NULL;
     }
+    if (c->tls && c->handle_open)
+        tls_conn_close_notify(c->tls);
     uv_close((uv_handle_t *)&c->tcp, on_close);
     conn_decref(c);
 }
@@ -240,6 +249,59 @@ static void try_next_address(conn_t *c)
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+static int tls_send(void *ctx, const unsigned char *buf, size_t len);
+
+/* The connection is ready for requests: TCP is up, and TLS too if any. */
+static void become_active(conn_t *c)
+{
+    pool_conn_state(c->origin->pool, CONN_CONNECTING, CONN_ACTIVE);
+    c->state = CONN_ACTIVE;
+    if (c->job)
+        job_on_connected(c->job, 0, NULL);
+}
+
+static void handshake_failed(conn_t *c, int err, const char *why)
+{
+    char msg[160];
+    job_t *j = c->job;
+
+    snprintf(msg, sizeof(msg), "%s", why);
+    if (j)
+        job_incref(j);
+    conn_close(c, STATS_CLOSE_CONNECT_FAILED);
+    if (j) {
+        job_on_connected(j, err, msg);
+        job_decref(j);
+    }
+}
+
+/* Runs the handshake as far as the input fed so far allows. Returns 0 while
+ * the connection lives on (handshaking or ready), -1 once it failed. */
+static int advance_handshake(conn_t *c)
+{
+    int rc = tls_conn_handshake(c->tls);
+    if (rc == TLS_AGAIN)
+        return 0;
+    if (rc < 0) {
+        handshake_failed(c, rc, c->tls->errmsg);
+        return -1;
+    }
+    become_active(c);
+    return 0;
+}
+
+static void start_tls(conn_t *c)
+{
+    origin_t *o = c->origin;
+
+    c->tls = tls_conn_create(o->tls_config, o->host, o->host_is_ip, o->key, tls_send, c);
+    if (c->tls == NULL) {
+        handshake_failed(c, ERR_NO_MEMORY, "no memory for a TLS session");
+        return;
+    }
+    tls_conn_feed(c->tls, NULL, 0);
+    advance_handshake(c); /* sends the ClientHello */
+}
 
 static void on_connect(uv_connect_t *req, int status)
 {
@@ -269,10 +331,10 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     c->reading = 1;
-    pool_conn_state(c->origin->pool, CONN_CONNECTING, CONN_ACTIVE);
-    c->state = CONN_ACTIVE;
-    if (c->job)
-        job_on_connected(c->job, 0, NULL);
+    if (c->origin->tls_config != NULL)
+        start_tls(c);
+    else
+        become_active(c);
     conn_decref(c);
 }
 
@@ -293,11 +355,17 @@ int conn_connect(conn_t *c, dns_entry_t *e)
 
 /* ---- sending --------------------------------------------------------------- */
 
-static void on_write(uv_write_t *req, int status)
-{
-    conn_t *c = req->data;
+/* A TLS record on its way to the socket: mbedTLS hands us its bytes and
+ * expects them gone when the send callback returns, so they are copied. */
+typedef struct tls_write {
+    uv_write_t req;
+    conn_t *conn; /* owned reference */
+    char data[];
+} tls_write_t;
 
-    c->write_pending = 0;
+/* Every write of the exchange has completed (status 0), or one failed. */
+static void writes_done(conn_t *c, int status)
+{
     if (c->return_on_write) {
         /* The response came first; now the connection may go back. */
         c->return_on_write = 0;
@@ -318,14 +386,74 @@ static void on_write(uv_write_t *req, int status)
             conn_fail(c, STATS_CLOSE_ERROR, c->resp_bytes ? ERR_TRUNCATED : ERR_EMPTY_REPLY, msg);
         }
     }
+}
+
+static void write_finished(conn_t *c, int status)
+{
+    assert(c->writes_pending > 0);
+    c->writes_pending--;
+    if (status != 0 && c->write_status == 0)
+        c->write_status = status;
+    if (c->writes_pending == 0) {
+        status = c->write_status;
+        c->write_status = 0;
+        writes_done(c, status);
+    }
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    conn_t *c = req->data;
+    write_finished(c, status);
     conn_decref(c);
+}
+
+static void on_tls_write(uv_write_t *req, int status)
+{
+    tls_write_t *w = req->data;
+    conn_t *c = w->conn;
+
+    stats_obj_destroyed(c->stats, STATS_OBJ_REQUEST);
+    mem_free(w);
+    write_finished(c, status);
+    conn_decref(c);
+}
+
+/* mbedTLS's send callback: one uv_write per record. */
+static int tls_send(void *ctx, const unsigned char *buf, size_t len)
+{
+    conn_t *c = ctx;
+    tls_write_t *w;
+    uv_buf_t b;
+    int rc;
+
+    if (!c->handle_open || uv_is_closing((uv_handle_t *)&c->tcp))
+        return ERR_IO;
+    w = mem_alloc(sizeof(*w) + len);
+    if (w == NULL)
+        return ERR_NO_MEMORY;
+    memcpy(w->data, buf, len);
+    w->req.data = w;
+    w->conn = c;
+    b = uv_buf_init(w->data, (unsigned)len);
+    rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_write);
+    if (rc != 0) {
+        mem_free(w);
+        return err_from_uv(rc);
+    }
+    conn_incref(c);
+    c->writes_pending++;
+    stats_obj_created(c->stats, STATS_OBJ_REQUEST);
+    return 0;
 }
 
 int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
 {
     int rc;
 
-    assert(c->state == CONN_ACTIVE && c->job != NULL);
+    assert(c->state == CONN_ACTIVE && c->job != NULL);    /* A plain connection reuses its one write request; TLS records queue in
+     * order behind the handshake's last flight. */
+    assert(c->tls != NULL || c->writes_pending == 0);
     llhttp_reset(&c->parser);
     c->requests++;
     c->head_request = head;
@@ -334,7 +462,20 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     c->callback_err = 0;
     c->message_done = 0;
     c->must_close = 0;
-    assert(!c->write_pending);
+    if (c->tls) {
+        /* Hold one pending count across the records so the exchange is not
+         * seen as sent before the last of them is queued. */
+        c->writes_pending++;
+        for (unsigned i = 0; i < nbufs; i++) {
+            rc = tls_conn_write(c->tls, bufs[i].base, bufs[i].len);
+            if (rc != 0) {
+                c->writes_pending--;
+                return rc;
+            }
+        }
+        write_finished(c, 0);
+        return 0;
+    }
     conn_incref(c);
     c->write_req.data = c;
     rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
@@ -342,7 +483,7 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
         conn_decref(c);
         return err_from_uv(rc);
     }
-    c->write_pending = 1;
+    c->writes_pending++;
     return 0;
 }
 
@@ -392,7 +533,7 @@ static void response_done(conn_t *c, int reusable)
         /* libuv reports a finished write on a later loop turn, and the
          * response may beat it; the write request must be free before
          * anyone can send on the connection again. */
-        if (c->write_pending)
+        if (c->writes_pending)
             c->return_on_write = 1;
         else
             pool_return(c);
@@ -448,6 +589,12 @@ static void read_ended(conn_t *c, ssize_t n)
         conn_close(c, STATS_CLOSE_PEER_CLOSED);
         return;
     }
+    if (c->state == CONN_CONNECTING) {
+        snprintf(msg, sizeof(msg), "TLS handshake with %s: %s", c->origin->host,
+                 n == UV_EOF ? "the server closed the connection" : uv_strerror((int)n));
+        handshake_failed(c, ERR_TLS_HANDSHAKE, msg);
+        return;
+    }
     if (c->job == NULL) {
         conn_close(c, STATS_CLOSE_ERROR);
         return;
@@ -488,6 +635,58 @@ static void read_ended(conn_t *c, ssize_t n)
     conn_fail(c, STATS_CLOSE_ERROR, ERR_TRUNCATED, msg);
 }
 
+/* Response bytes, decrypted if need be. */
+static void plain_input(conn_t *c, buf_t *b)
+{
+    if (c->state == CONN_IDLE || c->job == NULL) {
+        /* An idle connection must stay silent; anything it says now
+         * (often a 408 before closing) makes it unusable. */
+        conn_close(c, STATS_CLOSE_PEER_CLOSED);
+        return;
+    }
+    c->resp_bytes += b->len;
+    job_on_read(c->job);
+    if (c->state == CONN_ACTIVE && c->job != NULL)
+        parse(c, b);
+}
+
+/* Ciphertext: advance the handshake, then decrypt record by record into
+ * buffers of our own and parse those. */
+static void tls_input(conn_t *c, buf_t *b)
+{
+    tls_conn_feed(c->tls, b->data, b->len);
+    if (c->state == CONN_CONNECTING && advance_handshake(c) != 0)
+        return;
+    while (c->state == CONN_ACTIVE || c->state == CONN_IDLE) {
+        buf_t *plain = buf_get(c->origin->pool->bufs);
+        int status = 0, n;
+
+        if (plain == NULL) {
+            conn_fail(c, STATS_CLOSE_ERROR, ERR_NO_MEMORY, "no read buffer available");
+            return;
+        }
+        n = tls_conn_read(c->tls, plain->data, plain->pool->size, &status);
+        if (n > 0) {
+            plain->len = (size_t)n;
+            plain_input(c, plain);
+            buf_decref(plain);
+            continue;
+        }
+        buf_decref(plain);
+        if (n == 0 && status == TLS_AGAIN)
+            return;
+        if (n == 0) {
+            /* close_notify: the same as a clean end of the stream. */
+            read_ended(c, UV_EOF);
+        } else if (c->state == CONN_IDLE || c->job == NULL) {
+            conn_close(c, STATS_CLOSE_PEER_CLOSED);
+        } else {
+            conn_fail(c, STATS_CLOSE_ERROR, n, c->tls->errmsg);
+        }
+        return;
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
 {
     conn_t *c = s->data;
@@ -500,17 +699,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
         /* nothing: the connection is going away */
     } else if (n > 0) {
         b->len = (size_t)n;
-        if (c->state == CONN_IDLE || c->job == NULL) {
-            /* An idle connection must stay silent; anything it says now
-             * (often a 408 before closing) makes it unusable. */
-            conn_close(c, STATS_CLOSE_PEER_CLOSED);
-        } else {
-            c->stats->received_bytes += (uint64_t)n;
-            c->resp_bytes += (uint64_t)n;
-            job_on_read(c->job);
-            if (c->state == CONN_ACTIVE && c->job != NULL)
-                parse(c, b);
-        }
+        c->stats->received_bytes += (uint64_t)n;
+        if (c->tls)
+            tls_input(c, b);
+        else
+            plain_input(c, b);
     } else if (n < 0) {
         read_ended(c, n);
     }

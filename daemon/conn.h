@@ -26,6 +26,7 @@
 #include "buf.h"
 #include "dns.h"
 #include "stats.h"
+#include "tls.h"
 
 typedef struct conn conn_t;
 typedef struct job job_t;
@@ -45,6 +46,7 @@ struct conn {
     conn_t *prev, *next; /* the origin's idle list, private */
     /* private */
     dns_entry_t *dns; /* owned reference while connecting */
+    tls_conn_t *tls;  /* owned: the TLS session of an https connection */
     size_t addr_index;
     int connect_err;
     uv_connect_t connect_req;
@@ -53,16 +55,17 @@ struct conn {
     llhttp_t parser;
     int handle_open;
     int reading;
-    int head_request;    /* the request in flight is HEAD: no body follows */
-    int write_pending;   /* write_req is with libuv */
-    int return_on_write; /* reusable: back to the pool once the write is done */
-    uint64_t resp_bytes; /* bytes received for the request in flight */
-    int final_status;    /* status of the response being parsed */
-    int callback_err;    /* error a parser callback asked us to fail with */
-    int message_done;    /* the final response is complete */
-    int must_close;      /* something about the response rules out reuse */
-    int content_lengths; /* Content-Length headers seen */
-    int chunked;         /* Transfer-Encoding seen */
+    int head_request;        /* the request in flight is HEAD: no body follows */
+    unsigned writes_pending; /* writes (write_req, or TLS records) with libuv */
+    int write_status;        /* the first error among them */
+    int return_on_write;     /* reusable: back to the pool once the write is done */
+    uint64_t resp_bytes;     /* bytes received for the request in flight */
+    int final_status;        /* status of the response being parsed */
+    int callback_err;        /* error a parser callback asked us to fail with */
+    int message_done;        /* the final response is complete */
+    int must_close;          /* something about the response rules out reuse */
+    int content_lengths;     /* Content-Length headers seen */
+    int chunked;             /* Transfer-Encoding seen */
     unsigned hdr_count;
     size_t hdr_bytes;
     char *hdr; /* owned: the current header as "name\0value" */
@@ -100,6 +103,9 @@ void conn_resume(conn_t *c);
 /* Closes the connection for reason: detaches its job (without telling it),
  * leaves the pool and starts uv_close(). Idempotent. */
 void conn_close(conn_t *c, stats_close_t reason);
+
+/* 1 while the TCP connection is up and its TLS handshake is not done. */
+int conn_handshaking(const conn_t *c);
 
 void conn_incref(conn_t *c);
 /* Returns 1 when the connection was freed. */

@@ -27,6 +27,8 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->download_dir);
     mem_free(cfg->state_dir);
     mem_free(cfg->ca_file);
+    mem_free(cfg->client_cert);
+    mem_free(cfg->client_key);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -55,6 +57,13 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
         return err_from_uv(rc);
     }
     stats_init(&d->stats);
+    rc = tls_init(&d->tls, &d->stats, d->cfg.ca_file, d->cfg.client_cert, d->cfg.client_key, errmsg,
+                  errlen);
+    if (rc != 0) {
+        uv_loop_close(&d->loop);
+        daemon_config_dispose(&d->cfg);
+        return rc;
+    }
     buf_pool_init(&d->bufs, DAEMON_BUF_SIZE, DAEMON_BUF_MAX_FREE, &d->stats);
     rc = dns_init(&d->dns, &d->loop, &d->stats);
     if (rc == 0) {
@@ -63,6 +72,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
             rc = sched_init(&d->sched, &d->loop, &d->stats, &d->pool, &d->dns, &d->bufs,
                             d->cfg.download_dir);
             if (rc == 0) {
+                d->sched.tls = &d->tls;
                 apply_limits(d);
                 return 0;
             }
@@ -80,6 +90,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
     uv_run(&d->loop, UV_RUN_DEFAULT); /* let the closes finish */
     pool_dispose(&d->pool);
     buf_pool_dispose(&d->bufs);
+    tls_dispose(&d->tls);
     uv_loop_close(&d->loop);
     daemon_config_dispose(&d->cfg);
     return rc;
@@ -98,10 +109,10 @@ void daemon_close(daemon_t *d)
 int daemon_dispose(daemon_t *d)
 {
     int rc;
-
     sched_dispose(&d->sched);
     pool_dispose(&d->pool);
     buf_pool_dispose(&d->bufs);
+    tls_dispose(&d->tls);
     rc = uv_loop_close(&d->loop);
     daemon_config_dispose(&d->cfg);
     return rc;
@@ -167,6 +178,8 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(o, "received_bytes_total", st->received_bytes);
         bad |= set_u64(o, "retries_total", st->retries);
         bad |= set_u64(o, "redirects_total", st->redirects);
+        bad |= set_u64(o, "tls_handshakes_total", d->tls.handshakes);
+        bad |= set_u64(o, "tls_resumptions_total", d->tls.resumptions);
         bad |= set_u64(o, "dns_lookups_total", d->dns.lookups);
         bad |= set_u64(o, "dns_cache_hits_total", d->dns.hits);
     }

@@ -21,13 +21,15 @@
 #include "pool.h"
 #include "sched.h"
 #include "stats.h"
-
+#include "tls.h"
 typedef struct daemon_config {
     char *control_path;       /* owned; NULL: the default */
     char *metrics_addr;       /* owned; "127.0.0.1:9464" by default, "off" disables */
     char *download_dir;       /* owned; NULL: file output refused */
     char *state_dir;          /* owned; NULL: nothing persisted */
     char *ca_file;            /* owned; NULL: the system bundle */
+    char *client_cert;        /* owned; NULL: no client certificate */
+    char *client_key;         /* owned; with client_cert */
     unsigned max_connections; /* 256 */
     unsigned max_per_host;    /* 32 */
     size_t max_jobs;          /* 1000000 queued jobs */
@@ -53,6 +55,7 @@ typedef struct daemon {
     dns_t dns;
     pool_t pool;
     sched_t sched;
+    tls_t tls;
     daemon_config_t cfg; /* owned */
     int closing;
 } daemon_t;

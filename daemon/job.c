@@ -154,6 +154,8 @@ void job_spec_dispose(job_spec_t *spec)
     mem_free(spec->output_path);
     mem_free(spec->expected_sha256);
     mem_free(spec->ca_file);
+    mem_free(spec->client_cert);
+    mem_free(spec->client_key);
     if (spec->labels)
         json_decref(spec->labels);
     memset(spec, 0, sizeof(*spec));
@@ -215,6 +217,20 @@ static int resolve_output(job_t *j, const char *dir, char *err, size_t errlen)
     return j->file_path ? 0 : ERR_NO_MEMORY;
 }
 
+/* Finds the TLS configuration the job's spec asks for (CA file, insecure,
+ * client certificate), the first time an https URL needs it. */
+static int ensure_tls(job_t *j, char *err, size_t errlen)
+{
+    const job_spec_t *sp = &j->spec;
+    if (j->tls_config != NULL)
+        return 0;
+    if (sp->insecure)
+        log_notice("job %s: TLS certificate verification is disabled for this job (insecure)",
+                   j->id[0] ? j->id : "(new)");
+    return tls_config_get(j->sched->tls, sp->ca_file, sp->insecure, sp->client_cert, sp->client_key,
+                          &j->tls_config, err, errlen);
+}
+
 static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
 {
     const char *msg = NULL;
@@ -226,8 +242,9 @@ static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
         return rc;
     }
     if (j->url.scheme == URL_HTTPS) {
-        snprintf(err, errlen, "url: https is not supported by this build yet");
-        return ERR_INVALID_REQUEST;
+        rc = ensure_tls(j, err, errlen);
+        if (rc != 0)
+            return rc;
     }
     if (j->spec.method && (!is_token(j->spec.method) || strlen(j->spec.method) > 32)) {
         snprintf(err, errlen, "method: not a valid HTTP method token");
@@ -321,6 +338,8 @@ static void job_destroy(job_t *j)
     mem_free(j->location);
     mem_free(j->retry_after);
     mem_free(j->file_path);
+    if (j->tls_config)
+        tls_config_decref(j->tls_config);
     /* The memory goes when both timers have closed. */
     uv_close((uv_handle_t *)&j->total_timer, on_job_handle_close);
     uv_close((uv_handle_t *)&j->phase_timer, on_job_handle_close);
@@ -732,6 +751,15 @@ static void follow_redirect(job_t *j)
         url_dispose(&next);
         return;
     }
+    if (next.scheme == URL_HTTPS) {
+        char why[192];
+        rc = ensure_tls(j, why, sizeof(why));
+        if (rc != 0) {
+            url_dispose(&next);
+            finish(j, rc, "redirect to https: %s", why);
+            return;
+        }
+    }
     href = mem_strdup(next.href);
     if (href == NULL) {
         url_dispose(&next);
@@ -838,6 +866,12 @@ static void on_phase_timeout(uv_timer_t *t)
     switch (j->phase) {
     case PH_RESOLVING:
     case PH_CONNECTING:
+        if (j->conn && conn_handshaking(j->conn)) {
+            conn_close(j->conn, STATS_CLOSE_CONNECT_FAILED);
+            finish(j, ERR_TLS_HANDSHAKE, "TLS handshake with %s timed out after %.3g s",
+                   j->url.authority, j->spec.connect_timeout_ms / 1e3);
+            break;
+        }
         dns_cancel(&j->dns_waiter);
         if (j->conn)
             conn_close(j->conn, STATS_CLOSE_CONNECT_FAILED);

@@ -23,6 +23,7 @@
 
 #include "dns.h"
 #include "sink.h"
+#include "tls.h"
 #include "url.h"
 
 typedef struct job job_t;
@@ -64,6 +65,8 @@ typedef struct job_spec {
     int fail_on_http_error;         /* 0: a 4xx/5xx response is a done job */
     int insecure;                   /* 0: verify TLS */
     char *ca_file;                  /* NULL: the daemon's */
+    char *client_cert;              /* NULL: the daemon's client certificate, if any */
+    char *client_key;               /* goes with client_cert */
     int priority;                   /* 0; higher runs first */
     int allow_downgrade;            /* 0: an https -> http redirect fails the job */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
@@ -114,18 +117,19 @@ struct job {
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
-    sched_t *sched;       /* borrowed: the scheduler outlives its jobs */
-    uint64_t seq;         /* submission order, the FIFO tie-break */
-    size_t heap_index;    /* position in the scheduler's queue while queued */
-    int phase;            /* enum job_phase in job.c */
-    job_t *rprev, *rnext; /* the scheduler's retained list */
-    job_t *hnext;         /* the scheduler's id hash chain */
-    job_t *wnext;         /* the origin's wait list */
-    origin_t *origin;     /* borrowed: the origin it waits at, or NULL */
-    conn_t *conn;         /* owned reference while a request is in flight */
-    url_t url;            /* owned: the URL being fetched now */
-    char *method;         /* owned: the current method; NULL means GET (a 303 changes it) */
-    char *req_head;       /* owned: the serialised request head */
+    sched_t *sched;           /* borrowed: the scheduler outlives its jobs */
+    uint64_t seq;             /* submission order, the FIFO tie-break */
+    size_t heap_index;        /* position in the scheduler's queue while queued */
+    int phase;                /* enum job_phase in job.c */
+    job_t *rprev, *rnext;     /* the scheduler's retained list */
+    job_t *hnext;             /* the scheduler's id hash chain */
+    job_t *wnext;             /* the origin's wait list */
+    origin_t *origin;         /* borrowed: the origin it waits at, or NULL */
+    conn_t *conn;             /* owned reference while a request is in flight */
+    url_t url;                /* owned: the URL being fetched now */
+    tls_config_t *tls_config; /* owned reference once an https URL is involved */
+    char *method;             /* owned: the current method; NULL means GET (a 303 changes it) */
+    char *req_head;           /* owned: the serialised request head */
     size_t req_head_len;
     char *file_path;  /* owned: the confined output path until the job is done */
     int body_dropped; /* a redirect turned the request into a bodiless GET */

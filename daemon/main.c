@@ -36,7 +36,10 @@ static void usage(FILE *out)
             "      --max-jobs N         queued jobs; more are refused (default 1000000)\n"
             "      --max-running N      jobs running at once (default 1024)\n"
             "      --idle-timeout SEC   close pooled connections idle this long (default 30)\n"
-            "      --ca-file FILE       CA bundle for https (https is not supported yet)\n"
+            "      --ca-file FILE       CA bundle that verifies https servers (default\n"
+            "                           " TLS_DEFAULT_CA_FILE ")\n"
+            "      --client-cert FILE   client certificate (PEM) for https servers that ask\n"
+            "      --client-key FILE    its private key (PEM)\n"
             "      --retain-jobs N      finished jobs kept for status queries (default 10000)\n"
             "      --retain-seconds S   how long finished jobs are kept (default 3600)\n"
             "      --log-level LEVEL    error, warn, notice, info (default) or debug\n"
@@ -59,6 +62,8 @@ static const struct option long_options[] = {
     {"max-running", required_argument, NULL, 0},
     {"idle-timeout", required_argument, NULL, 0},
     {"ca-file", required_argument, NULL, 0},
+    {"client-cert", required_argument, NULL, 0},
+    {"client-key", required_argument, NULL, 0},
     {"retain-jobs", required_argument, NULL, 0},
     {"retain-seconds", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},

@@ -51,11 +51,13 @@ static uint64_t hash_key(const char *s)
     return h;
 }
 
-static int format_key(char *out, size_t len, url_scheme_t scheme, const char *host, uint16_t port,
-                      int insecure)
+/* The key names the TLS configuration by its id: one per combination of CA
+ * file, verification and client certificate. It doubles as the key of the
+ * origin's TLS sessions. */
+static int format_key(char *out, size_t len, const url_t *u, const tls_config_t *tls)
 {
-    int n = snprintf(out, len, "%s://%s:%u%s", url_scheme_name(scheme), host, (unsigned)port,
-                     insecure ? "#insecure" : "");
+    int n = snprintf(out, len, "%s://%s:%u#%u", url_scheme_name(u->scheme), u->host,
+                     (unsigned)u->port, tls ? tls->id : 0);
     return n > 0 && (size_t)n < len ? 0 : ERR_INVALID_REQUEST;
 }
 
@@ -79,13 +81,13 @@ static void grow_table(pool_t *p)
     p->nbuckets = n;
 }
 
-static origin_t *origin_get(pool_t *p, const url_t *u, int insecure)
+static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
 {
     char key[512];
     size_t k;
     origin_t *o;
 
-    if (format_key(key, sizeof(key), u->scheme, u->host, u->port, insecure) != 0)
+    if (format_key(key, sizeof(key), u, tls) != 0)
         return NULL;
     k = hash_key(key) & (p->nbuckets - 1);
     for (o = p->buckets[k]; o; o = o->hnext)
@@ -105,7 +107,10 @@ static origin_t *origin_get(pool_t *p, const url_t *u, int insecure)
     o->pool = p;
     o->scheme = u->scheme;
     o->port = u->port;
-    o->insecure = insecure;
+    o->host_is_ip = u->host_is_ip;
+    o->tls_config = tls;
+    if (tls)
+        tls_config_incref(tls);
     o->hnext = p->buckets[k];
     p->buckets[k] = o;
     p->norigins++;
@@ -130,6 +135,8 @@ static void origin_maybe_free(origin_t *o)
     *pp = o->hnext;
     p->norigins--;
     stats_obj_destroyed(p->stats, STATS_OBJ_ORIGIN);
+    if (o->tls_config)
+        tls_config_decref(o->tls_config);
     mem_free(o->key);
     mem_free(o->host);
     mem_free(o);
@@ -248,7 +255,7 @@ static conn_t *open_conn(pool_t *p, origin_t *o)
 
 int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
 {
-    origin_t *o = origin_get(p, &j->url, j->spec.insecure);
+    origin_t *o = origin_get(p, &j->url, j->tls_config);
 
     if (o == NULL)
         return ERR_NO_MEMORY;

@@ -23,6 +23,7 @@
 #include "buf.h"
 #include "conn.h"
 #include "stats.h"
+#include "tls.h"
 #include "url.h"
 
 typedef struct pool pool_t;
@@ -33,8 +34,9 @@ struct origin {
     url_scheme_t scheme;
     char *host; /* owned */
     uint16_t port;
-    int insecure;
-    unsigned nconns; /* connections of this origin that are not closing */
+    int host_is_ip;
+    tls_config_t *tls_config; /* owned reference; NULL for http */
+    unsigned nconns;          /* connections of this origin that are not closing */
     unsigned nidle;
     conn_t *idle;                  /* owned: most recently used first */
     job_t *waiters, *waiters_tail; /* borrowed: jobs waiting for a connection */

@@ -41,6 +41,7 @@ struct sched {
     pool_t *pool;                        /* borrowed */
     dns_t *dns;                          /* borrowed */
     buf_pool_t *bufs;                    /* borrowed */
+    tls_t *tls;                          /* borrowed: set by the daemon */
     char *download_dir;                  /* owned: canonical path, or NULL (file output refused) */
     unsigned max_running;                /* public */
     size_t max_queued;                   /* public: --max-jobs; 0 = unlimited */

@@ -18,6 +18,7 @@
     X(DNS_ENTRY, "dns_entry")     \
     X(BUFFER, "buffer")           \
     X(REQUEST, "request")         \
+    X(TLS_CONFIG, "tls_config")   \
     X(TLS_CONTEXT, "tls_context") \
     X(TLS_SESSION, "tls_session")
 

@@ -466,6 +466,8 @@ static const field_t fields[] = {
     {"insecure", dec_bool, SPEC_OFF(insecure), 0, 0},
     {"allow_downgrade", dec_bool, SPEC_OFF(allow_downgrade), 0, 0},
     {"ca_file", dec_string, SPEC_OFF(ca_file), 0, 0},
+    {"client_cert", dec_string, SPEC_OFF(client_cert), 0, 0},
+    {"client_key", dec_string, SPEC_OFF(client_key), 0, 0},
     {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
     {"labels", dec_labels, 0, 0, 0},
 };

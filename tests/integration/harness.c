@@ -229,6 +229,9 @@ int main(int argc, char **argv)
         {"retain-jobs", required_argument, NULL, 'j'},
         {"retain-seconds", required_argument, NULL, 's'},
         {"deadline-ms", required_argument, NULL, 'D'},
+        {"ca-file", required_argument, NULL, 'a'},
+        {"client-cert", required_argument, NULL, 'C'},
+        {"client-key", required_argument, NULL, 'K'},
         {NULL, 0, NULL, 0},
     };
     harness_t *h = calloc(1, sizeof(*h));
@@ -265,6 +268,15 @@ int main(int argc, char **argv)
             break;
         case 's':
             key = "retain_seconds";
+            break;
+        case 'a':
+            key = "ca_file";
+            break;
+        case 'C':
+            key = "client_cert";
+            break;
+        case 'K':
+            key = "client_key";
             break;
         case 'i':
             cfg.idle_timeout_ms = strtoull(optarg, NULL, 10);

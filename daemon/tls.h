@@ -1,0 +1,148 @@
+/* tls — mbedTLS glue: shared configurations, the session cache, and the
+ * per-connection TLS state driven by the event loop.
+ *
+ * There are no blocking calls: a connection feeds the ciphertext it read to
+ * tls_conn_feed(), and mbedTLS writes its records through the send callback
+ * the connection gives, which queues them on the socket. Verification is
+ * always required unless a job asks for "insecure"; the host name is set on
+ * every connection (mbedTLS 2.28 skips the name check without it), and an
+ * IP-literal host is checked against the certificate's iPAddress SANs here,
+ * since mbedTLS 2.28 does not do that.
+ *
+ * Ownership: struct tls (one per daemon) owns the RNG, the configuration
+ * cache (one reference per cached config) and the session cache. An origin
+ * owns a reference to its config; a tls_conn_t is owned by its connection
+ * and borrows the config through the origin. Debian's mbedTLS cannot take a
+ * custom allocator, so live configs, contexts and cached sessions are counted
+ * as objects instead (tls_config, tls_context, tls_session).
+ */
+#ifndef FETCHD_TLS_H
+#define FETCHD_TLS_H
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stats.h"
+
+#define TLS_DEFAULT_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
+
+typedef struct tls tls_t;
+typedef struct tls_config tls_config_t;
+typedef struct tls_conn tls_conn_t;
+typedef struct tls_session_entry tls_session_entry_t;
+
+struct tls_config {
+    unsigned refcnt;
+    unsigned id;  /* read-only: distinguishes pools of different configs */
+    int insecure; /* read-only */
+    char *key;    /* owned: "insecure|ca|cert|key" cache key */
+    tls_t *tls;   /* borrowed */
+    mbedtls_ssl_config conf;
+    mbedtls_x509_crt ca;
+    mbedtls_x509_crt cert;
+    mbedtls_pk_context pk;
+    tls_config_t *next; /* the cache list */
+};
+
+struct tls {
+    stats_t *stats;       /* borrowed */
+    char *ca_file;        /* owned: the daemon's CA bundle */
+    char *cert_file;      /* owned: the daemon's client certificate, or NULL */
+    char *key_file;       /* owned */
+    size_t max_sessions;  /* public: bound of the session cache */
+    uint64_t handshakes;  /* read-only: handshakes completed */
+    uint64_t resumptions; /* read-only: of which resumed a session */
+    /* private */
+    int seeded;
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    tls_config_t *configs; /* owned references */
+    size_t nconfigs;
+    unsigned next_id;
+    tls_session_entry_t *sessions; /* owned, most recent first */
+    size_t nsessions;
+};
+
+/* Sends ciphertext on the connection's socket; returns 0 or a negative
+ * error. The bytes must be copied or written before it returns. */
+typedef int (*tls_send_fn)(void *ctx, const unsigned char *buf, size_t len);
+
+struct tls_conn {
+    mbedtls_ssl_context ssl;
+    tls_t *tls;           /* borrowed */
+    tls_config_t *config; /* owned reference */
+    char *session_key;    /* owned: where its session is cached */
+    int handshake_done;   /* read-only */
+    int resumed;          /* read-only: the handshake resumed a session */
+    char errmsg[256];     /* read-only: why the last call failed */
+    /* private */
+    tls_send_fn send;
+    void *send_ctx;
+    const unsigned char *in; /* borrowed: ciphertext fed and not yet consumed */
+    size_t in_len;
+    int verify_called;
+    int notified;
+    int leaf_self_signed;
+    int host_is_ip;
+    unsigned char ip[16];
+    size_t ip_len;
+    char host[256];
+};
+
+/* Initialises t; the CA bundle and client certificate files are read when a
+ * configuration first needs them. ca_file NULL means the system bundle.
+ * Returns 0 or an error with errmsg filled in. */
+int tls_init(tls_t *t, stats_t *stats, const char *ca_file, const char *cert_file,
+             const char *key_file, char *errmsg, size_t errlen);
+
+/* Frees the caches. Configurations still referenced are a bug (asserted). */
+void tls_dispose(tls_t *t);
+
+/* Returns (a new reference to) the configuration for this combination of
+ * CA file (NULL: the daemon's), verification and client certificate (NULL:
+ * the daemon's), creating and caching it on first use. Returns 0, or
+ * ERR_INVALID_REQUEST with errmsg naming the file that could not be loaded,
+ * or ERR_NO_MEMORY. */
+int tls_config_get(tls_t *t, const char *ca_file, int insecure, const char *cert_file,
+                   const char *key_file, tls_config_t **out, char *errmsg, size_t errlen);
+
+void tls_config_incref(tls_config_t *c);
+int tls_config_decref(tls_config_t *c);
+
+/* Creates a TLS client for host (host_is_ip: an IPv4/IPv6 literal) with the
+ * session cache slot session_key; send carries its records to the socket.
+ * Returns NULL on allocation failure. */
+tls_conn_t *tls_conn_create(tls_config_t *config, const char *host, int host_is_ip,
+                            const char *session_key, tls_send_fn send, void *send_ctx);
+/* Sends a close_notify alert once, if the session is up (best effort: the
+ * connection is being closed). */
+void tls_conn_close_notify(tls_conn_t *tc);
+
+/* Frees everything. */
+void tls_conn_destroy(tls_conn_t *tc);
+
+/* Hands ciphertext to the connection; it stays borrowed until the next
+ * tls_conn_handshake() / tls_conn_read() that consumes it all. */
+void tls_conn_feed(tls_conn_t *tc, const char *in, size_t len);
+
+#define TLS_AGAIN 1
+#define TLS_EOF   2
+
+/* Advances the handshake with what was fed. Returns 0 once it is complete,
+ * TLS_AGAIN when it needs more input, or ERR_TLS_VERIFY / ERR_TLS_HANDSHAKE
+ * (tc->errmsg says why). */
+int tls_conn_handshake(tls_conn_t *tc);
+
+/* Decrypts into out. Returns the number of bytes (> 0); 0 with *status set
+ * to TLS_AGAIN (it needs more input) or TLS_EOF (the peer sent
+ * close_notify); or ERR_PROTOCOL for a TLS failure (tc->errmsg says why). */
+int tls_conn_read(tls_conn_t *tc, char *out, size_t len, int *status);
+
+/* Encrypts and sends all of buf. Returns 0 or an error. */
+int tls_conn_write(tls_conn_t *tc, const char *buf, size_t len);
+
+#endif
