@@ -1,8 +1,10 @@
 /* daemon — assembly and teardown of the engine; see daemon.h. */
 #include "daemon.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "mem.h"
@@ -120,6 +122,33 @@ int daemon_dispose(daemon_t *d)
 
 /* ---- the figures as JSON ----------------------------------------------------- */
 
+/* Resident set size from /proc/self/statm (its second field, in pages). */
+static uint64_t resident_bytes(void)
+{
+    unsigned long long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%llu %llu", &size, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static uint64_t open_fds(void)
+{
+    uint64_t n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    if (d == NULL)
+        return 0;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n > 0 ? n - 1 : 0; /* not the one opendir() holds */
+}
+
 static int set_u64(json_t *o, const char *k, uint64_t v)
 {
     return json_object_set_new(o, k, json_integer((json_int_t)v));
@@ -177,7 +206,8 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= json_object_set(o, "heap", heap);
         bad |= set_u64(o, "received_bytes_total", st->received_bytes);
         bad |= set_u64(o, "retries_total", st->retries);
-        bad |= set_u64(o, "redirects_total", st->redirects);
+        bad |= set_u64(o, "redirects_total", st->redirects);        bad |= set_u64(o, "process_resident_memory_bytes", resident_bytes());
+        bad |= set_u64(o, "process_open_fds", open_fds());
         bad |= set_u64(o, "tls_handshakes_total", d->tls.handshakes);
         bad |= set_u64(o, "tls_resumptions_total", d->tls.resumptions);
         bad |= set_u64(o, "dns_lookups_total", d->dns.lookups);
