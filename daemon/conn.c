@@ -179,40 +179,22 @@ static void on_reopen_close(uv_handle_t *h)
         conn_decref(c); /* the handle's reference */
         return;
     }
-    /* A fresh handle for the next address; the handle's reference carries over. */
-    if (uv_tcp_init(h->loop, &c->tcp) != 0) {
-        c->handle_open = 0;
-        c->state = CONN_CLOSING; /* nothing to uv_close: the handle never opened */
-        conn_incref(c);
-        c->stats->conns_closed[STATS_CLOSE_CONNECT_FAILED]++;
-        pool_conn_closing(c);
-        {
-            job_t *j = c->job;
-            if (j)
-                job_incref(j);
-            conn_detach(c);
-            if (j) {
-                job_on_connected(j, ERR_NO_MEMORY, "cannot create a socket handle");
-                job_decref(j);
-            }
-        }
-        conn_decref(c); /* the local one */
-        conn_decref(c); /* the handle's */
-        return;
-    }
+    /* A fresh handle for the next address; the handle's reference carries
+     * over. uv_tcp_init() creates no socket yet (AF_UNSPEC), so it cannot
+     * fail here: the socket comes with uv_tcp_connect(). */
+    uv_tcp_init(h->loop, &c->tcp);
     c->tcp.data = c;
     c->handle_open = 1;
     try_next_address(c);
 }
 
-static void connect_failed(conn_t *c)
+/* Connecting failed (TCP or TLS): close, then tell the job why. */
+static void setup_failed(conn_t *c, int err, const char *why)
 {
-    char msg[160];
-    int err = c->connect_err == UV_ETIMEDOUT ? ERR_CONNECT_TIMEOUT : ERR_CONNECT_REFUSED;
+    char msg[256];
     job_t *j = c->job;
 
-    snprintf(msg, sizeof(msg), "connect to %s port %u: %s", c->origin->host,
-             (unsigned)c->origin->port, uv_strerror(c->connect_err));
+    snprintf(msg, sizeof(msg), "%s", why); /* why may live in c->tls */
     if (j)
         job_incref(j);
     conn_close(c, STATS_CLOSE_CONNECT_FAILED);
@@ -220,6 +202,16 @@ static void connect_failed(conn_t *c)
         job_on_connected(j, err, msg);
         job_decref(j);
     }
+}
+
+static void connect_failed(conn_t *c)
+{
+    char msg[160];
+
+    snprintf(msg, sizeof(msg), "connect to %s port %u: %s", c->origin->host,
+             (unsigned)c->origin->port, uv_strerror(c->connect_err));
+    setup_failed(c, c->connect_err == UV_ETIMEDOUT ? ERR_CONNECT_TIMEOUT : ERR_CONNECT_REFUSED,
+                 msg);
 }
 
 static void try_next_address(conn_t *c)
@@ -260,21 +252,6 @@ static void become_active(conn_t *c)
         job_on_connected(c->job, 0, NULL);
 }
 
-static void handshake_failed(conn_t *c, int err, const char *why)
-{
-    char msg[160];
-    job_t *j = c->job;
-
-    snprintf(msg, sizeof(msg), "%s", why);
-    if (j)
-        job_incref(j);
-    conn_close(c, STATS_CLOSE_CONNECT_FAILED);
-    if (j) {
-        job_on_connected(j, err, msg);
-        job_decref(j);
-    }
-}
-
 /* Runs the handshake as far as the input fed so far allows. Returns 0 while
  * the connection lives on (handshaking or ready), -1 once it failed. */
 static int advance_handshake(conn_t *c)
@@ -283,7 +260,7 @@ static int advance_handshake(conn_t *c)
     if (rc == TLS_AGAIN)
         return 0;
     if (rc < 0) {
-        handshake_failed(c, rc, c->tls->errmsg);
+        setup_failed(c, rc, c->tls->errmsg);
         return -1;
     }
     become_active(c);
@@ -296,7 +273,7 @@ static void start_tls(conn_t *c)
 
     c->tls = tls_conn_create(o->tls_config, o->host, o->host_is_ip, o->key, tls_send, c);
     if (c->tls == NULL) {
-        handshake_failed(c, ERR_NO_MEMORY, "no memory for a TLS session");
+        setup_failed(c, ERR_NO_MEMORY, "no memory for a TLS session");
         return;
     }
     tls_conn_feed(c->tls, NULL, 0);
@@ -451,8 +428,9 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
 {
     int rc;
 
-    assert(c->state == CONN_ACTIVE && c->job != NULL);    /* A plain connection reuses its one write request; TLS records queue in
-     * order behind the handshake's last flight. */
+    assert(c->state == CONN_ACTIVE &&
+           c->job != NULL); /* A plain connection reuses its one write request; TLS records queue in
+                             * order behind the handshake's last flight. */
     assert(c->tls != NULL || c->writes_pending == 0);
     llhttp_reset(&c->parser);
     c->requests++;
@@ -592,7 +570,7 @@ static void read_ended(conn_t *c, ssize_t n)
     if (c->state == CONN_CONNECTING) {
         snprintf(msg, sizeof(msg), "TLS handshake with %s: %s", c->origin->host,
                  n == UV_EOF ? "the server closed the connection" : uv_strerror((int)n));
-        handshake_failed(c, ERR_TLS_HANDSHAKE, msg);
+        setup_failed(c, ERR_TLS_HANDSHAKE, msg);
         return;
     }
     if (c->job == NULL) {

@@ -206,7 +206,8 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= json_object_set(o, "heap", heap);
         bad |= set_u64(o, "received_bytes_total", st->received_bytes);
         bad |= set_u64(o, "retries_total", st->retries);
-        bad |= set_u64(o, "redirects_total", st->redirects);        bad |= set_u64(o, "process_resident_memory_bytes", resident_bytes());
+        bad |= set_u64(o, "redirects_total", st->redirects);
+        bad |= set_u64(o, "process_resident_memory_bytes", resident_bytes());
         bad |= set_u64(o, "process_open_fds", open_fds());
         bad |= set_u64(o, "tls_handshakes_total", d->tls.handshakes);
         bad |= set_u64(o, "tls_resumptions_total", d->tls.resumptions);

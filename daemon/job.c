@@ -28,6 +28,7 @@
 
 #include "conn.h"
 #include "err.h"
+#include "http.h"
 #include "log.h"
 #include "mem.h"
 #include "pool.h"
@@ -85,31 +86,6 @@ static int is_idempotent(const char *m)
         if (strcmp(m, ok[i]) == 0)
             return 1;
     return 0;
-}
-
-static int is_tchar(int c)
-{
-    return isalnum(c) || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-static int is_token(const char *s)
-{
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
-}
-
-static int valid_header_value(const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return 0;
-    }
-    return 1;
 }
 
 static void set_error_msg(job_t *j, const char *fmt, va_list ap)
@@ -246,17 +222,18 @@ static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
         if (rc != 0)
             return rc;
     }
-    if (j->spec.method && (!is_token(j->spec.method) || strlen(j->spec.method) > 32)) {
+    if (j->spec.method &&
+        (!http_is_token(j->spec.method, strlen(j->spec.method)) || strlen(j->spec.method) > 32)) {
         snprintf(err, errlen, "method: not a valid HTTP method token");
         return ERR_INVALID_REQUEST;
     }
     for (size_t i = 0; i < j->spec.nheaders; i++) {
         const job_header_t *h = &j->spec.headers[i];
-        if (!is_token(h->name)) {
+        if (!http_is_token(h->name, strlen(h->name))) {
             snprintf(err, errlen, "headers: invalid header name \"%.40s\"", h->name);
             return ERR_INVALID_REQUEST;
         }
-        if (!valid_header_value(h->value)) {
+        if (!http_is_field_value(h->value, strlen(h->value))) {
             snprintf(err, errlen, "headers: value of \"%.40s\" contains CR, LF or a control byte",
                      h->name);
             return ERR_INVALID_REQUEST;

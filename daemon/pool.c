@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "http.h"
 #include "job.h"
 #include "mem.h"
 
@@ -43,14 +44,6 @@ int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs)
 
 /* ---- origins --------------------------------------------------------------- */
 
-static uint64_t hash_key(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 /* The key names the TLS configuration by its id: one per combination of CA
  * file, verification and client certificate. It doubles as the key of the
  * origin's TLS sessions. */
@@ -71,7 +64,7 @@ static void grow_table(pool_t *p)
         origin_t *o = p->buckets[i], *next;
         for (; o; o = next) {
             next = o->hnext;
-            size_t k = hash_key(o->key) & (n - 1);
+            size_t k = http_hash(o->key) & (n - 1);
             o->hnext = b[k];
             b[k] = o;
         }
@@ -89,7 +82,7 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
 
     if (format_key(key, sizeof(key), u, tls) != 0)
         return NULL;
-    k = hash_key(key) & (p->nbuckets - 1);
+    k = http_hash(key) & (p->nbuckets - 1);
     for (o = p->buckets[k]; o; o = o->hnext)
         if (strcmp(o->key, key) == 0)
             return o;
@@ -130,7 +123,7 @@ static void origin_maybe_free(origin_t *o)
     if (o->nconns > 0 || o->nwaiting > 0 || o->busy)
         return;
     assert(o->idle == NULL && !o->in_wait_list);
-    for (pp = &p->buckets[hash_key(o->key) & (p->nbuckets - 1)]; *pp != o; pp = &(*pp)->hnext)
+    for (pp = &p->buckets[http_hash(o->key) & (p->nbuckets - 1)]; *pp != o; pp = &(*pp)->hnext)
         ;
     *pp = o->hnext;
     p->norigins--;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "http.h"
 #include "mem.h"
 
 #define SCHED_INITIAL_TABLE 1024
@@ -83,14 +84,6 @@ double sched_random(sched_t *s)
 
 /* ---- the id table ------------------------------------------------------------ */
 
-static uint64_t hash_id(const char *id)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 1099511628211ull;
-    return h;
-}
-
 static void table_grow(sched_t *s)
 {
     size_t n = s->table_size * 2;
@@ -101,7 +94,7 @@ static void table_grow(sched_t *s)
         job_t *j = s->table[i], *next;
         for (; j; j = next) {
             next = j->hnext;
-            size_t k = hash_id(j->id) & (n - 1);
+            size_t k = http_hash(j->id) & (n - 1);
             j->hnext = t[k];
             t[k] = j;
         }
@@ -113,7 +106,7 @@ static void table_grow(sched_t *s)
 
 static void table_insert(sched_t *s, job_t *j)
 {
-    size_t k = hash_id(j->id) & (s->table_size - 1);
+    size_t k = http_hash(j->id) & (s->table_size - 1);
     j->hnext = s->table[k];
     s->table[k] = j;
     if (++s->njobs > s->table_size)
@@ -122,7 +115,7 @@ static void table_insert(sched_t *s, job_t *j)
 
 static void table_remove(sched_t *s, job_t *j)
 {
-    job_t **pp = &s->table[hash_id(j->id) & (s->table_size - 1)];
+    job_t **pp = &s->table[http_hash(j->id) & (s->table_size - 1)];
     while (*pp != j)
         pp = &(*pp)->hnext;
     *pp = j->hnext;
@@ -132,7 +125,7 @@ static void table_remove(sched_t *s, job_t *j)
 
 job_t *sched_find(sched_t *s, const char *id)
 {
-    job_t *j = s->table[hash_id(id) & (s->table_size - 1)];
+    job_t *j = s->table[http_hash(id) & (s->table_size - 1)];
     while (j && strcmp(j->id, id) != 0)
         j = j->hnext;
     return j;

@@ -22,6 +22,8 @@
 
 #include "err.h"
 #include "jobspec.h"
+
+#include "http.h"
 #include "mem.h"
 
 #define JOBSPEC_MAX_HEADERS   100
@@ -92,23 +94,6 @@ static const char *printable(char *out, size_t outlen, const char *s, size_t n)
         out[i] = (s[i] > 0x20 && s[i] < 0x7f) ? s[i] : '?';
     out[i] = '\0';
     return out;
-}
-
-static int is_tchar(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-static int is_token(const char *s, size_t n)
-{
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!is_tchar((unsigned char)s[i]))
-            return 0;
-    }
-    return 1;
 }
 
 /* A string value without NUL bytes (which C strings cannot carry). */
@@ -227,7 +212,7 @@ static int dec_method(decoder_t *d, const field_t *f, json_t *v)
     int rc = text_value(d, f->name, v, &s, &n);
     if (rc != 0)
         return rc;
-    if (n == 0 || n > JOBSPEC_MAX_METHOD || !is_token(s, n))
+    if (n == 0 || n > JOBSPEC_MAX_METHOD || !http_is_token(s, n))
         return bad(d, f->name, "must be an HTTP method token of 1 to %d characters",
                    JOBSPEC_MAX_METHOD);
     d->spec->method = mem_strndup(s, n);
@@ -266,7 +251,7 @@ static int add_header(decoder_t *d, const char *name, size_t nlen, const char *v
     job_header_t *h = &d->spec->headers[d->spec->nheaders];
     char shown[64];
     printable(shown, sizeof(shown), name, nlen);
-    if (!is_token(name, nlen))
+    if (!http_is_token(name, nlen))
         return bad(d, "headers", "invalid header name \"%s\" (must be a token)", shown);
     if (reserved_header(name, nlen))
         return bad(d, "headers", "\"%s\" is set by fetchd and cannot be given", shown);
