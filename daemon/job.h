@@ -113,7 +113,8 @@ struct job {
     unsigned redirects;  /* redirects followed */
     unsigned attempts;   /* requests started, retries included */
     job_timings_t timings;
-    void *data; /* public: free for the submitter's own use */
+    void *data;     /* public: free for the submitter's own use */
+    void *watchers; /* public: the control socket's waits on this job (borrowed) */
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
@@ -122,6 +123,7 @@ struct job {
     size_t heap_index;        /* position in the scheduler's queue while queued */
     int phase;                /* enum job_phase in job.c */
     job_t *rprev, *rnext;     /* the scheduler's retained list */
+    job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
     job_t *hnext;             /* the scheduler's id hash chain */
     job_t *wnext;             /* the origin's wait list */
     origin_t *origin;         /* borrowed: the origin it waits at, or NULL */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "control.h"
 #include "daemon.h"
 #include "err.h"
 #include "log.h"
@@ -24,8 +25,9 @@ static void usage(FILE *out)
             "\n"
             "  -c, --config FILE        JSON configuration file (keys are the long option\n"
             "                           names with '_' for '-'); later options override it\n"
-            "      --control PATH       control socket path (the control socket is not\n"
-            "                           served by this version yet)\n"
+            "      --control PATH       control socket (default: $RUNTIME_DIRECTORY/control.sock\n"
+            "                           under systemd, else $XDG_RUNTIME_DIR/fetchd/control.sock,\n"
+            "                           else /tmp/fetchd-$UID/control.sock)\n"
             "      --metrics HOST:PORT  metrics endpoint, or 'off' (not served by this\n"
             "                           version yet)\n"
             "      --download-dir DIR   jobs may write output files only under DIR;\n"
@@ -133,12 +135,14 @@ static int parse_args(int argc, char **argv, daemon_config_t *cfg)
 typedef struct signals {
     uv_signal_t sigint, sigterm;
     daemon_t *d;
+    control_t *ctl;
 } signals_t;
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     signals_t *s = h->data;
     log_notice("received %s; stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    control_close(s->ctl);
     daemon_close(s->d);
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
@@ -148,8 +152,9 @@ int main(int argc, char **argv)
 {
     daemon_config_t cfg;
     daemon_t d;
+    control_t ctl;
     signals_t sig;
-    char err[512];
+    char err[512], path[256];
     int rc;
 
     if (mem_install() != 0) {
@@ -168,7 +173,19 @@ int main(int argc, char **argv)
         log_error("%s", err);
         return EX_CONFIG;
     }
+    if (d.cfg.control_path == NULL && control_default_path(path, sizeof(path)) != 0) {
+        log_error("the default control socket path is too long; use --control");
+        rc = 1;
+        goto fail;
+    }
+    if (control_start(&ctl, &d, d.cfg.control_path ? d.cfg.control_path : path, err, sizeof(err)) !=
+        0) {
+        log_error("%s", err);
+        rc = 1;
+        goto fail;
+    }
     sig.d = &d;
+    sig.ctl = &ctl;
     uv_signal_init(&d.loop, &sig.sigint);
     uv_signal_init(&d.loop, &sig.sigterm);
     sig.sigint.data = sig.sigterm.data = &sig;
@@ -180,4 +197,9 @@ int main(int argc, char **argv)
     rc = daemon_dispose(&d);
     log_notice("fetchd stopped");
     return rc == 0 ? 0 : 1;
+fail:
+    daemon_close(&d);
+    uv_run(&d.loop, UV_RUN_DEFAULT);
+    daemon_dispose(&d);
+    return rc;
 }

@@ -224,37 +224,106 @@ static void on_kick(uv_idle_t *h)
     }
 }
 
-int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
+static int accepting_check(sched_t *s, size_t n, char *errmsg, size_t errlen)
 {
-    job_t *j;
-    int rc;
-
     if (!s->accepting) {
-        job_spec_dispose(spec);
         snprintf(errmsg, errlen, "the daemon is shutting down");
         return ERR_SHUTDOWN;
     }
-    if (s->max_queued && s->nqueued >= s->max_queued) {
-        job_spec_dispose(spec);
-        snprintf(errmsg, errlen, "the queue is full: %zu jobs are queued (max_jobs)", s->nqueued);
+    if (s->max_queued && (s->nqueued + n > s->max_queued || n > s->max_queued)) {
+        snprintf(errmsg, errlen, "the queue is full: %zu jobs are queued (max_jobs %zu)",
+                 s->nqueued, s->max_queued);
         return ERR_QUEUE_FULL;
     }
-    rc = job_create(s, spec, &j, errmsg, errlen);
-    if (rc != 0)
-        return rc;
+    return 0;
+}
+
+/* Gives a validated job its id and queues it; the table takes the
+ * creator's reference. Only fails for lack of memory (queue growth). */
+static int enqueue(sched_t *s, job_t *j)
+{
+    int rc;
+
     j->seq = ++s->next_seq;
     snprintf(j->id, sizeof(j->id), "%08" PRIx64 "%08" PRIx64, s->id_prefix, j->seq & 0xffffffffu);
     rc = heap_push(s, j);
-    if (rc != 0) {
+    if (rc != 0)
+        return rc;
+    table_insert(s, j);
+    j->aprev = s->all_tail;
+    j->anext = NULL;
+    if (s->all_tail)
+        s->all_tail->anext = j;
+    else
+        s->all_head = j;
+    s->all_tail = j;
+    sched_emit(s, j, SCHED_EV_QUEUED);
+    return 0;
+}
+
+int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
+{
+    long bad;
+    return sched_submit_many(s, spec, 1, out, &bad, errmsg, errlen);
+}
+
+/* Makes room in the queue for n more jobs up front, so that enqueueing a
+ * validated batch cannot fail halfway. */
+static int reserve(sched_t *s, size_t n)
+{
+    size_t cap = s->heap_cap;
+    job_t **h;
+
+    if (s->nqueued + n <= cap)
+        return 0;
+    while (cap < s->nqueued + n)
+        cap *= 2;
+    h = mem_realloc(s->heap, cap * sizeof(*h));
+    if (h == NULL)
+        return ERR_NO_MEMORY;
+    s->heap = h;
+    s->heap_cap = cap;
+    return 0;
+}
+
+int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
+                      char *errmsg, size_t errlen)
+{
+    size_t created = 0, consumed = 0;
+    int rc;
+
+    *bad = -1;
+    rc = accepting_check(s, n, errmsg, errlen);
+    while (rc == 0 && created < n) {
+        /* job_create() takes the spec, whether it succeeds or not. */
+        rc = job_create(s, &specs[created], &jobs[created], errmsg, errlen);
+        consumed++;
+        if (rc == 0)
+            created++;
+        else if (rc != ERR_NO_MEMORY)
+            *bad = (long)created;
+    }
+    if (rc == 0 && (rc = reserve(s, n)) != 0)
         snprintf(errmsg, errlen, "%s", err_str(rc));
-        job_decref(j);
+    if (rc != 0) {
+        for (size_t k = 0; k < created; k++)
+            job_decref(jobs[k]);
+        for (size_t k = consumed; k < n; k++)
+            job_spec_dispose(&specs[k]);
         return rc;
     }
-    table_insert(s, j); /* the table owns the creator's reference */
-    sched_emit(s, j, SCHED_EV_QUEUED);
+    for (size_t k = 0; k < n; k++) {
+        rc = enqueue(s, jobs[k]);
+        assert(rc == 0);
+        (void)rc;
+    }
     schedule_kick(s);
-    *out = j;
     return 0;
+}
+
+job_t *sched_next(sched_t *s, job_t *j)
+{
+    return j ? j->anext : s->all_head;
 }
 
 /* ---- finishing and retention -------------------------------------------------- */
@@ -271,6 +340,15 @@ static void forget(sched_t *s, job_t *j)
         s->retained_tail = j->rprev;
     j->rprev = j->rnext = NULL;
     s->nretained--;
+    if (j->aprev)
+        j->aprev->anext = j->anext;
+    else
+        s->all_head = j->anext;
+    if (j->anext)
+        j->anext->aprev = j->aprev;
+    else
+        s->all_tail = j->aprev;
+    j->aprev = j->anext = NULL;
     table_remove(s, j);
     job_decref(j);
 }

@@ -60,6 +60,7 @@ struct sched {
     job_t **table; /* id hash table; owns one reference per job */
     size_t table_size, njobs;
     job_t *retained_head, *retained_tail; /* oldest first */
+    job_t *all_head, *all_tail;           /* every known job, submission order */
     uint64_t next_seq;
     uint64_t id_prefix;
     uint64_t rng;
@@ -83,6 +84,18 @@ void sched_close(sched_t *s);
  * errmsg filled in: ERR_INVALID_REQUEST, ERR_QUEUE_FULL (max_queued jobs are
  * already queued), ERR_SHUTDOWN or ERR_NO_MEMORY. */
 int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
+
+/* Submits n jobs all or nothing: every spec is validated before any job is
+ * queued. Takes ownership of every spec (on failure too). On success jobs[]
+ * holds borrowed pointers (as sched_submit's *out). On failure nothing was
+ * queued, *bad is the index of the spec at fault (or -1 when the failure is
+ * not one spec's: queue full, shutdown, memory) and errmsg says why. */
+int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
+                      char *errmsg, size_t errlen);
+
+/* The job submitted right after j that is still known, or the first one
+ * when j is NULL: submission order, for listing. Borrowed, or NULL. */
+job_t *sched_next(sched_t *s, job_t *j);
 
 /* Frees the scheduler's memory once sched_close() has run and the loop has
  * closed its handles; jobs still finishing are a bug (asserted). */

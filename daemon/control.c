@@ -1,0 +1,1104 @@
+/* control — the JSON-RPC control socket; see control.h and proto/PROTOCOL.md. */
+#include "control.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "jobspec.h"
+#include "log.h"
+#include "mem.h"
+
+#define RPC_PARSE_ERROR      -32700
+#define RPC_INVALID_REQUEST  -32600
+#define RPC_METHOD_NOT_FOUND -32601
+#define RPC_INVALID_PARAMS   -32602
+#define RPC_SERVER_ERROR     -32000
+
+#define PROTOCOL_VERSION 1
+#define MAX_SUBMIT       100000
+#define MAX_LIST         1000
+
+typedef struct ctl_batch ctl_batch_t;
+typedef struct ctl_wait ctl_wait_t;
+typedef struct ctl_sub ctl_sub_t;
+
+/* A batch whose response waits for some of its `wait` calls. */
+struct ctl_batch {
+    ctl_client_t *client; /* borrowed: the client settles its batches before it goes */
+    json_t *responses;    /* owned */
+    size_t pending;
+};
+
+/* An open `wait`: answered when its job finishes, its timeout passes or
+ * its client goes. */
+struct ctl_wait {
+    ctl_client_t *client;      /* borrowed */
+    job_t *job;                /* owned reference */
+    json_t *id;                /* owned: the request id */
+    ctl_batch_t *batch;        /* borrowed, or NULL */
+    size_t slot;               /* its place in the batch's responses */
+    uv_timer_t timer;          /* the wait's own timeout; memory freed in its close callback */
+    ctl_wait_t *cprev, *cnext; /* the client's waits */
+    ctl_wait_t *jprev, *jnext; /* the job's watchers */
+};
+
+struct ctl_sub {
+    uint64_t id;
+    unsigned events; /* bit per sched_event_t */
+    json_t *ids;     /* owned: job ids to follow, or NULL for all */
+    ctl_sub_t *next;
+};
+
+struct ctl_client {
+    uv_pipe_t pipe; /* pipe.data == this */
+    control_t *ctl; /* borrowed */
+    unsigned refcnt;
+    int closing;
+    int close_after_flush; /* an error was queued: close once it is written */
+    unsigned writes;       /* uv_writes in flight */
+    char *line;            /* owned: the partial line so far */
+    size_t line_len, line_cap;
+    buf_t *rbuf;       /* owned while libuv reads into it */
+    ctl_wait_t *waits; /* owned */
+    ctl_sub_t *subs;   /* owned */
+    ctl_client_t *prev, *next;
+    stats_t *stats; /* borrowed */
+};
+
+typedef struct ctl_write {
+    uv_write_t req;
+    ctl_client_t *client; /* owned reference */
+    char *text;           /* owned: jansson's serialisation */
+} ctl_write_t;
+
+/* One call being handled. */
+typedef struct rpc_call {
+    ctl_client_t *c;
+    json_t *id;     /* borrowed; NULL for a notification */
+    json_t *params; /* borrowed object (empty when absent) */
+    ctl_batch_t *batch;
+    size_t slot;
+    json_t *error; /* owned: set when the call failed */
+    int deferred;  /* a wait registered: answered later */
+} rpc_call_t;
+
+static void client_close(ctl_client_t *c, const char *why);
+static void send_json(ctl_client_t *c, json_t *v);
+
+/* ---- clients: lifetime ---------------------------------------------------------- */
+
+static void client_incref(ctl_client_t *c)
+{
+    c->refcnt++;
+}
+
+static void client_decref(ctl_client_t *c)
+{
+    if (--c->refcnt > 0)
+        return;
+    mem_free(c->line);
+    if (c->rbuf)
+        buf_decref(c->rbuf);
+    stats_obj_destroyed(c->stats, STATS_OBJ_CTL_CLIENT);
+    mem_free(c);
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+    ctl_client_t *c = h->data;
+    control_t *ctl = c->ctl;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ctl->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    ctl->nclients--;
+    client_decref(c); /* the handle's */
+}
+
+/* ---- batches and waits ---------------------------------------------------------- */
+
+static void batch_settle(ctl_batch_t *b, size_t slot, json_t *resp)
+{
+    if (resp)
+        json_array_set_new(b->responses, slot, resp);
+    if (--b->pending > 0)
+        return;
+    if (!b->client->closing)
+        send_json(b->client, b->responses);
+    json_decref(b->responses);
+    mem_free(b);
+}
+
+static void on_wait_closed(uv_handle_t *h)
+{
+    ctl_wait_t *w = h->data;
+    ctl_client_t *c = w->client;
+    stats_obj_destroyed(c->stats, STATS_OBJ_CTL_WAIT);
+    mem_free(w);
+    client_decref(c);
+}
+
+/* Unlinks and releases a wait; resp (new reference, may be NULL) is its
+ * answer, sent alone or as its batch's slot. */
+static void wait_end(ctl_wait_t *w, json_t *resp)
+{
+    ctl_client_t *c = w->client;
+    job_t *j = w->job;
+
+    if (w->cprev)
+        w->cprev->cnext = w->cnext;
+    else
+        c->waits = w->cnext;
+    if (w->cnext)
+        w->cnext->cprev = w->cprev;
+    if (w->jprev)
+        w->jprev->jnext = w->jnext;
+    else
+        j->watchers = w->jnext;
+    if (w->jnext)
+        w->jnext->jprev = w->jprev;
+    if (w->batch)
+        batch_settle(w->batch, w->slot, resp);
+    else if (resp)
+        send_json(c, resp);
+    json_decref(w->id);
+    uv_close((uv_handle_t *)&w->timer, on_wait_closed);
+    job_decref(j);
+}
+
+/* ---- responses ------------------------------------------------------------------ */
+
+static json_t *error_object(int code, const char *code_name, json_t *data, const char *fmt,
+                            va_list ap) __attribute__((format(printf, 4, 0)));
+
+static json_t *error_object(int code, const char *code_name, json_t *data, const char *fmt,
+                            va_list ap)
+{
+    char msg[512];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (data == NULL)
+        data = json_object();
+    json_object_set_new(data, "code", json_string(code_name));
+    return json_pack("{s:i, s:s, s:o}", "code", code, "message", msg, "data", data);
+}
+
+static json_t *response(json_t *id, const char *key, json_t *value)
+{
+    return json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id ? id : json_null(), key, value);
+}
+
+static void call_error(rpc_call_t *call, int code, const char *code_name, json_t *data,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void call_error(rpc_call_t *call, int code, const char *code_name, json_t *data,
+                       const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    json_decref(call->error);
+    call->error = error_object(code, code_name, data, fmt, ap);
+    va_end(ap);
+}
+
+/* A whole error response outside any call (parse errors, line limits). */
+static void send_error(ctl_client_t *c, int code, const char *code_name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void send_error(ctl_client_t *c, int code, const char *code_name, const char *fmt, ...)
+{
+    va_list ap;
+    json_t *err;
+    va_start(ap, fmt);
+    err = error_object(code, code_name, NULL, fmt, ap);
+    va_end(ap);
+    send_json(c, response(NULL, "error", err));
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    ctl_write_t *w = req->data;
+    ctl_client_t *c = w->client;
+
+    (void)status; /* a failed write shows up as a read error, which closes */
+    mem_free(w->text);
+    stats_obj_destroyed(c->stats, STATS_OBJ_CTL_WRITE);
+    mem_free(w);
+    c->writes--;
+    if (c->writes == 0 && c->close_after_flush)
+        client_close(c, NULL);
+    client_decref(c);
+}
+
+/* Queues v (a reference this function takes) as one line. */
+static void send_json(ctl_client_t *c, json_t *v)
+{
+    static char newline[] = "\n";
+    ctl_write_t *w;
+    uv_buf_t bufs[2];
+    char *text;
+
+    if (v == NULL || c->closing) {
+        json_decref(v);
+        return;
+    }
+    text = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    w = text ? mem_alloc(sizeof(*w)) : NULL;
+    if (w == NULL) {
+        mem_free(text);
+        client_close(c, "out of memory for a response");
+        return;
+    }
+    w->req.data = w;
+    w->client = c;
+    w->text = text;
+    bufs[0] = uv_buf_init(text, (unsigned)strlen(text));
+    bufs[1] = uv_buf_init(newline, 1);
+    if (uv_write(&w->req, (uv_stream_t *)&c->pipe, bufs, 2, on_write) != 0) {
+        mem_free(text);
+        mem_free(w);
+        client_close(c, "write failed");
+        return;
+    }
+    client_incref(c);
+    c->writes++;
+    stats_obj_created(c->stats, STATS_OBJ_CTL_WRITE);
+    /* libuv queues what the socket does not take; a client that does not
+     * read cannot make us hold its output without bound. */
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > c->ctl->max_output)
+        client_close(c, "slow reader: output queue over its limit");
+}
+
+/* ---- params --------------------------------------------------------------------- */
+
+static int param_id(rpc_call_t *call, job_t **out)
+{
+    json_t *v = json_object_get(call->params, "id");
+
+    if (!json_is_string(v)) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.id: a job id string is required");
+        return -1;
+    }
+    *out = sched_find(&call->c->ctl->d->sched, json_string_value(v));
+    if (*out == NULL) {
+        call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no job with id \"%.40s\"",
+                   json_string_value(v));
+        return -1;
+    }
+    return 0;
+}
+
+/* An optional positive integer param within [1, max]; def when absent. */
+static int param_uint(rpc_call_t *call, const char *key, long long def, long long max,
+                      long long *out)
+{
+    json_t *v = json_object_get(call->params, key);
+
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.%s: must be an integer from 1 to %lld", key, max);
+        return -1;
+    }
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* ---- methods -------------------------------------------------------------------- */
+
+static json_t *m_version(rpc_call_t *call)
+{
+    (void)call;
+    return json_pack("{s:s, s:i}", "version", FETCHD_VERSION, "protocol", PROTOCOL_VERSION);
+}
+
+/* "timeouts.connect: must be ..." -> field "timeouts.connect". */
+static json_t *spec_error_data(long index, const char *msg)
+{
+    const char *colon = strstr(msg, ": ");
+    json_t *d = json_pack("{s:I, s:s}", "index", (json_int_t)index, "message", msg);
+    if (d && colon)
+        json_object_set_new(d, "field", json_stringn(msg, (size_t)(colon - msg)));
+    return d;
+}
+
+static json_t *submit_result(rpc_call_t *call, job_t **jobs, size_t n)
+{
+    json_t *ids = json_array();
+    (void)call;
+    for (size_t i = 0; ids && i < n; i++)
+        json_array_append_new(ids, json_string(jobs[i]->id));
+    return ids ? json_pack("{s:o}", "ids", ids) : NULL;
+}
+
+static json_t *m_submit(rpc_call_t *call)
+{
+    sched_t *s = &call->c->ctl->d->sched;
+    json_t *arr = json_object_get(call->params, "jobs"), *result = NULL;
+    size_t n = json_array_size(arr), decoded = 0;
+    job_spec_t *specs;
+    job_t **jobs;
+    char err[256];
+    long bad = -1;
+    int rc = 0;
+
+    if (!json_is_array(arr) || n == 0 || n > MAX_SUBMIT) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.jobs: an array of 1 to %d job objects is required", MAX_SUBMIT);
+        return NULL;
+    }
+    specs = mem_calloc(n, sizeof(*specs));
+    jobs = mem_calloc(n, sizeof(*jobs));
+    if (specs == NULL || jobs == NULL) {
+        rc = ERR_NO_MEMORY;
+        snprintf(err, sizeof(err), "%s", err_str(rc));
+    }
+    for (; rc == 0 && decoded < n; decoded++) {
+        rc = jobspec_decode(json_array_get(arr, decoded), &specs[decoded], err, sizeof(err));
+        if (rc != 0)
+            bad = rc == ERR_NO_MEMORY ? -1 : (long)decoded;
+    }
+    if (rc != 0) {
+        /* Decoding failed at `decoded - 1`, which disposed its own spec. */
+        for (size_t i = 0; i + 1 < decoded; i++)
+            job_spec_dispose(&specs[i]);
+    } else {
+        rc = sched_submit_many(s, specs, n, jobs, &bad, err, sizeof(err));
+        if (rc == 0)
+            result = submit_result(call, jobs, n);
+    }
+    mem_free(specs);
+    if (rc == ERR_INVALID_REQUEST && bad >= 0)
+        call_error(call, RPC_INVALID_PARAMS, "invalid_request", spec_error_data(bad, err),
+                   "job %ld: %s", bad, err);
+    else if (rc != 0)
+        call_error(call, RPC_SERVER_ERROR, err_name(rc), NULL, "%s", err);
+    mem_free(jobs);
+    return result;
+}
+
+static json_t *m_status(rpc_call_t *call)
+{
+    job_t *j;
+    return param_id(call, &j) == 0 ? jobspec_encode_job(j) : NULL;
+}
+
+static json_t *m_cancel(rpc_call_t *call)
+{
+    job_t *j;
+    if (param_id(call, &j) != 0)
+        return NULL;
+    sched_cancel(&call->c->ctl->d->sched, j); /* a finished job stays as it is */
+    return jobspec_encode_job(j);
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    ctl_wait_t *w = t->data;
+    json_t *err =
+        json_pack("{s:i, s:s, s:{s:s}}", "code", RPC_SERVER_ERROR, "message",
+                  "the wait timed out before the job finished", "data", "code", "timeout");
+    wait_end(w, response(w->id, "error", err));
+}
+
+static json_t *m_wait(rpc_call_t *call)
+{
+    ctl_client_t *c = call->c;
+    json_t *tv = json_object_get(call->params, "timeout");
+    ctl_wait_t *w;
+    job_t *j;
+
+    if (param_id(call, &j) != 0)
+        return NULL;
+    if (tv != NULL && (!json_is_number(tv) || json_number_value(tv) <= 0 ||
+                       json_number_value(tv) > 365 * 86400.0)) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.timeout: must be a positive number of seconds");
+        return NULL;
+    }
+    if (job_is_finished(j) || call->id == NULL)
+        return jobspec_encode_job(j); /* a notification gets no answer anyway */
+    w = mem_calloc(1, sizeof(*w));
+    if (w == NULL) {
+        call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+        return NULL;
+    }
+    stats_obj_created(c->stats, STATS_OBJ_CTL_WAIT);
+    client_incref(c); /* the wait's, dropped when its timer has closed */
+    w->client = c;
+    w->job = j;
+    job_incref(j);
+    w->id = json_incref(call->id);
+    w->batch = call->batch;
+    w->slot = call->slot;
+    uv_timer_init(&c->ctl->d->loop, &w->timer);
+    w->timer.data = w;
+    if (tv != NULL)
+        uv_timer_start(&w->timer, on_wait_timeout, (uint64_t)(json_number_value(tv) * 1000), 0);
+    w->cnext = c->waits;
+    if (c->waits)
+        c->waits->cprev = w;
+    c->waits = w;
+    w->jnext = j->watchers;
+    if (w->jnext)
+        w->jnext->jprev = w;
+    j->watchers = w;
+    call->deferred = 1;
+    return NULL;
+}
+
+static json_t *m_list(rpc_call_t *call)
+{
+    sched_t *s = &call->c->ctl->d->sched;
+    json_t *sv = json_object_get(call->params, "state");
+    json_t *av = json_object_get(call->params, "after");
+    json_t *jobs, *next = json_null();
+    job_state_t want = JOB_QUEUED;
+    long long limit;
+    job_t *j = NULL;
+
+    if (sv != NULL && (!json_is_string(sv) || job_state_from_name(json_string_value(sv), &want))) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.state: one of queued, running, done, failed, cancelled");
+        return NULL;
+    }
+    if (param_uint(call, "limit", 100, MAX_LIST, &limit) != 0)
+        return NULL;
+    if (av != NULL) {
+        if (!json_is_string(av)) {
+            call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.after: a job id string (the \"next\" of the previous page)");
+            return NULL;
+        }
+        j = sched_find(s, json_string_value(av));
+        if (j == NULL) {
+            call_error(call, RPC_SERVER_ERROR, "cursor_expired", NULL,
+                       "job %.40s is no longer retained: list again from the start",
+                       json_string_value(av));
+            return NULL;
+        }
+    }
+    jobs = json_array();
+    while (jobs && (j = sched_next(s, j)) != NULL) {
+        if (sv != NULL && j->state != want)
+            continue;
+        json_array_append_new(jobs, jobspec_encode_job(j));
+        if ((long long)json_array_size(jobs) == limit) {
+            if (sched_next(s, j) != NULL)
+                next = json_string(j->id);
+            break;
+        }
+    }
+    return jobs ? json_pack("{s:o, s:o}", "jobs", jobs, "next", next) : NULL;
+}
+
+static json_t *m_stats(rpc_call_t *call)
+{
+    json_t *o = daemon_stats_json(call->c->ctl->d);
+    if (o)
+        json_object_set_new(o, "control_clients", json_integer(call->c->ctl->nclients));
+    return o;
+}
+
+static json_t *m_subscribe(rpc_call_t *call)
+{
+    ctl_client_t *c = call->c;
+    json_t *ev = json_object_get(call->params, "events");
+    json_t *ids = json_object_get(call->params, "ids"), *v;
+    unsigned mask = 0;
+    ctl_sub_t *sub;
+    size_t i;
+
+    if (ev == NULL) {
+        mask = (1u << (SCHED_EV_FINISHED + 1)) - 1;
+    } else if (!json_is_array(ev) || json_array_size(ev) == 0) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.events: a non-empty array of event names");
+        return NULL;
+    }
+    json_array_foreach(ev, i, v)
+    {
+        int e;
+        for (e = 0; e <= SCHED_EV_FINISHED; e++)
+            if (json_is_string(v) && strcmp(json_string_value(v), sched_event_name(e)) == 0)
+                break;
+        if (e > SCHED_EV_FINISHED) {
+            call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.events[%zu]: one of queued, started, redirected, retrying, "
+                       "finished",
+                       i);
+            return NULL;
+        }
+        mask |= 1u << e;
+    }
+    if (ids != NULL) {
+        int ok = json_is_array(ids);
+        json_array_foreach(ids, i, v) ok = ok && json_is_string(v);
+        if (!ok) {
+            call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.ids: an array of job id strings");
+            return NULL;
+        }
+    }
+    sub = mem_calloc(1, sizeof(*sub));
+    if (sub == NULL) {
+        call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+        return NULL;
+    }
+    stats_obj_created(c->stats, STATS_OBJ_CTL_SUB);
+    sub->id = ++c->ctl->next_sub;
+    sub->events = mask;
+    sub->ids = ids ? json_incref(ids) : NULL;
+    sub->next = c->subs;
+    c->subs = sub;
+    return json_pack("{s:I}", "subscription", (json_int_t)sub->id);
+}
+
+static void sub_free(ctl_client_t *c, ctl_sub_t *sub)
+{
+    json_decref(sub->ids);
+    mem_free(sub);
+    stats_obj_destroyed(c->stats, STATS_OBJ_CTL_SUB);
+}
+
+static json_t *m_unsubscribe(rpc_call_t *call)
+{
+    ctl_client_t *c = call->c;
+    json_t *v = json_object_get(call->params, "subscription");
+    ctl_sub_t **pp;
+
+    if (!json_is_integer(v)) {
+        call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params.subscription: the number subscribe returned");
+        return NULL;
+    }
+    for (pp = &c->subs; *pp; pp = &(*pp)->next) {
+        if ((json_int_t)(*pp)->id == json_integer_value(v)) {
+            ctl_sub_t *sub = *pp;
+            *pp = sub->next;
+            sub_free(c, sub);
+            return json_pack("{s:b}", "ok", 1);
+        }
+    }
+    call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no subscription %" JSON_INTEGER_FORMAT,
+               json_integer_value(v));
+    return NULL;
+}
+
+static const struct {
+    const char *name;
+    json_t *(*fn)(rpc_call_t *call);
+} methods[] = {
+    {"version", m_version}, {"submit", m_submit},       {"status", m_status},
+    {"wait", m_wait},       {"cancel", m_cancel},       {"list", m_list},
+    {"stats", m_stats},     {"subscribe", m_subscribe}, {"unsubscribe", m_unsubscribe},
+};
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
+static int valid_id(const json_t *id)
+{
+    return id == NULL || json_is_string(id) || json_is_number(id) || json_is_null(id);
+}
+
+/* Handles one request object; returns its response (new reference), or
+ * NULL for a notification or a deferred wait. */
+static json_t *handle_call(ctl_client_t *c, json_t *req, ctl_batch_t *batch, size_t slot)
+{
+    rpc_call_t call = {c, NULL, NULL, batch, slot, NULL, 0};
+    json_t *method, *params, *result = NULL, *empty = NULL, *resp;
+    const char *name;
+    size_t i;
+
+    if (!json_is_object(req)) {
+        json_t *err =
+            json_pack("{s:i, s:s, s:{s:s}}", "code", RPC_INVALID_REQUEST, "message",
+                      "a request must be a JSON object", "data", "code", "invalid_request");
+        return response(NULL, "error", err);
+    }
+    call.id = json_object_get(req, "id");
+    method = json_object_get(req, "method");
+    params = json_object_get(req, "params");
+    if (!valid_id(call.id)) {
+        call.id = NULL;
+        call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL,
+                   "id: must be a string, a number or null");
+        return response(NULL, "error", call.error);
+    }
+    if (!json_is_string(json_object_get(req, "jsonrpc")) ||
+        strcmp(json_string_value(json_object_get(req, "jsonrpc")), "2.0") != 0) {
+        call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL, "jsonrpc: must be \"2.0\"");
+    } else if (!json_is_string(method)) {
+        call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL, "method: must be a string");
+    } else if (params != NULL && !json_is_object(params)) {
+        if (json_is_array(params))
+            call_error(&call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params: fetchd takes named parameters (an object)");
+        else
+            call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL,
+                       "params: must be an object");
+    }
+    if (call.error != NULL) {
+        /* An invalid request is answered even without an id (JSON-RPC 5). */
+        return response(call.id, "error", call.error);
+    }
+    name = json_string_value(method);
+    call.params = params ? params : (empty = json_object());
+    for (i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+        if (strcmp(methods[i].name, name) == 0)
+            break;
+    if (i == sizeof(methods) / sizeof(methods[0]))
+        call_error(&call, RPC_METHOD_NOT_FOUND, "method_not_found", NULL, "no method \"%.60s\"",
+                   name);
+    else
+        result = methods[i].fn(&call);
+    json_decref(empty);
+    if (call.deferred)
+        return NULL;
+    if (result == NULL && call.error == NULL)
+        call_error(&call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+    if (call.id == NULL) {
+        /* A notification: no answer, whatever happened. */
+        json_decref(result);
+        json_decref(call.error);
+        return NULL;
+    }
+    resp = result ? response(call.id, "result", result) : response(call.id, "error", call.error);
+    if (result)
+        json_decref(call.error);
+    return resp;
+}
+
+static void handle_batch(ctl_client_t *c, json_t *arr)
+{
+    ctl_batch_t *b;
+    size_t i;
+    json_t *req;
+
+    if (json_array_size(arr) == 0) {
+        send_error(c, RPC_INVALID_REQUEST, "invalid_request", "an empty batch");
+        return;
+    }
+    b = mem_calloc(1, sizeof(*b));
+    if (b == NULL || (b->responses = json_array()) == NULL) {
+        mem_free(b);
+        send_error(c, RPC_SERVER_ERROR, "no_memory", "out of memory");
+        return;
+    }
+    b->client = c;
+    b->pending = 1; /* held while the calls run */
+    json_array_foreach(arr, i, req)
+    {
+        size_t slot = json_array_size(b->responses);
+        json_t *resp;
+        if (c->closing)
+            break;
+        json_array_append_new(b->responses, json_null());
+        resp = handle_call(c, req, b, slot);
+        if (resp)
+            json_array_set_new(b->responses, slot, resp);
+        else if (c->waits && c->waits->batch == b && c->waits->slot == slot)
+            b->pending++;
+        else
+            json_array_remove(b->responses, slot); /* a notification's place */
+    }
+    if (json_array_size(b->responses) == 0) {
+        /* Only notifications: JSON-RPC sends nothing back at all. */
+        b->pending--;
+        json_decref(b->responses);
+        mem_free(b);
+        return;
+    }
+    batch_settle(b, 0, NULL);
+}
+
+static int blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
+            return 0;
+    return 1;
+}
+
+static void handle_line(ctl_client_t *c, const char *p, size_t n)
+{
+    json_error_t jerr;
+    json_t *v;
+
+    if (blank(p, n))
+        return;
+    v = json_loadb(p, n, JSON_DECODE_ANY, &jerr);
+    if (v == NULL) {
+        send_error(c, RPC_PARSE_ERROR, "parse_error", "parse error at column %d: %s", jerr.column,
+                   jerr.text);
+        return;
+    }
+    if (json_is_array(v))
+        handle_batch(c, v);
+    else
+        send_json(c, handle_call(c, v, NULL, 0));
+    json_decref(v);
+}
+
+/* ---- reading -------------------------------------------------------------------- */
+
+static int line_append(ctl_client_t *c, const char *p, size_t n)
+{
+    if (c->line_len + n > c->line_cap) {
+        size_t cap = c->line_cap ? c->line_cap : 4096;
+        char *nl;
+        while (cap < c->line_len + n)
+            cap *= 2;
+        nl = mem_realloc(c->line, cap);
+        if (nl == NULL)
+            return -1;
+        c->line = nl;
+        c->line_cap = cap;
+    }
+    memcpy(c->line + c->line_len, p, n);
+    c->line_len += n;
+    return 0;
+}
+
+static void line_too_long(ctl_client_t *c)
+{
+    send_error(c, RPC_INVALID_REQUEST, "line_too_long",
+               "a line longer than %zu bytes: closing the connection", c->ctl->max_line);
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    c->close_after_flush = 1;
+    c->line_len = 0;
+    if (c->writes == 0)
+        client_close(c, NULL);
+}
+
+/* Splits the bytes read into lines; complete lines inside the read buffer
+ * are handled in place, only a partial one is copied. */
+static void on_bytes(ctl_client_t *c, const char *p, size_t n)
+{
+    while (n > 0 && !c->closing && !c->close_after_flush) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) : n;
+
+        if (c->line_len + take > c->ctl->max_line) {
+            line_too_long(c);
+            return;
+        }
+        if (nl && c->line_len == 0) {
+            handle_line(c, p, take);
+        } else {
+            if (line_append(c, p, take) != 0) {
+                client_close(c, "out of memory for a request line");
+                return;
+            }
+            if (nl) {
+                handle_line(c, c->line, c->line_len);
+                c->line_len = 0;
+            }
+        }
+        if (nl == NULL)
+            break;
+        p = nl + 1;
+        n -= take + 1;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
+{
+    ctl_client_t *c = h->data;
+    (void)hint;
+    if (c->rbuf == NULL)
+        c->rbuf = buf_get(&c->ctl->d->bufs);
+    *out =
+        c->rbuf ? uv_buf_init(c->rbuf->data, (unsigned)c->rbuf->pool->size) : uv_buf_init(NULL, 0);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
+{
+    ctl_client_t *c = s->data;
+    buf_t *b = c->rbuf;
+
+    (void)ub;
+    c->rbuf = NULL;
+    client_incref(c);
+    if (n > 0)
+        on_bytes(c, b->data, (size_t)n);    else if (n < 0)
+        client_close(c, n == UV_EOF || n == UV_ECONNRESET ? NULL : uv_strerror((int)n));
+    if (b)
+        buf_decref(b);
+    client_decref(c);
+}
+
+/* ---- connections ---------------------------------------------------------------- */
+
+static void client_close(ctl_client_t *c, const char *why)
+{
+    if (c->closing)
+        return;
+    client_incref(c);
+    c->closing = 1;
+    if (why)
+        log_warn("control: dropping a client: %s", why);
+    while (c->waits)
+        wait_end(c->waits, NULL);
+    while (c->subs) {
+        ctl_sub_t *sub = c->subs;
+        c->subs = sub->next;
+        sub_free(c, sub);
+    }
+    uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+    client_decref(c);
+}
+
+static void log_peer(ctl_client_t *c)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    uv_os_fd_t fd;
+
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0 &&
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+        log_info("control: client connected (pid %d, uid %u, gid %u)", (int)cred.pid,
+                 (unsigned)cred.uid, (unsigned)cred.gid);
+    else
+        log_info("control: client connected (credentials unknown)");
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    control_t *ctl = server->data;
+    ctl_client_t *c;
+
+    if (status != 0 || ctl->closing) {
+        log_warn("control: accept failed: %s", uv_strerror(status));
+        return;
+    }
+    c = mem_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        log_error("control: out of memory for a client");
+        return;
+    }
+    c->ctl = ctl;
+    c->stats = &ctl->d->stats;
+    c->refcnt = 1; /* the handle's */
+    stats_obj_created(c->stats, STATS_OBJ_CTL_CLIENT);
+    uv_pipe_init(&ctl->d->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    c->next = ctl->clients;
+    if (ctl->clients)
+        ctl->clients->prev = c;
+    ctl->clients = c;
+    ctl->nclients++;
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
+        client_close(c, "accept failed");
+        return;
+    }
+    log_peer(c);
+    if (ctl->nclients > ctl->max_clients) {
+        send_error(c, RPC_SERVER_ERROR, "too_many_clients",
+                   "too many control clients (max %u): try again later", ctl->max_clients);
+        c->close_after_flush = 1;
+        if (c->writes == 0)
+            client_close(c, NULL);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) != 0)
+        client_close(c, "cannot read from the client");
+}
+
+/* ---- events --------------------------------------------------------------------- */
+
+static int sub_wants(const ctl_sub_t *sub, const job_t *j, sched_event_t ev)
+{
+    size_t i;
+    json_t *v;
+
+    if (!(sub->events & (1u << ev)))
+        return 0;
+    if (sub->ids == NULL)
+        return 1;
+    json_array_foreach(sub->ids, i, v) if (strcmp(json_string_value(v), j->id) == 0) return 1;
+    return 0;
+}
+
+void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
+{
+    control_t *ctl = data;
+    json_t *job = NULL;
+    ctl_client_t *c, *next;
+
+    (void)s;
+    if (ev == SCHED_EV_FINISHED) {
+        while (j->watchers) {
+            ctl_wait_t *w = j->watchers;
+            wait_end(w, response(w->id, "result", jobspec_encode_job(j)));
+        }
+    }
+    for (c = ctl->clients; c; c = next) {
+        next = c->next;
+        if (c->closing)
+            continue;
+        for (ctl_sub_t *sub = c->subs; sub && !c->closing; sub = sub->next) {
+            if (!sub_wants(sub, j, ev))
+                continue;
+            if (job == NULL && (job = jobspec_encode_job(j)) == NULL)
+                return;
+            send_json(c, json_pack("{s:s, s:s, s:{s:I, s:s, s:O}}", "jsonrpc", "2.0", "method",
+                                   "event", "params", "subscription", (json_int_t)sub->id, "event",
+                                   sched_event_name(ev), "job", job));
+        }
+    }
+    json_decref(job);
+}
+
+/* ---- the socket ----------------------------------------------------------------- */
+
+int control_default_path(char *buf, size_t len)
+{
+    const char *rt = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
+    int n;
+
+    if (rt && *rt) {
+        /* systemd separates several RuntimeDirectory= entries with ':'. */
+        n = snprintf(buf, len, "%.*s/control.sock", (int)strcspn(rt, ":"), rt);
+    } else if (xdg && *xdg) {
+        n = snprintf(buf, len, "%s/fetchd/control.sock", xdg);
+    } else {
+        n = snprintf(buf, len, "/tmp/fetchd-%u/control.sock", (unsigned)getuid());
+    }
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+/* Creates the socket's directory when missing (mode 0700), and refuses one
+ * that others could write into: a socket there could be swapped. */
+static int prepare_dir(const char *path, char *err, size_t errlen)
+{
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    const char *slash = strrchr(path, '/');
+    struct stat st;
+
+    if (slash == NULL || slash == path)
+        return 0;
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "control socket directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "control socket directory %s is not a directory", dir);
+        return -1;
+    }
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX)) {
+        snprintf(err, errlen, "control socket directory %s is writable by anyone", dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Removes a socket file nobody listens on; refuses when a daemon answers. */
+static int clear_stale(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa;
+    struct stat st;
+    int fd, rc;
+
+    if (lstat(path, &st) != 0)
+        return 0;
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "%s exists and is not a socket", path);
+        return -1;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    close(fd);
+    if (rc == 0) {
+        snprintf(err, errlen, "another fetchd is already listening on %s", path);
+        return -1;
+    }
+    if (unlink(path) != 0) {
+        snprintf(err, errlen, "cannot remove the stale socket %s: %s", path, strerror(errno));
+        return -1;
+    }
+    log_notice("control: removed a stale socket file %s", path);
+    return 0;
+}
+
+int control_start(control_t *ctl, daemon_t *d, const char *path, char *err, size_t errlen)
+{
+    int systemd = getenv("RUNTIME_DIRECTORY") != NULL || getenv("NOTIFY_SOCKET") != NULL;
+    mode_t mode = systemd ? 0660 : 0600;
+    int rc;
+
+    memset(ctl, 0, sizeof(*ctl));
+    ctl->d = d;
+    ctl->max_clients = 64;
+    ctl->max_line = 1024 * 1024;
+    ctl->max_output = 8 * 1024 * 1024;
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        snprintf(err, errlen, "control socket path too long: %s", path);
+        return ERR_INVALID_REQUEST;
+    }
+    if (prepare_dir(path, err, errlen) != 0 || clear_stale(path, err, errlen) != 0)
+        return ERR_IO;
+    ctl->path = mem_strdup(path);
+    if (ctl->path == NULL) {
+        snprintf(err, errlen, "%s", err_str(ERR_NO_MEMORY));
+        return ERR_NO_MEMORY;
+    }
+    uv_pipe_init(&d->loop, &ctl->server, 0);
+    ctl->server.data = ctl;
+    rc = uv_pipe_bind(&ctl->server, path);
+    if (rc == 0 && chmod(path, mode) != 0)
+        rc = uv_translate_sys_error(errno);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&ctl->server, 128, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "control socket %s: %s", path, uv_strerror(rc));
+        uv_close((uv_handle_t *)&ctl->server, NULL);
+        unlink(path);
+        mem_free(ctl->path);
+        ctl->path = NULL;
+        return err_from_uv(rc);
+    }
+    ctl->listening = 1;
+    d->sched.on_event = control_on_event;
+    d->sched.event_data = ctl;
+    log_notice("control: listening on %s (mode %04o)", path, (unsigned)mode);
+    return 0;
+}
+
+void control_close(control_t *ctl)
+{
+    if (!ctl->listening || ctl->closing)
+        return;
+    ctl->closing = 1;
+    for (ctl_client_t *c = ctl->clients; c; c = c->next)
+        client_close(c, NULL);
+    uv_close((uv_handle_t *)&ctl->server, NULL);
+    unlink(ctl->path);
+    mem_free(ctl->path);
+    ctl->path = NULL;
+    ctl->d->sched.on_event = NULL;
+}

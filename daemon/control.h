@@ -1,0 +1,57 @@
+/* control — the JSON-RPC 2.0 control socket (proto/PROTOCOL.md).
+ *
+ * A Unix stream socket; one JSON text per line each way. Clients submit and
+ * follow jobs; jobs never belong to the connection that submitted them, so
+ * a client that goes away frees only its own waits and subscriptions.
+ *
+ * Ownership: the control server owns its clients; a client owns its read
+ * buffer, its waits, its subscriptions and its queued writes. A wait holds
+ * a reference to the job it waits on and is listed (borrowed) on that job's
+ * `watchers`. Every client handler runs inside a reference to the client,
+ * so a disconnect inside it only marks the client.
+ */
+#ifndef FETCHD_CONTROL_H
+#define FETCHD_CONTROL_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "daemon.h"
+
+typedef struct ctl_client ctl_client_t;
+
+typedef struct control {
+    daemon_t *d;          /* borrowed */
+    char *path;           /* owned: the socket path */
+    unsigned max_clients; /* public: 64 */
+    size_t max_line;      /* public: 1 MiB */
+    size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB */
+    unsigned nclients;    /* read-only */
+    /* private */
+    uv_pipe_t server;
+    int listening, closing;
+    ctl_client_t *clients; /* owned */
+    uint64_t next_sub;
+} control_t;
+
+/* Binds and listens on path (mode 0660 under systemd, else 0600), replacing
+ * a stale socket file but refusing when a live daemon answers on it.
+ * Returns 0, or an error with errmsg naming the path and the reason. */
+int control_start(control_t *ctl, daemon_t *d, const char *path, char *errmsg, size_t errlen);
+
+/* Stops listening, disconnects every client (their waits and
+ * subscriptions are freed; jobs are untouched) and removes the socket
+ * file. Run the loop afterwards so the handles close. */
+void control_close(control_t *ctl);
+
+/* The scheduler's event observer: answers waits and notifies subscribers.
+ * data is the control_t. */
+void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data);
+
+/* Writes the default socket path into buf (see proto/PROTOCOL.md): under
+ * systemd $RUNTIME_DIRECTORY/control.sock, else
+ * $XDG_RUNTIME_DIR/fetchd/control.sock, else /tmp/fetchd-$UID/control.sock.
+ * Returns 0, or -1 when it does not fit. */
+int control_default_path(char *buf, size_t len);
+
+#endif
