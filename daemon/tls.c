@@ -111,8 +111,11 @@ static int load_client_cert(tls_config_t *c, const char *cert, const char *key, 
         describe(rc, why, sizeof(why));
         snprintf(err, errlen, "client_key: cannot load %s: %s", key, why);
         return ERR_INVALID_REQUEST;
-    }
-    rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->pk);
+    }    /* mbedtls_ssl_conf_own_cert() does not check that the two belong
+     * together; a mismatch would only show as a peer's alert mid-handshake. */
+    rc = mbedtls_pk_check_pair(&c->cert.pk, &c->pk);
+    if (rc == 0)
+        rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->pk);
     if (rc != 0) {
         snprintf(err, errlen, "client_cert: %s does not go with %s", cert, key);
         return ERR_INVALID_REQUEST;

@@ -94,25 +94,47 @@ class Config(unittest.TestCase):
 
 
 class Daemon:
-    """fetchd running in the foreground, read line by line from stderr."""
+    """fetchd running in the foreground, its stderr read line by line.
+
+    Each one gets a runtime directory of its own (XDG_RUNTIME_DIR), so its
+    default control socket never meets a real daemon's or another test's.
+    """
 
     def __init__(self, args, env=None):
+        self.runtime = tmpdir("fetchd-run-")
+        env = dict(os.environ if env is None else env)
+        env.pop("RUNTIME_DIRECTORY", None)
+        env["XDG_RUNTIME_DIR"] = self.runtime
         self.proc = subprocess.Popen([FETCHD] + args, stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     text=True, env=env)
+                                     env=env)
         self.lines = []
+        self._partial = b""
+
+    def _read_some(self, timeout):
+        """Reads what stderr has (unbuffered: select() sees every byte)."""
+        ready, _, _ = select.select([self.proc.stderr], [], [], timeout)
+        if not ready:
+            return True
+        data = os.read(self.proc.stderr.fileno(), 65536)
+        if not data:
+            return False
+        self._partial += data
+        *done, self._partial = self._partial.split(b"\n")
+        self.lines += [l.decode(errors="replace") + "\n" for l in done]
+        return True
 
     def wait_for_line(self, needle, timeout=10):
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
-            if ready:
-                line = self.proc.stderr.readline()
-                if not line:
-                    break
-                self.lines.append(line)
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
                 if needle in line:
                     return line
+            seen = len(self.lines)
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read_some(min(left, 0.2)):
+                break
         raise AssertionError("no line with %r in %r" % (needle, self.lines))
 
     def stop(self, sig, timeout=10):
@@ -124,20 +146,26 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
             raise
-        self.lines += self.proc.stderr.readlines()
+        while self._read_some(0):
+            pass
         self.proc.stderr.close()
+        remove_tree(self.runtime)
         return rc
 
 
 class Lifecycle(unittest.TestCase):
     def test_starts_with_defaults_and_stops_on_sigterm(self):
         d = Daemon([])
+        sock = os.path.join(d.runtime, "fetchd", "control.sock")
         try:
             d.wait_for_line("started")
+            # The default control socket: $XDG_RUNTIME_DIR/fetchd/control.sock, 0600.
+            self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
         finally:
             rc = d.stop(signal.SIGTERM)
         self.assertEqual(rc, 0, d.lines)
         self.assertTrue(any("stopped" in l for l in d.lines), d.lines)
+        self.assertFalse(os.path.exists(sock), "the socket file outlived the daemon")
 
     def test_stops_on_sigint(self):
         d = Daemon([])

@@ -1,0 +1,444 @@
+"""https:// through the engine: certificate verification and its failure
+reasons, insecure mode, pool separation, handshake timeout, truncation
+without close_notify, session resumption, keep-alive reuse and client
+certificates.  Certificates and servers come from tlsutil.py."""
+
+import base64
+import ssl
+import sys
+import time
+import unittest
+import urllib.parse
+
+from faultserver import FaultServer, pattern
+from fetchtest import SLOWDOWN, HarnessTestCase, inline_bytes, sha256_hex
+from tlsutil import BODY, TRUNCATED_LENGTH, TlsNginx, TlsServer, certs
+
+WAIT = {"cmd": "wait"}
+STATS = {"cmd": "stats"}
+CLOSE_IDLE = {"cmd": "close_idle"}
+REASONS = ("expired", "not yet valid", "hostname mismatch", "self-signed", "untrusted issuer")
+NO_CLIENT_CERT_PAGE = b"No required SSL certificate was sent"
+
+
+def sleep(ms):
+    """A harness sleep, longer under valgrind where everything is slower."""
+    return {"cmd": "sleep", "ms": ms * SLOWDOWN}
+
+
+class TlsTestCase(HarnessTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.certs = certs()
+
+    def assert_tls_clean(self, events, rc):
+        """assert_clean, and the TLS object counts exist (so that their zero
+        after teardown is really checked)."""
+        self.assert_clean(events, rc)
+        objects = self.final(events)["stats"]["objects"]
+        for name in ("tls_context", "tls_session"):
+            self.assertIn(name, objects, "no objects.%s in the final stats%s"
+                          % (name, self.context()))
+
+    def assert_verify_failed(self, job, reason):
+        self.assert_failed(job, "tls_verify")
+        message = job["error"]["message"].lower()
+        found = [word for word in REASONS if word in message]
+        self.assertEqual(found, [reason], "reason words in %r%s" % (message, self.context()))
+
+    def fetch_one(self, spec, options=()):
+        events, rc = self.run_harness([spec], options)
+        self.assert_tls_clean(events, rc)
+        return events, self.job(events, 0)
+
+    def final_stats(self, events):
+        return self.final(events)["stats"]
+
+
+class NginxTls(TlsTestCase):
+    """Against one TLS nginx for the whole class."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.nginx = TlsNginx(cls.certs).start()
+        cls.addClassCleanup(cls.nginx.stop)
+
+    def spec(self, path, host="localhost", **extra):
+        job = {"url": self.nginx.url(path, host), "sha256": True, "ca_file": self.certs.ca}
+        job.update(extra)
+        return job
+
+    def assert_body(self, job, path):
+        self.assert_done(job, 200)
+        self.assertEqual(job.get("sha256"), self.nginx.sha256(path), job)
+        self.assertEqual(job.get("bytes"), len(self.nginx.files[path]), job)
+
+    def test_valid_chain_job_ca_file(self):
+        events, rc = self.run_harness([self.spec("/small.txt"), WAIT, self.spec("/1m.bin")])
+        self.assert_tls_clean(events, rc)
+        self.assert_body(self.job(events, 0), "/small.txt")
+        self.assert_body(self.job(events, 1), "/1m.bin")
+        stats = self.final_stats(events)
+        self.assertEqual(stats["tls_handshakes_total"], 1, stats)
+        self.assertEqual(stats["connections_opened_total"], 1, stats)
+
+    def test_valid_chain_daemon_ca_file(self):
+        spec = {"url": self.nginx.url("/1k.bin"), "sha256": True}
+        _, job = self.fetch_one(spec, ["--ca-file", self.certs.ca])
+        self.assert_body(job, "/1k.bin")
+
+    def test_system_bundle_does_not_trust_test_ca(self):
+        # Without the test CA (system bundle only) the same server is refused.
+        _, job = self.fetch_one({"url": self.nginx.url("/small.txt")})
+        self.assert_verify_failed(job, "untrusted issuer")
+
+    def test_ip_san(self):
+        _, job = self.fetch_one(self.spec("/small.txt", host="127.0.0.1"))
+        self.assert_body(job, "/small.txt")
+
+    def test_insecure_and_verified_do_not_share_a_pool(self):
+        # Only `insecure` differs between the jobs: the CA comes from the
+        # daemon, so a pool keyed on the job's ca_file cannot hide a bug.
+        insecure = {"url": self.nginx.url("/small.txt"), "insecure": True}
+        verified = {"url": self.nginx.url("/small.txt"), "sha256": True}
+        events, rc = self.run_harness([insecure, WAIT, verified, WAIT, verified, WAIT],
+                                      ["--ca-file", self.certs.ca])
+        self.assert_tls_clean(events, rc)
+        for index in (0, 1, 2):
+            self.assert_done(self.job(events, index), 200)
+        stats = self.final_stats(events)
+        # The second verified job reuses the first verified connection, never
+        # the insecure one: two connections, one reuse.
+        self.assertEqual(stats["connections_opened_total"], 2, stats)
+        self.assertEqual(stats["connection_reuses_total"], 1, stats)
+
+    def test_other_ca_file_does_not_reuse_connection(self):
+        # A job trusting only the other CA must not ride on a connection
+        # that was verified against the test CA.
+        events, rc = self.run_harness(
+            [self.spec("/small.txt"), WAIT, self.spec("/small.txt", ca_file=self.certs.other_ca)])
+        self.assert_tls_clean(events, rc)
+        self.assert_body(self.job(events, 0), "/small.txt")
+        self.assert_verify_failed(self.job(events, 1), "untrusted issuer")
+
+    def test_session_resumption(self):
+        events, rc = self.run_harness(
+            [self.spec("/small.txt"), WAIT, CLOSE_IDLE, self.spec("/small.txt"), WAIT, STATS])
+        self.assert_tls_clean(events, rc)
+        self.assert_body(self.job(events, 0), "/small.txt")
+        self.assert_body(self.job(events, 1), "/small.txt")
+        stats = self.final_stats(events)
+        self.assertEqual(stats["connections_opened_total"], 2, stats)
+        self.assertEqual(stats["tls_handshakes_total"], 2, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 1, stats)
+        mid = self.stats_events(events)[-1]
+        self.assertGreaterEqual(mid["objects"]["tls_session"], 1, mid)
+
+    def test_thousand_fetches_keep_alive(self):
+        fetches = 1000
+        script = [self.spec("/small.txt")] * fetches + [WAIT]
+        started = time.monotonic()
+        events, rc = self.run_harness(script, ["--max-connections", 8], deadline_ms=120000)
+        wall = time.monotonic() - started
+        self.assert_tls_clean(events, rc)
+        jobs = self.jobs_by_index(events)
+        self.assertEqual(len(jobs), fetches)
+        bad = [j for j in jobs.values()
+               if j["state"] != "done" or j.get("http_status") != 200
+               or j.get("sha256") != self.nginx.sha256("/small.txt")]
+        self.assertEqual(bad[:3], [], "%d jobs not done right" % len(bad))
+        stats = self.final_stats(events)
+        opened = stats["connections_opened_total"]
+        print("TLSREUSE: fetches=%d opened=%d reuses=%d handshakes=%d resumptions=%d wall_s=%.2f"
+              % (fetches, opened, stats["connection_reuses_total"],
+                 stats["tls_handshakes_total"], stats["tls_resumptions_total"], wall),
+              file=sys.stderr)
+        self.assertLessEqual(opened, 8, stats)
+        self.assertLessEqual(stats["tls_handshakes_total"], opened, stats)
+        self.assertEqual(stats["jobs_finished_total"]["done"], fetches, stats)
+
+    def test_client_cert_missing(self):
+        # nginx 1.22 finishes the handshake without a client certificate and
+        # answers 400 with this page (checked with curl, TLS 1.2 and 1.3).
+        spec = {"url": self.nginx.client_url("/small.txt"), "ca_file": self.certs.ca,
+                "output": "inline"}
+        _, job = self.fetch_one(spec)
+        self.assert_done(job, 400)
+        self.assertIn(NO_CLIENT_CERT_PAGE, inline_bytes(job), job)
+
+    def test_client_cert_per_job(self):
+        spec = {"url": self.nginx.client_url("/small.txt"), "ca_file": self.certs.ca,
+                "sha256": True, "client_cert": self.certs.client.cert,
+                "client_key": self.certs.client.key}
+        _, job = self.fetch_one(spec)
+        self.assert_body(job, "/small.txt")
+
+    def test_client_cert_daemon(self):
+        spec = {"url": self.nginx.client_url("/small.txt"), "sha256": True}
+        options = ["--ca-file", self.certs.ca, "--client-cert", self.certs.client.cert,
+                   "--client-key", self.certs.client.key]
+        _, job = self.fetch_one(spec, options)
+        self.assert_body(job, "/small.txt")
+
+    def test_client_key_not_matching_the_cert_is_refused(self):
+        # mbedTLS does not check the pair itself; fetchd must, at submission.
+        spec = {"url": self.nginx.client_url("/small.txt"), "ca_file": self.certs.ca,
+                "client_cert": self.certs.client.cert, "client_key": self.certs.valid.key}
+        events, rc = self.run_harness([spec])
+        self.assert_clean(events, rc)
+        self.assert_rejected(events, 0)
+        message = self.rejected_by_index(events)[0]["error"]["message"]
+        self.assertIn("does not go with", message)
+
+    def test_client_cert_connection_not_reused_without_cert(self):
+        # A job without a client certificate must not reuse a connection
+        # that another job authenticated with one.
+        with_cert = {"url": self.nginx.client_url("/small.txt"), "ca_file": self.certs.ca,
+                     "client_cert": self.certs.client.cert, "client_key": self.certs.client.key}
+        without = {"url": self.nginx.client_url("/small.txt"), "ca_file": self.certs.ca}
+        events, rc = self.run_harness([with_cert, WAIT, without, WAIT])
+        self.assert_tls_clean(events, rc)
+        self.assert_done(self.job(events, 0), 200)
+        self.assert_done(self.job(events, 1), 400)
+        self.assertEqual(self.final_stats(events)["connections_opened_total"], 2)
+
+    def test_redirect_from_http_to_https(self):
+        # The redirected request uses the job's TLS settings.
+        target = self.nginx.url("/small.txt")
+        with FaultServer() as plain:
+            url = plain.url("/redir?to=" + urllib.parse.quote(target, safe=""))
+            _, job = self.fetch_one({"url": url, "ca_file": self.certs.ca, "sha256": True})
+        self.assert_body(job, "/small.txt")
+        self.assertEqual(job["effective_url"], target, job)
+        self.assertEqual(job["redirects"], 1, job)
+
+    def test_plain_http_alongside(self):
+        with FaultServer() as plain:
+            events, rc = self.run_harness(
+                [self.spec("/1k.bin"), {"url": plain.url("/cl?size=5000"), "sha256": True},
+                 WAIT])
+        self.assert_tls_clean(events, rc)
+        self.assert_body(self.job(events, 0), "/1k.bin")
+        job = self.job(events, 1)
+        self.assert_done(job, 200)
+        self.assertEqual(job.get("sha256"), sha256_hex(pattern(5000)), job)
+        stats = self.final_stats(events)
+        self.assertEqual(stats["connections_opened_total"], 2, stats)
+        self.assertEqual(stats["tls_handshakes_total"], 1, stats)
+
+
+class VerifyFailures(TlsTestCase):
+    """Python ssl servers with bad certificates; the job trusts the test CA."""
+
+    def fetch_from(self, pair, host="localhost", options=(), **extra):
+        with TlsServer(pair) as srv:
+            spec = {"url": srv.url("/", host), "ca_file": self.certs.ca}
+            spec.update(extra)
+            _, job = self.fetch_one(spec, options)
+        return job
+
+    def test_expired(self):
+        self.assert_verify_failed(self.fetch_from(self.certs.expired), "expired")
+
+    def test_not_yet_valid(self):
+        self.assert_verify_failed(self.fetch_from(self.certs.future), "not yet valid")
+
+    def test_wrong_host(self):
+        # Regression test: mbedTLS skips the name check without
+        # mbedtls_ssl_set_hostname, and this cert is otherwise fine.
+        job = self.fetch_from(self.certs.wrong_host)
+        self.assert_verify_failed(job, "hostname mismatch")
+
+    def test_wrong_host_daemon_ca_file(self):
+        with TlsServer(self.certs.wrong_host) as srv:
+            _, job = self.fetch_one({"url": srv.url("/")}, ["--ca-file", self.certs.ca])
+        self.assert_verify_failed(job, "hostname mismatch")
+
+    def test_wrong_host_ip_literal(self):
+        # The cert has no IP SAN, so 127.0.0.1 does not match it.
+        job = self.fetch_from(self.certs.wrong_host, host="127.0.0.1")
+        self.assert_verify_failed(job, "hostname mismatch")
+
+    def test_job_ca_file_replaces_daemon_ca_file(self):
+        # The job's bundle replaces the daemon's; it does not add to it.
+        with TlsServer(self.certs.valid) as srv:
+            _, refused = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.other_ca},
+                                        ["--ca-file", self.certs.ca])
+            _, accepted = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca},
+                                         ["--ca-file", self.certs.other_ca])
+        self.assert_verify_failed(refused, "untrusted issuer")
+        self.assert_done(accepted, 200)
+
+    def test_self_signed(self):
+        self.assert_verify_failed(self.fetch_from(self.certs.self_signed), "self-signed")
+
+    def test_untrusted_ca(self):
+        self.assert_verify_failed(self.fetch_from(self.certs.untrusted), "untrusted issuer")
+
+    def test_insecure_self_signed(self):
+        with TlsServer(self.certs.self_signed) as srv:
+            events, job = self.fetch_one({"url": srv.url("/"), "insecure": True,
+                                          "output": "inline"})
+        self.assert_done(job, 200)
+        self.assertEqual(inline_bytes(job), BODY)
+        stats = self.final_stats(events)
+        self.assertEqual(stats["tls_handshakes_total"], 1, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 0, stats)
+
+
+class PythonServerHandshakes(TlsTestCase):
+    """What the server sees of the engine's handshakes (valid cert)."""
+
+    def run_two_with_close_idle(self, srv, **extra):
+        spec = {"url": srv.url("/"), "ca_file": self.certs.ca}
+        spec.update(extra)
+        events, rc = self.run_harness([spec, WAIT, CLOSE_IDLE, spec, WAIT])
+        self.assert_tls_clean(events, rc)
+        self.assert_done(self.job(events, 0), 200)
+        self.assert_done(self.job(events, 1), 200)
+        self.assertTrue(srv.wait_closed(), "server connections still open")
+        return self.final_stats(events)
+
+    def test_sni_alpn_version_and_close_notify(self):
+        with TlsServer(self.certs.valid) as srv:
+            events, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca,
+                                          "output": "inline"})
+            self.assertTrue(srv.wait_closed(), "server connection still open")
+            conns = srv.connections
+        self.assert_done(job, 200)
+        self.assertEqual(inline_bytes(job), BODY)
+        self.assertEqual(len(conns), 1, conns)
+        self.assertEqual(conns[0]["sni"], "localhost", conns)
+        self.assertEqual(conns[0]["alpn"], "http/1.1", conns)
+        self.assertIn(conns[0]["version"], ("TLSv1.2", "TLSv1.3"), conns)
+        # Teardown closes the idle connection with a close_notify.
+        self.assertEqual(conns[0]["end"], "close_notify", conns)
+
+    def test_no_sni_for_ip_literal(self):
+        with TlsServer(self.certs.valid) as srv:
+            _, job = self.fetch_one({"url": srv.url("/", "127.0.0.1"), "ca_file": self.certs.ca})
+            self.assertTrue(srv.wait_closed(), "server connection still open")
+            conns = srv.connections
+        self.assert_done(job, 200)
+        self.assertEqual([c["sni"] for c in conns], [None], conns)
+
+    def test_resumption_seen_by_server(self):
+        with TlsServer(self.certs.valid) as srv:
+            stats = self.run_two_with_close_idle(srv)
+            conns = srv.connections
+        self.assertEqual([c["reused"] for c in conns], [False, True], conns)
+        self.assertEqual(stats["tls_handshakes_total"], 2, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 1, stats)
+
+    def test_insecure_resumption(self):
+        with TlsServer(self.certs.self_signed) as srv:
+            stats = self.run_two_with_close_idle(srv, insecure=True)
+            conns = srv.connections
+        self.assertEqual([c["reused"] for c in conns], [False, True], conns)
+        self.assertEqual(stats["tls_handshakes_total"], 2, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 1, stats)
+
+    def test_large_request_body(self):
+        # Several TLS records each way: a 1 MiB POST body, echoed as SHA-256.
+        body = pattern(1024 * 1024)
+        with TlsServer(self.certs.valid) as srv:
+            _, job = self.fetch_one({"url": srv.url("/echo-sha256"), "ca_file": self.certs.ca,
+                                     "method": "POST", "body_base64":
+                                     base64.b64encode(body).decode(), "output": "inline"})
+        self.assert_done(job, 200)
+        self.assertEqual(inline_bytes(job).decode(), sha256_hex(body))
+
+    def test_rejected_session_falls_back_to_full_handshake(self):
+        # A new server context per connection: the first connection's ticket
+        # and session ID mean nothing to the second.
+        with TlsServer(self.certs.valid, fresh_context=True) as srv:
+            stats = self.run_two_with_close_idle(srv)
+            conns = srv.connections
+        self.assertEqual([c["reused"] for c in conns], [False, False], conns)
+        self.assertEqual(stats["tls_handshakes_total"], 2, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 0, stats)
+
+
+class BrokenServers(TlsTestCase):
+    def test_idle_connection_closed_by_server_close_notify(self):
+        with TlsServer(self.certs.valid, idle_close_ms=100) as srv:
+            spec = {"url": srv.url("/"), "ca_file": self.certs.ca}
+            events, rc = self.run_harness([spec, WAIT, sleep(500), spec, WAIT])
+            self.assertTrue(srv.wait_closed(), "server connections still open")
+            conns = srv.connections
+        self.assert_tls_clean(events, rc)
+        self.assert_done(self.job(events, 0), 200)
+        self.assert_done(self.job(events, 1), 200)
+        self.assertEqual(conns[0]["end"], "server_close_notify", conns)
+        stats = self.final_stats(events)
+        self.assertEqual(stats["connections_opened_total"], 2, stats)
+        self.assertEqual(stats["connections_closed_total"]["peer_closed"], 1, stats)
+
+    def test_cancel_during_handshake(self):
+        with TlsServer(self.certs.valid, "stall") as srv:
+            events, rc = self.run_harness(
+                [{"url": srv.url("/"), "ca_file": self.certs.ca, "timeouts": {"connect": 10}},
+                 sleep(300), STATS, {"cmd": "cancel", "index": 0}, WAIT])
+        self.assert_tls_clean(events, rc)
+        # The cancel hit the handshake, not the TCP connect.
+        mid = self.stats_events(events)[0]
+        self.assertEqual(mid["objects"]["tls_context"], 1, mid)
+        job = self.job(events, 0)
+        self.assertEqual(job["state"], "cancelled", job)
+
+    def test_parallel_verify_failures(self):
+        with TlsServer(self.certs.expired) as srv:
+            spec = {"url": srv.url("/"), "ca_file": self.certs.ca}
+            events, rc = self.run_harness([spec] * 20 + [WAIT], ["--max-connections", 8])
+        self.assert_tls_clean(events, rc)
+        for index in range(20):
+            self.assert_verify_failed(self.job(events, index), "expired")
+
+    def test_client_cert_required_and_missing(self):
+        # Unlike nginx, OpenSSL with CERT_REQUIRED fails the handshake.
+        with TlsServer(self.certs.valid, client_ca=self.certs.ca) as srv:
+            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca})
+        self.assert_failed(job, "tls_handshake")
+
+    def test_client_cert_required_and_presented(self):
+        with TlsServer(self.certs.valid, client_ca=self.certs.ca) as srv:
+            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca,
+                                     "client_cert": self.certs.client.cert,
+                                     "client_key": self.certs.client.key})
+        self.assert_done(job, 200)
+
+    def test_protocol_version_too_low(self):
+        with TlsServer(self.certs.valid, max_version=ssl.TLSVersion.TLSv1_1) as srv:
+            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca})
+            handshakes = srv.handshakes
+        self.assertEqual(handshakes, 0)
+        self.assert_failed(job, "tls_handshake")
+
+    def test_handshake_stall_times_out(self):
+        with TlsServer(self.certs.valid, "stall") as srv:
+            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca,
+                                     "timeouts": {"connect": 0.5}})
+            accepted = srv.accepted
+        self.assertEqual(accepted, 1, "the TCP connection was not accepted")
+        self.assert_failed(job, "tls_handshake")
+        self.assertIn("timed out", job["error"]["message"], job)
+
+    def test_truncated_without_close_notify(self):
+        with TlsServer(self.certs.valid, "truncate") as srv:
+            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca})
+            requests = srv.requests
+        self.assertEqual(requests, 1)
+        self.assert_failed(job, "truncated")
+        self.assertLess(job.get("bytes", 0), TRUNCATED_LENGTH, job)
+
+    def test_truncated_with_close_notify(self):
+        # A clean TLS close does not make an incomplete body complete.
+        with TlsServer(self.certs.valid, "truncate-notify") as srv:
+            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca})
+        self.assert_failed(job, "truncated")
+
+
+if __name__ == "__main__":
+    unittest.main()
