@@ -13,6 +13,7 @@
 #include "err.h"
 #include "log.h"
 #include "mem.h"
+#include "metrics.h"
 
 #define EX_USAGE  64
 #define EX_CONFIG 78
@@ -28,8 +29,8 @@ static void usage(FILE *out)
             "      --control PATH       control socket (default: $RUNTIME_DIRECTORY/control.sock\n"
             "                           under systemd, else $XDG_RUNTIME_DIR/fetchd/control.sock,\n"
             "                           else /tmp/fetchd-$UID/control.sock)\n"
-            "      --metrics HOST:PORT  metrics endpoint, or 'off' (not served by this\n"
-            "                           version yet)\n"
+            "      --metrics HOST:PORT  Prometheus endpoint (default 127.0.0.1:9464; 'off'\n"
+            "                           disables it; port 0 picks a free port and logs it)\n"
             "      --download-dir DIR   jobs may write output files only under DIR;\n"
             "                           without it file output is refused\n"
             "      --state-dir DIR      where queued jobs will be persisted (not yet used)\n"
@@ -136,12 +137,14 @@ typedef struct signals {
     uv_signal_t sigint, sigterm;
     daemon_t *d;
     control_t *ctl;
+    metrics_t *metrics;
 } signals_t;
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     signals_t *s = h->data;
     log_notice("received %s; stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    metrics_close(s->metrics);
     control_close(s->ctl);
     daemon_close(s->d);
     uv_close((uv_handle_t *)&s->sigint, NULL);
@@ -153,6 +156,7 @@ int main(int argc, char **argv)
     daemon_config_t cfg;
     daemon_t d;
     control_t ctl;
+    metrics_t metrics = {0};
     signals_t sig;
     char err[512], path[256];
     int rc;
@@ -184,8 +188,18 @@ int main(int argc, char **argv)
         rc = 1;
         goto fail;
     }
+    if (strcmp(d.cfg.metrics_addr ? d.cfg.metrics_addr : "127.0.0.1:9464", "off") != 0 &&
+        metrics_start(&metrics, &d, &ctl,
+                      d.cfg.metrics_addr ? d.cfg.metrics_addr : "127.0.0.1:9464", err,
+                      sizeof(err)) != 0) {
+        log_error("%s", err);
+        control_close(&ctl);
+        rc = 1;
+        goto fail;
+    }
     sig.d = &d;
     sig.ctl = &ctl;
+    sig.metrics = &metrics;
     uv_signal_init(&d.loop, &sig.sigint);
     uv_signal_init(&d.loop, &sig.sigterm);
     sig.sigint.data = sig.sigterm.data = &sig;

@@ -24,7 +24,8 @@
     X(CTL_CLIENT, "ctl_client")    \
     X(CTL_WAIT, "ctl_wait")        \
     X(CTL_SUB, "ctl_subscription") \
-    X(CTL_WRITE, "ctl_write")
+    X(CTL_WRITE, "ctl_write")      \
+    X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {
 #define X(e, label) STATS_OBJ_##e,

@@ -105,6 +105,9 @@ class Daemon:
         env = dict(os.environ if env is None else env)
         env.pop("RUNTIME_DIRECTORY", None)
         env["XDG_RUNTIME_DIR"] = self.runtime
+        # Port 0: never collide with a real daemon's (or another test's) 9464.
+        if not any(a.startswith("--metrics") for a in args):
+            args = args + ["--metrics", "127.0.0.1:0"]
         self.proc = subprocess.Popen([FETCHD] + args, stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                      env=env)

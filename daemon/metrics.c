@@ -1,0 +1,527 @@
+/* metrics — the Prometheus endpoint; see metrics.h. */
+#include "metrics.h"
+
+#include <llhttp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+#include "mem.h"
+
+#define METRICS_MAX_HEAD (8 * 1024)
+#define METRICS_IDLE_MS  30000
+
+/* ---- the page ----------------------------------------------------------------- */
+
+typedef struct strbuf {
+    char *p;
+    size_t len, cap;
+    int failed;
+} strbuf_t;
+
+static void sb_printf(strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void sb_printf(strbuf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (b->failed)
+        return;
+    for (;;) {
+        size_t room = b->cap - b->len;
+        va_start(ap, fmt);
+        n = vsnprintf(b->p ? b->p + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = 1;
+            return;
+        }
+        if ((size_t)n < room) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap * 2 : 16384;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
+        char *np = mem_realloc(b->p, cap);
+        if (np == NULL) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void head(strbuf_t *b, const char *name, const char *type, const char *help)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(strbuf_t *b, const char *name, const char *type, const char *help,
+                unsigned long long v)
+{
+    head(b, name, type, help);
+    sb_printf(b, "%s %llu\n", name, v);
+}
+
+static void labelled(strbuf_t *b, const char *name, const char *label, const char *value,
+                     unsigned long long v)
+{
+    sb_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, value, v);
+}
+
+static void render_connections(strbuf_t *b, const daemon_t *d)
+{
+    const stats_t *st = &d->stats;
+
+    head(b, "fetchd_connections", "gauge", "Connections by state.");
+    labelled(b, "fetchd_connections", "state", "connecting", d->pool.nconnecting);
+    labelled(b, "fetchd_connections", "state", "active", d->pool.nactive);
+    labelled(b, "fetchd_connections", "state", "idle", d->pool.nidle);
+    one(b, "fetchd_connections_opened_total", "counter", "Connections opened.", st->conns_opened);
+    head(b, "fetchd_connections_closed_total", "counter", "Connections closed, by reason.");
+    for (int r = 0; r < STATS_CLOSE__COUNT; r++)
+        labelled(b, "fetchd_connections_closed_total", "reason", stats_close_label(r),
+                 st->conns_closed[r]);
+    one(b, "fetchd_connection_reuses_total", "counter",
+        "Requests sent on a connection that had served one before.", st->conn_reuses);
+}
+
+static void render_memory(strbuf_t *b, const daemon_t *d)
+{
+    const char *comp[MEM__COUNT];
+    uint64_t blocks[MEM__COUNT], bytes[MEM__COUNT];
+
+    head(b, "fetchd_buffers", "gauge", "Read buffers, in use or kept free.");
+    labelled(b, "fetchd_buffers", "state", "in_use", d->bufs.in_use);
+    labelled(b, "fetchd_buffers", "state", "free", d->bufs.nfree);
+    head(b, "fetchd_buffer_bytes", "gauge", "Bytes of read buffers, in use or kept free.");
+    labelled(b, "fetchd_buffer_bytes", "state", "in_use", d->bufs.in_use * d->bufs.size);
+    labelled(b, "fetchd_buffer_bytes", "state", "free", d->bufs.nfree * d->bufs.size);
+    for (int c = 0; c < MEM__COUNT; c++) {
+        comp[c] = mem_component_name(c);
+        mem_get(c, &blocks[c], &bytes[c]);
+    }
+    head(b, "fetchd_heap_allocations", "gauge",
+         "Live heap blocks, by allocating component (counting allocator).");
+    for (int c = 0; c < MEM__COUNT; c++)
+        labelled(b, "fetchd_heap_allocations", "component", comp[c], blocks[c]);
+    head(b, "fetchd_heap_bytes", "gauge", "Live heap bytes, by allocating component.");
+    for (int c = 0; c < MEM__COUNT; c++)
+        labelled(b, "fetchd_heap_bytes", "component", comp[c], bytes[c]);
+    head(b, "fetchd_objects", "gauge", "Live instances of every object type.");
+    for (int t = 0; t < STATS_OBJ__COUNT; t++)
+        labelled(b, "fetchd_objects", "type", stats_obj_label(t),
+                 (unsigned long long)d->stats.objects[t]);
+}
+
+static void render_jobs(strbuf_t *b, const daemon_t *d)
+{
+    static const double bounds[STATS_NDURATION] = STATS_DURATION_BUCKETS;
+    const stats_t *st = &d->stats;
+    unsigned long long cumulative = 0;
+
+    head(b, "fetchd_jobs", "gauge", "Jobs queued, running, and finished but retained.");
+    labelled(b, "fetchd_jobs", "state", "queued", d->sched.nqueued);
+    labelled(b, "fetchd_jobs", "state", "running", d->sched.nrunning);
+    labelled(b, "fetchd_jobs", "state", "retained", d->sched.nretained);
+    head(b, "fetchd_jobs_finished_total", "counter", "Jobs finished, by result.");
+    for (int r = 0; r < STATS_RESULT__COUNT; r++)
+        labelled(b, "fetchd_jobs_finished_total", "result", stats_result_label(r),
+                 st->jobs_finished[r]);
+    one(b, "fetchd_retries_total", "counter", "Requests retried after a failure.", st->retries);
+    one(b, "fetchd_redirects_total", "counter", "Redirects followed.", st->redirects);
+    one(b, "fetchd_received_bytes_total", "counter", "Bytes received from servers.",
+        st->received_bytes);
+    head(b, "fetchd_fetch_duration_seconds", "histogram",
+         "Time from a job's start to its end, retries and redirects included.");
+    for (int i = 0; i < STATS_NDURATION; i++) {
+        cumulative += st->duration_buckets[i];
+        sb_printf(b, "fetchd_fetch_duration_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
+                  cumulative);
+    }
+    sb_printf(b, "fetchd_fetch_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+              (unsigned long long)st->duration_count);
+    sb_printf(b, "fetchd_fetch_duration_seconds_sum %.6f\n", st->duration_sum);
+    sb_printf(b, "fetchd_fetch_duration_seconds_count %llu\n",
+              (unsigned long long)st->duration_count);
+}
+
+static void render_tls_dns(strbuf_t *b, const metrics_t *m)
+{
+    const daemon_t *d = m->d;
+
+    one(b, "fetchd_tls_sessions", "gauge", "TLS sessions cached for resumption.",
+        (unsigned long long)d->stats.objects[STATS_OBJ_TLS_SESSION]);
+    one(b, "fetchd_tls_handshakes_total", "counter", "TLS handshakes completed.",
+        d->tls.handshakes);
+    one(b, "fetchd_tls_resumptions_total", "counter", "TLS handshakes that resumed a session.",
+        d->tls.resumptions);
+    one(b, "fetchd_dns_lookups_total", "counter", "Name lookups sent to the resolver.",
+        d->dns.lookups);
+    one(b, "fetchd_dns_cache_hits_total", "counter", "Name lookups answered from the cache.",
+        d->dns.hits);
+    one(b, "fetchd_control_clients", "gauge", "Clients connected to the control socket.",
+        m->ctl ? m->ctl->nclients : 0);
+    one(b, "fetchd_metrics_clients", "gauge", "Clients connected to this endpoint.", m->nclients);
+}
+
+static void render_process(strbuf_t *b, const metrics_t *m)
+{
+    json_t *s = daemon_stats_json(m->d); /* RSS and open fds, read from /proc */
+    struct rusage ru;
+    struct rlimit rl;
+    double cpu = 0;
+
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+              (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    head(b, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent.");
+    sb_printf(b, "process_cpu_seconds_total %.3f\n", cpu);
+    one(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+        (unsigned long long)json_integer_value(
+            json_object_get(s, "process_resident_memory_bytes")));
+    one(b, "process_open_fds", "gauge", "Number of open file descriptors.",
+        (unsigned long long)json_integer_value(json_object_get(s, "process_open_fds")));
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        one(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.",
+            (unsigned long long)rl.rlim_cur);
+    head(b, "process_start_time_seconds", "gauge",
+         "Start time of the process since unix epoch in seconds.");
+    sb_printf(b, "process_start_time_seconds %.3f\n", m->start_time);
+    json_decref(s);
+}
+
+char *metrics_render(metrics_t *m, size_t *len)
+{
+    strbuf_t b = {0};
+
+    render_connections(&b, m->d);
+    render_memory(&b, m->d);
+    render_jobs(&b, m->d);
+    render_tls_dns(&b, m);
+    render_process(&b, m);
+    if (b.failed) {
+        mem_free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+/* ---- the HTTP server ---------------------------------------------------------- */
+
+struct metrics_client {
+    uv_tcp_t tcp; /* tcp.data == this */
+    metrics_t *m; /* borrowed */
+    llhttp_t parser;
+    uv_timer_t idle;
+    int handles_open;
+    int closing;
+    int writing; /* a response is in flight: one request at a time */
+    size_t head_bytes;
+    char url[64]; /* the request target, enough for our two paths */
+    size_t url_len;
+    int url_long;
+    int keep_alive;
+    uv_write_t write_req;
+    char *out; /* owned: the response being written */
+    metrics_client_t *prev, *next;
+};
+
+static int on_url(llhttp_t *p, const char *at, size_t len);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub);
+static int on_header_bytes(llhttp_t *p, const char *at, size_t len);
+static int on_request(llhttp_t *p);
+
+static const llhttp_settings_t request_settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_bytes,
+    .on_header_value = on_header_bytes,
+    .on_message_complete = on_request,
+};
+
+static void on_client_handle_closed(uv_handle_t *h)
+{
+    metrics_client_t *c = h->data;
+    if (--c->handles_open > 0)
+        return;
+    mem_free(c->out);
+    stats_obj_destroyed(&c->m->d->stats, STATS_OBJ_METRICS_CLIENT);
+    mem_free(c);
+}
+
+static void client_close(metrics_client_t *c)
+{
+    metrics_t *m = c->m;
+    if (c->closing)
+        return;
+    c->closing = 1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        m->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    m->nclients--;
+    uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
+    uv_close((uv_handle_t *)&c->idle, on_client_handle_closed);
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    client_close(t->data);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    metrics_client_t *c = req->data;
+    c->writing = 0;
+    mem_free(c->out);
+    c->out = NULL;
+    if (status != 0 || !c->keep_alive)
+        client_close(c);
+    else if (!c->closing && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+        client_close(c);
+}
+
+/* Writes one response: the head and (unless HEAD) the body, in one buffer. */
+static void respond(metrics_client_t *c, int status, const char *reason, const char *type,
+                    const char *body, size_t blen, int head_only)
+{
+    char hdr[256];
+    int n = snprintf(hdr, sizeof(hdr),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                     status, reason, type, blen, c->keep_alive ? "" : "Connection: close\r\n",
+                     status == 405 ? "Allow: GET, HEAD\r\n" : "");
+    size_t total = (size_t)n + (head_only ? 0 : blen);
+    uv_buf_t b;
+
+    c->out = mem_alloc(total);
+    if (c->out == NULL) {
+        client_close(c);
+        return;
+    }
+    memcpy(c->out, hdr, (size_t)n);
+    if (!head_only)
+        memcpy(c->out + n, body, blen);
+    b = uv_buf_init(c->out, (unsigned)total);
+    c->write_req.data = c;
+    c->writing = 1;
+    /* One request at a time: the next is read once this answer is out. */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
+        c->writing = 0;
+        client_close(c);
+    }
+}
+
+static void respond_text(metrics_client_t *c, int status, const char *reason, const char *text,
+                         int head_only)
+{
+    respond(c, status, reason, "text/plain; charset=utf-8", text, strlen(text), head_only);
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    metrics_client_t *c = p->data;
+    if (c->url_len + len >= sizeof(c->url)) {
+        c->url_long = 1;
+        return on_header_bytes(p, at, len);
+    }
+    memcpy(c->url + c->url_len, at, len);
+    c->url_len += len;
+    c->url[c->url_len] = '\0';
+    return on_header_bytes(p, at, len);
+}
+
+static int on_header_bytes(llhttp_t *p, const char *at, size_t len)
+{
+    metrics_client_t *c = p->data;
+    (void)at;
+    c->head_bytes += len;
+    return c->head_bytes > METRICS_MAX_HEAD ? -1 : 0;
+}
+
+static int path_is(const metrics_client_t *c, const char *path)
+{
+    size_t n = strlen(path);
+    return !c->url_long && strncmp(c->url, path, n) == 0 && (c->url[n] == '\0' || c->url[n] == '?');
+}
+
+static int on_request(llhttp_t *p)
+{
+    metrics_client_t *c = p->data;
+    int method = llhttp_get_method(p), head_only = method == HTTP_HEAD;
+
+    c->keep_alive = llhttp_should_keep_alive(p);
+    if (!path_is(c, "/metrics") && !path_is(c, "/healthz")) {
+        respond_text(c, 404, "Not Found", "not found; try /metrics\n", head_only);
+    } else if (method != HTTP_GET && method != HTTP_HEAD) {
+        respond_text(c, 405, "Method Not Allowed", "use GET\n", 0);
+    } else if (path_is(c, "/healthz")) {
+        respond_text(c, 200, "OK", "ok\n", head_only);
+    } else {
+        size_t len = 0;
+        char *page = metrics_render(c->m, &len);
+        if (page == NULL) {
+            respond_text(c, 503, "Service Unavailable", "out of memory\n", head_only);
+        } else {
+            respond(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", page, len, head_only);
+            mem_free(page);
+        }
+    }
+    c->url_len = 0;
+    c->url_long = 0;
+    c->head_bytes = 0;
+    /* One request at a time: stop parsing until this response is written. */
+    return HPE_PAUSED;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
+{
+    metrics_client_t *c = h->data;
+    buf_t *b = buf_get(&c->m->d->bufs);
+    (void)hint;
+    /* The buffer goes back to the pool in on_read; libuv hands it over. */
+    *out = b ? uv_buf_init(b->data, (unsigned)b->pool->size) : uv_buf_init(NULL, 0);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
+{
+    metrics_client_t *c = s->data;
+    buf_t *b = ub->base ? (buf_t *)(ub->base - offsetof(buf_t, data)) : NULL;
+    llhttp_errno_t rc;
+
+    if (n > 0 && !c->closing) {
+        uv_timer_again(&c->idle);
+        rc = llhttp_execute(&c->parser, ub->base, (size_t)n);
+        if (rc == HPE_PAUSED) {
+            /* Bytes after the request are a pipelined one: not served, so
+             * the connection ends with this answer. */
+            if (llhttp_get_error_pos(&c->parser) != ub->base + n)
+                c->keep_alive = 0;
+            llhttp_resume(&c->parser);
+        } else if (rc != HPE_OK && !c->writing) {
+            c->keep_alive = 0;
+            respond_text(c, 400, "Bad Request", "bad request\n", 0);
+        }
+    } else if (n < 0) {
+        client_close(c);
+    }
+    if (b)
+        buf_decref(b);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    metrics_t *m = server->data;
+    metrics_client_t *c;
+
+    if (status != 0)
+        return;
+    c = mem_calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->m = m;
+    stats_obj_created(&m->d->stats, STATS_OBJ_METRICS_CLIENT);
+    uv_tcp_init(&m->d->loop, &c->tcp);
+    uv_timer_init(&m->d->loop, &c->idle);
+    c->tcp.data = c->idle.data = c;
+    c->handles_open = 2;
+    c->next = m->clients;
+    if (m->clients)
+        m->clients->prev = c;
+    m->clients = c;
+    m->nclients++;
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || m->nclients > m->max_clients ||
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        client_close(c);
+        return;
+    }
+    uv_timer_start(&c->idle, on_idle, METRICS_IDLE_MS, METRICS_IDLE_MS);
+}
+
+static int parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t errlen)
+{
+    char host[128];
+    const char *colon = strrchr(addr, ':');
+    const char *h = addr;
+    size_t hlen;
+    long port;
+    char *end;
+
+    if (colon == NULL)
+        goto bad;
+    hlen = (size_t)(colon - addr);
+    if (hlen >= 2 && addr[0] == '[' && addr[hlen - 1] == ']') {
+        h = addr + 1;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen >= sizeof(host))
+        goto bad;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || end == colon + 1 || port < 0 || port > 65535)
+        goto bad;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0 ||
+        uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+bad:
+    snprintf(err, errlen, "metrics: \"%s\" is not HOST:PORT with an IP address (or \"off\")", addr);
+    return ERR_INVALID_REQUEST;
+}
+
+int metrics_start(metrics_t *m, daemon_t *d, control_t *ctl, const char *addr, char *err,
+                  size_t errlen)
+{
+    struct sockaddr_storage ss;
+    struct sockaddr_storage bound;
+    int len = sizeof(bound), rc;
+
+    memset(m, 0, sizeof(*m));
+    m->d = d;
+    m->ctl = ctl;
+    m->max_clients = 16;
+    m->start_time = (double)time(NULL);
+    rc = parse_addr(addr, &ss, err, errlen);
+    if (rc != 0)
+        return rc;
+    uv_tcp_init(&d->loop, &m->server);
+    m->server.data = m;
+    rc = uv_tcp_bind(&m->server, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&m->server, 64, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "metrics: cannot listen on %s: %s", addr, uv_strerror(rc));
+        uv_close((uv_handle_t *)&m->server, NULL);
+        return err_from_uv(rc);
+    }
+    uv_tcp_getsockname(&m->server, (struct sockaddr *)&bound, &len);
+    m->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                : ((struct sockaddr_in *)&bound)->sin_port);
+    m->listening = 1;
+    log_notice("metrics: listening on %s (port %d)", addr, m->port);
+    return 0;
+}
+
+void metrics_close(metrics_t *m)
+{
+    if (!m->listening || m->closing)
+        return;
+    m->closing = 1;
+    while (m->clients)
+        client_close(m->clients);
+    uv_close((uv_handle_t *)&m->server, NULL);
+}
