@@ -922,6 +922,13 @@ static void finalize(job_t *j)
     stats_t *st = j->sched->stats;
     stats_result_t r;
 
+#ifdef FETCHD_INJECT_LEAK
+    /* Test builds only (fetchd-leaky): lose one read buffer on every error
+     * path, the way urllib2 lost its HTTPError responses, so the tests can
+     * show that the soak and metrics checks catch such a leak. */
+    if (j->error != 0 || j->http_status >= 400)
+        (void)buf_get(j->sched->bufs);
+#endif
     if (j->error == 0) {
         j->state = JOB_DONE;
         r = STATS_RESULT_DONE;
