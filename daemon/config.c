@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ static const option_def_t options[] = {
     {"retain_jobs", OPT_UINT, OFF(retain_jobs), 0, 100000000},
     {"retain_seconds", OPT_SECONDS, OFF(retain_ms), 0, 86400 * 365},
     {"log_level", OPT_LEVEL, OFF(log_level), 0, 0},
+    {"shutdown_grace", OPT_SECONDS, OFF(shutdown_grace_ms), 0, 3600},
 };
 
 static const option_def_t *find(const char *key)
@@ -227,4 +229,89 @@ int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t e
     json_decref(root);
     mem_free(text);
     return rc;
+}
+
+/* ---- the command line ----------------------------------------------------------- */
+
+static const struct option long_options[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"control", required_argument, NULL, 0},
+    {"metrics", required_argument, NULL, 0},
+    {"download-dir", required_argument, NULL, 0},
+    {"state-dir", required_argument, NULL, 0},
+    {"max-connections", required_argument, NULL, 0},
+    {"max-per-host", required_argument, NULL, 0},
+    {"max-jobs", required_argument, NULL, 0},
+    {"max-running", required_argument, NULL, 0},
+    {"idle-timeout", required_argument, NULL, 0},
+    {"ca-file", required_argument, NULL, 0},
+    {"client-cert", required_argument, NULL, 0},
+    {"client-key", required_argument, NULL, 0},
+    {"retain-jobs", required_argument, NULL, 0},
+    {"retain-seconds", required_argument, NULL, 0},
+    {"shutdown-grace", required_argument, NULL, 0},
+    {"log-level", required_argument, NULL, 0},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+/* "max-connections" -> "max_connections", the configuration key. */
+static void option_key(const char *name, char *key, size_t len)
+{
+    size_t i;
+    for (i = 0; name[i] && i + 1 < len; i++)
+        key[i] = name[i] == '-' ? '_' : name[i];
+    key[i] = '\0';
+}
+
+int config_from_args(daemon_config_t *cfg, int argc, char **argv, const char **config_path,
+                     char *err, size_t errlen)
+{
+    char why[512], key[64];
+    int c, idx;
+
+    /* Two passes, so -c FILE is read first and every other option overrides
+     * it wherever it stands. optind = 0 makes glibc start over (reload). */
+    *config_path = NULL;
+    opterr = 0;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":c:hV", long_options, &idx)) != -1) {
+        switch (c) {
+        case 'c':
+            *config_path = optarg;
+            if (config_load_file(cfg, optarg, why, sizeof(why)) != 0) {
+                snprintf(err, errlen, "bad configuration: %s", why);
+                return CONFIG_EX_CONFIG;
+            }
+            break;
+        case 'h':
+            return CONFIG_HELP;
+        case 'V':
+            return CONFIG_VERSION;
+        case 0:
+            break;
+        case ':':
+            snprintf(err, errlen, "option %s needs a value", argv[optind - 1]);
+            return CONFIG_EX_USAGE;
+        default:
+            snprintf(err, errlen, "unknown option %s (see fetchd --help)", argv[optind - 1]);
+            return CONFIG_EX_USAGE;
+        }
+    }
+    if (optind < argc) {
+        snprintf(err, errlen, "unexpected argument \"%s\" (see fetchd --help)", argv[optind]);
+        return CONFIG_EX_USAGE;
+    }
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":c:hV", long_options, &idx)) != -1) {
+        if (c != 0)
+            continue;
+        option_key(long_options[idx].name, key, sizeof(key));
+        if (config_set(cfg, key, optarg, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "--%s: %s", long_options[idx].name, why);
+            return CONFIG_EX_USAGE;
+        }
+    }
+    return 0;
 }

@@ -20,4 +20,16 @@ int config_load_file(daemon_config_t *cfg, const char *path, char *errmsg, size_
 int config_set(daemon_config_t *cfg, const char *key, const char *value, char *errmsg,
                size_t errlen);
 
+#define CONFIG_HELP      1
+#define CONFIG_VERSION   2
+#define CONFIG_EX_USAGE  64 /* EX_USAGE */
+#define CONFIG_EX_CONFIG 78 /* EX_CONFIG */
+
+/* Applies fetchd's command line to cfg: the -c file first, then every
+ * other option over it. *config_path points into argv (or is NULL).
+ * Returns 0, CONFIG_HELP or CONFIG_VERSION when asked for those, or
+ * CONFIG_EX_USAGE / CONFIG_EX_CONFIG with errmsg saying what is wrong. */
+int config_from_args(daemon_config_t *cfg, int argc, char **argv, const char **config_path,
+                     char *errmsg, size_t errlen);
+
 #endif

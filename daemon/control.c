@@ -837,7 +837,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
     c->rbuf = NULL;
     client_incref(c);
     if (n > 0)
-        on_bytes(c, b->data, (size_t)n);    else if (n < 0)
+        on_bytes(c, b->data, (size_t)n);
+    else if (n < 0)
         client_close(c, n == UV_EOF || n == UV_ECONNRESET ? NULL : uv_strerror((int)n));
     if (b)
         buf_decref(b);
@@ -1045,17 +1046,42 @@ static int clear_stale(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+static void control_init(control_t *ctl, daemon_t *d)
+{
+    memset(ctl, 0, sizeof(*ctl));
+    ctl->d = d;
+    ctl->max_clients = 64;
+    ctl->max_line = 1024 * 1024;
+    ctl->max_output = 8 * 1024 * 1024;
+}
+
+int control_start_fd(control_t *ctl, daemon_t *d, int fd, char *err, size_t errlen)
+{
+    int rc;
+
+    control_init(ctl, d);
+    uv_pipe_init(&d->loop, &ctl->server, 0);
+    ctl->server.data = ctl;
+    rc = uv_pipe_open(&ctl->server, fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&ctl->server, 128, on_connection);
+    if (rc != 0) {
+        snprintf(err, errlen, "control socket passed by systemd (fd %d): %s", fd, uv_strerror(rc));
+        uv_close((uv_handle_t *)&ctl->server, NULL);
+        return err_from_uv(rc);
+    }
+    ctl->listening = 1;
+    log_notice("control: listening on the socket systemd passed (fd %d)", fd);
+    return 0;
+}
+
 int control_start(control_t *ctl, daemon_t *d, const char *path, char *err, size_t errlen)
 {
     int systemd = getenv("RUNTIME_DIRECTORY") != NULL || getenv("NOTIFY_SOCKET") != NULL;
     mode_t mode = systemd ? 0660 : 0600;
     int rc;
 
-    memset(ctl, 0, sizeof(*ctl));
-    ctl->d = d;
-    ctl->max_clients = 64;
-    ctl->max_line = 1024 * 1024;
-    ctl->max_output = 8 * 1024 * 1024;
+    control_init(ctl, d);
     if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         snprintf(err, errlen, "control socket path too long: %s", path);
         return ERR_INVALID_REQUEST;
@@ -1083,8 +1109,6 @@ int control_start(control_t *ctl, daemon_t *d, const char *path, char *err, size
         return err_from_uv(rc);
     }
     ctl->listening = 1;
-    d->sched.on_event = control_on_event;
-    d->sched.event_data = ctl;
     log_notice("control: listening on %s (mode %04o)", path, (unsigned)mode);
     return 0;
 }
@@ -1097,8 +1121,10 @@ void control_close(control_t *ctl)
     for (ctl_client_t *c = ctl->clients; c; c = c->next)
         client_close(c, NULL);
     uv_close((uv_handle_t *)&ctl->server, NULL);
-    unlink(ctl->path);
-    mem_free(ctl->path);
-    ctl->path = NULL;
-    ctl->d->sched.on_event = NULL;
+    if (ctl->path) {
+        /* A socket systemd passed is systemd's to remove. */
+        unlink(ctl->path);
+        mem_free(ctl->path);
+        ctl->path = NULL;
+    }
 }

@@ -39,13 +39,16 @@ typedef struct control {
  * Returns 0, or an error with errmsg naming the path and the reason. */
 int control_start(control_t *ctl, daemon_t *d, const char *path, char *errmsg, size_t errlen);
 
+/* Serves on a listening socket systemd passed (socket activation). */
+int control_start_fd(control_t *ctl, daemon_t *d, int fd, char *errmsg, size_t errlen);
+
 /* Stops listening, disconnects every client (their waits and
  * subscriptions are freed; jobs are untouched) and removes the socket
  * file. Run the loop afterwards so the handles close. */
 void control_close(control_t *ctl);
 
-/* The scheduler's event observer: answers waits and notifies subscribers.
- * data is the control_t. */
+/* Answers waits and notifies subscribers of a job event; whoever observes
+ * the scheduler forwards its events here. data is the control_t. */
 void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data);
 
 /* Writes the default socket path into buf (see proto/PROTOCOL.md): under

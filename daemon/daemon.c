@@ -20,6 +20,7 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->retain_jobs = 10000;
     cfg->retain_ms = 3600 * 1000;
     cfg->log_level = LOG_LEVEL_INFO;
+    cfg->shutdown_grace_ms = 20000;
 }
 
 void daemon_config_dispose(daemon_config_t *cfg)
@@ -43,6 +44,53 @@ static void apply_limits(daemon_t *d)
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
+}
+
+static int same(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Takes over a string setting: frees the old value, steals the new one. */
+static void take(char **dst, char **src)
+{
+    mem_free(*dst);
+    *dst = *src;
+    *src = NULL;
+}
+
+int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
+{
+    static const char *const restart_only[] = {"control", "metrics", "download_dir", "state_dir"};
+    const char *old[] = {d->cfg.control_path, d->cfg.metrics_addr, d->cfg.download_dir,
+                         d->cfg.state_dir};
+    const char *now[] = {cfg->control_path, cfg->metrics_addr, cfg->download_dir, cfg->state_dir};
+    int rc;
+
+    if (!same(d->cfg.ca_file, cfg->ca_file) || !same(d->cfg.client_cert, cfg->client_cert) ||
+        !same(d->cfg.client_key, cfg->client_key)) {
+        rc = tls_reload(&d->tls, cfg->ca_file, cfg->client_cert, cfg->client_key, errmsg, errlen);
+        if (rc != 0)
+            return rc;
+        take(&d->cfg.ca_file, &cfg->ca_file);
+        take(&d->cfg.client_cert, &cfg->client_cert);
+        take(&d->cfg.client_key, &cfg->client_key);
+    }
+    for (size_t i = 0; i < sizeof(old) / sizeof(old[0]); i++)
+        if (!same(old[i], now[i]))
+            log_warn("reload: a new %s takes effect at the next restart", restart_only[i]);
+    d->cfg.max_connections = cfg->max_connections;
+    d->cfg.max_per_host = cfg->max_per_host;
+    d->cfg.max_jobs = cfg->max_jobs;
+    d->cfg.max_running = cfg->max_running;
+    d->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
+    d->cfg.retain_jobs = cfg->retain_jobs;
+    d->cfg.retain_ms = cfg->retain_ms;
+    d->cfg.shutdown_grace_ms = cfg->shutdown_grace_ms;
+    d->cfg.log_level = cfg->log_level;
+    log_set_level(cfg->log_level);
+    apply_limits(d);
+    return 0;
 }
 
 int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)

@@ -23,21 +23,22 @@
 #include "stats.h"
 #include "tls.h"
 typedef struct daemon_config {
-    char *control_path;       /* owned; NULL: the default */
-    char *metrics_addr;       /* owned; "127.0.0.1:9464" by default, "off" disables */
-    char *download_dir;       /* owned; NULL: file output refused */
-    char *state_dir;          /* owned; NULL: nothing persisted */
-    char *ca_file;            /* owned; NULL: the system bundle */
-    char *client_cert;        /* owned; NULL: no client certificate */
-    char *client_key;         /* owned; with client_cert */
-    unsigned max_connections; /* 256 */
-    unsigned max_per_host;    /* 32 */
-    size_t max_jobs;          /* 1000000 queued jobs */
-    unsigned max_running;     /* 1024 jobs at once */
-    uint64_t idle_timeout_ms; /* 30 s */
-    size_t retain_jobs;       /* 10000 */
-    uint64_t retain_ms;       /* 3600 s */
-    log_level_t log_level;    /* info */
+    char *control_path;         /* owned; NULL: the default */
+    char *metrics_addr;         /* owned; "127.0.0.1:9464" by default, "off" disables */
+    char *download_dir;         /* owned; NULL: file output refused */
+    char *state_dir;            /* owned; NULL: nothing persisted */
+    char *ca_file;              /* owned; NULL: the system bundle */
+    char *client_cert;          /* owned; NULL: no client certificate */
+    char *client_key;           /* owned; with client_cert */
+    unsigned max_connections;   /* 256 */
+    unsigned max_per_host;      /* 32 */
+    size_t max_jobs;            /* 1000000 queued jobs */
+    unsigned max_running;       /* 1024 jobs at once */
+    uint64_t idle_timeout_ms;   /* 30 s */
+    size_t retain_jobs;         /* 10000 */
+    uint64_t retain_ms;         /* 3600 s */
+    log_level_t log_level;      /* info */
+    uint64_t shutdown_grace_ms; /* 20 s: running jobs may finish after SIGTERM */
 } daemon_config_t;
 
 /* Fills in the defaults above. */
@@ -64,6 +65,13 @@ typedef struct daemon {
  * mem_install() must have run. Returns 0, or a negative error with errmsg
  * filled in (everything initialised so far is released). */
 int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen);
+
+/* Applies a re-read configuration (SIGHUP): limits, retention, log level,
+ * CA and client certificate files. Sockets and directories keep their
+ * values until a restart (a change is logged). Returns 0, or an error with
+ * errmsg (a CA or certificate file that does not load) and nothing
+ * changed. Strings taken over from cfg are left NULL in it. */
+int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen);
 
 /* Starts the teardown: cancels every job (ERR_SHUTDOWN), closes every
  * connection and handle. Run the loop until it returns, then dispose. */

@@ -202,7 +202,8 @@ static void heap_remove(sched_t *s, job_t *j)
 
 static void schedule_kick(sched_t *s)
 {
-    if (!s->kick_active && s->nqueued > 0 && s->nrunning < s->max_running && s->accepting) {
+    if (!s->kick_active && s->nqueued > 0 && s->nrunning < s->max_running && s->accepting &&
+        !s->draining) {
         uv_idle_start(&s->kick, on_kick);
         s->kick_active = 1;
     }
@@ -216,7 +217,7 @@ static void on_kick(uv_idle_t *h)
 
     uv_idle_stop(&s->kick);
     s->kick_active = 0;
-    while (s->nqueued > 0 && s->nrunning < s->max_running && s->accepting) {
+    while (s->nqueued > 0 && s->nrunning < s->max_running && s->accepting && !s->draining) {
         job_t *j = s->heap[0];
         heap_remove(s, j);
         s->nrunning++;
@@ -226,7 +227,7 @@ static void on_kick(uv_idle_t *h)
 
 static int accepting_check(sched_t *s, size_t n, char *errmsg, size_t errlen)
 {
-    if (!s->accepting) {
+    if (!s->accepting || s->draining) {
         snprintf(errmsg, errlen, "the daemon is shutting down");
         return ERR_SHUTDOWN;
     }
@@ -245,7 +246,9 @@ static int enqueue(sched_t *s, job_t *j)
     int rc;
 
     j->seq = ++s->next_seq;
-    snprintf(j->id, sizeof(j->id), "%08" PRIx64 "%08" PRIx64, s->id_prefix, j->seq & 0xffffffffu);
+    if (j->id[0] == '\0')
+        snprintf(j->id, sizeof(j->id), "%08" PRIx64 "%08" PRIx64, s->id_prefix,
+                 j->seq & 0xffffffffu);
     rc = heap_push(s, j);
     if (rc != 0)
         return rc;
@@ -319,6 +322,39 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
     }
     schedule_kick(s);
     return 0;
+}
+
+int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, size_t errlen)
+{
+    job_t *j;
+    int rc;
+
+    if (strlen(id) >= sizeof(j->id) || sched_find(s, id) != NULL) {
+        job_spec_dispose(spec);
+        snprintf(errmsg, errlen, "id %.40s is already in use or too long", id);
+        return ERR_INVALID_REQUEST;
+    }
+    rc = accepting_check(s, 1, errmsg, errlen);
+    if (rc != 0) {
+        job_spec_dispose(spec);
+        return rc;
+    }
+    rc = job_create(s, spec, &j, errmsg, errlen);
+    if (rc != 0)
+        return rc;
+    snprintf(j->id, sizeof(j->id), "%s", id);
+    if ((rc = reserve(s, 1)) != 0 || (rc = enqueue(s, j)) != 0) {
+        snprintf(errmsg, errlen, "%s", err_str(rc));
+        job_decref(j);
+        return rc;
+    }
+    schedule_kick(s);
+    return 0;
+}
+
+void sched_drain(sched_t *s)
+{
+    s->draining = 1;
 }
 
 job_t *sched_next(sched_t *s, job_t *j)

@@ -54,6 +54,7 @@ struct sched {
     void *event_data;                    /* public */
     size_t nqueued, nrunning, nretained; /* read-only */
     int accepting;                       /* read-only: 0 once shutting down */
+    int draining;                        /* read-only: stopping; queued jobs are not started */
     /* private */
     job_t **heap; /* owned references are the table's; the heap borrows */
     size_t heap_cap;
@@ -92,6 +93,15 @@ int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t
  * not one spec's: queue full, shutdown, memory) and errmsg says why. */
 int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
                       char *errmsg, size_t errlen);
+
+/* Queues a job restored from the state file under its old id (ids from an
+ * earlier run never collide with this run's). Same ownership and returns as
+ * sched_submit(); an id already known is refused (ERR_INVALID_REQUEST). */
+int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, size_t errlen);
+
+/* Starts a graceful stop: new submissions are refused (ERR_SHUTDOWN) and
+ * queued jobs stay queued; running ones go on. */
+void sched_drain(sched_t *s);
 
 /* The job submitted right after j that is still known, or the first one
  * when j is NULL: submission order, for listing. Borrowed, or NULL. */

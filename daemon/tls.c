@@ -111,8 +111,8 @@ static int load_client_cert(tls_config_t *c, const char *cert, const char *key, 
         describe(rc, why, sizeof(why));
         snprintf(err, errlen, "client_key: cannot load %s: %s", key, why);
         return ERR_INVALID_REQUEST;
-    }    /* mbedtls_ssl_conf_own_cert() does not check that the two belong
-     * together; a mismatch would only show as a peer's alert mid-handshake. */
+    } /* mbedtls_ssl_conf_own_cert() does not check that the two belong
+       * together; a mismatch would only show as a peer's alert mid-handshake. */
     rc = mbedtls_pk_check_pair(&c->cert.pk, &c->pk);
     if (rc == 0)
         rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->pk);
@@ -229,6 +229,45 @@ int tls_config_get(tls_t *t, const char *ca_file, int insecure, const char *cert
 nomem:
     snprintf(err, errlen, "%s", err_str(ERR_NO_MEMORY));
     return ERR_NO_MEMORY;
+}
+
+int tls_reload(tls_t *t, const char *ca_file, const char *cert_file, const char *key_file,
+               char *err, size_t errlen)
+{
+    tls_t probe;
+    tls_config_t *c;
+    int rc;
+
+    /* Load the new files once in a scratch context: a bad file is found
+     * now, while the old configuration still serves. */
+    rc = tls_init(&probe, t->stats, ca_file, cert_file, key_file, err, errlen);
+    if (rc == 0) {
+        rc = tls_config_get(&probe, NULL, 0, NULL, NULL, &c, err, errlen);
+        if (rc == 0)
+            tls_config_decref(c);
+    }
+    if (rc != 0) {
+        tls_dispose(&probe);
+        return rc;
+    }
+    /* Swap the file names; the cached configurations go (those in use live
+     * on with their connections). */
+    mem_free(t->ca_file);
+    mem_free(t->cert_file);
+    mem_free(t->key_file);
+    t->ca_file = probe.ca_file;
+    t->cert_file = probe.cert_file;
+    t->key_file = probe.key_file;
+    probe.ca_file = probe.cert_file = probe.key_file = NULL;
+    tls_dispose(&probe);
+    while (t->configs) {
+        c = t->configs;
+        t->configs = c->next;
+        c->next = NULL;
+        tls_config_decref(c);
+    }
+    t->nconfigs = 0;
+    return 0;
 }
 
 void tls_config_incref(tls_config_t *c)

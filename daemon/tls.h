@@ -102,6 +102,13 @@ int tls_init(tls_t *t, stats_t *stats, const char *ca_file, const char *cert_fil
 /* Frees the caches. Configurations still referenced are a bug (asserted). */
 void tls_dispose(tls_t *t);
 
+/* Switches to new daemon-wide files (ca_file NULL: the system bundle) after
+ * checking that they load; connections already open keep their
+ * configuration, new ones get the new files. Returns 0 or an error with
+ * errmsg naming the file (then nothing changed). */
+int tls_reload(tls_t *t, const char *ca_file, const char *cert_file, const char *key_file,
+               char *errmsg, size_t errlen);
+
 /* Returns (a new reference to) the configuration for this combination of
  * CA file (NULL: the daemon's), verification and client certificate (NULL:
  * the daemon's), creating and caching it on first use. Returns 0, or

@@ -688,3 +688,77 @@ json_t *jobspec_encode_error(int err, const char *msg)
         return NULL;
     return json_pack("{s:s, s:o}", "code", err_name(err), "message", m);
 }
+
+static int set_or_fail(json_t *o, const char *key, json_t *v)
+{
+    return v == NULL ? -1 : json_object_set_new(o, key, v);
+}
+
+static json_t *encode_headers(const job_spec_t *s)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < s->nheaders; i++) {
+        json_t *pair = json_pack("[ss]", s->headers[i].name, s->headers[i].value);
+        if (pair == NULL || json_array_append_new(arr, pair) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static json_t *encode_timeouts(const job_spec_t *s)
+{
+    json_t *t = json_pack("{s:f, s:f, s:f}", "connect", s->connect_timeout_ms / 1e3, "first_byte",
+                          s->first_byte_timeout_ms / 1e3, "idle", s->idle_timeout_ms / 1e3);
+    if (t && s->total_timeout_ms)
+        json_object_set_new(t, "total", json_real(s->total_timeout_ms / 1e3));
+    return t;
+}
+
+json_t *jobspec_encode_spec(const job_spec_t *s)
+{
+    json_t *o = json_object();
+    int bad = o == NULL;
+
+    bad = bad || set_or_fail(o, "url", json_string(s->url));
+    if (!bad && s->method)
+        bad = set_or_fail(o, "method", json_string(s->method));
+    if (!bad && s->nheaders)
+        bad = set_or_fail(o, "headers", encode_headers(s));
+    if (!bad && s->body)
+        bad = set_or_fail(o, "body_base64", base64_string(s->body, s->body_len));
+    if (!bad && s->output == JOB_OUTPUT_FILE)
+        bad = set_or_fail(o, "output", json_string(s->output_path));
+    if (!bad && s->output == JOB_OUTPUT_INLINE)
+        bad = set_or_fail(o, "output", json_string("inline")) ||
+              set_or_fail(o, "inline_max", json_integer((json_int_t)s->inline_max));
+    if (!bad && s->sha256)
+        bad = set_or_fail(o, "sha256", json_true());
+    if (!bad && s->expected_sha256)
+        bad = set_or_fail(o, "expected_sha256", json_string(s->expected_sha256));
+    if (!bad)
+        bad = set_or_fail(o, "timeouts", encode_timeouts(s)) ||
+              set_or_fail(o, "retries", json_integer(s->retries)) ||
+              set_or_fail(o, "max_redirects", json_integer(s->max_redirects)) ||
+              set_or_fail(o, "max_body", json_integer((json_int_t)s->max_body)) ||
+              set_or_fail(o, "priority", json_integer(s->priority));
+    if (!bad && s->fail_on_http_error)
+        bad = set_or_fail(o, "fail_on_http_error", json_true());
+    if (!bad && s->insecure)
+        bad = set_or_fail(o, "insecure", json_true());
+    if (!bad && s->allow_downgrade)
+        bad = set_or_fail(o, "allow_downgrade", json_true());
+    if (!bad && s->ca_file)
+        bad = set_or_fail(o, "ca_file", json_string(s->ca_file));
+    if (!bad && s->client_cert)
+        bad = set_or_fail(o, "client_cert", json_string(s->client_cert)) ||
+              set_or_fail(o, "client_key", json_string(s->client_key));
+    if (!bad && s->labels)
+        bad = set_or_fail(o, "labels", json_incref(s->labels));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}

@@ -21,6 +21,11 @@ int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t err
  * allocation failure. */
 json_t *jobspec_encode_job(const job_t *j);
 
+/* Returns a new reference to the JSON form of spec, which jobspec_decode()
+ * turns back into the same spec (state persistence); NULL on allocation
+ * failure. The body is always written as body_base64. */
+json_t *jobspec_encode_spec(const job_spec_t *spec);
+
 /* Returns a new reference to {"code": err_name(err), "message": msg}. */
 json_t *jobspec_encode_error(int err, const char *msg);
 

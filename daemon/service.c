@@ -1,0 +1,260 @@
+/* service — fetchd's lifecycle; see service.h. */
+#include "service.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "control.h"
+#include "log.h"
+#include "metrics.h"
+#include "sd.h"
+#include "state.h"
+
+#define CHECKPOINT_EVERY_MS 5000
+
+typedef struct service {
+    daemon_t d;
+    control_t ctl;
+    metrics_t metrics;
+    sd_t sd;
+    uv_signal_t sigint, sigterm, sighup;
+    uv_timer_t grace;      /* the graceful stop's deadline */
+    uv_timer_t checkpoint; /* saves the queue while it changes */
+    int argc;
+    char **argv; /* borrowed: main's */
+    int stopping, stopped;
+    int dirty; /* the queue changed since the last checkpoint */
+} service_t;
+
+/* ---- status and persistence --------------------------------------------------- */
+
+static void write_status(char *buf, size_t len, void *data)
+{
+    service_t *svc = data;
+    snprintf(buf, len, "%zu queued, %zu running, %u connections (%u idle), %u control clients",
+             svc->d.sched.nqueued, svc->d.sched.nrunning, svc->d.pool.nconns, svc->d.pool.nidle,
+             svc->ctl.nclients);
+}
+
+static void save_queue(service_t *svc, const char *why)
+{
+    const char *dir = svc->d.cfg.state_dir;
+    char err[512];
+    long n;
+
+    if (dir == NULL)
+        return;
+    n = state_save(&svc->d.sched, dir, 1, err, sizeof(err));
+    if (n < 0)
+        log_error("state: %s", err);
+    else
+        log_info("state: %s: saved %ld unfinished jobs to %s/queue.json", why, n, dir);
+    svc->dirty = n < 0;
+}
+
+static void on_checkpoint(uv_timer_t *t)
+{
+    service_t *svc = t->data;
+    if (svc->dirty)
+        save_queue(svc, "checkpoint");
+}
+
+/* ---- stopping ----------------------------------------------------------------- */
+
+static void on_grace(uv_timer_t *t);
+
+/* The end of the graceful stop: persist what has not finished, then close
+ * everything; the loop ends when the last handle has closed. */
+static void finish_stop(service_t *svc)
+{
+    size_t left = svc->d.sched.nqueued + svc->d.sched.nrunning;
+
+    if (svc->stopped)
+        return;
+    svc->stopped = 1;
+    if (svc->d.cfg.state_dir)
+        save_queue(svc, "shutdown");
+    else if (left > 0)
+        log_warn("%zu unfinished jobs are dropped: no --state-dir to keep them in", left);
+    uv_close((uv_handle_t *)&svc->grace, NULL);
+    uv_close((uv_handle_t *)&svc->checkpoint, NULL);
+    uv_close((uv_handle_t *)&svc->sigint, NULL);
+    uv_close((uv_handle_t *)&svc->sigterm, NULL);
+    uv_close((uv_handle_t *)&svc->sighup, NULL);
+    metrics_close(&svc->metrics);
+    control_close(&svc->ctl);
+    sd_close(&svc->sd);
+    daemon_close(&svc->d); /* cancels the rest with "shutdown" */
+}
+
+static void begin_stop(service_t *svc, const char *why)
+{
+    if (svc->stopping) {
+        log_notice("%s again: stopping now", why);
+        finish_stop(svc);
+        return;
+    }
+    svc->stopping = 1;
+    sd_notify(&svc->sd, "STOPPING=1");
+    sched_drain(&svc->d.sched);
+    log_notice("%s: stopping; %zu running jobs have %.3g s to finish, %zu queued wait", why,
+               svc->d.sched.nrunning, svc->d.cfg.shutdown_grace_ms / 1e3, svc->d.sched.nqueued);
+    uv_timer_start(&svc->grace, on_grace,
+                   svc->d.sched.nrunning == 0 ? 0 : svc->d.cfg.shutdown_grace_ms, 0);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    finish_stop(t->data);
+}
+
+/* ---- reloading ---------------------------------------------------------------- */
+
+static void reload(service_t *svc)
+{
+    daemon_config_t cfg;
+    const char *path = NULL;
+    char err[512], msg[80];
+    struct timespec now;
+    int rc;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000);
+    sd_notify(&svc->sd, msg);
+    daemon_config_init(&cfg);
+    rc = config_from_args(&cfg, svc->argc, svc->argv, &path, err, sizeof(err));
+    if (rc == 0)
+        rc = daemon_reconfigure(&svc->d, &cfg, err, sizeof(err));
+    if (rc != 0)
+        log_error("reload failed: %s; the running configuration is kept", err);
+    else
+        log_notice("configuration reloaded%s%s", path ? " from " : "", path ? path : "");
+    daemon_config_dispose(&cfg);
+    sd_ready(&svc->sd);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    service_t *svc = h->data;
+    if (signum == SIGHUP)
+        reload(svc);
+    else
+        begin_stop(svc, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ---- events ------------------------------------------------------------------- */
+
+static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
+{
+    service_t *svc = data;
+
+    if (ev == SCHED_EV_QUEUED || ev == SCHED_EV_FINISHED)
+        svc->dirty = 1;
+    control_on_event(s, j, ev, &svc->ctl);
+    /* The last running job of a graceful stop: end it on the next turn. */
+    if (svc->stopping && ev == SCHED_EV_FINISHED && s->nrunning == 0 && !svc->stopped)
+        uv_timer_start(&svc->grace, on_grace, 0, 0);
+}
+
+/* ---- start -------------------------------------------------------------------- */
+
+static int open_sockets(service_t *svc)
+{
+    daemon_t *d = &svc->d;
+    const char *metrics = d->cfg.metrics_addr ? d->cfg.metrics_addr : "127.0.0.1:9464";
+    char err[512], path[256];
+    int fd = sd_listen_fd("control"), rc;
+
+    if (fd >= 0) {
+        rc = control_start_fd(&svc->ctl, d, fd, err, sizeof(err));
+    } else if (d->cfg.control_path == NULL && control_default_path(path, sizeof(path)) != 0) {
+        snprintf(err, sizeof(err), "the default control socket path is too long; use --control");
+        rc = -1;
+    } else {
+        rc = control_start(&svc->ctl, d, d->cfg.control_path ? d->cfg.control_path : path, err,
+                           sizeof(err));
+    }
+    if (rc != 0) {
+        log_error("%s", err);
+        return -1;
+    }
+    if (strcmp(metrics, "off") != 0 &&
+        metrics_start(&svc->metrics, d, &svc->ctl, metrics, err, sizeof(err)) != 0) {
+        log_error("%s", err);
+        control_close(&svc->ctl);
+        return -1;
+    }
+    return 0;
+}
+
+static void restore_queue(service_t *svc)
+{
+    char err[512];
+    long n;
+
+    if (svc->d.cfg.state_dir == NULL)
+        return;
+    n = state_load(&svc->d.sched, svc->d.cfg.state_dir, err, sizeof(err));
+    if (n < 0)
+        log_error("state: %s", err);
+    else if (n > 0)
+        log_notice("state: restored %ld unfinished jobs from %s/queue.json", n,
+                   svc->d.cfg.state_dir);
+}
+
+static void init_handles(service_t *svc)
+{
+    uv_loop_t *loop = &svc->d.loop;
+
+    uv_timer_init(loop, &svc->grace);
+    uv_timer_init(loop, &svc->checkpoint);
+    svc->grace.data = svc->checkpoint.data = svc;
+    uv_signal_init(loop, &svc->sigint);
+    uv_signal_init(loop, &svc->sigterm);
+    uv_signal_init(loop, &svc->sighup);
+    svc->sigint.data = svc->sigterm.data = svc->sighup.data = svc;
+    uv_signal_start(&svc->sigint, on_signal, SIGINT);
+    uv_signal_start(&svc->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&svc->sighup, on_signal, SIGHUP);
+    if (svc->d.cfg.state_dir)
+        uv_timer_start(&svc->checkpoint, on_checkpoint, CHECKPOINT_EVERY_MS, CHECKPOINT_EVERY_MS);
+}
+
+int service_run(daemon_config_t *cfg, int argc, char **argv)
+{
+    static service_t svc; /* the one struct daemon lives here, for the process */
+    char err[512];
+    int rc;
+
+    svc.argc = argc;
+    svc.argv = argv;
+    if (daemon_init(&svc.d, cfg, err, sizeof(err)) != 0) {
+        log_error("%s", err);
+        return CONFIG_EX_CONFIG;
+    }
+    sd_init(&svc.sd, &svc.d.loop);
+    svc.sd.status_cb = write_status;
+    svc.sd.status_data = &svc;
+    restore_queue(&svc);
+    if (open_sockets(&svc) != 0) {
+        sd_close(&svc.sd);
+        daemon_close(&svc.d);
+        uv_run(&svc.d.loop, UV_RUN_DEFAULT);
+        daemon_dispose(&svc.d);
+        return 1;
+    }
+    svc.d.sched.on_event = on_event;
+    svc.d.sched.event_data = &svc;
+    init_handles(&svc);
+    log_notice("fetchd %s started (pid %d); max %u connections, %u per host", FETCHD_VERSION,
+               (int)getpid(), svc.d.pool.max_conns, svc.d.pool.max_per_host);
+    sd_ready(&svc.sd);
+    uv_run(&svc.d.loop, UV_RUN_DEFAULT);
+    rc = daemon_dispose(&svc.d);
+    log_notice("fetchd stopped");
+    return rc == 0 ? 0 : 1;
+}
