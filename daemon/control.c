@@ -63,6 +63,7 @@ struct ctl_client {
     unsigned refcnt;
     int closing;
     int close_after_flush; /* an error was queued: close once it is written */
+    int eof;               /* the peer half-closed: close once nothing is owed */
     unsigned writes;       /* uv_writes in flight */
     char *line;            /* owned: the partial line so far */
     size_t line_len, line_cap;
@@ -226,6 +227,13 @@ static void send_error(ctl_client_t *c, int code, const char *code_name, const c
     send_json(c, response(NULL, "error", err));
 }
 
+/* A half-closed client is done with once its waits are answered; one with
+ * subscriptions stays until it closes its end too. */
+static int owes_nothing(const ctl_client_t *c)
+{
+    return c->eof && c->waits == NULL && c->subs == NULL;
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     ctl_write_t *w = req->data;
@@ -236,7 +244,7 @@ static void on_write(uv_write_t *req, int status)
     stats_obj_destroyed(c->stats, STATS_OBJ_CTL_WRITE);
     mem_free(w);
     c->writes--;
-    if (c->writes == 0 && c->close_after_flush)
+    if (c->writes == 0 && (c->close_after_flush || owes_nothing(c)))
         client_close(c, NULL);
     client_decref(c);
 }
@@ -818,6 +826,21 @@ static void on_bytes(ctl_client_t *c, const char *p, size_t n)
     }
 }
 
+/* The peer finished sending (`echo ... | socat` does this). Its last line
+ * may lack a newline; answers it is owed (waits, queued output) still go
+ * out, and the connection closes once they have. */
+static void half_closed(ctl_client_t *c)
+{
+    if (c->line_len > 0 && !c->close_after_flush) {
+        handle_line(c, c->line, c->line_len);
+        c->line_len = 0;
+    }
+    c->eof = 1;
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    if (!c->closing && c->writes == 0 && owes_nothing(c))
+        client_close(c, NULL);
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 {
     ctl_client_t *c = h->data;
@@ -838,8 +861,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
     client_incref(c);
     if (n > 0)
         on_bytes(c, b->data, (size_t)n);
+    else if (n == UV_EOF)
+        half_closed(c);
     else if (n < 0)
-        client_close(c, n == UV_EOF || n == UV_ECONNRESET ? NULL : uv_strerror((int)n));
+        client_close(c, n == UV_ECONNRESET ? NULL : uv_strerror((int)n));
     if (b)
         buf_decref(b);
     client_decref(c);

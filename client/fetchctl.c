@@ -1,0 +1,900 @@
+/* fetchctl — the command-line client of fetchd's control socket.
+ *
+ * Usage: fetchctl [-s SOCKET] [--json] COMMAND [OPTIONS] [ARGS]; the global
+ * options may also follow the command. See fetchctl(1) (client/fetchctl.1)
+ * and proto/PROTOCOL.md.
+ */
+#include "fetchctl.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef FETCHD_VERSION
+#define FETCHD_VERSION "unknown"
+#endif
+
+/* Calls per JSON-RPC batch line for status and cancel: far below the
+ * daemon's 1 MiB line limit. */
+#define CTL_BATCH_CALLS 1000
+/* Jobs per list page: the daemon's maximum. */
+#define CTL_LIST_PAGE 1000
+
+static const char usage_text[] =
+    "Usage: fetchctl [-s SOCKET] [--json] COMMAND [OPTIONS] [ARGS]\n"
+    "Control fetchd, the HTTP fetcher daemon, through its control socket.\n"
+    "\n"
+    "Commands:\n"
+    "  submit [OPTIONS] URL...   queue fetch jobs; prints one job id per line\n"
+    "  submit -i FILE            queue one job per line of FILE ('-' = stdin)\n"
+    "  status ID...              show jobs\n"
+    "  wait [--timeout SEC] ID...  wait until the jobs finish\n"
+    "  cancel ID...              cancel jobs\n"
+    "  list [--state S] [--limit N]  list jobs in submission order\n"
+    "  stats                     show the daemon's counters\n"
+    "  watch [--events LIST] [ID...]  print job events until interrupted\n"
+    "  version                   show the fetchctl and fetchd versions\n"
+    "\n"
+    "Global options (before or after the command):\n"
+    "  -s, --socket PATH   control socket (default: $FETCHD_SOCKET, else\n"
+    "                      $RUNTIME_DIRECTORY/control.sock, else\n"
+    "                      $XDG_RUNTIME_DIR/fetchd/control.sock, else\n"
+    "                      /tmp/fetchd-$UID/control.sock)\n"
+    "      --json          machine output: one JSON object per line\n"
+    "  -h, --help          show help (fetchctl COMMAND --help for a command)\n"
+    "\n"
+    "Exit status: 0 ok, 1 a job failed or was cancelled (wait, submit --wait),\n"
+    "2 usage error, 3 fetchd unreachable, 4 error reported by fetchd.\n";
+
+/* ---- shared helpers ------------------------------------------------------------- */
+
+/* The default socket path, as fetchd computes it (control_default_path). */
+static void default_socket(ctl_t *c)
+{
+    const char *env = getenv("FETCHD_SOCKET"), *rt = getenv("RUNTIME_DIRECTORY");
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+
+    if (env != NULL && *env != '\0')
+        c->socket = env;
+    else if (rt != NULL && *rt != '\0')
+        snprintf(c->socket_buf, sizeof(c->socket_buf), "%.*s/control.sock", (int)strcspn(rt, ":"),
+                 rt);
+    else if (xdg != NULL && *xdg != '\0')
+        snprintf(c->socket_buf, sizeof(c->socket_buf), "%s/fetchd/control.sock", xdg);
+    else
+        snprintf(c->socket_buf, sizeof(c->socket_buf), "/tmp/fetchd-%u/control.sock",
+                 (unsigned)getuid());
+    if (c->socket == NULL)
+        c->socket = c->socket_buf;
+}
+
+int ctl_global_option(ctl_t *c, int opt, const char *arg)
+{
+    if (opt == CTL_OPT_SOCKET)
+        c->socket = arg;
+    else if (opt == CTL_OPT_JSON)
+        c->json = 1;
+    else
+        return 0;
+    return 1;
+}
+
+int ctl_usage_error(const char *cmd)
+{
+    fprintf(stderr, "Try 'fetchctl %s%s--help'.\n", cmd ? cmd : "", cmd ? " " : "");
+    return EXIT_USAGE;
+}
+
+int ctl_connect(ctl_t *c)
+{
+    int rc = rpc_connect(&c->rpc, c->socket);
+    if (rc != 0) {
+        fprintf(stderr, "fetchctl: cannot connect to fetchd at %s: %s\n", c->socket,
+                rc == -ENAMETOOLONG ? "path too long for a Unix socket" : strerror(-rc));
+        fprintf(stderr, "fetchctl: start it with: fetchd --control %s\n", c->socket);
+        return EXIT_UNREACHABLE;
+    }
+    c->connected = 1;
+    return 0;
+}
+
+/* A text for the terminal: control bytes (which could move the cursor or
+ * fake a line) become '?'. Returns a pointer into buf, or "-" for NULL. */
+static const char *shown(const char *s, char *buf, size_t len)
+{
+    size_t i;
+    if (s == NULL)
+        return "-";
+    for (i = 0; s[i] != '\0' && i + 1 < len; i++)
+        buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+    buf[i] = '\0';
+    return buf;
+}
+
+static const char *str_field(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+int ctl_print_error(const char *what, json_t *error)
+{
+    const char *msg = str_field(error, "message");
+    json_t *data = json_object_get(error, "data");
+    const char *code = str_field(data, "code");
+    char buf[1024];
+
+    fprintf(stderr, "fetchctl: %s%s%s", what ? what : "", what ? ": " : "",
+            shown(msg ? msg : "error without a message", buf, sizeof(buf)));
+    if (code != NULL)
+        fprintf(stderr, " (%s)", shown(code, buf, sizeof(buf)));
+    fputc('\n', stderr);
+    return EXIT_SERVER;
+}
+
+int ctl_recv(ctl_t *c, json_t **msg)
+{
+    int rc;
+    if (ctl_flush() != 0)
+        return EXIT_SERVER;
+    rc = rpc_read(&c->rpc, msg, -1);
+    if (rc == 1) {
+        json_t *id = json_object_get(*msg, "id");
+        json_t *error = json_object_get(*msg, "error");
+        if (json_is_object(*msg) && json_is_null(id) && error != NULL) {
+            /* An answer to no call of ours: the daemon refuses the whole
+             * connection (too many clients) or could not read a line. */
+            ctl_progress_clear(c);
+            rc = ctl_print_error("fetchd", error);
+            json_decref(*msg);
+            *msg = NULL;
+            return rc;
+        }
+        return 0;
+    }
+    ctl_progress_clear(c);
+    if (rc == RPC_INTERRUPTED)
+        return EXIT_SIGNAL;
+    if (rc == RPC_EOF)
+        fprintf(stderr, "fetchctl: fetchd closed the connection\n");
+    else if (rc == RPC_BAD_LINE)
+        fprintf(stderr, "fetchctl: fetchd sent a line that is not JSON\n");
+    else
+        fprintf(stderr, "fetchctl: reading from fetchd: %s\n", strerror(-rc));
+    return EXIT_SERVER;
+}
+
+size_t ctl_msg_count(json_t *msg)
+{
+    return json_is_array(msg) ? json_array_size(msg) : 1;
+}
+
+json_t *ctl_msg_item(json_t *msg, size_t i)
+{
+    return json_is_array(msg) ? json_array_get(msg, i) : msg;
+}
+
+json_int_t ctl_resp_id(json_t *resp)
+{
+    json_t *id = json_object_get(resp, "id");
+    if (json_object_get(resp, "method") != NULL || !json_is_integer(id))
+        return 0;
+    return json_integer_value(id);
+}
+
+int ctl_job_done(json_t *job)
+{
+    const char *state = str_field(job, "state");
+    return state != NULL && strcmp(state, "done") == 0;
+}
+
+void ctl_print_job(ctl_t *c, json_t *job)
+{
+    json_t *err = json_object_get(job, "error");
+    json_t *http = json_object_get(job, "http_status");
+    char b1[32], b2[16], b3[4096], b4[1024], b5[1024], status[24];
+
+    ctl_progress_clear(c);
+    if (c->json) {
+        json_dumpf(job, stdout, JSON_COMPACT);
+        fputc('\n', stdout);
+        return;
+    }
+    if (json_is_integer(http))
+        snprintf(status, sizeof(status), "%" JSON_INTEGER_FORMAT, json_integer_value(http));
+    else
+        snprintf(status, sizeof(status), "-");
+    printf("%-16s  %-9s  %4s  %10" JSON_INTEGER_FORMAT "  %s",
+           shown(str_field(job, "id"), b1, sizeof(b1)),
+           shown(str_field(job, "state"), b2, sizeof(b2)), status,
+           json_integer_value(json_object_get(job, "bytes")),
+           shown(str_field(job, "url"), b3, sizeof(b3)));
+    if (err != NULL)
+        printf("  %s: %s", shown(str_field(err, "code"), b4, sizeof(b4)),
+               shown(str_field(err, "message"), b5, sizeof(b5)));
+    fputc('\n', stdout);
+}
+
+void ctl_progress(ctl_t *c, size_t done, size_t total)
+{
+    if (!c->progress)
+        return;
+    fflush(stdout);
+    fprintf(stderr, "\r\033[Kfetchctl: %zu of %zu done", done, total);
+    c->progress_shown = 1;
+}
+
+void ctl_progress_clear(ctl_t *c)
+{
+    if (!c->progress_shown)
+        return;
+    fputs("\r\033[K", stderr);
+    c->progress_shown = 0;
+}
+
+int ctl_flush(void)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return 0;
+    /* A reader that went away (fetchctl list | head) is no error to shout. */
+    if (errno != EPIPE)
+        fprintf(stderr, "fetchctl: writing the output: %s\n", strerror(errno));
+    return EXIT_SERVER;
+}
+
+/* Parses the options of a command that has no options of its own besides
+ * the global ones; returns -1 to go on, or an exit code. */
+static int simple_options(ctl_t *c, int argc, char **argv, const char *help,
+                          const struct option *extra,
+                          int (*own)(ctl_t *, int, const char *, void *), void *ctx,
+                          const char *shortopts)
+{
+    struct option opts[16] = {{"socket", required_argument, NULL, CTL_OPT_SOCKET},
+                              {"json", no_argument, NULL, CTL_OPT_JSON},
+                              {"help", no_argument, NULL, CTL_OPT_HELP}};
+    size_t n = 3;
+    int opt;
+    for (; extra != NULL && extra->name != NULL && n + 1 < 16; extra++)
+        opts[n++] = *extra;
+    while ((opt = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
+        if (opt == CTL_OPT_HELP) {
+            fputs(help, stdout);
+            return EXIT_OK;
+        }
+        if (ctl_global_option(c, opt, optarg))
+            continue;
+        if (own == NULL || opt == '?' || own(c, opt, optarg, ctx) != 0)
+            return ctl_usage_error(argv[0] + strlen("fetchctl "));
+    }
+    return -1;
+}
+
+/* ---- status, cancel: batch calls ------------------------------------------------ */
+
+static const char status_help[] =
+    "Usage: fetchctl status [--json] ID...\n"
+    "Show jobs, one line each: ID STATE HTTP BYTES URL [error-code: message].\n"
+    "Exits 0 whatever the jobs' states; 4 when an id is unknown.\n";
+
+static const char cancel_help[] =
+    "Usage: fetchctl cancel [--json] ID...\n"
+    "Cancel queued or running jobs and show them afterwards (a finished job is\n"
+    "shown unchanged). Exits 4 when an id is unknown.\n";
+
+/* Sends method for every id (in batches) and prints the answers in the
+ * order of the ids. */
+static int per_id_batches(ctl_t *c, const char *method, char **ids, size_t n)
+{
+    json_t **answers = calloc(n, sizeof(*answers));
+    json_int_t base = c->rpc.next_id;
+    size_t pending = n;
+    int rc = answers ? 0 : EXIT_SERVER;
+
+    for (size_t i = 0; rc == 0 && i < n; i += CTL_BATCH_CALLS) {
+        json_t *batch = json_array();
+        json_int_t id;
+        for (size_t k = i; batch && k < n && k < i + CTL_BATCH_CALLS; k++)
+            json_array_append_new(
+                batch, rpc_call_object(&c->rpc, method, json_pack("{s:s}", "id", ids[k]), &id));
+        if (batch == NULL || rpc_send_json(&c->rpc, batch) != 0)
+            rc = EXIT_SERVER;
+        json_decref(batch);
+    }
+    while (rc == 0 && pending > 0) {
+        json_t *msg;
+        if ((rc = ctl_recv(c, &msg)) != 0)
+            break;
+        for (size_t i = 0; i < ctl_msg_count(msg); i++) {
+            json_t *resp = ctl_msg_item(msg, i);
+            json_int_t id = ctl_resp_id(resp);
+            if (id >= base && id < base + (json_int_t)n && answers[id - base] == NULL) {
+                answers[id - base] = json_incref(resp);
+                pending--;
+            }
+        }
+        json_decref(msg);
+    }
+    for (size_t i = 0; i < n && answers != NULL; i++) {
+        json_t *result = json_object_get(answers[i], "result");
+        if (result != NULL)
+            ctl_print_job(c, result);
+        else if (answers[i] != NULL &&
+                 ctl_print_error(ids[i], json_object_get(answers[i], "error")) > rc)
+            rc = EXIT_SERVER;
+        json_decref(answers[i]);
+    }
+    free(answers);
+    return rc;
+}
+
+static int cmd_by_id(ctl_t *c, int argc, char **argv, const char *method, const char *help)
+{
+    int rc = simple_options(c, argc, argv, help, NULL, NULL, NULL, "s:h");
+    if (rc >= 0)
+        return rc;
+    if (optind >= argc) {
+        fprintf(stderr, "%s: at least one job id is required\n", argv[0]);
+        return ctl_usage_error(method);
+    }
+    if ((rc = ctl_connect(c)) != 0)
+        return rc;
+    return per_id_batches(c, method, argv + optind, (size_t)(argc - optind));
+}
+
+/* ---- wait ----------------------------------------------------------------------- */
+
+static const char wait_help[] =
+    "Usage: fetchctl wait [--timeout SEC] [--json] ID...\n"
+    "Wait until the jobs finish, printing each one as it finishes. On a terminal\n"
+    "a progress line (N of M done) is shown on stderr.\n"
+    "  --timeout SEC   give up waiting after SEC seconds (the jobs run on)\n"
+    "Exits 0 when every job is done, 1 when one failed or was cancelled, 4 on\n"
+    "an unknown id or when the timeout passed.\n";
+
+typedef struct waitset {
+    json_int_t base; /* the id of the first wait call */
+    size_t n, pending, done;
+    char **ids; /* borrowed: the job ids, for messages */
+    int rc;
+} waitset_t;
+
+/* Records one wait answer; returns 1 when it was one of this set's. */
+static int wait_answer(ctl_t *c, waitset_t *w, json_t *resp)
+{
+    json_int_t id = ctl_resp_id(resp);
+    json_t *job = json_object_get(resp, "result");
+    int rc;
+
+    if (id < w->base || id >= w->base + (json_int_t)w->n)
+        return 0;
+    w->pending--;
+    w->done++;
+    if (job != NULL) {
+        ctl_print_job(c, job);
+        rc = ctl_job_done(job) ? EXIT_OK : EXIT_JOB;
+    } else {
+        ctl_progress_clear(c);
+        rc = ctl_print_error(w->ids[id - w->base], json_object_get(resp, "error"));
+    }
+    if (rc > w->rc)
+        w->rc = rc;
+    ctl_progress(c, w->done, w->n);
+    return 1;
+}
+
+/* Waits on n jobs with one wait call each, so each prints the moment it
+ * finishes (a batch would be answered only when all had). */
+static int wait_ids(ctl_t *c, char **ids, size_t n, double timeout)
+{
+    waitset_t w = {c->rpc.next_id, n, n, 0, ids, EXIT_OK};
+    int rc = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        json_t *params = json_pack("{s:s}", "id", ids[i]);
+        if (params != NULL && timeout > 0)
+            json_object_set_new(params, "timeout", json_real(timeout));
+        if (params == NULL || rpc_request(&c->rpc, "wait", params) < 0)
+            return EXIT_SERVER;
+    }
+    ctl_progress(c, 0, n);
+    while (w.pending > 0) {
+        json_t *msg;
+        if ((rc = ctl_recv(c, &msg)) != 0)
+            return rc;
+        for (size_t i = 0; i < ctl_msg_count(msg); i++)
+            wait_answer(c, &w, ctl_msg_item(msg, i));
+        json_decref(msg);
+    }
+    ctl_progress_clear(c);
+    return w.rc;
+}
+
+static int parse_seconds(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    return (errno != 0 || end == s || *end != '\0' || !(*out > 0)) ? -1 : 0;
+}
+
+static int wait_option(ctl_t *c, int opt, const char *arg, void *ctx)
+{
+    (void)c;
+    if (opt != 't' || parse_seconds(arg, ctx) != 0) {
+        if (opt == 't')
+            fprintf(stderr, "fetchctl wait: --timeout: a positive number of seconds\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int cmd_wait(ctl_t *c, int argc, char **argv)
+{
+    static const struct option extra[] = {{"timeout", required_argument, NULL, 't'}, {0}};
+    double timeout = 0;
+    int rc = simple_options(c, argc, argv, wait_help, extra, wait_option, &timeout, "s:h");
+    if (rc >= 0)
+        return rc;
+    if (optind >= argc) {
+        fprintf(stderr, "fetchctl wait: at least one job id is required\n");
+        return ctl_usage_error("wait");
+    }
+    if ((rc = ctl_connect(c)) != 0)
+        return rc;
+    return wait_ids(c, argv + optind, (size_t)(argc - optind), timeout);
+}
+
+/* ---- one call, one answer ------------------------------------------------------- */
+
+/* Calls method and returns its response in *resp (a new reference): 0, or
+ * an exit code. */
+static int call(ctl_t *c, const char *method, json_t *params, json_t **resp)
+{
+    json_int_t id = rpc_request(&c->rpc, method, params);
+    int rc;
+    *resp = NULL;
+    if (id < 0)
+        return EXIT_SERVER;
+    for (;;) {
+        json_t *msg;
+        if ((rc = ctl_recv(c, &msg)) != 0)
+            return rc;
+        for (size_t i = 0; i < ctl_msg_count(msg); i++) {
+            if (ctl_resp_id(ctl_msg_item(msg, i)) == id)
+                *resp = json_incref(ctl_msg_item(msg, i));
+        }
+        json_decref(msg);
+        if (*resp != NULL)
+            break;
+    }
+    if (json_object_get(*resp, "result") != NULL)
+        return 0;
+    rc = ctl_print_error(method, json_object_get(*resp, "error"));
+    json_decref(*resp);
+    *resp = NULL;
+    return rc;
+}
+
+/* ---- list ----------------------------------------------------------------------- */
+
+static const char list_help[] =
+    "Usage: fetchctl list [--state S] [--limit N] [--json]\n"
+    "List the jobs fetchd knows (queued, running and retained finished jobs)\n"
+    "in submission order, as a table: ID STATE HTTP BYTES URL.\n"
+    "  --state S   only jobs in state S: queued, running, done, failed, cancelled\n"
+    "  --limit N   show at most N jobs (default: all)\n";
+
+typedef struct list_opts {
+    const char *state;
+    long long limit;
+} list_opts_t;
+
+static int list_option(ctl_t *c, int opt, const char *arg, void *ctx)
+{
+    static const char *const states[] = {"queued", "running", "done", "failed", "cancelled"};
+    list_opts_t *o = ctx;
+    char *end;
+    (void)c;
+    if (opt == 'S') {
+        for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+            if (strcmp(arg, states[i]) == 0)
+                o->state = arg;
+        if (o->state == NULL)
+            fprintf(stderr, "fetchctl list: --state: one of queued, running, done, failed, "
+                            "cancelled\n");
+        return o->state != NULL ? 0 : -1;
+    }
+    if (opt == 'n') {
+        errno = 0;
+        o->limit = strtoll(arg, &end, 10);
+        if (errno == 0 && end != arg && *end == '\0' && o->limit > 0)
+            return 0;
+        fprintf(stderr, "fetchctl list: --limit: a positive integer\n");
+    }
+    return -1;
+}
+
+/* Prints one page; returns the jobs printed. */
+static size_t list_page(ctl_t *c, json_t *jobs)
+{
+    size_t i;
+    json_t *job;
+    json_array_foreach(jobs, i, job) ctl_print_job(c, job);
+    return json_array_size(jobs);
+}
+
+static int cmd_list(ctl_t *c, int argc, char **argv)
+{
+    static const struct option extra[] = {
+        {"state", required_argument, NULL, 'S'}, {"limit", required_argument, NULL, 'n'}, {0}};
+    list_opts_t o = {NULL, -1};
+    char *after = NULL;
+    int rc = simple_options(c, argc, argv, list_help, extra, list_option, &o, "s:h");
+    if (rc >= 0)
+        return rc;
+    if (optind < argc) {
+        fprintf(stderr, "fetchctl list: unexpected argument '%s'\n", argv[optind]);
+        return ctl_usage_error("list");
+    }
+    if ((rc = ctl_connect(c)) != 0)
+        return rc;
+    if (!c->json)
+        printf("%-16s  %-9s  %4s  %10s  %s\n", "ID", "STATE", "HTTP", "BYTES", "URL");
+    while (o.limit != 0) {
+        long long page = o.limit > 0 && o.limit < CTL_LIST_PAGE ? o.limit : CTL_LIST_PAGE;
+        json_t *params = json_pack("{s:I}", "limit", (json_int_t)page), *resp, *result;
+        if (params != NULL && o.state != NULL)
+            json_object_set_new(params, "state", json_string(o.state));
+        if (params != NULL && after != NULL)
+            json_object_set_new(params, "after", json_string(after));
+        free(after);
+        after = NULL;
+        if ((rc = call(c, "list", params, &resp)) != 0)
+            return rc;
+        result = json_object_get(resp, "result");
+        if (o.limit > 0)
+            o.limit -= (long long)list_page(c, json_object_get(result, "jobs"));
+        else
+            list_page(c, json_object_get(result, "jobs"));
+        if (str_field(result, "next") != NULL)
+            after = strdup(str_field(result, "next"));
+        json_decref(resp);
+        if (after == NULL)
+            break;
+        if ((rc = ctl_flush()) != 0)
+            break;
+    }
+    free(after);
+    return rc;
+}
+
+/* ---- stats ---------------------------------------------------------------------- */
+
+static const char stats_help[] =
+    "Usage: fetchctl stats [--json]\n"
+    "Show fetchd's counters (the figures of its /metrics endpoint), one\n"
+    "'name value' line each; nested names are joined with dots\n"
+    "(connections.active). With --json, the stats object on one line.\n";
+
+typedef struct stat_line {
+    char *name;
+    char *value;
+} stat_line_t;
+
+typedef struct stat_table {
+    stat_line_t *lines;
+    size_t n, cap, width;
+} stat_table_t;
+
+static void stats_add(stat_table_t *t, const char *name, json_t *v)
+{
+    char *text;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 64;
+        stat_line_t *p = realloc(t->lines, cap * sizeof(*p));
+        if (p == NULL)
+            return;
+        t->lines = p;
+        t->cap = cap;
+    }
+    text = json_is_string(v) ? strdup(json_string_value(v)) : json_dumps(v, JSON_ENCODE_ANY);
+    t->lines[t->n].name = strdup(name);
+    t->lines[t->n].value = text;
+    if (strlen(name) > t->width)
+        t->width = strlen(name);
+    t->n++;
+}
+
+/* Walks the stats object depth first, naming leaves "outer.inner". */
+static void stats_flatten(stat_table_t *t, const char *prefix, json_t *v)
+{
+    char name[512];
+    const char *key;
+    json_t *sub;
+    size_t i;
+
+    if (json_is_object(v)) {
+        json_object_foreach(v, key, sub)
+        {
+            snprintf(name, sizeof(name), "%s%s%s", prefix, *prefix ? "." : "", key);
+            stats_flatten(t, name, sub);
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, sub)
+        {
+            snprintf(name, sizeof(name), "%s%s%zu", prefix, *prefix ? "." : "", i);
+            stats_flatten(t, name, sub);
+        }
+    } else {
+        stats_add(t, prefix, v);
+    }
+}
+
+static int cmd_stats(ctl_t *c, int argc, char **argv)
+{
+    stat_table_t t = {NULL, 0, 0, 0};
+    json_t *resp;
+    char b1[512], b2[512];
+    int rc = simple_options(c, argc, argv, stats_help, NULL, NULL, NULL, "s:h");
+    if (rc >= 0)
+        return rc;
+    if (optind < argc) {
+        fprintf(stderr, "fetchctl stats: unexpected argument '%s'\n", argv[optind]);
+        return ctl_usage_error("stats");
+    }
+    if ((rc = ctl_connect(c)) != 0 || (rc = call(c, "stats", NULL, &resp)) != 0)
+        return rc;
+    if (c->json) {
+        json_dumpf(json_object_get(resp, "result"), stdout, JSON_COMPACT);
+        fputc('\n', stdout);
+    } else {
+        stats_flatten(&t, "", json_object_get(resp, "result"));
+        for (size_t i = 0; i < t.n; i++) {
+            printf("%-*s  %s\n", (int)t.width, shown(t.lines[i].name, b1, sizeof(b1)),
+                   shown(t.lines[i].value, b2, sizeof(b2)));
+            free(t.lines[i].name);
+            free(t.lines[i].value);
+        }
+        free(t.lines);
+    }
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+/* ---- watch ---------------------------------------------------------------------- */
+
+static const char watch_help[] =
+    "Usage: fetchctl watch [--events LIST] [--json] [ID...]\n"
+    "Print job events as they happen, one 'EVENT ID STATE URL' line each, until\n"
+    "interrupted (Ctrl-C ends it with exit status 0).\n"
+    "  --events LIST   comma-separated events to follow: queued, started,\n"
+    "                  redirected, retrying, finished (default: all)\n"
+    "  ID...           only these jobs (default: every job)\n"
+    "With --json, each event's params object on one line.\n";
+
+static int watch_option(ctl_t *c, int opt, const char *arg, void *ctx)
+{
+    static const char *const names[] = {"queued", "started", "redirected", "retrying", "finished"};
+    json_t **events = ctx;
+    char *copy = strdup(arg), *save = NULL, *tok;
+    int rc = copy != NULL && opt == 'e' ? 0 : -1;
+    (void)c;
+    if (rc == 0 && *events == NULL)
+        *events = json_array();
+    for (tok = copy ? strtok_r(copy, ",", &save) : NULL; rc == 0 && tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < sizeof(names) / sizeof(names[0]) && strcmp(tok, names[i]) != 0)
+            i++;
+        if (i == sizeof(names) / sizeof(names[0])) {
+            fprintf(stderr,
+                    "fetchctl watch: unknown event '%s' (known: queued, started, "
+                    "redirected, retrying, finished)\n",
+                    tok);
+            rc = -1;
+        } else {
+            json_array_append_new(*events, json_string(tok));
+        }
+    }
+    free(copy);
+    return rc;
+}
+
+static void print_event(ctl_t *c, json_t *params)
+{
+    json_t *job = json_object_get(params, "job");
+    char b1[32], b2[32], b3[16], b4[4096];
+    if (c->json) {
+        json_dumpf(params, stdout, JSON_COMPACT);
+        fputc('\n', stdout);
+    } else {
+        printf("%-10s  %-16s  %-9s  %s\n", shown(str_field(params, "event"), b1, sizeof(b1)),
+               shown(str_field(job, "id"), b2, sizeof(b2)),
+               shown(str_field(job, "state"), b3, sizeof(b3)),
+               shown(str_field(job, "url"), b4, sizeof(b4)));
+    }
+    /* Events are for following live, also through a pipe. */
+    fflush(stdout);
+}
+
+static int watch_loop(ctl_t *c, json_int_t sub)
+{
+    for (;;) {
+        json_t *msg;
+        int rc = ctl_recv(c, &msg);
+        if (rc != 0)
+            return rc == EXIT_SIGNAL ? EXIT_OK : rc;
+        if (json_is_object(msg) && json_is_string(json_object_get(msg, "method")) &&
+            strcmp(str_field(msg, "method"), "event") == 0) {
+            json_t *params = json_object_get(msg, "params");
+            if (json_integer_value(json_object_get(params, "subscription")) == sub)
+                print_event(c, params);
+        }
+        json_decref(msg);
+    }
+}
+
+static int cmd_watch(ctl_t *c, int argc, char **argv)
+{
+    static const struct option extra[] = {{"events", required_argument, NULL, 'e'}, {0}};
+    json_t *events = NULL, *params, *resp, *ids;
+    int rc = simple_options(c, argc, argv, watch_help, extra, watch_option, &events, "s:h");
+    if (rc >= 0 || (params = json_object()) == NULL) {
+        json_decref(events);
+        return rc >= 0 ? rc : EXIT_SERVER;
+    }
+    if (events != NULL)
+        json_object_set_new(params, "events", events);
+    if (optind < argc) {
+        ids = json_array();
+        for (int i = optind; i < argc; i++)
+            json_array_append_new(ids, json_string(argv[i]));
+        json_object_set_new(params, "ids", ids);
+    }
+    if ((rc = ctl_connect(c)) != 0) {
+        json_decref(params);
+        return rc;
+    }
+    if ((rc = call(c, "subscribe", params, &resp)) != 0)
+        return rc;
+    rc = watch_loop(
+        c, json_integer_value(json_object_get(json_object_get(resp, "result"), "subscription")));
+    json_decref(resp);
+    return rc;
+}
+
+/* ---- version -------------------------------------------------------------------- */
+
+static const char version_help[] = "Usage: fetchctl version [--json]\n"
+                                   "Show the versions of fetchctl and of the fetchd it talks "
+                                   "to, and the protocol version.\n";
+
+static int cmd_version(ctl_t *c, int argc, char **argv)
+{
+    json_t *resp, *result;
+    char b1[64], b2[64];
+    int rc = simple_options(c, argc, argv, version_help, NULL, NULL, NULL, "s:h");
+    if (rc >= 0)
+        return rc;
+    if (!c->json) {
+        printf("fetchctl %s\n", FETCHD_VERSION);
+        fflush(stdout);
+    }
+    if ((rc = ctl_connect(c)) != 0 || (rc = call(c, "version", NULL, &resp)) != 0)
+        return rc;
+    result = json_object_get(resp, "result");
+    if (c->json)
+        printf("{\"fetchctl\":\"%s\",\"fetchd\":\"%s\",\"protocol\":%" JSON_INTEGER_FORMAT "}\n",
+               FETCHD_VERSION, shown(str_field(result, "version"), b1, sizeof(b1)),
+               json_integer_value(json_object_get(result, "protocol")));
+    else
+        printf("fetchd %s (protocol %" JSON_INTEGER_FORMAT ")\n",
+               shown(str_field(result, "version"), b2, sizeof(b2)),
+               json_integer_value(json_object_get(result, "protocol")));
+    json_decref(resp);
+    return EXIT_OK;
+}
+
+/* ---- main ----------------------------------------------------------------------- */
+
+static int cmd_status(ctl_t *c, int argc, char **argv)
+{
+    return cmd_by_id(c, argc, argv, "status", status_help);
+}
+
+static int cmd_cancel(ctl_t *c, int argc, char **argv)
+{
+    return cmd_by_id(c, argc, argv, "cancel", cancel_help);
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(ctl_t *c, int argc, char **argv);
+} commands[] = {
+    {"submit", cmd_submit}, {"status", cmd_status}, {"wait", cmd_wait},   {"cancel", cmd_cancel},
+    {"list", cmd_list},     {"stats", cmd_stats},   {"watch", cmd_watch}, {"version", cmd_version},
+};
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    rpc_interrupt();
+}
+
+static void setup_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    /* No SA_RESTART: poll() must return so the command can tidy up. */
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    /* Writes to a closed socket or pipe fail with EPIPE instead. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* Parses the global options before the command; returns the index of the
+ * command in argv, or -1 with *rc set. */
+static int global_options(ctl_t *c, int argc, char **argv, int *rc)
+{
+    static const struct option opts[] = {{"socket", required_argument, NULL, CTL_OPT_SOCKET},
+                                         {"json", no_argument, NULL, CTL_OPT_JSON},
+                                         {"help", no_argument, NULL, CTL_OPT_HELP},
+                                         {0}};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
+        if (opt == CTL_OPT_HELP) {
+            fputs(usage_text, stdout);
+            *rc = EXIT_OK;
+            return -1;
+        }
+        if (!ctl_global_option(c, opt, optarg)) {
+            *rc = ctl_usage_error(NULL);
+            return -1;
+        }
+    }
+    if (optind >= argc) {
+        fputs(usage_text, stderr);
+        *rc = EXIT_USAGE;
+        return -1;
+    }
+    return optind;
+}
+
+int main(int argc, char **argv)
+{
+    ctl_t c;
+    char name[64];
+    int rc = EXIT_USAGE, first;
+    size_t i;
+
+    memset(&c, 0, sizeof(c));
+    c.progress = isatty(STDOUT_FILENO) && isatty(STDERR_FILENO);
+    setup_signals();
+    first = global_options(&c, argc, argv, &rc);
+    if (first < 0)
+        return rc;
+    for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(argv[first], commands[i].name) == 0)
+            break;
+    if (i == sizeof(commands) / sizeof(commands[0])) {
+        fprintf(stderr, "fetchctl: unknown command '%s'\n", argv[first]);
+        return ctl_usage_error(NULL);
+    }
+    if (c.socket == NULL)
+        default_socket(&c);
+    /* The command parses the rest; its messages name it ("fetchctl wait"). */
+    snprintf(name, sizeof(name), "fetchctl %s", commands[i].name);
+    argv[first] = name;
+    optind = 0;
+    rc = commands[i].fn(&c, argc - first, argv + first);
+    if (c.connected)
+        rpc_close(&c.rpc);
+    if (ctl_flush() != 0 && rc == EXIT_OK)
+        rc = EXIT_SERVER;
+    return rc;
+}
