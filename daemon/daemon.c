@@ -14,7 +14,7 @@ void daemon_config_init(daemon_config_t *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->max_connections = 256;
     cfg->max_per_host = 32;
-    cfg->max_jobs = 1000000;
+    cfg->max_jobs = 100000;
     cfg->max_running = 1024;
     cfg->idle_timeout_ms = 30000;
     cfg->retain_jobs = 10000;

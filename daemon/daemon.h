@@ -32,7 +32,7 @@ typedef struct daemon_config {
     char *client_key;           /* owned; with client_cert */
     unsigned max_connections;   /* 256 */
     unsigned max_per_host;      /* 32 */
-    size_t max_jobs;            /* 1000000 queued jobs */
+    size_t max_jobs;            /* 100000 queued jobs */
     unsigned max_running;       /* 1024 jobs at once */
     uint64_t idle_timeout_ms;   /* 30 s */
     size_t retain_jobs;         /* 10000 */

@@ -28,7 +28,7 @@ static void usage(FILE *out)
             "      --state-dir DIR      keep unfinished jobs in DIR/queue.json across restarts\n"
             "      --max-connections N  open connections in all (default 256)\n"
             "      --max-per-host N     open connections per origin (default 32)\n"
-            "      --max-jobs N         queued jobs; more are refused (default 1000000)\n"
+            "      --max-jobs N         queued jobs; more are refused (default 100000)\n"
             "      --max-running N      jobs running at once (default 1024)\n"
             "      --idle-timeout SEC   close pooled connections idle this long (default 30)\n"
             "      --ca-file FILE       CA bundle that verifies https servers (default\n"

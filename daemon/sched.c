@@ -36,7 +36,7 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->dns = dns;
     s->bufs = bufs;
     s->max_running = 1024;
-    s->max_queued = 1000000;
+    s->max_queued = 100000;
     s->retain_jobs = 10000;
     s->retain_ms = 3600 * 1000;
     s->retry_base_ms = 250;
