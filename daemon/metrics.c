@@ -231,6 +231,8 @@ struct metrics_client {
     size_t url_len;
     int url_long;
     int keep_alive;
+    int request_ready; /* a request was parsed and awaits serve() */
+    int method;
     uv_write_t write_req;
     char *out; /* owned: the response being written */
     metrics_client_t *prev, *next;
@@ -360,12 +362,23 @@ static int path_is(const metrics_client_t *c, const char *path)
 static int on_request(llhttp_t *p)
 {
     metrics_client_t *c = p->data;
-    int method = llhttp_get_method(p), head_only = method == HTTP_HEAD;
 
+    c->method = llhttp_get_method(p);
     c->keep_alive = llhttp_should_keep_alive(p);
+    c->request_ready = 1;
+    /* One request at a time: stop parsing until this one is answered. */
+    return HPE_PAUSED;
+}
+
+/* Answers the request parsed last. It runs after the read buffer went back
+ * to the pool, so a scrape of an idle daemon shows no buffer in use. */
+static void serve(metrics_client_t *c)
+{
+    int head_only = c->method == HTTP_HEAD;
+
     if (!path_is(c, "/metrics") && !path_is(c, "/healthz")) {
         respond_text(c, 404, "Not Found", "not found; try /metrics\n", head_only);
-    } else if (method != HTTP_GET && method != HTTP_HEAD) {
+    } else if (c->method != HTTP_GET && c->method != HTTP_HEAD) {
         respond_text(c, 405, "Method Not Allowed", "use GET\n", 0);
     } else if (path_is(c, "/healthz")) {
         respond_text(c, 200, "OK", "ok\n", head_only);
@@ -382,8 +395,6 @@ static int on_request(llhttp_t *p)
     c->url_len = 0;
     c->url_long = 0;
     c->head_bytes = 0;
-    /* One request at a time: stop parsing until this response is written. */
-    return HPE_PAUSED;
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
@@ -400,6 +411,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
     metrics_client_t *c = s->data;
     buf_t *b = ub->base ? (buf_t *)(ub->base - offsetof(buf_t, data)) : NULL;
     llhttp_errno_t rc;
+    int bad = 0;
 
     if (n > 0 && !c->closing) {
         uv_timer_again(&c->idle);
@@ -412,13 +424,20 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
             llhttp_resume(&c->parser);
         } else if (rc != HPE_OK && !c->writing) {
             c->keep_alive = 0;
-            respond_text(c, 400, "Bad Request", "bad request\n", 0);
+            c->request_ready = 0;
+            bad = 1;
         }
     } else if (n < 0) {
         client_close(c);
     }
     if (b)
         buf_decref(b);
+    if (bad)
+        respond_text(c, 400, "Bad Request", "bad request\n", 0);
+    else if (c->request_ready && !c->closing) {
+        c->request_ready = 0;
+        serve(c);
+    }
 }
 
 static void on_connection(uv_stream_t *server, int status)
