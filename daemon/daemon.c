@@ -90,6 +90,9 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.log_level = cfg->log_level;
     log_set_level(cfg->log_level);
     apply_limits(d);
+    /* Raised limits must not wait for the next event to take effect. */
+    sched_kick(&d->sched);
+    pool_kick(&d->pool);
     return 0;
 }
 

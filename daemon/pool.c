@@ -489,6 +489,11 @@ static void on_sweep(uv_timer_t *t)
     }
 }
 
+void pool_kick(pool_t *p)
+{
+    schedule_kick(p);
+}
+
 void pool_close_idle(pool_t *p, stats_close_t reason)
 {
     close_idle(p, reason, 0);

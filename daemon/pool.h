@@ -101,6 +101,10 @@ void pool_return(conn_t *c);
  * slot; waiters are woken. */
 void pool_conn_closing(conn_t *c);
 
+/* Hands free slots to waiting jobs if the limits allow (after they were
+ * raised). */
+void pool_kick(pool_t *p);
+
 /* Closes every idle connection now. */
 void pool_close_idle(pool_t *p, stats_close_t reason);
 

@@ -352,6 +352,11 @@ int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, si
     return 0;
 }
 
+void sched_kick(sched_t *s)
+{
+    schedule_kick(s);
+}
+
 void sched_drain(sched_t *s)
 {
     s->draining = 1;

@@ -99,6 +99,9 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
  * sched_submit(); an id already known is refused (ERR_INVALID_REQUEST). */
 int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, size_t errlen);
 
+/* Starts queued jobs if the limits allow (after they were raised). */
+void sched_kick(sched_t *s);
+
 /* Starts a graceful stop: new submissions are refused (ERR_SHUTDOWN) and
  * queued jobs stay queued; running ones go on. */
 void sched_drain(sched_t *s);

@@ -1,0 +1,93 @@
+# Install rules and the Debian package (CPack DEB) for fetchd.
+#
+# Included from the top-level CMakeLists.txt after the fetchd and fetchctl
+# targets are defined. `cmake --install build --prefix /usr` installs the
+# binaries, the systemd units, the sysusers snippet, the default config, the
+# man pages and the bash completion; `cpack -G DEB` (in the build directory)
+# packages the same files.
+
+include(GNUInstallDirs)
+
+foreach(target fetchd fetchctl)
+  if(NOT TARGET ${target})
+    message(FATAL_ERROR "deploy/install.cmake: include it after the ${target} target is defined")
+  endif()
+endforeach()
+
+# The systemd directories: where the systemd on this machine looks
+# (pkg-config systemd), else the usual places under the prefix.
+find_package(PkgConfig QUIET)
+set(_fetchd_unit_dir "")
+set(_fetchd_sysusers_dir "")
+if(PKG_CONFIG_FOUND)
+  pkg_get_variable(_fetchd_unit_dir systemd systemdsystemunitdir)
+  pkg_get_variable(_fetchd_sysusers_dir systemd sysusersdir)
+endif()
+if(NOT _fetchd_unit_dir)
+  set(_fetchd_unit_dir "${CMAKE_INSTALL_LIBDIR}/systemd/system")
+  if(CMAKE_INSTALL_LIBDIR MATCHES "^lib")
+    set(_fetchd_unit_dir "lib/systemd/system")
+  endif()
+endif()
+if(NOT _fetchd_sysusers_dir)
+  set(_fetchd_sysusers_dir "lib/sysusers.d")
+endif()
+set(FETCHD_SYSTEMD_UNIT_DIR "${_fetchd_unit_dir}" CACHE PATH
+    "Where the systemd units go (absolute, or relative to the prefix)")
+set(FETCHD_SYSUSERS_DIR "${_fetchd_sysusers_dir}" CACHE PATH
+    "Where the sysusers.d snippet goes (absolute, or relative to the prefix)")
+
+# The unit names /usr/bin/fetchd and /etc/fetchd/fetchd.json: the package's
+# layout (CPack installs under /usr whatever the build's prefix is). The
+# config file always goes to /etc/fetchd, where the unit looks for it; a
+# plain `cmake --install` should use --prefix /usr for the binary to match.
+if(NOT CMAKE_INSTALL_PREFIX STREQUAL "/usr")
+  message(STATUS "fetchd: the installed fetchd.service runs /usr/bin/fetchd; "
+                 "install with --prefix /usr (as the DEB package does) for it to match")
+endif()
+
+install(TARGETS fetchd fetchctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchd.service"
+              "${CMAKE_CURRENT_LIST_DIR}/fetchd.socket"
+        DESTINATION "${FETCHD_SYSTEMD_UNIT_DIR}")
+install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchd.sysusers"
+        DESTINATION "${FETCHD_SYSUSERS_DIR}" RENAME fetchd.conf)
+install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchd.json" DESTINATION /etc/fetchd)
+install(FILES "${CMAKE_SOURCE_DIR}/client/fetchctl.1" DESTINATION "${CMAKE_INSTALL_MANDIR}/man1")
+install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchd.8" DESTINATION "${CMAKE_INSTALL_MANDIR}/man8")
+install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchctl.bash-completion"
+        DESTINATION "${CMAKE_INSTALL_DATADIR}/bash-completion/completions" RENAME fetchctl)
+install(FILES "${CMAKE_CURRENT_LIST_DIR}/README.md"
+        DESTINATION "${CMAKE_INSTALL_DOCDIR}" RENAME README.deploy.md)
+install(FILES "${CMAKE_SOURCE_DIR}/README.md" DESTINATION "${CMAKE_INSTALL_DOCDIR}")
+
+# The Debian package. Package files use the /usr layout whatever prefix the
+# build tree was configured with.
+set(CPACK_GENERATOR "DEB")
+set(CPACK_PACKAGE_NAME "fetchd")
+set(CPACK_PACKAGE_VERSION "${PROJECT_VERSION}")
+set(CPACK_PACKAGING_INSTALL_PREFIX "/usr")
+set(CPACK_PACKAGE_CONTACT "fetchd maintainers <fetchd@localhost>")
+set(CPACK_DEBIAN_PACKAGE_MAINTAINER "fetchd maintainers <fetchd@localhost>")
+set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "event-driven HTTP(S) fetcher daemon")
+set(CPACK_PACKAGE_DESCRIPTION
+    "fetchd runs fetch jobs handed to it over a JSON-RPC control socket on one\n"
+    "libuv event loop, over pooled keep-alive HTTP/1.1 and HTTPS (mbedTLS)\n"
+    "connections, and shows on its Prometheus metrics endpoint that its\n"
+    "connection, buffer, job and heap counts return to their baseline.\n"
+    "fetchctl is its command-line client. The package ships systemd units\n"
+    "(fetchd.service, fetchd.socket) that are installed but not enabled.")
+string(REPLACE ";" "" CPACK_PACKAGE_DESCRIPTION "${CPACK_PACKAGE_DESCRIPTION}")
+set(CPACK_DEBIAN_PACKAGE_SECTION "net")
+set(CPACK_DEBIAN_PACKAGE_PRIORITY "optional")
+set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
+# The run-time libraries of Debian bookworm that fetchd and fetchctl link
+# (libmbedtls-dev depends on exactly these three mbedTLS packages).
+set(CPACK_DEBIAN_PACKAGE_DEPENDS
+    "libc6 (>= 2.34), libuv1 (>= 1.44), libjansson4 (>= 2.14), libmbedtls14 (>= 2.28), libmbedx509-1 (>= 2.28), libmbedcrypto7 (>= 2.28)")
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "ca-certificates, systemd")
+# conffiles: dpkg keeps an administrator's changes to /etc/fetchd/fetchd.json.
+set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
+    "${CMAKE_CURRENT_LIST_DIR}/debian/conffiles;${CMAKE_CURRENT_LIST_DIR}/debian/postinst;${CMAKE_CURRENT_LIST_DIR}/debian/prerm;${CMAKE_CURRENT_LIST_DIR}/debian/postrm")
+set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
+include(CPack)
