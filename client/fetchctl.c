@@ -6,6 +6,8 @@
  */
 #include "fetchctl.h"
 
+#include "ctlpath.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -43,7 +45,8 @@ static const char usage_text[] =
     "  -s, --socket PATH   control socket (default: $FETCHD_SOCKET, else\n"
     "                      $RUNTIME_DIRECTORY/control.sock, else\n"
     "                      $XDG_RUNTIME_DIR/fetchd/control.sock, else\n"
-    "                      /tmp/fetchd-$UID/control.sock)\n"
+    "                      /tmp/fetchd-$UID/control.sock; if nothing is\n"
+    "                      there, " CTLPATH_SERVICE ")\n"
     "      --json          machine output: one JSON object per line\n"
     "  -h, --help          show help (fetchctl COMMAND --help for a command)\n"
     "\n"
@@ -52,24 +55,22 @@ static const char usage_text[] =
 
 /* ---- shared helpers ------------------------------------------------------------- */
 
-/* The default socket path, as fetchd computes it (control_default_path). */
+/* The default socket path: the daemon's own default (proto/ctlpath.c); and
+ * when nothing listens there but the packaged service's socket exists, that
+ * one, so `fetchctl` finds a systemd-run fetchd without -s. */
 static void default_socket(ctl_t *c)
 {
-    const char *env = getenv("FETCHD_SOCKET"), *rt = getenv("RUNTIME_DIRECTORY");
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    const char *env = getenv("FETCHD_SOCKET");
 
-    if (env != NULL && *env != '\0')
+    if (env != NULL && *env != '\0') {
         c->socket = env;
-    else if (rt != NULL && *rt != '\0')
-        snprintf(c->socket_buf, sizeof(c->socket_buf), "%.*s/control.sock", (int)strcspn(rt, ":"),
-                 rt);
-    else if (xdg != NULL && *xdg != '\0')
-        snprintf(c->socket_buf, sizeof(c->socket_buf), "%s/fetchd/control.sock", xdg);
-    else
-        snprintf(c->socket_buf, sizeof(c->socket_buf), "/tmp/fetchd-%u/control.sock",
-                 (unsigned)getuid());
-    if (c->socket == NULL)
-        c->socket = c->socket_buf;
+        return;
+    }
+    if (ctlpath_default(c->socket_buf, sizeof(c->socket_buf)) != 0 ||
+        (access(c->socket_buf, F_OK) != 0 && getenv("RUNTIME_DIRECTORY") == NULL &&
+         access(CTLPATH_SERVICE, F_OK) == 0))
+        snprintf(c->socket_buf, sizeof(c->socket_buf), "%s", CTLPATH_SERVICE);
+    c->socket = c->socket_buf;
 }
 
 int ctl_global_option(ctl_t *c, int opt, const char *arg)

@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ctlpath.h"
 #include "err.h"
 #include "jobspec.h"
 #include "log.h"
@@ -996,18 +997,7 @@ void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
 
 int control_default_path(char *buf, size_t len)
 {
-    const char *rt = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
-    int n;
-
-    if (rt && *rt) {
-        /* systemd separates several RuntimeDirectory= entries with ':'. */
-        n = snprintf(buf, len, "%.*s/control.sock", (int)strcspn(rt, ":"), rt);
-    } else if (xdg && *xdg) {
-        n = snprintf(buf, len, "%s/fetchd/control.sock", xdg);
-    } else {
-        n = snprintf(buf, len, "/tmp/fetchd-%u/control.sock", (unsigned)getuid());
-    }
-    return n > 0 && (size_t)n < len ? 0 : -1;
+    return ctlpath_default(buf, len);
 }
 
 /* Creates the socket's directory when missing (mode 0700), and refuses one
