@@ -82,7 +82,8 @@ static const char submit_help[] =
     "                       job object (taken as it is); blank lines and lines\n"
     "                       starting with # are skipped; sent in batches of 1000\n"
     "  -q, --quiet          do not print the ids\n"
-    "      --wait           wait for the jobs and print each as it finishes\n"
+    "      --wait           after the ids, wait for the jobs and print each as it\n"
+    "                       finishes; exit 0 only if every job is done\n"
     "                       (ID STATE HTTP BYTES URL [error]) instead of the ids;\n"
     "                       exit 0 only if every job is done\n"
     "  -o, --output FILE    write the body to FILE (one URL only; relative paths are\n"
@@ -349,7 +350,7 @@ static int url_spec(submit_t *s, const char *url, size_t n, pending_t *p)
     if (p->text != NULL) {
         p->len =
             (size_t)sprintf(p->text, "{\"url\":%s%s%s}", quoted, dlen ? "," : "", s->defaults_text);
-        if (s->c->json && !s->wait)
+        if (s->c->json)
             p->url = strndup(url, n);
     }
     free(quoted);
@@ -368,7 +369,7 @@ static int json_spec(submit_t *s, const char *text, size_t n, pending_t *p)
         json_decref(obj);
         return EXIT_SERVER;
     }
-    if (s->c->json && !s->wait && json_is_string(json_object_get(obj, "url")))
+    if (s->c->json && json_is_string(json_object_get(obj, "url")))
         p->url = strdup(json_string_value(json_object_get(obj, "url")));
     json_decref(obj);
     p->text = strndup(text, n);
@@ -512,9 +513,9 @@ static int batch_send(submit_t *s, batch_t *b)
     b->first = s->njobs;
     b->id = rpc_reserve_id(&s->c->rpc);
     b->lines = calloc(SUBMIT_BATCH_JOBS, sizeof(*b->lines));
-    if (s->c->json && !s->wait)
+    if (s->c->json)
         b->urls = calloc(SUBMIT_BATCH_JOBS, sizeof(*b->urls));
-    if (b->lines == NULL || (s->c->json && !s->wait && b->urls == NULL))
+    if (b->lines == NULL || (s->c->json && b->urls == NULL))
         return EXIT_SERVER;
     s->out_len = 0;
     snprintf(head, sizeof(head),
@@ -586,10 +587,9 @@ static int batch_output(submit_t *s, batch_t *b)
         if (text == NULL)
             continue;
         s->nids++;
-        if (s->wait) {
-            if (queue_wait(s, text) != 0)
-                return EXIT_SERVER;
-        } else if (s->c->json && !s->quiet) {
+        /* The ids come first, also with --wait: a script has them even if
+         * the wait is interrupted. */
+        if (s->c->json && !s->quiet) {
             json_t *o = json_pack("{s:s, s:s?}", "id", text, "url", b->urls[i]);
             json_dumpf(o, stdout, JSON_COMPACT);
             fputc('\n', stdout);
@@ -597,6 +597,8 @@ static int batch_output(submit_t *s, batch_t *b)
         } else if (!s->quiet) {
             puts(text);
         }
+        if (s->wait && queue_wait(s, text) != 0)
+            return EXIT_SERVER;
     }
     if (s->wait)
         ctl_progress(s->c, s->waits_done, s->nids);

@@ -2,6 +2,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -239,13 +240,13 @@ static void on_write(uv_write_t *req, int status)
 {
     ctl_write_t *w = req->data;
     ctl_client_t *c = w->client;
-
-    (void)status; /* a failed write shows up as a read error, which closes */
     mem_free(w->text);
     stats_obj_destroyed(c->stats, STATS_OBJ_CTL_WRITE);
     mem_free(w);
     c->writes--;
-    if (c->writes == 0 && (c->close_after_flush || owes_nothing(c)))
+    /* A failed write means the peer is gone (reading may have stopped at a
+     * half-close, so no read error would tell us). */
+    if (status != 0 || (c->writes == 0 && (c->close_after_flush || owes_nothing(c))))
         client_close(c, NULL);
     client_decref(c);
 }
@@ -827,6 +828,17 @@ static void on_bytes(ctl_client_t *c, const char *p, size_t n)
     }
 }
 
+static int peer_gone(ctl_client_t *c)
+{
+    struct pollfd pfd = {.events = POLLIN | POLLRDHUP};
+    uv_os_fd_t fd;
+
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) != 0)
+        return 1;
+    pfd.fd = fd;
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 /* The peer finished sending (`echo ... | socat` does this). Its last line
  * may lack a newline; answers it is owed (waits, queued output) still go
  * out, and the connection closes once they have. */
@@ -838,7 +850,9 @@ static void half_closed(ctl_client_t *c)
     }
     c->eof = 1;
     uv_read_stop((uv_stream_t *)&c->pipe);
-    if (!c->closing && c->writes == 0 && owes_nothing(c))
+    /* Both look like EOF to read(); only a peer gone for good sets POLLHUP
+     * on a Unix socket. Such a client is owed nothing any more. */
+    if (!c->closing && (peer_gone(c) || (c->writes == 0 && owes_nothing(c))))
         client_close(c, NULL);
 }
 
@@ -936,6 +950,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     log_peer(c);
+    ctl->max_clients = ctl->d->cfg.max_clients; /* SIGHUP may have changed it */
     if (ctl->nclients > ctl->max_clients) {
         send_error(c, RPC_SERVER_ERROR, "too_many_clients",
                    "too many control clients (max %u): try again later", ctl->max_clients);
@@ -1065,7 +1080,7 @@ static void control_init(control_t *ctl, daemon_t *d)
 {
     memset(ctl, 0, sizeof(*ctl));
     ctl->d = d;
-    ctl->max_clients = 64;
+    ctl->max_clients = d->cfg.max_clients;
     ctl->max_line = 1024 * 1024;
     ctl->max_output = 8 * 1024 * 1024;
 }

@@ -23,7 +23,7 @@ typedef struct ctl_client ctl_client_t;
 typedef struct control {
     daemon_t *d;          /* borrowed */
     char *path;           /* owned: the socket path */
-    unsigned max_clients; /* public: 64 */
+    unsigned max_clients; /* read-only: the daemon's max_clients */
     size_t max_line;      /* public: 1 MiB */
     size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB */
     unsigned nclients;    /* read-only */

@@ -16,6 +16,7 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->max_per_host = 32;
     cfg->max_jobs = 100000;
     cfg->max_running = 1024;
+    cfg->max_clients = 64;
     cfg->idle_timeout_ms = 30000;
     cfg->retain_jobs = 10000;
     cfg->retain_ms = 3600 * 1000;
@@ -83,6 +84,7 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.max_per_host = cfg->max_per_host;
     d->cfg.max_jobs = cfg->max_jobs;
     d->cfg.max_running = cfg->max_running;
+    d->cfg.max_clients = cfg->max_clients;
     d->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
     d->cfg.retain_jobs = cfg->retain_jobs;
     d->cfg.retain_ms = cfg->retain_ms;

@@ -33,6 +33,7 @@ typedef struct daemon_config {
     unsigned max_connections;   /* 256 */
     unsigned max_per_host;      /* 32 */
     size_t max_jobs;            /* 100000 queued jobs */
+    unsigned max_clients;       /* 64 control clients at once */
     unsigned max_running;       /* 1024 jobs at once */
     uint64_t idle_timeout_ms;   /* 30 s */
     size_t retain_jobs;         /* 10000 */

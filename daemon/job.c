@@ -948,6 +948,9 @@ static void finalize(job_t *j)
         j->state = JOB_FAILED;
         r = STATS_RESULT_FAILED;
     }
+    /* The sink has settled and nothing reads it again: a retained job keeps
+     * only its result, not the sink's spare write requests and hash state. */
+    sink_dispose(&j->sink);
     j->phase = PH_FINISHED;
     j->timings.finished = wall_now();
     j->finished_ms = uv_now(j->sched->loop);

@@ -30,6 +30,7 @@ static void usage(FILE *out)
             "      --max-per-host N     open connections per origin (default 32)\n"
             "      --max-jobs N         queued jobs; more are refused (default 100000)\n"
             "      --max-running N      jobs running at once (default 1024)\n"
+            "      --max-clients N      control socket clients at once (default 64)\n"
             "      --idle-timeout SEC   close pooled connections idle this long (default 30)\n"
             "      --ca-file FILE       CA bundle that verifies https servers (default\n"
             "                           " TLS_DEFAULT_CA_FILE ")\n"
