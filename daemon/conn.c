@@ -15,6 +15,7 @@
 #include "job.h"
 #include "mem.h"
 #include "pool.h"
+#include "strbuf.h"
 
 static int on_message_begin(llhttp_t *p);
 static int on_status(llhttp_t *p, const char *at, size_t len);
@@ -75,7 +76,7 @@ static void conn_destroy(conn_t *c)
         buf_decref(c->rbuf);
     if (c->tls)
         tls_conn_destroy(c->tls);
-    mem_free(c->hdr);
+    strbuf_dispose(&c->hdr);
     stats_obj_destroyed(c->stats, STATS_OBJ_CONN);
     mem_free(c);
 }
@@ -712,7 +713,7 @@ static int on_message_begin(llhttp_t *p)
     conn_t *c = ctx_conn(p);
     c->hdr_count = 0;
     c->hdr_bytes = 0;
-    c->hdr_len = 0;
+    strbuf_reset(&c->hdr);
     c->content_lengths = 0;
     c->chunked = 0;
     c->final_status = 0;
@@ -737,20 +738,8 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 static int hdr_append(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = ctx_conn(p);
-    if (c->hdr_len + len + 1 > c->hdr_cap) {
-        size_t cap = c->hdr_cap ? c->hdr_cap : 256;
-        char *n;
-        while (cap < c->hdr_len + len + 1)
-            cap *= 2;
-        n = mem_realloc(c->hdr, cap);
-        if (n == NULL)
-            return fail_cb(p, ERR_NO_MEMORY, "no memory for a response header");
-        c->hdr = n;
-        c->hdr_cap = cap;
-    }
-    memcpy(c->hdr + c->hdr_len, at, len);
-    c->hdr_len += len;
-    c->hdr[c->hdr_len] = '\0';
+    if (strbuf_append(&c->hdr, at, len) != 0)
+        return fail_cb(p, ERR_NO_MEMORY, "no memory for a response header");
     return 0;
 }
 
@@ -765,7 +754,7 @@ static int on_header_field_complete(llhttp_t *p)
     conn_t *c = ctx_conn(p);
     if (++c->hdr_count > CONN_MAX_HEADERS)
         return fail_cb(p, ERR_HEADERS_TOO_LARGE, "more than 256 response headers");
-    c->hdr_name_len = c->hdr_len;
+    c->hdr_name_len = c->hdr.len;
     return hdr_append(p, "", 1) ? -1 : 0;
 }
 
@@ -791,10 +780,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 static int on_header_value_complete(llhttp_t *p)
 {
     conn_t *c = ctx_conn(p);
-    const char *name = c->hdr;
+    const char *name = c->hdr.p;
     size_t nlen = c->hdr_name_len;
-    const char *value = c->hdr + nlen + 1;
-    size_t vlen = c->hdr_len - nlen - 1;
+    const char *value = c->hdr.p + nlen + 1;
+    size_t vlen = c->hdr.len - nlen - 1;
     int rc;
 
     if (nlen == 14 && strncasecmp(name, "content-length", 14) == 0)
@@ -802,7 +791,7 @@ static int on_header_value_complete(llhttp_t *p)
     else if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0)
         c->chunked = 1;
     rc = job_on_header(c->job, name, nlen, value, vlen);
-    c->hdr_len = 0;
+    strbuf_reset(&c->hdr);
     if (rc)
         return fail_cb(p, rc, "response header refused");
     return 0;

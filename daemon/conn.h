@@ -26,6 +26,7 @@
 #include "buf.h"
 #include "dns.h"
 #include "stats.h"
+#include "strbuf.h"
 #include "tls.h"
 
 typedef struct conn conn_t;
@@ -68,8 +69,8 @@ struct conn {
     int chunked;             /* Transfer-Encoding seen */
     unsigned hdr_count;
     size_t hdr_bytes;
-    char *hdr; /* owned: the current header as "name\0value" */
-    size_t hdr_len, hdr_cap, hdr_name_len;
+    strbuf_t hdr; /* owned: the current header as "name\0value" */
+    size_t hdr_name_len;
     char last_byte; /* the last byte of the previous read (obs-fold check) */
 };
 

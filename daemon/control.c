@@ -17,6 +17,7 @@
 #include "jobspec.h"
 #include "log.h"
 #include "mem.h"
+#include "strbuf.h"
 
 #define RPC_PARSE_ERROR      -32700
 #define RPC_INVALID_REQUEST  -32600
@@ -67,11 +68,10 @@ struct ctl_client {
     int close_after_flush; /* an error was queued: close once it is written */
     int eof;               /* the peer half-closed: close once nothing is owed */
     unsigned writes;       /* uv_writes in flight */
-    char *line;            /* owned: the partial line so far */
-    size_t line_len, line_cap;
-    buf_t *rbuf;       /* owned while libuv reads into it */
-    ctl_wait_t *waits; /* owned */
-    ctl_sub_t *subs;   /* owned */
+    strbuf_t line;         /* owned: the partial line so far */
+    buf_t *rbuf;           /* owned while libuv reads into it */
+    ctl_wait_t *waits;     /* owned */
+    ctl_sub_t *subs;       /* owned */
     ctl_client_t *prev, *next;
     stats_t *stats; /* borrowed */
 };
@@ -107,7 +107,7 @@ static void client_decref(ctl_client_t *c)
 {
     if (--c->refcnt > 0)
         return;
-    mem_free(c->line);
+    strbuf_dispose(&c->line);
     if (c->rbuf)
         buf_decref(c->rbuf);
     stats_obj_destroyed(c->stats, STATS_OBJ_CTL_CLIENT);
@@ -768,31 +768,13 @@ static void handle_line(ctl_client_t *c, const char *p, size_t n)
 
 /* ---- reading -------------------------------------------------------------------- */
 
-static int line_append(ctl_client_t *c, const char *p, size_t n)
-{
-    if (c->line_len + n > c->line_cap) {
-        size_t cap = c->line_cap ? c->line_cap : 4096;
-        char *nl;
-        while (cap < c->line_len + n)
-            cap *= 2;
-        nl = mem_realloc(c->line, cap);
-        if (nl == NULL)
-            return -1;
-        c->line = nl;
-        c->line_cap = cap;
-    }
-    memcpy(c->line + c->line_len, p, n);
-    c->line_len += n;
-    return 0;
-}
-
 static void line_too_long(ctl_client_t *c)
 {
     send_error(c, RPC_INVALID_REQUEST, "line_too_long",
                "a line longer than %zu bytes: closing the connection", c->ctl->max_line);
     uv_read_stop((uv_stream_t *)&c->pipe);
     c->close_after_flush = 1;
-    c->line_len = 0;
+    strbuf_reset(&c->line);
     if (c->writes == 0)
         client_close(c, NULL);
 }
@@ -805,20 +787,20 @@ static void on_bytes(ctl_client_t *c, const char *p, size_t n)
         const char *nl = memchr(p, '\n', n);
         size_t take = nl ? (size_t)(nl - p) : n;
 
-        if (c->line_len + take > c->ctl->max_line) {
+        if (c->line.len + take > c->ctl->max_line) {
             line_too_long(c);
             return;
         }
-        if (nl && c->line_len == 0) {
+        if (nl && c->line.len == 0) {
             handle_line(c, p, take);
         } else {
-            if (line_append(c, p, take) != 0) {
+            if (strbuf_append(&c->line, p, take) != 0) {
                 client_close(c, "out of memory for a request line");
                 return;
             }
             if (nl) {
-                handle_line(c, c->line, c->line_len);
-                c->line_len = 0;
+                handle_line(c, c->line.p, c->line.len);
+                strbuf_reset(&c->line);
             }
         }
         if (nl == NULL)
@@ -844,9 +826,9 @@ static int peer_gone(ctl_client_t *c)
  * out, and the connection closes once they have. */
 static void half_closed(ctl_client_t *c)
 {
-    if (c->line_len > 0 && !c->close_after_flush) {
-        handle_line(c, c->line, c->line_len);
-        c->line_len = 0;
+    if (c->line.len > 0 && !c->close_after_flush) {
+        handle_line(c, c->line.p, c->line.len);
+        strbuf_reset(&c->line);
     }
     c->eof = 1;
     uv_read_stop((uv_stream_t *)&c->pipe);

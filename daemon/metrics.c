@@ -12,69 +12,29 @@
 #include "err.h"
 #include "log.h"
 #include "mem.h"
+#include "strbuf.h"
 
 #define METRICS_MAX_HEAD (8 * 1024)
 #define METRICS_IDLE_MS  30000
 
 /* ---- the page ----------------------------------------------------------------- */
 
-typedef struct strbuf {
-    char *p;
-    size_t len, cap;
-    int failed;
-} strbuf_t;
-
-static void sb_printf(strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void sb_printf(strbuf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (b->failed)
-        return;
-    for (;;) {
-        size_t room = b->cap - b->len;
-        va_start(ap, fmt);
-        n = vsnprintf(b->p ? b->p + b->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = 1;
-            return;
-        }
-        if ((size_t)n < room) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap * 2 : 16384;
-        while (cap < b->len + (size_t)n + 1)
-            cap *= 2;
-        char *np = mem_realloc(b->p, cap);
-        if (np == NULL) {
-            b->failed = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-}
-
 static void head(strbuf_t *b, const char *name, const char *type, const char *help)
 {
-    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 static void one(strbuf_t *b, const char *name, const char *type, const char *help,
                 unsigned long long v)
 {
     head(b, name, type, help);
-    sb_printf(b, "%s %llu\n", name, v);
+    strbuf_printf(b, "%s %llu\n", name, v);
 }
 
 static void labelled(strbuf_t *b, const char *name, const char *label, const char *value,
                      unsigned long long v)
 {
-    sb_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, value, v);
+    strbuf_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, value, v);
 }
 
 static void render_connections(strbuf_t *b, const daemon_t *d)
@@ -144,14 +104,14 @@ static void render_jobs(strbuf_t *b, const daemon_t *d)
          "Time from a job's start to its end, retries and redirects included.");
     for (int i = 0; i < STATS_NDURATION; i++) {
         cumulative += st->duration_buckets[i];
-        sb_printf(b, "fetchd_fetch_duration_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
-                  cumulative);
+        strbuf_printf(b, "fetchd_fetch_duration_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
+                      cumulative);
     }
-    sb_printf(b, "fetchd_fetch_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-              (unsigned long long)st->duration_count);
-    sb_printf(b, "fetchd_fetch_duration_seconds_sum %.6f\n", st->duration_sum);
-    sb_printf(b, "fetchd_fetch_duration_seconds_count %llu\n",
-              (unsigned long long)st->duration_count);
+    strbuf_printf(b, "fetchd_fetch_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                  (unsigned long long)st->duration_count);
+    strbuf_printf(b, "fetchd_fetch_duration_seconds_sum %.6f\n", st->duration_sum);
+    strbuf_printf(b, "fetchd_fetch_duration_seconds_count %llu\n",
+                  (unsigned long long)st->duration_count);
 }
 
 static void render_tls_dns(strbuf_t *b, const metrics_t *m)
@@ -184,7 +144,7 @@ static void render_process(strbuf_t *b, const metrics_t *m)
         cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
               (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     head(b, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent.");
-    sb_printf(b, "process_cpu_seconds_total %.3f\n", cpu);
+    strbuf_printf(b, "process_cpu_seconds_total %.3f\n", cpu);
     one(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
         (unsigned long long)json_integer_value(
             json_object_get(s, "process_resident_memory_bytes")));
@@ -195,7 +155,7 @@ static void render_process(strbuf_t *b, const metrics_t *m)
             (unsigned long long)rl.rlim_cur);
     head(b, "process_start_time_seconds", "gauge",
          "Start time of the process since unix epoch in seconds.");
-    sb_printf(b, "process_start_time_seconds %.3f\n", m->start_time);
+    strbuf_printf(b, "process_start_time_seconds %.3f\n", m->start_time);
     json_decref(s);
 }
 
@@ -209,11 +169,11 @@ char *metrics_render(metrics_t *m, size_t *len)
     render_tls_dns(&b, m);
     render_process(&b, m);
     if (b.failed) {
-        mem_free(b.p);
+        strbuf_dispose(&b);
         return NULL;
     }
     *len = b.len;
-    return b.p;
+    return b.p; /* the caller owns it now */
 }
 
 /* ---- the HTTP server ---------------------------------------------------------- */

@@ -1,0 +1,31 @@
+/* strbuf — a growable, NUL-terminated byte buffer on the counting
+ * allocator: response headers being assembled, a control line arriving in
+ * pieces, the metrics page being rendered.
+ *
+ * Ownership: a strbuf_t is embedded in its owner and owns `p`.
+ */
+#ifndef FETCHD_STRBUF_H
+#define FETCHD_STRBUF_H
+
+#include <stddef.h>
+
+typedef struct strbuf {
+    char *p;    /* owned; NUL-terminated once anything was added */
+    size_t len; /* read-only: bytes in use, without the NUL */
+    size_t cap; /* read-only */
+    int failed; /* read-only: an allocation failed; later appends do nothing */
+} strbuf_t;
+
+/* Appends n bytes. Returns 0, or ERR_NO_MEMORY (and sets failed). */
+int strbuf_append(strbuf_t *b, const void *data, size_t n);
+
+/* Appends formatted text; a failure sets failed. */
+void strbuf_printf(strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Empties the buffer, keeping its memory for reuse. */
+void strbuf_reset(strbuf_t *b);
+
+/* Frees the memory and zeroes the buffer. */
+void strbuf_dispose(strbuf_t *b);
+
+#endif
