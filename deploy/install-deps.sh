@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs fetchd's build, test and benchmark dependencies from Debian
-# (bookworm) packages with apt. Nothing else is downloaded.
+# (bookworm) packages with apt. Nothing else is downloaded, unless --undici
+# asks for it.
 #
 #   deploy/install-deps.sh               everything: build, tests, benchmarks
 #   deploy/install-deps.sh --build-only  just what building fetchd needs
+#   deploy/install-deps.sh --undici      everything, and undici for the
+#                                        benchmarks from the npm registry
 #
 # When every package is already installed it does nothing at all (no
 # apt-get update), so it is cheap to run before every build. Run it as root,
@@ -29,13 +32,34 @@ test_pkgs=(
 )
 
 usage() {
-    sed -n '2,10s/^# \{0,1\}//p' "$0"
+    sed -n '2,13s/^# \{0,1\}//p' "$0"
+}
+
+# undici, the Node.js client that tests/bench/bench.py measures fetchd
+# against, is not a Debian package. With --undici the version pinned in
+# tests/bench/package.json comes from the npm registry into
+# tests/bench/node_modules (git-ignored); nothing is fetched when it is
+# there already.
+undici=no
+install_undici() {
+    local bench
+    bench="$(cd "$(dirname "$0")/.." && pwd)/tests/bench"
+    if (cd "$bench" && npm ls undici >/dev/null 2>&1); then
+        echo "install-deps.sh: undici is already installed in $bench/node_modules"
+        return 0
+    fi
+    echo "install-deps.sh: installing undici into $bench/node_modules (npm registry)"
+    (cd "$bench" && npm install --no-audit --no-fund)
 }
 
 want=("${build_pkgs[@]}")
 case "${1:-}" in
     "") want+=("${test_pkgs[@]}") ;;
     --build-only) ;;
+    --undici)
+        want+=("${test_pkgs[@]}")
+        undici=yes
+        ;;
     -h | --help)
         usage
         exit 0
@@ -77,6 +101,9 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps.sh: all ${#want[@]} packages are already installed"
+    if [ "$undici" = yes ]; then
+        install_undici
+    fi
     exit 0
 fi
 
@@ -104,5 +131,8 @@ done
 if [ ${#still_missing[@]} -ne 0 ]; then
     echo "install-deps.sh: still not installed: ${still_missing[*]}" >&2
     exit 1
+fi
+if [ "$undici" = yes ]; then
+    install_undici
 fi
 echo "install-deps.sh: done"
