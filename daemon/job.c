@@ -501,6 +501,7 @@ static uint64_t backoff_ms(job_t *j)
 
 static void on_backoff(job_t *j)
 {
+    j->retried_stale = 0; /* a new request after the backoff */
     attempt(j);
 }
 
@@ -759,6 +760,9 @@ static void follow_redirect(job_t *j)
     j->effective_url = href;
     j->redirects++;
     j->sched->stats->redirects++;
+    /* A new request: it may once more meet a connection the server has
+     * just closed (the one the redirect came on, often). */
+    j->retried_stale = 0;
     sched_emit(j->sched, j, SCHED_EV_REDIRECTED);
     attempt(j);
 }

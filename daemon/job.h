@@ -146,7 +146,7 @@ struct job {
     uint64_t phase_start_ms;
     uint64_t connect_start_ms;
     int retries_left;
-    int retried_stale;   /* a reused connection already failed once */
+    int retried_stale;   /* this request already met a stale connection */
     int force_new;       /* the next checkout must not reuse a connection */
     int read_paused;     /* reading stopped for sink backpressure */
     int disposition;     /* what the response being read is for (job.c) */

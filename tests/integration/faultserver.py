@@ -54,6 +54,8 @@ Well-formed responses
                          pattern(N) every M ms (default 100)
   /close-after?ms=M      200 "hello" with keep-alive; if no further request
                          arrives within M ms (default 200) the server closes
+  /stale-redir?n=N       a chain of N 302s ending in 200, each connection
+                         silently stale after one response (as /stale)
   /stale                 first request on a connection gets 200 "stale-ok"
                          with keep-alive; the next request on that same
                          connection (any path) is read and the connection
@@ -317,6 +319,7 @@ class _Behaviours:
             "/drip": self.drip,
             "/close-after": self.close_after,
             "/stale": self.stale,
+            "/stale-redir": self.stale_redir,
             "/truncated-cl": self.truncated_cl,
             "/truncated-chunked": self.truncated_chunked,
             "/reset-mid-body": self.reset_mid_body,
@@ -466,6 +469,20 @@ class _Behaviours:
 
     def stale(self, conn, req):
         if _respond(conn, req, 200, b"stale-ok") == CLOSE:
+            return CLOSE
+        conn.stale_armed = True
+        return KEEP
+
+    def stale_redir(self, conn, req):
+        """A redirect chain from a server that silently drops every
+        connection after one response (no Connection: close)."""
+        n = _int(req, "n", 3)
+        if n <= 0:
+            rc = _respond(conn, req, 200, b"end of the chain\n")
+        else:
+            rc = _respond(conn, req, 302, b"redirect\n",
+                          [("Location", "/stale-redir?n=%d" % (n - 1))])
+        if rc == CLOSE:
             return CLOSE
         conn.stale_armed = True
         return KEEP

@@ -94,6 +94,15 @@ class Redirects(HarnessTestCase):
         names = {name.lower() for name, _ in recorded[0]["headers"]}
         return echo["headers"], names
 
+    def test_redirect_chain_over_connections_that_go_stale(self):
+        # Each hop reuses the connection the redirect came on, which the
+        # server has dropped: every hop gets its own silent retry.
+        events, rc = self.run_harness([{"url": self.srv.url("/stale-redir?n=3")}])
+        self.assert_clean(events, rc)
+        job = self.job(events, 0)
+        self.assert_done(job, 200)
+        self.assertEqual(job["redirects"], 3)
+
     def test_cross_origin_redirect_drops_credentials(self):
         with FaultServer() as other:
             headers, names = self.credentials_after_redirect(other)
