@@ -1,41 +1,122 @@
 /* libFuzzer target: jobspec_decode(), as the control socket calls it on
- * every submitted job. A spec that decodes must encode (for the state
- * file) and decode again; refusals must leave nothing behind. */
+ * every submitted job (json_loadb() of one line, then one decode per job).
+ *
+ * Checks what proto/jobspec.h promises:
+ *  - a refusal is ERR_INVALID_REQUEST or ERR_NO_MEMORY and releases
+ *    everything;
+ *  - a spec that decodes encodes (the state file's form), that form decodes
+ *    again, and encoding the second spec gives the same JSON: what fetchd
+ *    persists it reads back unchanged;
+ *  - fetchd's and jansson's heaps are back where they were afterwards, also
+ *    when an allocation inside the decoder fails (each fetchd allocation
+ *    point is failed once in turn, and must then give ERR_NO_MEMORY).
+ */
 #include <jansson.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
+#include "err.h"
 #include "jobspec.h"
 #include "mem.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static void fail(const char *why, const json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    fprintf(stderr, "fuzz_jobspec: %s: %s\n", why, text ? text : "?");
+    free(text);
+    abort();
+}
+
+/* Encodes spec, decodes that and encodes again: both forms must be equal. */
+static void check_round_trip(const job_spec_t *spec)
+{
+    job_spec_t again;
+    json_t *enc, *enc2;
+    char err[256];
+    int rc;
+
+    enc = jobspec_encode_spec(spec);
+    if (enc == NULL)
+        return; /* allocation failure: allowed */
+    rc = jobspec_decode(enc, &again, err, sizeof(err));
+    if (rc == ERR_NO_MEMORY) {
+        json_decref(enc);
+        return;
+    }
+    if (rc != 0) {
+        fprintf(stderr, "fuzz_jobspec: re-decoding: %s\n", err);
+        fail("the encoded spec does not decode", enc);
+    }
+    enc2 = jobspec_encode_spec(&again);
+    if (enc2 != NULL && !json_equal(enc, enc2)) {
+        fprintf(stderr, "fuzz_jobspec: first encoding: ");
+        json_dumpf(enc, stderr, JSON_COMPACT);
+        fprintf(stderr, "\n");
+        fail("decoding the encoded spec changes it", enc2);
+    }
+    json_decref(enc2);
+    job_spec_dispose(&again);
+    json_decref(enc);
+}
+
+/* One decode of v; returns its result. */
+static int run(const json_t *v)
+{
+    job_spec_t spec;
+    char err[256];
+    int rc;
+
+    rc = jobspec_decode(v, &spec, err, sizeof(err));
+    if (rc == 0) {
+        check_round_trip(&spec);
+        job_spec_dispose(&spec);
+    } else if (rc != ERR_INVALID_REQUEST && rc != ERR_NO_MEMORY) {
+        fail("a refusal with an unexpected error code", v);
+    }
+    return rc;
+}
+
+static int run_counted(const json_t *v)
+{
+    uint64_t before[2], after[2];
+    int rc;
+
+    mem_get(MEM_FETCHD, &before[0], NULL);
+    mem_get(MEM_JANSSON, &before[1], NULL);
+    rc = run(v);
+    mem_get(MEM_FETCHD, &after[0], NULL);
+    mem_get(MEM_JANSSON, &after[1], NULL);
+    if (after[0] != before[0] || after[1] != before[1])
+        fail("heap blocks leaked", v);
+    return rc;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int installed;
-    uint64_t before, after;
     json_error_t jerr;
-    job_spec_t spec, again;
-    char err[256];
-    json_t *v, *enc;
+    json_t *v;
+    int rc0, rc;
 
     if (!installed)
         installed = mem_install() == 0;
-    mem_get(MEM_FETCHD, &before, NULL);
     v = json_loadb((const char *)data, size, JSON_DECODE_ANY, &jerr);
     if (v == NULL)
         return 0;
-    if (jobspec_decode(v, &spec, err, sizeof(err)) == 0) {
-        enc = jobspec_encode_spec(&spec);
-        if (enc == NULL || jobspec_decode(enc, &again, err, sizeof(err)) != 0)
-            abort(); /* what fetchd persists it must be able to read back */
-        job_spec_dispose(&again);
-        json_decref(enc);
-        job_spec_dispose(&spec);
+    rc0 = run_counted(v);
+    /* Fail each fetchd allocation in turn until a pass makes none fail. */
+    for (long n = 1; n < 256; n++) {
+        mem_fail_after(n);
+        rc = run_counted(v);
+        if (mem_fail_pending())
+            break;
+        if (rc0 == 0 && rc == ERR_INVALID_REQUEST)
+            fail("an allocation failure reported as an invalid request", v);
     }
+    mem_fail_after(0);
     json_decref(v);
-    mem_get(MEM_FETCHD, &after, NULL);
-    if (after != before)
-        abort(); /* a leak */
     return 0;
 }
