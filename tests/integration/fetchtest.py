@@ -117,11 +117,9 @@ class Nginx:
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
-    def _config(self):
-        p = self.prefix
-        redirects = ["location = /redirect/0 { return 302 /small.txt; }"]
-        redirects += ["location = /redirect/%d { return 302 /redirect/%d; }" % (n, n - 1)
-                      for n in range(1, self.REDIRECT_MAX + 1)]
+    def _http_prologue(self):
+        """nginx.conf up to the first server block: every path under the
+        prefix, and keep-alive that never ends a test's connections."""
         user = "user root;\n" if os.geteuid() == 0 else ""
         return """daemon off;
 master_process on;
@@ -139,7 +137,14 @@ http {
     scgi_temp_path %(p)s/tmp/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
-    server {
+""" % {"p": self.prefix, "user": user}
+
+    def _config(self):
+        p = self.prefix
+        redirects = ["location = /redirect/0 { return 302 /small.txt; }"]
+        redirects += ["location = /redirect/%d { return 302 /redirect/%d; }" % (n, n - 1)
+                      for n in range(1, self.REDIRECT_MAX + 1)]
+        return self._http_prologue() + """    server {
         listen 127.0.0.1:%(port)d;
         server_name localhost;
         root %(p)s/html;
@@ -148,7 +153,7 @@ http {
         %(redirects)s
     }
 }
-""" % {"p": p, "user": user, "port": self.port, "redirects": "\n        ".join(redirects)}
+""" % {"p": p, "port": self.port, "redirects": "\n        ".join(redirects)}
 
     def _write_tree(self):
         os.makedirs(os.path.join(self.prefix, "tmp"))

@@ -270,28 +270,11 @@ class TlsNginx(Nginx):
 
     def _config(self):
         p = self.prefix
-        user = "user root;\n" if os.geteuid() == 0 else ""
         client = "ssl_verify_client on;\n        ssl_client_certificate %s;" % self.certs.ca
-        return """daemon off;
-master_process on;
-worker_processes 1;
-%(user)spid %(p)s/nginx.pid;
-error_log %(p)s/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path %(p)s/tmp/client_body;
-    proxy_temp_path %(p)s/tmp/proxy;
-    fastcgi_temp_path %(p)s/tmp/fastcgi;
-    uwsgi_temp_path %(p)s/tmp/uwsgi;
-    scgi_temp_path %(p)s/tmp/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    %(main)s
+        return self._http_prologue() + """    %(main)s
     %(client)s
 }
-""" % {"p": p, "user": user, "main": self._server_block(self.port, ""),
+""" % {"p": p, "main": self._server_block(self.port, ""),
        "client": self._server_block(self.client_port, client)}
 
     def start(self):
