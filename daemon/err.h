@@ -30,7 +30,9 @@
     X(SHUTDOWN, "shutdown", "daemon shutting down")                         \
     X(NO_MEMORY, "no_memory", "out of memory")                              \
     X(HTTP_ERROR, "http_error", "HTTP error status")                        \
-    X(QUEUE_FULL, "queue_full", "job queue is full")
+    X(QUEUE_FULL, "queue_full", "job queue is full")                        \
+    X(FORBIDDEN, "forbidden", "destination address is forbidden")           \
+    X(NO_FDS, "no_file_descriptors", "out of file descriptors")
 
 enum {
     ERR_OK = 0,
