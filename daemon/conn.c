@@ -205,14 +205,35 @@ static void setup_failed(conn_t *c, int err, const char *why)
     }
 }
 
+/* The job error for a failed socket() or connect(): running out of
+ * descriptors or memory is the daemon's trouble, not the server's refusal. */
+static int connect_code(int uverr)
+{
+    switch (uverr) {
+    case UV_ETIMEDOUT:
+        return ERR_CONNECT_TIMEOUT;
+    case UV_EMFILE:
+    case UV_ENFILE:
+        return ERR_NO_FDS;
+    case UV_ENOMEM:
+    case UV_ENOBUFS:
+        return ERR_NO_MEMORY;
+    default:
+        return ERR_CONNECT_REFUSED;
+    }
+}
+
 static void connect_failed(conn_t *c)
 {
-    char msg[160];
+    char msg[200];
+    int code = connect_code(c->connect_err);
 
-    snprintf(msg, sizeof(msg), "connect to %s port %u: %s", c->origin->host,
-             (unsigned)c->origin->port, uv_strerror(c->connect_err));
-    setup_failed(c, c->connect_err == UV_ETIMEDOUT ? ERR_CONNECT_TIMEOUT : ERR_CONNECT_REFUSED,
-                 msg);
+    snprintf(msg, sizeof(msg), "connect to %s port %u: %s%s", c->origin->host,
+             (unsigned)c->origin->port, uv_strerror(c->connect_err),
+             code == ERR_NO_FDS ? " (fetchd is out of file descriptors: raise its limit, "
+                                  "LimitNOFILE=, or lower --max-connections)"
+                                : "");
+    setup_failed(c, code, msg);
 }
 
 static void try_next_address(conn_t *c)
@@ -228,9 +249,9 @@ static void try_next_address(conn_t *c)
             return;
         conn_decref(c);
         c->connect_err = rc;
-        if (rc == UV_ENOMEM) {
+        /* Another address cannot help when the daemon itself is short. */
+        if (connect_code(rc) == ERR_NO_FDS || connect_code(rc) == ERR_NO_MEMORY)
             break;
-        }
         if (c->addr_index < c->dns->naddrs) {
             /* The handle may hold a socket of the wrong family now: start over. */
             uv_close((uv_handle_t *)&c->tcp, on_reopen_close);

@@ -61,6 +61,9 @@ int err_from_uv(int uverr)
         return ERR_CONNECT_REFUSED;
     case UV_ETIMEDOUT:
         return ERR_CONNECT_TIMEOUT;
+    case UV_EMFILE:
+    case UV_ENFILE:
+        return ERR_NO_FDS;
     case UV_EOF:
     case UV_ECONNRESET:
     case UV_ECONNABORTED:
