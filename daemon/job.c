@@ -624,9 +624,10 @@ int job_on_headers_complete(job_t *j, int status, int64_t content_length)
                              "Content-Length %" PRId64 " exceeds max_body %" PRIu64, content_length,
                              j->spec.max_body);
     if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind != SINK_FILE) {
-        rc = sink_open_file(&j->sink, j->file_path, j->id);
+        rc = sink_open_file(&j->sink, j->sched->download_dir, j->file_path, j->id);
         if (rc != 0)
-            return fail_response(j, rc, "cannot create the output file for %s", j->file_path);
+            return fail_response(j, rc, "cannot create the output file (%s): %s",
+                                 sink_strerror(&j->sink, rc), j->file_path);
     }
     return 0;
 }
@@ -645,7 +646,7 @@ int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)
     if (rc == ERR_BODY_TOO_LARGE)
         return fail_response(j, rc, "inline body exceeds %" PRIu64 " bytes", j->spec.inline_max);
     if (rc != 0)
-        return fail_response(j, rc, "writing the body: %s", err_str(rc));
+        return fail_response(j, rc, "writing the body: %s", sink_strerror(&j->sink, rc));
     if (sink_pending(&j->sink) > SINK_HIGH_WATER && j->conn) {
         conn_pause(j->conn);
         j->read_paused = 1;
@@ -972,8 +973,8 @@ static void on_sink_done(sink_t *s, int status)
 
     if (status != 0 && j->error == 0) {
         j->error = status;
-        snprintf(j->error_msg, sizeof(j->error_msg), "writing %s: %s", j->file_path,
-                 err_str(status));
+        snprintf(j->error_msg, sizeof(j->error_msg), "writing the output file (%s): %s",
+                 sink_strerror(s, status), j->file_path);
     }
     finalize(j);
     job_decref(j); /* held across the sink's callback */

@@ -3,24 +3,39 @@
  * A file sink's writes run on libuv's thread pool at explicit offsets, each
  * holding a reference to the buf_t its bytes live in, so the reader can hand
  * the buffer back to its pool at once. Commit and abort wait for those writes,
- * then run one chain of asynchronous steps on s->fs:
- *   commit: fsync -> close -> rename (tmp -> final)
- *   abort, or commit after a failed write: close -> unlink (tmp)
- * Each step's completion picks the next one from the step that just finished
- * (uv_fs_t.fs_type), so the chain is a switch rather than a set of flags.
+ * then run one work item on the thread pool:
+ *   commit: fsync -> close -> renameat (tmp -> final, both in dirfd)
+ *   abort, or commit after a failed step: close -> unlinkat (tmp)
+ * and close the directory descriptor; the completion on the loop thread logs
+ * what failed and calls the owner back.
  */
 #include "sink.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "log.h"
 #include "mem.h"
 
 enum { FINISH_NONE, FINISH_COMMIT, FINISH_ABORT };
+
+/* The file operations whose failure a sink reports (cause_op). */
+enum { OP_NONE, OP_OPEN_DIR, OP_CREATE, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_RENAME, OP_UNLINK };
+
+/* The temporary name: ".fetchd-part-" + at most TAG_MAX bytes of the tag +
+ * "-" + 8 hex digits, at most 55 bytes whatever the final name's length. */
+#define TMP_PREFIX ".fetchd-part-"
+#define TAG_MAX    32
+#define TMP_TRIES  8
 
 /* The first allocation of a memory sink; it doubles from there. */
 #define SINK_MEM_MIN 1024
@@ -41,7 +56,6 @@ struct sink_write_req {
 };
 
 static void on_write(uv_fs_t *req);
-static void on_fs(uv_fs_t *req);
 
 void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256)
 {
@@ -51,6 +65,7 @@ void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256)
     s->loop = loop;
     s->stats = stats;
     s->fd = -1;
+    s->dirfd = -1;
     /* Always initialised, so that sink_dispose() can always free it. */
     mbedtls_sha256_init(&s->sha);
     if (s->want_sha256)
@@ -64,36 +79,216 @@ void sink_set_memory(sink_t *s, size_t limit)
     s->mem_limit = limit;
 }
 
-int sink_open_file(sink_t *s, const char *path, const char *tag)
+static const char *op_name(int op)
 {
-    static const char infix[] = ".fetchd-part-";
-    uv_fs_t req;
+    static const char *const names[] = {
+        "", "opening the directory", "create", "write", "fsync", "close", "rename", "unlink"};
+    return (unsigned)op < sizeof(names) / sizeof(names[0]) ? names[op] : "file operation";
+}
+
+/* Records the first failure's cause (a libuv code: -errno on Unix). */
+static void note(sink_t *s, int op, int uverr)
+{
+    if (s->cause == 0) {
+        s->cause = uverr;
+        s->cause_op = op;
+    }
+}
+
+static int code_for(int uverr)
+{
+    switch (uverr) {
+    case UV_ENOMEM:
+        return ERR_NO_MEMORY;
+    case UV_EMFILE:
+    case UV_ENFILE:
+        return ERR_NO_FDS;
+    default:
+        return ERR_IO;
+    }
+}
+
+const char *sink_strerror(const sink_t *s, int err)
+{
+    if (s->cause == 0)
+        return err_str(err);
+    switch (s->cause) {
+    case -ENOSPC:
+        return "disk full";
+    case -EDQUOT:
+        return "disk quota exceeded";
+    case UV_EMFILE:
+    case UV_ENFILE:
+        return "out of file descriptors";
+    case UV_ENOMEM:
+        return err_str(ERR_NO_MEMORY);
+    }
+    if (s->cause_op == OP_OPEN_DIR) {
+        switch (s->cause) {
+        case UV_ELOOP:
+            return "a directory on the output path is now a symlink; "
+                   "fetchd writes only beneath the download directory";
+        case UV_EXDEV:
+            return "the output path leads out of the download directory";
+        case UV_ENOTDIR:
+            return "a directory on the output path is no longer a directory";
+        case UV_ENOENT:
+            return "the output directory no longer exists";
+        }
+    }
+    return uv_strerror(s->cause);
+}
+
+/* Opens rel (a directory path relative to rootfd, "" for rootfd itself) one
+ * component at a time, never following a symlink and never leaving rootfd.
+ * Returns a descriptor or -errno; on failure *bad points at the component
+ * that failed, inside the caller's copy. */
+static int walk_beneath(int rootfd, char *rel, const char **bad)
+{
+    int cur = openat(rootfd, ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char *save = NULL;
+
+    *bad = ".";
+    if (cur < 0)
+        return -errno;
+    for (char *c = strtok_r(rel, "/", &save); c != NULL; c = strtok_r(NULL, "/", &save)) {
+        struct stat st;
+        int next, err;
+        if (strcmp(c, ".") == 0)
+            continue;
+        *bad = c;
+        if (strcmp(c, "..") == 0) {
+            close(cur);
+            return -EXDEV;
+        }
+        next = openat(cur, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0) {
+            err = errno;
+            /* O_NOFOLLOW|O_DIRECTORY says ENOTDIR for a symlink: tell them apart. */
+            if (err == ENOTDIR && fstatat(cur, c, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                S_ISLNK(st.st_mode))
+                err = ELOOP;
+            close(cur);
+            return -err;
+        }
+        close(cur);
+        cur = next;
+    }
+    return cur;
+}
+
+/* Opens the directory rel beneath root without following symlinks: openat2
+ * when the kernel has it; on any failure (ENOSYS included) the component walk
+ * runs, which works everywhere and names the component that is wrong. */
+static int open_dir_beneath(sink_t *s, const char *root, const char *rel)
+{
+    char copy[PATH_MAX];
+    const char *bad;
+    int rootfd, fd;
+
+    if (strlen(rel) >= sizeof(copy))
+        return UV_ENAMETOOLONG;
+    rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        return -errno;
+#ifdef SYS_openat2
+    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+    fd = (int)syscall(SYS_openat2, rootfd, rel[0] ? rel : ".", &how, sizeof(how));
+    if (fd >= 0) {
+        close(rootfd);
+        return fd;
+    }
+#endif
+    memcpy(copy, rel, strlen(rel) + 1);
+    fd = walk_beneath(rootfd, copy, &bad);
+    close(rootfd);
+    if (fd < 0)
+        log_warn("%s: directory component \"%s\": %s", s->path, bad,
+                 fd == UV_ELOOP ? "is a symlink now; refused" : uv_strerror(fd));
+    return fd;
+}
+
+/* Creates a fresh temporary file in s->dirfd under a name no one predicted. */
+static int create_tmp(sink_t *s, const char *tag)
+{
+    char name[sizeof(TMP_PREFIX) + TAG_MAX + 16];
+    int fd = UV_EEXIST;
+
+    for (int i = 0; i < TMP_TRIES && fd == UV_EEXIST; i++) {
+        uint32_t r;
+        if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+            r = (uint32_t)uv_hrtime() ^ ((uint32_t)getpid() << 16) ^ (uint32_t)i;
+        snprintf(name, sizeof(name), TMP_PREFIX "%.*s-%08x", TAG_MAX, tag, (unsigned)r);
+        /* O_EXCL|O_NOFOLLOW: never reuse or follow what someone else put at
+         * the temporary name. */
+        fd = openat(s->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0)
+            fd = -errno;
+    }
+    if (fd < 0)
+        return fd;
+    s->tmp_name = mem_strdup(name);
+    if (s->tmp_name == NULL) {
+        unlinkat(s->dirfd, name, 0);
+        close(fd);
+        return UV_ENOMEM;
+    }
+    s->fd = fd;
+    return 0;
+}
+
+int sink_open_file(sink_t *s, const char *root, const char *path, const char *tag)
+{
+    size_t rlen = strlen(root);
+    const char *rel, *slash;
+    char dir[PATH_MAX];
+    int rc;
 
     assert(s->kind == SINK_DISCARD && s->bytes == 0);
-    size_t n = strlen(path) + strlen(infix) + strlen(tag) + 1;
-    char *final = mem_strdup(path);
-    char *tmp = mem_alloc(n);
-    if (final == NULL || tmp == NULL) {
-        mem_free(final);
-        mem_free(tmp);
-        return ERR_NO_MEMORY;
+    s->cause = 0;
+    while (rlen > 1 && root[rlen - 1] == '/')
+        rlen--;
+    /* path is root + "/" + rel (root "/" is its own separator). */
+    if (strncmp(path, root, rlen) != 0 || (rlen > 1 && path[rlen] != '/')) {
+        note(s, OP_OPEN_DIR, UV_EXDEV);
+        return ERR_IO;
     }
-    snprintf(tmp, n, "%s%s%s", path, infix, tag);
-    /* O_EXCL|O_NOFOLLOW: never reuse or follow what someone else put at the
-     * temporary name, such as a symlink pointing outside the download dir. */
-    int fd = uv_fs_open(s->loop, &req, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                        0644, NULL);
-    uv_fs_req_cleanup(&req);
-    if (fd < 0) {
-        log_warn("%s: cannot create: %s", tmp, uv_strerror(fd));
-        mem_free(final);
-        mem_free(tmp);
-        return fd == UV_ENOMEM ? ERR_NO_MEMORY : ERR_IO;
+    rel = path + rlen + (rlen > 1);
+    while (*rel == '/')
+        rel++;
+    slash = strrchr(rel, '/');
+    if (*(slash ? slash + 1 : rel) == '\0' || (size_t)(slash ? slash - rel : 0) >= sizeof(dir)) {
+        note(s, OP_CREATE, UV_EINVAL);
+        return ERR_IO;
+    }
+    memcpy(dir, rel, slash ? (size_t)(slash - rel) : 0);
+    dir[slash ? slash - rel : 0] = '\0';
+    s->path = mem_strdup(path);
+    if (s->path == NULL)
+        return ERR_NO_MEMORY;
+    s->name = s->path + ((slash ? slash + 1 : rel) - path);
+    s->dirfd = open_dir_beneath(s, root, dir);
+    if (s->dirfd < 0) {
+        rc = s->dirfd;
+        note(s, OP_OPEN_DIR, rc);
+    } else {
+        rc = create_tmp(s, tag);
+        if (rc < 0) {
+            note(s, OP_CREATE, rc);
+            log_warn("%s: cannot create a temporary file beside it: %s", path, uv_strerror(rc));
+        }
+    }
+    if (rc < 0) {
+        if (s->dirfd >= 0)
+            close(s->dirfd);
+        s->dirfd = -1;
+        mem_free(s->path);
+        s->path = NULL;
+        s->name = NULL;
+        return code_for(rc);
     }
     s->kind = SINK_FILE;
-    s->path = final;
-    s->tmp_path = tmp;
-    s->fd = fd;
     return 0;
 }
 
@@ -166,8 +361,9 @@ static int file_write(sink_t *s, buf_t *b, const char *at, size_t len)
     if (rc < 0) {
         uv_fs_req_cleanup(&wr->req);
         req_put(s, wr);
-        log_warn("%s: write: %s", s->tmp_path, uv_strerror(rc));
-        return rc == UV_ENOMEM ? ERR_NO_MEMORY : ERR_IO;
+        note(s, OP_WRITE, rc);
+        log_warn("%s: write: %s", s->path, uv_strerror(rc));
+        return code_for(rc);
     }
     s->writes_in_flight++;
     s->bytes_in_flight += len;
@@ -217,69 +413,55 @@ void sink_digest(sink_t *s)
     s->digested = 1;
 }
 
-static const char *fs_op_name(uv_fs_type type)
+static void failed(sink_t *s, int op, int uverr)
 {
-    switch (type) {
-    case UV_FS_WRITE:
-        return "write";
-    case UV_FS_FSYNC:
-        return "fsync";
-    case UV_FS_CLOSE:
-        return "close";
-    case UV_FS_RENAME:
-        return "rename";
-    case UV_FS_UNLINK:
-        return "unlink";
-    default:
-        return "file operation";
-    }
-}
-
-static void fs_failed(sink_t *s, uv_fs_type type, int err)
-{
-    log_warn("%s: %s: %s", s->tmp_path, fs_op_name(type), uv_strerror(err));
+    note(s, op, uverr);
+    log_warn("%s: %s (temporary file %s): %s", s->path, op_name(op), s->tmp_name,
+             uv_strerror(uverr));
     if (s->error == 0)
         s->error = ERR_IO;
 }
 
-/* Closes and removes the temporary file synchronously: the fallback when the
- * asynchronous chain cannot even start, and for a sink disposed unfinished. */
-static void remove_sync(sink_t *s)
+/* The finishing steps; runs on the thread pool (or, as a fallback, on the loop
+ * thread), touching nothing the loop thread reads meanwhile. A failure is
+ * only recorded here (in fail_op/fail_err) and logged by on_finished(). */
+static void finish_steps(sink_t *s, int *fail_op, int *fail_err)
 {
-    uv_fs_t req;
+    int commit = s->finishing == FINISH_COMMIT && s->error == 0;
 
-    if (s->fd >= 0) {
-        uv_fs_close(s->loop, &req, s->fd, NULL);
-        uv_fs_req_cleanup(&req);
-        s->fd = -1;
+    *fail_op = OP_NONE;
+    *fail_err = 0;
+    if (commit && fsync(s->fd) != 0) {
+        *fail_op = OP_FSYNC;
+        *fail_err = -errno;
+        commit = 0;
     }
-    int rc = uv_fs_unlink(s->loop, &req, s->tmp_path, NULL);
-    uv_fs_req_cleanup(&req);
-    if (rc < 0)
-        log_warn("%s: unlink: %s", s->tmp_path, uv_strerror(rc));
+    /* Linux releases the descriptor even when close reports an error. */
+    if (close(s->fd) != 0 && commit) {
+        *fail_op = OP_CLOSE;
+        *fail_err = -errno;
+        commit = 0;
+    }
+    s->fd = -1;
+    /* Within the directory opened at sink_open_file(): whatever happened to
+     * the path since, the file stays where it was created. */
+    if (commit && renameat(s->dirfd, s->tmp_name, s->dirfd, s->name) != 0) {
+        *fail_op = OP_RENAME;
+        *fail_err = -errno;
+        commit = 0;
+    }
+    if (!commit && unlinkat(s->dirfd, s->tmp_name, 0) != 0 && *fail_op == OP_NONE) {
+        *fail_op = OP_UNLINK;
+        *fail_err = -errno;
+    }
+    close(s->dirfd);
+    s->dirfd = -1;
 }
 
-/* Starts the fsync/close chain once no write is in flight. Returns 0, or
- * ERR_IO after cleaning up synchronously (the callback is then not called). */
-static int finish_start(sink_t *s)
+static void work_steps(uv_work_t *w)
 {
-    int rc;
-    uv_fs_type type;
-
-    s->fs.data = s;
-    if (s->finishing == FINISH_COMMIT && s->error == 0) {
-        type = UV_FS_FSYNC;
-        rc = uv_fs_fsync(s->loop, &s->fs, s->fd, on_fs);
-    } else {
-        type = UV_FS_CLOSE;
-        rc = uv_fs_close(s->loop, &s->fs, s->fd, on_fs);
-    }
-    if (rc == 0)
-        return 0;
-    uv_fs_req_cleanup(&s->fs);
-    fs_failed(s, type, rc);
-    remove_sync(s);
-    return ERR_IO;
+    sink_t *s = w->data;
+    finish_steps(s, &s->work_op, &s->work_err);
 }
 
 static void finish(sink_t *s)
@@ -291,59 +473,25 @@ static void finish(sink_t *s)
     cb(s, status);
 }
 
-/* Runs the step after `done` (which has completed, successfully or not). */
-static void step(sink_t *s, uv_fs_type done)
+static void on_finished(uv_work_t *w, int status)
 {
-    int rc;
-    uv_fs_type next;
+    sink_t *s = w->data;
 
-    switch (done) {
-    case UV_FS_FSYNC:
-        next = UV_FS_CLOSE;
-        rc = uv_fs_close(s->loop, &s->fs, s->fd, on_fs);
-        break;
-    case UV_FS_CLOSE:
-        /* Linux releases the descriptor even when close reports an error. */
-        s->fd = -1;
-        if (s->finishing == FINISH_COMMIT && s->error == 0) {
-            next = UV_FS_RENAME;
-            rc = uv_fs_rename(s->loop, &s->fs, s->tmp_path, s->path, on_fs);
-        } else {
-            next = UV_FS_UNLINK;
-            rc = uv_fs_unlink(s->loop, &s->fs, s->tmp_path, on_fs);
-        }
-        break;
-    case UV_FS_RENAME:
-        if (s->error == 0) {
-            finish(s);
-            return;
-        }
-        /* The rename failed: the partial file must not stay behind. */
-        next = UV_FS_UNLINK;
-        rc = uv_fs_unlink(s->loop, &s->fs, s->tmp_path, on_fs);
-        break;
-    default:
-        assert(done == UV_FS_UNLINK);
-        finish(s);
-        return;
-    }
-    if (rc < 0) {
-        uv_fs_req_cleanup(&s->fs);
-        fs_failed(s, next, rc);
-        step(s, next);
-    }
+    (void)status; /* never cancelled */
+    if (s->work_op != OP_NONE)
+        failed(s, s->work_op, s->work_err);
+    finish(s);
 }
 
-static void on_fs(uv_fs_t *req)
+/* Starts the finishing steps once no write is in flight. */
+static void finish_start(sink_t *s)
 {
-    sink_t *s = req->data;
-    uv_fs_type type = req->fs_type;
-    int result = (int)req->result;
-
-    uv_fs_req_cleanup(req);
-    if (result < 0)
-        fs_failed(s, type, result);
-    step(s, type);
+    s->work.data = s;
+    if (uv_queue_work(s->loop, &s->work, work_steps, on_finished) != 0) {
+        /* Cannot happen with a work callback; stay correct anyway. */
+        work_steps(&s->work);
+        on_finished(&s->work, 0);
+    }
 }
 
 /* A write finished (or failed for good): resume a waiting commit or abort, or
@@ -351,8 +499,8 @@ static void on_fs(uv_fs_t *req)
 static void write_done(sink_t *s)
 {
     if (s->finishing != FINISH_NONE) {
-        if (s->writes_in_flight == 0 && finish_start(s) < 0)
-            finish(s);
+        if (s->writes_in_flight == 0)
+            finish_start(s);
         return;
     }
     if (s->on_drain != NULL)
@@ -385,7 +533,7 @@ static void on_write(uv_fs_t *req)
         }
     }
     if (err < 0) {
-        fs_failed(s, UV_FS_WRITE, err);
+        failed(s, OP_WRITE, err);
         s->bytes_in_flight -= wr->len;
     }
     req_put(s, wr);
@@ -403,11 +551,9 @@ static int begin_finish(sink_t *s, int how, sink_cb cb)
         return how == FINISH_COMMIT ? s->error : 0;
     s->finishing = how;
     s->finish_cb = cb;
-    if (s->writes_in_flight > 0 || finish_start(s) == 0)
-        return SINK_PENDING;
-    s->finishing = FINISH_NONE;
-    s->finish_cb = NULL;
-    return how == FINISH_COMMIT ? ERR_IO : 0;
+    if (s->writes_in_flight == 0)
+        finish_start(s);
+    return SINK_PENDING;
 }
 
 int sink_commit(sink_t *s, sink_cb cb)
@@ -425,8 +571,14 @@ void sink_dispose(sink_t *s)
 {
     assert(s->finishing == FINISH_NONE && s->writes_in_flight == 0);
     /* An owner that never committed nor aborted still gets no partial file. */
-    if (s->kind == SINK_FILE && s->fd >= 0)
-        remove_sync(s);
+    if (s->kind == SINK_FILE && s->fd >= 0) {
+        int op, err;
+        s->finishing = FINISH_ABORT;
+        finish_steps(s, &op, &err);
+        s->finishing = FINISH_NONE;
+        if (op != OP_NONE)
+            failed(s, op, err);
+    }
     while (s->free_reqs != NULL) {
         sink_write_req_t *wr = s->free_reqs;
         s->free_reqs = wr->next;
@@ -435,8 +587,9 @@ void sink_dispose(sink_t *s)
     }
     mem_free(s->mem);
     mem_free(s->path);
-    mem_free(s->tmp_path);
-    s->mem = s->path = s->tmp_path = NULL;
+    mem_free(s->tmp_name);
+    s->mem = s->path = s->tmp_name = NULL;
+    s->name = NULL;
     s->mem_len = s->mem_cap = 0;
     mbedtls_sha256_free(&s->sha);
 }

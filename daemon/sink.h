@@ -1,9 +1,14 @@
 /* sink — where a response body goes: discarded, into a file, or into memory,
  * optionally through SHA-256.
  *
- * A file sink writes to a temporary name beside the final path, with
- * asynchronous writes on libuv's thread pool at explicit offsets, and renames
- * the file into place only on sink_commit(); sink_abort() removes it, so a
+ * A file sink never follows a path twice. At open it opens the output's
+ * directory beneath the download directory without following any symlink,
+ * keeps that directory's descriptor, and creates a short temporary name in
+ * it; writes go to the file's descriptor (asynchronously, on libuv's thread
+ * pool, at explicit offsets), and sink_commit() renames the temporary file
+ * within that same directory descriptor. A directory swapped for a symlink
+ * after the job was submitted therefore cannot redirect the write outside
+ * the download directory. sink_abort() removes the temporary file, so a
  * failed job never leaves a partial file.
  *
  * Ownership: a sink_t is embedded in its job (which owns it). While a write is
@@ -41,8 +46,12 @@ struct sink {
     size_t mem_len;   /* read-only */
     size_t mem_limit; /* read-only */
     /* file sink */
-    char *path;     /* owned: final path */
-    char *tmp_path; /* owned: temporary path while writing */
+    char *path;       /* owned: the final path (for messages) */
+    const char *name; /* borrowed from path: the final name inside dirfd */
+    char *tmp_name;   /* owned: the temporary file's name inside dirfd */
+    int dirfd;        /* private: the output directory, opened beneath the download dir */
+    int cause;        /* read-only: libuv code of the first failed file operation, or 0 */
+    int cause_op;     /* private: which operation failed (enum in sink.c) */
     /* private */
     uv_loop_t *loop; /* borrowed */
     stats_t *stats;  /* borrowed */
@@ -58,7 +67,9 @@ struct sink {
     sink_cb finish_cb;
     sink_cb on_drain; /* public, optional: a write completed while no commit
                          or abort was pending; check sink_pending() */
-    uv_fs_t fs;       /* fsync / close / rename / unlink chain */
+    uv_work_t work;   /* fsync, close, rename or unlink, on the thread pool */
+    int work_op;      /* which finishing step failed (written by the work item) */
+    int work_err;     /* and its libuv code */
 };
 
 /* Sets the sink up as a discard sink (the default). Never fails. */
@@ -68,12 +79,22 @@ void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256);
  * sink_write() fail with ERR_BODY_TOO_LARGE. */
 void sink_set_memory(sink_t *s, size_t limit);
 
-/* Makes s a file sink that will end up at path (an absolute path the caller
- * has already confined to the download directory). Opens the temporary file
- * path + ".fetchd-part-<tag>" now (O_CREAT|O_EXCL|O_NOFOLLOW, 0644) with a
- * synchronous open. Returns 0, ERR_IO (with errno text logged) or
- * ERR_NO_MEMORY. */
-int sink_open_file(sink_t *s, const char *path, const char *tag);
+/* Makes s a file sink that will end up at path, an absolute path inside root
+ * (the canonical download directory) that the caller confined to it when the
+ * job was submitted. Opens path's directory again now, beneath root and
+ * without following any symlink (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS,
+ * or one component at a time with O_NOFOLLOW where openat2 is missing), and
+ * creates the temporary file ".fetchd-part-<tag>-<random>" in it
+ * (O_CREAT|O_EXCL|O_NOFOLLOW, 0644). Synchronous. Returns 0, ERR_IO,
+ * ERR_NO_FDS or ERR_NO_MEMORY; sink_strerror() says why. */
+int sink_open_file(sink_t *s, const char *root, const char *path, const char *tag);
+
+/* Why the sink failed, for a job's error message: the cause of the first
+ * failed file operation ("disk full", "disk quota exceeded", "out of file
+ * descriptors", a directory on the path that became a symlink, or the
+ * system's text) when there was one, else err_str(err). Never NULL; the
+ * string is static. */
+const char *sink_strerror(const sink_t *s, int err);
 
 /* Feeds len body bytes at `at`, which lie inside b (a file sink takes a
  * reference on b while it writes them). Returns 0, ERR_BODY_TOO_LARGE (memory

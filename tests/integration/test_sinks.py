@@ -1,6 +1,5 @@
 """Where bodies go: files under the download dir, inline, SHA-256."""
 
-import glob
 import os
 import unittest
 
@@ -20,8 +19,9 @@ class Sinks(NginxTestCase):
         return self.run_harness(script, ["--download-dir", self.dir] + list(extra_options))
 
     def part_files(self):
-        return glob.glob(os.path.join(self.dir, "**", "*.fetchd-part-*"), recursive=True) + \
-            glob.glob(os.path.join(self.dir, "**", ".*.fetchd-part-*"), recursive=True)
+        # Temporary names are hidden (".fetchd-part-..."): glob would skip them.
+        return [os.path.join(top, name) for top, dirs, files in os.walk(self.dir)
+                for name in dirs + files if ".fetchd-part-" in name]
 
     def assert_no_part_files(self):
         self.assertEqual(self.part_files(), [])

@@ -1,10 +1,13 @@
 /* Unit tests for daemon/sink.c on a real libuv loop: the discard and memory
- * sinks, SHA-256, file sinks that commit, abort and fail, the refusal to open
- * over an existing temporary name, and that every request, buffer and heap
- * block is released afterwards. */
+ * sinks, SHA-256, file sinks that commit, abort and fail, output paths that
+ * must stay beneath the download directory, the causes a failure reports,
+ * and that every request, buffer and heap block is released afterwards. */
 #include "sink.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -70,6 +73,26 @@ static int exists(const char *path)
 {
     struct stat st;
     return lstat(path, &st) == 0;
+}
+
+/* Entries of dir whose name contains ".fetchd-part-". */
+static int part_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        n += strstr(e->d_name, ".fetchd-part-") != NULL;
+    closedir(d);
+    return n;
+}
+
+/* The temporary file's path while the sink is open. */
+static void tmp_of(const fixture_t *f, const sink_t *s, const char *sub, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s%s%s", f->dir, sub, sub[0] ? "/" : "", s->tmp_name);
 }
 
 static void on_finish(sink_t *s, int status)
@@ -231,17 +254,19 @@ static void test_file_commit(void)
 {
     fixture_t f;
     sink_t s;
-    char path[128], tmp[160], hex[65], want_hex[65];
+    char path[PATH_MAX], tmp[PATH_MAX], hex[65], want_hex[65];
     const size_t total = 1 << 20;
     setup(&f);
     path_in(&f, "out.bin", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-7", path);
 
     sink_init(&s, &f.loop, &f.stats, 1);
     s.data = &f;
-    CHECK_INT(sink_open_file(&s, path, "7"), 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "7"), 0);
     CHECK_INT(s.kind, SINK_FILE);
-    CHECK_STR(s.tmp_path, tmp);
+    /* A short hidden name beside the target: ".fetchd-part-7-" + 8 hex digits. */
+    CHECK(strncmp(s.tmp_name, ".fetchd-part-7-", 15) == 0 && strlen(s.tmp_name) == 23);
+    CHECK_STR(s.name, "out.bin");
+    tmp_of(&f, &s, "", tmp, sizeof(tmp));
     CHECK(exists(tmp));
     CHECK(!exists(path));
 
@@ -289,14 +314,14 @@ static void test_file_drain_then_commit(void)
 {
     fixture_t f;
     sink_t s;
-    char path[128];
+    char path[PATH_MAX];
     setup(&f);
     path_in(&f, "drained.bin", path, sizeof(path));
 
     sink_init(&s, &f.loop, &f.stats, 0);
     s.data = &f;
     s.on_drain = on_drain;
-    CHECK_INT(sink_open_file(&s, path, "x"), 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "x"), 0);
     write_pattern(&f, &s, 100000);
     uv_run(&f.loop, UV_RUN_DEFAULT);
     /* Two writes per 16 KiB buffer, each one drained. */
@@ -322,14 +347,15 @@ static void test_file_abort(void)
 {
     fixture_t f;
     sink_t s;
-    char path[128], tmp[160];
+    char path[PATH_MAX], tmp[PATH_MAX];
     setup(&f);
     path_in(&f, "aborted.bin", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-9", path);
 
     sink_init(&s, &f.loop, &f.stats, 1);
     s.data = &f;
-    CHECK_INT(sink_open_file(&s, path, "9"), 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "9"), 0);
+    tmp_of(&f, &s, "", tmp, sizeof(tmp));
+    CHECK(exists(tmp));
     write_pattern(&f, &s, 300000);
     CHECK_INT(sink_abort(&s, on_finish), SINK_PENDING);
     uv_run(&f.loop, UV_RUN_DEFAULT);
@@ -345,15 +371,15 @@ static void test_file_write_error(void)
 {
     fixture_t f;
     sink_t s;
-    char path[128], tmp[160];
+    char path[PATH_MAX], tmp[PATH_MAX];
     setup(&f);
     path_in(&f, "full.bin", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-e", path);
 
     sink_init(&s, &f.loop, &f.stats, 0);
     s.data = &f;
     s.on_drain = on_drain;
-    CHECK_INT(sink_open_file(&s, path, "e"), 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "e"), 0);
+    tmp_of(&f, &s, "", tmp, sizeof(tmp));
     /* Swap /dev/full in under the sink's descriptor: every write fails with
      * ENOSPC, as on a full disk. */
     int full = open("/dev/full", O_WRONLY | O_CLOEXEC);
@@ -367,6 +393,8 @@ static void test_file_write_error(void)
     CHECK_INT(s.error, ERR_IO);
     CHECK_INT(sink_pending(&s), 0);
     CHECK_INT(feed(&f, &s, "more", 4), ERR_IO);
+    /* The job's message names the cause, not just "I/O error". */
+    CHECK_STR(sink_strerror(&s, ERR_IO), "disk full");
 
     /* Commit cleans up and reports the failure. */
     CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
@@ -375,28 +403,50 @@ static void test_file_write_error(void)
     CHECK_INT(f.status, ERR_IO);
     CHECK(!exists(tmp));
     CHECK(!exists(path));
+    CHECK_STR(sink_strerror(&s, ERR_IO), "disk full");
     sink_dispose(&s);
     teardown(&f);
+}
+
+static void test_strerror(void)
+{
+    sink_t s;
+    sink_init(&s, NULL, NULL, 0);
+    /* No file system cause: the error's own text. */
+    CHECK_STR(sink_strerror(&s, ERR_IO), "I/O error");
+    CHECK_STR(sink_strerror(&s, ERR_NO_MEMORY), "out of memory");
+    s.cause = -ENOSPC;
+    CHECK_STR(sink_strerror(&s, ERR_IO), "disk full");
+    s.cause = -EDQUOT;
+    CHECK_STR(sink_strerror(&s, ERR_IO), "disk quota exceeded");
+    s.cause = UV_EMFILE;
+    CHECK_STR(sink_strerror(&s, ERR_NO_FDS), "out of file descriptors");
+    s.cause = UV_ENFILE;
+    CHECK_STR(sink_strerror(&s, ERR_NO_FDS), "out of file descriptors");
+    s.cause = UV_EACCES;
+    CHECK_STR(sink_strerror(&s, ERR_IO), uv_strerror(UV_EACCES));
+    sink_dispose(&s);
 }
 
 static void test_file_alloc_failure(void)
 {
     fixture_t f;
     sink_t s;
-    char path[128], tmp[160];
+    char path[PATH_MAX], tmp[PATH_MAX];
     setup(&f);
     path_in(&f, "nomem.bin", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-m", path);
 
     sink_init(&s, &f.loop, &f.stats, 0);
     s.data = &f;
     for (long n = 1; n <= 2; n++) {
         mem_fail_after(n);
-        CHECK_INT(sink_open_file(&s, path, "m"), ERR_NO_MEMORY);
+        CHECK_INT(sink_open_file(&s, f.dir, path, "m"), ERR_NO_MEMORY);
         mem_fail_after(0);
-        CHECK(!exists(tmp));
+        CHECK_INT(part_files(f.dir), 0);
+        CHECK_INT(s.kind, SINK_DISCARD);
     }
-    CHECK_INT(sink_open_file(&s, path, "m"), 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "m"), 0);
+    tmp_of(&f, &s, "", tmp, sizeof(tmp));
 
     buf_t *b = buf_get(&f.pool);
     mem_fail_after(1);
@@ -415,39 +465,135 @@ static void test_file_alloc_failure(void)
     teardown(&f);
 }
 
+/* Opens path (relative to the fixture's dir) and expects it refused with
+ * code and a cause; nothing may be created anywhere. */
+static void expect_refused(fixture_t *f, const char *root, const char *rel, int code, int cause,
+                           const char *words)
+{
+    sink_t s;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%s", f->dir, rel);
+    sink_init(&s, &f->loop, &f->stats, 0);
+    CHECK_INT(sink_open_file(&s, root, path, "r"), code);
+    CHECK_INT(s.kind, SINK_DISCARD);
+    CHECK_INT(s.cause, cause);
+    CHECK(s.tmp_name == NULL && s.dirfd == -1 && s.fd == -1);
+    if (strstr(sink_strerror(&s, code), words) == NULL) {
+        fprintf(stderr, "%s: \"%s\" does not say \"%s\"\n", rel, sink_strerror(&s, code), words);
+        CHECK(0);
+    }
+    sink_dispose(&s);
+}
+
 static void test_open_refuses(void)
 {
     fixture_t f;
-    sink_t s;
-    char path[128], tmp[160], target[128];
+    char sub[PATH_MAX], outside[PATH_MAX], link[PATH_MAX], file[PATH_MAX];
     setup(&f);
-    path_in(&f, "taken.bin", path, sizeof(path));
-    path_in(&f, "target", target, sizeof(target));
-    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-t", path);
-
-    /* An existing temporary file is not reused (O_EXCL). */
-    FILE *fp = fopen(tmp, "w");
+    path_in(&f, "sub", sub, sizeof(sub));
+    path_in(&f, "outside", outside, sizeof(outside));
+    path_in(&f, "sub/link", link, sizeof(link));
+    path_in(&f, "sub/file", file, sizeof(file));
+    CHECK_INT(mkdir(sub, 0755), 0);
+    CHECK_INT(mkdir(outside, 0755), 0);
+    /* "root" is the download dir: f.dir/sub; "outside" lies beside it. */
+    CHECK_INT(symlink(outside, link), 0);
+    FILE *fp = fopen(file, "w");
     CHECK(fp != NULL);
-    fputs("someone else's", fp);
     fclose(fp);
+
+    /* A directory on the path that is a symlink (a swap after submit). */
+    expect_refused(&f, sub, "sub/link/x.bin", ERR_IO, UV_ELOOP, "is now a symlink");
+    /* A regular file where a directory was. */
+    expect_refused(&f, sub, "sub/file/x.bin", ERR_IO, UV_ENOTDIR, "no longer a directory");
+    /* A directory that went away. */
+    expect_refused(&f, sub, "sub/gone/x.bin", ERR_IO, UV_ENOENT, "no longer exists");
+    /* A path that is not under root at all, or climbs out of it. */
+    expect_refused(&f, sub, "outside/x.bin", ERR_IO, UV_EXDEV, "out of the download directory");
+    expect_refused(&f, sub, "sub/../outside/x.bin", ERR_IO, UV_EXDEV,
+                   "out of the download directory");
+    /* No file name. */
+    expect_refused(&f, sub, "sub/", ERR_IO, UV_EINVAL, "invalid argument");
+
+    DIR *d = opendir(outside);
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    CHECK_INT(n, 0);
+    CHECK_INT(part_files(sub), 0);
+    CHECK_INT(unlink(link), 0);
+    CHECK_INT(unlink(file), 0);
+    CHECK_INT(rmdir(sub), 0);
+    CHECK_INT(rmdir(outside), 0);
+    teardown(&f);
+}
+
+/* The temporary name never makes a legal name fail: a 255-byte name (NAME_MAX)
+ * commits, in a subdirectory too. */
+static void test_longest_name(void)
+{
+    fixture_t f;
+    sink_t s;
+    char name[NAME_MAX + 1], rel[NAME_MAX + 8], path[PATH_MAX], sub[PATH_MAX];
+    setup(&f);
+    memset(name, 'n', NAME_MAX);
+    name[NAME_MAX] = '\0';
+    path_in(&f, "d", sub, sizeof(sub));
+    CHECK_INT(mkdir(sub, 0755), 0);
+    for (int in_sub = 0; in_sub <= 1; in_sub++) {
+        snprintf(rel, sizeof(rel), "%s%s", in_sub ? "d/" : "", name);
+        path_in(&f, rel, path, sizeof(path));
+        sink_init(&s, &f.loop, &f.stats, 0);
+        s.data = &f;
+        CHECK_INT(sink_open_file(&s, f.dir, path, "0123456789abcdef"), 0);
+        CHECK_INT(feed(&f, &s, "long", 4), 0);
+        f.finished = 0;
+        CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        CHECK_INT(f.finished, 1);
+        CHECK_INT(f.status, 0);
+        sink_dispose(&s);
+        CHECK(exists(path));
+        CHECK_INT(unlink(path), 0);
+    }
+    CHECK_INT(rmdir(sub), 0);
+    teardown(&f);
+}
+
+/* The output directory is held open from sink_open_file() on: a directory
+ * moved away and replaced by a symlink while the body is written does not
+ * redirect the file; it lands in the directory it was opened in. */
+static void test_swap_after_open(void)
+{
+    fixture_t f;
+    sink_t s;
+    char sub[PATH_MAX], moved[PATH_MAX], outside[PATH_MAX], path[PATH_MAX], landed[PATH_MAX];
+    setup(&f);
+    path_in(&f, "sub", sub, sizeof(sub));
+    path_in(&f, "moved", moved, sizeof(moved));
+    path_in(&f, "outside", outside, sizeof(outside));
+    path_in(&f, "sub/out.bin", path, sizeof(path));
+    path_in(&f, "moved/out.bin", landed, sizeof(landed));
+    CHECK_INT(mkdir(sub, 0755), 0);
+    CHECK_INT(mkdir(outside, 0755), 0);
+
     sink_init(&s, &f.loop, &f.stats, 0);
-    CHECK_INT(sink_open_file(&s, path, "t"), ERR_IO);
-    CHECK_INT(s.kind, SINK_DISCARD);
-    CHECK_INT(unlink(tmp), 0);
-
-    /* Nor followed when it is a symlink, dangling or not. */
-    CHECK_INT(symlink(target, tmp), 0);
-    CHECK_INT(sink_open_file(&s, path, "t"), ERR_IO);
-    CHECK(!exists(target));
-    fp = fopen(target, "w");
-    CHECK(fp != NULL);
-    fclose(fp);
-    CHECK_INT(sink_open_file(&s, path, "t"), ERR_IO);
-    struct stat st;
-    CHECK(stat(target, &st) == 0 && st.st_size == 0);
-    CHECK_INT(unlink(tmp), 0);
-    CHECK_INT(unlink(target), 0);
+    s.data = &f;
+    CHECK_INT(sink_open_file(&s, f.dir, path, "s"), 0);
+    CHECK_INT(rename(sub, moved), 0);
+    CHECK_INT(symlink(outside, sub), 0);
+    write_pattern(&f, &s, 50000);
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.status, 0);
     sink_dispose(&s);
+    CHECK(check_pattern_file(landed, 50000));
+    CHECK(rmdir(outside) == 0); /* empty */
+    CHECK_INT(unlink(landed), 0);
+    CHECK_INT(unlink(sub), 0);
+    CHECK_INT(rmdir(moved), 0);
     teardown(&f);
 }
 
@@ -455,13 +601,13 @@ static void test_dispose_unfinished(void)
 {
     fixture_t f;
     sink_t s;
-    char path[128], tmp[160];
+    char path[PATH_MAX], tmp[PATH_MAX];
     setup(&f);
     path_in(&f, "left.bin", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.fetchd-part-l", path);
 
     sink_init(&s, &f.loop, &f.stats, 0);
-    CHECK_INT(sink_open_file(&s, path, "l"), 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "l"), 0);
+    tmp_of(&f, &s, "", tmp, sizeof(tmp));
     CHECK_INT(feed(&f, &s, "partial", 7), 0);
     uv_run(&f.loop, UV_RUN_DEFAULT);
     /* Disposed without commit or abort: no partial file stays behind. */
@@ -473,5 +619,7 @@ static void test_dispose_unfinished(void)
 
 TEST_MAIN(TEST_CASE(test_discard_sha256), TEST_CASE(test_memory), TEST_CASE(test_file_commit),
           TEST_CASE(test_file_drain_then_commit), TEST_CASE(test_file_abort),
-          TEST_CASE(test_file_write_error), TEST_CASE(test_file_alloc_failure),
-          TEST_CASE(test_open_refuses), TEST_CASE(test_dispose_unfinished))
+          TEST_CASE(test_file_write_error), TEST_CASE(test_strerror),
+          TEST_CASE(test_file_alloc_failure), TEST_CASE(test_open_refuses),
+          TEST_CASE(test_longest_name), TEST_CASE(test_swap_after_open),
+          TEST_CASE(test_dispose_unfinished))
