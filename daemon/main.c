@@ -26,6 +26,7 @@ static void usage(FILE *out)
             "      --download-dir DIR   jobs may write output files only under DIR;\n"
             "                           without it file output is refused\n"
             "      --state-dir DIR      keep unfinished jobs in DIR/queue.json across restarts\n"
+            "                           (DIR must exist and be writable)\n"
             "      --max-connections N  open connections in all (default 256)\n"
             "      --max-per-host N     open connections per origin (default 32)\n"
             "      --max-jobs N         queued jobs; more are refused (default 100000)\n"
@@ -46,7 +47,8 @@ static void usage(FILE *out)
             "Signals: SIGHUP reloads the configuration; SIGTERM and SIGINT stop gracefully\n"
             "(a second one stops at once).\n"
             "Exit status: 0 after a clean stop, 64 on a usage error, 78 on a bad\n"
-            "configuration, 1 on any other failure.\n");
+            "configuration (or a state directory it cannot write in), 1 on any other\n"
+            "failure (such as a queue that could not be saved at the stop).\n");
 }
 
 int main(int argc, char **argv)

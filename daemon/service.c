@@ -30,6 +30,7 @@ typedef struct service {
     int argc;
     char **argv; /* borrowed: main's */
     int stopping, stopped;
+    int save_failed;      /* the final save failed: the exit status says so */
     int dirty;            /* the queue changed since the last checkpoint */
     uint64_t saved_at_ms; /* loop time the last save ended */
     uint64_t save_ms;     /* how long the last save took */
@@ -45,7 +46,8 @@ static void write_status(char *buf, size_t len, void *data)
              svc->ctl.nclients);
 }
 
-static void save_queue(service_t *svc, const char *why)
+/* Saves the queue; returns 0, or -1 when the save failed (logged). */
+static int save_queue(service_t *svc, const char *why)
 {
     const char *dir = svc->d.cfg.state_dir;
     uint64_t t0 = uv_hrtime();
@@ -53,7 +55,7 @@ static void save_queue(service_t *svc, const char *why)
     long n;
 
     if (dir == NULL)
-        return;
+        return 0;
     n = state_save(&svc->d.sched, dir, 1, err, sizeof(err));
     if (n < 0)
         log_error("state: %s", err);
@@ -64,6 +66,7 @@ static void save_queue(service_t *svc, const char *why)
     uv_update_time(&svc->d.loop);
     svc->saved_at_ms = uv_now(&svc->d.loop);
     svc->dirty = n < 0;
+    return n < 0 ? -1 : 0;
 }
 
 static void on_checkpoint(uv_timer_t *t)
@@ -90,9 +93,13 @@ static void finish_stop(service_t *svc)
     if (svc->stopped)
         return;
     svc->stopped = 1;
-    if (svc->d.cfg.state_dir)
-        save_queue(svc, "shutdown");
-    else if (left > 0)
+    if (svc->d.cfg.state_dir && save_queue(svc, "shutdown") != 0) {
+        /* A service manager must see that the queue was lost, not a clean stop. */
+        log_error("state: the queue could not be saved at shutdown: %zu unfinished jobs are lost; "
+                  "exit status 1",
+                  left);
+        svc->save_failed = 1;
+    } else if (!svc->d.cfg.state_dir && left > 0)
         log_warn("%zu unfinished jobs are dropped: no --state-dir to keep them in", left);
     uv_close((uv_handle_t *)&svc->grace, NULL);
     uv_close((uv_handle_t *)&svc->checkpoint, NULL);
@@ -249,6 +256,13 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
 
     svc.argc = argc;
     svc.argv = argv;
+    /* Like a bad configuration: a state dir the queue cannot be saved in is
+     * refused now, not found out at the first checkpoint or at the stop. */
+    if (cfg->state_dir != NULL && state_check_dir(cfg->state_dir, err, sizeof(err)) != 0) {
+        log_error("%s", err);
+        daemon_config_dispose(cfg);
+        return CONFIG_EX_CONFIG;
+    }
     if (daemon_init(&svc.d, cfg, err, sizeof(err)) != 0) {
         log_error("%s", err);
         return CONFIG_EX_CONFIG;
@@ -273,5 +287,5 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
     uv_run(&svc.d.loop, UV_RUN_DEFAULT);
     rc = daemon_dispose(&svc.d);
     log_notice("fetchd stopped");
-    return rc == 0 ? 0 : 1;
+    return rc == 0 && !svc.save_failed ? 0 : 1;
 }

@@ -7,7 +7,8 @@
  * SIGHUP: RELOADING=1, re-read the configuration (a bad one is reported and
  * the old one kept), READY=1. SIGTERM/SIGINT: STOPPING=1, refuse new jobs,
  * give running ones the grace period, persist what has not finished,
- * cancel the rest with "shutdown", exit 0.
+ * cancel the rest with "shutdown", exit 0 (1 when that last save failed).
+ * A state dir fetchd cannot write in is refused at start (exit 78).
  */
 #ifndef FETCHD_SERVICE_H
 #define FETCHD_SERVICE_H

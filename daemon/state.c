@@ -6,6 +6,8 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -14,7 +16,10 @@
 #include "mem.h"
 
 #define STATE_FILE    "queue.json"
+#define STATE_TMP     "." STATE_FILE ".tmp"
 #define STATE_VERSION 1
+/* Names tried for a corrupt file before giving up on keeping it. */
+#define BAD_TRIES 100
 
 static json_t *collect(sched_t *s, int with_running)
 {
@@ -58,7 +63,7 @@ long state_save(sched_t *s, const char *dir, int with_running, char *err, size_t
     int fd = -1, dfd;
 
     snprintf(path, sizeof(path), "%s/" STATE_FILE, dir);
-    snprintf(tmp, sizeof(tmp), "%s/." STATE_FILE ".tmp", dir);
+    snprintf(tmp, sizeof(tmp), "%s/" STATE_TMP, dir);
     doc = jobs ? json_pack("{s:i, s:o}", "version", STATE_VERSION, "jobs", jobs) : NULL;
     if (doc)
         text = json_dumps(doc, JSON_COMPACT);
@@ -120,9 +125,73 @@ static long restore(sched_t *s, json_t *jobs, const char *path)
     return restored;
 }
 
+int state_check_dir(const char *dir, char *err, size_t errlen)
+{
+    char tmp[PATH_MAX];
+    struct stat st;
+    int fd;
+
+    if (stat(dir, &st) != 0) {
+        snprintf(err, errlen, "state directory %s: %s", dir, strerror(errno));
+        return ERR_IO;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "state directory %s: %s", dir, strerror(ENOTDIR));
+        return ERR_IO;
+    }
+    /* access() would not do: root passes it on a read-only file system, and
+     * it checks the real, not the effective, user. Try what a save does. */
+    if (snprintf(tmp, sizeof(tmp), "%s/" STATE_TMP, dir) >= (int)sizeof(tmp)) {
+        snprintf(err, errlen, "state directory %s: %s", dir, strerror(ENAMETOOLONG));
+        return ERR_IO;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "state directory %s: cannot write there: %s (fetchd runs as uid %u)",
+                 dir, strerror(e), (unsigned)geteuid());
+        return ERR_IO;
+    }
+    close(fd);
+    unlink(tmp);
+    return 0;
+}
+
+/* Moves a corrupt state file aside under a name no earlier one has, so a
+ * second corrupt file never overwrites the first. Returns 0 with the name in
+ * bad, or -1 with errno set. */
+static int keep_bad(const char *path, char *bad, size_t len)
+{
+    char stamp[32];
+    struct tm tm;
+    time_t now = time(NULL);
+
+    gmtime_r(&now, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+    for (int i = 0; i < BAD_TRIES; i++) {
+        int n = i == 0 ? snprintf(bad, len, "%s.bad-%s-%d", path, stamp, (int)getpid())
+                       : snprintf(bad, len, "%s.bad-%s-%d-%d", path, stamp, (int)getpid(), i);
+        if (n < 0 || (size_t)n >= len) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        if (renameat2(AT_FDCWD, path, AT_FDCWD, bad, RENAME_NOREPLACE) == 0)
+            return 0;
+        /* A file system without RENAME_NOREPLACE: link() never replaces either. */
+        if (errno == EINVAL || errno == ENOSYS) {
+            if (link(path, bad) == 0)
+                return unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+        }
+        if (errno != EEXIST)
+            return -1;
+    }
+    errno = EEXIST;
+    return -1;
+}
+
 long state_load(sched_t *s, const char *dir, char *err, size_t errlen)
 {
-    char path[PATH_MAX], bad[PATH_MAX + 8];
+    char path[PATH_MAX], bad[PATH_MAX + 64];
     json_error_t jerr;
     json_t *doc, *jobs;
     long n;
@@ -135,10 +204,13 @@ long state_load(sched_t *s, const char *dir, char *err, size_t errlen)
     if (doc == NULL || !json_is_array(jobs) ||
         json_integer_value(json_object_get(doc, "version")) != STATE_VERSION) {
         /* Keep it for a human to look at; start with an empty queue. */
-        snprintf(bad, sizeof(bad), "%s.bad", path);
-        rename(path, bad);
-        snprintf(err, errlen, "%s:%d: %s (kept as %s)", path, jerr.line,
-                 doc ? "not a fetchd queue file" : jerr.text, bad);
+        const char *why = doc ? "not a fetchd queue file" : jerr.text;
+        if (keep_bad(path, bad, sizeof(bad)) == 0)
+            snprintf(err, errlen, "%s:%d: %s (kept as %s)", path, jerr.line, why, bad);
+        else
+            snprintf(err, errlen,
+                     "%s:%d: %s (could not keep it aside: %s; the next save replaces it)", path,
+                     jerr.line, why, strerror(errno));
         json_decref(doc);
         return ERR_IO;
     }

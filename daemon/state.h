@@ -18,9 +18,16 @@
  * jobs written, or a negative error with errmsg filled in. */
 long state_save(sched_t *s, const char *dir, int with_running, char *errmsg, size_t errlen);
 
+/* Checks at start that dir is a directory fetchd can save its queue in: it
+ * creates and removes the temporary file a save uses. Returns 0, or ERR_IO
+ * with errmsg saying what is wrong (path and system error). */
+int state_check_dir(const char *dir, char *errmsg, size_t errlen);
+
 /* Requeues the jobs of dir/queue.json under their ids. A missing file is
- * no error (0 jobs); a bad file is kept as queue.json.bad and reported.
- * Returns the number of jobs restored, or a negative error. */
+ * no error (0 jobs); a bad file is moved aside under a name of its own,
+ * queue.json.bad-<UTC time>-<pid>[-<n>], never over an earlier one, and
+ * errmsg says where it went. Returns the number of jobs restored, or a
+ * negative error. */
 long state_load(sched_t *s, const char *dir, char *errmsg, size_t errlen);
 
 #endif

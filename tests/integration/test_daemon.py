@@ -1,8 +1,11 @@
 """The fetchd binary itself: its options, exit statuses, configuration errors,
 logging and a clean stop on SIGTERM and SIGINT."""
 
+import glob
 import os
+import pwd
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -197,6 +200,107 @@ class Lifecycle(unittest.TestCase):
         finally:
             d.stop(signal.SIGTERM)
         self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} fetchd\[notice\] ")
+
+
+class StateDir(unittest.TestCase):
+    """--state-dir: checked at start, corrupt files kept, a failed final save
+    reported in the exit status."""
+
+    def setUp(self):
+        self.dir = tmpdir("state-")
+        self.addCleanup(remove_tree, self.dir)
+        self.state = os.path.join(self.dir, "state")
+        os.mkdir(self.state)
+
+    def start(self, args=(), **kw):
+        d = Daemon(["--state-dir", self.state] + list(args), **kw)
+        self.addCleanup(lambda: d.proc.poll() is None and d.stop(signal.SIGKILL))
+        return d
+
+    def run_to_exit(self, args, env=None, preexec_fn=None):
+        """Runs fetchd, which must exit by itself (bounded); returns (rc, stderr)."""
+        proc = subprocess.Popen([FETCHD] + args, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env, preexec_fn=preexec_fn)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            self.fail("fetchd kept running with %r:\n%s" % (args, err))
+        return proc.returncode, err
+
+    def run_once_with(self, text):
+        with open(os.path.join(self.state, "queue.json"), "w") as f:
+            f.write(text)
+        d = self.start()
+        d.wait_for_line("started")
+        rc = d.stop(signal.SIGTERM)
+        self.assertEqual(rc, 0, d.lines)
+        return d.lines
+
+    def test_each_corrupt_queue_file_is_kept(self):
+        first = self.run_once_with("{not json at all")
+        second = self.run_once_with('{"version": 1, "jobs": "second"}')
+        kept = sorted(glob.glob(os.path.join(self.state, "queue.json.bad*")))
+        self.assertEqual(len(kept), 2, (kept, first, second))
+        contents = set()
+        for path in kept:
+            with open(path) as f:
+                contents.add(f.read())
+        self.assertEqual(contents, {"{not json at all", '{"version": 1, "jobs": "second"}'})
+        # Each run's log says where its file went.
+        for lines in (first, second):
+            said = [path for path in kept if any("kept as " + path in l for l in lines)]
+            self.assertEqual(len(said), 1, (kept, lines))
+
+    def test_missing_or_unusable_state_dir_exits_78(self):
+        missing = os.path.join(self.dir, "missing")
+        plain = os.path.join(self.dir, "file")
+        with open(plain, "w") as f:
+            f.write("not a directory")
+        for path, words in [(missing, "No such file"), (plain, "Not a directory")]:
+            rc, err = self.run_to_exit(["--state-dir", path, "--metrics", "off",
+                                        "--control", os.path.join(self.dir, "c.sock")])
+            self.assertEqual(rc, 78, (path, err))
+            self.assertIn(path, err)
+            self.assertIn(words, err)
+
+    def test_unwritable_state_dir_exits_78(self):
+        # As root the permission bits do not stop fetchd: run it as nobody,
+        # with a state dir that root owns (mode 0755).
+        preexec, runtime = None, tmpdir("fetchd-run-")
+        self.addCleanup(remove_tree, runtime)
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(runtime, nobody.pw_uid, nobody.pw_gid)
+            os.chmod(self.dir, 0o755)
+
+            def preexec():
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+        else:
+            os.chmod(self.state, 0o555)
+            self.addCleanup(os.chmod, self.state, 0o755)
+        env = dict(os.environ, XDG_RUNTIME_DIR=runtime)
+        env.pop("RUNTIME_DIRECTORY", None)
+        rc, err = self.run_to_exit(["--state-dir", self.state, "--metrics", "off"], env=env,
+                                   preexec_fn=preexec)
+        self.assertEqual(rc, 78, err)
+        self.assertIn(self.state, err)
+        self.assertIn("Permission denied", err)
+        self.assertEqual(os.listdir(self.state), [])
+
+    def test_failed_final_save_exits_1(self):
+        d = self.start()
+        d.wait_for_line("started")
+        # The state dir goes away under the running daemon: the save at the
+        # stop fails, and the exit status must say so.
+        shutil.rmtree(self.state)
+        rc = d.stop(signal.SIGTERM)
+        self.assertEqual(rc, 1, d.lines)
+        self.assertTrue(any("could not be saved" in l for l in d.lines), d.lines)
 
 
 if __name__ == "__main__":
