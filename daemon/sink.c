@@ -191,7 +191,7 @@ static int open_dir_beneath(sink_t *s, const char *root, const char *rel)
     rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0)
         return -errno;
-#ifdef SYS_openat2
+#if defined(SYS_openat2) && !defined(FETCHD_SINK_NO_OPENAT2) /* the latter: unit_sink_walk */
     struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
     fd = (int)syscall(SYS_openat2, rootfd, rel[0] ? rel : ".", &how, sizeof(how));
