@@ -69,6 +69,8 @@ static void test_uv_mapping(void)
     CHECK_INT(err_from_uv(UV_EOF), ERR_TRUNCATED);
     CHECK_INT(err_from_uv(UV_EAI_NONAME), ERR_DNS);
     CHECK_INT(err_from_uv(UV_ENOSPC), ERR_IO);
+    CHECK_INT(err_from_uv(UV_EMFILE), ERR_NO_FDS);
+    CHECK_INT(err_from_uv(UV_ENFILE), ERR_NO_FDS);
     CHECK_INT(err_from_uv(UV_ECANCELED), ERR_CANCELLED);
     CHECK_INT(err_from_uv(ERR_PROTOCOL), ERR_PROTOCOL); /* ours pass through */
     CHECK_INT(err_from_uv(0), 0);
