@@ -40,12 +40,27 @@ static json_t *collect(sched_t *s, int with_running)
     return jobs;
 }
 
+/* The system error e as a save reports it: a full disk says so in words. */
+static const char *cause(int e)
+{
+    switch (e) {
+    case ENOSPC:
+        return "disk full";
+    case EDQUOT:
+        return "disk quota exceeded";
+    default:
+        return strerror(e);
+    }
+}
+
 static int write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w == 0)
+            errno = EIO; /* no progress: retrying would spin */
         if (w <= 0)
             return -1;
         p += w;
@@ -75,7 +90,7 @@ long state_save(sched_t *s, const char *dir, int with_running, char *err, size_t
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || write_all(fd, text, strlen(text)) != 0 || write_all(fd, "\n", 1) != 0 ||
         fsync(fd) != 0) {
-        snprintf(err, errlen, "writing %s: %s", tmp, strerror(errno));
+        snprintf(err, errlen, "writing %s: %s", tmp, cause(errno));
         if (fd >= 0) {
             close(fd);
             unlink(tmp);
@@ -83,10 +98,15 @@ long state_save(sched_t *s, const char *dir, int with_running, char *err, size_t
         mem_free(text);
         return ERR_IO;
     }
-    close(fd);
     mem_free(text);
+    /* Some file systems (NFS) report a failed write only here. */
+    if (close(fd) != 0) {
+        snprintf(err, errlen, "writing %s: %s", tmp, cause(errno));
+        unlink(tmp);
+        return ERR_IO;
+    }
     if (rename(tmp, path) != 0) {
-        snprintf(err, errlen, "renaming %s: %s", tmp, strerror(errno));
+        snprintf(err, errlen, "renaming %s: %s", tmp, cause(errno));
         unlink(tmp);
         return ERR_IO;
     }

@@ -7,6 +7,7 @@ fetchctl against a gated HTTP server in this module, and ends with every
 live count back at its baseline (ControlTestCase.check_clean_end).
 """
 
+import errno
 import http.server
 import os
 import resource
@@ -255,6 +256,31 @@ class DiskFull(FilesCase):
         [jid] = self.submit(c, [{"url": self.srv.url("/data?size=3000"),
                                  "output": "small/ok.bin"}])
         self.assertEqual(self.wait_job(c, jid)["state"], "done")
+
+
+    def test_full_disk_at_the_final_save_exits_1(self):
+        state = tmpdir("state-")
+        self.addCleanup(remove_tree, state)
+        self.mount_tmpfs(state, "64k")
+        d = self.start_fetchd(["--state-dir", state, "--max-running", "1",
+                               "--shutdown-grace", "0"], check_end=False)
+        c = self.connect()
+        self.submit(c, [{"url": self.srv.url("/gate/never%d" % n)} for n in range(50)])
+        # Fill the state dir's file system to the last block.
+        fd = os.open(os.path.join(state, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for _ in range(100000):
+                os.write(fd, b"x" * 4096)
+            self.fail("a 64 KiB tmpfs took 400 MB")
+        except OSError as e:
+            self.assertEqual(e.errno, errno.ENOSPC, e)
+        finally:
+            os.close(fd)
+        rc = d.stop()
+        self.assertEqual(rc, 1, d.log_tail())
+        log = d.log()
+        self.assertIn("disk full", log)
+        self.assertIn("could not be saved at shutdown: 50 unfinished jobs are lost", log)
 
 
 class FileDescriptors(FilesCase):
