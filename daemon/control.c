@@ -785,7 +785,7 @@ static json_t *handle_call(ctl_client_t *c, json_t *req, ctl_batch_t *batch, siz
 static void handle_batch(ctl_client_t *c, json_t *arr)
 {
     ctl_batch_t *b;
-    size_t i;
+    size_t i, bytes = 0;
     json_t *req;
 
     if (json_array_size(arr) == 0) {
@@ -816,10 +816,17 @@ static void handle_batch(ctl_client_t *c, json_t *arr)
             break;
         }
         resp = handle_call(c, req, b, slot, &deferred);
-        if (resp)
+        if (resp) {
+            bytes += json_dumpb(resp, NULL, 0, JSON_COMPACT);
             json_array_set_new(b->responses, slot, resp);
-        else if (!deferred)
+        } else if (!deferred) {
             json_array_remove(b->responses, slot); /* a notification's place (the last) */
+        }
+        /* One line of answers bigger than the output limit would drop the
+         * client when it is queued anyway; stop before a 1 MiB line of
+         * `list` calls builds gigabytes of answers. */
+        if (bytes > c->ctl->max_output)
+            client_close(c, "slow reader: a batch's answer is over the output limit");
     }
     batch_decref(b, 0, NULL);
 }

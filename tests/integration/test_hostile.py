@@ -27,7 +27,7 @@ import threading
 import time
 
 from ctltest import (APP_ERROR, INVALID_PARAMS, INVALID_REQUEST, IO_TIMEOUT, LINE_MAX,
-                     METHOD_NOT_FOUND, OUTPUT_MAX, PARSE_ERROR, SLOWDOWN, SUBS_MAX, WAITS_MAX,
+                     METHOD_NOT_FOUND, OUTPUT_MAX, SLOWDOWN, SUBS_MAX, WAITS_MAX,
                      ControlTestCase, RpcClient, spec)
 from faultserver import FaultServer
 
@@ -168,22 +168,21 @@ class HostileCase(ControlTestCase):
     def check_back_at_baseline(self, limit=30.0):
         self.assert_alive()
         c = self.c  # the client connected when the baseline was taken
-        if True:
-            for state in ("queued", "running"):
-                for job in self.list_all(c, state=state):
-                    c.call("cancel", {"id": job["id"]})
-            deadline = time.monotonic() + limit * SLOWDOWN
-            while True:
-                now = self.figures(self.stats(c))
-                diff = {k: (self.baseline.get(k), now.get(k))
-                        for k in set(self.baseline) | set(now)
-                        if self.baseline.get(k) != now.get(k)}
-                if not diff:
-                    break
-                if time.monotonic() > deadline:
-                    self.fail("counts not back at the baseline (baseline, now): %r%s"
-                              % (diff, self.ctx()))
-                time.sleep(0.1)
+        for state in ("queued", "running"):
+            for job in self.list_all(c, state=state):
+                c.call("cancel", {"id": job["id"]})
+        deadline = time.monotonic() + limit * SLOWDOWN
+        while True:
+            now = self.figures(self.stats(c))
+            diff = {k: (self.baseline.get(k), now.get(k))
+                    for k in set(self.baseline) | set(now)
+                    if self.baseline.get(k) != now.get(k)}
+            if not diff:
+                break
+            if time.monotonic() > deadline:
+                self.fail("counts not back at the baseline (baseline, now): %r%s"
+                          % (diff, self.ctx()))
+            time.sleep(0.1)
         self.assert_alive()
 
     # -- helpers --------------------------------------------------------------------------
@@ -426,6 +425,23 @@ class Batches(HostileCase):
             waits = [r for r in resp if "result" in r and r["result"].get("state") == "cancelled"
                      and r["id"] % len(kinds) == 5]
             self.assertEqual(len(waits), len(range(5, n, len(kinds))))
+        self.served.finish(self)
+
+
+    def test_batch_answer_over_the_output_limit(self):
+        ids = self.submit_many(self.c, 1000)
+        before = self.stats(self.c)["process_resident_memory_bytes"]
+        with self.daemon.client() as big:
+            # 60 pages of about 2.2 MiB each: 130 MiB of answers from an
+            # 8 KiB line, were they all built.
+            big.send([rpc("list", i, {"limit": 1000}) for i in range(60)])
+            self.assertTrue(big.at_eof(), "the client was not dropped")
+            self.assertLess(big.bytes_read, OUTPUT_MAX)
+        grown = self.stats(self.c)["process_resident_memory_bytes"] - before
+        self.assertLess(grown, 64 << 20, "the batch's answers were built: RSS grew %d bytes"
+                        % grown)
+        self.assertRegex(self.daemon.log(), "over the output limit")
+        self.assertEqual(len(self.cancel_all(self.c, ids)), len(ids))
         self.served.finish(self)
 
 
