@@ -37,6 +37,10 @@
  * subscription is walked on every job event. */
 #define MAX_WAITS_PER_CLIENT 10000
 #define MAX_SUBS_PER_CLIENT  64
+/* Per client, the request ids its open waits keep, and the job id lists
+ * its subscriptions keep, each at most this many bytes (as JSON): without
+ * it, 10,000 waits with 1 MiB ids would hold 10 GiB. */
+#define MAX_HELD_BYTES (1024 * 1024)
 /* A partial-line buffer larger than this is freed after its line. */
 #define LINE_KEEP (64 * 1024)
 
@@ -59,6 +63,7 @@ struct ctl_wait {
     ctl_client_t *client;      /* borrowed */
     job_t *job;                /* owned reference */
     json_t *id;                /* owned: the request id */
+    size_t id_bytes;           /* its size as JSON, counted in the client's wait_bytes */
     ctl_batch_t *batch;        /* owned reference, or NULL */
     size_t slot;               /* its place in the batch's responses */
     uv_timer_t timer;          /* the wait's own timeout; memory freed in its close callback */
@@ -69,8 +74,9 @@ struct ctl_wait {
 /* One subscription; the client owns it. */
 struct ctl_sub {
     uint64_t id;
-    unsigned events; /* bit per sched_event_t */
-    json_t *ids;     /* owned: job ids to follow, or NULL for all */
+    unsigned events;  /* bit per sched_event_t */
+    json_t *ids;      /* owned: job ids to follow, or NULL for all */
+    size_t ids_bytes; /* its size as JSON, counted in the client's sub_bytes */
     ctl_sub_t *next;
 };
 
@@ -93,6 +99,8 @@ struct ctl_client {
     ctl_sub_t *subs;           /* owned: freed only when the client is, see client_decref() */
     unsigned nwaits;           /* open waits, at most MAX_WAITS_PER_CLIENT */
     unsigned nsubs;            /* subscriptions, at most MAX_SUBS_PER_CLIENT */
+    size_t wait_bytes;         /* the open waits' ids, at most MAX_HELD_BYTES */
+    size_t sub_bytes;          /* the subscriptions' id lists, at most MAX_HELD_BYTES */
     ctl_client_t *prev, *next; /* on ctl->clients (the list borrows) */
     stats_t *stats;            /* borrowed */
 };
@@ -204,8 +212,9 @@ static void wait_end(ctl_wait_t *w, json_t *resp)
     ctl_client_t *c = w->client;
     job_t *j = w->job;
 
-    assert(c->nwaits > 0);
+    assert(c->nwaits > 0 && c->wait_bytes >= w->id_bytes);
     c->nwaits--;
+    c->wait_bytes -= w->id_bytes;
     if (w->cprev)
         w->cprev->cnext = w->cnext;
     else
@@ -489,6 +498,7 @@ static json_t *m_wait(rpc_call_t *call)
     ctl_client_t *c = call->c;
     json_t *tv = json_object_get(call->params, "timeout");
     ctl_wait_t *w;
+    size_t id_bytes;
     job_t *j;
 
     if (param_id(call, &j) != 0)
@@ -501,9 +511,16 @@ static json_t *m_wait(rpc_call_t *call)
     }
     if (job_is_finished(j) || call->id == NULL)
         return jobspec_encode_job(j); /* a notification gets no answer anyway */
+    id_bytes = json_dumpb(call->id, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
     if (c->nwaits >= MAX_WAITS_PER_CLIENT) {
         call_error(call, RPC_SERVER_ERROR, "too_many_waits", NULL,
                    "this client already has %d open waits", MAX_WAITS_PER_CLIENT);
+        return NULL;
+    }
+    if (c->wait_bytes + id_bytes > MAX_HELD_BYTES) {
+        call_error(call, RPC_SERVER_ERROR, "too_many_waits", NULL,
+                   "the request ids of this client's open waits would pass %d bytes",
+                   MAX_HELD_BYTES);
         return NULL;
     }
     w = mem_calloc(1, sizeof(*w));
@@ -521,7 +538,9 @@ static json_t *m_wait(rpc_call_t *call)
     if (w->batch)
         w->batch->refcnt++; /* the wait's, dropped by wait_end() */
     w->slot = call->slot;
+    w->id_bytes = id_bytes;
     c->nwaits++;
+    c->wait_bytes += id_bytes;
     uv_timer_init(&c->ctl->d->loop, &w->timer);
     w->timer.data = w;
     if (tv != NULL)
@@ -598,7 +617,7 @@ static json_t *m_subscribe(rpc_call_t *call)
     json_t *ids = json_object_get(call->params, "ids"), *v;
     unsigned mask = 0;
     ctl_sub_t *sub;
-    size_t i;
+    size_t i, ids_bytes;
 
     if (ev == NULL) {
         mask = (1u << (SCHED_EV_FINISHED + 1)) - 1;
@@ -636,6 +655,13 @@ static json_t *m_subscribe(rpc_call_t *call)
                    "this client already has %d subscriptions", MAX_SUBS_PER_CLIENT);
         return NULL;
     }
+    ids_bytes = ids ? json_dumpb(ids, NULL, 0, JSON_COMPACT) : 0;
+    if (c->sub_bytes + ids_bytes > MAX_HELD_BYTES) {
+        call_error(call, RPC_SERVER_ERROR, "too_many_subscriptions", NULL,
+                   "the id lists of this client's subscriptions would pass %d bytes",
+                   MAX_HELD_BYTES);
+        return NULL;
+    }
     sub = mem_calloc(1, sizeof(*sub));
     if (sub == NULL) {
         call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
@@ -645,17 +671,20 @@ static json_t *m_subscribe(rpc_call_t *call)
     sub->id = ++c->ctl->next_sub;
     sub->events = mask;
     sub->ids = ids ? json_incref(ids) : NULL;
+    sub->ids_bytes = ids_bytes;
     sub->next = c->subs;
     c->subs = sub;
     c->nsubs++;
+    c->sub_bytes += ids_bytes;
     return json_pack("{s:I}", "subscription", (json_int_t)sub->id);
 }
 
 /* Frees a subscription already unlinked from c->subs. */
 static void sub_free(ctl_client_t *c, ctl_sub_t *sub)
 {
-    assert(c->nsubs > 0);
+    assert(c->nsubs > 0 && c->sub_bytes >= sub->ids_bytes);
     c->nsubs--;
+    c->sub_bytes -= sub->ids_bytes;
     json_decref(sub->ids);
     mem_free(sub);
     stats_obj_destroyed(c->stats, STATS_OBJ_CTL_SUB);

@@ -16,8 +16,9 @@
  * sent; a client leaves the client list, and frees its subscriptions, only
  * when its last reference goes. Each walk in control.c says which.
  *
- * Per client at most 10,000 open waits and 64 subscriptions; a `submit`
- * takes at most 10,000 specs within the 1 MiB line (proto/PROTOCOL.md §2).
+ * Per client at most 10,000 open waits and 64 subscriptions (and 1 MiB of
+ * ids held for each); a `submit` takes at most 10,000 specs within the
+ * 1 MiB line (proto/PROTOCOL.md §2).
  */
 #ifndef FETCHD_CONTROL_H
 #define FETCHD_CONTROL_H

@@ -33,6 +33,7 @@ OUTPUT_MAX = 8 * 1024 * 1024
 SUBMIT_MAX = 10000  # job specs per submit call
 WAITS_MAX = 10000  # open waits per client
 SUBS_MAX = 64  # subscriptions per client
+HELD_MAX = 1048576  # bytes of wait ids, and of subscription id lists, per client
 START_TIMEOUT = 10.0 * SLOWDOWN
 STOP_TIMEOUT = 10.0 * SLOWDOWN
 IO_TIMEOUT = 20.0 * SLOWDOWN

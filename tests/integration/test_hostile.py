@@ -26,8 +26,8 @@ import socket
 import threading
 import time
 
-from ctltest import (APP_ERROR, INVALID_PARAMS, INVALID_REQUEST, IO_TIMEOUT, LINE_MAX,
-                     METHOD_NOT_FOUND, OUTPUT_MAX, SLOWDOWN, SUBS_MAX, WAITS_MAX,
+from ctltest import (APP_ERROR, HELD_MAX, INVALID_PARAMS, INVALID_REQUEST, IO_TIMEOUT,
+                     LINE_MAX, METHOD_NOT_FOUND, OUTPUT_MAX, SLOWDOWN, SUBS_MAX, WAITS_MAX,
                      ControlTestCase, RpcClient, spec)
 from faultserver import FaultServer
 
@@ -715,6 +715,38 @@ class Caps(HostileCase):
             got = {client.notification(lambda p: p["job"]["id"] == jid)["subscription"]
                    for _ in range(n)}
             self.assertEqual(len(got), n)
+        self.served.finish(self)
+
+    def test_bytes_held_for_a_client(self):
+        heavy = self.connect()
+        # Waits keep their request ids: 200 KB ids fill the budget after 5.
+        big_id = "w" * 200000
+        n_ok = HELD_MAX // (len(big_id) + 2)
+        for k in range(n_ok):
+            heavy.request("wait", {"id": self.blocker}, rid=big_id[k:])
+        err = self.assert_error(heavy.call("wait", {"id": self.blocker}, rid=big_id),
+                                APP_ERROR, "too_many_waits")
+        self.assertIn(str(HELD_MAX), err["message"])
+        # Small ids still fit.
+        heavy.request("wait", {"id": self.blocker}, rid="small")
+        self.assertEqual(self.until_marker(heavy, "m"), [])
+        self.assertEqual(self.stats(self.c)["objects"]["ctl_wait"], n_ok + 1)
+        # Subscriptions keep their id lists.
+        ids = ["%016x" % i for i in range(5000)]
+        size = len(json.dumps(ids, separators=(",", ":")))
+        n_ok = HELD_MAX // size
+        self.assertLess(n_ok, SUBS_MAX)
+        subs = [heavy.result("subscribe", {"ids": ids})["subscription"] for _ in range(n_ok)]
+        err = self.assert_error(heavy.call("subscribe", {"ids": ids}), APP_ERROR,
+                                "too_many_subscriptions")
+        self.assertIn(str(HELD_MAX), err["message"])
+        heavy.result("subscribe", {"ids": ids[:10]})
+        heavy.result("unsubscribe", {"subscription": subs[0]})
+        heavy.result("subscribe", {"ids": ids[:1000]})
+        self.c.result("cancel", {"id": self.blocker})
+        answered = {heavy.response(rid)["id"] for rid in
+                    [big_id[k:] for k in range(HELD_MAX // (len(big_id) + 2))] + ["small"]}
+        self.assertEqual(len(answered), HELD_MAX // (len(big_id) + 2) + 1)
         self.served.finish(self)
 
     def test_full_client_vanishes(self):
