@@ -594,6 +594,7 @@ class FanOut(HostileCase):
 class Vanishing(HostileCase):
     def test_close_right_after_a_batch_with_waits(self):
         queued = self.submit(self.c, [self.never() for _ in range(3)])
+        half = []
         for k in range(40):
             c = RpcClient(self.daemon.socket)
             batch = [rpc("wait", 1, {"id": self.blocker}), rpc("version", 2),
@@ -605,16 +606,31 @@ class Vanishing(HostileCase):
                 data += line(batch)
             c.send_raw(data)
             if k % 4 == 2:
-                c.sock.shutdown(socket.SHUT_WR)  # half-closed first: still owed
+                # Half-closed: still owed its answers (PROTOCOL.md section 1).
+                c.sock.shutdown(socket.SHUT_WR)
+                half.append(c)
+                continue
             if k % 4 == 3:
                 c.sock.shutdown(socket.SHUT_RDWR)
             c.close()
-        self.wait_clients(self.c, 2)  # self.c and the served client
+        # self.c, the served client and the half-closed ones; only the
+        # half-closed ones' waits are left.
+        self.wait_clients(self.c, 2 + len(half))
         for _ in range(100):
-            if self.stats(self.c)["objects"].get("ctl_wait", 0) == 0:
+            if self.stats(self.c)["objects"].get("ctl_wait", 0) == 4 * len(half):
                 break
             time.sleep(0.05)
-        self.assertEqual(self.stats(self.c)["objects"].get("ctl_wait", 0), 0)
+        self.assertEqual(self.stats(self.c)["objects"].get("ctl_wait", 0), 4 * len(half))
+        self.cancel_all(self.c, [self.blocker] + queued)
+        for c in half:
+            answers = c._take(lambda m: isinstance(m, list))
+            self.assertEqual([a["id"] for a in answers], [1, 2, 3, 4, 5, 6], answers)
+            self.assertEqual(c.response(7)["result"]["state"], "cancelled")
+            c.close()
+        # A half-closed subscriber stays until it closes, and fetchd (no
+        # longer reading from it) sees that at its next write: an event.
+        self.submit(self.c, [self.never()])
+        self.wait_clients(self.c, 2)
         self.served.finish(self)
 
     def test_vanish_mid_answer(self):
