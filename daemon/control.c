@@ -1,6 +1,7 @@
 /* control — the JSON-RPC control socket; see control.h and proto/PROTOCOL.md. */
 #include "control.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -26,18 +27,34 @@
 #define RPC_SERVER_ERROR     -32000
 
 #define PROTOCOL_VERSION 1
-#define MAX_SUBMIT       100000
-#define MAX_LIST         1000
+/* Jobs per submit call: with the shortest specs about 50,000 would fit in
+ * a 1 MiB line, so the line limit alone would not bound the work one call
+ * does in one loop turn; 10,000 is always reachable within the line for
+ * specs of up to about 100 bytes. */
+#define MAX_SUBMIT 10000
+#define MAX_LIST   1000
+/* Per client: an open wait costs about 250 bytes and a timer, a
+ * subscription is walked on every job event. */
+#define MAX_WAITS_PER_CLIENT 10000
+#define MAX_SUBS_PER_CLIENT  64
+/* Per client, the request ids its open waits keep, and the job id lists
+ * its subscriptions keep, each at most this many bytes (as JSON): without
+ * it, 10,000 waits with 1 MiB ids would hold 10 GiB. */
+#define MAX_HELD_BYTES (1024 * 1024)
+/* A partial-line buffer larger than this is freed after its line. */
+#define LINE_KEEP (64 * 1024)
 
 typedef struct ctl_batch ctl_batch_t;
 typedef struct ctl_wait ctl_wait_t;
 typedef struct ctl_sub ctl_sub_t;
 
-/* A batch whose response waits for some of its `wait` calls. */
+/* A batch being answered. Reference counted: its handler holds one while
+ * the batch's calls run, and each of its open `wait` calls holds one; the
+ * last release sends the responses (one line) and frees it. */
 struct ctl_batch {
-    ctl_client_t *client; /* borrowed: the client settles its batches before it goes */
+    ctl_client_t *client; /* borrowed: every holder of a reference holds one on the client */
     json_t *responses;    /* owned */
-    size_t pending;
+    unsigned refcnt;
 };
 
 /* An open `wait`: answered when its job finishes, its timeout passes or
@@ -46,34 +63,46 @@ struct ctl_wait {
     ctl_client_t *client;      /* borrowed */
     job_t *job;                /* owned reference */
     json_t *id;                /* owned: the request id */
-    ctl_batch_t *batch;        /* borrowed, or NULL */
+    size_t id_bytes;           /* its size as JSON, counted in the client's wait_bytes */
+    ctl_batch_t *batch;        /* owned reference, or NULL */
     size_t slot;               /* its place in the batch's responses */
     uv_timer_t timer;          /* the wait's own timeout; memory freed in its close callback */
     ctl_wait_t *cprev, *cnext; /* the client's waits */
     ctl_wait_t *jprev, *jnext; /* the job's watchers */
 };
 
+/* One subscription; the client owns it. */
 struct ctl_sub {
     uint64_t id;
-    unsigned events; /* bit per sched_event_t */
-    json_t *ids;     /* owned: job ids to follow, or NULL for all */
+    unsigned events;  /* bit per sched_event_t */
+    json_t *ids;      /* owned: job ids to follow, or NULL for all */
+    size_t ids_bytes; /* its size as JSON, counted in the client's sub_bytes */
     ctl_sub_t *next;
 };
 
+/* A connected client. Reference counted: the pipe handle holds one until
+ * its close callback, and so do every queued write, every open wait (until
+ * its timer has closed) and every handler or walk that may close the
+ * client. It stays on ctl->clients until its last reference goes, so a walk
+ * holding a reference on it can always step to its `next`. */
 struct ctl_client {
     uv_pipe_t pipe; /* pipe.data == this */
     control_t *ctl; /* borrowed */
     unsigned refcnt;
     int closing;
-    int close_after_flush; /* an error was queued: close once it is written */
-    int eof;               /* the peer half-closed: close once nothing is owed */
-    unsigned writes;       /* uv_writes in flight */
-    strbuf_t line;         /* owned: the partial line so far */
-    buf_t *rbuf;           /* owned while libuv reads into it */
-    ctl_wait_t *waits;     /* owned */
-    ctl_sub_t *subs;       /* owned */
-    ctl_client_t *prev, *next;
-    stats_t *stats; /* borrowed */
+    int close_after_flush;     /* an error was queued: close once it is written */
+    int eof;                   /* the peer half-closed: close once nothing is owed */
+    unsigned writes;           /* uv_writes in flight */
+    strbuf_t line;             /* owned: the partial line so far */
+    buf_t *rbuf;               /* owned while libuv reads into it */
+    ctl_wait_t *waits;         /* owned */
+    ctl_sub_t *subs;           /* owned: freed only when the client is, see client_decref() */
+    unsigned nwaits;           /* open waits, at most MAX_WAITS_PER_CLIENT */
+    unsigned nsubs;            /* subscriptions, at most MAX_SUBS_PER_CLIENT */
+    size_t wait_bytes;         /* the open waits' ids, at most MAX_HELD_BYTES */
+    size_t sub_bytes;          /* the subscriptions' id lists, at most MAX_HELD_BYTES */
+    ctl_client_t *prev, *next; /* on ctl->clients (the list borrows) */
+    stats_t *stats;            /* borrowed */
 };
 
 typedef struct ctl_write {
@@ -95,6 +124,7 @@ typedef struct rpc_call {
 
 static void client_close(ctl_client_t *c, const char *why);
 static void send_json(ctl_client_t *c, json_t *v);
+static void sub_free(ctl_client_t *c, ctl_sub_t *sub);
 
 /* ---- clients: lifetime ---------------------------------------------------------- */
 
@@ -103,10 +133,28 @@ static void client_incref(ctl_client_t *c)
     c->refcnt++;
 }
 
+/* The last reference frees the client, and only then does it leave the
+ * client list and free its subscriptions: a walk over either that holds a
+ * reference on the client never steps onto freed memory, whatever the
+ * client's handlers or sends did meanwhile (client_close() only marks it). */
 static void client_decref(ctl_client_t *c)
 {
+    control_t *ctl = c->ctl;
+
+    assert(c->refcnt > 0);
     if (--c->refcnt > 0)
         return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ctl->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    while (c->subs) {
+        ctl_sub_t *sub = c->subs;
+        c->subs = sub->next;
+        sub_free(c, sub);
+    }
     strbuf_dispose(&c->line);
     if (c->rbuf)
         buf_decref(c->rbuf);
@@ -117,29 +165,31 @@ static void client_decref(ctl_client_t *c)
 static void on_client_closed(uv_handle_t *h)
 {
     ctl_client_t *c = h->data;
-    control_t *ctl = c->ctl;
 
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        ctl->clients = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    ctl->nclients--;
+    c->ctl->nclients--;
     client_decref(c); /* the handle's */
 }
 
 /* ---- batches and waits ---------------------------------------------------------- */
 
-static void batch_settle(ctl_batch_t *b, size_t slot, json_t *resp)
+/* Drops a reference to the batch; resp (a new reference, or NULL) is the
+ * answer for its slot. The last reference sends the responses, unless
+ * there are none (a batch of notifications gets no line at all). */
+static void batch_decref(ctl_batch_t *b, size_t slot, json_t *resp)
 {
+    json_t *responses;
+
     if (resp)
         json_array_set_new(b->responses, slot, resp);
-    if (--b->pending > 0)
+    assert(b->refcnt > 0);
+    if (--b->refcnt > 0)
         return;
-    if (!b->client->closing)
-        send_json(b->client, b->responses);
-    json_decref(b->responses);
+    responses = b->responses;
+    b->responses = NULL;
+    if (json_array_size(responses) > 0)
+        send_json(b->client, responses); /* takes the reference, closing or not */
+    else
+        json_decref(responses);
     mem_free(b);
 }
 
@@ -153,12 +203,18 @@ static void on_wait_closed(uv_handle_t *h)
 }
 
 /* Unlinks and releases a wait; resp (new reference, may be NULL) is its
- * answer, sent alone or as its batch's slot. */
+ * answer, sent alone or as its batch's slot. The wait is off both lists
+ * before anything is sent, so a send that closes the client (which ends
+ * the client's other waits) cannot reach it again; its memory, and its
+ * reference on the client, go only when its timer has closed. */
 static void wait_end(ctl_wait_t *w, json_t *resp)
 {
     ctl_client_t *c = w->client;
     job_t *j = w->job;
 
+    assert(c->nwaits > 0 && c->wait_bytes >= w->id_bytes);
+    c->nwaits--;
+    c->wait_bytes -= w->id_bytes;
     if (w->cprev)
         w->cprev->cnext = w->cnext;
     else
@@ -172,7 +228,7 @@ static void wait_end(ctl_wait_t *w, json_t *resp)
     if (w->jnext)
         w->jnext->jprev = w->jprev;
     if (w->batch)
-        batch_settle(w->batch, w->slot, resp);
+        batch_decref(w->batch, w->slot, resp);
     else if (resp)
         send_json(c, resp);
     json_decref(w->id);
@@ -411,13 +467,23 @@ static json_t *m_status(rpc_call_t *call)
 
 static json_t *m_cancel(rpc_call_t *call)
 {
+    json_t *result;
     job_t *j;
+
     if (param_id(call, &j) != 0)
         return NULL;
+    /* The cancelled job finishes inside sched_cancel(), and retention may
+     * forget it there (--retain-jobs 0, --retain-seconds 0): hold it until
+     * its answer is encoded. */
+    job_incref(j);
     sched_cancel(&call->c->ctl->d->sched, j); /* a finished job stays as it is */
-    return jobspec_encode_job(j);
+    result = jobspec_encode_job(j);
+    job_decref(j);
+    return result;
 }
 
+/* Runs inside the wait's own reference on its client (dropped only when
+ * the timer has closed), so a send that drops the client only marks it. */
 static void on_wait_timeout(uv_timer_t *t)
 {
     ctl_wait_t *w = t->data;
@@ -432,6 +498,7 @@ static json_t *m_wait(rpc_call_t *call)
     ctl_client_t *c = call->c;
     json_t *tv = json_object_get(call->params, "timeout");
     ctl_wait_t *w;
+    size_t id_bytes;
     job_t *j;
 
     if (param_id(call, &j) != 0)
@@ -444,6 +511,18 @@ static json_t *m_wait(rpc_call_t *call)
     }
     if (job_is_finished(j) || call->id == NULL)
         return jobspec_encode_job(j); /* a notification gets no answer anyway */
+    id_bytes = json_dumpb(call->id, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (c->nwaits >= MAX_WAITS_PER_CLIENT) {
+        call_error(call, RPC_SERVER_ERROR, "too_many_waits", NULL,
+                   "this client already has %d open waits", MAX_WAITS_PER_CLIENT);
+        return NULL;
+    }
+    if (c->wait_bytes + id_bytes > MAX_HELD_BYTES) {
+        call_error(call, RPC_SERVER_ERROR, "too_many_waits", NULL,
+                   "the request ids of this client's open waits would pass %d bytes",
+                   MAX_HELD_BYTES);
+        return NULL;
+    }
     w = mem_calloc(1, sizeof(*w));
     if (w == NULL) {
         call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
@@ -456,7 +535,12 @@ static json_t *m_wait(rpc_call_t *call)
     job_incref(j);
     w->id = json_incref(call->id);
     w->batch = call->batch;
+    if (w->batch)
+        w->batch->refcnt++; /* the wait's, dropped by wait_end() */
     w->slot = call->slot;
+    w->id_bytes = id_bytes;
+    c->nwaits++;
+    c->wait_bytes += id_bytes;
     uv_timer_init(&c->ctl->d->loop, &w->timer);
     w->timer.data = w;
     if (tv != NULL)
@@ -533,7 +617,7 @@ static json_t *m_subscribe(rpc_call_t *call)
     json_t *ids = json_object_get(call->params, "ids"), *v;
     unsigned mask = 0;
     ctl_sub_t *sub;
-    size_t i;
+    size_t i, ids_bytes;
 
     if (ev == NULL) {
         mask = (1u << (SCHED_EV_FINISHED + 1)) - 1;
@@ -566,6 +650,18 @@ static json_t *m_subscribe(rpc_call_t *call)
             return NULL;
         }
     }
+    if (c->nsubs >= MAX_SUBS_PER_CLIENT) {
+        call_error(call, RPC_SERVER_ERROR, "too_many_subscriptions", NULL,
+                   "this client already has %d subscriptions", MAX_SUBS_PER_CLIENT);
+        return NULL;
+    }
+    ids_bytes = ids ? json_dumpb(ids, NULL, 0, JSON_COMPACT) : 0;
+    if (c->sub_bytes + ids_bytes > MAX_HELD_BYTES) {
+        call_error(call, RPC_SERVER_ERROR, "too_many_subscriptions", NULL,
+                   "the id lists of this client's subscriptions would pass %d bytes",
+                   MAX_HELD_BYTES);
+        return NULL;
+    }
     sub = mem_calloc(1, sizeof(*sub));
     if (sub == NULL) {
         call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
@@ -575,13 +671,20 @@ static json_t *m_subscribe(rpc_call_t *call)
     sub->id = ++c->ctl->next_sub;
     sub->events = mask;
     sub->ids = ids ? json_incref(ids) : NULL;
+    sub->ids_bytes = ids_bytes;
     sub->next = c->subs;
     c->subs = sub;
+    c->nsubs++;
+    c->sub_bytes += ids_bytes;
     return json_pack("{s:I}", "subscription", (json_int_t)sub->id);
 }
 
+/* Frees a subscription already unlinked from c->subs. */
 static void sub_free(ctl_client_t *c, ctl_sub_t *sub)
 {
+    assert(c->nsubs > 0 && c->sub_bytes >= sub->ids_bytes);
+    c->nsubs--;
+    c->sub_bytes -= sub->ids_bytes;
     json_decref(sub->ids);
     mem_free(sub);
     stats_obj_destroyed(c->stats, STATS_OBJ_CTL_SUB);
@@ -628,13 +731,20 @@ static int valid_id(const json_t *id)
 }
 
 /* Handles one request object; returns its response (new reference), or
- * NULL for a notification or a deferred wait. */
-static json_t *handle_call(ctl_client_t *c, json_t *req, ctl_batch_t *batch, size_t slot)
+ * NULL for a notification or a deferred wait (*deferred set). The caller
+ * holds a reference on c: a method may close it (a send to a slow reader
+ * inside an event fan-out), which only marks it. */
+static json_t *handle_call(ctl_client_t *c, json_t *req, ctl_batch_t *batch, size_t slot,
+                           int *deferred)
 {
     rpc_call_t call = {c, NULL, NULL, batch, slot, NULL, 0};
     json_t *method, *params, *result = NULL, *empty = NULL, *resp;
     const char *name;
     size_t i;
+
+    *deferred = 0;
+    if (c->closing)
+        return NULL; /* nobody will read the answer, and no wait may be added */
 
     if (!json_is_object(req)) {
         json_t *err =
@@ -656,31 +766,37 @@ static json_t *handle_call(ctl_client_t *c, json_t *req, ctl_batch_t *batch, siz
         call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL, "jsonrpc: must be \"2.0\"");
     } else if (!json_is_string(method)) {
         call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL, "method: must be a string");
-    } else if (params != NULL && !json_is_object(params)) {
-        if (json_is_array(params))
-            call_error(&call, RPC_INVALID_PARAMS, "invalid_params", NULL,
-                       "params: fetchd takes named parameters (an object)");
-        else
-            call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL,
-                       "params: must be an object");
+    } else if (params != NULL && !json_is_object(params) && !json_is_array(params)) {
+        call_error(&call, RPC_INVALID_REQUEST, "invalid_request", NULL,
+                   "params: must be an object");
     }
     if (call.error != NULL) {
-        /* An invalid request is answered even without an id (JSON-RPC 5). */
+        /* An invalid request object is answered even without an id: the
+         * server cannot tell it was meant as a notification (JSON-RPC 2.0
+         * section 5, and the examples of section 7). */
         return response(call.id, "error", call.error);
     }
+    /* From here the request is valid: a notification gets no answer,
+     * whatever happens (section 4.1). */
     name = json_string_value(method);
-    call.params = params ? params : (empty = json_object());
     for (i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
         if (strcmp(methods[i].name, name) == 0)
             break;
-    if (i == sizeof(methods) / sizeof(methods[0]))
+    if (i == sizeof(methods) / sizeof(methods[0])) {
         call_error(&call, RPC_METHOD_NOT_FOUND, "method_not_found", NULL, "no method \"%.60s\"",
                    name);
-    else
+    } else if (json_is_array(params)) {
+        call_error(&call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                   "params: fetchd takes named parameters (an object)");
+    } else {
+        call.params = params ? params : (empty = json_object());
         result = methods[i].fn(&call);
+    }
     json_decref(empty);
-    if (call.deferred)
+    if (call.deferred) {
+        *deferred = 1;
         return NULL;
+    }
     if (result == NULL && call.error == NULL)
         call_error(&call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
     if (call.id == NULL) {
@@ -698,7 +814,7 @@ static json_t *handle_call(ctl_client_t *c, json_t *req, ctl_batch_t *batch, siz
 static void handle_batch(ctl_client_t *c, json_t *arr)
 {
     ctl_batch_t *b;
-    size_t i;
+    size_t i, bytes = 0;
     json_t *req;
 
     if (json_array_size(arr) == 0) {
@@ -712,30 +828,36 @@ static void handle_batch(ctl_client_t *c, json_t *arr)
         return;
     }
     b->client = c;
-    b->pending = 1; /* held while the calls run */
+    b->refcnt = 1; /* this handler's, while the calls run */
+    /* The walk over the batch's members: arr is the caller's, b is held by
+     * our reference (a wait answered, or dropped by a close, meanwhile only
+     * drops its own), and c by the caller's reference. */
     json_array_foreach(arr, i, req)
     {
         size_t slot = json_array_size(b->responses);
         json_t *resp;
+        int deferred;
+
         if (c->closing)
             break;
-        json_array_append_new(b->responses, json_null());
-        resp = handle_call(c, req, b, slot);
-        if (resp)
+        if (json_array_append_new(b->responses, json_null()) != 0) {
+            client_close(c, "out of memory for a batch");
+            break;
+        }
+        resp = handle_call(c, req, b, slot, &deferred);
+        if (resp) {
+            bytes += json_dumpb(resp, NULL, 0, JSON_COMPACT);
             json_array_set_new(b->responses, slot, resp);
-        else if (c->waits && c->waits->batch == b && c->waits->slot == slot)
-            b->pending++;
-        else
-            json_array_remove(b->responses, slot); /* a notification's place */
+        } else if (!deferred) {
+            json_array_remove(b->responses, slot); /* a notification's place (the last) */
+        }
+        /* One line of answers bigger than the output limit would drop the
+         * client when it is queued anyway; stop before a 1 MiB line of
+         * `list` calls builds gigabytes of answers. */
+        if (bytes > c->ctl->max_output)
+            client_close(c, "slow reader: a batch's answer is over the output limit");
     }
-    if (json_array_size(b->responses) == 0) {
-        /* Only notifications: JSON-RPC sends nothing back at all. */
-        b->pending--;
-        json_decref(b->responses);
-        mem_free(b);
-        return;
-    }
-    batch_settle(b, 0, NULL);
+    batch_decref(b, 0, NULL);
 }
 
 static int blank(const char *p, size_t n)
@@ -759,10 +881,12 @@ static void handle_line(ctl_client_t *c, const char *p, size_t n)
                    jerr.text);
         return;
     }
-    if (json_is_array(v))
+    if (json_is_array(v)) {
         handle_batch(c, v);
-    else
-        send_json(c, handle_call(c, v, NULL, 0));
+    } else {
+        int deferred;
+        send_json(c, handle_call(c, v, NULL, 0, &deferred));
+    }
     json_decref(v);
 }
 
@@ -774,9 +898,19 @@ static void line_too_long(ctl_client_t *c)
                "a line longer than %zu bytes: closing the connection", c->ctl->max_line);
     uv_read_stop((uv_stream_t *)&c->pipe);
     c->close_after_flush = 1;
-    strbuf_reset(&c->line);
+    strbuf_dispose(&c->line);
     if (c->writes == 0)
         client_close(c, NULL);
+}
+
+/* Empties the partial-line buffer; a large one goes back to the heap, so
+ * that an idle client does not keep up to max_line bytes. */
+static void line_done(ctl_client_t *c)
+{
+    if (c->line.cap > LINE_KEEP)
+        strbuf_dispose(&c->line);
+    else
+        strbuf_reset(&c->line);
 }
 
 /* Splits the bytes read into lines; complete lines inside the read buffer
@@ -800,7 +934,7 @@ static void on_bytes(ctl_client_t *c, const char *p, size_t n)
             }
             if (nl) {
                 handle_line(c, c->line.p, c->line.len);
-                strbuf_reset(&c->line);
+                line_done(c);
             }
         }
         if (nl == NULL)
@@ -828,7 +962,7 @@ static void half_closed(ctl_client_t *c)
 {
     if (c->line.len > 0 && !c->close_after_flush) {
         handle_line(c, c->line.p, c->line.len);
-        strbuf_reset(&c->line);
+        line_done(c);
     }
     c->eof = 1;
     uv_read_stop((uv_stream_t *)&c->pipe);
@@ -877,13 +1011,12 @@ static void client_close(ctl_client_t *c, const char *why)
     c->closing = 1;
     if (why)
         log_warn("control: dropping a client: %s", why);
+    /* Each wait_end() unlinks the head, so this walk never meets a wait
+     * twice. The subscriptions stay until the client is freed: an event
+     * fan-out may be walking them right now (this close may come from one
+     * of its sends), and a closing client gets no events anyway. */
     while (c->waits)
         wait_end(c->waits, NULL);
-    while (c->subs) {
-        ctl_sub_t *sub = c->subs;
-        c->subs = sub->next;
-        sub_free(c, sub);
-    }
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
     client_decref(c);
 }
@@ -960,6 +1093,26 @@ static int sub_wants(const ctl_sub_t *sub, const job_t *j, sched_event_t ev)
     return 0;
 }
 
+/* Sends c the event to each of its subscriptions that wants it; *job is
+ * the encoded job, made on first use and shared by every notification. */
+static void notify_client(ctl_client_t *c, job_t *j, sched_event_t ev, json_t **job)
+{
+    /* The walk over c's subscriptions: a send may close c (a slow reader),
+     * which stops the walk but frees no subscription (they go with the
+     * client's memory, and the caller holds a reference on c). */
+    for (ctl_sub_t *sub = c->subs; sub && !c->closing; sub = sub->next) {
+        if (!sub_wants(sub, j, ev))
+            continue;
+        if (*job == NULL && (*job = jobspec_encode_job(j)) == NULL) {
+            client_close(c, "out of memory for an event");
+            return;
+        }
+        send_json(c, json_pack("{s:s, s:s, s:{s:I, s:s, s:O}}", "jsonrpc", "2.0", "method", "event",
+                               "params", "subscription", (json_int_t)sub->id, "event",
+                               sched_event_name(ev), "job", *job));
+    }
+}
+
 void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
 {
     control_t *ctl = data;
@@ -967,25 +1120,25 @@ void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
     ctl_client_t *c, *next;
 
     (void)s;
+    /* The walk over the job's waits: wait_end() unlinks the head before it
+     * sends, and a send that closes its client ends (and unlinks) that
+     * client's other waits too, so re-reading the head is always safe. The
+     * scheduler holds a reference on j for the whole event. */
     if (ev == SCHED_EV_FINISHED) {
         while (j->watchers) {
             ctl_wait_t *w = j->watchers;
             wait_end(w, response(w->id, "result", jobspec_encode_job(j)));
         }
     }
+    /* The walk over the clients: each is held by a reference while it is
+     * sent to, and a client leaves the list only when its last reference
+     * goes, so c->next is read from a live, listed client. */
     for (c = ctl->clients; c; c = next) {
+        client_incref(c);
+        if (!c->closing)
+            notify_client(c, j, ev, &job);
         next = c->next;
-        if (c->closing)
-            continue;
-        for (ctl_sub_t *sub = c->subs; sub && !c->closing; sub = sub->next) {
-            if (!sub_wants(sub, j, ev))
-                continue;
-            if (job == NULL && (job = jobspec_encode_job(j)) == NULL)
-                return;
-            send_json(c, json_pack("{s:s, s:s, s:{s:I, s:s, s:O}}", "jsonrpc", "2.0", "method",
-                                   "event", "params", "subscription", (json_int_t)sub->id, "event",
-                                   sched_event_name(ev), "job", job));
-        }
+        client_decref(c);
     }
     json_decref(job);
 }
@@ -1130,8 +1283,13 @@ void control_close(control_t *ctl)
     if (!ctl->listening || ctl->closing)
         return;
     ctl->closing = 1;
-    for (ctl_client_t *c = ctl->clients; c; c = c->next)
+    /* Held by a reference while it is closed (see control_on_event()). */
+    for (ctl_client_t *c = ctl->clients, *next; c; c = next) {
+        client_incref(c);
         client_close(c, NULL);
+        next = c->next;
+        client_decref(c);
+    }
     uv_close((uv_handle_t *)&ctl->server, NULL);
     if (ctl->path) {
         /* A socket systemd passed is systemd's to remove. */

@@ -9,6 +9,16 @@
  * a reference to the job it waits on and is listed (borrowed) on that job's
  * `watchers`. Every client handler runs inside a reference to the client,
  * so a disconnect inside it only marks the client.
+ *
+ * Walks: every walk over clients, a client's subscriptions or waits, a
+ * job's waits or a batch's members either holds a reference on the element
+ * it stands on or relies on the element being unlinked before anything is
+ * sent; a client leaves the client list, and frees its subscriptions, only
+ * when its last reference goes. Each walk in control.c says which.
+ *
+ * Per client at most 10,000 open waits and 64 subscriptions (and 1 MiB of
+ * ids held for each); a `submit` takes at most 10,000 specs within the
+ * 1 MiB line (proto/PROTOCOL.md §2).
  */
 #ifndef FETCHD_CONTROL_H
 #define FETCHD_CONTROL_H

@@ -30,6 +30,10 @@ FETCHCTL = os.path.join(BIN_DIR, "fetchctl")
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 LINE_MAX = 1048576
 OUTPUT_MAX = 8 * 1024 * 1024
+SUBMIT_MAX = 10000  # job specs per submit call
+WAITS_MAX = 10000  # open waits per client
+SUBS_MAX = 64  # subscriptions per client
+HELD_MAX = 1048576  # bytes of wait ids, and of subscription id lists, per client
 START_TIMEOUT = 10.0 * SLOWDOWN
 STOP_TIMEOUT = 10.0 * SLOWDOWN
 IO_TIMEOUT = 20.0 * SLOWDOWN
@@ -393,6 +397,11 @@ class ControlTestCase(unittest.TestCase):
         control clients, connections, buffers in use and every object type
         but caches and retained jobs."""
         if daemon.proc.poll() is not None:
+            # A test that stopped the daemon itself set returncode; any other
+            # exit (a crash, a sanitizer's abort) fails the test.
+            if daemon.returncode is None:
+                self.fail("fetchd exited during the test with status %r%s"
+                          % (daemon.proc.returncode, daemon.log_tail()))
             return
         with self.admitted_client(daemon) as c:
             for state in ("queued", "running"):

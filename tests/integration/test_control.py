@@ -23,8 +23,8 @@ import time
 import unittest
 
 from ctltest import (APP_ERROR, FETCHD, INVALID_PARAMS, INVALID_REQUEST, IO_TIMEOUT,
-                     LINE_MAX, METHOD_NOT_FOUND, OUTPUT_MAX, PARSE_ERROR, ControlTestCase,
-                     Fetchd, RpcClient, clean_env, spec)
+                     LINE_MAX, METHOD_NOT_FOUND, OUTPUT_MAX, PARSE_ERROR, SUBMIT_MAX,
+                     ControlTestCase, Fetchd, RpcClient, clean_env, spec)
 from faultserver import FaultServer
 from fetchtest import Nginx, remove_tree, tmpdir
 
@@ -137,6 +137,40 @@ class Submit(_Servers):
         self.assertEqual(self.list_all(self.c), [])
 
 
+class SubmitLimits(_Servers):
+    """PROTOCOL.md section 2: at most SUBMIT_MAX specs per call, and the
+    request line within LINE_MAX; each limit has its own error."""
+
+    ARGS = ["--max-jobs", "10"]
+
+    def test_count_limit(self):
+        shortest = {"url": "http://a"}
+        line = json.dumps(rpc("submit", 1, {"jobs": [shortest] * (SUBMIT_MAX + 1)}),
+                          separators=(",", ":")).encode()
+        self.assertLess(len(line), LINE_MAX, "the count limit must be reachable in one line")
+        self.c.send_raw(line + b"\n")
+        err = self.assert_error(self.c.read_message(), INVALID_PARAMS, rid=1)
+        self.assertIn(str(SUBMIT_MAX), err["message"])
+        # Exactly the limit passes the count check and meets the queue's.
+        resp = self.c.call("submit", {"jobs": [shortest] * SUBMIT_MAX})
+        self.assert_error(resp, APP_ERROR, "queue_full")
+        self.assertEqual(self.list_all(self.c), [])
+
+    def test_line_limit_comes_first_for_long_specs(self):
+        url = self.nginx.url("/small.txt?" + "q" * 200)
+        n = SUBMIT_MAX // 2
+        line = json.dumps(rpc("submit", 1, {"jobs": [spec(url)] * n})).encode()
+        self.assertGreater(len(line), LINE_MAX)
+        with self.connect() as big:
+            try:
+                big.send_raw(line + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.assert_error(big.read_message(), INVALID_REQUEST[0], "line_too_long", rid=None)
+            self.assertTrue(big.at_eof(), "connection not closed after line_too_long")
+        self.assertEqual(self.list_all(self.c), [])
+
+
 class Status(_Servers):
     def test_status(self):
         jid = self.submit(self.c, [self.small(labels={"k": "v"})])[0]
@@ -212,6 +246,14 @@ class Cancel(_Servers):
         self.assertEqual(after, before)
         self.assertEqual(self.c.result("status", {"id": jid}), before)
 
+    def test_cancel_many_in_one_batch(self):
+        ids = self.submit(self.c, [self.never() for _ in range(20)])
+        self.c.send([rpc("cancel", i, {"id": jid}) for i, jid in enumerate(ids)])
+        answers = self.c.read_message()
+        self.assertEqual(sorted(r["id"] for r in answers), list(range(20)))
+        for r in answers:
+            self.assertEqual(self.assert_result(r)["state"], "cancelled", r)
+
     def test_cancel_errors(self):
         self.assert_error(self.c.call("cancel", {"id": "0123456789abcdef"}), APP_ERROR,
                           "not_found")
@@ -219,6 +261,36 @@ class Cancel(_Servers):
             with self.subTest(params=params):
                 self.assert_error(self.c.call("cancel", params), INVALID_PARAMS)
         self.assert_usable(self.c)
+
+
+class CancelRetainNoJobs(_Servers):
+    """Retention may forget a job inside the cancel that finishes it: the
+    answer must still be the cancelled job (under ASan this was a
+    use-after-free in the answer's encoding)."""
+
+    ARGS = ["--retain-jobs", "0"]
+
+    def test_cancel_running_and_queued(self):
+        ids = self.submit(self.c, [self.never(labels={"n": str(i)}) for i in range(5)])
+        self.wait_state(self.c, ids[0], "running")
+        for i, jid in enumerate(ids):
+            job = self.c.result("cancel", {"id": jid})
+            self.assertEqual((job["id"], job["state"], job["labels"]),
+                             (jid, "cancelled", {"n": str(i)}), job)
+            self.assertEqual(job["error"]["code"], "cancelled", job)
+            self.assert_error(self.c.call("status", {"id": jid}), APP_ERROR, "not_found")
+
+    def test_cancel_answers_waits_of_a_forgotten_job(self):
+        jid = self.submit(self.c, [self.never()])[0]
+        other = self.connect()
+        rid = other.request("wait", {"id": jid})
+        self.assert_usable(other)
+        self.assertEqual(self.c.result("cancel", {"id": jid})["state"], "cancelled")
+        self.assertEqual(self.assert_result(other.response(rid))["state"], "cancelled")
+
+
+class CancelRetainNoSeconds(CancelRetainNoJobs):
+    ARGS = ["--retain-seconds", "0"]
 
 
 class Limited(_Servers):
@@ -611,6 +683,23 @@ class Errors(_Servers):
         self.c.send(rpc("version", "marker"))
         resp = self.c.read_message()
         self.assertEqual(resp.get("id"), "marker", "a notification was answered: %r" % resp)
+
+    def test_notification_with_positional_params_gets_nothing(self):
+        # JSON-RPC 2.0 section 4.1: never a reply to a (valid) notification,
+        # even though fetchd refuses positional params in a call.
+        for msg in [rpc("version", params=[]), rpc("status", params=["0123456789abcdef"]),
+                    rpc("nope", params=[1, 2]), rpc("subscribe", params=["finished"])]:
+            self.c.send(msg)
+        self.c.send([rpc("version", params=[1]), rpc("cancel", params=["x"])])
+        self.c.send(rpc("version", "marker"))
+        resp = self.c.read_message()
+        self.assertEqual(resp.get("id"), "marker", "a notification was answered: %r" % resp)
+        self.assertEqual(self.stats(self.c)["objects"].get("ctl_subscription", 0), 0)
+
+    def test_positional_params_of_a_call(self):
+        self.assert_error(self.c.call("version", [], rid=4), INVALID_PARAMS, rid=4)
+        # An unknown method is named as such, whatever its params.
+        self.assert_error(self.c.call("subtract", [42, 23], rid=5), METHOD_NOT_FOUND, rid=5)
 
     def test_ids_echoed(self):
         for rid in ["abc", "", 0, -5, 2 ** 40, "\u00e9\u4e2d"]:
