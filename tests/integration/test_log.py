@@ -89,8 +89,12 @@ class LogInjection(unittest.TestCase):
         deadline = time.monotonic() + IO_TIMEOUT
         while "cannot create" not in d.log() and time.monotonic() < deadline:
             time.sleep(0.05)
-        d.stop()
+        rc = d.stop()
         log = d.log()
+        # In a sanitizer build, no ASan, LeakSanitizer or UBSan report.
+        self.assertNotIn("Sanitizer", log)
+        self.assertNotIn("runtime error:", log)
+        self.assertEqual(rc, 0, "fetchd's exit status:\n" + log)
         return log, name
 
     def check(self, log, journal):

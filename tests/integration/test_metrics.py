@@ -177,6 +177,7 @@ class MetricsTestCase(unittest.TestCase):
         work = tmpdir("metrics-")
         self.addCleanup(remove_tree, work)
         d = soak.Daemon(binary, work, args, metrics=metrics)
+        self.addCleanup(self.check_clean_exit, d, binary)
         self.addCleanup(d.stop)
         try:
             d.start()
@@ -184,6 +185,17 @@ class MetricsTestCase(unittest.TestCase):
             self.fail(str(exc))
         self.daemon = d
         return d
+
+    def check_clean_exit(self, d, binary):
+        """After d.stop(): fetchd exited 0 and, in a sanitizer build, with
+        no ASan, LeakSanitizer or UBSan report (fetchd-leaky leaks on
+        purpose and is not checked)."""
+        if binary != FETCHD or d.proc is None:
+            return
+        log = d.log()
+        for mark in ("Sanitizer", "runtime error:"):
+            self.assertNotIn(mark, log, "fetchd reported%s" % d.log_tail(8000))
+        self.assertEqual(d.proc.returncode, 0, "fetchd's exit status%s" % d.log_tail())
 
     def rpc(self, daemon=None):
         client = (daemon or self.daemon).rpc()
