@@ -264,12 +264,29 @@ static void append_client(metrics_client_t *c)
 
 static void on_timeout(uv_timer_t *t);
 
+/* How long a client may stay in a phase, and why it is closed when it
+ * overstays. */
+static uint64_t phase_limit_ms(const metrics_t *m, phase_t phase, metrics_close_t *why)
+{
+    switch (phase) {
+    case PHASE_REQUEST:
+        *why = METRICS_CLOSE_REQUEST_TIMEOUT;
+        return m->request_timeout_ms;
+    case PHASE_WRITING:
+        *why = METRICS_CLOSE_WRITE_TIMEOUT;
+        return m->write_timeout_ms;
+    case PHASE_IDLE:
+    default:
+        *why = METRICS_CLOSE_IDLE_TIMEOUT;
+        return m->idle_timeout_ms;
+    }
+}
+
 static void set_phase(metrics_client_t *c, phase_t phase)
 {
-    const metrics_t *m = c->m;
-    uint64_t ms = phase == PHASE_REQUEST ? m->request_timeout_ms
-                  : phase == PHASE_IDLE  ? m->idle_timeout_ms
-                                         : m->write_timeout_ms;
+    metrics_close_t why;
+    uint64_t ms = phase_limit_ms(c->m, phase, &why);
+
     c->phase = phase;
     unlink_client(c);
     append_client(c);
@@ -307,9 +324,10 @@ static void client_drop(metrics_client_t *c, metrics_close_t why)
 static void on_timeout(uv_timer_t *t)
 {
     metrics_client_t *c = t->data;
-    client_drop(c, c->phase == PHASE_REQUEST ? METRICS_CLOSE_REQUEST_TIMEOUT
-                   : c->phase == PHASE_IDLE  ? METRICS_CLOSE_IDLE_TIMEOUT
-                                             : METRICS_CLOSE_WRITE_TIMEOUT);
+    metrics_close_t why;
+
+    (void)phase_limit_ms(c->m, c->phase, &why);
+    client_drop(c, why);
 }
 
 /* Makes room for one more client (keep, just accepted): closes the client
