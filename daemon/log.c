@@ -64,10 +64,80 @@ static const char *level_word(log_level_t level)
     }
 }
 
+/* The escape for byte c (and the byte after it, for a C1 control in
+ * UTF-8), written to esc; returns its length, 0 when c stands as it is. */
+static size_t escape_one(char esc[9], const unsigned char *p, size_t left)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    unsigned char c = p[0];
+
+    switch (c) {
+    case '\n':
+        memcpy(esc, "\\n", 2);
+        return 2;
+    case '\r':
+        memcpy(esc, "\\r", 2);
+        return 2;
+    case '\t':
+        memcpy(esc, "\\t", 2);
+        return 2;
+    case '\\':
+        memcpy(esc, "\\\\", 2);
+        return 2;
+    default:
+        break;
+    }
+    if (c < 0x20 || c == 0x7f) {
+        esc[0] = '\\';
+        esc[1] = 'x';
+        esc[2] = hex[c >> 4];
+        esc[3] = hex[c & 15];
+        return 4;
+    }
+    /* U+0080-U+009F: terminals that read UTF-8 may take them as C1
+     * controls (U+009B is CSI), so both bytes are escaped. */
+    if (c == 0xc2 && left > 1 && p[1] >= 0x80 && p[1] <= 0x9f) {
+        memcpy(esc, "\\xC2\\x", 6);
+        esc[6] = hex[p[1] >> 4];
+        esc[7] = hex[p[1] & 15];
+        return 8;
+    }
+    return 0;
+}
+
+size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
+{
+    const unsigned char *p = (const unsigned char *)src;
+    size_t out = 0, i = 0;
+    char esc[9];
+
+    while (i < srclen) {
+        size_t n = escape_one(esc, p + i, srclen - i);
+        size_t used = n == 8 ? 2 : 1;
+        if (n == 0) {
+            if (out + 1 >= dstlen)
+                break;
+            dst[out++] = (char)p[i];
+        } else {
+            if (out + n >= dstlen)
+                break;
+            memcpy(dst + out, esc, n);
+            out += n;
+        }
+        i += used;
+    }
+    dst[out] = '\0';
+    return out;
+}
+
 void log_msg(log_level_t level, const char *fmt, ...)
 {
-    char line[1024];
-    int n;
+    /* Every byte may become \xHH: four times the message, the prefix, "...",
+     * the newline. */
+    char msg[LOG_MAX_MESSAGE + 1];
+    char line[4 * LOG_MAX_MESSAGE + 128];
+    int n, m;
+    size_t len;
     va_list ap;
 
     if (level > threshold)
@@ -84,8 +154,18 @@ void log_msg(log_level_t level, const char *fmt, ...)
                       ts.tv_nsec / 1000000, level_word(level));
     }
     va_start(ap, fmt);
-    vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    m = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (m < 0)
+        m = 0;
+    len = (size_t)n;
+    len += log_escape(line + len, sizeof(line) - len - 5, msg,
+                      (size_t)m < sizeof(msg) ? (size_t)m : sizeof(msg) - 1);
+    if ((size_t)m >= sizeof(msg)) {
+        memcpy(line + len, "...", 3);
+        len += 3;
+    }
+    line[len++] = '\n';
     /* One write per line so concurrent writers never interleave mid-line. */
-    fprintf(stderr, "%s\n", line);
+    fwrite(line, 1, len, stderr);
 }

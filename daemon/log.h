@@ -3,9 +3,19 @@
  * When JOURNAL_STREAM is set (we run under systemd), every line starts with a
  * "<N>" syslog priority prefix so journald files it at the right level. The
  * level threshold is process-wide, like the stream it writes to.
+ *
+ * The formatted message is escaped before it is written, whatever the call
+ * site passes: paths, URLs, header values and servers' error texts come from
+ * outside, and a newline in one of them must not start a forged log line, nor
+ * an ESC byte reach a terminal. Every control byte (below 0x20, and 0x7f) is
+ * written as \n, \r, \t or \xHH, a C1 control character (U+0080-U+009F,
+ * UTF-8 C2 80-C2 9F) as \xC2\xHH, and the backslash itself as \\, so an
+ * escaped line reads back unambiguously. One call writes exactly one line.
  */
 #ifndef FETCHD_LOG_H
 #define FETCHD_LOG_H
+
+#include <stddef.h>
 
 typedef enum log_level {
     LOG_LEVEL_ERROR = 3, /* syslog LOG_ERR */
@@ -22,6 +32,16 @@ log_level_t log_get_level(void);
 /* Parses "error", "warn", "notice", "info", "debug"; returns 0 or -1. */
 int log_level_parse(const char *s, log_level_t *out);
 
+/* Escapes src[0..srclen) into dst as log_msg() does (see above) and NUL-
+ * terminates it. Never splits an escape sequence: when dst is too small the
+ * output stops before the first byte that does not fit whole. Returns the
+ * length written (without the NUL); dstlen must be at least 1. */
+size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen);
+
+/* Formats, escapes and writes one line to stderr when level passes the
+ * threshold. A message longer than LOG_MAX_MESSAGE bytes (before escaping)
+ * is cut there and ends in "...". */
+#define LOG_MAX_MESSAGE 1024
 void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_error(...)  log_msg(LOG_LEVEL_ERROR, __VA_ARGS__)

@@ -15,7 +15,17 @@
 #include "strbuf.h"
 
 #define METRICS_MAX_HEAD (8 * 1024)
-#define METRICS_IDLE_MS  30000
+/* The listen backlog: well below the slots, so that one burst of accepts
+ * (libuv accepts until the queue is empty) cannot evict a client accepted
+ * in the loop turn before, whose request is read in this one. */
+#define METRICS_BACKLOG 32
+
+static const char *const close_reasons[METRICS_CLOSE__COUNT] = {
+    [METRICS_CLOSE_EVICTED] = "evicted",
+    [METRICS_CLOSE_REQUEST_TIMEOUT] = "request_timeout",
+    [METRICS_CLOSE_IDLE_TIMEOUT] = "idle_timeout",
+    [METRICS_CLOSE_WRITE_TIMEOUT] = "write_timeout",
+};
 
 /* ---- the page ----------------------------------------------------------------- */
 
@@ -131,6 +141,11 @@ static void render_tls_dns(strbuf_t *b, const metrics_t *m)
     one(b, "fetchd_control_clients", "gauge", "Clients connected to the control socket.",
         m->ctl ? m->ctl->nclients : 0);
     one(b, "fetchd_metrics_clients", "gauge", "Clients connected to this endpoint.", m->nclients);
+    head(b, "fetchd_metrics_clients_dropped_total", "counter",
+         "Clients of this endpoint closed by it before a response, by reason.");
+    for (int r = 0; r < METRICS_CLOSE__COUNT; r++)
+        labelled(b, "fetchd_metrics_clients_dropped_total", "reason", close_reasons[r],
+                 m->closed[r]);
 }
 
 static void render_process(strbuf_t *b, const metrics_t *m)
@@ -178,14 +193,24 @@ char *metrics_render(metrics_t *m, size_t *len)
 
 /* ---- the HTTP server ---------------------------------------------------------- */
 
+/* A client is in one phase at a time; set_phase() is the only place that
+ * changes it, restarts the client's one timer for that phase and moves the
+ * client to the tail of m->clients, so the list runs from the phase begun
+ * longest ago to the newest. No timer is restarted by bytes arriving. */
+typedef enum phase {
+    PHASE_REQUEST, /* reading a request: from accept, or from the first byte of the next one */
+    PHASE_WRITING, /* a response is in flight; reading is stopped */
+    PHASE_IDLE,    /* keep-alive, waiting for the first byte of the next request */
+} phase_t;
+
 struct metrics_client {
     uv_tcp_t tcp; /* tcp.data == this */
     metrics_t *m; /* borrowed */
     llhttp_t parser;
-    uv_timer_t idle;
+    uv_timer_t timer; /* the deadline of the current phase */
     int handles_open;
     int closing;
-    int writing; /* a response is in flight: one request at a time */
+    phase_t phase;
     size_t head_bytes;
     char url[64]; /* the request target, enough for our two paths */
     size_t url_len;
@@ -194,8 +219,8 @@ struct metrics_client {
     int request_ready; /* a request was parsed and awaits serve() */
     int method;
     uv_write_t write_req;
-    char *out; /* owned: the response being written */
-    metrics_client_t *prev, *next;
+    char *out;                     /* owned: the response being written */
+    metrics_client_t *prev, *next; /* borrowed: m->clients, oldest phase first */
 };
 
 static int on_url(llhttp_t *p, const char *at, size_t len);
@@ -211,6 +236,63 @@ static const llhttp_settings_t request_settings = {
     .on_message_complete = on_request,
 };
 
+static void unlink_client(metrics_client_t *c)
+{
+    metrics_t *m = c->m;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        m->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        m->clients_tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void append_client(metrics_client_t *c)
+{
+    metrics_t *m = c->m;
+    c->prev = m->clients_tail;
+    c->next = NULL;
+    if (m->clients_tail)
+        m->clients_tail->next = c;
+    else
+        m->clients = c;
+    m->clients_tail = c;
+}
+
+static void on_timeout(uv_timer_t *t);
+
+/* How long a client may stay in a phase, and why it is closed when it
+ * overstays. */
+static uint64_t phase_limit_ms(const metrics_t *m, phase_t phase, metrics_close_t *why)
+{
+    switch (phase) {
+    case PHASE_REQUEST:
+        *why = METRICS_CLOSE_REQUEST_TIMEOUT;
+        return m->request_timeout_ms;
+    case PHASE_WRITING:
+        *why = METRICS_CLOSE_WRITE_TIMEOUT;
+        return m->write_timeout_ms;
+    case PHASE_IDLE:
+    default:
+        *why = METRICS_CLOSE_IDLE_TIMEOUT;
+        return m->idle_timeout_ms;
+    }
+}
+
+static void set_phase(metrics_client_t *c, phase_t phase)
+{
+    metrics_close_t why;
+    uint64_t ms = phase_limit_ms(c->m, phase, &why);
+
+    c->phase = phase;
+    unlink_client(c);
+    append_client(c);
+    uv_timer_start(&c->timer, on_timeout, ms, 0);
+}
+
 static void on_client_handle_closed(uv_handle_t *h)
 {
     metrics_client_t *c = h->data;
@@ -223,35 +305,62 @@ static void on_client_handle_closed(uv_handle_t *h)
 
 static void client_close(metrics_client_t *c)
 {
-    metrics_t *m = c->m;
     if (c->closing)
         return;
     c->closing = 1;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        m->clients = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    m->nclients--;
+    unlink_client(c);
+    c->m->nclients--;
     uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
-    uv_close((uv_handle_t *)&c->idle, on_client_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
 }
 
-static void on_idle(uv_timer_t *t)
+/* Closes c for a reason the page counts. */
+static void client_drop(metrics_client_t *c, metrics_close_t why)
 {
-    client_close(t->data);
+    c->m->closed[why]++;
+    client_close(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    metrics_client_t *c = t->data;
+    metrics_close_t why;
+
+    (void)phase_limit_ms(c->m, c->phase, &why);
+    client_drop(c, why);
+}
+
+/* Makes room for one more client (keep, just accepted): closes the client
+ * whose request (or keep-alive wait) began longest ago, so a crowd of slow
+ * or silent clients cannot keep a scraper out; only when every other client
+ * is being answered does the oldest answer go. */
+static void evict_one(metrics_t *m, const metrics_client_t *keep)
+{
+    metrics_client_t *victim = m->clients;
+
+    for (metrics_client_t *c = m->clients; c != NULL && c != keep; c = c->next) {
+        if (c->phase != PHASE_WRITING) {
+            victim = c;
+            break;
+        }
+    }
+    if (victim != NULL && victim != keep)
+        client_drop(victim, METRICS_CLOSE_EVICTED);
 }
 
 static void on_written(uv_write_t *req, int status)
 {
     metrics_client_t *c = req->data;
-    c->writing = 0;
     mem_free(c->out);
     c->out = NULL;
-    if (status != 0 || !c->keep_alive)
+    if (c->closing)
+        return;
+    if (status != 0 || !c->keep_alive) {
         client_close(c);
-    else if (!c->closing && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+        return;
+    }
+    set_phase(c, PHASE_IDLE);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
         client_close(c);
 }
 
@@ -277,13 +386,11 @@ static void respond(metrics_client_t *c, int status, const char *reason, const c
         memcpy(c->out + n, body, blen);
     b = uv_buf_init(c->out, (unsigned)total);
     c->write_req.data = c;
-    c->writing = 1;
+    set_phase(c, PHASE_WRITING);
     /* One request at a time: the next is read once this answer is out. */
     uv_read_stop((uv_stream_t *)&c->tcp);
-    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) {
-        c->writing = 0;
+    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0)
         client_close(c);
-    }
 }
 
 static void respond_text(metrics_client_t *c, int status, const char *reason, const char *text,
@@ -374,7 +481,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
     int bad = 0;
 
     if (n > 0 && !c->closing) {
-        uv_timer_again(&c->idle);
+        /* The first byte of a request starts its deadline; later bytes do
+         * not move it. */
+        if (c->phase == PHASE_IDLE)
+            set_phase(c, PHASE_REQUEST);
         rc = llhttp_execute(&c->parser, ub->base, (size_t)n);
         if (rc == HPE_PAUSED) {
             /* Bytes after the request are a pipelined one: not served, so
@@ -382,7 +492,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
             if (llhttp_get_error_pos(&c->parser) != ub->base + n)
                 c->keep_alive = 0;
             llhttp_resume(&c->parser);
-        } else if (rc != HPE_OK && !c->writing) {
+        } else if (rc != HPE_OK) {
             c->keep_alive = 0;
             c->request_ready = 0;
             bad = 1;
@@ -392,12 +502,43 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
     }
     if (b)
         buf_decref(b);
+    if (c->closing)
+        return;
     if (bad)
         respond_text(c, 400, "Bad Request", "bad request\n", 0);
-    else if (c->request_ready && !c->closing) {
+    else if (c->request_ready) {
         c->request_ready = 0;
         serve(c);
     }
+}
+
+static void reject_pending(metrics_t *m);
+
+static void on_reject_closed(uv_handle_t *h)
+{
+    metrics_t *m = h->data;
+    m->rejecting = 0;
+    if (m->reject_waiting && !m->closing) {
+        m->reject_waiting = 0;
+        reject_pending(m);
+    }
+}
+
+/* libuv stops watching the listening socket while an accepted connection
+ * waits for uv_accept(). Without memory for a client, the connection is
+ * accepted into m->reject and closed at once, so the endpoint keeps
+ * accepting; a second one meanwhile waits for that close. */
+static void reject_pending(metrics_t *m)
+{
+    if (m->rejecting) {
+        m->reject_waiting = 1;
+        return;
+    }
+    m->rejecting = 1;
+    uv_tcp_init(&m->d->loop, &m->reject);
+    m->reject.data = m;
+    (void)uv_accept((uv_stream_t *)&m->server, (uv_stream_t *)&m->reject);
+    uv_close((uv_handle_t *)&m->reject, on_reject_closed);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -408,27 +549,30 @@ static void on_connection(uv_stream_t *server, int status)
     if (status != 0)
         return;
     c = mem_calloc(1, sizeof(*c));
-    if (c == NULL)
+    if (c == NULL) {
+        reject_pending(m);
         return;
+    }
     c->m = m;
     stats_obj_created(&m->d->stats, STATS_OBJ_METRICS_CLIENT);
     uv_tcp_init(&m->d->loop, &c->tcp);
-    uv_timer_init(&m->d->loop, &c->idle);
-    c->tcp.data = c->idle.data = c;
+    uv_timer_init(&m->d->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
     c->handles_open = 2;
-    c->next = m->clients;
-    if (m->clients)
-        m->clients->prev = c;
-    m->clients = c;
+    append_client(c);
     m->nclients++;
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || m->nclients > m->max_clients ||
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
         client_close(c);
         return;
     }
-    uv_timer_start(&c->idle, on_idle, METRICS_IDLE_MS, METRICS_IDLE_MS);
+    /* Every slot taken: the newcomer stays, the client that has waited
+     * longest for a request to finish goes. */
+    while (m->nclients > m->max_clients && m->clients != c)
+        evict_one(m, c);
+    set_phase(c, PHASE_REQUEST);
 }
 
 static int parse_addr(const char *addr, struct sockaddr_storage *ss, char *err, size_t errlen)
@@ -472,7 +616,10 @@ int metrics_start(metrics_t *m, daemon_t *d, control_t *ctl, const char *addr, c
     memset(m, 0, sizeof(*m));
     m->d = d;
     m->ctl = ctl;
-    m->max_clients = 16;
+    m->max_clients = METRICS_MAX_CLIENTS;
+    m->request_timeout_ms = METRICS_REQUEST_TIMEOUT_MS;
+    m->idle_timeout_ms = METRICS_IDLE_TIMEOUT_MS;
+    m->write_timeout_ms = METRICS_WRITE_TIMEOUT_MS;
     m->start_time = (double)time(NULL);
     rc = parse_addr(addr, &ss, err, errlen);
     if (rc != 0)
@@ -481,7 +628,7 @@ int metrics_start(metrics_t *m, daemon_t *d, control_t *ctl, const char *addr, c
     m->server.data = m;
     rc = uv_tcp_bind(&m->server, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&m->server, 64, on_connection);
+        rc = uv_listen((uv_stream_t *)&m->server, METRICS_BACKLOG, on_connection);
     if (rc != 0) {
         snprintf(err, errlen, "metrics: cannot listen on %s: %s", addr, uv_strerror(rc));
         uv_close((uv_handle_t *)&m->server, NULL);

@@ -1,8 +1,11 @@
 """The metrics endpoint of the real fetchd: HTTP behaviour, the Prometheus
 text format (checked by promtool and scraped by a real Prometheus), the names
 DESIGN.md promises, the control protocol's `stats` agreeing with /metrics,
-and the urllib2 scenario: error fetches leave nothing behind, and a daemon
-built to leak (fetchd-leaky) is caught by the same check.
+the urllib2 scenario: error fetches leave nothing behind, and a daemon
+built to leak (fetchd-leaky) is caught by the same check; and hostile
+clients (issue 9): trickling request heads or thousands of held connections
+taking every slot still let a scrape through, are closed, and leave the
+counts where they were.
 
 The daemon launcher, the JSON-RPC client and the text-format parser are the
 soak harness's (tests/soak/soak.py).
@@ -11,10 +14,13 @@ soak harness's (tests/soak/soak.py).
 import json
 import os
 import re
+import resource
+import selectors
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import urllib.parse
@@ -34,7 +40,14 @@ IO_TIMEOUT = 10.0
 SETTLE_LIMIT = 15.0
 PROMETHEUS_LIMIT = 30.0
 MAX_HEAD = 8 * 1024
-MAX_CLIENTS = 16
+# daemon/metrics.h: METRICS_MAX_CLIENTS, METRICS_REQUEST_TIMEOUT_MS.
+MAX_CLIENTS = 128
+REQUEST_TIMEOUT = 5.0
+# Bounds on waiting for the attackers to be closed: above the request
+# deadline, well below the 30 s idle timeout that bytes used to restart.
+ATTACK_CLOSE_LIMIT = 15.0
+HELD_CONNECTIONS = 2000
+TRICKLE_EVERY = 0.1
 
 # Every metric name DESIGN.md lists, with its type.
 DESIGN_METRICS = {
@@ -142,6 +155,21 @@ class RawHttp:
 class MetricsTestCase(unittest.TestCase):
     maxDiff = None
 
+    def have_tool(self, path, package):
+        """True when the tool is installed; False when it is not and it is
+        optional here. Under CI=true a missing tool fails the test."""
+        if os.path.exists(path):
+            return True
+        if os.environ.get("CI") == "true":
+            self.fail("%s is not installed (Debian package %s); CI needs it" % (path, package))
+        return False
+
+    def require_tool(self, path, package):
+        """Skips the test when the tool is missing, except under CI=true,
+        where that fails it."""
+        if not self.have_tool(path, package):
+            self.skipTest("%s is not installed (Debian package %s)" % (path, package))
+
     def start_daemon(self, args=(), binary=FETCHD, metrics=True):
         if not os.path.exists(binary):
             self.fail("%s not found (build first: cmake -S . -B build && cmake --build build)"
@@ -149,6 +177,7 @@ class MetricsTestCase(unittest.TestCase):
         work = tmpdir("metrics-")
         self.addCleanup(remove_tree, work)
         d = soak.Daemon(binary, work, args, metrics=metrics)
+        self.addCleanup(self.check_clean_exit, d, binary)
         self.addCleanup(d.stop)
         try:
             d.start()
@@ -156,6 +185,17 @@ class MetricsTestCase(unittest.TestCase):
             self.fail(str(exc))
         self.daemon = d
         return d
+
+    def check_clean_exit(self, d, binary):
+        """After d.stop(): fetchd exited 0 and, in a sanitizer build, with
+        no ASan, LeakSanitizer or UBSan report (fetchd-leaky leaks on
+        purpose and is not checked)."""
+        if binary != FETCHD or d.proc is None:
+            return
+        log = d.log()
+        for mark in ("Sanitizer", "runtime error:"):
+            self.assertNotIn(mark, log, "fetchd reported%s" % d.log_tail(8000))
+        self.assertEqual(d.proc.returncode, 0, "fetchd's exit status%s" % d.log_tail())
 
     def rpc(self, daemon=None):
         client = (daemon or self.daemon).rpc()
@@ -298,7 +338,9 @@ class Endpoint(MetricsTestCase):
         s = self.scrape()
         self.assertEqual(s.get("fetchd_objects", type="metrics_client"), 1, self.ctx())
 
-    def test_client_limit(self):
+    def test_full_slots_evict_the_oldest_idle_client(self):
+        """With every slot held by a kept-alive client, a new client is
+        served and the client idle longest is closed to make room."""
         conns = []
         for _ in range(MAX_CLIENTS):
             c = RawHttp(self.daemon.port)
@@ -308,21 +350,20 @@ class Endpoint(MetricsTestCase):
             conns.append(c)
         extra = RawHttp(self.daemon.port)
         self.addCleanup(extra.close)
-        try:
-            extra.request("GET", "/healthz")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        self.assertTrue(extra.at_eof(), "client %d was not closed" % (MAX_CLIENTS + 1))
-        self.assertFalse(extra.buf.startswith(b"HTTP/1.1 200"), extra.buf[:200])
-        for c in conns:
-            c.request("GET", "/metrics")
-            status, _, body = c.response()
-            self.assertEqual(status, 200)
+        extra.request("GET", "/metrics")
+        status, _, body = extra.response()
+        self.assertEqual(status, 200, self.ctx())
         s = soak.Scrape(body.decode())
         self.assertEqual(s.get("fetchd_metrics_clients"), MAX_CLIENTS)
-        for c in conns:
+        self.assertEqual(s.get("fetchd_metrics_clients_dropped_total", reason="evicted"), 1)
+        self.assertTrue(conns[0].at_eof(), "the oldest idle client was not evicted")
+        # The others keep their connection and are served on it.
+        for c in conns[1:3] + conns[-2:]:
+            c.request("GET", "/healthz")
+            self.assertEqual(c.response()[0], 200)
+        for c in conns + [extra]:
             c.close()
-        # Once they are gone, new clients are served again.
+        # Once they are gone, nothing is left of them.
         deadline = time.monotonic() + SETTLE_LIMIT
         while True:
             s = self.scrape()
@@ -339,6 +380,218 @@ class Endpoint(MetricsTestCase):
         self.assertGreater(port, 0)
         status, _ = soak.http_get(port, "/healthz")
         self.assertEqual(status, 200)
+
+
+# ---- hostile clients ----------------------------------------------------------------
+
+
+def raise_fd_limit(want):
+    """Raises this process's open-files limit toward `want`; returns the
+    soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+class Attackers:
+    """Many client connections watched on one selector: which of them the
+    endpoint has closed (EOF or reset), and, for tricklers, one more byte of
+    a never-ending request head for each every TRICKLE_EVERY seconds, sent
+    from a thread until the endpoint closes the connection or stop()."""
+
+    HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+    def __init__(self):
+        self.socks = []
+        self.closed = set()
+        self.lock = threading.Lock()
+        self.sel = selectors.DefaultSelector()
+        self.stopping = threading.Event()
+        self.thread = None
+
+    def connect(self, port, count, time_limit):
+        deadline = time.monotonic() + time_limit
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                break
+            sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
+            sock.setblocking(False)
+            self.sel.register(sock, selectors.EVENT_READ, len(self.socks))
+            self.socks.append(sock)
+        return len(self.socks)
+
+    def poll(self, timeout=0.0):
+        """Notes every connection the endpoint closed; returns how many are."""
+        for key, _ in self.sel.select(timeout):
+            try:
+                data = key.fileobj.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.sel.unregister(key.fileobj)
+                with self.lock:
+                    self.closed.add(key.data)
+        with self.lock:
+            return len(self.closed)
+
+    def start_trickling(self, time_limit):
+        for sock in self.socks:
+            sock.send(self.HEAD)
+        self.thread = threading.Thread(target=self._trickle, args=(time_limit,), daemon=True)
+        self.thread.start()
+
+    def _trickle(self, time_limit):
+        deadline = time.monotonic() + time_limit
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            for i, sock in enumerate(self.socks):
+                with self.lock:
+                    if i in self.closed:
+                        continue
+                try:
+                    sock.send(b"a")
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    with self.lock:
+                        self.closed.add(i)
+            self.stopping.wait(TRICKLE_EVERY)
+
+    def wait_all_closed(self, limit):
+        deadline = time.monotonic() + limit
+        while self.poll(0.05) < len(self.socks) and time.monotonic() < deadline:
+            pass
+        return self.poll()
+
+    def trickling(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def stop(self):
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(IO_TIMEOUT)
+        self.sel.close()
+        for sock in self.socks:
+            sock.close()
+
+
+class HostileClients(MetricsTestCase):
+    """Issue 9: held or trickling connections taking every slot must not
+    silence the endpoint; they are closed (evicted, or at the request
+    deadline, which bytes do not move) and leave nothing behind."""
+
+    def setUp(self):
+        self.start_daemon()
+        self.client = self.rpc()
+        # Warm up the endpoint (a scrape) and the control socket, then take
+        # the figures every attack must return to.
+        self.assertEqual(self.get("/metrics")[0], 200)
+        self.baseline = self.settled_figures()
+
+    def figures(self):
+        st = self.client.result("stats")
+        out = {"objects." + k: v for k, v in st["objects"].items()}
+        out["heap_blocks_fetchd"] = st["heap"]["fetchd"]["blocks"]
+        out["buffers.in_use"] = st["buffers"]["in_use"]
+        out["process_open_fds"] = st["process_open_fds"]
+        return out
+
+    def settled_figures(self):
+        """The figures once no metrics client is left (bounded wait)."""
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while True:
+            f = self.figures()
+            if f["objects.metrics_client"] == 0 or time.monotonic() > deadline:
+                return f
+            time.sleep(0.05)
+
+    def attackers(self):
+        a = Attackers()
+        self.addCleanup(a.stop)
+        return a
+
+    def wait_metrics_clients(self, n):
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while True:
+            got = self.figures()["objects.metrics_client"]
+            if got == n or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
+    def assert_scrape_answered(self):
+        """A real scraper's GET /metrics gets a complete, valid page."""
+        try:
+            status, body = soak.http_get(self.daemon.port, "/metrics", timeout=IO_TIMEOUT)
+        except OSError as exc:
+            self.fail("the scrape under attack failed: %r%s" % (exc, self.ctx()))
+        self.assertEqual(status, 200, body[:200])
+        s = soak.Scrape(body.decode())
+        for name in DESIGN_METRICS:
+            self.assertIn(name, s.types, name)
+        self.assertTrue(body.endswith(b"\n"))
+        if self.have_tool(PROMTOOL, "prometheus"):
+            proc = subprocess.run([PROMTOOL, "check", "metrics"], input=body,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            self.assertEqual(proc.returncode, 0, proc.stdout.decode(errors="replace"))
+        return s
+
+    def assert_back_at_baseline(self):
+        after = self.settled_figures()
+        diff = {k: (self.baseline.get(k), after.get(k))
+                for k in set(self.baseline) | set(after) if self.baseline.get(k) != after.get(k)}
+        self.assertEqual(diff, {}, "figures changed (before, after)%s" % self.ctx())
+
+    def test_trickling_clients_holding_every_slot(self):
+        a = self.attackers()
+        self.assertEqual(a.connect(self.daemon.port, MAX_CLIENTS, SETTLE_LIMIT), MAX_CLIENTS)
+        a.start_trickling(ATTACK_CLOSE_LIMIT + SETTLE_LIMIT)
+        held = self.wait_metrics_clients(MAX_CLIENTS)
+        s = self.assert_scrape_answered()
+        self.assertEqual(held, MAX_CLIENTS, "the tricklers did not hold every slot%s" % self.ctx())
+        self.assertEqual(s.get("fetchd_metrics_clients"), MAX_CLIENTS, self.ctx())
+        # Bytes keep coming, yet every trickler is closed: the deadline for
+        # a whole request is not restarted by them.
+        closed = a.wait_all_closed(ATTACK_CLOSE_LIMIT)
+        self.assertTrue(a.trickling(), "the tricklers stopped before the endpoint closed them")
+        self.assertEqual(closed, MAX_CLIENTS, "tricklers still connected after %.0f s%s"
+                         % (ATTACK_CLOSE_LIMIT, self.ctx()))
+        a.stop()
+        self.assert_back_at_baseline()
+        s = self.scrape()
+        dropped = s.by_label("fetchd_metrics_clients_dropped_total", "reason")
+        self.assertEqual(dropped["evicted"] + dropped["request_timeout"], MAX_CLIENTS, dropped)
+        self.assertGreaterEqual(dropped["evicted"], 1, dropped)
+
+    def test_two_thousand_held_connections(self):
+        want = HELD_CONNECTIONS + 200
+        limit = raise_fd_limit(want)
+        if limit < want:
+            self.fail("this test needs %d open files; the limit is %d" % (want, limit))
+        fds_before = open_fds(self.daemon.proc.pid)
+        a = self.attackers()
+        n = a.connect(self.daemon.port, HELD_CONNECTIONS, 60.0)
+        self.assertEqual(n, HELD_CONNECTIONS)
+        held = self.wait_metrics_clients(MAX_CLIENTS)
+        fds_held = open_fds(self.daemon.proc.pid)
+        self.assert_scrape_answered()
+        self.assertEqual(held, MAX_CLIENTS, self.ctx())
+        # The endpoint holds at most one fd per slot, however many connect.
+        self.assertLessEqual(fds_held, fds_before + MAX_CLIENTS)
+        self.assertGreaterEqual(a.poll(), HELD_CONNECTIONS - MAX_CLIENTS)
+        # The ones still held are closed at the request deadline.
+        closed = a.wait_all_closed(ATTACK_CLOSE_LIMIT)
+        self.assertEqual(closed, HELD_CONNECTIONS, "held connections still open after %.0f s%s"
+                         % (ATTACK_CLOSE_LIMIT, self.ctx()))
+        a.stop()
+        self.assert_back_at_baseline()
+        self.assertLessEqual(open_fds(self.daemon.proc.pid), fds_before)
 
 
 def tcp_listen_inodes():
@@ -398,8 +651,7 @@ class Figures(NginxMetricsTestCase):
             self.fetch(self.client, spec)
 
     def test_promtool_check_metrics(self):
-        if not os.path.exists(PROMTOOL):
-            self.skipTest("promtool is not installed (Debian package prometheus)")
+        self.require_tool(PROMTOOL, "prometheus")
         status, body = self.get("/metrics")
         self.assertEqual(status, 200)
         proc = subprocess.run([PROMTOOL, "check", "metrics"], input=body,
@@ -528,8 +780,7 @@ class Urllib2Scenario(NginxMetricsTestCase):
 
 class RealPrometheus(NginxMetricsTestCase):
     def start_prometheus(self, target_port):
-        if not os.path.exists(PROMETHEUS):
-            self.skipTest("prometheus is not installed (Debian package prometheus)")
+        self.require_tool(PROMETHEUS, "prometheus")
         work = tmpdir("prometheus-")
         self.addCleanup(remove_tree, work)
         config = os.path.join(work, "prometheus.yml")
