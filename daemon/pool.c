@@ -248,7 +248,11 @@ static conn_t *open_conn(pool_t *p, origin_t *o)
 
 int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
 {
-    origin_t *o = origin_get(p, &j->url, j->tls_config);
+    /* A job that started on https keeps its TLS configuration after an
+     * allowed redirect to plain http; that origin must not get it, or its
+     * connections would start a TLS handshake with a plain server. */
+    tls_config_t *tls = j->url.scheme == URL_HTTPS ? j->tls_config : NULL;
+    origin_t *o = origin_get(p, &j->url, tls);
 
     if (o == NULL)
         return ERR_NO_MEMORY;
