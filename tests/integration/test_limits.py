@@ -360,6 +360,18 @@ def resident(stats):
     return stats["process_resident_memory_bytes"]
 
 
+def asan_build():
+    """True when fetchd was built with AddressSanitizer: its allocator keeps
+    freed memory in quarantine and never trims, so RSS says nothing there
+    (the counted heap still does)."""
+    cache = os.path.join(os.environ.get("FETCHD_BUILD_DIR", ""), "CMakeCache.txt")
+    try:
+        with open(cache) as f:
+            return any(line.strip() == "FETCHD_ASAN:BOOL=ON" for line in f)
+    except OSError:
+        return False
+
+
 class Burst(LimitsCase):
     JOBS = 40000
     BATCH = 1000
@@ -371,14 +383,15 @@ class Burst(LimitsCase):
             ids += self.submit(c, [spec(srv.url("/never"))] * self.BATCH)
         s = self.stats(c)
         self.assertGreaterEqual(s["jobs"]["queued"], self.JOBS - 2, s)
+        # Pipelined single requests, BATCH at a time (not JSON-RPC batches:
+        # those are the control socket's own subject).
         for k in range(0, len(ids), self.BATCH):
-            batch = [{"jsonrpc": "2.0", "id": n, "method": "cancel", "params": {"id": jid}}
-                     for n, jid in enumerate(ids[k:k + self.BATCH])]
-            c.send(batch)
-            answer = c.read_message(timeout=WAIT_LIMIT)
-            self.assertIsInstance(answer, list, answer)
-            self.assertEqual(len(answer), len(batch))
-            for resp in answer:
+            chunk = ids[k:k + self.BATCH]
+            lines = [json.dumps({"jsonrpc": "2.0", "id": n, "method": "cancel",
+                                 "params": {"id": jid}}) for n, jid in enumerate(chunk)]
+            c.send_raw(("\n".join(lines) + "\n").encode())
+            for n in range(len(chunk)):
+                resp = c.response(n, timeout=WAIT_LIMIT)
                 self.assertEqual(resp["result"]["state"], "cancelled", resp)
         return s
 
@@ -390,6 +403,8 @@ class Burst(LimitsCase):
         while True:
             s = self.stats(c)
             jobs = s["jobs"]
+            if asan_build():
+                limit_bytes = float("inf")
             if (jobs["queued"] == 0 and jobs["running"] == 0 and jobs["retained"] == 0
                     and s["control_clients"] == 1
                     and heap_without_cache(s) == heap_without_cache(baseline)
