@@ -280,22 +280,30 @@ static size_t str_cost(const char *s)
     return s ? strlen(s) + 1 : 0;
 }
 
-/* A JSON value's rough heap size: jansson's node plus its text. Labels are
- * bounded by the control protocol's line length, and so is the depth. */
+/* A JSON value's rough heap size: jansson's node plus its text. The
+ * control protocol bounds the nesting (2048 levels), so the recursion is
+ * bounded too; the depth check only guards other callers. */
 static size_t json_cost(json_t *v, int depth)
 {
     size_t n = 64, i;
     const char *k;
     json_t *e;
 
-    if (v == NULL || depth > 32)
+    if (v == NULL || depth > 4096)
         return 0;
-    if (json_is_string(v))
+    if (json_is_string(v)) {
         n += json_string_length(v) + 1;
-    else if (json_is_array(v))
-        json_array_foreach(v, i, e) n += json_cost(e, depth + 1);
-    else if (json_is_object(v))
-        json_object_foreach(v, k, e) n += strlen(k) + 1 + 32 + json_cost(e, depth + 1);
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, e)
+        {
+            n += 8 + json_cost(e, depth + 1);
+        }
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, k, e)
+        {
+            n += strlen(k) + 1 + 32 + json_cost(e, depth + 1);
+        }
+    }
     return n;
 }
 
