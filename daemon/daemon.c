@@ -64,10 +64,10 @@ static void take(char **dst, char **src)
     *src = NULL;
 }
 
-/* New destination rules: they apply to every connection opened from now on,
- * and idle connections are closed so none made under the old rules is
- * reused. The TLS files are checked before this, so a failure here leaves
- * them changed but is still reported. */
+/* New destination rules: they apply to every connection opened from now on;
+ * idle connections are closed, and those in use are checked when they come
+ * back (pool_return), so none made under the old rules is reused. The TLS files are checked before
+ * this, so a failure here leaves them changed but is still reported. */
 static int reload_acl(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
 {
     netacl_t acl;
@@ -79,6 +79,7 @@ static int reload_acl(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t er
     d->acl = acl;
     take(&d->cfg.deny_networks, &cfg->deny_networks);
     take(&d->cfg.allow_networks, &cfg->allow_networks);
+    d->pool.acl_gen++;
     pool_close_idle(&d->pool, STATS_CLOSE_NOT_REUSABLE);
     return 0;
 }
@@ -166,6 +167,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
             if (rc == 0) {
                 d->sched.tls = &d->tls;
                 d->sched.acl = &d->acl;
+                d->pool.acl = &d->acl;
                 apply_limits(d);
                 return 0;
             }

@@ -94,6 +94,89 @@ class OkServer:
         self.thread.join(10)
 
 
+class GatedServer:
+    """Plain HTTP/1.1 keep-alive on 127.0.0.1: the first response waits until
+    `gate` is set (bounded), later ones are sent at once. Counts accepted
+    connections and requests."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.got_request = threading.Event()
+        self.stopping = threading.Event()
+        self.accepted = 0
+        self.requests = 0
+        self.lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.socks = []
+        self.threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+        self.threads[0].start()
+
+    def url(self, path="/"):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def _accept_loop(self):
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.socks.append(sock)
+            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, sock):
+        sock.settimeout(0.05)
+        buf = b""
+        while not self.stopping.is_set():
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                with self.lock:
+                    self.requests += 1
+                    first = self.requests == 1
+                if first:
+                    self.got_request.set()
+                    self.gate.wait(WAIT_LIMIT)
+                try:
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                except OSError:
+                    return
+
+    def stop(self):
+        self.stopping.set()
+        self.gate.set()
+        with self.lock:
+            socks = list(self.socks)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(5)
+        for sock in socks:
+            sock.close()
+        self.listener.close()
+
+
 class LimitsCase(ControlTestCase):
     """Servers a test starts are stopped before the end-of-test check, so
     the idle connections fetchd keeps to them close and are not counted."""
@@ -222,16 +305,38 @@ class DenyList(LimitsCase):
         with d.client() as c:
             before = self.fetch(c, ok_srv.url("/"))
             self.assertEqual(before["state"], "done", before)
-            with open(path, "w") as f:
-                json.dump({"deny_networks": ["default", "127.0.0.2/32"]}, f)
-            reloads = d.log().count("configuration reloaded")
-            d.proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + WAIT_LIMIT
-            while d.log().count("configuration reloaded") == reloads:
-                self.assertLess(time.monotonic(), deadline, "no reload" + d.log_tail())
-                time.sleep(0.05)
+            self.reload(d, path, {"deny_networks": ["default", "127.0.0.2/32"]})
             after = self.fetch(c, ok_srv.url("/"))
         self.assert_forbidden(after, "127.0.0.2", "127.0.0.2/32")
+
+    def reload(self, d, path, doc):
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        reloads = d.log().count("configuration reloaded")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT_LIMIT
+        while d.log().count("configuration reloaded") == reloads:
+            self.assertLess(time.monotonic(), deadline, "no reload" + d.log_tail())
+            time.sleep(0.05)
+
+    def test_connection_in_use_at_reload_is_not_reused(self):
+        # A request in flight when 127.0.0.1 becomes denied may finish, but
+        # its connection must not serve the next job: reuse skips the check
+        # made before connecting.
+        srv = self.server(GatedServer())
+        path = self.write_config({"deny_networks": []})
+        d = self.start_fetchd(["-c", path])
+        with d.client() as c:
+            first = self.submit(c, [spec(srv.url("/first"))])[0]
+            self.assertTrue(srv.got_request.wait(WAIT_LIMIT), "no request arrived")
+            self.reload(d, path, {"deny_networks": ["127.0.0.1/32"]})
+            srv.gate.set()
+            job = self.wait_job(c, first, timeout=WAIT_LIMIT)
+            self.assertEqual(job["state"], "done", job)
+            second = self.fetch(c, srv.url("/second"))
+            self.assertEqual(self.stats(c)["connections"]["idle"], 0)
+        self.assert_forbidden(second, "127.0.0.1", "deny_networks 127.0.0.1/32")
+        self.assertEqual((srv.accepted, srv.requests), (1, 1))
 
     def test_bad_network_is_a_config_error(self):
         path = self.write_config({"max_jobs": 10,
