@@ -10,8 +10,9 @@
 
 #include "log.h"
 #include "mem.h"
+#include "netacl.h"
 
-typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL } opt_kind_t;
+typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL, OPT_NETS } opt_kind_t;
 
 typedef struct option_def {
     const char *key;
@@ -40,6 +41,9 @@ static const option_def_t options[] = {
     {"retain_seconds", OPT_SECONDS, OFF(retain_ms), 0, 86400 * 365},
     {"log_level", OPT_LEVEL, OFF(log_level), 0, 0},
     {"shutdown_grace", OPT_SECONDS, OFF(shutdown_grace_ms), 0, 3600},
+    {"max_queue_bytes", OPT_UINT, OFF(max_queue_bytes), 65536, (uint64_t)1 << 40},
+    {"deny_networks", OPT_NETS, OFF(deny_networks), 0, 0},
+    {"allow_networks", OPT_NETS, OFF(allow_networks), 0, 0},
 };
 
 static const option_def_t *find(const char *key)
@@ -56,7 +60,8 @@ static void store_uint(daemon_config_t *cfg, const option_def_t *o, uint64_t v)
     char *field = (char *)cfg + o->offset;
     if (o->kind == OPT_SECONDS) {
         *(uint64_t *)(void *)field = v * 1000;
-    } else if (o->offset == OFF(max_jobs) || o->offset == OFF(retain_jobs)) {
+    } else if (o->offset == OFF(max_jobs) || o->offset == OFF(retain_jobs) ||
+               o->offset == OFF(max_queue_bytes)) {
         *(size_t *)(void *)field = (size_t)v;
     } else {
         *(unsigned *)(void *)field = (unsigned)v;
@@ -95,6 +100,33 @@ static int set_number(daemon_config_t *cfg, const option_def_t *o, uint64_t v, c
     return 0;
 }
 
+/* A network list: checked now, so a bad entry is reported with its file
+ * and line; stored as text (the daemon builds its rules from it). An empty
+ * list is valid: it denies (or allows) nothing. */
+static int set_nets(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
+                    size_t errlen)
+{
+    char **field = (char **)(void *)((char *)cfg + o->offset);
+    char why[160];
+    netacl_net_t *nets;
+    size_t n;
+    char *copy;
+
+    if (netacl_parse(v, &nets, &n, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "%s: %s", o->key, why);
+        return -1;
+    }
+    mem_free(nets);
+    copy = mem_strdup(v);
+    if (copy == NULL) {
+        snprintf(err, errlen, "%s: out of memory", o->key);
+        return -1;
+    }
+    mem_free(*field);
+    *field = copy;
+    return 0;
+}
+
 int config_set(daemon_config_t *cfg, const char *key, const char *value, char *err, size_t errlen)
 {
     const option_def_t *o = find(key);
@@ -108,6 +140,8 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
     switch (o->kind) {
     case OPT_STRING:
         return set_string(cfg, o, value, err, errlen);
+    case OPT_NETS:
+        return set_nets(cfg, o, value, err, errlen);
     case OPT_LEVEL:
         if (log_level_parse(value, &cfg->log_level) != 0) {
             snprintf(err, errlen, "%s: expected error, warn, notice, info or debug", key);
@@ -141,6 +175,47 @@ static int key_line(const char *text, const char *key)
     return 0;
 }
 
+/* A network list in the file: an array of strings (or one string), joined
+ * with commas into the text form the command line uses. */
+static int set_json_nets(daemon_config_t *cfg, const option_def_t *o, json_t *v, char *why,
+                         size_t len)
+{
+    size_t i, total = 1, at = 0;
+    json_t *e;
+    char *text;
+    int rc;
+
+    if (json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v))
+        return set_nets(cfg, o, json_string_value(v), why, len);
+    if (!json_is_array(v)) {
+        snprintf(why, len, "\"%s\" must be an array of networks (strings)", o->key);
+        return -1;
+    }
+    json_array_foreach(v, i, e)
+    {
+        if (!json_is_string(e) || strlen(json_string_value(e)) != json_string_length(e)) {
+            snprintf(why, len, "\"%s\"[%zu] must be a string", o->key, i);
+            return -1;
+        }
+        total += json_string_length(e) + 1;
+    }
+    text = mem_alloc(total);
+    if (text == NULL) {
+        snprintf(why, len, "%s: out of memory", o->key);
+        return -1;
+    }
+    json_array_foreach(v, i, e)
+    {
+        memcpy(text + at, json_string_value(e), json_string_length(e));
+        at += json_string_length(e);
+        text[at++] = ',';
+    }
+    text[at] = '\0';
+    rc = set_nets(cfg, o, text, why, len);
+    mem_free(text);
+    return rc;
+}
+
 static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why, size_t len)
 {
     const option_def_t *o = find(key);
@@ -149,6 +224,8 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
         snprintf(why, len, "unknown key \"%s\"", key);
         return -1;
     }
+    if (o->kind == OPT_NETS)
+        return set_json_nets(cfg, o, v, why, len);
     if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
         if (!json_is_string(v)) {
             snprintf(why, len, "\"%s\" must be a string", key);
@@ -253,6 +330,9 @@ static const struct option long_options[] = {
     {"retain-seconds", required_argument, NULL, 0},
     {"shutdown-grace", required_argument, NULL, 0},
     {"log-level", required_argument, NULL, 0},
+    {"max-queue-bytes", required_argument, NULL, 0},
+    {"deny-networks", required_argument, NULL, 0},
+    {"allow-networks", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

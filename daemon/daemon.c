@@ -22,6 +22,7 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->retain_ms = 3600 * 1000;
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->shutdown_grace_ms = 20000;
+    cfg->max_queue_bytes = DAEMON_DEFAULT_QUEUE_BYTES;
 }
 
 void daemon_config_dispose(daemon_config_t *cfg)
@@ -33,6 +34,8 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->ca_file);
     mem_free(cfg->client_cert);
     mem_free(cfg->client_key);
+    mem_free(cfg->deny_networks);
+    mem_free(cfg->allow_networks);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -42,6 +45,7 @@ static void apply_limits(daemon_t *d)
     d->pool.max_per_host = d->cfg.max_per_host;
     d->pool.idle_timeout_ms = d->cfg.idle_timeout_ms;
     d->sched.max_queued = d->cfg.max_jobs;
+    d->sched.max_queued_bytes = d->cfg.max_queue_bytes;
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
@@ -58,6 +62,26 @@ static void take(char **dst, char **src)
     mem_free(*dst);
     *dst = *src;
     *src = NULL;
+}
+
+/* New destination rules: they apply to every connection opened from now on;
+ * idle connections are closed, and those in use are checked when they come
+ * back (pool_return), so none made under the old rules is reused. The TLS files are checked before
+ * this, so a failure here leaves them changed but is still reported. */
+static int reload_acl(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
+{
+    netacl_t acl;
+    int rc = netacl_init(&acl, cfg->deny_networks, cfg->allow_networks, errmsg, errlen);
+
+    if (rc != 0)
+        return rc;
+    netacl_dispose(&d->acl);
+    d->acl = acl;
+    take(&d->cfg.deny_networks, &cfg->deny_networks);
+    take(&d->cfg.allow_networks, &cfg->allow_networks);
+    d->pool.acl_gen++;
+    pool_close_idle(&d->pool, STATS_CLOSE_NOT_REUSABLE);
+    return 0;
 }
 
 int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
@@ -77,6 +101,12 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
         take(&d->cfg.client_cert, &cfg->client_cert);
         take(&d->cfg.client_key, &cfg->client_key);
     }
+    if (!same(d->cfg.deny_networks, cfg->deny_networks) ||
+        !same(d->cfg.allow_networks, cfg->allow_networks)) {
+        rc = reload_acl(d, cfg, errmsg, errlen);
+        if (rc != 0)
+            return rc;
+    }
     for (size_t i = 0; i < sizeof(old) / sizeof(old[0]); i++)
         if (!same(old[i], now[i]))
             log_warn("reload: a new %s takes effect at the next restart", restart_only[i]);
@@ -89,6 +119,7 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.retain_jobs = cfg->retain_jobs;
     d->cfg.retain_ms = cfg->retain_ms;
     d->cfg.shutdown_grace_ms = cfg->shutdown_grace_ms;
+    d->cfg.max_queue_bytes = cfg->max_queue_bytes;
     d->cfg.log_level = cfg->log_level;
     log_set_level(cfg->log_level);
     apply_limits(d);
@@ -112,9 +143,16 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
         return err_from_uv(rc);
     }
     stats_init(&d->stats);
+    rc = netacl_init(&d->acl, d->cfg.deny_networks, d->cfg.allow_networks, errmsg, errlen);
+    if (rc != 0) {
+        uv_loop_close(&d->loop);
+        daemon_config_dispose(&d->cfg);
+        return rc;
+    }
     rc = tls_init(&d->tls, &d->stats, d->cfg.ca_file, d->cfg.client_cert, d->cfg.client_key, errmsg,
                   errlen);
     if (rc != 0) {
+        netacl_dispose(&d->acl);
         uv_loop_close(&d->loop);
         daemon_config_dispose(&d->cfg);
         return rc;
@@ -128,6 +166,8 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
                             d->cfg.download_dir);
             if (rc == 0) {
                 d->sched.tls = &d->tls;
+                d->sched.acl = &d->acl;
+                d->pool.acl = &d->acl;
                 apply_limits(d);
                 return 0;
             }
@@ -146,6 +186,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
     pool_dispose(&d->pool);
     buf_pool_dispose(&d->bufs);
     tls_dispose(&d->tls);
+    netacl_dispose(&d->acl);
     uv_loop_close(&d->loop);
     daemon_config_dispose(&d->cfg);
     return rc;
@@ -168,6 +209,7 @@ int daemon_dispose(daemon_t *d)
     pool_dispose(&d->pool);
     buf_pool_dispose(&d->bufs);
     tls_dispose(&d->tls);
+    netacl_dispose(&d->acl);
     rc = uv_loop_close(&d->loop);
     daemon_config_dispose(&d->cfg);
     return rc;
@@ -244,6 +286,7 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(jobs, "queued", d->sched.nqueued);
         bad |= set_u64(jobs, "running", d->sched.nrunning);
         bad |= set_u64(jobs, "retained", d->sched.nretained);
+        bad |= set_u64(o, "queued_bytes", d->sched.queued_bytes);
         bad |= json_object_set(o, "objects", objects);
         bad |= json_object_set(o, "connections", conns);
         bad |= set_u64(o, "connections_opened_total", st->conns_opened);

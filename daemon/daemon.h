@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "dns.h"
 #include "log.h"
+#include "netacl.h"
 #include "pool.h"
 #include "sched.h"
 #include "stats.h"
@@ -40,7 +41,12 @@ typedef struct daemon_config {
     uint64_t retain_ms;         /* 3600 s */
     log_level_t log_level;      /* info */
     uint64_t shutdown_grace_ms; /* 20 s: running jobs may finish after SIGTERM */
+    size_t max_queue_bytes;     /* 256 MiB: memory queued jobs may hold */
+    char *deny_networks;        /* owned; NULL: NETACL_DEFAULT_DENY; "" denies nothing */
+    char *allow_networks;       /* owned; NULL or "": no exceptions */
 } daemon_config_t;
+
+#define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)
 
 /* Fills in the defaults above. */
 void daemon_config_init(daemon_config_t *cfg);
@@ -58,6 +64,7 @@ typedef struct daemon {
     pool_t pool;
     sched_t sched;
     tls_t tls;
+    netacl_t acl;        /* the destination rules the jobs check */
     daemon_config_t cfg; /* owned */
     int closing;
 } daemon_t;
@@ -68,7 +75,7 @@ typedef struct daemon {
 int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen);
 
 /* Applies a re-read configuration (SIGHUP): limits, retention, log level,
- * CA and client certificate files. Sockets and directories keep their
+ * destination rules, CA and client certificate files. Sockets and directories keep their
  * values until a restart (a change is logged). Returns 0, or an error with
  * errmsg (a CA or certificate file that does not load) and nothing
  * changed. Strings taken over from cfg are left NULL in it. */

@@ -244,13 +244,85 @@ static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
         if (rc != 0)
             return rc;
     }
-    j->effective_url = mem_strdup(j->url.href);
+    j->effective_url = j->url.href;
+    /* The submitted URL is most often already normalised: then the spec
+     * shares the parsed URL's text instead of holding a second copy. */
+    if (strcmp(j->spec.url, j->url.href) == 0) {
+        mem_free(j->spec.url);
+        j->spec.url = j->url.href;
+        j->url_shared = 1;
+    }
     if (j->spec.method) {
         j->method = mem_strdup(j->spec.method);
         if (j->method == NULL)
             return ERR_NO_MEMORY;
     }
-    return j->effective_url ? 0 : ERR_NO_MEMORY;
+    return 0;
+}
+
+/* Gives spec.url its own copy before the URL it shares goes away. */
+static int unshare_url(job_t *j)
+{
+    char *copy;
+
+    if (!j->url_shared)
+        return 0;
+    copy = mem_strdup(j->url.href);
+    if (copy == NULL)
+        return ERR_NO_MEMORY;
+    j->spec.url = copy;
+    j->url_shared = 0;
+    return 0;
+}
+
+static size_t str_cost(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+/* A JSON value's rough heap size: jansson's node plus its text. The
+ * control protocol bounds the nesting (2048 levels), so the recursion is
+ * bounded too; the depth check only guards other callers. */
+static size_t json_cost(json_t *v, int depth)
+{
+    size_t n = 64, i;
+    const char *k;
+    json_t *e;
+
+    if (v == NULL || depth > 4096)
+        return 0;
+    if (json_is_string(v)) {
+        n += json_string_length(v) + 1;
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, e)
+        {
+            n += 8 + json_cost(e, depth + 1);
+        }
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, k, e)
+        {
+            n += strlen(k) + 1 + 32 + json_cost(e, depth + 1);
+        }
+    }
+    return n;
+}
+
+size_t job_cost(const job_t *j)
+{
+    const job_spec_t *sp = &j->spec;
+    size_t n = sizeof(*j);
+
+    n += j->url_shared ? 0 : str_cost(sp->url);
+    n += str_cost(j->url.href) + str_cost(j->url.host) + str_cost(j->url.authority);
+    n += str_cost(sp->method) + str_cost(j->method);
+    n += sp->nheaders * sizeof(*sp->headers);
+    for (size_t i = 0; i < sp->nheaders; i++)
+        n += str_cost(sp->headers[i].name) + str_cost(sp->headers[i].value);
+    n += sp->body ? sp->body_len + 1 : 0;
+    n += str_cost(sp->output_path) + str_cost(j->file_path) + str_cost(sp->expected_sha256);
+    n += str_cost(sp->ca_file) + str_cost(sp->client_cert) + str_cost(sp->client_key);
+    n += json_cost(sp->labels, 0);
+    return n;
 }
 
 int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
@@ -288,6 +360,7 @@ int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t e
         job_decref(j);
         return rc;
     }
+    j->cost = job_cost(j);
     *out = j;
     return 0;
 }
@@ -305,9 +378,10 @@ static void job_destroy(job_t *j)
 {
     assert(j->conn == NULL && j->origin == NULL);
     sink_dispose(&j->sink);
+    if (j->url_shared)
+        j->spec.url = NULL; /* url.href's, freed with it */
     job_spec_dispose(&j->spec);
     url_dispose(&j->url);
-    mem_free(j->effective_url);
     mem_free(j->output);
     mem_free(j->inline_body);
     mem_free(j->method);
@@ -423,6 +497,24 @@ static void reset_response(job_t *j)
     j->disposition = RESP_FINAL;
 }
 
+/* Every address the connection may try must pass the destination rules,
+ * whether it came from a lookup or the cache, for the first request and
+ * for every redirect: one denied address fails the job, so a name that
+ * also resolves to a metadata address is never half-trusted. */
+static int check_addresses(job_t *j, const dns_entry_t *e)
+{
+    char why[128];
+
+    for (size_t i = 0; i < e->naddrs; i++) {
+        if (netacl_check(j->sched->acl, (const struct sockaddr *)&e->addrs[i], why, sizeof(why)) !=
+            0) {
+            finish(j, ERR_FORBIDDEN, "%.60s: %s", j->url.host, why);
+            return ERR_FORBIDDEN;
+        }
+    }
+    return 0;
+}
+
 static void start_connect(job_t *j, dns_entry_t *e)
 {
     int rc;
@@ -432,6 +524,8 @@ static void start_connect(job_t *j, dns_entry_t *e)
         finish(j, e->status, "%s", e->errmsg[0] ? e->errmsg : err_str(e->status));
         return;
     }
+    if (check_addresses(j, e) != 0)
+        return;
     j->phase = PH_CONNECTING;
     j->connect_start_ms = mono_ms();
     rc = conn_connect(j->conn, e);
@@ -700,7 +794,6 @@ static void follow_redirect(job_t *j)
     size_t n;
     url_t next;
     int status = j->redirect_status, rc;
-    char *href;
 
     if (j->redirects >= (unsigned)j->spec.max_redirects) {
         finish(j, ERR_TOO_MANY_REDIRECTS, "more than %d redirects", j->spec.max_redirects);
@@ -739,8 +832,7 @@ static void follow_redirect(job_t *j)
             return;
         }
     }
-    href = mem_strdup(next.href);
-    if (href == NULL) {
+    if (unshare_url(j) != 0) {
         url_dispose(&next);
         finish(j, ERR_NO_MEMORY, "no memory for the redirect");
         return;
@@ -757,8 +849,7 @@ static void follow_redirect(job_t *j)
     }
     url_dispose(&j->url);
     j->url = next;
-    mem_free(j->effective_url);
-    j->effective_url = href;
+    j->effective_url = j->url.href;
     j->redirects++;
     j->sched->stats->redirects++;
     /* A new request: it may once more meet a connection the server has

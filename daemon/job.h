@@ -101,7 +101,7 @@ struct job {
     char id[20]; /* 16 hex digits */
     job_state_t state;
     job_spec_t spec;     /* owned */
-    char *effective_url; /* owned: the last URL fetched (after redirects) */
+    char *effective_url; /* borrowed: url.href, the last URL fetched (after redirects) */
     int http_status;     /* 0 until a final response arrived */
     uint64_t bytes;      /* body bytes received from the final response */
     char sha256[65];     /* hex, "" unless asked for and done */
@@ -121,6 +121,8 @@ struct job {
     sched_t *sched;           /* borrowed: the scheduler outlives its jobs */
     uint64_t seq;             /* submission order, the FIFO tie-break */
     size_t heap_index;        /* position in the scheduler's queue while queued */
+    size_t cost;              /* heap bytes the job holds while queued (job_cost()) */
+    int url_shared;           /* spec.url is url.href (borrowed), not a copy of its own */
     int phase;                /* enum job_phase in job.c */
     job_t *rprev, *rnext;     /* the scheduler's retained list */
     job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
@@ -162,6 +164,11 @@ struct job {
  * reference, or ERR_INVALID_REQUEST (errmsg says which field and why) or
  * ERR_NO_MEMORY. The job is not queued: see sched_submit(). */
 int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
+
+/* The heap bytes a queued job holds: the struct, its spec's strings,
+ * headers, body and labels, and its parsed URL. The scheduler's byte budget
+ * (max_queue_bytes) counts this. */
+size_t job_cost(const job_t *j);
 
 void job_incref(job_t *j);
 /* Returns 1 when the job was destroyed (its timers' close callbacks may still

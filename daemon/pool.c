@@ -102,6 +102,7 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
     o->port = u->port;
     o->host_is_ip = u->host_is_ip;
     o->tls_config = tls;
+    o->acl_gen = p->acl_gen;
     if (tls)
         tls_config_incref(tls);
     o->hnext = p->buckets[k];
@@ -248,7 +249,11 @@ static conn_t *open_conn(pool_t *p, origin_t *o)
 
 int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
 {
-    origin_t *o = origin_get(p, &j->url, j->tls_config);
+    /* A job that started on https keeps its TLS configuration after an
+     * allowed redirect to plain http; that origin must not get it, or its
+     * connections would start a TLS handshake with a plain server. */
+    tls_config_t *tls = j->url.scheme == URL_HTTPS ? j->tls_config : NULL;
+    origin_t *o = origin_get(p, &j->url, tls);
 
     if (o == NULL)
         return ERR_NO_MEMORY;
@@ -335,6 +340,18 @@ static void start_sweep(pool_t *p)
     p->sweep_active = 1;
 }
 
+/* Whether c's peer may still be talked to under the current rules. */
+static int peer_allowed(pool_t *p, conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char why[128];
+
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    return netacl_check(p->acl, (struct sockaddr *)&ss, why, sizeof(why)) == 0;
+}
+
 void pool_return(conn_t *c)
 {
     origin_t *o = c->origin;
@@ -343,6 +360,11 @@ void pool_return(conn_t *c)
     assert(c->state == CONN_ACTIVE && c->job == NULL);
     if (p->closing) {
         conn_close(c, STATS_CLOSE_SHUTDOWN);
+        conn_decref(c);
+        return;
+    }
+    if (o->acl_gen != p->acl_gen && !peer_allowed(p, c)) {
+        conn_close(c, STATS_CLOSE_NOT_REUSABLE);
         conn_decref(c);
         return;
     }

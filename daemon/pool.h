@@ -22,6 +22,7 @@
 
 #include "buf.h"
 #include "conn.h"
+#include "netacl.h"
 #include "stats.h"
 #include "tls.h"
 #include "url.h"
@@ -44,7 +45,8 @@ struct origin {
     origin_t *hnext;         /* hash chain */
     origin_t *wprev, *wnext; /* pool's list of origins with waiters */
     int in_wait_list;
-    int busy; /* > 0 while the pool walks it: do not free */
+    int busy;         /* > 0 while the pool walks it: do not free */
+    unsigned acl_gen; /* the pool's acl_gen when the origin was made */
 };
 
 struct pool {
@@ -54,6 +56,8 @@ struct pool {
     unsigned max_conns;                   /* public: global connection limit */
     unsigned max_per_host;                /* public: per-origin limit */
     uint64_t idle_timeout_ms;             /* public */
+    const netacl_t *acl;                  /* public, borrowed: NULL allows all */
+    unsigned acl_gen;                     /* public: bumped when acl's rules change */
     unsigned nconns;                      /* read-only: connections not closing */
     unsigned nconnecting, nactive, nidle; /* read-only gauges */
     /* private */
@@ -94,7 +98,9 @@ int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out);
 void pool_cancel_wait(pool_t *p, job_t *j);
 
 /* Gives back a connection that finished a response and may be reused; the
- * caller's reference is transferred to the pool. */
+ * caller's reference is transferred to the pool. A connection opened before
+ * the destination rules last changed is closed instead when its peer's
+ * address is now forbidden: reuse skips the check made before connecting. */
 void pool_return(conn_t *c);
 
 /* Called by conn_close(): the connection leaves its origin and frees its

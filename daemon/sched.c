@@ -10,15 +10,27 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "err.h"
 #include "http.h"
 #include "mem.h"
 
 #define SCHED_INITIAL_TABLE 1024
 #define SCHED_INITIAL_HEAP  64
+/* After a burst of at least this many jobs has mostly left (a quarter
+ * remains), the memory it took is handed back: the table and the heap
+ * shrink as they empty, and the allocator returns its free pages to the
+ * system at most once per SCHED_TRIM_EVERY_MS. */
+#define SCHED_TRIM_MIN_PEAK 1024
+#define SCHED_TRIM_EVERY_MS 2000
 
 static void on_kick(uv_idle_t *h);
 static void on_retain_timer(uv_timer_t *t);
+static void on_trim_timer(uv_timer_t *t);
+static void maybe_trim(sched_t *s);
 
 static void on_handle_close(uv_handle_t *h)
 {
@@ -37,6 +49,7 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->bufs = bufs;
     s->max_running = 1024;
     s->max_queued = 100000;
+    s->max_queued_bytes = (size_t)256 << 20;
     s->retain_jobs = 10000;
     s->retain_ms = 3600 * 1000;
     s->retry_base_ms = 250;
@@ -67,9 +80,11 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
     uv_idle_init(loop, &s->kick);
     uv_timer_init(loop, &s->retain_timer);
+    uv_timer_init(loop, &s->trim_timer);
     s->kick.data = s;
     s->retain_timer.data = s;
-    s->handles_open = 2;
+    s->trim_timer.data = s;
+    s->handles_open = 3;
     return 0;
 }
 
@@ -84,12 +99,12 @@ double sched_random(sched_t *s)
 
 /* ---- the id table ------------------------------------------------------------ */
 
-static void table_grow(sched_t *s)
+/* Rehashes the id table into n buckets (a power of two). */
+static void table_resize(sched_t *s, size_t n)
 {
-    size_t n = s->table_size * 2;
     job_t **t = mem_calloc(n, sizeof(*t));
     if (t == NULL)
-        return; /* longer chains, still correct */
+        return; /* longer chains, or a larger table: still correct */
     for (size_t i = 0; i < s->table_size; i++) {
         job_t *j = s->table[i], *next;
         for (; j; j = next) {
@@ -110,7 +125,9 @@ static void table_insert(sched_t *s, job_t *j)
     j->hnext = s->table[k];
     s->table[k] = j;
     if (++s->njobs > s->table_size)
-        table_grow(s);
+        table_resize(s, s->table_size * 2);
+    if (s->njobs > s->peak_jobs)
+        s->peak_jobs = s->njobs;
 }
 
 static void table_remove(sched_t *s, job_t *j)
@@ -121,6 +138,10 @@ static void table_remove(sched_t *s, job_t *j)
     *pp = j->hnext;
     j->hnext = NULL;
     s->njobs--;
+    /* Shrink as the table empties, but never while sched_close() walks it. */
+    if (s->accepting && s->table_size > SCHED_INITIAL_TABLE && s->njobs < s->table_size / 4)
+        table_resize(s, s->table_size / 2);
+    maybe_trim(s);
 }
 
 job_t *sched_find(sched_t *s, const char *id)
@@ -184,18 +205,36 @@ static int heap_push(sched_t *s, job_t *j)
     }
     heap_set(s, s->nqueued++, j);
     sift_up(s, s->nqueued - 1);
+    s->queued_bytes += j->cost;
     return 0;
+}
+
+/* Halves the heap's array once it is three quarters empty. */
+static void heap_shrink(sched_t *s)
+{
+    job_t **h;
+
+    if (s->heap_cap <= SCHED_INITIAL_HEAP || s->nqueued >= s->heap_cap / 4)
+        return;
+    h = mem_realloc(s->heap, s->heap_cap / 2 * sizeof(*h));
+    if (h == NULL)
+        return; /* the larger array still works */
+    s->heap = h;
+    s->heap_cap /= 2;
 }
 
 static void heap_remove(sched_t *s, job_t *j)
 {
     size_t i = j->heap_index;
     assert(i < s->nqueued && s->heap[i] == j);
+    assert(s->queued_bytes >= j->cost);
+    s->queued_bytes -= j->cost;
     if (i != --s->nqueued) {
         heap_set(s, i, s->heap[s->nqueued]);
         sift_down(s, i);
         sift_up(s, s->heap[i]->heap_index);
     }
+    heap_shrink(s);
 }
 
 /* ---- dispatch ---------------------------------------------------------------- */
@@ -234,6 +273,31 @@ static int accepting_check(sched_t *s, size_t n, char *errmsg, size_t errlen)
     if (s->max_queued && (s->nqueued + n > s->max_queued || n > s->max_queued)) {
         snprintf(errmsg, errlen, "the queue is full: %zu jobs are queued (max_jobs %zu)",
                  s->nqueued, s->max_queued);
+        return ERR_QUEUE_FULL;
+    }
+    if (s->max_queued_bytes && s->queued_bytes >= s->max_queued_bytes) {
+        snprintf(errmsg, errlen,
+                 "the queue is full: queued jobs hold %zu bytes (max_queue_bytes %zu)",
+                 s->queued_bytes, s->max_queued_bytes);
+        return ERR_QUEUE_FULL;
+    }
+    return 0;
+}
+
+/* The byte budget, once the batch's jobs exist and their size is known. */
+static int bytes_check(sched_t *s, job_t **jobs, size_t n, char *errmsg, size_t errlen)
+{
+    size_t add = 0;
+
+    if (s->max_queued_bytes == 0)
+        return 0;
+    for (size_t k = 0; k < n; k++)
+        add += jobs[k]->cost;
+    if (add > s->max_queued_bytes || s->queued_bytes > s->max_queued_bytes - add) {
+        snprintf(errmsg, errlen,
+                 "the queue is full: %zu more bytes would exceed max_queue_bytes %zu "
+                 "(%zu bytes queued)",
+                 add, s->max_queued_bytes, s->queued_bytes);
         return ERR_QUEUE_FULL;
     }
     return 0;
@@ -306,6 +370,8 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
         else if (rc != ERR_NO_MEMORY)
             *bad = (long)created;
     }
+    if (rc == 0)
+        rc = bytes_check(s, jobs, n, errmsg, errlen);
     if (rc == 0 && (rc = reserve(s, n)) != 0)
         snprintf(errmsg, errlen, "%s", err_str(rc));
     if (rc != 0) {
@@ -343,8 +409,10 @@ int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, si
     if (rc != 0)
         return rc;
     snprintf(j->id, sizeof(j->id), "%s", id);
-    if ((rc = reserve(s, 1)) != 0 || (rc = enqueue(s, j)) != 0) {
-        snprintf(errmsg, errlen, "%s", err_str(rc));
+    rc = bytes_check(s, &j, 1, errmsg, errlen);
+    if (rc != 0 || (rc = reserve(s, 1)) != 0 || (rc = enqueue(s, j)) != 0) {
+        if (rc != ERR_QUEUE_FULL)
+            snprintf(errmsg, errlen, "%s", err_str(rc));
         job_decref(j);
         return rc;
     }
@@ -416,6 +484,38 @@ static void on_retain_timer(uv_timer_t *t)
     expire(t->data);
 }
 
+/* ---- giving memory back -------------------------------------------------------- */
+
+static void trim_now(sched_t *s)
+{
+    s->last_trim_ms = uv_now(s->loop);
+    s->peak_jobs = s->njobs;
+    s->trims++;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+static void on_trim_timer(uv_timer_t *t)
+{
+    trim_now(t->data);
+}
+
+/* Once a large burst has mostly left, hand the pages it used back to the
+ * system; the timer rate-limits the trim (it walks the whole heap). */
+static void maybe_trim(sched_t *s)
+{
+    uint64_t now, due;
+
+    if (!s->accepting || s->peak_jobs < SCHED_TRIM_MIN_PEAK || s->njobs > s->peak_jobs / 4 ||
+        uv_is_active((uv_handle_t *)&s->trim_timer))
+        return;
+    now = uv_now(s->loop);
+    due = s->last_trim_ms + SCHED_TRIM_EVERY_MS;
+    /* Not inside the caller's call: a cancel of 40,000 jobs trims once. */
+    uv_timer_start(&s->trim_timer, on_trim_timer, due > now ? due - now : 1, 0);
+}
+
 void sched_job_finished(sched_t *s, job_t *j)
 {
     if (j->timings.started > 0) {
@@ -483,6 +583,7 @@ void sched_close(sched_t *s)
     sched_forget_finished(s);
     uv_close((uv_handle_t *)&s->kick, on_handle_close);
     uv_close((uv_handle_t *)&s->retain_timer, on_handle_close);
+    uv_close((uv_handle_t *)&s->trim_timer, on_handle_close);
 }
 
 void sched_dispose(sched_t *s)

@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "dns.h"
 #include "job.h"
+#include "netacl.h"
 #include "pool.h"
 #include "stats.h"
 
@@ -42,9 +43,11 @@ struct sched {
     dns_t *dns;                          /* borrowed */
     buf_pool_t *bufs;                    /* borrowed */
     tls_t *tls;                          /* borrowed: set by the daemon */
+    const netacl_t *acl;                 /* borrowed: set by the daemon; NULL allows all */
     char *download_dir;                  /* owned: canonical path, or NULL (file output refused) */
     unsigned max_running;                /* public */
     size_t max_queued;                   /* public: --max-jobs; 0 = unlimited */
+    size_t max_queued_bytes;             /* public: --max-queue-bytes; 0 = unlimited */
     size_t retain_jobs;                  /* public */
     uint64_t retain_ms;                  /* public */
     uint64_t retry_base_ms;              /* public: first backoff step */
@@ -53,6 +56,8 @@ struct sched {
     sched_event_cb on_event;             /* public, optional */
     void *event_data;                    /* public */
     size_t nqueued, nrunning, nretained; /* read-only */
+    size_t queued_bytes;                 /* read-only: job_cost() of the queued jobs */
+    uint64_t trims;                      /* read-only: memory handed back after a burst */
     int accepting;                       /* read-only: 0 once shutting down */
     int draining;                        /* read-only: stopping; queued jobs are not started */
     /* private */
@@ -67,6 +72,9 @@ struct sched {
     uint64_t rng;
     uv_idle_t kick;
     uv_timer_t retain_timer;
+    uv_timer_t trim_timer; /* gives memory back once a burst has drained */
+    size_t peak_jobs;      /* most jobs known since the last trim */
+    uint64_t last_trim_ms; /* loop time of the last trim */
     int kick_active, handles_open;
 };
 
@@ -83,7 +91,8 @@ void sched_close(sched_t *s);
  * queues it. Returns 0 with *out a borrowed pointer (valid until the job
  * leaves retention: take a reference to keep it longer), or an error with
  * errmsg filled in: ERR_INVALID_REQUEST, ERR_QUEUE_FULL (max_queued jobs are
- * already queued), ERR_SHUTDOWN or ERR_NO_MEMORY. */
+ * already queued, or the queued jobs would hold more than max_queued_bytes),
+ * ERR_SHUTDOWN or ERR_NO_MEMORY. */
 int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
 
 /* Submits n jobs all or nothing: every spec is validated before any job is

@@ -1,8 +1,9 @@
 /* url — parsing and resolving http(s) URLs (RFC 3986).
  *
  * Memory: a url_t's four strings live in one heap block, laid out as
- * "href\0host\0authority\0target\0". u->href is the start of the block, the
- * other three point into it, and url_dispose() frees the block. A parse thus
+ * "href\0host\0authority\0". u->href is the start of the block, the
+ * other three point into it (target is the tail of href, which always ends
+ * with it: a long URL is not held twice), and url_dispose() frees the block. A parse thus
  * makes exactly one allocation, so it has exactly one way to fail and no
  * half-built state to unwind. Callers must never free or replace the fields
  * one by one: url_dispose() and url_copy() are the only ways to release or
@@ -338,7 +339,7 @@ static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const par
     size_t auth_max = hi->host.n + 2 + 6;
     size_t target_max = 1 + pt->path.n + 1 + pt->query.n;
     size_t href_max = strlen(name) + 3 + auth_max + target_max;
-    char *block = mem_alloc(href_max + 1 + hi->host.n + 1 + auth_max + 1 + target_max + 1);
+    char *block = mem_alloc(href_max + 1 + hi->host.n + 1 + auth_max + 1);
     char *pos = block, *auth, *target;
     if (block == NULL)
         return ERR_NO_MEMORY;
@@ -350,15 +351,13 @@ static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const par
     size_t auth_len = (size_t)(pos - auth);
     target = pos;
     put_target(&pos, pt);
-    size_t target_len = (size_t)(pos - target);
     *pos++ = '\0';
     u->host = pos;
     put_lower(&pos, hi->host);
     *pos++ = '\0';
     u->authority = put(&pos, auth, auth_len);
-    *pos++ = '\0';
-    u->target = put(&pos, target, target_len);
     *pos = '\0';
+    u->target = target;
     u->href = block;
     u->scheme = scheme;
     u->port = hi->port;
@@ -536,7 +535,7 @@ void url_dispose(url_t *u)
 
 int url_copy(url_t *out, const url_t *u)
 {
-    size_t href, host, auth, target;
+    size_t href, host, auth;
     char *block;
     memset(out, 0, sizeof(*out));
     if (u->href == NULL)
@@ -544,15 +543,14 @@ int url_copy(url_t *out, const url_t *u)
     href = strlen(u->href) + 1;
     host = strlen(u->host) + 1;
     auth = strlen(u->authority) + 1;
-    target = strlen(u->target) + 1;
-    block = mem_alloc(href + host + auth + target);
+    block = mem_alloc(href + host + auth);
     if (block == NULL)
         return ERR_NO_MEMORY;
     *out = *u;
     out->href = memcpy(block, u->href, href);
     out->host = memcpy(block + href, u->host, host);
     out->authority = memcpy(block + href + host, u->authority, auth);
-    out->target = memcpy(block + href + host + auth, u->target, target);
+    out->target = block + (u->target - u->href);
     return 0;
 }
 

@@ -554,7 +554,35 @@ static void test_close_idle(void)
     teardown(&f);
 }
 
+/* A job that keeps a TLS configuration (an https job after an allowed
+ * redirect to http, allow_downgrade) must reach a plain http origin in
+ * plain text: the origin takes the job's TLS settings only for https. */
+static void test_http_origin_ignores_tls_config(void)
+{
+    fixture_t f;
+    job_spec_t spec;
+    char url[128], errmsg[256] = "";
+    job_t *j = NULL;
+
+    setup(&f);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/plain", f.srv[0].port);
+    job_spec_init(&spec);
+    spec.url = mem_strdup(url);
+    CHECK_INT(sched_submit(&f.d.sched, &spec, &j, errmsg, sizeof(errmsg)), 0);
+    CHECK(j != NULL && j->tls_config == NULL);
+    if (j != NULL)
+        CHECK_INT(tls_config_get(f.d.sched.tls, NULL, 1, NULL, NULL, &j->tls_config, errmsg,
+                                 sizeof(errmsg)),
+                  0);
+    CHECK(run_until_finished(&f, 1));
+    check_all_ok(&f);
+    CHECK_INT(f.srv[0].requests, 1);
+    CHECK_INT(f.d.tls.handshakes, 0);
+    teardown(&f);
+}
+
 TEST_MAIN(TEST_CASE(test_sequential_reuse), TEST_CASE(test_per_host_limit),
           TEST_CASE(test_global_limit), TEST_CASE(test_global_limit_closes_idle),
           TEST_CASE(test_idle_sweep), TEST_CASE(test_peer_closes_idle),
-          TEST_CASE(test_peer_talks_on_idle), TEST_CASE(test_close_idle))
+          TEST_CASE(test_peer_talks_on_idle), TEST_CASE(test_close_idle),
+          TEST_CASE(test_http_origin_ignores_tls_config))

@@ -361,6 +361,103 @@ static void test_queue_full(void)
     teardown(&f);
 }
 
+static void small_specs(job_spec_t *specs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        job_spec_init(&specs[i]);
+        specs[i].url = mem_strdup(REFUSED_URL);
+    }
+}
+
+static void test_queue_bytes(void)
+{
+    fixture_t f;
+    job_t *a = NULL, *b = NULL, *jobs[2] = {NULL, NULL};
+    job_spec_t specs[2];
+    char errmsg[256] = "";
+    uint64_t before;
+    size_t cost;
+    long bad = 0;
+
+    setup(&f);
+    f.d.sched.max_running = 0; /* everything stays queued */
+    CHECK_INT(submit(&f, 0, &a), 0);
+    cost = a->cost;
+    CHECK(cost >= sizeof(job_t) + strlen(REFUSED_URL));
+    CHECK_INT(f.d.sched.queued_bytes, cost);
+    /* Room for one more small job, not for two: the batch is refused whole. */
+    f.d.sched.max_queued_bytes = 2 * cost + cost / 2;
+    before = fetchd_blocks();
+    small_specs(specs, 2);
+    CHECK_INT(sched_submit_many(&f.d.sched, specs, 2, jobs, &bad, errmsg, sizeof(errmsg)),
+              ERR_QUEUE_FULL);
+    CHECK_INT(bad, -1);
+    CHECK(strstr(errmsg, "max_queue_bytes") != NULL);
+    CHECK(specs[0].url == NULL && specs[1].url == NULL);
+    run_closes(&f);
+    CHECK_INT(fetchd_blocks(), before);
+    CHECK_INT(f.d.sched.nqueued, 1);
+    CHECK_INT(f.d.sched.queued_bytes, cost);
+    CHECK_INT(submit(&f, 0, &b), 0);
+    CHECK_INT(f.d.sched.queued_bytes, 2 * cost);
+    /* A long URL is counted once (spec and parsed URL share it). */
+    f.d.sched.max_queued_bytes = 0;
+    {
+        char url[8192];
+        job_t *big = NULL;
+        snprintf(url, sizeof(url), "http://127.0.0.1:1/%0*d", 8000, 0);
+        CHECK_INT(submit_url(&f, url, 0, &big), 0);
+        CHECK(big->cost > 8000 && big->cost < 8000 + cost + 256);
+        CHECK(big->spec.url == big->url.href);
+        CHECK_INT(sched_cancel(&f.d.sched, big), 0);
+    }
+    /* Leaving the queue gives the bytes back. */
+    CHECK_INT(sched_cancel(&f.d.sched, a), 0);
+    CHECK_INT(f.d.sched.queued_bytes, cost);
+    CHECK_INT(sched_cancel(&f.d.sched, b), 0);
+    CHECK_INT(f.d.sched.queued_bytes, 0);
+    teardown(&f);
+}
+
+static void test_shrinks_after_burst(void)
+{
+    enum { N = 5000 };
+    static job_spec_t specs[N];
+    static job_t *jobs[N];
+    fixture_t f;
+    char errmsg[256] = "";
+    uint64_t base;
+    long bad;
+
+    setup(&f);
+    f.d.sched.max_running = 0;
+    f.d.sched.retain_jobs = 0;
+    base = fetchd_blocks();
+    for (int round = 0; round < 2; round++) {
+        uint64_t trims = f.d.sched.trims;
+        small_specs(specs, N);
+        CHECK_INT(sched_submit_many(&f.d.sched, specs, N, jobs, &bad, errmsg, sizeof(errmsg)), 0);
+        CHECK(f.d.sched.heap_cap >= N && f.d.sched.table_size >= N / 2);
+        for (size_t i = 0; i < N; i++)
+            CHECK_INT(sched_cancel(&f.d.sched, jobs[i]), 0);
+        run_closes(&f);
+        CHECK_INT(f.d.sched.nqueued, 0);
+        CHECK_INT(f.d.sched.njobs, 0);
+        CHECK_INT(f.d.sched.queued_bytes, 0);
+        CHECK_INT(f.d.sched.heap_cap, 64);
+        CHECK_INT(f.d.sched.table_size, 1024);
+        CHECK_INT(fetchd_blocks(), base);
+        /* The allocator is trimmed once the burst is gone (rate-limited). */
+        f.guard_fired = 0;
+        uv_timer_start(&f.guard, on_timer_flag, LOOP_TIMEOUT_MS, 0);
+        while (f.d.sched.trims == trims && !f.guard_fired)
+            uv_run(&f.d.loop, UV_RUN_ONCE);
+        uv_timer_stop(&f.guard);
+        CHECK_INT(f.d.sched.trims, trims + 1);
+    }
+    teardown(&f);
+}
+
 /* Submits spec, which must be refused as invalid with a message starting
  * with field; checks that nothing of it is left once the loop has run. */
 static void expect_invalid(fixture_t *f, job_spec_t *spec, const char *field, uint64_t base)
@@ -553,4 +650,5 @@ static void test_shutdown(void)
 TEST_MAIN(TEST_CASE(test_priority_then_fifo), TEST_CASE(test_find),
           TEST_CASE(test_cancel_queued_and_finished), TEST_CASE(test_cancel_running),
           TEST_CASE(test_queue_full), TEST_CASE(test_invalid_specs), TEST_CASE(test_retain_count),
-          TEST_CASE(test_retain_age), TEST_CASE(test_forget_finished), TEST_CASE(test_shutdown))
+          TEST_CASE(test_retain_age), TEST_CASE(test_forget_finished), TEST_CASE(test_shutdown),
+          TEST_CASE(test_queue_bytes), TEST_CASE(test_shrinks_after_burst))
