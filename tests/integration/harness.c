@@ -36,12 +36,14 @@ void fetchd_mbedtls_free(void *p);
 
 static atomic_long mbedtls_countdown;
 static atomic_long mbedtls_blocks;
+static atomic_long mbedtls_calls; /* callocs since the last fail_alloc */
 
 void *fetchd_mbedtls_calloc(size_t n, size_t size)
 {
     long left = atomic_load(&mbedtls_countdown);
     void *p;
 
+    atomic_fetch_add(&mbedtls_calls, 1);
     if (left > 0 && atomic_fetch_sub(&mbedtls_countdown, 1) == 1)
         return NULL;
     p = calloc(n, size);
@@ -60,6 +62,8 @@ void fetchd_mbedtls_free(void *p)
 static void mbedtls_alloc_fail_after(long n)
 {
     atomic_store(&mbedtls_countdown, n > 0 ? n : 0);
+    if (n > 0)
+        atomic_store(&mbedtls_calls, 0);
 }
 
 static int mbedtls_alloc_fail_pending(void)
@@ -308,6 +312,21 @@ static int peer_has_lines(const peer_t *p, size_t n)
     return p->eof || count_lines(p) >= n;
 }
 
+/* The line that answers id arg (a string) has arrived: `"id":"ARG"` at the
+ * top level of a response the control server wrote compactly. */
+static int peer_has_id(const peer_t *p, size_t arg)
+{
+    const char *id = (const char *)arg;
+    char needle[80];
+    int n = snprintf(needle, sizeof(needle), "\"jsonrpc\":\"2.0\",\"id\":\"%s\"", id);
+    const char *hit;
+
+    if (p->eof)
+        return 1;
+    hit = p->len ? memmem(p->in, p->len, needle, (size_t)n) : NULL;
+    return hit && memchr(hit, '\n', p->len - (size_t)(hit - p->in)) != NULL;
+}
+
 static int peer_eof(const peer_t *p, size_t arg)
 {
     (void)arg;
@@ -354,11 +373,18 @@ static peer_t *control_peer(harness_t *h, json_t *line)
 /* {"cmd":"control_open","client":K}: connects client K to the control socket. */
 static int cmd_control_open(harness_t *h, peer_t *p)
 {
-    if (!h->ctl_started || (p->used && !p->closed)) {
-        fprintf(stderr, "fetchd-harness: control_open: no control socket, or client in use\n");
+    if (p->used && !p->closed) {
+        fprintf(stderr, "fetchd-harness: control_open: client in use\n");
         return -1;
     }
     peer_init(h, p);
+    if (!h->ctl_started) {
+        /* control_start failed (allocation failure tests): nothing to talk to. */
+        p->used = 0;
+        emit(json_pack("{s:s, s:I, s:b, s:s}", "event", "control_open", "client",
+                       (json_int_t)(p - h->peers), "ok", 0, "status", "no control socket"));
+        return 0;
+    }
     uv_pipe_init(&h->d.loop, &p->h.pipe, 0);
     p->h.pipe.data = p;
     uv_pipe_connect(&p->connect, &p->h.pipe, h->ctl.path, on_peer_connect);
@@ -382,10 +408,14 @@ static int cmd_control_send(harness_t *h, peer_t *p, json_t *lines)
     json_t *v;
     (void)h;
 
-    if (out == NULL || !p->used || !json_is_array(lines)) {
+    if (out == NULL || !json_is_array(lines)) {
         free(out);
-        fprintf(stderr, "fetchd-harness: control_send: no such client, or no \"lines\" array\n");
+        fprintf(stderr, "fetchd-harness: control_send: no \"lines\" array\n");
         return -1;
+    }
+    if (!p->used || p->closed) {
+        free(out);
+        return 0; /* never connected: control_read says so */
     }
     json_array_foreach(lines, i, v)
     {
@@ -436,14 +466,22 @@ static json_t *take_lines(peer_t *p)
 static int cmd_control_read(harness_t *h, peer_t *p, json_t *line)
 {
     size_t want = (size_t)json_integer_value(json_object_get(line, "count"));
+    const char *until = json_string_value(json_object_get(line, "until_id"));
     json_t *lines;
     int timed_out;
 
-    if (!p->used) {
-        fprintf(stderr, "fetchd-harness: control_read: no such client\n");
+    if (!p->used || p->closed) {
+        emit(json_pack("{s:s, s:I, s:[], s:b, s:b, s:b}", "event", "control", "client",
+                       (json_int_t)(p - h->peers), "lines", "eof", 1, "timed_out", 0,
+                       "not_connected", 1));
+        return 0;
+    }
+    if (until && strlen(until) > 40) {
+        fprintf(stderr, "fetchd-harness: control_read: until_id too long\n");
         return -1;
     }
-    timed_out = peer_run(h, p, peer_has_lines, want);
+    timed_out =
+        until ? peer_run(h, p, peer_has_id, (size_t)until) : peer_run(h, p, peer_has_lines, want);
     lines = take_lines(p); /* before p->len is read: it takes them off */
     emit(json_pack("{s:s, s:I, s:o, s:b, s:b, s:I}", "event", "control", "client",
                    (json_int_t)(p - h->peers), "lines", lines, "eof", p->eof, "timed_out",
@@ -453,64 +491,110 @@ static int cmd_control_read(harness_t *h, peer_t *p, json_t *line)
 
 static int cmd_control_close(harness_t *h, peer_t *p)
 {
-    if (!p->used) {
-        fprintf(stderr, "fetchd-harness: control_close: no such client\n");
-        return -1;
-    }
+    if (!p->used)
+        return 0;
     peer_close(p);
     peer_run(h, p, peer_closed, 0);
     return 0;
 }
 
-/* {"cmd":"scrape","path":P} or {"cmd":"scrape","raw":TEXT}: one request to
- * the metrics endpoint on a new connection ("Connection: close"), read to
- * EOF; prints the status, the body's length and whether the page has
- * fetchd_objects in it. */
-static int cmd_scrape(harness_t *h, json_t *line)
+/* Length of the first complete HTTP response in p's input (head and
+ * Content-Length body), or 0 while it is incomplete. */
+static size_t response_length(const peer_t *p)
 {
-    const char *path = json_string_value(json_object_get(line, "path"));
-    const char *raw = json_string_value(json_object_get(line, "raw"));
-    peer_t *p = &h->scraper;
-    struct sockaddr_in sa;
-    char req[512];
-    int status = 0, timed_out = 0, complete = 0;
-    const char *body;
-    size_t blen = 0;
+    const char *end = p->len ? memmem(p->in, p->len, "\r\n\r\n", 4) : NULL;
+    const char *cl;
+    size_t head;
 
-    if (!h->metrics_started || (path == NULL && raw == NULL)) {
-        fprintf(stderr, "fetchd-harness: scrape: no metrics endpoint, or no path/raw\n");
-        return -1;
-    }
+    if (end == NULL)
+        return 0;
+    head = (size_t)(end - p->in) + 4;
+    cl = memmem(p->in, head, "Content-Length: ", 16);
+    if (cl == NULL)
+        return 0;
+    head += strtoull(cl + 16, NULL, 10);
+    return head <= p->len ? head : 0;
+}
+
+static int peer_has_response(const peer_t *p, size_t arg)
+{
+    (void)arg;
+    return p->eof || response_length(p) > 0;
+}
+
+/* Connects the scraper and waits until the metrics server has accepted it. */
+static void scrape_connect(harness_t *h, peer_t *p)
+{
+    struct sockaddr_in sa;
+    unsigned before = h->metrics.nclients;
+
     peer_init(h, p);
     uv_tcp_init(&h->d.loop, &p->h.tcp);
     p->h.tcp.data = p;
     uv_ip4_addr("127.0.0.1", h->metrics.port, &sa);
     uv_tcp_connect(&p->connect, &p->h.tcp, (struct sockaddr *)&sa, on_peer_connect);
     peer_run(h, p, peer_connected, 0);
-    if (p->connect_status == 0 && !p->eof) {
+    /* Accepted (or refused) once the server's count moves or it closes us. */
+    for (int i = 0; i < 1000 && p->connect_status == 0 && !p->eof && h->metrics.nclients == before;
+         i++)
+        uv_run(&h->d.loop, UV_RUN_NOWAIT);
+}
+
+/* {"cmd":"scrape","path":P} or {"cmd":"scrape","raw":TEXT}: one request to
+ * the metrics endpoint; prints the status, the body's length and whether
+ * the page has fetchd_objects in it. Without "keep", on a new connection
+ * ("Connection: close") read to EOF; with "keep":true on the connection
+ * {"cmd":"scrape_connect"} opened, read to the end of one response. */
+static int cmd_scrape(harness_t *h, json_t *line)
+{
+    const char *path = json_string_value(json_object_get(line, "path"));
+    const char *raw = json_string_value(json_object_get(line, "raw"));
+    int keep = json_is_true(json_object_get(line, "keep"));
+    peer_t *p = &h->scraper;
+    char req[512];
+    int status = 0, timed_out = 0, complete = 0, has_objects = 0;
+    size_t rlen, blen = 0, received;
+
+    if (path == NULL && raw == NULL) {
+        fprintf(stderr, "fetchd-harness: scrape: needs \"path\" or \"raw\"\n");
+        return -1;
+    }
+    if (!h->metrics_started) {
+        /* metrics_start failed (allocation failure tests). */
+        emit(json_pack("{s:s, s:i, s:b}", "event", "scrape", "status", 0, "not_started", 1));
+        return 0;
+    }
+    if (!keep)
+        scrape_connect(h, p);
+    if (p->used && !p->closed && p->connect_status == 0 && !p->eof) {
         if (raw == NULL) {
-            snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+            snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", path,
+                     keep ? "" : "Connection: close\r\n");
             raw = req;
         }
         peer_send(p, raw, strlen(raw));
-        timed_out = peer_run(h, p, peer_eof, 0);
+        timed_out = keep ? peer_run(h, p, peer_has_response, 0) : peer_run(h, p, peer_eof, 0);
     }
+    received = p->len;
+    rlen = response_length(p);
     if (p->len > 12 && memcmp(p->in, "HTTP/1.1 ", 9) == 0)
         status = atoi(p->in + 9);
-    body = p->len ? memmem(p->in, p->len, "\r\n\r\n", 4) : NULL;
-    if (body) {
-        const char *cl = memmem(p->in, (size_t)(body - p->in), "Content-Length: ", 16);
-        body += 4;
-        blen = p->len - (size_t)(body - p->in);
-        complete = cl && strtoull(cl + 16, NULL, 10) == blen;
+    if (rlen > 0) {
+        const char *body = memmem(p->in, rlen, "\r\n\r\n", 4) + 4;
+        blen = rlen - (size_t)(body - p->in);
+        complete = keep ? 1 : rlen == p->len;
+        has_objects = memmem(body, blen, "fetchd_objects{", 15) != NULL;
+        received = rlen;
+        memmove(p->in, p->in + rlen, p->len - rlen);
+        p->len -= rlen;
     }
-    emit(json_pack(
-        "{s:s, s:i, s:I, s:I, s:b, s:b, s:b}", "event", "scrape", "status", status, "received",
-        (json_int_t)p->len, "body_bytes", (json_int_t)blen, "complete", complete, "has_objects",
-        body && memmem(body, blen, "fetchd_objects{", 15) != NULL, "timed_out", timed_out));
-    peer_close(p);
-    peer_run(h, p, peer_closed, 0);
+    emit(json_pack("{s:s, s:i, s:I, s:I, s:b, s:b, s:b, s:b}", "event", "scrape", "status", status,
+                   "received", (json_int_t)received, "body_bytes", (json_int_t)blen, "complete",
+                   complete, "has_objects", has_objects, "timed_out", timed_out, "eof", p->eof));
+    if (!keep) {
+        peer_close(p);
+        peer_run(h, p, peer_closed, 0);
+    }
     return 0;
 }
 
@@ -581,6 +665,7 @@ static int cmd_fail_alloc(json_t *line)
 {
     const char *comp = json_string_value(json_object_get(line, "component"));
     long after = (long)json_integer_value(json_object_get(line, "after"));
+    long calls = -1; /* allocations since "after" was set, where known */
     int pending;
 
     if (comp == NULL || strcmp(comp, "fetchd") == 0) {
@@ -589,6 +674,7 @@ static int cmd_fail_alloc(json_t *line)
 #ifdef HARNESS_MBEDTLS_ALLOC
     } else if (strcmp(comp, "mbedtls") == 0) {
         pending = mbedtls_alloc_fail_pending();
+        calls = atomic_load(&mbedtls_calls);
         mbedtls_alloc_fail_after(after);
 #endif
     } else {
@@ -599,7 +685,8 @@ static int cmd_fail_alloc(json_t *line)
     }
     /* 0 cancels, and the event says whether the failure happened. */
     if (after == 0)
-        emit(json_pack("{s:s, s:b}", "event", "fail_alloc", "fired", !pending));
+        emit(json_pack("{s:s, s:b, s:I}", "event", "fail_alloc", "fired", !pending, "allocations",
+                       (json_int_t)calls));
     return 0;
 }
 
@@ -613,6 +700,11 @@ static int run_peer_command(harness_t *h, const char *cmd, json_t *line)
         return cmd_metrics_start(h);
     if (strcmp(cmd, "scrape") == 0)
         return cmd_scrape(h, line);
+    if (strcmp(cmd, "scrape_connect") == 0) {
+        if (h->metrics_started)
+            scrape_connect(h, &h->scraper);
+        return 0;
+    }
     if (strcmp(cmd, "state_save") == 0 || strcmp(cmd, "state_load") == 0)
         return cmd_state(h, line, strcmp(cmd, "state_save") == 0);
     if (p == NULL) {
@@ -847,6 +939,7 @@ int main(int argc, char **argv)
     /* Teardown: everything the engine made must be gone afterwards. */
     for (int k = 0; k < MAX_PEERS; k++)
         peer_close(&h->peers[k]);
+    peer_close(&h->scraper);
     if (h->metrics_started)
         metrics_close(&h->metrics);
     if (h->ctl_started)
