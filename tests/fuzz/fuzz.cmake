@@ -51,7 +51,8 @@ if(FETCHD_FUZZ)
     add_test(NAME fuzz_${t}
       COMMAND sh -c "rm -rf corpus-${t} && cp -r '${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${t}' corpus-${t} && exec '$<TARGET_FILE:fuzz_${t}>' -max_total_time=${FETCHD_FUZZ_SECONDS} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=crash-${t}- -dict='${CMAKE_SOURCE_DIR}/tests/fuzz/${t}.dict' corpus-${t}"
       WORKING_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
-    set_tests_properties(fuzz_${t} PROPERTIES LABELS fuzz TIMEOUT 300
+    math(EXPR _fuzz_timeout "${FETCHD_FUZZ_SECONDS} + 240")
+    set_tests_properties(fuzz_${t} PROPERTIES LABELS fuzz TIMEOUT ${_fuzz_timeout}
       ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1;UBSAN_OPTIONS=print_stacktrace=1")
   endforeach()
 endif()
