@@ -263,7 +263,7 @@ static void on_peer_connect(uv_connect_t *req, int status)
     peer_t *p = req->data;
     p->connected = 1;
     p->connect_status = status;
-    if (status == 0 && uv_read_start(req->handle, on_peer_alloc, on_peer_read) != 0)
+    if (status != 0 || uv_read_start(req->handle, on_peer_alloc, on_peer_read) != 0)
         p->eof = 1;
 }
 
@@ -456,8 +456,10 @@ static json_t *take_lines(peer_t *p)
         json_array_append_new(arr, v ? v : json_stringn(p->in + start, i - start));
         start = i + 1;
     }
-    memmove(p->in, p->in + start, p->len - start);
-    p->len -= start;
+    if (start > 0) {
+        memmove(p->in, p->in + start, p->len - start);
+        p->len -= start;
+    }
     return arr;
 }
 
