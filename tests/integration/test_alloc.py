@@ -24,8 +24,9 @@ failable pair in the harness. jansson's and libuv's allocations are counted
 but never failed. Each scenario prints `ALLOC: <scenario>: N indices`.
 
 Under valgrind (`valgrind_alloc`) every scenario runs a sample of its
-indices only (every VALGRIND_STRIDE-th, from 1), to keep the run affordable;
-FETCHD_ALLOC_STRIDE overrides the stride in both modes.
+indices only (1, 24 and 47: every VALGRIND_STRIDE-th, at most MAX_RUNS; for
+mbedTLS index 1 and two spread over its allocations), to keep the run
+affordable; FETCHD_ALLOC_STRIDE overrides the stride in both modes.
 """
 
 import contextlib
@@ -42,8 +43,11 @@ from fetchtest import VALGRIND, HarnessTestCase, Nginx, free_port
 MAX_INJECTION_POINTS = 2000
 VALGRIND_STRIDE = 23
 STRIDE = int(os.environ.get("FETCHD_ALLOC_STRIDE") or (VALGRIND_STRIDE if VALGRIND else 1))
-MBEDTLS_DENSE = 40 if VALGRIND else 600
-MBEDTLS_SAMPLE = 10 if VALGRIND else 300
+MBEDTLS_DENSE = 1 if VALGRIND else 600
+MBEDTLS_SAMPLE = 2 if VALGRIND else 300
+# Under valgrind a run takes seconds (an RSA handshake, tens): each scenario
+# runs at most this many indices there.
+MAX_RUNS = 3 if VALGRIND else MAX_INJECTION_POINTS
 HARNESS_MBEDTLS = os.path.join(fetchtest.BIN_DIR, "fetchd-harness-mbedtls")
 CI = os.environ.get("CI") == "true"
 
@@ -100,6 +104,9 @@ class Torture(HarnessTestCase):
         last_fired = True
         sweep = indices is None
         for n in (range(1, MAX_INJECTION_POINTS + 1, STRIDE) if sweep else indices):
+            if runs == MAX_RUNS:
+                sweep = False  # a sample (valgrind): it need not run out
+                break
             events = self.run_once(script, check, options, component, setup, n)
             runs += 1
             fired = [e["fired"] for e in events if e.get("event") == "fail_alloc"][0]
@@ -416,6 +423,7 @@ class Torture(HarnessTestCase):
     # called, and the server never accepts anyone again (on_connection in
     # daemon/control.c and daemon/metrics.c). These two tests torture the
     # start and the accept; they pass once that is fixed (remove the markers).
+    @unittest.skipIf(STRIDE > 1, "the accept's allocation index is reached only without a stride")
     @unittest.expectedFailure
     def test_control_start_and_accept(self):
         script = self.control_start() + [
@@ -435,6 +443,7 @@ class Torture(HarnessTestCase):
 
         self.torture("control_accept", script, check)
 
+    @unittest.skipIf(STRIDE > 1, "the accept's allocation index is reached only without a stride")
     @unittest.expectedFailure
     def test_metrics_start_and_accept(self):
         self.metrics_scrape(start_failing=True, name="metrics_accept")
