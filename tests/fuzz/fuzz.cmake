@@ -34,8 +34,13 @@ if(FETCHD_FUZZ)
     set_source_files_properties(${_fetchd_llhttp_sources} PROPERTIES COMPILE_OPTIONS -w)
   endif()
 
-  foreach(t url jobspec response)
+  foreach(t url jobspec response control config state metrics)
     add_executable(fuzz_${t} ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c)
+    if(t STREQUAL "control" OR t STREQUAL "state")
+      # Inputs name URLs: every connection and lookup stays on loopback.
+      target_sources(fuzz_${t} PRIVATE ${CMAKE_SOURCE_DIR}/tests/fuzz/sandbox.c)
+      target_link_libraries(fuzz_${t} PRIVATE ${CMAKE_DL_LIBS})
+    endif()
     target_compile_options(fuzz_${t} PRIVATE ${FETCHD_WARNINGS} -fsanitize=fuzzer)
     target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
     target_link_libraries(fuzz_${t} PRIVATE fetchd_engine_fuzz)
@@ -46,7 +51,8 @@ if(FETCHD_FUZZ)
     add_test(NAME fuzz_${t}
       COMMAND sh -c "rm -rf corpus-${t} && cp -r '${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${t}' corpus-${t} && exec '$<TARGET_FILE:fuzz_${t}>' -max_total_time=${FETCHD_FUZZ_SECONDS} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=crash-${t}- -dict='${CMAKE_SOURCE_DIR}/tests/fuzz/${t}.dict' corpus-${t}"
       WORKING_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
-    set_tests_properties(fuzz_${t} PROPERTIES LABELS fuzz TIMEOUT 300
+    math(EXPR _fuzz_timeout "${FETCHD_FUZZ_SECONDS} + 240")
+    set_tests_properties(fuzz_${t} PROPERTIES LABELS fuzz TIMEOUT ${_fuzz_timeout}
       ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1;UBSAN_OPTIONS=print_stacktrace=1")
   endforeach()
 endif()
