@@ -1035,6 +1035,36 @@ static void log_peer(ctl_client_t *c)
         log_info("control: client connected (credentials unknown)");
 }
 
+static void reject_pending(control_t *ctl);
+
+static void on_reject_closed(uv_handle_t *h)
+{
+    control_t *ctl = h->data;
+
+    ctl->rejecting = 0;
+    if (ctl->reject_waiting && !ctl->closing) {
+        ctl->reject_waiting = 0;
+        reject_pending(ctl);
+    }
+}
+
+/* libuv stops watching the listening socket while an accepted connection
+ * waits for uv_accept(). Without memory for a client, the connection is
+ * accepted into ctl->reject and closed at once, so the socket keeps
+ * accepting; a second one meanwhile waits for that close. */
+static void reject_pending(control_t *ctl)
+{
+    if (ctl->rejecting) {
+        ctl->reject_waiting = 1;
+        return;
+    }
+    ctl->rejecting = 1;
+    uv_pipe_init(&ctl->d->loop, &ctl->reject, 0);
+    ctl->reject.data = ctl;
+    (void)uv_accept((uv_stream_t *)&ctl->server, (uv_stream_t *)&ctl->reject);
+    uv_close((uv_handle_t *)&ctl->reject, on_reject_closed);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     control_t *ctl = server->data;
@@ -1047,6 +1077,7 @@ static void on_connection(uv_stream_t *server, int status)
     c = mem_calloc(1, sizeof(*c));
     if (c == NULL) {
         log_error("control: out of memory for a client");
+        reject_pending(ctl);
         return;
     }
     c->ctl = ctl;

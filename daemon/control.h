@@ -39,7 +39,8 @@ typedef struct control {
     unsigned nclients;    /* read-only */
     /* private */
     uv_pipe_t server;
-    int listening, closing;
+    uv_pipe_t reject; /* accepts and closes a connection when a client cannot be allocated */
+    int listening, closing, rejecting, reject_waiting;
     ctl_client_t *clients; /* owned */
     uint64_t next_sub;
 } control_t;

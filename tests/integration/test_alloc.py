@@ -424,7 +424,6 @@ class Torture(HarnessTestCase):
     # daemon/control.c and daemon/metrics.c). These two tests torture the
     # start and the accept; they pass once that is fixed (remove the markers).
     @unittest.skipIf(STRIDE > 1, "the accept's allocation index is reached only without a stride")
-    @unittest.expectedFailure
     def test_control_start_and_accept(self):
         script = self.control_start() + [
             {"cmd": "control_send", "client": 0, "lines": [END]},
@@ -444,7 +443,6 @@ class Torture(HarnessTestCase):
         self.torture("control_accept", script, check)
 
     @unittest.skipIf(STRIDE > 1, "the accept's allocation index is reached only without a stride")
-    @unittest.expectedFailure
     def test_metrics_start_and_accept(self):
         self.metrics_scrape(start_failing=True, name="metrics_accept")
 
