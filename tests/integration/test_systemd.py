@@ -33,7 +33,7 @@ import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ctltest import FETCHCTL, FETCHD, RpcClient, clean_env
-from fetchtest import REPO, SLOWDOWN, remove_tree, tmpdir
+from fetchtest import REPO, SLOWDOWN, remove_tree, skip_unless_tools, tmpdir
 
 DEPLOY = os.path.join(REPO, "deploy")
 SERVICE = os.path.join(DEPLOY, "fetchd.service")
@@ -77,7 +77,7 @@ def unit_directives(path):
     return out
 
 
-@unittest.skipIf(SYSTEMD_ANALYZE is None, "systemd-analyze is not installed")
+@skip_unless_tools(("systemd-analyze", "systemd"))
 class Units(unittest.TestCase):
     def setUp(self):
         self.dir = tmpdir("units-")
@@ -630,7 +630,7 @@ class Signals(_DaemonTest):
         self.assertEqual(d.stop(), 0, d.log())
 
 
-@unittest.skipIf(SOCKET_ACTIVATE is None, "systemd-socket-activate is not installed")
+@skip_unless_tools(("systemd-socket-activate", "systemd"))
 class SocketActivation(_DaemonTest):
     def fetchctl(self, *args, timeout=30):
         if os.path.exists(FETCHCTL):
