@@ -420,6 +420,9 @@ class BrokenServers(TlsTestCase):
         with TlsServer(self.certs.valid, "stall") as srv:
             _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca,
                                      "timeouts": {"connect": 0.5}})
+            # The kernel completed the TCP handshake before fetchd gave up;
+            # the server's accept thread may count it only later.
+            srv.wait_until(lambda s: s.accepted >= 1, 10.0 * SLOWDOWN)
             accepted = srv.accepted
         self.assertEqual(accepted, 1, "the TCP connection was not accepted")
         self.assert_failed(job, "tls_handshake")
