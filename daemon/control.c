@@ -800,7 +800,9 @@ static void on_bytes(ctl_client_t *c, const char *p, size_t n)
             }
             if (nl) {
                 handle_line(c, c->line.p, c->line.len);
-                strbuf_reset(&c->line);
+                /* Freed, not kept: an idle client holds no block, whether or
+                 * not the kernel ever split one of its lines across reads. */
+                strbuf_dispose(&c->line);
             }
         }
         if (nl == NULL)
