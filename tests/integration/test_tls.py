@@ -274,6 +274,27 @@ class VerifyFailures(TlsTestCase):
     def test_self_signed(self):
         self.assert_verify_failed(self.fetch_from(self.certs.self_signed), "self-signed")
 
+    def missing_ca_message(self, spec, options=()):
+        events, rc = self.run_harness([spec, WAIT], options)
+        self.assert_clean(events, rc)
+        self.assert_rejected(events, 0)
+        message = self.rejected_by_index(events)[0]["error"]["message"]
+        self.assertIn("cannot load CA certificates from /nonexistent/ca.pem", message)
+        return message
+
+    def test_missing_job_ca_file_names_the_job(self):
+        # The message says where the path came from: here the job's spec.
+        message = self.missing_ca_message({"url": "https://localhost:1/",
+                                           "ca_file": "/nonexistent/ca.pem"})
+        self.assertIn("(the job's ca_file)", message)
+
+    def test_missing_daemon_ca_file_names_the_option(self):
+        # Not the job's ca_file, which this job never set: the daemon's.
+        message = self.missing_ca_message({"url": "https://localhost:1/"},
+                                          ["--ca-file", "/nonexistent/ca.pem"])
+        self.assertIn("(the daemon's --ca-file or config ca_file)", message)
+        self.assertNotIn("job", message)
+
     def test_untrusted_ca(self):
         self.assert_verify_failed(self.fetch_from(self.certs.untrusted), "untrusted issuer")
 
