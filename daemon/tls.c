@@ -123,8 +123,20 @@ static int load_client_cert(tls_config_t *c, const char *cert, const char *key, 
     return 0;
 }
 
-static int config_setup(tls_t *t, tls_config_t *c, const char *ca, const char *cert,
-                        const char *key, char *err, size_t errlen)
+/* Where the CA bundle path of a failed load came from, for the message: the
+ * job's own ca_file, the daemon's --ca-file (or ca_file in its config file),
+ * or the built-in default, which a machine without ca-certificates lacks. */
+static const char *ca_origin(const tls_t *t, int from_job)
+{
+    if (from_job)
+        return "the job's ca_file";
+    if (strcmp(t->ca_file, TLS_DEFAULT_CA_FILE) == 0)
+        return "the daemon's default; install ca-certificates or set --ca-file";
+    return "the daemon's --ca-file or config ca_file";
+}
+
+static int config_setup(tls_t *t, tls_config_t *c, const char *ca, int ca_from_job,
+                        const char *cert, const char *key, char *err, size_t errlen)
 {
     char why[100];
     int rc = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT,
@@ -139,8 +151,8 @@ static int config_setup(tls_t *t, tls_config_t *c, const char *ca, const char *c
         rc = mbedtls_x509_crt_parse_file(&c->ca, ca);
         if (rc < 0 || c->ca.version == 0) {
             describe(rc, why, sizeof(why));
-            snprintf(err, errlen, "ca_file: cannot load CA certificates from %s: %s", ca,
-                     rc < 0 ? why : "no certificate found");
+            snprintf(err, errlen, "cannot load CA certificates from %s (%s): %s", ca,
+                     ca_origin(t, ca_from_job), rc < 0 ? why : "no certificate found");
             return ERR_INVALID_REQUEST;
         }
         mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
@@ -214,7 +226,7 @@ int tls_config_get(tls_t *t, const char *ca_file, int insecure, const char *cert
     mbedtls_x509_crt_init(&c->cert);
     mbedtls_pk_init(&c->pk);
     stats_obj_created(t->stats, STATS_OBJ_TLS_CONFIG);
-    rc = config_setup(t, c, ca, cert_file, key_file, err, errlen);
+    rc = config_setup(t, c, ca, ca_file != NULL, cert_file, key_file, err, errlen);
     if (rc != 0) {
         tls_config_decref(c);
         return rc;

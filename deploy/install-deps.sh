@@ -14,22 +14,44 @@
 set -euo pipefail
 
 # What building needs: the compiler, CMake, the libraries fetchd links, the
-# llhttp C sources Debian ships in node-llhttp, and python3, which CMake's
-# test setup looks for at configure time.
+# llhttp C sources Debian ships in node-llhttp, python3, which CMake's test
+# setup looks for at configure time, and ca-certificates, the CA bundle the
+# built daemon verifies https servers against by default.
 build_pkgs=(
     build-essential cmake pkg-config
     libuv1-dev libmbedtls-dev libjansson-dev node-llhttp zlib1g-dev
-    python3
+    python3 ca-certificates
 )
 
-# What the tests and benchmarks add: servers and clients to test against,
-# certificate tooling, promtool, valgrind, clang with its sanitizer runtimes
-# and libFuzzer, clang-format for the style check, and plotting.
+# What the tests and benchmarks add: servers and clients to test against
+# (nginx, real proxies, redis), the libraries of the content decoders and the
+# Redis queue, certificate tooling, promtool, valgrind, clang
+# with its sanitizer runtimes and libFuzzer, clang-format and git for the
+# style check, systemd for systemd-analyze, systemd-socket-activate and
+# systemd.pc, man-db for the manual page checks, and plotting.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl
-    valgrind clang clang-format libclang-rt-14-dev
-    socat jq gnuplot-nox procps ca-certificates
+    tinyproxy dante-server redis-server libhiredis-dev libbrotli-dev libzstd-dev
+    valgrind clang clang-format libclang-rt-14-dev git
+    systemd man-db
+    socat jq gnuplot-nox procps
 )
+
+# The services that installing these packages would start and enable. The
+# tests start private instances on loopback ports; a system-wide nginx on
+# port 80 or a Prometheus on port 9090 on every interface is not wanted.
+# While apt runs, a policy-rc.d that answers 101 (Debian's "action
+# forbidden") keeps them from starting, and each one this run installed is
+# disabled afterwards (a service that was installed before is left alone).
+service_of() {
+    case "$1" in
+        nginx-light) echo nginx ;;
+        prometheus) echo prometheus ;;
+        redis-server) echo redis-server ;;
+        tinyproxy) echo tinyproxy ;;
+        dante-server) echo danted ;;
+    esac
+}
 
 usage() {
     sed -n '2,13s/^# \{0,1\}//p' "$0"
@@ -117,10 +139,51 @@ else
     exit 1
 fi
 
+# policy-rc.d: only when there is none; an administrator's own stays, and
+# ours goes on every exit path.
+policy=/usr/sbin/policy-rc.d
+own_policy=no
+remove_policy() {
+    if [ "$own_policy" = yes ]; then
+        "${as_root[@]}" rm -f "$policy"
+        own_policy=no
+    fi
+}
+trap remove_policy EXIT
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# deploy/install-deps.sh: no service starts while it installs\nexit 101\n' |
+        "${as_root[@]}" tee "$policy" >/dev/null
+    "${as_root[@]}" chmod 755 "$policy"
+    own_policy=yes
+fi
+
 echo "install-deps.sh: installing: ${missing[*]}"
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y --no-install-recommends "${missing[@]}"
+remove_policy
+
+# Disable (and stop, where systemd runs) the services this run installed.
+for pkg in "${missing[@]}"; do
+    svc=$(service_of "$pkg")
+    [ -n "$svc" ] || continue
+    if command -v systemctl >/dev/null 2>&1; then
+        now=()
+        if [ -d /run/systemd/system ]; then
+            now=(--now)
+        fi
+        if "${as_root[@]}" systemctl disable "${now[@]}" --quiet "$svc.service" 2>/dev/null; then
+            echo "install-deps.sh: $svc is installed but stopped and disabled"
+            continue
+        fi
+    fi
+    # Without systemctl nothing started it (policy-rc.d): only the
+    # System V links remain to be disabled.
+    if command -v update-rc.d >/dev/null 2>&1 && [ -e "/etc/init.d/$svc" ]; then
+        "${as_root[@]}" update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+    echo "install-deps.sh: $svc is installed but stopped and disabled"
+done
 
 still_missing=()
 for pkg in "${missing[@]}"; do

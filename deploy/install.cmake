@@ -14,28 +14,31 @@ foreach(target fetchd fetchctl)
   endif()
 endforeach()
 
-# The systemd directories: where the systemd on this machine looks
-# (pkg-config systemd), else the usual places under the prefix.
-find_package(PkgConfig QUIET)
-set(_fetchd_unit_dir "")
-set(_fetchd_sysusers_dir "")
-if(PKG_CONFIG_FOUND)
-  pkg_get_variable(_fetchd_unit_dir systemd systemdsystemunitdir)
-  pkg_get_variable(_fetchd_sysusers_dir systemd sysusersdir)
+# The systemd directories: fixed Debian bookworm defaults, the same on every
+# host, so the package holds the same files whether or not this machine has
+# systemd (and its systemd.pc) installed. Bookworm's systemd.pc names
+# /lib/systemd/system for units and /usr/lib/sysusers.d for sysusers.d.
+# -DFETCHD_SYSTEMD_UNIT_DIR=... and -DFETCHD_SYSUSERS_DIR=... override them.
+set(_fetchd_unit_default "/lib/systemd/system")
+set(_fetchd_sysusers_default "/usr/lib/sysusers.d")
+# Build directories configured before these defaults were fixed cached what
+# pkg-config systemd (or a prefix-relative fallback) found on that machine;
+# such a value is not the user's choice and must not outlive a reconfigure.
+# The marker says that the cached values were set by these rules or by -D.
+if(NOT DEFINED _FETCHD_SYSTEMD_DIRS_V2)
+  foreach(_var FETCHD_SYSTEMD_UNIT_DIR FETCHD_SYSUSERS_DIR)
+    get_property(_help CACHE ${_var} PROPERTY HELPSTRING)
+    if(DEFINED CACHE{${_var}} AND _help MATCHES "^Where the ")
+      message(STATUS "fetchd: dropping ${_var}=${${_var}} cached by an older configure")
+      unset(${_var} CACHE)
+    endif()
+  endforeach()
 endif()
-if(NOT _fetchd_unit_dir)
-  set(_fetchd_unit_dir "${CMAKE_INSTALL_LIBDIR}/systemd/system")
-  if(CMAKE_INSTALL_LIBDIR MATCHES "^lib")
-    set(_fetchd_unit_dir "lib/systemd/system")
-  endif()
-endif()
-if(NOT _fetchd_sysusers_dir)
-  set(_fetchd_sysusers_dir "lib/sysusers.d")
-endif()
-set(FETCHD_SYSTEMD_UNIT_DIR "${_fetchd_unit_dir}" CACHE PATH
-    "Where the systemd units go (absolute, or relative to the prefix)")
-set(FETCHD_SYSUSERS_DIR "${_fetchd_sysusers_dir}" CACHE PATH
-    "Where the sysusers.d snippet goes (absolute, or relative to the prefix)")
+set(_FETCHD_SYSTEMD_DIRS_V2 ON CACHE INTERNAL "fetchd: the systemd directories are host-independent")
+set(FETCHD_SYSTEMD_UNIT_DIR "${_fetchd_unit_default}" CACHE PATH
+    "The systemd system unit directory (default: Debian bookworm's /lib/systemd/system)")
+set(FETCHD_SYSUSERS_DIR "${_fetchd_sysusers_default}" CACHE PATH
+    "The sysusers.d directory (default: Debian bookworm's /usr/lib/sysusers.d)")
 
 # The unit names /usr/bin/fetchd and /etc/fetchd/fetchd.json: the package's
 # layout (CPack installs under /usr whatever the build's prefix is). The

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -28,6 +29,54 @@ VALGRIND = os.environ.get("FETCHD_VALGRIND") or None
 # Everything takes far longer under valgrind; deadlines and timeouts scale.
 SLOWDOWN = 20 if VALGRIND else 1
 KEEP_TMP = bool(os.environ.get("FETCHD_KEEP_TMP"))
+# Under CI (CI=true) nothing may be skipped: a missing tool is a broken test
+# machine, and a skipped test is a test that did not run.
+CI = os.environ.get("CI") == "true"
+
+
+# ---- no silent skips under CI ------------------------------------------------
+#
+# Every integration module imports this one, so the rule is enforced here, for
+# every way a test can skip (skipTest, the skip decorators, SkipTest raised in
+# setUpClass): under CI=true the runner's addSkip records a failure instead.
+# Outside CI a skip stays a skip, and its reason says what to install.
+
+def _skip_fails_under_ci(self, test, reason):
+    try:
+        raise AssertionError("skipped, and CI=true allows no skip: %s" % reason)
+    except AssertionError:
+        self.addFailure(test, sys.exc_info())
+
+
+if CI:
+    unittest.TestResult.addSkip = _skip_fails_under_ci
+    unittest.TextTestResult.addSkip = _skip_fails_under_ci
+
+
+def missing_tools(*pairs):
+    """The skip reason when a tool of `pairs` ((tool, Debian package), ...) is
+    not installed, saying what to install; None when all of them are."""
+    missing = [(tool, pkg) for tool, pkg in pairs if shutil.which(tool) is None]
+    if not missing:
+        return None
+    return "%s not installed: apt-get install %s (deploy/install-deps.sh installs it)" % (
+        " and ".join(tool for tool, _ in missing), " ".join(sorted({p for _, p in missing})))
+
+
+def skip_unless_tools(*pairs):
+    """A class or method decorator: skip unless every tool of `pairs`
+    ((tool, Debian package), ...) is installed; under CI=true the skip fails."""
+    reason = missing_tools(*pairs)
+    return unittest.skip(reason) if reason else (lambda obj: obj)
+
+
+def require_tool(test, name, package):
+    """In a test: the path of tool `name` (from Debian `package`), or skip the
+    test saying what to install; under CI=true the skip fails."""
+    reason = missing_tools((name, package))
+    if reason:
+        test.skipTest(reason)
+    return shutil.which(name)
 
 
 def free_port():

@@ -21,6 +21,15 @@ REASONS = ("expired", "not yet valid", "hostname mismatch", "self-signed", "untr
 NO_CLIENT_CERT_PAGE = b"No required SSL certificate was sent"
 
 
+def scaled(spec):
+    """The spec, with the default 10 s connect timeout (which covers the TLS
+    handshake) scaled under valgrind, unless the spec sets its own: several
+    handshakes at once under valgrind on a busy machine outran 10 s."""
+    if SLOWDOWN > 1 and "timeouts" not in spec:
+        spec = dict(spec, timeouts={"connect": 10.0 * SLOWDOWN})
+    return spec
+
+
 def sleep(ms):
     """A harness sleep, longer under valgrind where everything is slower."""
     return {"cmd": "sleep", "ms": ms * SLOWDOWN}
@@ -31,6 +40,12 @@ class TlsTestCase(HarnessTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.certs = certs()
+
+    def run_harness(self, script, options=(), deadline_ms=60000):
+        """Every job spec of the script gets the scaled connect timeout."""
+        script = [item if not isinstance(item, dict) or "cmd" in item else scaled(item)
+                  for item in script]
+        return super().run_harness(script, options, deadline_ms)
 
     def assert_tls_clean(self, events, rc):
         """assert_clean, and the TLS object counts exist (so that their zero
@@ -274,6 +289,27 @@ class VerifyFailures(TlsTestCase):
     def test_self_signed(self):
         self.assert_verify_failed(self.fetch_from(self.certs.self_signed), "self-signed")
 
+    def missing_ca_message(self, spec, options=()):
+        events, rc = self.run_harness([spec, WAIT], options)
+        self.assert_clean(events, rc)
+        self.assert_rejected(events, 0)
+        message = self.rejected_by_index(events)[0]["error"]["message"]
+        self.assertIn("cannot load CA certificates from /nonexistent/ca.pem", message)
+        return message
+
+    def test_missing_job_ca_file_names_the_job(self):
+        # The message says where the path came from: here the job's spec.
+        message = self.missing_ca_message({"url": "https://localhost:1/",
+                                           "ca_file": "/nonexistent/ca.pem"})
+        self.assertIn("(the job's ca_file)", message)
+
+    def test_missing_daemon_ca_file_names_the_option(self):
+        # Not the job's ca_file, which this job never set: the daemon's.
+        message = self.missing_ca_message({"url": "https://localhost:1/"},
+                                          ["--ca-file", "/nonexistent/ca.pem"])
+        self.assertIn("(the daemon's --ca-file or config ca_file)", message)
+        self.assertNotIn("job", message)
+
     def test_untrusted_ca(self):
         self.assert_verify_failed(self.fetch_from(self.certs.untrusted), "untrusted issuer")
 
@@ -417,9 +453,16 @@ class BrokenServers(TlsTestCase):
         self.assert_failed(job, "tls_handshake")
 
     def test_handshake_stall_times_out(self):
+        # An IP literal: the connect timeout also covers the name lookup, and
+        # resolving "localhost" took 0.9 s under valgrind on a busy machine,
+        # so a 0.5 s timeout ran out before the TCP connect (accepted was 0).
+        # The timeout scales with valgrind's slowdown for the same reason.
         with TlsServer(self.certs.valid, "stall") as srv:
-            _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca,
-                                     "timeouts": {"connect": 0.5}})
+            _, job = self.fetch_one({"url": srv.url("/", "127.0.0.1"), "ca_file": self.certs.ca,
+                                     "timeouts": {"connect": 1.0 * SLOWDOWN}})
+            # The kernel completed the TCP handshake before fetchd gave up;
+            # the server's accept thread may count it only later.
+            srv.wait_until(lambda s: s.accepted >= 1, 10.0 * SLOWDOWN)
             accepted = srv.accepted
         self.assertEqual(accepted, 1, "the TCP connection was not accepted")
         self.assert_failed(job, "tls_handshake")

@@ -345,6 +345,8 @@ class TlsServer:
         self.ctx = self._new_context()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        # Notified whenever accepted, handshakes or requests grow.
+        self._changed = threading.Condition(self._lock)
         self._socks = set()
         self._threads = []
         self._sni = {}
@@ -396,6 +398,13 @@ class TlsServer:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
+    def wait_until(self, predicate, timeout=10.0):
+        """Waits (bounded) until predicate(self) holds; returns whether it did.
+        The server's threads count an event some time after the client saw
+        it: a test waits for the count instead of assuming the machine idle."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
     def __enter__(self):
         return self.start()
 
@@ -431,6 +440,7 @@ class TlsServer:
                 return
             with self._lock:
                 self.accepted += 1
+                self._changed.notify_all()
             self._track(sock, True)
             thread = threading.Thread(target=self._serve, args=(sock,), daemon=True,
                                       name="tlsserver-conn")
@@ -456,6 +466,7 @@ class TlsServer:
             with self._lock:
                 self.handshakes += 1
                 self.connections.append(record)
+                self._changed.notify_all()
             try:
                 self._serve_requests(tls, record)
             except ssl.SSLEOFError:
@@ -485,6 +496,7 @@ class TlsServer:
                 return
             with self._lock:
                 self.requests += 1
+                self._changed.notify_all()
             if self.mode.startswith("truncate"):
                 tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
                             % TRUNCATED_LENGTH + b"x" * TRUNCATED_SENT)
