@@ -28,12 +28,12 @@ build_pkgs=(
 # Redis queue, certificate tooling, promtool, valgrind, clang
 # with its sanitizer runtimes and libFuzzer, clang-format and git for the
 # style check, systemd for systemd-analyze, systemd-socket-activate and
-# systemd.pc, man-db for the manual page checks, and plotting.
+# systemd.pc, man-db and groff for the manual page checks, and plotting.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl
     tinyproxy dante-server redis-server libhiredis-dev libbrotli-dev libzstd-dev
     valgrind clang clang-format libclang-rt-14-dev git
-    systemd man-db
+    systemd man-db groff-base
     socat jq gnuplot-nox procps
 )
 

@@ -11,14 +11,13 @@ line with --json, the socket path named when the daemon is unreachable).
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
 
 from ctltest import FETCHCTL, ID_RE, ControlTestCase, clean_env, spec
 from faultserver import FaultServer
-from fetchtest import Nginx, file_sha256, remove_tree, tmpdir
+from fetchtest import Nginx, file_sha256, remove_tree, require_tool, tmpdir
 
 COMMANDS = ["submit", "status", "wait", "cancel", "list", "stats", "watch", "version"]
 NEVER_SECONDS = 600
@@ -495,10 +494,10 @@ class ExitCodes(FetchctlCase):
         self.assertIn(".TH", text)
         for c in COMMANDS:
             self.assertIn(c, text)
-        if shutil.which("groff"):
-            p = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", path],
-                               capture_output=True, text=True, timeout=30)
-            self.assertEqual((p.returncode, p.stderr.strip()), (0, ""), p.stderr)
+        groff = require_tool(self, "groff", "groff-base")
+        p = subprocess.run([groff, "-man", "-Tutf8", "-ww", "-z", path],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual((p.returncode, p.stderr.strip()), (0, ""), p.stderr)
 
 
 class QueueFull(FetchctlCase):
