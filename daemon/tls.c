@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
+#include <mbedtls/pem.h>
 #include <stdio.h>
 #include <string.h>
 #include <uv.h>
@@ -95,6 +96,20 @@ static void describe(int rc, char *out, size_t len)
     mbedtls_strerror(rc, out, len);
 }
 
+/* Whether an mbedTLS error code says an allocation failed. A code may add a
+ * high-level part (bits 7-15) and a low-level one (bits 0-6): either can be
+ * the allocation's. */
+static int alloc_failed(int rc)
+{
+    int high = -rc & 0xFF80, low = -rc & 0x007F;
+
+    if (rc >= 0)
+        return 0;
+    return high == -MBEDTLS_ERR_PEM_ALLOC_FAILED || high == -MBEDTLS_ERR_X509_ALLOC_FAILED ||
+           high == -MBEDTLS_ERR_PK_ALLOC_FAILED || high == -MBEDTLS_ERR_SSL_ALLOC_FAILED ||
+           low == -MBEDTLS_ERR_MPI_ALLOC_FAILED;
+}
+
 static int load_client_cert(tls_config_t *c, const char *cert, const char *key, char *err,
                             size_t errlen)
 {
@@ -104,13 +119,13 @@ static int load_client_cert(tls_config_t *c, const char *cert, const char *key, 
     if (rc != 0) {
         describe(rc, why, sizeof(why));
         snprintf(err, errlen, "client_cert: cannot load %s: %s", cert, why);
-        return ERR_INVALID_REQUEST;
+        return alloc_failed(rc) ? ERR_NO_MEMORY : ERR_INVALID_REQUEST;
     }
     rc = mbedtls_pk_parse_keyfile(&c->pk, key, NULL);
     if (rc != 0) {
         describe(rc, why, sizeof(why));
         snprintf(err, errlen, "client_key: cannot load %s: %s", key, why);
-        return ERR_INVALID_REQUEST;
+        return alloc_failed(rc) ? ERR_NO_MEMORY : ERR_INVALID_REQUEST;
     } /* mbedtls_ssl_conf_own_cert() does not check that the two belong
        * together; a mismatch would only show as a peer's alert mid-handshake. */
     rc = mbedtls_pk_check_pair(&c->cert.pk, &c->pk);
@@ -153,7 +168,7 @@ static int config_setup(tls_t *t, tls_config_t *c, const char *ca, int ca_from_j
             describe(rc, why, sizeof(why));
             snprintf(err, errlen, "cannot load CA certificates from %s (%s): %s", ca,
                      ca_origin(t, ca_from_job), rc < 0 ? why : "no certificate found");
-            return ERR_INVALID_REQUEST;
+            return alloc_failed(rc) ? ERR_NO_MEMORY : ERR_INVALID_REQUEST;
         }
         mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
         mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
@@ -361,7 +376,25 @@ static void session_store(tls_t *t, const char *key, mbedtls_ssl_context *ssl)
 static int bio_send(void *ctx, const unsigned char *buf, size_t len)
 {
     tls_conn_t *tc = ctx;
-    return tc->send(tc->send_ctx, buf, len) == 0 ? (int)len : MBEDTLS_ERR_NET_SEND_FAILED;
+    int rc = tc->send(tc->send_ctx, buf, len);
+
+    if (rc != 0) {
+        tc->send_err = rc; /* mbedTLS sees only "send failed": keep the cause */
+        return MBEDTLS_ERR_NET_SEND_FAILED;
+    }
+    return (int)len;
+}
+
+/* ERR_NO_MEMORY when an mbedTLS failure was a failed allocation (mbedTLS's
+ * own, or the send function's copy of a record), not the peer's doing;
+ * else 0. */
+static int local_cause(const tls_conn_t *tc, int rc)
+{
+    if (alloc_failed(rc))
+        return ERR_NO_MEMORY;
+    if (rc == MBEDTLS_ERR_NET_SEND_FAILED && tc->send_err == ERR_NO_MEMORY)
+        return ERR_NO_MEMORY;
+    return 0;
 }
 
 static int bio_recv(void *ctx, unsigned char *buf, size_t len)
@@ -510,6 +543,11 @@ int tls_conn_handshake(tls_conn_t *tc)
     }
     describe(rc, why, sizeof(why));
     snprintf(tc->errmsg, sizeof(tc->errmsg), "TLS handshake with %.100s failed: %s", tc->host, why);
+    if (local_cause(tc, rc) != 0) {
+        snprintf(tc->errmsg, sizeof(tc->errmsg), "TLS handshake with %.100s: %s", tc->host,
+                 err_str(local_cause(tc, rc)));
+        return local_cause(tc, rc);
+    }
     return ERR_TLS_HANDSHAKE;
 }
 
@@ -542,7 +580,9 @@ int tls_conn_write(tls_conn_t *tc, const char *buf, size_t len)
         if (rc < 0) {
             describe(rc, why, sizeof(why));
             snprintf(tc->errmsg, sizeof(tc->errmsg), "TLS write to %.100s: %s", tc->host, why);
-            return rc == MBEDTLS_ERR_NET_SEND_FAILED ? ERR_NO_MEMORY : ERR_PROTOCOL;
+            if (rc == MBEDTLS_ERR_NET_SEND_FAILED)
+                return tc->send_err != 0 ? tc->send_err : ERR_IO;
+            return local_cause(tc, rc) != 0 ? local_cause(tc, rc) : ERR_PROTOCOL;
         }
         buf += rc;
         len -= (size_t)rc;

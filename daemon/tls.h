@@ -82,6 +82,7 @@ struct tls_conn {
     /* private */
     tls_send_fn send;
     void *send_ctx;
+    int send_err;            /* the send function's last error (a fetchd code), or 0 */
     const unsigned char *in; /* borrowed: ciphertext fed and not yet consumed */
     size_t in_len;
     int verify_called;

@@ -55,11 +55,6 @@ CI = os.environ.get("CI") == "true"
 # with this code and this text in its message had one of fetchd's own
 # allocations fail, but says otherwise. Each is counted and printed.
 KNOWN_MISREPORTS = {
-    # tls.c tls_conn_handshake(): bio_send() turns any error of conn.c's
-    # tls_send() (there: mem_alloc of the record's copy) into
-    # MBEDTLS_ERR_NET_SEND_FAILED, reported as tls_handshake;
-    # tls_conn_write() maps the same code to no_memory.
-    ("tls_handshake", "NET - Sending information through the socket failed"),
     # conn.c read_ended(): UV_ENOBUFS (on_alloc found no read buffer: a
     # failed allocation) while the connection is still in CONN_CONNECTING
     # is reported as tls_handshake; later it is no_memory.
