@@ -68,17 +68,13 @@ static void store_uint(daemon_config_t *cfg, const option_def_t *o, uint64_t v)
     }
 }
 
-static int set_string(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
-                      size_t errlen)
+/* Replaces the string option o of cfg with a copy of v. */
+static int store_string(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
+                        size_t errlen)
 {
     char **field = (char **)(void *)((char *)cfg + o->offset);
-    char *copy;
+    char *copy = mem_strdup(v);
 
-    if (*v == '\0') {
-        snprintf(err, errlen, "%s: must not be empty", o->key);
-        return -1;
-    }
-    copy = mem_strdup(v);
     if (copy == NULL) {
         snprintf(err, errlen, "%s: out of memory", o->key);
         return -1;
@@ -86,6 +82,16 @@ static int set_string(daemon_config_t *cfg, const option_def_t *o, const char *v
     mem_free(*field);
     *field = copy;
     return 0;
+}
+
+static int set_string(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
+                      size_t errlen)
+{
+    if (*v == '\0') {
+        snprintf(err, errlen, "%s: must not be empty", o->key);
+        return -1;
+    }
+    return store_string(cfg, o, v, err, errlen);
 }
 
 static int set_number(daemon_config_t *cfg, const option_def_t *o, uint64_t v, char *err,
@@ -106,25 +112,16 @@ static int set_number(daemon_config_t *cfg, const option_def_t *o, uint64_t v, c
 static int set_nets(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
                     size_t errlen)
 {
-    char **field = (char **)(void *)((char *)cfg + o->offset);
     char why[160];
     netacl_net_t *nets;
     size_t n;
-    char *copy;
 
     if (netacl_parse(v, &nets, &n, why, sizeof(why)) != 0) {
         snprintf(err, errlen, "%s: %s", o->key, why);
         return -1;
     }
     mem_free(nets);
-    copy = mem_strdup(v);
-    if (copy == NULL) {
-        snprintf(err, errlen, "%s: out of memory", o->key);
-        return -1;
-    }
-    mem_free(*field);
-    *field = copy;
-    return 0;
+    return store_string(cfg, o, v, err, errlen);
 }
 
 int config_set(daemon_config_t *cfg, const char *key, const char *value, char *err, size_t errlen)
