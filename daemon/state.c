@@ -119,12 +119,15 @@ long state_save(sched_t *s, const char *dir, int with_running, char *err, size_t
     return n;
 }
 
-static long restore(sched_t *s, json_t *jobs, const char *path)
+/* Queues the saved jobs; returns how many, and sets *skipped to the number
+ * that could not be restored (each is logged). */
+static long restore(sched_t *s, json_t *jobs, const char *path, size_t *skipped)
 {
     size_t i;
     json_t *entry;
     long restored = 0;
 
+    *skipped = 0;
     json_array_foreach(jobs, i, entry)
     {
         const char *id = json_string_value(json_object_get(entry, "id"));
@@ -134,10 +137,12 @@ static long restore(sched_t *s, json_t *jobs, const char *path)
             jobspec_decode(json_object_get(entry, "spec"), &spec, why, sizeof(why)) != 0) {
             log_error("state: %s: job %zu cannot be restored: %s", path, i,
                       id == NULL ? "no id" : why);
+            (*skipped)++;
             continue;
         }
         if (sched_restore(s, &spec, id, why, sizeof(why)) != 0) {
             log_error("state: %s: job %s cannot be restored: %s", path, id, why);
+            (*skipped)++;
             continue;
         }
         restored++;
@@ -178,9 +183,11 @@ int state_check_dir(const char *dir, char *err, size_t errlen)
 }
 
 /* Moves a corrupt state file aside under a name no earlier one has, so a
- * second corrupt file never overwrites the first. Returns 0 with the name in
- * bad, or -1 with errno set. */
-static int keep_bad(const char *path, char *bad, size_t len)
+ * second corrupt file never overwrites the first; with keep_original, the
+ * file stays where it is too (a second link: the next save replaces
+ * queue.json by a rename, which leaves the kept copy as it was). Returns 0
+ * with the name in bad, or -1 with errno set. */
+static int keep_bad(const char *path, int keep_original, char *bad, size_t len)
 {
     char stamp[32];
     struct tm tm;
@@ -194,6 +201,13 @@ static int keep_bad(const char *path, char *bad, size_t len)
         if (n < 0 || (size_t)n >= len) {
             errno = ENAMETOOLONG;
             return -1;
+        }
+        if (keep_original) {
+            if (link(path, bad) == 0)
+                return 0;
+            if (errno != EEXIST)
+                return -1;
+            continue;
         }
         if (renameat2(AT_FDCWD, path, AT_FDCWD, bad, RENAME_NOREPLACE) == 0)
             return 0;
@@ -214,6 +228,7 @@ long state_load(sched_t *s, const char *dir, char *err, size_t errlen)
     char path[PATH_MAX], bad[PATH_MAX + 64];
     json_error_t jerr;
     json_t *doc, *jobs;
+    size_t skipped;
     long n;
 
     snprintf(path, sizeof(path), "%s/" STATE_FILE, dir);
@@ -225,7 +240,7 @@ long state_load(sched_t *s, const char *dir, char *err, size_t errlen)
         json_integer_value(json_object_get(doc, "version")) != STATE_VERSION) {
         /* Keep it for a human to look at; start with an empty queue. */
         const char *why = doc ? "not a fetchd queue file" : jerr.text;
-        if (keep_bad(path, bad, sizeof(bad)) == 0)
+        if (keep_bad(path, 0, bad, sizeof(bad)) == 0)
             snprintf(err, errlen, "%s:%d: %s (kept as %s)", path, jerr.line, why, bad);
         else
             snprintf(err, errlen,
@@ -234,7 +249,17 @@ long state_load(sched_t *s, const char *dir, char *err, size_t errlen)
         json_decref(doc);
         return ERR_IO;
     }
-    n = restore(s, jobs, path);
+    n = restore(s, jobs, path, &skipped);
     json_decref(doc);
+    /* A job that could not be restored (a bad entry, or no memory for it)
+     * would be gone after the next save: keep the file as it was. */
+    if (skipped > 0) {
+        if (keep_bad(path, 1, bad, sizeof(bad)) == 0)
+            log_error("state: %s: %zu job(s) not restored; the file is kept as %s", path, skipped,
+                      bad);
+        else
+            log_error("state: %s: %zu job(s) not restored, and the file could not be kept: %s",
+                      path, skipped, strerror(errno));
+    }
     return n;
 }

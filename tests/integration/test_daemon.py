@@ -2,6 +2,7 @@
 logging and a clean stop on SIGTERM and SIGINT."""
 
 import glob
+import json
 import os
 import pwd
 import select
@@ -253,6 +254,21 @@ class StateDir(unittest.TestCase):
         for lines in (first, second):
             said = [path for path in kept if any("kept as " + path in l for l in lines)]
             self.assertEqual(len(said), 1, (kept, lines))
+
+    def test_a_job_that_cannot_be_restored_keeps_the_file(self):
+        # One good job and one that cannot be restored: the good one runs,
+        # and the file is kept as it was, so the other is not lost when the
+        # next save replaces queue.json.
+        text = json.dumps({"version": 1, "jobs": [
+            {"id": "good1", "spec": {"url": "http://127.0.0.1:9/"}},
+            {"id": "bad2", "spec": {"url": "no scheme at all"}}]})
+        lines = self.run_once_with(text)
+        kept = glob.glob(os.path.join(self.state, "queue.json.bad*"))
+        self.assertEqual(len(kept), 1, (kept, lines))
+        with open(kept[0]) as f:
+            self.assertEqual(f.read(), text)
+        self.assertTrue(any("1 job(s) not restored" in l and "kept as " + kept[0] in l
+                            for l in lines), lines)
 
     def test_missing_or_unusable_state_dir_exits_78(self):
         missing = os.path.join(self.dir, "missing")
