@@ -44,7 +44,7 @@ typedef struct stage {
     ZSTD_DStream *zs;       /* owned (zstd) */
 } stage_t;
 
-struct decoder {
+struct decode_chain {
     stats_t *stats; /* borrowed */
     size_t n;
     uint64_t max_ratio;
@@ -158,10 +158,11 @@ static void zs_free(void *opaque, void *p)
 
 /* ---- errors --------------------------------------------------------------------- */
 
-static int fail(decoder_t *d, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(decode_chain_t *d, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Records the first error and its reason; returns err. */
-static int fail(decoder_t *d, int err, const char *fmt, ...)
+static int fail(decode_chain_t *d, int err, const char *fmt, ...)
 {
     va_list ap;
 
@@ -174,7 +175,7 @@ static int fail(decoder_t *d, int err, const char *fmt, ...)
     return err;
 }
 
-const char *decode_strerror(const decoder_t *d)
+const char *decode_strerror(const decode_chain_t *d)
 {
     return d->msg[0] ? d->msg : err_str(d->error);
 }
@@ -223,10 +224,10 @@ static void stage_dispose(stage_t *st)
     mem_free(st->out);
 }
 
-int decode_create(decoder_t **out, const decode_coding_t *codings, size_t n, uint64_t max_ratio,
-                  stats_t *stats)
+int decode_create(decode_chain_t **out, const decode_coding_t *codings, size_t n,
+                  uint64_t max_ratio, stats_t *stats)
 {
-    decoder_t *d;
+    decode_chain_t *d;
     int rc = 0;
 
     *out = NULL;
@@ -250,7 +251,7 @@ int decode_create(decoder_t **out, const decode_coding_t *codings, size_t n, uin
     return 0;
 }
 
-void decode_destroy(decoder_t *d)
+void decode_destroy(decode_chain_t *d)
 {
     if (d == NULL)
         return;
@@ -262,11 +263,11 @@ void decode_destroy(decoder_t *d)
 
 /* ---- decoding ------------------------------------------------------------------- */
 
-static int feed(decoder_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
+static int feed(decode_chain_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
                 void *data);
 
 /* The chain's output: counted, checked against the ratio cap, handed over. */
-static int emit(decoder_t *d, const unsigned char *p, size_t len, decode_out_cb cb, void *data)
+static int emit(decode_chain_t *d, const unsigned char *p, size_t len, decode_out_cb cb, void *data)
 {
     int rc;
 
@@ -284,8 +285,8 @@ static int emit(decoder_t *d, const unsigned char *p, size_t len, decode_out_cb 
 }
 
 /* Passes out[0..len) to the stage after k, or to the caller after the last. */
-static int pass_on(decoder_t *d, size_t k, const unsigned char *p, size_t len, decode_out_cb cb,
-                   void *data)
+static int pass_on(decode_chain_t *d, size_t k, const unsigned char *p, size_t len,
+                   decode_out_cb cb, void *data)
 {
     if (len == 0)
         return 0;
@@ -294,8 +295,8 @@ static int pass_on(decoder_t *d, size_t k, const unsigned char *p, size_t len, d
     return feed(d, k + 1, p, len, cb, data);
 }
 
-static int run_zlib(decoder_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
-                    void *data)
+static int run_zlib(decode_chain_t *d, size_t k, const unsigned char *in, size_t len,
+                    decode_out_cb cb, void *data)
 {
     stage_t *st = &d->st[k];
     z_stream *z = &st->z;
@@ -336,7 +337,7 @@ static int run_zlib(decoder_t *d, size_t k, const unsigned char *in, size_t len,
 /* deflate: RFC 9110 means the zlib format (RFC 1950), but servers have sent
  * raw deflate (RFC 1951) for decades and browsers accept both; a zlib header
  * is recognised by its first two bytes (CM 8, check bits). */
-static int run_deflate(decoder_t *d, size_t k, const unsigned char *in, size_t len,
+static int run_deflate(decode_chain_t *d, size_t k, const unsigned char *in, size_t len,
                        decode_out_cb cb, void *data)
 {
     stage_t *st = &d->st[k];
@@ -370,8 +371,8 @@ static const char *br_error(BrotliDecoderErrorCode code)
     return s;
 }
 
-static int run_br(decoder_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
-                  void *data)
+static int run_br(decode_chain_t *d, size_t k, const unsigned char *in, size_t len,
+                  decode_out_cb cb, void *data)
 {
     stage_t *st = &d->st[k];
     const uint8_t *next_in = in;
@@ -405,8 +406,8 @@ static int run_br(decoder_t *d, size_t k, const unsigned char *in, size_t len, d
     }
 }
 
-static int run_zstd(decoder_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
-                    void *data)
+static int run_zstd(decode_chain_t *d, size_t k, const unsigned char *in, size_t len,
+                    decode_out_cb cb, void *data)
 {
     stage_t *st = &d->st[k];
     ZSTD_inBuffer ib = {in, len, 0};
@@ -437,7 +438,7 @@ static int run_zstd(decoder_t *d, size_t k, const unsigned char *in, size_t len,
     }
 }
 
-static int feed(decoder_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
+static int feed(decode_chain_t *d, size_t k, const unsigned char *in, size_t len, decode_out_cb cb,
                 void *data)
 {
     stage_t *st = &d->st[k];
@@ -456,7 +457,7 @@ static int feed(decoder_t *d, size_t k, const unsigned char *in, size_t len, dec
     return fail(d, ERR_CONTENT_DECODING, "unknown coding");
 }
 
-int decode_write(decoder_t *d, const char *in, size_t len, decode_out_cb cb, void *data)
+int decode_write(decode_chain_t *d, const char *in, size_t len, decode_out_cb cb, void *data)
 {
     const unsigned char *p = (const unsigned char *)in;
 
@@ -476,7 +477,7 @@ int decode_write(decoder_t *d, const char *in, size_t len, decode_out_cb cb, voi
     return 0;
 }
 
-int decode_finish(decoder_t *d)
+int decode_finish(decode_chain_t *d)
 {
     if (d->error != 0)
         return d->error;
@@ -490,12 +491,12 @@ int decode_finish(decoder_t *d)
     return 0;
 }
 
-uint64_t decode_bytes_in(const decoder_t *d)
+uint64_t decode_bytes_in(const decode_chain_t *d)
 {
     return d->in_bytes;
 }
 
-uint64_t decode_bytes_out(const decoder_t *d)
+uint64_t decode_bytes_out(const decode_chain_t *d)
 {
     return d->out_bytes;
 }

@@ -1,7 +1,7 @@
 /* decode — streaming decoders for HTTP content (and transfer) codings:
  * gzip and deflate (zlib), br (libbrotli), zstd (libzstd).
  *
- * A decoder_t is a chain: the codings of one Content-Encoding (or of a
+ * A decode_chain_t is a chain: the codings of one Content-Encoding (or of a
  * Transfer-Encoding without its final "chunked") in the order the sender
  * applied them; the chain undoes the last one first. It is fed the encoded
  * bytes as they arrive (decode_write) and hands the decoded bytes to a
@@ -20,7 +20,7 @@
  * out, the output may not exceed max_ratio times the input (a
  * decompression bomb). Each violation is ERR_CONTENT_DECODING.
  *
- * Ownership: the caller owns the decoder_t (decode_create/decode_destroy).
+ * Ownership: the caller owns the decode_chain_t (decode_create/decode_destroy).
  * Nothing in it refers to the caller except during a call.
  */
 #ifndef FETCHD_DECODE_H
@@ -44,7 +44,7 @@ typedef enum decode_coding {
 /* What a job's Accept-Encoding offers: every coding built in. */
 #define DECODE_ACCEPT "gzip, deflate, br, zstd"
 
-typedef struct decoder decoder_t;
+typedef struct decode_chain decode_chain_t;
 
 /* Receives len (> 0) decoded bytes at p; returns 0 to go on, or a negative
  * fetchd error that stops decoding and is returned by decode_write(). */
@@ -64,29 +64,29 @@ const char *decode_coding_name(decode_coding_t c);
  * sender applied them. max_ratio 0 disables the ratio cap. stats is
  * borrowed and must outlive the decoder. Returns 0 with *out a new decoder,
  * or ERR_NO_MEMORY / ERR_INVALID_REQUEST (bad n). */
-int decode_create(decoder_t **out, const decode_coding_t *codings, size_t n, uint64_t max_ratio,
-                  stats_t *stats);
+int decode_create(decode_chain_t **out, const decode_coding_t *codings, size_t n,
+                  uint64_t max_ratio, stats_t *stats);
 
 /* Decodes len encoded bytes, calling cb with what comes out. Returns 0,
  * ERR_CONTENT_DECODING (corrupt data, data after the end, the ratio cap;
  * decode_strerror() says which), ERR_NO_MEMORY, or the callback's error.
  * After an error every later call returns the same error. */
-int decode_write(decoder_t *d, const char *in, size_t len, decode_out_cb cb, void *data);
+int decode_write(decode_chain_t *d, const char *in, size_t len, decode_out_cb cb, void *data);
 
 /* The encoded data is complete: returns 0 when every stream in the chain
  * ended (or no byte at all arrived), else ERR_CONTENT_DECODING ("truncated")
  * or the error already seen. */
-int decode_finish(decoder_t *d);
+int decode_finish(decode_chain_t *d);
 
 /* Why the last error happened ("gzip: invalid block type", "br: truncated
  * stream", ...). Never NULL; valid until the decoder is destroyed. */
-const char *decode_strerror(const decoder_t *d);
+const char *decode_strerror(const decode_chain_t *d);
 
 /* Encoded bytes fed and decoded bytes produced so far. */
-uint64_t decode_bytes_in(const decoder_t *d);
-uint64_t decode_bytes_out(const decoder_t *d);
+uint64_t decode_bytes_in(const decode_chain_t *d);
+uint64_t decode_bytes_out(const decode_chain_t *d);
 
 /* Frees the decoder and everything the libraries hold for it. NULL is fine. */
-void decode_destroy(decoder_t *d);
+void decode_destroy(decode_chain_t *d);
 
 #endif

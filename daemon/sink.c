@@ -110,7 +110,7 @@ static int code_for(int uverr)
 
 const char *sink_strerror(const sink_t *s, int err)
 {
-    if (s->dec != NULL && (err == ERR_CONTENT_DECODING || err == ERR_NO_MEMORY))
+    if (s->dec != NULL && err == ERR_CONTENT_DECODING)
         return decode_strerror(s->dec);
     if (s->cause == 0)
         return err_str(err);
@@ -377,7 +377,7 @@ void sink_set_limit(sink_t *s, uint64_t max)
     s->max_bytes = max;
 }
 
-void sink_set_decoder(sink_t *s, decoder_t *d, buf_pool_t *pool)
+void sink_set_decoder(sink_t *s, decode_chain_t *d, buf_pool_t *pool)
 {
     assert(s->bytes == 0 && s->wire_bytes == 0);
     decode_destroy(s->dec);

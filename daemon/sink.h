@@ -73,7 +73,7 @@ struct sink {
     unsigned writes_in_flight;
     uint64_t bytes_in_flight;
     sink_write_req_t *free_reqs; /* owned */
-    decoder_t *dec;              /* owned, or NULL: bytes are stored as received */
+    decode_chain_t *dec;         /* owned, or NULL: bytes are stored as received */
     buf_pool_t *dpool;           /* borrowed: buffers for a file sink's decoded bytes */
     buf_t *dbuf;                 /* owned reference: decoded bytes not yet written */
     int finishing;               /* 0, or 1 commit / 2 abort, waiting for writes */
@@ -100,7 +100,7 @@ void sink_set_limit(sink_t *s, uint64_t max);
 /* Decodes every later sink_write() with d, which the sink takes over (it is
  * destroyed by sink_dispose()). pool is borrowed: a file sink copies decoded
  * bytes into its buffers. Call before the first write. */
-void sink_set_decoder(sink_t *s, decoder_t *d, buf_pool_t *pool);
+void sink_set_decoder(sink_t *s, decode_chain_t *d, buf_pool_t *pool);
 
 /* The body is complete: with a decoder, checks that its streams ended.
  * Returns 0, or ERR_CONTENT_DECODING (truncated) or the decoder's earlier

@@ -137,7 +137,7 @@ static uint64_t heap_blocks(void)
 static int run(const decode_coding_t *codings, size_t n, const bytes_t *in, size_t step,
                uint64_t max_ratio, bytes_t *out)
 {
-    decoder_t *d;
+    decode_chain_t *d;
     int rc = decode_create(&d, codings, n, max_ratio, &stats);
     if (rc != 0)
         return rc;
@@ -306,7 +306,7 @@ static void test_bomb(void)
 
     for (size_t i = 0; i < 4; i++) {
         bytes_t enc = encode(all[i], &zeros);
-        decoder_t *d;
+        decode_chain_t *d;
         uint64_t n = 0;
         int rc;
         CHECK(enc.len * 100 < len);
@@ -333,7 +333,7 @@ static void test_no_ratio_cap(void)
     size_t len = 8u << 20;
     bytes_t zeros = {calloc(1, len), len, len}, enc = zlib_encode(&zeros, 31);
     decode_coding_t c = DECODE_GZIP;
-    decoder_t *d;
+    decode_chain_t *d;
     uint64_t n = 0;
 
     CHECK_INT(decode_create(&d, &c, 1, 0, &stats), 0);
@@ -360,7 +360,7 @@ static void test_callback_error(void)
 {
     bytes_t plain = sample(1000), enc = zlib_encode(&plain, 31);
     decode_coding_t c = DECODE_GZIP;
-    decoder_t *d;
+    decode_chain_t *d;
 
     CHECK_INT(decode_create(&d, &c, 1, 0, &stats), 0);
     CHECK_INT(decode_write(d, (const char *)enc.p, enc.len, refuse, NULL), ERR_BODY_TOO_LARGE);
@@ -422,7 +422,7 @@ static void test_alloc_failure(void)
 static void test_components_counted(void)
 {
     uint64_t z0, b0, s0, z1, b1, s1;
-    decoder_t *d;
+    decode_chain_t *d;
 
     mem_get(MEM_ZLIB, &z0, NULL);
     mem_get(MEM_BROTLI, &b0, NULL);

@@ -275,10 +275,10 @@ static unsigned char *gzip_pattern(size_t total, size_t *outlen)
     return out;
 }
 
-static decoder_t *gzip_decoder(fixture_t *f, uint64_t max_ratio)
+static decode_chain_t *gzip_decoder(fixture_t *f, uint64_t max_ratio)
 {
     decode_coding_t c = DECODE_GZIP;
-    decoder_t *d = NULL;
+    decode_chain_t *d = NULL;
     CHECK_INT(decode_create(&d, &c, 1, max_ratio, &f->stats), 0);
     return d;
 }
