@@ -21,7 +21,7 @@ import zlib
 
 from ctltest import FETCHCTL, ControlTestCase, Fetchd, clean_env, spec
 from faultserver import FaultServer, _respond
-from fetchtest import Nginx, file_sha256, inline_bytes
+from fetchtest import Nginx, file_sha256, inline_bytes, remove_tree, tmpdir
 
 CI = os.environ.get("CI") == "true"
 DECODER_HEAP = ("zlib", "brotli", "zstd")
@@ -124,6 +124,26 @@ def serve(srv, path, body, headers):
     srv._behaviours.table[path] = handler
 
 
+def start_checked(case, args):
+    """Starts fetchd for case; at the end (in this order): counts back at the
+    baseline, then a clean exit (status 0, and in a sanitizer build no ASan,
+    LeakSanitizer or UBSan report), then the daemon's files removed."""
+    d = case.start_fetchd(args, check_end=False)
+    baseline = case.take_baseline(d)
+    case.addCleanup(check_clean_exit, case, d)
+    case.addCleanup(case.check_clean_end, d, baseline)
+    return d
+
+
+def check_clean_exit(case, d):
+    if d.proc.poll() is None:
+        d.stop()
+    log = d.log()
+    for mark in ("Sanitizer", "runtime error:"):
+        case.assertNotIn(mark, log, "fetchd reported%s" % d.log_tail(8000))
+    case.assertEqual(d.proc.returncode, 0, "fetchd's exit status%s" % d.log_tail())
+
+
 class Decoding(ControlTestCase):
     ARGS = []
 
@@ -155,7 +175,7 @@ class Decoding(ControlTestCase):
         cls.bodies = {path: body for path, (body, coding) in routes.items()}
 
     def setUp(self):
-        self.start_fetchd(["--idle-timeout", "1"] + self.ARGS)
+        start_checked(self, ["--idle-timeout", "1"] + self.ARGS)
         self.c = self.connect()
         self.heap0 = self.decoder_heap()
         self.addCleanup(self.check_decoder_heap)
@@ -371,7 +391,7 @@ class DecodingByDefault(ControlTestCase):
         serve(cls.srv, "/bomb", gzip_zeros(64 << 20), [("Content-Encoding", "gzip")])
 
     def test_default_and_override(self):
-        self.start_fetchd(["--idle-timeout", "1", "--decode", "on", "--decode-max-ratio", "100"])
+        start_checked(self, ["--idle-timeout", "1", "--decode", "on", "--decode-max-ratio", "100"])
         c = self.connect()
         jid = self.submit(c, [spec(self.srv.url("/gzip"), output="inline")])[0]
         job = self.wait_job(c, jid)
@@ -388,18 +408,40 @@ class DecodingByDefault(ControlTestCase):
         self.assertEqual(job["error"]["code"], "content_decoding", job)
 
     def test_default_is_off(self):
-        self.start_fetchd(["--idle-timeout", "1"])
+        start_checked(self, ["--idle-timeout", "1"])
         c = self.connect()
         jid = self.submit(c, [spec(self.srv.url("/gzip"), output="inline")])[0]
         job = self.wait_job(c, jid)
         self.assertNotIn("decoded", job)
         self.assertEqual(job["content_encoding"], "gzip")
 
+    def test_config_file(self):
+        conf = os.path.join(tmpdir("decode-conf-"), "fetchd.json")
+        self.addCleanup(remove_tree, os.path.dirname(conf))
+        with open(conf, "w") as f:
+            json.dump({"decode": True, "decode_max_ratio": 0}, f)
+        start_checked(self, ["--idle-timeout", "1", "-c", conf])
+        c = self.connect()
+        # No ratio cap: 64 MiB of zeros decodes (and is discarded).
+        jid = self.submit(c, [spec(self.srv.url("/bomb"))])[0]
+        job = self.wait_job(c, jid)
+        self.assertEqual(job["state"], "done", job)
+        self.assertTrue(job.get("decoded"), job)
+        self.assertEqual(job["bytes"], 64 << 20)
+
     def test_bad_setting_refused(self):
         d = Fetchd(["--decode", "maybe"])
         self.addCleanup(d.cleanup)
         self.assertEqual(d.wait_exit(), 64, d.log_tail())
         self.assertIn("decode", d.log())
+        conf = os.path.join(tmpdir("decode-conf-"), "fetchd.json")
+        self.addCleanup(remove_tree, os.path.dirname(conf))
+        with open(conf, "w") as f:
+            f.write('{\n  "decode": "yes"\n}\n')
+        d = Fetchd(["-c", conf])
+        self.addCleanup(d.cleanup)
+        self.assertEqual(d.wait_exit(), 78, d.log_tail())
+        self.assertIn("fetchd.json:2: \"decode\" must be true or false", d.log())
 
 
 if __name__ == "__main__":
