@@ -77,43 +77,79 @@ const char *decode_coding_name(decode_coding_t c)
     return "?";
 }
 
-int decode_parse(const char *value, decode_coding_t out[DECODE_MAX_CODINGS], char *why,
-                 size_t whylen)
+/* One list element: [start, end) with the surrounding blanks removed;
+ * returns the position after it (at a ',' or the NUL), or NULL at the end. */
+static const char *next_token(const char *p, const char **start, size_t *len)
 {
-    int n = 0;
-    const char *p = value;
+    const char *end;
 
-    while (*p) {
-        const char *start, *end;
-        size_t len, i;
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        if (*p == '\0')
-            break;
-        start = p;
-        while (*p && *p != ',')
-            p++;
-        end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        len = (size_t)(end - start);
-        if (len == 8 && strncasecmp(start, "identity", 8) == 0)
+    while (*p == ' ' || *p == '\t' || *p == ',')
+        p++;
+    if (*p == '\0')
+        return NULL;
+    *start = p;
+    while (*p && *p != ',')
+        p++;
+    end = p;
+    while (end > *start && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    *len = (size_t)(end - *start);
+    return p;
+}
+
+static int token_is(const char *start, size_t len, const char *name)
+{
+    return strlen(name) == len && strncasecmp(start, name, len) == 0;
+}
+
+/* Shared by both parsers: kind is "content" or "transfer", err the code of
+ * a refusal; *chunked (transfer only) is set when the list ends in chunked. */
+static int parse_list(const char *value, decode_coding_t out[DECODE_MAX_CODINGS], int *chunked,
+                      const char *kind, int err, char *why, size_t whylen)
+{
+    const char *p = value, *start = NULL;
+    size_t len = 0, i;
+    int n = 0;
+
+    while ((p = next_token(p, &start, &len)) != NULL) {
+        if (chunked != NULL && *chunked) {
+            snprintf(why, whylen, "transfer coding after chunked");
+            return err;
+        }
+        if (chunked != NULL && token_is(start, len, "chunked")) {
+            *chunked = 1;
+            continue;
+        }
+        if (token_is(start, len, "identity"))
             continue;
         for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            if (strlen(names[i].name) == len && strncasecmp(start, names[i].name, len) == 0)
+            if (token_is(start, len, names[i].name))
                 break;
         if (i == sizeof(names) / sizeof(names[0])) {
-            snprintf(why, whylen, "unknown content coding '%.*s'", (int)(len > 40 ? 40 : len),
+            snprintf(why, whylen, "unknown %s coding '%.*s'", kind, (int)(len > 40 ? 40 : len),
                      start);
-            return ERR_CONTENT_DECODING;
+            return err;
         }
         if (n == DECODE_MAX_CODINGS) {
-            snprintf(why, whylen, "more than %d stacked content codings", DECODE_MAX_CODINGS);
-            return ERR_CONTENT_DECODING;
+            snprintf(why, whylen, "more than %d stacked %s codings", DECODE_MAX_CODINGS, kind);
+            return err;
         }
         out[n++] = names[i].coding;
     }
     return n;
+}
+
+int decode_parse(const char *value, decode_coding_t out[DECODE_MAX_CODINGS], char *why,
+                 size_t whylen)
+{
+    return parse_list(value, out, NULL, "content", ERR_CONTENT_DECODING, why, whylen);
+}
+
+int decode_parse_transfer(const char *value, decode_coding_t out[DECODE_MAX_CODINGS], int *chunked,
+                          char *why, size_t whylen)
+{
+    *chunked = 0;
+    return parse_list(value, out, chunked, "transfer", ERR_PROTOCOL, why, whylen);
 }
 
 /* ---- the libraries' allocators ------------------------------------------------ */

@@ -57,6 +57,21 @@ typedef int (*decode_out_cb)(void *data, const char *p, size_t len);
 int decode_parse(const char *value, decode_coding_t out[DECODE_MAX_CODINGS], char *why,
                  size_t whylen);
 
+/* Parses a Transfer-Encoding value the same way for a connection: *chunked
+ * is set when the list ends in "chunked" (which is not returned); the
+ * codings before it come back in out[] as with decode_parse(). Returns their
+ * number, or ERR_PROTOCOL with why saying "unknown transfer coding 'x'",
+ * "transfer coding after chunked" or too many stacked.
+ *
+ * How a connection decodes "Transfer-Encoding: gzip, chunked": llhttp
+ * removes the chunked framing; a chain made by decode_create() from out[]
+ * is fed every body byte llhttp hands over (decode_write), its output goes
+ * on as the body, decode_finish() at the end of the message turns an early
+ * end into an error, and decode_destroy() runs when the response ends or
+ * fails. */
+int decode_parse_transfer(const char *value, decode_coding_t out[DECODE_MAX_CODINGS], int *chunked,
+                          char *why, size_t whylen);
+
 /* The coding's name as written in a header ("gzip", "deflate", "br", "zstd"). */
 const char *decode_coding_name(decode_coding_t c);
 

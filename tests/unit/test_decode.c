@@ -463,6 +463,25 @@ static void test_parse(void)
     CHECK(strstr(why, "stacked") != NULL);
 }
 
+static void test_parse_transfer(void)
+{
+    decode_coding_t c[DECODE_MAX_CODINGS];
+    char why[128];
+    int chunked = -1;
+
+    CHECK_INT(decode_parse_transfer("chunked", c, &chunked, why, sizeof(why)), 0);
+    CHECK_INT(chunked, 1);
+    CHECK_INT(decode_parse_transfer("gzip, Chunked", c, &chunked, why, sizeof(why)), 1);
+    CHECK_INT(chunked, 1);
+    CHECK_INT(c[0], DECODE_GZIP);
+    CHECK_INT(decode_parse_transfer("deflate", c, &chunked, why, sizeof(why)), 1);
+    CHECK_INT(chunked, 0);
+    CHECK_INT(decode_parse_transfer("chunked, gzip", c, &chunked, why, sizeof(why)), ERR_PROTOCOL);
+    CHECK_STR(why, "transfer coding after chunked");
+    CHECK_INT(decode_parse_transfer("x, chunked", c, &chunked, why, sizeof(why)), ERR_PROTOCOL);
+    CHECK_STR(why, "unknown transfer coding 'x'");
+}
+
 static void test_zstd_window_limit(void)
 {
     size_t len = 24u << 20;
@@ -489,5 +508,5 @@ TEST_MAIN(TEST_CASE(test_every_coding), TEST_CASE(test_raw_deflate), TEST_CASE(t
           TEST_CASE(test_truncated), TEST_CASE(test_corrupt), TEST_CASE(test_after_end),
           TEST_CASE(test_empty_body), TEST_CASE(test_bomb), TEST_CASE(test_no_ratio_cap),
           TEST_CASE(test_callback_error), TEST_CASE(test_alloc_failure),
-          TEST_CASE(test_components_counted), TEST_CASE(test_parse),
+          TEST_CASE(test_components_counted), TEST_CASE(test_parse), TEST_CASE(test_parse_transfer),
           TEST_CASE(test_zstd_window_limit))
