@@ -250,6 +250,14 @@ class Decoding(ControlTestCase):
         self.assert_decoded(self.fetch(self.srv.url("/three"), decode=True), PLAIN,
                             "gzip, zstd, br")
 
+    def test_head_has_nothing_to_decode(self):
+        job = self.fetch(self.srv.url("/gzip"), decode=True, method="HEAD")
+        self.assertEqual(job["state"], "done", job)
+        self.assertEqual(job["content_encoding"], "gzip")
+        self.assertEqual(job["bytes"], 0)
+        self.assertEqual(job["wire_bytes"], 0)
+        self.assertEqual(job["sha256"], sha(b""))
+
     def test_identity_is_not_decoding(self):
         job = self.fetch(self.srv.url("/identity"), decode=True)
         self.assertEqual(job["state"], "done", job)
