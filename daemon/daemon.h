@@ -48,7 +48,9 @@ typedef struct daemon_config {
     unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
 } daemon_config_t;
 
-#define DAEMON_DEFAULT_QUEUE_BYTES  ((size_t)256 << 20)
+#define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)
+
+/* decode_max_ratio unless configured. */
 #define DAEMON_DEFAULT_DECODE_RATIO 1000
 
 /* Fills in the defaults above. */

@@ -11,22 +11,22 @@
 #include <stdint.h>
 
 /* X(ENUM, metrics label) — one per heap object type. */
-#define STATS_OBJ_MAP(X)                \
-    X(CONN, "conn")                     \
-    X(JOB, "job")                       \
-    X(ORIGIN, "origin")                 \
-    X(DNS_ENTRY, "dns_entry")           \
-    X(BUFFER, "buffer")                 \
-    X(REQUEST, "request")               \
-    X(TLS_CONFIG, "tls_config")         \
-    X(TLS_CONTEXT, "tls_context")       \
-    X(TLS_SESSION, "tls_session")       \
-    X(CTL_CLIENT, "ctl_client")         \
-    X(CTL_WAIT, "ctl_wait")             \
-    X(CTL_SUB, "ctl_subscription")      \
-    X(CTL_WRITE, "ctl_write")           \
-    X(METRICS_CLIENT, "metrics_client") \
-    X(DECODER, "decoder")
+#define STATS_OBJ_MAP(X)           \
+    X(CONN, "conn")                \
+    X(JOB, "job")                  \
+    X(ORIGIN, "origin")            \
+    X(DNS_ENTRY, "dns_entry")      \
+    X(BUFFER, "buffer")            \
+    X(REQUEST, "request")          \
+    X(TLS_CONFIG, "tls_config")    \
+    X(TLS_CONTEXT, "tls_context")  \
+    X(TLS_SESSION, "tls_session")  \
+    X(CTL_CLIENT, "ctl_client")    \
+    X(CTL_WAIT, "ctl_wait")        \
+    X(CTL_SUB, "ctl_subscription") \
+    X(CTL_WRITE, "ctl_write")      \
+    X(DECODER, "decoder")          \
+    X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {
 #define X(e, label) STATS_OBJ_##e,
