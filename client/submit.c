@@ -98,6 +98,8 @@ static const char submit_help[] =
     "      --max-body BYTES   fail a job whose body is larger\n"
     "      --fail           an HTTP status 400-599 fails the job\n"
     "      --insecure       do not verify TLS certificates\n"
+    "      --compressed     ask for gzip, deflate, br or zstd and store the decoded\n"
+    "                       body (--no-compressed: never, whatever fetchd's default)\n"
     "      --priority N     higher runs first (-1000..1000)\n"
     "The options apply to the URLs of the command line and to the URL lines of\n"
     "-i FILE, not to its JSON lines. fetchd checks every job; an invalid one is\n"
@@ -115,7 +117,9 @@ enum {
     OPT_MAX_BODY,
     OPT_FAIL,
     OPT_INSECURE,
-    OPT_PRIORITY
+    OPT_PRIORITY,
+    OPT_COMPRESSED,
+    OPT_NO_COMPRESSED
 };
 
 static const struct option submit_opts[] = {
@@ -136,6 +140,8 @@ static const struct option submit_opts[] = {
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"fail", no_argument, NULL, OPT_FAIL},
     {"insecure", no_argument, NULL, OPT_INSECURE},
+    {"compressed", no_argument, NULL, OPT_COMPRESSED},
+    {"no-compressed", no_argument, NULL, OPT_NO_COMPRESSED},
     {"priority", required_argument, NULL, OPT_PRIORITY},
     {0},
 };
@@ -283,6 +289,10 @@ static int submit_option(submit_t *s, int opt, const char *arg)
         return json_object_set_new(d, "fail_on_http_error", json_true());
     case OPT_INSECURE:
         return json_object_set_new(d, "insecure", json_true());
+    case OPT_COMPRESSED:
+        return json_object_set_new(d, "decode", json_true());
+    case OPT_NO_COMPRESSED:
+        return json_object_set_new(d, "decode", json_false());
     case OPT_PRIORITY:
         return opt_integer(d, "priority", "--priority", arg);
     default:

@@ -7,12 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "mem.h"
 #include "netacl.h"
 
-typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL, OPT_NETS } opt_kind_t;
+typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL, OPT_NETS, OPT_BOOL } opt_kind_t;
 
 typedef struct option_def {
     const char *key;
@@ -44,6 +45,8 @@ static const option_def_t options[] = {
     {"max_queue_bytes", OPT_UINT, OFF(max_queue_bytes), 65536, (uint64_t)1 << 40},
     {"deny_networks", OPT_NETS, OFF(deny_networks), 0, 0},
     {"allow_networks", OPT_NETS, OFF(allow_networks), 0, 0},
+    {"decode", OPT_BOOL, OFF(decode), 0, 0},
+    {"decode_max_ratio", OPT_UINT, OFF(decode_max_ratio), 0, 1000000000},
 };
 
 static const option_def_t *find(const char *key)
@@ -124,6 +127,24 @@ static int set_nets(daemon_config_t *cfg, const option_def_t *o, const char *v, 
     return store_string(cfg, o, v, err, errlen);
 }
 
+/* A switch: "true"/"false" as in the file, or yes/no, on/off, 1/0. */
+static int set_bool(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
+                    size_t errlen)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                "off", "0"};
+    int *field = (int *)(void *)((char *)cfg + o->offset);
+
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
+            *field = strcasecmp(v, yes[i]) == 0;
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "%s: \"%s\" is not true or false", o->key, v);
+    return -1;
+}
+
 int config_set(daemon_config_t *cfg, const char *key, const char *value, char *err, size_t errlen)
 {
     const option_def_t *o = find(key);
@@ -139,6 +160,8 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
         return set_string(cfg, o, value, err, errlen);
     case OPT_NETS:
         return set_nets(cfg, o, value, err, errlen);
+    case OPT_BOOL:
+        return set_bool(cfg, o, value, err, errlen);
     case OPT_LEVEL:
         if (log_level_parse(value, &cfg->log_level) != 0) {
             snprintf(err, errlen, "%s: expected error, warn, notice, info or debug", key);
@@ -223,6 +246,14 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
     }
     if (o->kind == OPT_NETS)
         return set_json_nets(cfg, o, v, why, len);
+    if (o->kind == OPT_BOOL) {
+        if (!json_is_boolean(v)) {
+            snprintf(why, len, "\"%s\" must be true or false", key);
+            return -1;
+        }
+        *(int *)(void *)((char *)cfg + o->offset) = json_is_true(v);
+        return 0;
+    }
     if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
         if (!json_is_string(v)) {
             snprintf(why, len, "\"%s\" must be a string", key);
@@ -330,6 +361,8 @@ static const struct option long_options[] = {
     {"max-queue-bytes", required_argument, NULL, 0},
     {"deny-networks", required_argument, NULL, 0},
     {"allow-networks", required_argument, NULL, 0},
+    {"decode", required_argument, NULL, 0},
+    {"decode-max-ratio", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

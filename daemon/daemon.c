@@ -23,6 +23,7 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->log_level = LOG_LEVEL_INFO;
     cfg->shutdown_grace_ms = 20000;
     cfg->max_queue_bytes = DAEMON_DEFAULT_QUEUE_BYTES;
+    cfg->decode_max_ratio = DAEMON_DEFAULT_DECODE_RATIO;
 }
 
 void daemon_config_dispose(daemon_config_t *cfg)
@@ -46,6 +47,8 @@ static void apply_limits(daemon_t *d)
     d->pool.idle_timeout_ms = d->cfg.idle_timeout_ms;
     d->sched.max_queued = d->cfg.max_jobs;
     d->sched.max_queued_bytes = d->cfg.max_queue_bytes;
+    d->sched.decode = d->cfg.decode;
+    d->sched.decode_max_ratio = d->cfg.decode_max_ratio;
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
@@ -120,6 +123,8 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.retain_ms = cfg->retain_ms;
     d->cfg.shutdown_grace_ms = cfg->shutdown_grace_ms;
     d->cfg.max_queue_bytes = cfg->max_queue_bytes;
+    d->cfg.decode = cfg->decode;
+    d->cfg.decode_max_ratio = cfg->decode_max_ratio;
     d->cfg.log_level = cfg->log_level;
     log_set_level(cfg->log_level);
     apply_limits(d);

@@ -44,9 +44,14 @@ typedef struct daemon_config {
     size_t max_queue_bytes;     /* 256 MiB: memory queued jobs may hold */
     char *deny_networks;        /* owned; NULL: NETACL_DEFAULT_DENY; "" denies nothing */
     char *allow_networks;       /* owned; NULL or "": no exceptions */
+    int decode;                 /* 0: jobs decode content only when they ask */
+    unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)
+
+/* decode_max_ratio unless configured. */
+#define DAEMON_DEFAULT_DECODE_RATIO 1000
 
 /* Fills in the defaults above. */
 void daemon_config_init(daemon_config_t *cfg);

@@ -32,7 +32,8 @@
     X(HTTP_ERROR, "http_error", "HTTP error status")                        \
     X(QUEUE_FULL, "queue_full", "job queue is full")                        \
     X(FORBIDDEN, "forbidden", "destination address is forbidden")           \
-    X(NO_FDS, "no_file_descriptors", "out of file descriptors")
+    X(NO_FDS, "no_file_descriptors", "out of file descriptors")             \
+    X(CONTENT_DECODING, "content_decoding", "content decoding failed")
 
 enum {
     ERR_OK = 0,

@@ -353,6 +353,7 @@ int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t e
     j->sink.on_drain = on_sink_drain;
     if (j->spec.output == JOB_OUTPUT_INLINE)
         sink_set_memory(&j->sink, j->spec.inline_max);
+    sink_set_limit(&j->sink, j->spec.max_body); /* on the decoded size */
     rc = validate(j, s, errmsg, errlen);
     if (rc != 0) {
         if (rc == ERR_NO_MEMORY)
@@ -388,6 +389,7 @@ static void job_destroy(job_t *j)
     mem_free(j->req_head);
     mem_free(j->location);
     mem_free(j->retry_after);
+    mem_free(j->content_encoding);
     mem_free(j->file_path);
     if (j->tls_config)
         tls_config_decref(j->tls_config);
@@ -425,6 +427,12 @@ static int user_has_header(const job_t *j, const char *name)
     return 0;
 }
 
+/* Whether this job asks for and decodes compressed content. */
+static int decodes(const job_t *j)
+{
+    return j->spec.decode > 0 || (j->spec.decode == 0 && j->sched->decode);
+}
+
 static int sends_body(const job_t *j)
 {
     return j->spec.body != NULL && !j->body_dropped;
@@ -434,8 +442,10 @@ static int sends_body(const job_t *j)
 static int build_request(job_t *j)
 {
     const char *m = job_method(j);
-    size_t need = strlen(m) + strlen(j->url.target) + strlen(j->url.authority) + 128;
+    size_t need = strlen(m) + strlen(j->url.target) + strlen(j->url.authority) + 128 +
+                  sizeof("Accept-Encoding: " DECODE_ACCEPT "\r\n");
     int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
+    int accept_enc = decodes(j) && !user_has_header(j, "Accept-Encoding");
     size_t len;
     char *p;
 
@@ -451,6 +461,8 @@ static int build_request(job_t *j)
         len += (size_t)snprintf(p + len, need - len, "User-Agent: fetchd/%s\r\n", FETCHD_VERSION);
     if (accept)
         len += (size_t)snprintf(p + len, need - len, "Accept: */*\r\n");
+    if (accept_enc)
+        len += (size_t)snprintf(p + len, need - len, "Accept-Encoding: " DECODE_ACCEPT "\r\n");
     for (size_t i = 0; i < j->spec.nheaders; i++) {
         const job_header_t *h = &j->spec.headers[i];
         /* Credentials never follow a redirect to another origin. */
@@ -495,6 +507,8 @@ static void reset_response(job_t *j)
     j->location = NULL;
     j->retry_after = NULL;
     j->disposition = RESP_FINAL;
+    mem_free(j->content_encoding);
+    j->content_encoding = NULL;
 }
 
 /* Every address the connection may try must pass the destination rules,
@@ -653,6 +667,23 @@ void job_on_read(job_t *j)
         phase_timer(j, j->spec.idle_timeout_ms);
 }
 
+/* Several Content-Encoding fields are one list (RFC 9110 section 5.3). */
+static int add_content_encoding(job_t *j, const char *value, size_t vlen)
+{
+    size_t old = j->content_encoding ? strlen(j->content_encoding) : 0;
+    char *p = mem_realloc(j->content_encoding, old + vlen + 3);
+    if (p == NULL)
+        return ERR_NO_MEMORY;
+    if (old > 0) {
+        memcpy(p + old, ", ", 2);
+        old += 2;
+    }
+    memcpy(p + old, value, vlen);
+    p[old + vlen] = '\0';
+    j->content_encoding = p;
+    return 0;
+}
+
 static int keep_header(char **slot, const char *value, size_t vlen)
 {
     mem_free(*slot);
@@ -662,6 +693,8 @@ static int keep_header(char **slot, const char *value, size_t vlen)
 
 int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen)
 {
+    if (nlen == 16 && strncasecmp(name, "content-encoding", 16) == 0)
+        return add_content_encoding(j, value, vlen);
     if (nlen == 8 && strncasecmp(name, "location", 8) == 0)
         return keep_header(&j->location, value, vlen);
     if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
@@ -695,6 +728,32 @@ static int fail_response(job_t *j, int err, const char *fmt, ...)
     return err;
 }
 
+/* The final response's Content-Encoding: a job that decodes puts a decoder
+ * chain in front of its sink (a coding it cannot decode fails it, as curl
+ * does); any other job only reports the field. */
+static int start_decoding(job_t *j)
+{
+    decode_coding_t codings[DECODE_MAX_CODINGS];
+    decode_chain_t *d;
+    char why[96];
+    int n, rc;
+
+    j->decoded = 0;
+    if (j->content_encoding == NULL || !decodes(j))
+        return 0;
+    n = decode_parse(j->content_encoding, codings, why, sizeof(why));
+    if (n < 0)
+        return fail_response(j, n, "%s", why);
+    if (n == 0)
+        return 0; /* identity */
+    rc = decode_create(&d, codings, (size_t)n, j->sched->decode_max_ratio, j->sched->stats);
+    if (rc != 0)
+        return fail_response(j, rc, "starting the decoder: %s", err_str(rc));
+    sink_set_decoder(&j->sink, d, j->sched->bufs);
+    j->decoded = 1;
+    return 0;
+}
+
 int job_on_headers_complete(job_t *j, int status, int64_t content_length)
 {
     int rc;
@@ -723,7 +782,7 @@ int job_on_headers_complete(job_t *j, int status, int64_t content_length)
             return fail_response(j, rc, "cannot create the output file (%s): %s",
                                  sink_strerror(&j->sink, rc), j->file_path);
     }
-    return 0;
+    return start_decoding(j);
 }
 
 int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)
@@ -732,13 +791,17 @@ int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)
 
     if (j->disposition != RESP_FINAL)
         return 0; /* a redirect's or retried response's body is read and dropped */
-    j->bytes += len;
-    if (j->spec.max_body && j->bytes > j->spec.max_body)
-        return fail_response(j, ERR_BODY_TOO_LARGE, "body exceeds max_body %" PRIu64 " bytes",
-                             j->spec.max_body);
     rc = sink_write(&j->sink, b, at, len);
+    j->wire_bytes = j->sink.wire_bytes;
+    j->bytes = j->sink.bytes;
+    if (rc == ERR_BODY_TOO_LARGE && j->sink.over_max)
+        return fail_response(j, rc, "%sbody exceeds max_body %" PRIu64 " bytes",
+                             j->decoded ? "decoded " : "", j->spec.max_body);
     if (rc == ERR_BODY_TOO_LARGE)
         return fail_response(j, rc, "inline body exceeds %" PRIu64 " bytes", j->spec.inline_max);
+    if (rc == ERR_CONTENT_DECODING)
+        return fail_response(j, rc, "decoding the body (Content-Encoding: %.40s): %s",
+                             j->content_encoding, sink_strerror(&j->sink, rc));
     if (rc != 0)
         return fail_response(j, rc, "writing the body: %s", sink_strerror(&j->sink, rc));
     if (sink_pending(&j->sink) > SINK_HIGH_WATER && j->conn) {
@@ -861,6 +924,14 @@ static void follow_redirect(job_t *j)
 
 static void succeed(job_t *j)
 {
+    /* A body whose framing was complete but whose coding stopped early is
+     * not the content: content_decoding, never a done job. */
+    int rc = sink_finish_decoding(&j->sink);
+    if (rc != 0) {
+        finish(j, rc, "decoding the body (Content-Encoding: %.40s): %s", j->content_encoding,
+               sink_strerror(&j->sink, rc));
+        return;
+    }
     sink_digest(&j->sink);
     if (j->sink.want_sha256)
         sink_sha256_hex(&j->sink, j->sha256);

@@ -69,6 +69,7 @@ typedef struct job_spec {
     char *client_key;               /* goes with client_cert */
     int priority;                   /* 0; higher runs first */
     int allow_downgrade;            /* 0: an https -> http redirect fails the job */
+    int decode;                     /* 0: the daemon's default; 1: decode; -1: never */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
 } job_spec_t;
 
@@ -103,7 +104,7 @@ struct job {
     job_spec_t spec;     /* owned */
     char *effective_url; /* borrowed: url.href, the last URL fetched (after redirects) */
     int http_status;     /* 0 until a final response arrived */
-    uint64_t bytes;      /* body bytes received from the final response */
+    uint64_t bytes;      /* body bytes of the final response (decoded, when decoding) */
     char sha256[65];     /* hex, "" unless asked for and done */
     char *output;        /* owned: the file written, once the job is done */
     char *inline_body;   /* owned: JOB_OUTPUT_INLINE body, once done */
@@ -115,6 +116,11 @@ struct job {
     job_timings_t timings;
     void *data;     /* public: free for the submitter's own use */
     void *watchers; /* public: the control socket's waits on this job (borrowed) */
+
+    /* read-only: content decoding */
+    uint64_t wire_bytes;    /* body bytes of the final response as received */
+    char *content_encoding; /* owned: the final response's Content-Encoding, or NULL */
+    int decoded;            /* the body was decoded from content_encoding */
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;

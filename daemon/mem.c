@@ -91,7 +91,8 @@ static void *count_realloc(mem_component_t c, void *p, size_t size)
     return (char *)nh + HDR_SIZE;
 }
 
-/* Allocation failure injection applies to fetchd's own allocations only. */
+/* Allocation failure injection applies to fetchd's own allocations and the
+ * decoders' (mem_alloc_as), not to libuv's or jansson's. */
 static int should_fail(void)
 {
     long n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
@@ -154,6 +155,11 @@ void *mem_realloc(void *p, size_t size)
     return should_fail() ? NULL : count_realloc(MEM_FETCHD, p, size);
 }
 
+void *mem_alloc_as(mem_component_t c, size_t size)
+{
+    return should_fail() ? NULL : count_alloc(c, size, 0);
+}
+
 void mem_free(void *p)
 {
     count_free(p);
@@ -184,7 +190,8 @@ void mem_get(mem_component_t c, uint64_t *blocks, uint64_t *bytes)
 
 const char *mem_component_name(mem_component_t c)
 {
-    static const char *const names[MEM__COUNT] = {"fetchd", "libuv", "jansson"};
+    static const char *const names[MEM__COUNT] = {"fetchd", "libuv",  "jansson",
+                                                  "zlib",   "brotli", "zstd"};
     return names[c];
 }
 

@@ -7,6 +7,9 @@
  * one process-wide state outside struct daemon. They are atomics because libuv
  * allocates from its thread pool too.
  *
+ * zlib, libbrotli and libzstd take an allocator per decoder; the content
+ * decoders (decode.c) pass mem_alloc_as() and mem_free() for them.
+ *
  * mbedTLS (Debian's build) cannot be hooked; its contexts are counted as
  * objects instead (see stats.h).
  */
@@ -16,7 +19,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum mem_component { MEM_FETCHD = 0, MEM_LIBUV, MEM_JANSSON, MEM__COUNT } mem_component_t;
+typedef enum mem_component {
+    MEM_FETCHD = 0,
+    MEM_LIBUV,
+    MEM_JANSSON,
+    MEM_ZLIB,   /* the gzip and deflate decoders' state (zalloc/zfree) */
+    MEM_BROTLI, /* the br decoders' state */
+    MEM_ZSTD,   /* the zstd decoders' state (ZSTD_customMem) */
+    MEM__COUNT
+} mem_component_t;
 
 /* Routes libuv's and jansson's allocations through the counting allocator.
  * Must run before the first uv_* or json_* call; returns 0 or a negative
@@ -28,6 +39,11 @@ void *mem_alloc(size_t size);
 void *mem_calloc(size_t n, size_t size);
 void *mem_realloc(void *p, size_t size);
 void mem_free(void *p);
+/* Allocates size bytes counted under component c (one of the decoders'
+ * components); free with mem_free(). mem_fail_after() injection applies, as
+ * these allocations are made on fetchd's behalf. */
+void *mem_alloc_as(mem_component_t c, size_t size);
+
 /* Returns a new heap copy of s (NULL on allocation failure). */
 char *mem_strdup(const char *s);
 /* Returns a new NUL-terminated heap copy of the len bytes at p. */
@@ -36,10 +52,11 @@ char *mem_strndup(const char *p, size_t len);
 /* Live blocks and bytes of one component at this moment. */
 void mem_get(mem_component_t c, uint64_t *blocks, uint64_t *bytes);
 
-/* The name used as the metrics label: "fetchd", "libuv", "jansson". */
+/* The name used as the metrics label: "fetchd", "libuv", "jansson", "zlib",
+ * "brotli", "zstd". */
 const char *mem_component_name(mem_component_t c);
 
-/* Test hook: the n-th fetchd allocation from now (1 = the next one) fails and
+/* Test hook: the n-th fetchd (or decoder) allocation from now (1 = the next one) fails and
  * returns NULL, once. n <= 0 turns injection off. */
 void mem_fail_after(long n);
 

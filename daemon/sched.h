@@ -53,6 +53,8 @@ struct sched {
     uint64_t retry_base_ms;              /* public: first backoff step */
     uint64_t retry_max_ms;               /* public: backoff cap */
     uint64_t retry_after_max_ms;         /* public: cap on a server's Retry-After */
+    int decode;                          /* public: jobs decode content unless they say not */
+    uint64_t decode_max_ratio;           /* public: decoded/encoded size cap; 0 = none */
     sched_event_cb on_event;             /* public, optional */
     void *event_data;                    /* public */
     size_t nqueued, nrunning, nretained; /* read-only */

@@ -110,6 +110,8 @@ static int code_for(int uverr)
 
 const char *sink_strerror(const sink_t *s, int err)
 {
+    if (s->dec != NULL && err == ERR_CONTENT_DECODING)
+        return decode_strerror(s->dec);
     if (s->cause == 0)
         return err_str(err);
     switch (s->cause) {
@@ -370,24 +372,39 @@ static int file_write(sink_t *s, buf_t *b, const char *at, size_t len)
     return 0;
 }
 
-int sink_write(sink_t *s, buf_t *b, const char *at, size_t len)
+void sink_set_limit(sink_t *s, uint64_t max)
+{
+    s->max_bytes = max;
+}
+
+void sink_set_decoder(sink_t *s, decode_chain_t *d, buf_pool_t *pool)
+{
+    assert(s->bytes == 0 && s->wire_bytes == 0);
+    decode_destroy(s->dec);
+    s->dec = d;
+    s->dpool = pool;
+}
+
+/* Stores len bytes (decoded, or as received): limits, then the kind's
+ * store, then the digest. */
+static int store(sink_t *s, buf_t *b, const char *at, size_t len)
 {
     int rc = 0;
 
-    assert(s->finishing == FINISH_NONE && !s->digested);
-    if (s->error != 0)
-        return s->error;
-    if (len == 0)
-        return 0;
-    switch (s->kind) {
-    case SINK_DISCARD:
-        break;
-    case SINK_MEMORY:
-        rc = mem_append(s, at, len);
-        break;
-    case SINK_FILE:
-        rc = file_write(s, b, at, len);
-        break;
+    if (s->max_bytes && len > s->max_bytes - s->bytes) {
+        s->over_max = 1;
+        rc = ERR_BODY_TOO_LARGE;
+    } else {
+        switch (s->kind) {
+        case SINK_DISCARD:
+            break;
+        case SINK_MEMORY:
+            rc = mem_append(s, at, len);
+            break;
+        case SINK_FILE:
+            rc = file_write(s, b, at, len);
+            break;
+        }
     }
     if (rc < 0) {
         /* The body is now incomplete: every later write and the commit fail. */
@@ -398,6 +415,85 @@ int sink_write(sink_t *s, buf_t *b, const char *at, size_t len)
         (void)mbedtls_sha256_update_ret(&s->sha, (const unsigned char *)at, len);
     s->bytes += len;
     return 0;
+}
+
+/* Writes out (and drops) the buffer of decoded bytes being filled. */
+static int flush_decoded(sink_t *s)
+{
+    buf_t *b = s->dbuf;
+    int rc = 0;
+
+    if (b == NULL)
+        return 0;
+    s->dbuf = NULL;
+    if (b->len > 0)
+        rc = store(s, b, b->data, b->len);
+    buf_decref(b);
+    return rc;
+}
+
+/* The decoder's output. Discard and memory sinks take it where it is; a
+ * file sink's write outlives the decoder's scratch, so the bytes go into
+ * pool buffers, each written once full (or at the end of sink_write()). */
+static int on_decoded(void *data, const char *p, size_t len)
+{
+    sink_t *s = data;
+
+    if (s->kind != SINK_FILE)
+        return store(s, NULL, p, len);
+    while (len > 0) {
+        size_t n;
+        if (s->dbuf == NULL) {
+            s->dbuf = buf_get(s->dpool);
+            if (s->dbuf == NULL)
+                return ERR_NO_MEMORY;
+        }
+        n = s->dpool->size - s->dbuf->len;
+        n = n < len ? n : len;
+        memcpy(s->dbuf->data + s->dbuf->len, p, n);
+        s->dbuf->len += n;
+        p += n;
+        len -= n;
+        if (s->dbuf->len == s->dpool->size) {
+            int rc = flush_decoded(s);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int sink_write(sink_t *s, buf_t *b, const char *at, size_t len)
+{
+    int rc, frc;
+
+    assert(s->finishing == FINISH_NONE && !s->digested);
+    if (s->error != 0)
+        return s->error;
+    if (len == 0)
+        return 0;
+    s->wire_bytes += len;
+    if (s->dec == NULL)
+        return store(s, b, at, len);
+    rc = decode_write(s->dec, at, len, on_decoded, s);
+    frc = flush_decoded(s);
+    if (rc == 0)
+        rc = frc;
+    if (rc != 0 && s->error == 0)
+        s->error = rc;
+    return rc;
+}
+
+int sink_finish_decoding(sink_t *s)
+{
+    int rc;
+
+    if (s->dec == NULL || s->error != 0)
+        return s->error;
+    rc = decode_finish(s->dec);
+    if (rc != 0)
+        s->error = rc;
+    return rc;
 }
 
 uint64_t sink_pending(const sink_t *s)
@@ -585,6 +681,9 @@ void sink_dispose(sink_t *s)
         mem_free(wr);
         stats_obj_destroyed(s->stats, STATS_OBJ_REQUEST);
     }
+    assert(s->dbuf == NULL);
+    decode_destroy(s->dec);
+    s->dec = NULL;
     mem_free(s->mem);
     mem_free(s->path);
     mem_free(s->tmp_name);

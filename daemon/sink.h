@@ -1,5 +1,11 @@
 /* sink — where a response body goes: discarded, into a file, or into memory,
- * optionally through SHA-256.
+ * optionally through SHA-256, and optionally decoded first.
+ *
+ * With a decoder (sink_set_decoder) the bytes given to sink_write() are the
+ * encoded body as received (counted in wire_bytes); what the decoder emits is
+ * what the sink stores, hashes, limits (max_bytes, the memory limit) and
+ * counts in bytes. A file sink copies the decoded bytes into buffers from
+ * the pool it was given, since its writes outlive the decoder's scratch.
  *
  * A file sink never follows a path twice. At open it opens the output's
  * directory beneath the download directory without following any symlink,
@@ -25,6 +31,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "decode.h"
 
 typedef enum sink_kind { SINK_DISCARD, SINK_FILE, SINK_MEMORY } sink_kind_t;
 
@@ -37,7 +44,10 @@ typedef struct sink_write_req sink_write_req_t;
 
 struct sink {
     sink_kind_t kind;         /* read-only */
-    uint64_t bytes;           /* read-only: body bytes accepted so far */
+    uint64_t bytes;           /* read-only: body bytes accepted (decoded) so far */
+    uint64_t wire_bytes;      /* read-only: bytes given to sink_write() (as received) */
+    uint64_t max_bytes;       /* read-only: 0, or the most bytes accepted (sink_set_limit) */
+    int over_max;             /* read-only: a write failed because of max_bytes */
     int want_sha256;          /* read-only */
     unsigned char sha256[32]; /* read-only: valid after sink_commit() succeeded */
     void *data;               /* public: the owner's */
@@ -63,6 +73,9 @@ struct sink {
     unsigned writes_in_flight;
     uint64_t bytes_in_flight;
     sink_write_req_t *free_reqs; /* owned */
+    decode_chain_t *dec;         /* owned, or NULL: bytes are stored as received */
+    buf_pool_t *dpool;           /* borrowed: buffers for a file sink's decoded bytes */
+    buf_t *dbuf;                 /* owned reference: decoded bytes not yet written */
     int finishing;               /* 0, or 1 commit / 2 abort, waiting for writes */
     sink_cb finish_cb;
     sink_cb on_drain; /* public, optional: a write completed while no commit
@@ -79,6 +92,21 @@ void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256);
  * sink_write() fail with ERR_BODY_TOO_LARGE. */
 void sink_set_memory(sink_t *s, size_t limit);
 
+/* Limits the bytes the sink accepts (decoded, when decoding) to max; more
+ * makes sink_write() fail with ERR_BODY_TOO_LARGE and sets over_max. 0 means
+ * no limit. */
+void sink_set_limit(sink_t *s, uint64_t max);
+
+/* Decodes every later sink_write() with d, which the sink takes over (it is
+ * destroyed by sink_dispose()). pool is borrowed: a file sink copies decoded
+ * bytes into its buffers. Call before the first write. */
+void sink_set_decoder(sink_t *s, decode_chain_t *d, buf_pool_t *pool);
+
+/* The body is complete: with a decoder, checks that its streams ended.
+ * Returns 0, or ERR_CONTENT_DECODING (truncated) or the decoder's earlier
+ * error, which also fails a later commit. Without a decoder returns 0. */
+int sink_finish_decoding(sink_t *s);
+
 /* Makes s a file sink that will end up at path, an absolute path inside root
  * (the canonical download directory) that the caller confined to it when the
  * job was submitted. Opens path's directory again now, beneath root and
@@ -92,13 +120,17 @@ int sink_open_file(sink_t *s, const char *root, const char *path, const char *ta
 /* Why the sink failed, for a job's error message: the cause of the first
  * failed file operation ("disk full", "disk quota exceeded", "out of file
  * descriptors", a directory on the path that became a symlink, or the
- * system's text) when there was one, else err_str(err). Never NULL; the
+ * system's text) when there was one, the decoder's reason for a decoding
+ * error, else err_str(err). Never NULL; the
  * string is static. */
 const char *sink_strerror(const sink_t *s, int err);
 
 /* Feeds len body bytes at `at`, which lie inside b (a file sink takes a
- * reference on b while it writes them). Returns 0, ERR_BODY_TOO_LARGE (memory
- * sink over its limit), ERR_IO (an earlier write failed) or ERR_NO_MEMORY. */
+ * reference on b while it writes them; b may be NULL for discard and memory
+ * sinks, and for any sink with a decoder). Returns 0, ERR_BODY_TOO_LARGE
+ * (memory sink over its limit, or max_bytes), ERR_IO (an earlier write
+ * failed), ERR_NO_MEMORY, or ERR_CONTENT_DECODING (the decoder refused the
+ * bytes: corrupt, or the ratio cap; sink_strerror() says why). */
 int sink_write(sink_t *s, buf_t *b, const char *at, size_t len);
 
 /* Bytes handed to the thread pool and not yet written; the owner stops

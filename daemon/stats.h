@@ -25,6 +25,7 @@
     X(CTL_WAIT, "ctl_wait")        \
     X(CTL_SUB, "ctl_subscription") \
     X(CTL_WRITE, "ctl_write")      \
+    X(DECODER, "decoder")          \
     X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {

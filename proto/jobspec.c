@@ -422,6 +422,16 @@ static int dec_expected_sha256(decoder_t *d, const field_t *f, json_t *v)
     return 0;
 }
 
+/* true: decode; false: never (whatever the daemon's default); absent: the
+ * daemon's default. */
+static int dec_decode(decoder_t *d, const field_t *f, json_t *v)
+{
+    if (!json_is_boolean(v))
+        return bad(d, f->name, "must be true or false");
+    d->spec->decode = json_is_true(v) ? 1 : -1;
+    return 0;
+}
+
 static int dec_labels(decoder_t *d, const field_t *f, json_t *v)
 {
     if (!json_is_object(v))
@@ -455,6 +465,7 @@ static const field_t fields[] = {
     {"client_key", dec_string, SPEC_OFF(client_key), 0, 0},
     {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
     {"labels", dec_labels, 0, 0, 0},
+    {"decode", dec_decode, 0, 0, 0},
 };
 
 static const field_t *find_field(const char *key, size_t klen)
@@ -658,6 +669,10 @@ static int encode_optional(json_t *o, const job_t *j)
                                   jobspec_encode_error(j->error, j->error_msg[0] != '\0'
                                                                      ? j->error_msg
                                                                      : err_str(j->error)));
+    if (j->content_encoding != NULL)
+        rc |= json_object_set_new(o, "content_encoding", lossy_string(j->content_encoding));
+    if (j->decoded)
+        rc |= json_object_set_new(o, "decoded", json_true());
     if (j->spec.labels != NULL)
         rc |= json_object_set(o, "labels", j->spec.labels);
     rc |= json_object_set_new(o, "timings", encode_timings(&j->timings));
@@ -666,12 +681,12 @@ static int encode_optional(json_t *o, const job_t *j)
 
 json_t *jobspec_encode_job(const job_t *j)
 {
-    json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:I, s:I, s:I, s:i}", "id", j->id, "state",
-                          job_state_name(j->state), "url",
-                          lossy_string(j->spec.url != NULL ? j->spec.url : ""), "method",
-                          j->spec.method != NULL ? j->spec.method : "GET", "bytes",
-                          (json_int_t)j->bytes, "redirects", (json_int_t)j->redirects, "attempts",
-                          (json_int_t)j->attempts, "priority", j->spec.priority);
+    json_t *o = json_pack(
+        "{s:s, s:s, s:o, s:s, s:I, s:I, s:I, s:I, s:i}", "id", j->id, "state",
+        job_state_name(j->state), "url", lossy_string(j->spec.url != NULL ? j->spec.url : ""),
+        "method", j->spec.method != NULL ? j->spec.method : "GET", "bytes", (json_int_t)j->bytes,
+        "wire_bytes", (json_int_t)j->wire_bytes, "redirects", (json_int_t)j->redirects, "attempts",
+        (json_int_t)j->attempts, "priority", j->spec.priority);
     if (o == NULL)
         return NULL;
     if (encode_optional(o, j) != 0) {
@@ -749,6 +764,8 @@ json_t *jobspec_encode_spec(const job_spec_t *s)
         bad = set_or_fail(o, "insecure", json_true());
     if (!bad && s->allow_downgrade)
         bad = set_or_fail(o, "allow_downgrade", json_true());
+    if (!bad && s->decode != 0)
+        bad = set_or_fail(o, "decode", json_boolean(s->decode > 0));
     if (!bad && s->ca_file)
         bad = set_or_fail(o, "ca_file", json_string(s->ca_file));
     if (!bad && s->client_cert)

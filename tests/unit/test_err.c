@@ -33,6 +33,7 @@ static void test_names_are_stable(void)
         {ERR_QUEUE_FULL, "queue_full"},
         {ERR_FORBIDDEN, "forbidden"},
         {ERR_NO_FDS, "no_file_descriptors"},
+        {ERR_CONTENT_DECODING, "content_decoding"},
     };
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
         CHECK_STR(err_name(expected[i].err), expected[i].name);

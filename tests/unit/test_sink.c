@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include "decode.h"
 #include "err.h"
 #include "mem.h"
 #include "stats.h"
@@ -248,6 +250,150 @@ static int check_pattern_file(const char *path, size_t total)
     }
     fclose(fp);
     return ok && i == total;
+}
+
+/* gzip of the first total bytes of pattern(); the caller frees it. */
+static unsigned char *gzip_pattern(size_t total, size_t *outlen)
+{
+    unsigned char *in = malloc(total), *out;
+    z_stream z;
+    size_t cap = total + total / 100 + 64;
+
+    for (size_t i = 0; i < total; i++)
+        in[i] = pattern(i);
+    out = malloc(cap);
+    memset(&z, 0, sizeof(z));
+    CHECK_INT(deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = in;
+    z.avail_in = (uInt)total;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    CHECK_INT(deflate(&z, Z_FINISH), Z_STREAM_END);
+    *outlen = cap - z.avail_out;
+    deflateEnd(&z);
+    free(in);
+    return out;
+}
+
+static decode_chain_t *gzip_decoder(fixture_t *f, uint64_t max_ratio)
+{
+    decode_coding_t c = DECODE_GZIP;
+    decode_chain_t *d = NULL;
+    CHECK_INT(decode_create(&d, &c, 1, max_ratio, &f->stats), 0);
+    return d;
+}
+
+/* Feeds the encoded bytes in pool buffers of at most step bytes. */
+static int feed_all(fixture_t *f, sink_t *s, const unsigned char *p, size_t len, size_t step)
+{
+    int rc = 0;
+    for (size_t at = 0; rc == 0 && at < len; at += step)
+        rc = feed(f, s, (const char *)p + at, len - at < step ? len - at : step);
+    return rc;
+}
+
+/* A gzip body decoded into a file: the file, the digest and bytes are the
+ * decoded content's; wire_bytes counts what arrived; the decoder's
+ * buffers all go back to the pool. */
+static void test_decoded_file(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[PATH_MAX], hex[65], want_hex[65];
+    const size_t total = 3 << 20;
+    size_t enclen;
+    unsigned char *enc = gzip_pattern(total, &enclen), want[32];
+    unsigned char *plain = malloc(total);
+    setup(&f);
+    path_in(&f, "decoded.bin", path, sizeof(path));
+
+    sink_init(&s, &f.loop, &f.stats, 1);
+    s.data = &f;
+    CHECK_INT(sink_open_file(&s, f.dir, path, "9"), 0);
+    sink_set_decoder(&s, gzip_decoder(&f, 1000), &f.pool);
+    CHECK_INT(f.stats.objects[STATS_OBJ_DECODER], 1);
+    CHECK_INT(feed_all(&f, &s, enc, enclen, 5000), 0);
+    CHECK_INT(s.wire_bytes, enclen);
+    CHECK_INT(s.bytes, total);
+    CHECK_INT(sink_finish_decoding(&s), 0);
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.status, 0);
+    CHECK(check_pattern_file(path, total));
+    for (size_t i = 0; i < total; i++)
+        plain[i] = pattern(i);
+    CHECK_INT(mbedtls_sha256_ret(plain, total, want, 0), 0);
+    for (size_t i = 0; i < 32; i++)
+        snprintf(want_hex + 2 * i, 3, "%02x", want[i]);
+    sink_sha256_hex(&s, hex);
+    CHECK_STR(hex, want_hex);
+    sink_dispose(&s);
+    CHECK_INT(f.stats.objects[STATS_OBJ_DECODER], 0);
+    CHECK_INT(unlink(path), 0);
+    free(plain);
+    free(enc);
+    teardown(&f);
+}
+
+/* A truncated gzip body: every write succeeds, the end says it is not
+ * complete, and the commit fails; an abort leaves no file. */
+static void test_decoded_truncated(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[PATH_MAX];
+    size_t enclen;
+    unsigned char *enc = gzip_pattern(200000, &enclen);
+    setup(&f);
+    path_in(&f, "cut.bin", path, sizeof(path));
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    s.data = &f;
+    CHECK_INT(sink_open_file(&s, f.dir, path, "9"), 0);
+    sink_set_decoder(&s, gzip_decoder(&f, 1000), &f.pool);
+    CHECK_INT(feed_all(&f, &s, enc, enclen - 8, 4096), 0);
+    CHECK_INT(sink_finish_decoding(&s), ERR_CONTENT_DECODING);
+    CHECK(strstr(sink_strerror(&s, ERR_CONTENT_DECODING), "gzip: truncated") != NULL);
+    CHECK_INT(sink_abort(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK(!exists(path));
+    CHECK_INT(part_files(f.dir), 0);
+    sink_dispose(&s);
+    free(enc);
+    teardown(&f);
+}
+
+/* max_bytes applies to the decoded size; corrupt data poisons the sink. */
+static void test_decoded_limits(void)
+{
+    fixture_t f;
+    sink_t s;
+    size_t enclen;
+    unsigned char *enc = gzip_pattern(100000, &enclen);
+    setup(&f);
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    sink_set_memory(&s, 1 << 20);
+    sink_set_limit(&s, 50000);
+    sink_set_decoder(&s, gzip_decoder(&f, 1000), &f.pool);
+    CHECK(enclen < 50000);
+    CHECK_INT(feed_all(&f, &s, enc, enclen, 16384), ERR_BODY_TOO_LARGE);
+    CHECK(s.over_max);
+    CHECK(s.bytes <= 50000);
+    CHECK_INT(sink_commit(&s, on_finish), ERR_BODY_TOO_LARGE);
+    sink_dispose(&s);
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    sink_set_memory(&s, 1 << 20);
+    sink_set_decoder(&s, gzip_decoder(&f, 1000), &f.pool);
+    CHECK_INT(feed(&f, &s, "\x1f\x8b\x08\x00garbage, not deflate", 25), ERR_CONTENT_DECODING);
+    CHECK(strncmp(sink_strerror(&s, ERR_CONTENT_DECODING), "gzip: ", 6) == 0);
+    CHECK_INT(feed(&f, &s, "more", 4), ERR_CONTENT_DECODING);
+    CHECK_INT(sink_finish_decoding(&s), ERR_CONTENT_DECODING);
+    sink_dispose(&s);
+    CHECK_INT(f.stats.objects[STATS_OBJ_DECODER], 0);
+    free(enc);
+    teardown(&f);
 }
 
 static void test_file_commit(void)
@@ -622,4 +768,5 @@ TEST_MAIN(TEST_CASE(test_discard_sha256), TEST_CASE(test_memory), TEST_CASE(test
           TEST_CASE(test_file_write_error), TEST_CASE(test_strerror),
           TEST_CASE(test_file_alloc_failure), TEST_CASE(test_open_refuses),
           TEST_CASE(test_longest_name), TEST_CASE(test_swap_after_open),
-          TEST_CASE(test_dispose_unfinished))
+          TEST_CASE(test_dispose_unfinished), TEST_CASE(test_decoded_file),
+          TEST_CASE(test_decoded_truncated), TEST_CASE(test_decoded_limits))
