@@ -85,9 +85,10 @@ set(CPACK_DEBIAN_PACKAGE_SECTION "net")
 set(CPACK_DEBIAN_PACKAGE_PRIORITY "optional")
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 # The run-time libraries of Debian bookworm that fetchd and fetchctl link
-# (libmbedtls-dev depends on exactly these three mbedTLS packages).
+# (libmbedtls-dev depends on exactly these three mbedTLS packages), and the
+# content decoders' zlib, brotli and zstd.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
-    "libc6 (>= 2.34), libuv1 (>= 1.44), libjansson4 (>= 2.14), libmbedtls14 (>= 2.28), libmbedx509-1 (>= 2.28), libmbedcrypto7 (>= 2.28)")
+    "libc6 (>= 2.34), libuv1 (>= 1.44), libjansson4 (>= 2.14), libmbedtls14 (>= 2.28), libmbedx509-1 (>= 2.28), libmbedcrypto7 (>= 2.28), zlib1g, libbrotli1, libzstd1")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "ca-certificates, systemd")
 # conffiles: dpkg keeps an administrator's changes to /etc/fetchd/fetchd.json.
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
