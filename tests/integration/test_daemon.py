@@ -9,6 +9,7 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -218,9 +219,9 @@ class StateDir(unittest.TestCase):
         self.addCleanup(lambda: d.proc.poll() is None and d.stop(signal.SIGKILL))
         return d
 
-    def run_to_exit(self, args, env=None, preexec_fn=None):
+    def run_to_exit(self, args, env=None, preexec_fn=None, binary=FETCHD):
         """Runs fetchd, which must exit by itself (bounded); returns (rc, stderr)."""
-        proc = subprocess.Popen([FETCHD] + args, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([binary] + args, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=env, preexec_fn=preexec_fn)
         try:
@@ -284,13 +285,25 @@ class StateDir(unittest.TestCase):
 
     def test_unwritable_state_dir_exits_78(self):
         # As root the permission bits do not stop fetchd: run it as nobody,
-        # with a state dir that root owns (mode 0755).
-        preexec, runtime = None, tmpdir("fetchd-run-")
+        # with a state dir that root owns (mode 0755). nobody may not reach
+        # the build tree (a clone under /root, say), so the binary and the
+        # directories are put where it can: a fresh directory under /tmp.
+        preexec, runtime, binary, state = None, tmpdir("fetchd-run-"), FETCHD, self.state
         self.addCleanup(remove_tree, runtime)
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
+            reach = tempfile.mkdtemp(prefix="fetchd-nobody-", dir="/tmp")
+            self.addCleanup(remove_tree, reach)
+            os.chmod(reach, 0o755)
+            binary = os.path.join(reach, "fetchd")
+            shutil.copy(FETCHD, binary)
+            os.chmod(binary, 0o755)
+            state = os.path.join(reach, "state")
+            os.mkdir(state, 0o755)
+            remove_tree(runtime)
+            runtime = os.path.join(reach, "run")
+            os.mkdir(runtime, 0o700)
             os.chown(runtime, nobody.pw_uid, nobody.pw_gid)
-            os.chmod(self.dir, 0o755)
 
             def preexec():
                 os.setgroups([])
@@ -301,12 +314,12 @@ class StateDir(unittest.TestCase):
             self.addCleanup(os.chmod, self.state, 0o755)
         env = dict(os.environ, XDG_RUNTIME_DIR=runtime)
         env.pop("RUNTIME_DIRECTORY", None)
-        rc, err = self.run_to_exit(["--state-dir", self.state, "--metrics", "off"], env=env,
-                                   preexec_fn=preexec)
+        rc, err = self.run_to_exit(["--state-dir", state, "--metrics", "off"], env=env,
+                                   preexec_fn=preexec, binary=binary)
         self.assertEqual(rc, 78, err)
-        self.assertIn(self.state, err)
+        self.assertIn(state, err)
         self.assertIn("Permission denied", err)
-        self.assertEqual(os.listdir(self.state), [])
+        self.assertEqual(os.listdir(state), [])
 
     def test_failed_final_save_exits_1(self):
         d = self.start()
