@@ -89,30 +89,31 @@ int http_check_transfer_codings(const char *v, size_t n, int *chunked, char *why
     *chunked = 0;
     while (more) {
         size_t name = 0;
+        int is_chunked;
         p = list_member(p, end, &m, &mlen, &more);
         if (mlen == 0)
             continue;
         while (name < mlen && m[name] != ';' && !is_ows(m[name]))
             name++;
         codings++;
-        if (*chunked) {
-            snprintf(why, whylen, "transfer coding 'chunked' is not the last one");
-            return -1;
-        }
         if (!http_is_token(m, name)) {
             snprintf(why, whylen, "invalid transfer coding '%.*s'", clip(mlen), m);
             return -1;
         }
-        if (name == 7 && strncasecmp(m, "chunked", 7) == 0) {
-            if (mlen != name) {
-                snprintf(why, whylen, "transfer coding 'chunked' with parameters");
-                return -1;
-            }
-            *chunked = 1;
-        } else if (!http_te_decodable(m, name)) {
+        is_chunked = name == 7 && strncasecmp(m, "chunked", 7) == 0;
+        if (!is_chunked && !http_te_decodable(m, name)) {
             snprintf(why, whylen, "unknown transfer coding '%.*s'", clip(name), m);
             return -1;
         }
+        if (*chunked) {
+            snprintf(why, whylen, "transfer coding 'chunked' is not the last one");
+            return -1;
+        }
+        if (is_chunked && mlen != name) {
+            snprintf(why, whylen, "transfer coding 'chunked' with parameters");
+            return -1;
+        }
+        *chunked = is_chunked;
     }
     if (codings == 0) {
         snprintf(why, whylen, "empty Transfer-Encoding");
