@@ -19,11 +19,13 @@ Run one case by hand:
     python3 -m unittest -v test_conformance.Conformance.test_bare_lf_cl_all
 """
 
+import http.client
 import itertools
 import unittest
 
+from ctltest import ControlTestCase
 from faultserver import FaultServer
-from fetchtest import HarnessTestCase, inline_bytes
+from fetchtest import HarnessTestCase, free_port, inline_bytes
 
 LENIENT_KINDS = ("bare_lf", "obs_fold", "repeated_content_length", "repeated_location",
                  "framing_on_bodiless", "empty_line_before_status")
@@ -435,6 +437,49 @@ def _make_test(c):
 
 for _c in CASES:
     setattr(Conformance, "test_" + _c["name"], _make_test(_c))
+
+
+class DaemonCounters(ControlTestCase):
+    """The real fetchd: tolerated deviations show in `stats` and on /metrics,
+    refusals name their cause, and the counts come back to the baseline."""
+
+    RESPONSES = {
+        "/bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        "/fold": b"HTTP/1.1 200 OK\r\nX-F: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+        "/cl": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+        "/loc": b"HTTP/1.1 302 Found\r\nLocation: /bare-lf\r\nLocation: /bare-lf\r\n"
+                b"Content-Length: 0\r\n\r\n",
+        "/204": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "/te-x": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, x\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    }
+
+    def test_counters_in_stats_and_metrics(self):
+        srv = FaultServer().start()
+        self.addCleanup(srv.stop)
+        for path, data in self.RESPONSES.items():
+            srv.serve_raw(path, data)
+        port = free_port()
+        daemon = self.start_fetchd(metrics="127.0.0.1:%d" % port)
+        c = self.connect(daemon)
+        ids = self.submit(c, [{"url": srv.url(p)} for p in self.RESPONSES])
+        jobs = dict(zip(self.RESPONSES, (self.wait_job(c, jid) for jid in ids)))
+        for path in ("/bare-lf", "/fold", "/cl", "/loc", "/204"):
+            self.assertEqual(jobs[path]["state"], "done", jobs[path])
+        self.assertEqual(jobs["/204"]["http_status"], 204, jobs["/204"])
+        self.assertEqual(jobs["/loc"]["redirects"], 1, jobs["/loc"])
+        self.assertEqual(jobs["/te-x"]["state"], "failed", jobs["/te-x"])
+        self.assertEqual(jobs["/te-x"]["error"]["code"], "protocol", jobs["/te-x"])
+        self.assertIn("unknown transfer coding 'x'", jobs["/te-x"]["error"]["message"])
+        want = {"bare_lf": 2, "obs_fold": 1, "repeated_content_length": 1,
+                "repeated_location": 1, "framing_on_bodiless": 1, "empty_line_before_status": 0}
+        self.assertEqual(self.stats(c)["http_lenient_total"], want)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/metrics")
+        page = conn.getresponse().read().decode()
+        for kind, value in want.items():
+            self.assertIn('fetchd_http_lenient_total{kind="%s"} %d\n' % (kind, value), page)
+        self.assertIn("# TYPE fetchd_http_lenient_total counter", page)
 
 
 class TableShape(unittest.TestCase):
