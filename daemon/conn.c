@@ -1018,7 +1018,7 @@ static int location_field(parse_ctx_t *ctx, const char *v, size_t vlen)
             return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response header");
         return 1;
     }
-    if (c->location.len != vlen || memcmp(c->location.p, v, vlen) != 0)
+    if (c->location.len != vlen || (vlen > 0 && memcmp(c->location.p, v, vlen) != 0))
         return rx_fail(ctx, ERR_PROTOCOL, "two different Location fields");
     lenient(c, STATS_LENIENT_REPEATED_LOCATION);
     return 0;
