@@ -216,6 +216,9 @@ case("cl_list_no_space", b"HTTP/1.1 200 OK\r\nContent-Length: 6,6,6\r\n\r\nhello
      body=b"hello!", lenient={"repeated_content_length": 1})
 case("cl_list_and_field", b"HTTP/1.1 200 OK\r\nContent-Length: 6, 6\r\nContent-Length: 6\r\n\r\nhello!",
      body=b"hello!", lenient={"repeated_content_length": 1})
+case("cl_tab_ows", b"HTTP/1.1 200 OK\r\nContent-Length:\t5\t\r\n\r\nhello", body=b"hello")
+case("obs_text_in_value", b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
+     body=b"ok")
 case("cl_zero", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", body=b"")
 case("cl_leading_zeros", b"HTTP/1.1 200 OK\r\nContent-Length: 0005\r\n\r\nhello", body=b"hello")
 refused("cl_two_different_fields", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -349,8 +352,12 @@ case("retry_after_in_100_not_applied", b"HTTP/1.1 100 Continue\r\nRetry-After: 3
 # ---- strictness that must hold (smuggling-shaped and broken responses) -------
 
 refused("garbage_status_line", b"garbage line, not http\r\n\r\n", "malformed status line")
-refused("one_digit_status", b"HTTP/1.1 2 OK\r\nContent-Length: 2\r\n\r\nok", None)
-refused("two_digit_status", b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok", None)
+refused("one_digit_status", b"HTTP/1.1 2 OK\r\nContent-Length: 2\r\n\r\nok",
+        "the status code is not three digits")
+refused("two_digit_status", b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok",
+        "the status code is not three digits")
+refused("non_ascii_field_name", b"HTTP/1.1 200 OK\r\nX\xff\xfe: 1\r\nContent-Length: 2\r\n\r\nok",
+        "invalid header field name")
 refused("header_without_colon", b"HTTP/1.1 200 OK\r\nnonsense\r\nContent-Length: 2\r\n\r\nok",
         "header line without a colon")
 refused("cl_space_before_colon", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
