@@ -7,11 +7,15 @@
 #include "conn.h"
 
 #include <assert.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "err.h"
+#include "http.h"
 #include "job.h"
 #include "mem.h"
 #include "pool.h"
@@ -42,9 +46,27 @@ static const llhttp_settings_t parser_settings = {
 /* The buffer being parsed, for on_body; only valid inside llhttp_execute(). */
 typedef struct parse_ctx {
     conn_t *conn;
-    buf_t *buf;
-    const char *errmsg;
+    buf_t *buf;         /* borrowed: the read buffer, while body bytes are fed */
+    const char *errmsg; /* why callback_err was set (static, or msg below) */
+    const char *what;   /* the part of the response being fed, for messages */
+    char msg[192];
 } parse_ctx_t;
+
+/* Where the normaliser is in the response (see "normalising" below). */
+typedef enum rx_state {
+    RX_HEAD,       /* status line and header section, line by line */
+    RX_BODY,       /* Content-Length or close-delimited body: bytes go straight through */
+    RX_CHUNK_LINE, /* a chunk-size line */
+    RX_CHUNK_DATA, /* chunk data: bytes go straight through */
+    RX_CHUNK_END,  /* the line end after chunk data */
+    RX_TRAILER,    /* the trailer section, line by line */
+    RX_DONE        /* the final response is complete */
+} rx_state_t;
+
+/* How the body of the final response is delimited, decided from its head. */
+typedef enum framing { FRAMING_NONE, FRAMING_LENGTH, FRAMING_CHUNKED, FRAMING_EOF } framing_t;
+
+static void rx_reset(conn_t *c);
 
 conn_t *conn_create(origin_t *o)
 {
@@ -77,6 +99,10 @@ static void conn_destroy(conn_t *c)
     if (c->tls)
         tls_conn_destroy(c->tls);
     strbuf_dispose(&c->hdr);
+    strbuf_dispose(&c->line);
+    strbuf_dispose(&c->held);
+    strbuf_dispose(&c->te);
+    strbuf_dispose(&c->location);
     stats_obj_destroyed(c->stats, STATS_OBJ_CONN);
     mem_free(c);
 }
@@ -462,6 +488,8 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     c->callback_err = 0;
     c->message_done = 0;
     c->must_close = 0;
+    c->interim = 0;
+    rx_reset(c);
     if (c->tls) {
         /* Hold one pending count across the records so the exchange is not
          * seen as sent before the last of them is queued. */
@@ -544,41 +572,34 @@ static void response_done(conn_t *c, int reusable)
     job_decref(j);
 }
 
+static int rx_step(parse_ctx_t *ctx, buf_t *b, const char **pp, const char *end);
+
 static void parse(conn_t *c, buf_t *b)
 {
-    parse_ctx_t ctx = {c, b, NULL};
-    llhttp_errno_t rc;
+    parse_ctx_t ctx = {.conn = c};
+    const char *p = b->data, *end = b->data + b->len;
     int leftover;
 
     c->parser.data = &ctx;
-    rc = llhttp_execute(&c->parser, b->data, b->len);
+    while (p < end && !c->message_done && rx_step(&ctx, b, &p, end) == 0)
+        ;
     c->parser.data = NULL;
-    c->last_byte = b->data[b->len - 1];
     if (c->state != CONN_ACTIVE || c->job == NULL)
         return;
     if (c->callback_err) {
         conn_fail(c, STATS_CLOSE_ERROR, c->callback_err, ctx.errmsg);
         return;
     }
-    if (rc == HPE_OK)
+    if (!c->message_done)
         return; /* the response goes on in the next read */
-    if (rc == HPE_PAUSED && c->message_done) {
-        /* We never pipeline, so bytes after the response mean the server
-         * and we disagree about framing: do not trust the connection. */
-        leftover = llhttp_get_error_pos(&c->parser) != b->data + b->len;
-        if (leftover && (c->final_status == 204 || c->final_status == 304)) {
-            conn_fail(c, STATS_CLOSE_ERROR, ERR_PROTOCOL, "body on a 204 or 304 response");
-            return;
-        }
-        response_done(c, !leftover && !c->must_close && llhttp_should_keep_alive(&c->parser));
+    /* We never pipeline, so bytes after the response mean the server and we
+     * disagree about framing: do not trust the connection. */
+    leftover = p != end;
+    if (leftover && (c->final_status == 204 || c->final_status == 304)) {
+        conn_fail(c, STATS_CLOSE_ERROR, ERR_PROTOCOL, "bytes after a 204 or 304 response");
         return;
     }
-    {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "malformed response: %s (%s)",
-                 llhttp_get_error_reason(&c->parser), llhttp_errno_name(rc));
-        conn_fail(c, STATS_CLOSE_ERROR, ERR_PROTOCOL, msg);
-    }
+    response_done(c, !leftover && !c->must_close && llhttp_should_keep_alive(&c->parser));
 }
 
 static void read_ended(conn_t *c, ssize_t n)
@@ -612,7 +633,7 @@ static void read_ended(conn_t *c, ssize_t n)
     if (n == UV_EOF) {
         /* A response without Content-Length or chunking ends with the
          * connection: llhttp_finish() completes it, or says it is cut short. */
-        parse_ctx_t ctx = {c, NULL, NULL};
+        parse_ctx_t ctx = {.conn = c, .what = "response"};
         llhttp_errno_t rc;
         c->parser.data = &ctx;
         rc = llhttp_finish(&c->parser);
@@ -735,8 +756,6 @@ static int on_message_begin(llhttp_t *p)
     c->hdr_count = 0;
     c->hdr_bytes = 0;
     strbuf_reset(&c->hdr);
-    c->content_lengths = 0;
-    c->chunked = 0;
     c->final_status = 0;
     return 0;
 }
@@ -781,21 +800,8 @@ static int on_header_field_complete(llhttp_t *p)
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
-    parse_ctx_t *ctx = p->data;
     int rc = count_header_bytes(p, len);
-    if (rc)
-        return rc;
-    /* llhttp 8 accepts obs-fold continuation lines: it drops the line break
-     * and hands the next line over as another piece of the value, starting
-     * with its SP or HTAB. llhttp skips leading whitespace otherwise, so a
-     * piece that starts with one right after a line feed is a fold. RFC 9112
-     * lets a client reject folding, and we do, whichever llhttp we built. */
-    if (len > 0 && (at[0] == ' ' || at[0] == '\t')) {
-        char before = ctx->buf && at > ctx->buf->data ? at[-1] : ctx->conn->last_byte;
-        if (before == '\n')
-            return fail_cb(p, ERR_PROTOCOL, "obsolete line folding in a response header");
-    }
-    return hdr_append(p, at, len);
+    return rc ? rc : hdr_append(p, at, len);
 }
 
 static int on_header_value_complete(llhttp_t *p)
@@ -807,15 +813,19 @@ static int on_header_value_complete(llhttp_t *p)
     size_t vlen = c->hdr.len - nlen - 1;
     int rc;
 
-    if (nlen == 14 && strncasecmp(name, "content-length", 14) == 0)
-        c->content_lengths++;
-    else if (nlen == 17 && strncasecmp(name, "transfer-encoding", 17) == 0)
-        c->chunked = 1;
-    rc = job_on_header(c->job, name, nlen, value, vlen);
+    /* Trailer fields are checked and dropped: none of them may change what
+     * the head said (RFC 9110 6.5.1). */
+    rc = c->rx_state == RX_HEAD ? job_on_header(c->job, name, nlen, value, vlen) : 0;
     strbuf_reset(&c->hdr);
     if (rc)
         return fail_cb(p, rc, "response header refused");
     return 0;
+}
+
+/* 1 when the response has no body whatever its fields say (RFC 9112 6.3). */
+static int bodiless(const conn_t *c, int status)
+{
+    return c->head_request || status < 200 || status == 204 || status == 304;
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -827,26 +837,19 @@ static int on_headers_complete(llhttp_t *p)
 
     if (status < 100 || status > 999)
         return fail_cb(p, ERR_PROTOCOL, "the status code is not three digits");
-    if (c->content_lengths > 1)
-        return fail_cb(p, ERR_PROTOCOL, "more than one Content-Length header");
-    if (c->content_lengths && c->chunked)
-        return fail_cb(p, ERR_PROTOCOL, "both Content-Length and Transfer-Encoding");
     if (status == 101)
         return fail_cb(p, ERR_PROTOCOL, "unexpected 101 Switching Protocols");
+    /* 1 tells llhttp that no body follows: the normaliser gave it no framing
+     * field for such a response, and this makes sure of it. */
     if (status < 200)
-        return 0; /* an interim response: the final one follows */
-    if (status == 204 && (c->chunked || (c->content_lengths && p->content_length > 0)))
-        return fail_cb(p, ERR_PROTOCOL, "body on a 204 response");
-    if (status == 304 && c->chunked)
-        return fail_cb(p, ERR_PROTOCOL, "body on a 304 response");
+        return 1; /* an interim response: the final one follows */
     c->final_status = status;
-    if (c->content_lengths && !c->head_request && status != 204 && status != 304)
+    if (c->framing == FRAMING_LENGTH)
         length = (int64_t)p->content_length;
     rc = job_on_headers_complete(c->job, status, length);
     if (rc)
         return fail_cb(p, rc, NULL);
-    /* 1 tells llhttp that no body follows, whatever the headers say. */
-    return (c->head_request || status == 204 || status == 304) ? 1 : 0;
+    return bodiless(c, status) ? 1 : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
@@ -868,4 +871,451 @@ static int on_message_complete(llhttp_t *p)
     c->message_done = 1;
     /* Stop right after the response, so parse() can see leftover bytes. */
     return HPE_PAUSED;
+}
+
+/* ---- normalising ------------------------------------------------------------
+ * fetchd enforces its HTTP policy (DESIGN.md, "HTTP conformance policy")
+ * here, before llhttp sees a byte: llhttp 8.1 has no switch for a bare LF,
+ * and 8.1 and 9.x differ in leniency. The head, the chunk-size lines and the
+ * trailer section are taken line by line: a bare LF ends a line like CRLF, a
+ * bare CR is refused, an obs-fold is unfolded to one SP, the framing fields
+ * are interpreted here and handed on in one canonical form (or not at all for
+ * a response that has no body whatever they say), and the fields of interim
+ * responses are dropped. llhttp thus sees only CRLF-terminated, unfolded,
+ * unambiguous heads. Body bytes are never touched: they go to llhttp straight
+ * from the read buffer. */
+
+static int is_ows(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+static int clip(size_t n)
+{
+    return n > 40 ? 40 : (int)n;
+}
+
+/* Fails the response with err and a formatted reason; returns -1. */
+static int rx_fail(parse_ctx_t *ctx, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int rx_fail(parse_ctx_t *ctx, int err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(ctx->msg, sizeof(ctx->msg), fmt, ap);
+    va_end(ap);
+    ctx->conn->callback_err = err;
+    ctx->errmsg = ctx->msg;
+    return -1;
+}
+
+/* Counts a tolerated deviation, once per response head. */
+static void lenient(conn_t *c, stats_lenient_t kind)
+{
+    if (!(c->lenient_seen & (1u << kind))) {
+        c->lenient_seen |= 1u << kind;
+        c->stats->lenient[kind]++;
+    }
+}
+
+/* A new response head begins (after a request, or after a 1xx). */
+static void rx_reset(conn_t *c)
+{
+    c->rx_state = RX_HEAD;
+    strbuf_reset(&c->line);
+    strbuf_reset(&c->held);
+    strbuf_reset(&c->te);
+    strbuf_reset(&c->location);
+    c->head_lines = 0;
+    c->head_raw = 0;
+    c->cl_fields = 0;
+    c->cl_value = 0;
+    c->location_fields = 0;
+    c->framing = FRAMING_NONE;
+    c->chunk_left = 0;
+    c->lenient_seen = 0;
+}
+
+/* Hands n bytes to llhttp; b is the read buffer they lie in (NULL for bytes
+ * of our own). Sets *used to the bytes llhttp took: fewer than n only when
+ * the final response ended in them. Returns 0, or -1 with callback_err set. */
+static int feed(parse_ctx_t *ctx, buf_t *b, const char *data, size_t n, size_t *used)
+{
+    conn_t *c = ctx->conn;
+    llhttp_errno_t rc;
+
+    ctx->buf = b;
+    rc = llhttp_execute(&c->parser, data, n);
+    ctx->buf = NULL;
+    *used = n;
+    if (rc == HPE_OK)
+        return 0;
+    if (rc == HPE_PAUSED && c->message_done) {
+        *used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        return 0;
+    }
+    if (c->callback_err)
+        return -1;
+    return rx_fail(ctx, ERR_PROTOCOL, "malformed %s: %s (%s)", ctx->what,
+                   llhttp_get_error_reason(&c->parser), llhttp_errno_name(rc));
+}
+
+/* Hands a normalised line (the n bytes at the start of sb) and CRLF to llhttp. */
+static int feed_line(parse_ctx_t *ctx, strbuf_t *sb, size_t n)
+{
+    size_t used;
+
+    sb->len = n; /* drops the received terminator; CRLF replaces it */
+    if (strbuf_append(sb, "\r\n", 2) != 0)
+        return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response line");
+    return feed(ctx, NULL, sb->p, sb->len, &used);
+}
+
+static int feed_text(parse_ctx_t *ctx, const char *text)
+{
+    size_t used;
+    return feed(ctx, NULL, text, strlen(text), &used);
+}
+
+static int name_is(const char *name, size_t n, const char *want)
+{
+    return strlen(want) == n && strncasecmp(name, want, n) == 0;
+}
+
+/* A Content-Length field of a response that has a body: one value, however
+ * often it is repeated (RFC 9110 8.6), or the response is refused. */
+static int content_length_field(parse_ctx_t *ctx, const char *v, size_t vlen)
+{
+    conn_t *c = ctx->conn;
+    uint64_t value = 0;
+    int list;
+
+    if (http_parse_content_length(v, vlen, &value, &list) != 0)
+        return rx_fail(ctx, ERR_PROTOCOL, "invalid Content-Length '%.*s'", clip(vlen), v);
+    if (c->cl_fields++ > 0) {
+        if (value != c->cl_value)
+            return rx_fail(ctx, ERR_PROTOCOL,
+                           "two different Content-Length values (%" PRIu64 " and %" PRIu64 ")",
+                           c->cl_value, value);
+        list = 1;
+    }
+    if (list)
+        lenient(c, STATS_LENIENT_REPEATED_CONTENT_LENGTH);
+    c->cl_value = value;
+    return 0;
+}
+
+/* A Location field: a repeated identical one is dropped, a differing one is
+ * as ambiguous as two Content-Lengths. Returns 1 to forward the field. */
+static int location_field(parse_ctx_t *ctx, const char *v, size_t vlen)
+{
+    conn_t *c = ctx->conn;
+
+    if (c->location_fields++ == 0) {
+        if (strbuf_append(&c->location, v, vlen) != 0)
+            return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response header");
+        return 1;
+    }
+    if (c->location.len != vlen || (vlen > 0 && memcmp(c->location.p, v, vlen) != 0))
+        return rx_fail(ctx, ERR_PROTOCOL, "two different Location fields");
+    lenient(c, STATS_LENIENT_REPEATED_LOCATION);
+    return 0;
+}
+
+/* What the head's own field means here: 1 forward it to llhttp, 0 drop it
+ * (interpreted here, or not to be interpreted at all), -1 refuse. */
+static int head_field(parse_ctx_t *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+{
+    conn_t *c = ctx->conn;
+    int status = llhttp_get_status_code(&c->parser);
+    int cl = name_is(name, nlen, "content-length");
+    int te = name_is(name, nlen, "transfer-encoding");
+
+    if (status < 200)
+        return 0; /* fields of an interim response never reach the final one */
+    if ((cl || te) && bodiless(c, status)) {
+        /* RFC 9112 6.3 (1): no content whatever the fields say. Counted as
+         * a deviation on a 204, and for Transfer-Encoding on a 304 (which may
+         * carry the Content-Length a 200 would have had); framing fields on
+         * a HEAD response are normal. */
+        if (status != 304 ? status == 204 : te)
+            lenient(c, STATS_LENIENT_FRAMING_ON_BODILESS);
+        return 0;
+    }
+    if (cl)
+        return content_length_field(ctx, v, vlen);
+    if (te) {
+        if ((c->te.len > 0 && strbuf_append(&c->te, ", ", 2) != 0) ||
+            strbuf_append(&c->te, v, vlen) != 0)
+            return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response header");
+        c->framing = FRAMING_CHUNKED; /* seen, even if empty; decide_framing() checks it */
+        return 0;
+    }
+    if (name_is(name, nlen, "location"))
+        return location_field(ctx, v, vlen);
+    return 1;
+}
+
+/* Checks the held field line and hands it to llhttp (or drops it). */
+static int flush_held(parse_ctx_t *ctx, int trailer)
+{
+    conn_t *c = ctx->conn;
+    const char *line = c->held.p, *colon, *v;
+    const char *kind = trailer ? "trailer" : "header";
+    size_t nlen, vlen;
+    int rc;
+
+    if (c->held.len == 0)
+        return 0;
+    colon = memchr(line, ':', c->held.len);
+    if (colon == NULL)
+        return rx_fail(ctx, ERR_PROTOCOL, "%s line without a colon: '%.*s'", kind,
+                       clip(c->held.len), line);
+    nlen = (size_t)(colon - line);
+    if (nlen > 0 && is_ows(line[nlen - 1]))
+        return rx_fail(ctx, ERR_PROTOCOL, "whitespace between a %s field name and its colon", kind);
+    if (!http_is_token(line, nlen))
+        return rx_fail(ctx, ERR_PROTOCOL, "invalid %s field name '%.*s'", kind, clip(nlen), line);
+    v = colon + 1;
+    vlen = c->held.len - nlen - 1;
+    while (vlen > 0 && is_ows(*v))
+        v++, vlen--;
+    while (vlen > 0 && is_ows(v[vlen - 1]))
+        vlen--;
+    if (!http_is_field_value(v, vlen))
+        return rx_fail(ctx, ERR_PROTOCOL, "control character in the value of %s field '%.*s'", kind,
+                       clip(nlen), line);
+    if (trailer) /* framing fields in trailers mean nothing (RFC 9110 6.5.1) */
+        rc = !name_is(line, nlen, "content-length") && !name_is(line, nlen, "transfer-encoding");
+    else
+        rc = head_field(ctx, line, nlen, v, vlen);
+    if (rc > 0) {
+        ctx->what = trailer ? "trailer line" : "header line";
+        rc = feed_line(ctx, &c->held, c->held.len);
+    }
+    strbuf_reset(&c->held);
+    return rc < 0 ? -1 : 0;
+}
+
+/* The end of a final response's header section: decides the framing and
+ * gives llhttp the one field that says it. */
+static int decide_framing(parse_ctx_t *ctx, int status, char *field, size_t size)
+{
+    conn_t *c = ctx->conn;
+    char why[96];
+    int chunked;
+
+    field[0] = '\0';
+    if (bodiless(c, status)) {
+        c->framing = FRAMING_NONE;
+        return 0;
+    }
+    if (c->te.len > 0 || c->framing == FRAMING_CHUNKED) {
+        if (c->cl_fields)
+            return rx_fail(ctx, ERR_PROTOCOL, "both Content-Length and Transfer-Encoding");
+        if (http_check_transfer_codings(c->te.p ? c->te.p : "", c->te.len, &chunked, why,
+                                        sizeof(why)) != 0)
+            return rx_fail(ctx, ERR_PROTOCOL, "%s", why);
+        /* Without chunked last, a response's body ends with the connection
+         * (RFC 9112 6.3 (4)). */
+        c->framing = chunked ? FRAMING_CHUNKED : FRAMING_EOF;
+        if (chunked)
+            snprintf(field, size, "Transfer-Encoding: chunked\r\n");
+        return 0;
+    }
+    if (c->cl_fields) {
+        c->framing = FRAMING_LENGTH;
+        snprintf(field, size, "Content-Length: %" PRIu64 "\r\n", c->cl_value);
+        return 0;
+    }
+    c->framing = FRAMING_EOF;
+    return 0;
+}
+
+static int end_head(parse_ctx_t *ctx)
+{
+    conn_t *c = ctx->conn;
+    int status = llhttp_get_status_code(&c->parser);
+    char field[64];
+
+    if (flush_held(ctx, 0) != 0 || decide_framing(ctx, status, field, sizeof(field)) != 0)
+        return -1;
+    ctx->what = "header section";
+    if ((field[0] && feed_text(ctx, field) != 0) || feed_text(ctx, "\r\n") != 0)
+        return -1;
+    if (status < 200) {
+        if (++c->interim > CONN_MAX_INTERIM)
+            return rx_fail(ctx, ERR_PROTOCOL, "more than %d interim responses", CONN_MAX_INTERIM);
+        rx_reset(c);
+        return 0;
+    }
+    if (c->message_done)
+        c->rx_state = RX_DONE;
+    else
+        c->rx_state = c->framing == FRAMING_CHUNKED ? RX_CHUNK_LINE : RX_BODY;
+    return 0;
+}
+
+/* A line of the header or trailer section (n bytes at p, terminator gone). */
+static int field_line(parse_ctx_t *ctx, const char *p, size_t n, int trailer)
+{
+    conn_t *c = ctx->conn;
+    strbuf_t t;
+    size_t i = 0;
+
+    if (n == 0) {
+        if (!trailer)
+            return end_head(ctx);
+        if (flush_held(ctx, 1) != 0)
+            return -1;
+        ctx->what = "trailer section";
+        c->rx_state = RX_DONE;
+        return feed_text(ctx, "\r\n");
+    }
+    if (++c->head_lines > CONN_MAX_HEADERS + 1)
+        return rx_fail(ctx, ERR_HEADERS_TOO_LARGE, "more than %d response headers",
+                       CONN_MAX_HEADERS);
+    if (is_ows(p[0])) {
+        /* obs-fold: RFC 9112 5.2 has a user agent replace it with one SP. */
+        if (c->held.len == 0)
+            return rx_fail(ctx, ERR_PROTOCOL, "whitespace before the first %s field",
+                           trailer ? "trailer" : "header");
+        while (c->held.len > 0 && is_ows(c->held.p[c->held.len - 1]))
+            c->held.len--;
+        while (i < n && is_ows(p[i]))
+            i++;
+        lenient(c, STATS_LENIENT_OBS_FOLD);
+        if (strbuf_append(&c->held, " ", 1) != 0 || strbuf_append(&c->held, p + i, n - i) != 0)
+            return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response header");
+        return 0;
+    }
+    if (flush_held(ctx, trailer) != 0)
+        return -1;
+    /* The line becomes the held one: swap the buffers instead of copying. */
+    t = c->held;
+    c->held = c->line;
+    c->line = t;
+    c->held.len = n;
+    return 0;
+}
+
+static int chunk_size_line(parse_ctx_t *ctx, strbuf_t *line, size_t n)
+{
+    conn_t *c = ctx->conn;
+    uint64_t size = 0;
+    size_t i = 0;
+
+    for (; i < n && isxdigit((unsigned char)line->p[i]); i++) {
+        if (size >> 60)
+            return rx_fail(ctx, ERR_PROTOCOL, "chunk size too large");
+        size = size * 16 + (uint64_t)(isdigit((unsigned char)line->p[i])
+                                          ? line->p[i] - '0'
+                                          : (tolower((unsigned char)line->p[i]) - 'a' + 10));
+    }
+    if (i == 0)
+        return rx_fail(ctx, ERR_PROTOCOL, "invalid chunk size '%.*s'", clip(n), line->p);
+    ctx->what = "chunk-size line";
+    if (feed_line(ctx, line, n) != 0)
+        return -1;
+    c->chunk_left = size;
+    if (size > 0) {
+        c->rx_state = RX_CHUNK_DATA;
+    } else {
+        c->rx_state = RX_TRAILER;
+        c->head_lines = 1;
+        c->head_raw = 0;
+    }
+    return 0;
+}
+
+static const char *line_kind(const conn_t *c)
+{
+    switch (c->rx_state) {
+    case RX_HEAD:
+        return c->head_lines == 0 ? "status line" : "header line";
+    case RX_TRAILER:
+        return "trailer line";
+    case RX_CHUNK_LINE:
+        return "chunk-size line";
+    default:
+        return "line after chunk data";
+    }
+}
+
+/* A whole line has arrived in c->line, its LF last. */
+static int on_line(parse_ctx_t *ctx)
+{
+    conn_t *c = ctx->conn;
+    char *p = c->line.p;
+    size_t n = c->line.len - 1;
+    const char *kind = line_kind(c);
+
+    if (n > 0 && p[n - 1] == '\r')
+        n--;
+    else
+        lenient(c, STATS_LENIENT_BARE_LF); /* RFC 9112 2.2 */
+    if (memchr(p, '\r', n) != NULL)
+        return rx_fail(ctx, ERR_PROTOCOL, "bare CR in a %s", kind);
+    switch (c->rx_state) {
+    case RX_HEAD:
+        if (c->head_lines > 0)
+            return field_line(ctx, p, n, 0);
+        if (n == 0) {
+            lenient(c, STATS_LENIENT_EMPTY_LINE_BEFORE_STATUS);
+            return 0;
+        }
+        c->head_lines = 1;
+        ctx->what = kind;
+        return feed_line(ctx, &c->line, n);
+    case RX_TRAILER:
+        return field_line(ctx, p, n, 1);
+    case RX_CHUNK_LINE:
+        return chunk_size_line(ctx, &c->line, n);
+    default:
+        if (n != 0)
+            return rx_fail(ctx, ERR_PROTOCOL, "chunk data longer than its chunk size");
+        c->rx_state = RX_CHUNK_LINE;
+        ctx->what = kind;
+        return feed_text(ctx, "\r\n");
+    }
+}
+
+/* Takes what it can from [*pp, end): body bytes straight to llhttp, or
+ * bytes of a line until its LF. Returns 0, or -1 with callback_err set. */
+static int rx_step(parse_ctx_t *ctx, buf_t *b, const char **pp, const char *end)
+{
+    conn_t *c = ctx->conn;
+    const char *p = *pp, *nl;
+    size_t n, used;
+    int rc, section = c->rx_state == RX_HEAD || c->rx_state == RX_TRAILER;
+
+    if (c->rx_state == RX_BODY || c->rx_state == RX_CHUNK_DATA) {
+        n = (size_t)(end - p);
+        if (c->rx_state == RX_CHUNK_DATA && n > c->chunk_left)
+            n = (size_t)c->chunk_left;
+        ctx->what = "body";
+        rc = feed(ctx, b, p, n, &used);
+        *pp = p + used;
+        if (c->rx_state == RX_CHUNK_DATA && (c->chunk_left -= used) == 0)
+            c->rx_state = RX_CHUNK_END;
+        return rc;
+    }
+    nl = memchr(p, '\n', (size_t)(end - p));
+    n = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+    if (section && (c->head_raw += n) > CONN_MAX_HEADER_BYTES)
+        return rx_fail(ctx, ERR_HEADERS_TOO_LARGE, "response %s exceed 64 KiB",
+                       c->rx_state == RX_HEAD ? "headers" : "trailers");
+    if (!section && c->line.len + n > CONN_MAX_CHUNK_LINE)
+        return rx_fail(ctx, ERR_PROTOCOL, "%s longer than %d bytes", line_kind(c),
+                       CONN_MAX_CHUNK_LINE);
+    if (strbuf_append(&c->line, p, n) != 0)
+        return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response line");
+    *pp = p + n;
+    if (nl == NULL)
+        return 0;
+    rc = on_line(ctx);
+    strbuf_reset(&c->line);
+    return rc;
 }

@@ -65,14 +65,30 @@ struct conn {
     int callback_err;        /* error a parser callback asked us to fail with */
     int message_done;        /* the final response is complete */
     int must_close;          /* something about the response rules out reuse */
-    int content_lengths;     /* Content-Length headers seen */
-    int chunked;             /* Transfer-Encoding seen */
     unsigned hdr_count;
     size_t hdr_bytes;
     strbuf_t hdr; /* owned: the current header as "name\0value" */
     size_t hdr_name_len;
-    char last_byte; /* the last byte of the previous read (obs-fold check) */
+    /* The normaliser in front of llhttp (conn.c, "normalising"). */
+    int rx_state;          /* rx_state_t in conn.c */
+    strbuf_t line;         /* owned: the line being received */
+    strbuf_t held;         /* owned: the last field line, until the next shows it is not folded */
+    strbuf_t te;           /* owned: every Transfer-Encoding value, joined with ", " */
+    strbuf_t location;     /* owned: the first Location value */
+    unsigned head_lines;   /* lines of the head (or trailer section) so far */
+    size_t head_raw;       /* bytes of the head so far */
+    unsigned interim;      /* 1xx responses before the final one */
+    unsigned cl_fields;    /* Content-Length fields of this head */
+    uint64_t cl_value;     /* their value */
+    int location_fields;   /* Location fields of this head */
+    int framing;           /* framing_t in conn.c: how the body is delimited */
+    uint64_t chunk_left;   /* bytes of the current chunk still to come */
+    unsigned lenient_seen; /* stats_lenient_t bits counted for this head */
 };
+
+/* Bounds of the response normaliser. */
+#define CONN_MAX_CHUNK_LINE 4096
+#define CONN_MAX_INTERIM    32
 
 /* Creates a connection for origin o in state CONNECTING. Returns a new
  * reference, or NULL on allocation failure. */

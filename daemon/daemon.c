@@ -269,8 +269,8 @@ json_t *daemon_stats_json(daemon_t *d)
     stats_t *st = &d->stats;
     json_t *o = json_object(), *objects = json_object(), *closed = json_object();
     json_t *conns = json_object(), *jobs = json_object(), *finished = json_object();
-    json_t *heap = json_object();
-    int bad = !o || !objects || !closed || !conns || !jobs || !finished || !heap;
+    json_t *heap = json_object(), *lenient = json_object();
+    int bad = !o || !objects || !closed || !conns || !jobs || !finished || !heap || !lenient;
 
     for (int t = 0; !bad && t < STATS_OBJ__COUNT; t++)
         bad |= set_u64(objects, stats_obj_label(t), (uint64_t)st->objects[t]);
@@ -278,6 +278,8 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(closed, stats_close_label(r), st->conns_closed[r]);
     for (int r = 0; !bad && r < STATS_RESULT__COUNT; r++)
         bad |= set_u64(finished, stats_result_label(r), st->jobs_finished[r]);
+    for (int k = 0; !bad && k < STATS_LENIENT__COUNT; k++)
+        bad |= set_u64(lenient, stats_lenient_label(k), st->lenient[k]);
     for (int c = 0; !bad && c < MEM__COUNT; c++) {
         uint64_t blocks, bytes;
         mem_get(c, &blocks, &bytes);
@@ -308,6 +310,7 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(o, "received_bytes_total", st->received_bytes);
         bad |= set_u64(o, "retries_total", st->retries);
         bad |= set_u64(o, "redirects_total", st->redirects);
+        bad |= json_object_set(o, "http_lenient_total", lenient);
         bad |= set_u64(o, "process_resident_memory_bytes", resident_bytes());
         bad |= set_u64(o, "process_open_fds", open_fds());
         bad |= set_u64(o, "tls_handshakes_total", d->tls.handshakes);
@@ -321,6 +324,7 @@ json_t *daemon_stats_json(daemon_t *d)
     json_decref(jobs);
     json_decref(finished);
     json_decref(heap);
+    json_decref(lenient);
     if (bad) {
         json_decref(o);
         return NULL;

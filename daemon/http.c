@@ -1,7 +1,9 @@
 /* http — shared HTTP syntax helpers; see http.h. */
 #include "http.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 static int is_tchar(unsigned char c)
 {
@@ -35,4 +37,112 @@ uint64_t http_hash(const char *s)
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
+}
+
+/* Transfer codings decoded besides chunked; NULL-terminated. */
+static const char *const te_decodable[] = {NULL};
+
+int http_te_decodable(const char *name, size_t n)
+{
+    for (size_t i = 0; te_decodable[i] != NULL; i++)
+        if (strlen(te_decodable[i]) == n && strncasecmp(te_decodable[i], name, n) == 0)
+            return 1;
+    return 0;
+}
+
+static int is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* One member of a comma-separated list starting at p: sets *m and *mlen (OWS
+ * trimmed; RFC 9110 5.6.1 allows empty members, which come back with mlen 0)
+ * and *more to 1 when another member follows. Returns where the next starts. */
+static const char *list_member(const char *p, const char *end, const char **m, size_t *mlen,
+                               int *more)
+{
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+
+    *more = comma != NULL;
+    if (comma == NULL)
+        comma = end;
+    while (p < comma && is_ows(*p))
+        p++;
+    *m = p;
+    *mlen = (size_t)(comma - p);
+    while (*mlen > 0 && is_ows(p[*mlen - 1]))
+        (*mlen)--;
+    return *more ? comma + 1 : end;
+}
+
+static int clip(size_t n)
+{
+    return n > 40 ? 40 : (int)n;
+}
+
+int http_check_transfer_codings(const char *v, size_t n, int *chunked, char *why, size_t whylen)
+{
+    const char *end = v + n, *p = v, *m;
+    size_t mlen, codings = 0;
+    int more = 1;
+
+    *chunked = 0;
+    while (more) {
+        size_t name = 0;
+        int is_chunked;
+        p = list_member(p, end, &m, &mlen, &more);
+        if (mlen == 0)
+            continue;
+        while (name < mlen && m[name] != ';' && !is_ows(m[name]))
+            name++;
+        codings++;
+        if (!http_is_token(m, name)) {
+            snprintf(why, whylen, "invalid transfer coding '%.*s'", clip(mlen), m);
+            return -1;
+        }
+        is_chunked = name == 7 && strncasecmp(m, "chunked", 7) == 0;
+        if (!is_chunked && !http_te_decodable(m, name)) {
+            snprintf(why, whylen, "unknown transfer coding '%.*s'", clip(name), m);
+            return -1;
+        }
+        if (*chunked) {
+            snprintf(why, whylen, "transfer coding 'chunked' is not the last one");
+            return -1;
+        }
+        if (is_chunked && mlen != name) {
+            snprintf(why, whylen, "transfer coding 'chunked' with parameters");
+            return -1;
+        }
+        *chunked = is_chunked;
+    }
+    if (codings == 0) {
+        snprintf(why, whylen, "empty Transfer-Encoding");
+        return -1;
+    }
+    return 0;
+}
+
+int http_parse_content_length(const char *v, size_t n, uint64_t *value, int *list)
+{
+    const char *end = v + n, *p = v, *m;
+    size_t mlen, members = 0;
+    int more = 1;
+
+    *list = 0;
+    while (more) {
+        uint64_t x = 0;
+        p = list_member(p, end, &m, &mlen, &more);
+        if (mlen == 0 || mlen > 19)
+            return -1;
+        for (size_t i = 0; i < mlen; i++) {
+            if (m[i] < '0' || m[i] > '9')
+                return -1;
+            x = x * 10 + (uint64_t)(m[i] - '0');
+        }
+        if (members++ > 0 && x != *value)
+            return -1;
+        *value = x;
+    }
+    *list = members > 1;
+    return members > 0 ? 0 : -1;
 }

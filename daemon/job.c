@@ -707,6 +707,17 @@ static int is_redirect(int status)
     return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
+/* A Location that is absent or empty says nowhere to go: the 3xx is then a
+ * final response (RFC 9110 15.4), not a redirect to the same URL. */
+static int usable_location(const char *v)
+{
+    if (v == NULL)
+        return 0;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    return *v != '\0';
+}
+
 static int retryable_status(const job_t *j, int status)
 {
     if (status == 429 || status == 503)
@@ -758,7 +769,7 @@ int job_on_headers_complete(job_t *j, int status, int64_t content_length)
 {
     int rc;
 
-    if (is_redirect(status) && j->location != NULL) {
+    if (is_redirect(status) && usable_location(j->location)) {
         j->disposition = RESP_REDIRECT;
         j->redirect_status = status;
         return 0;

@@ -112,6 +112,10 @@ static void render_jobs(strbuf_t *b, const daemon_t *d)
     one(b, "fetchd_redirects_total", "counter", "Redirects followed.", st->redirects);
     one(b, "fetchd_received_bytes_total", "counter", "Bytes received from servers.",
         st->received_bytes);
+    head(b, "fetchd_http_lenient_total", "counter",
+         "Responses with a deviation from RFC 9112 that fetchd tolerated, by kind.");
+    for (int k = 0; k < STATS_LENIENT__COUNT; k++)
+        labelled(b, "fetchd_http_lenient_total", "kind", stats_lenient_label(k), st->lenient[k]);
     head(b, "fetchd_fetch_duration_seconds", "histogram",
          "Time from a job's start to its end, retries and redirects included.");
     for (int i = 0; i < STATS_NDURATION; i++) {

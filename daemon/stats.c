@@ -16,6 +16,12 @@ static const char *const close_labels[] = {
 #undef X
 };
 
+static const char *const lenient_labels[] = {
+#define X(e, label) label,
+    STATS_LENIENT_MAP(X)
+#undef X
+};
+
 static const char *const result_labels[] = {"done", "failed", "cancelled"};
 
 void stats_init(stats_t *s)
@@ -55,4 +61,9 @@ const char *stats_close_label(stats_close_t r)
 const char *stats_result_label(stats_result_t r)
 {
     return result_labels[r];
+}
+
+const char *stats_lenient_label(stats_lenient_t k)
+{
+    return lenient_labels[k];
 }

@@ -53,6 +53,24 @@ typedef enum stats_close {
         STATS_CLOSE__COUNT
 } stats_close_t;
 
+/* X(ENUM, metrics label) — deviations from RFC 9112 that fetchd tolerates
+ * in a response (see conn.c, "normalising"); each is counted once per
+ * response head in which it occurs. */
+#define STATS_LENIENT_MAP(X)                              \
+    X(BARE_LF, "bare_lf")                                 \
+    X(OBS_FOLD, "obs_fold")                               \
+    X(REPEATED_CONTENT_LENGTH, "repeated_content_length") \
+    X(REPEATED_LOCATION, "repeated_location")             \
+    X(FRAMING_ON_BODILESS, "framing_on_bodiless")         \
+    X(EMPTY_LINE_BEFORE_STATUS, "empty_line_before_status")
+
+typedef enum stats_lenient {
+#define X(e, label) STATS_LENIENT_##e,
+    STATS_LENIENT_MAP(X)
+#undef X
+        STATS_LENIENT__COUNT
+} stats_lenient_t;
+
 typedef enum stats_result {
     STATS_RESULT_DONE,
     STATS_RESULT_FAILED,
@@ -76,6 +94,7 @@ typedef struct stats {
     uint64_t jobs_finished[STATS_RESULT__COUNT];
     uint64_t retries;
     uint64_t redirects;
+    uint64_t lenient[STATS_LENIENT__COUNT];     /* tolerated deviations, by kind */
     uint64_t duration_buckets[STATS_NDURATION]; /* non-cumulative */
     uint64_t duration_count;
     double duration_sum;
@@ -96,5 +115,6 @@ void stats_observe_duration(stats_t *s, double seconds);
 const char *stats_obj_label(stats_obj_t t);
 const char *stats_close_label(stats_close_t r);
 const char *stats_result_label(stats_result_t r);
+const char *stats_lenient_label(stats_lenient_t k);
 
 #endif

@@ -81,6 +81,14 @@ Faults
   /leftover              200 "hello" followed by stray bytes after the body
   /no-content-body       204 with Content-Length: 5 and "hello"
 
+Exact bytes
+  srv.serve_raw(path, data, keep=False, split=False) makes `path` answer
+  every request with `data`, byte for byte (HEAD included), then close the
+  connection (or keep it, with keep=True).  split=True sends one byte per
+  send() with TCP_NODELAY and a short pause, so the client sees the bytes
+  spread over many reads.  The conformance table (test_conformance.py) is
+  served this way.
+
 BacklogFull is a separate helper: a listening socket with backlog 0 that never
 accepts and is filled with client connections so that further SYNs are
 dropped; connecting to it hangs, which is how connect timeouts are tested.
@@ -102,6 +110,7 @@ HUGE_HEADER_BYTES = 100 * 1024
 MANY_HEADERS = 1000
 MAX_REQUEST_HEAD = 1024 * 1024
 POLL_SECONDS = 0.1
+SPLIT_PAUSE_SECONDS = 0.001
 
 
 def pattern(n):
@@ -362,9 +371,16 @@ class _Behaviours:
         return handler(conn, req)
 
     @staticmethod
-    def raw(data, after=CLOSE):
+    def raw(data, after=CLOSE, split=False):
         def handler(conn, req):
-            conn.send(data)
+            if not split:
+                conn.send(data)
+                return after
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(data)):
+                conn.send(data[i:i + 1])
+                if not conn.sleep(SPLIT_PAUSE_SECONDS):
+                    return CLOSE
             return after
         return handler
 
@@ -540,6 +556,12 @@ class FaultServer:
 
     def url(self, target):
         return self.origin + target
+
+    def serve_raw(self, path, data, keep=False, split=False):
+        """Makes `path` answer with exactly `data` (see "Exact bytes")."""
+        handler = _Behaviours.raw(bytes(data), KEEP if keep else CLOSE, split)
+        with self._lock:
+            self._behaviours.table[path] = handler
 
     def start(self):
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,

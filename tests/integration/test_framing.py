@@ -65,6 +65,38 @@ class FaultServerFraming(HarnessTestCase):
         self.assertGreaterEqual(stats["connection_reuses_total"], 1, stats)
         self.assertEqual(self.srv.connections_accepted(), 1)
 
+    def reuse_after(self, data, status):
+        """Two fetches of a response served as `data` on a kept-alive
+        connection: a normalised response leaves the connection reusable."""
+        self.srv.serve_raw("/raw", data, keep=True)
+        events, rc = self.run_harness([
+            {"url": self.srv.url("/raw"), "output": "inline"},
+            WAIT,
+            {"url": self.srv.url("/raw"), "output": "inline"},
+        ])
+        self.assert_clean(events, rc)
+        for index in (0, 1):
+            self.assert_done(self.job(events, index), status)
+        stats = self.final(events)["stats"]
+        self.assertEqual(stats["connection_reuses_total"], 1, stats)
+        self.assertEqual(self.srv.connections_accepted(), 1)
+        return events
+
+    def test_bare_lf_chunked_then_connection_reused(self):
+        events = self.reuse_after(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n"
+                                  b"5\nhello\n0\nX-T: 1\n\n", 200)
+        self.assertEqual(self.job(events, 1)["inline"]["data"], "hello")
+        self.assertEqual(self.final(events)["stats"]["http_lenient_total"]["bare_lf"], 2)
+
+    def test_204_with_transfer_encoding_then_connection_reused(self):
+        events = self.reuse_after(
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", 204)
+        self.assertEqual(self.job(events, 0)["bytes"], 0)
+
+    def test_interim_fields_folded_and_bare_lf_then_connection_reused(self):
+        self.reuse_after(b"HTTP/1.1 103 Early Hints\nLink: </a>;\n rel=preload\n\n"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200)
+
     def test_304(self):
         job, _ = self.fetch_one("/not-modified")
         self.assert_done(job, 304)
