@@ -846,7 +846,10 @@ static int on_headers_complete(llhttp_t *p)
     c->final_status = status;
     if (c->framing == FRAMING_LENGTH)
         length = (int64_t)p->content_length;
-    rc = job_on_headers_complete(c->job, status, length);
+    /* The transfer codings under the chunked framing (or framed by the
+     * close) are the job's to undo, with its decoders. */
+    rc = job_on_headers_complete(c->job, status, length,
+                                 c->te.len > 0 && !bodiless(c, status) ? c->te.p : NULL);
     if (rc)
         return fail_cb(p, rc, NULL);
     return bodiless(c, status) ? 1 : 0;

@@ -40,7 +40,7 @@ uint64_t http_hash(const char *s)
 }
 
 /* Transfer codings decoded besides chunked; NULL-terminated. */
-static const char *const te_decodable[] = {NULL};
+static const char *const te_decodable[] = {"gzip", "x-gzip", "deflate", NULL};
 
 int http_te_decodable(const char *name, size_t n)
 {

@@ -739,33 +739,45 @@ static int fail_response(job_t *j, int err, const char *fmt, ...)
     return err;
 }
 
-/* The final response's Content-Encoding: a job that decodes puts a decoder
- * chain in front of its sink (a coding it cannot decode fails it, as curl
- * does); any other job only reports the field. */
-static int start_decoding(job_t *j)
+/* Puts a decoder chain in front of the sink when the body needs one: the
+ * transfer codings before the final chunked (gzip, deflate: a recipient
+ * must undo them, RFC 9112 6.1), and, for a job that decodes, the content
+ * codings under them (a coding it cannot decode fails it, as curl does; any
+ * other job only reports the field). The server applied the content codings
+ * first, so they come first in the chain, which undoes the last one first. */
+static int start_decoding(job_t *j, const char *transfer_codings)
 {
-    decode_coding_t codings[DECODE_MAX_CODINGS];
+    decode_coding_t codings[2 * DECODE_MAX_CODINGS];
     decode_chain_t *d;
     char why[96];
-    int n, rc;
+    int nc = 0, nt = 0, chunked, rc;
 
     j->decoded = 0;
-    if (j->content_encoding == NULL || !decodes(j))
-        return 0;
-    n = decode_parse(j->content_encoding, codings, why, sizeof(why));
-    if (n < 0)
-        return fail_response(j, n, "%s", why);
-    if (n == 0)
-        return 0; /* identity */
-    rc = decode_create(&d, codings, (size_t)n, j->sched->decode_max_ratio, j->sched->stats);
+    if (j->content_encoding != NULL && decodes(j)) {
+        nc = decode_parse(j->content_encoding, codings, why, sizeof(why));
+        if (nc < 0)
+            return fail_response(j, nc, "%s", why);
+    }
+    if (transfer_codings != NULL) {
+        nt = decode_parse_transfer(transfer_codings, codings + nc, &chunked, why, sizeof(why));
+        if (nt < 0)
+            return fail_response(j, nt, "%s", why);
+    }
+    if (nc + nt == 0)
+        return 0; /* identity, or chunked alone */
+    if (nc + nt > DECODE_MAX_CODINGS)
+        return fail_response(j, ERR_CONTENT_DECODING, "more than %d codings stacked",
+                             DECODE_MAX_CODINGS);
+    rc = decode_create(&d, codings, (size_t)(nc + nt), j->sched->decode_max_ratio, j->sched->stats);
     if (rc != 0)
         return fail_response(j, rc, "starting the decoder: %s", err_str(rc));
     sink_set_decoder(&j->sink, d, j->sched->bufs);
-    j->decoded = 1;
+    j->decoded = nc > 0;
     return 0;
 }
 
-int job_on_headers_complete(job_t *j, int status, int64_t content_length)
+int job_on_headers_complete(job_t *j, int status, int64_t content_length,
+                            const char *transfer_codings)
 {
     int rc;
 
@@ -793,7 +805,7 @@ int job_on_headers_complete(job_t *j, int status, int64_t content_length)
             return fail_response(j, rc, "cannot create the output file (%s): %s",
                                  sink_strerror(&j->sink, rc), j->file_path);
     }
-    return start_decoding(j);
+    return start_decoding(j, transfer_codings);
 }
 
 int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)

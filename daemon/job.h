@@ -200,8 +200,11 @@ void job_on_connected(job_t *j, int status, const char *msg);
 void job_on_request_sent(job_t *j);
 void job_on_read(job_t *j);
 int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen);
-/* content_length is -1 when the response has none. */
-int job_on_headers_complete(job_t *j, int status, int64_t content_length);
+/* content_length is -1 when the response has none; transfer_codings is the
+ * response's Transfer-Encoding (checked by the connection: decodable codings,
+ * chunked last if at all), or NULL. */
+int job_on_headers_complete(job_t *j, int status, int64_t content_length,
+                            const char *transfer_codings);
 int job_on_body(job_t *j, buf_t *b, const char *at, size_t len);
 /* The final response is complete; the connection is already detached (and
  * back in the pool or closing). */
