@@ -5,7 +5,9 @@
  * scheduler is what the jobs are restored into) in a temporary state
  * directory. Per input the target writes the file, loads it, and checks:
  *  - the result is the number of jobs now queued, or a negative error;
- *    a file that is refused is kept as queue.json.bad (state.h);
+ *    a file that is refused is moved aside as queue.json.bad-<time>-<pid>
+ *    (state.h), and one that loads with some jobs it could not restore
+ *    leaves such a copy too; either way the kept file holds the input;
  *  - what was restored saves again (state_save()) and that file loads as
  *    valid JSON with the same number of jobs;
  *  - after every restored job is cancelled and forgotten, no job, request
@@ -14,6 +16,7 @@
  * The loop never runs while a restored job is queued: none of them starts,
  * whatever URL the input names (sandbox.c would refuse it anyway).
  */
+#include <dirent.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdint.h>
@@ -30,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct {
     daemon_t d;
-    char dir[64], file[96], bad[96];
+    char dir[64], file[96];
 } fz;
 
 static void fail(const char *why, long n, const char *err)
@@ -48,7 +51,6 @@ static void teardown(void)
     uv_run(&fz.d.loop, UV_RUN_DEFAULT);
     loop_rc = daemon_dispose(&fz.d);
     unlink(fz.file);
-    unlink(fz.bad);
     rmdir(fz.dir);
     mem_get(MEM_FETCHD, &fetchd, NULL);
     if (loop_rc != 0 || fetchd != 0) {
@@ -56,6 +58,39 @@ static void teardown(void)
                 (unsigned long long)fetchd);
         abort();
     }
+}
+
+/* Removes the kept copies of the state file (queue.json.bad-*), checking
+ * that each holds the input; returns how many there were. */
+static int take_kept(const uint8_t *data, size_t size, long n, const char *err)
+{
+    DIR *dir = opendir(fz.dir);
+    struct dirent *e;
+    int kept = 0;
+
+    if (dir == NULL)
+        abort();
+    while ((e = readdir(dir)) != NULL) {
+        char path[sizeof(fz.dir) + 256];
+        static char copy[(1 << 20) + 1];
+        size_t got;
+        FILE *f;
+
+        if (strncmp(e->d_name, "queue.json.bad-", 15) != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", fz.dir, e->d_name);
+        f = fopen(path, "rb");
+        if (f == NULL)
+            abort();
+        got = fread(copy, 1, sizeof(copy), f);
+        fclose(f);
+        if (got != size || memcmp(copy, data, size) != 0)
+            fail("a kept state file does not hold the input", n, err);
+        unlink(path);
+        kept++;
+    }
+    closedir(dir);
+    return kept;
 }
 
 static void setup(void)
@@ -70,7 +105,6 @@ static void setup(void)
     if (mkdtemp(fz.dir) == NULL)
         abort();
     snprintf(fz.file, sizeof(fz.file), "%s/queue.json", fz.dir);
-    snprintf(fz.bad, sizeof(fz.bad), "%s/queue.json.bad", fz.dir);
     daemon_config_init(&cfg);
     cfg.retain_jobs = 0;
     cfg.log_level = LOG_LEVEL_ERROR;
@@ -136,15 +170,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (n >= 0) {
         if ((long)fz.d.sched.nqueued != n)
             fail("the result is not the number of jobs queued", n, err);
-        if (access(fz.bad, F_OK) == 0)
-            fail("a file that loaded was kept as .bad", n, err);
+        if (take_kept(data, size, n, err) > 1)
+            fail("a file that loaded was kept more than once", n, err);
+        if (access(fz.file, F_OK) != 0)
+            fail("a file that loaded is gone", n, err);
         check_saved(n);
-    } else if (access(fz.bad, F_OK) != 0) {
-        fail("a refused file was not kept as queue.json.bad", n, err);
+    } else {
+        if (take_kept(data, size, n, err) != 1)
+            fail("a refused file was not kept as queue.json.bad-*", n, err);
+        if (access(fz.file, F_OK) == 0)
+            fail("a refused file was kept and left in place", n, err);
     }
     drop_jobs();
     unlink(fz.file);
-    unlink(fz.bad);
     mem_get(MEM_FETCHD, &after[0], NULL);
     mem_get(MEM_JANSSON, &after[1], NULL);
     if (fz.d.stats.objects[STATS_OBJ_JOB] != 0 || fz.d.stats.objects[STATS_OBJ_CONN] != 0 ||
