@@ -10,9 +10,9 @@
  * TLS context, job or running job, whatever the bytes were.
  *
  * Input layout (README.md): byte 0 selects job options; in byte 1, bit 7
- * makes the URL https (the answer then meets the TLS handshake) and bits 0-6
- * are an allocation-failure point (0: none; n: the n-th fetchd allocation
- * after the job was submitted fails); the rest is the server's answer.
+ * makes the URL https (the answer then meets the TLS handshake), bit 6 makes
+ * the job decode content codings, and bits 0-5 are an allocation-failure point (0: none; n: the
+ * n-th fetchd allocation after the job was submitted fails); the rest is the server's answer.
  */
 #include <signal.h>
 #include <stdint.h>
@@ -37,7 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Bits of byte 1. */
 #define OPT_HTTPS     0x80
-#define OPT_FAIL_MASK 0x7f
+#define OPT_DECODE    0x40 /* the job decodes content codings (gzip, deflate, br, zstd) */
+#define OPT_FAIL_MASK 0x3f
 
 /* How long the engine may take to give everything back after a job. */
 #define SETTLE_LIMIT_MS 5000
@@ -259,8 +260,10 @@ static void set_output(job_spec_t *spec, unsigned mode)
     }
 }
 
-static void make_spec(job_spec_t *spec, uint8_t opts, int https)
+static void make_spec(job_spec_t *spec, uint8_t opts, uint8_t opts2)
 {
+    int https = !!(opts2 & OPT_HTTPS);
+
     job_spec_init(spec);
     spec->url = mem_strdup(https ? fz.https_url : fz.url);
     if (opts & OPT_HEAD)
@@ -273,6 +276,7 @@ static void make_spec(job_spec_t *spec, uint8_t opts, int https)
         spec->expected_sha256 = mem_strdup(empty_sha256);
     spec->max_redirects = (opts & OPT_NO_REDIRECTS) ? 0 : 3;
     spec->retries = (opts & OPT_RETRY) ? 1 : 0;
+    spec->decode = (opts2 & OPT_DECODE) ? 1 : -1;
     /* A server that answers and closes ends every exchange at once; this
      * only bounds redirects to hosts that need a DNS answer. */
     spec->total_timeout_ms = 1000;
@@ -347,7 +351,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz.answer = data + 2;
     fz.answer_len = size - 2;
     fz.finished = 0;
-    make_spec(&spec, data[0], data[1] & OPT_HTTPS);
+    make_spec(&spec, data[0], data[1]);
     if (sched_submit(&fz.d.sched, &spec, &j, err, sizeof(err)) != 0) {
         fprintf(stderr, "fuzz_response: submit: %s\n", err);
         abort();
