@@ -611,9 +611,11 @@ static void read_ended(conn_t *c, ssize_t n)
         return;
     }
     if (c->state == CONN_CONNECTING) {
+        /* ENOBUFS: on_alloc found no read buffer, an allocation failed. */
+        int err = n == UV_ENOBUFS ? ERR_NO_MEMORY : ERR_TLS_HANDSHAKE;
         snprintf(msg, sizeof(msg), "TLS handshake with %s: %s", c->origin->host,
                  n == UV_EOF ? "the server closed the connection" : uv_strerror((int)n));
-        setup_failed(c, ERR_TLS_HANDSHAKE, msg);
+        setup_failed(c, err, msg);
         return;
     }
     if (c->job == NULL) {
