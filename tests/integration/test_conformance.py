@@ -377,8 +377,11 @@ case("location_trailer_only", b"HTTP/1.1 302 Found\r\nTransfer-Encoding: chunked
 case("location_to_itself", b"HTTP/1.1 302 Found\r\nLocation: /c/location_to_itself\r\n"
      b"Content-Length: 0\r\n\r\n", state="failed", code="too_many_redirects",
      msg="more than 3 redirects", max_redirects=3, redirects=3)
+# "Connection: close": the retry must not race the server's close of a
+# pooled connection (a resend on a stale one would count as an attempt).
 case("retry_after_in_100_not_applied", b"HTTP/1.1 100 Continue\r\nRetry-After: 3600\r\n\r\n"
-     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy", status=503,
+     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\n"
+     b"busy", status=503,
      body=b"busy", retries=1, deadline_ms=20000, attempts=2)
 
 # ---- strictness that must hold (smuggling-shaped and broken responses) -------
