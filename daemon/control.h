@@ -40,7 +40,8 @@ typedef struct control {
     char *path;           /* owned: the socket path */
     unsigned max_clients; /* read-only: the daemon's max_clients */
     size_t max_line;      /* public: 1 MiB */
-    size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB */
+    size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB;
+                           * a client's batch answers are held to the value at its accept */
     unsigned nclients;    /* read-only */
     /* private */
     uv_pipe_t server;
