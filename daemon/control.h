@@ -1,20 +1,24 @@
-/* control — the JSON-RPC 2.0 control socket (proto/PROTOCOL.md).
- *
- * A Unix stream socket; one JSON text per line each way. Clients submit and
- * follow jobs; jobs never belong to the connection that submitted them, so
- * a client that goes away frees only its own waits and subscriptions.
+/* control — the control socket's server (proto/PROTOCOL.md): a Unix stream
+ * socket, one JSON text per line each way. It accepts clients, splits their
+ * bytes into lines, hands each line to the JSON-RPC framing (rpc.h), whose
+ * calls run the methods (methods.h), and writes what they answer. Clients
+ * submit and follow jobs; jobs never belong to the connection that
+ * submitted them, so a client that goes away frees only its own waits and
+ * subscriptions. Modules call down only: control -> methods -> rpc; the
+ * framing and the methods reach a client through the rpc_peer_ops_t hooks
+ * the server registers.
  *
  * Ownership: the control server owns its clients; a client owns its read
- * buffer, its waits, its subscriptions and its queued writes. A wait holds
- * a reference to the job it waits on and is listed (borrowed) on that job's
- * `watchers`. Every client handler runs inside a reference to the client,
- * so a disconnect inside it only marks the client.
+ * buffer, its queued writes and its methods session (its waits and
+ * subscriptions). Every client handler runs inside a reference to the
+ * client, so a disconnect inside it only marks the client (peer.closing).
  *
  * Walks: every walk over clients, a client's subscriptions or waits, a
  * job's waits or a batch's members either holds a reference on the element
  * it stands on or relies on the element being unlinked before anything is
  * sent; a client leaves the client list, and frees its subscriptions, only
- * when its last reference goes. Each walk in control.c says which.
+ * when its last reference goes. Each walk (control.c, methods.c, rpc.c)
+ * says which.
  *
  * Per client at most 10,000 open waits and 64 subscriptions (and 1 MiB of
  * ids held for each); a `submit` takes at most 10,000 specs within the
@@ -27,6 +31,7 @@
 #include <uv.h>
 
 #include "daemon.h"
+#include "methods.h"
 
 typedef struct ctl_client ctl_client_t;
 
@@ -35,14 +40,15 @@ typedef struct control {
     char *path;           /* owned: the socket path */
     unsigned max_clients; /* read-only: the daemon's max_clients */
     size_t max_line;      /* public: 1 MiB */
-    size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB */
+    size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB;
+                           * a client's batch answers are held to the value at its accept */
     unsigned nclients;    /* read-only */
     /* private */
     uv_pipe_t server;
     uv_pipe_t reject; /* accepts and closes a connection when a client cannot be allocated */
     int listening, closing, rejecting, reject_waiting;
     ctl_client_t *clients; /* owned */
-    uint64_t next_sub;
+    methods_t methods;     /* what the clients' method sessions share */
 } control_t;
 
 /* Binds and listens on path (mode 0660 under systemd, else 0600), replacing

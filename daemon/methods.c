@@ -1,0 +1,591 @@
+/* methods — the control protocol's methods; see methods.h and proto/PROTOCOL.md §5. */
+#include "methods.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "jobspec.h"
+#include "mem.h"
+
+#define PROTOCOL_VERSION 1
+/* Jobs per submit call: with the shortest specs about 50,000 would fit in
+ * a 1 MiB line, so the line limit alone would not bound the work one call
+ * does in one loop turn; 10,000 is always reachable within the line for
+ * specs of up to about 100 bytes. */
+#define MAX_SUBMIT 10000
+#define MAX_LIST   1000
+/* Per client: an open wait costs about 250 bytes and a timer, a
+ * subscription is walked on every job event. */
+#define MAX_WAITS_PER_CLIENT 10000
+#define MAX_SUBS_PER_CLIENT  64
+/* Per client, the request ids its open waits keep, and the job id lists
+ * its subscriptions keep, each at most this many bytes (as JSON): without
+ * it, 10,000 waits with 1 MiB ids would hold 10 GiB. */
+#define MAX_HELD_BYTES (1024 * 1024)
+
+/* An open `wait`: answered when its job finishes, its timeout passes or
+ * its client goes. */
+struct methods_wait {
+    methods_session_t *s;          /* borrowed: the wait holds a reference on its owner */
+    job_t *job;                    /* owned reference */
+    rpc_defer_t answer;            /* the request id and batch slot it answers */
+    size_t id_bytes;               /* the id's size as JSON, counted in s->wait_bytes */
+    uv_timer_t timer;              /* the wait's own timeout; memory freed in its close callback */
+    methods_wait_t *cprev, *cnext; /* the session's waits */
+    methods_wait_t *jprev, *jnext; /* the job's watchers */
+};
+
+/* One subscription; the session owns it. */
+struct methods_sub {
+    uint64_t id;
+    unsigned events;  /* bit per sched_event_t */
+    json_t *ids;      /* owned: job ids to follow, or NULL for all */
+    size_t ids_bytes; /* its size as JSON, counted in s->sub_bytes */
+    methods_sub_t *next;
+};
+
+static methods_session_t *sess(const rpc_call_t *call)
+{
+    return call->peer->data;
+}
+
+/* ---- waits ---------------------------------------------------------------------- */
+
+static void on_wait_closed(uv_handle_t *h)
+{
+    methods_wait_t *w = h->data;
+    rpc_peer_t *peer = w->s->peer;
+
+    stats_obj_destroyed(w->s->stats, STATS_OBJ_CTL_WAIT);
+    mem_free(w);
+    peer->ops->decref(peer); /* the wait's; may free the session */
+}
+
+/* Unlinks and releases a wait; {key: value} (value stolen, NULL: none) is
+ * its answer, sent alone or as its batch's slot. The wait is off both
+ * lists before anything is sent, so a send that closes the client (which
+ * ends the client's other waits) cannot reach it again; its memory, and its
+ * reference on the client, go only when its timer has closed. */
+static void wait_end(methods_wait_t *w, const char *key, json_t *value)
+{
+    methods_session_t *s = w->s;
+    job_t *j = w->job;
+
+    assert(s->nwaits > 0 && s->wait_bytes >= w->id_bytes);
+    s->nwaits--;
+    s->wait_bytes -= w->id_bytes;
+    if (w->cprev)
+        w->cprev->cnext = w->cnext;
+    else
+        s->waits = w->cnext;
+    if (w->cnext)
+        w->cnext->cprev = w->cprev;
+    if (w->jprev)
+        w->jprev->jnext = w->jnext;
+    else
+        j->watchers = w->jnext;
+    if (w->jnext)
+        w->jnext->jprev = w->jprev;
+    rpc_defer_end(&w->answer, key, value);
+    uv_close((uv_handle_t *)&w->timer, on_wait_closed);
+    job_decref(j);
+}
+
+/* Runs inside the wait's own reference on its client (dropped only when
+ * the timer has closed), so a send that drops the client only marks it. */
+static void on_wait_timeout(uv_timer_t *t)
+{
+    methods_wait_t *w = t->data;
+    json_t *err =
+        json_pack("{s:i, s:s, s:{s:s}}", "code", RPC_SERVER_ERROR, "message",
+                  "the wait timed out before the job finished", "data", "code", "timeout");
+    wait_end(w, "error", err);
+}
+
+/* Registers an open wait for call on j; the checks are done. */
+static int wait_create(rpc_call_t *call, job_t *j, json_t *tv, size_t id_bytes)
+{
+    methods_session_t *s = sess(call);
+    methods_wait_t *w = mem_calloc(1, sizeof(*w));
+
+    if (w == NULL)
+        return -1;
+    stats_obj_created(s->stats, STATS_OBJ_CTL_WAIT);
+    s->peer->ops->incref(s->peer); /* the wait's, dropped when its timer has closed */
+    w->s = s;
+    w->job = j;
+    job_incref(j);
+    rpc_defer(call, &w->answer); /* holds the id, and a reference on the batch */
+    w->id_bytes = id_bytes;
+    s->nwaits++;
+    s->wait_bytes += id_bytes;
+    uv_timer_init(&s->m->d->loop, &w->timer);
+    w->timer.data = w;
+    if (tv != NULL)
+        uv_timer_start(&w->timer, on_wait_timeout, (uint64_t)(json_number_value(tv) * 1000), 0);
+    w->cnext = s->waits;
+    if (s->waits)
+        s->waits->cprev = w;
+    s->waits = w;
+    w->jnext = j->watchers;
+    if (w->jnext)
+        w->jnext->jprev = w;
+    j->watchers = w;
+    return 0;
+}
+
+void methods_job_finished(job_t *j)
+{
+    /* The walk over the job's waits: wait_end() unlinks the head before it
+     * sends, and a send that closes its client ends (and unlinks) that
+     * client's other waits too, so re-reading the head is always safe. The
+     * caller holds a reference on j for the whole walk. */
+    while (j->watchers) {
+        methods_wait_t *w = j->watchers;
+        wait_end(w, "result", jobspec_encode_job(j));
+    }
+}
+
+/* ---- subscriptions -------------------------------------------------------------- */
+
+/* Frees a subscription already unlinked from s->subs. */
+static void sub_free(methods_session_t *s, methods_sub_t *sub)
+{
+    assert(s->nsubs > 0 && s->sub_bytes >= sub->ids_bytes);
+    s->nsubs--;
+    s->sub_bytes -= sub->ids_bytes;
+    json_decref(sub->ids);
+    mem_free(sub);
+    stats_obj_destroyed(s->stats, STATS_OBJ_CTL_SUB);
+}
+
+static int sub_wants(const methods_sub_t *sub, const job_t *j, sched_event_t ev)
+{
+    size_t i;
+    json_t *v;
+
+    if (!(sub->events & (1u << ev)))
+        return 0;
+    if (sub->ids == NULL)
+        return 1;
+    json_array_foreach(sub->ids, i, v) if (strcmp(json_string_value(v), j->id) == 0) return 1;
+    return 0;
+}
+
+void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, json_t **job)
+{
+    rpc_peer_t *peer = s->peer;
+
+    /* The walk over the subscriptions: a send may close the client (a slow
+     * reader), which stops the walk but frees no subscription (they go
+     * only in methods_session_dispose(), with the client's last reference,
+     * and the caller holds one). */
+    for (methods_sub_t *sub = s->subs; sub && !peer->closing; sub = sub->next) {
+        if (!sub_wants(sub, j, ev))
+            continue;
+        if (*job == NULL && (*job = jobspec_encode_job(j)) == NULL) {
+            peer->ops->drop(peer, "out of memory for an event");
+            return;
+        }
+        peer->ops->send(peer, json_pack("{s:s, s:s, s:{s:I, s:s, s:O}}", "jsonrpc", "2.0", "method",
+                                        "event", "params", "subscription", (json_int_t)sub->id,
+                                        "event", sched_event_name(ev), "job", *job));
+    }
+}
+
+/* ---- sessions ------------------------------------------------------------------- */
+
+void methods_init(methods_t *m, daemon_t *d, const unsigned *nclients)
+{
+    memset(m, 0, sizeof(*m));
+    m->d = d;
+    m->nclients = nclients;
+}
+
+void methods_session_close(methods_session_t *s)
+{
+    /* Each wait_end() unlinks the head, so this walk never meets a wait
+     * twice. The subscriptions stay: an event fan-out may be walking them
+     * right now (this close may come from one of its sends), and a closing
+     * client gets no events anyway. */
+    while (s->waits)
+        wait_end(s->waits, NULL, NULL);
+}
+
+void methods_session_dispose(methods_session_t *s)
+{
+    while (s->subs) {
+        methods_sub_t *sub = s->subs;
+        s->subs = sub->next;
+        sub_free(s, sub);
+    }
+}
+
+int methods_session_idle(const methods_session_t *s)
+{
+    return s->waits == NULL && s->subs == NULL;
+}
+
+/* ---- params --------------------------------------------------------------------- */
+
+static int param_id(rpc_call_t *call, job_t **out)
+{
+    json_t *v = json_object_get(call->params, "id");
+
+    if (!json_is_string(v)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.id: a job id string is required");
+        return -1;
+    }
+    *out = sched_find(&sess(call)->m->d->sched, json_string_value(v));
+    if (*out == NULL) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no job with id \"%.40s\"",
+                       json_string_value(v));
+        return -1;
+    }
+    return 0;
+}
+
+/* An optional positive integer param within [1, max]; def when absent. */
+static int param_uint(rpc_call_t *call, const char *key, long long def, long long max,
+                      long long *out)
+{
+    json_t *v = json_object_get(call->params, key);
+
+    if (v == NULL) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.%s: must be an integer from 1 to %lld", key, max);
+        return -1;
+    }
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* ---- methods -------------------------------------------------------------------- */
+
+static json_t *m_version(rpc_call_t *call)
+{
+    (void)call;
+    return json_pack("{s:s, s:i}", "version", FETCHD_VERSION, "protocol", PROTOCOL_VERSION);
+}
+
+/* "timeouts.connect: must be ..." -> field "timeouts.connect". */
+static json_t *spec_error_data(long index, const char *msg)
+{
+    const char *colon = strstr(msg, ": ");
+    json_t *d = json_pack("{s:I, s:s}", "index", (json_int_t)index, "message", msg);
+    if (d && colon)
+        json_object_set_new(d, "field", json_stringn(msg, (size_t)(colon - msg)));
+    return d;
+}
+
+static json_t *submit_result(job_t **jobs, size_t n)
+{
+    json_t *ids = json_array();
+    for (size_t i = 0; ids && i < n; i++)
+        json_array_append_new(ids, json_string(jobs[i]->id));
+    return ids ? json_pack("{s:o}", "ids", ids) : NULL;
+}
+
+static json_t *m_submit(rpc_call_t *call)
+{
+    sched_t *s = &sess(call)->m->d->sched;
+    json_t *arr = json_object_get(call->params, "jobs"), *result = NULL;
+    size_t n = json_array_size(arr), decoded = 0;
+    job_spec_t *specs;
+    job_t **jobs;
+    char err[256];
+    long bad = -1;
+    int rc = 0;
+
+    if (!json_is_array(arr) || n == 0 || n > MAX_SUBMIT) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.jobs: an array of 1 to %d job objects is required", MAX_SUBMIT);
+        return NULL;
+    }
+    specs = mem_calloc(n, sizeof(*specs));
+    jobs = mem_calloc(n, sizeof(*jobs));
+    if (specs == NULL || jobs == NULL) {
+        rc = ERR_NO_MEMORY;
+        snprintf(err, sizeof(err), "%s", err_str(rc));
+    }
+    for (; rc == 0 && decoded < n; decoded++) {
+        rc = jobspec_decode(json_array_get(arr, decoded), &specs[decoded], err, sizeof(err));
+        if (rc != 0)
+            bad = rc == ERR_NO_MEMORY ? -1 : (long)decoded;
+    }
+    if (rc != 0) {
+        /* Decoding failed at `decoded - 1`, which disposed its own spec. */
+        for (size_t i = 0; i + 1 < decoded; i++)
+            job_spec_dispose(&specs[i]);
+    } else {
+        rc = sched_submit_many(s, specs, n, jobs, &bad, err, sizeof(err));
+        if (rc == 0)
+            result = submit_result(jobs, n);
+    }
+    mem_free(specs);
+    if (rc == ERR_INVALID_REQUEST && bad >= 0)
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_request", spec_error_data(bad, err),
+                       "job %ld: %s", bad, err);
+    else if (rc != 0)
+        rpc_call_error(call, RPC_SERVER_ERROR, err_name(rc), NULL, "%s", err);
+    mem_free(jobs);
+    return result;
+}
+
+static json_t *m_status(rpc_call_t *call)
+{
+    job_t *j;
+    return param_id(call, &j) == 0 ? jobspec_encode_job(j) : NULL;
+}
+
+static json_t *m_cancel(rpc_call_t *call)
+{
+    json_t *result;
+    job_t *j;
+
+    if (param_id(call, &j) != 0)
+        return NULL;
+    /* The cancelled job finishes inside sched_cancel(), and retention may
+     * forget it there (--retain-jobs 0, --retain-seconds 0): hold it until
+     * its answer is encoded. */
+    job_incref(j);
+    sched_cancel(&sess(call)->m->d->sched, j); /* a finished job stays as it is */
+    result = jobspec_encode_job(j);
+    job_decref(j);
+    return result;
+}
+
+/* Whether the session may hold one more wait whose id takes id_bytes. */
+static int wait_allowed(rpc_call_t *call, size_t id_bytes)
+{
+    const methods_session_t *s = sess(call);
+
+    if (s->nwaits >= MAX_WAITS_PER_CLIENT) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "too_many_waits", NULL,
+                       "this client already has %d open waits", MAX_WAITS_PER_CLIENT);
+        return 0;
+    }
+    if (s->wait_bytes + id_bytes > MAX_HELD_BYTES) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "too_many_waits", NULL,
+                       "the request ids of this client's open waits would pass %d bytes",
+                       MAX_HELD_BYTES);
+        return 0;
+    }
+    return 1;
+}
+
+static json_t *m_wait(rpc_call_t *call)
+{
+    json_t *tv = json_object_get(call->params, "timeout");
+    size_t id_bytes;
+    job_t *j;
+
+    if (param_id(call, &j) != 0)
+        return NULL;
+    if (tv != NULL && (!json_is_number(tv) || json_number_value(tv) <= 0 ||
+                       json_number_value(tv) > 365 * 86400.0)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.timeout: must be a positive number of seconds");
+        return NULL;
+    }
+    if (job_is_finished(j) || call->id == NULL)
+        return jobspec_encode_job(j); /* a notification gets no answer anyway */
+    id_bytes = json_dumpb(call->id, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (!wait_allowed(call, id_bytes))
+        return NULL;
+    if (wait_create(call, j, tv, id_bytes) != 0)
+        rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+    return NULL;
+}
+
+static json_t *m_list(rpc_call_t *call)
+{
+    sched_t *s = &sess(call)->m->d->sched;
+    json_t *sv = json_object_get(call->params, "state");
+    json_t *av = json_object_get(call->params, "after");
+    json_t *jobs, *next = json_null();
+    job_state_t want = JOB_QUEUED;
+    long long limit;
+    job_t *j = NULL;
+
+    if (sv != NULL && (!json_is_string(sv) || job_state_from_name(json_string_value(sv), &want))) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.state: one of queued, running, done, failed, cancelled");
+        return NULL;
+    }
+    if (param_uint(call, "limit", 100, MAX_LIST, &limit) != 0)
+        return NULL;
+    if (av != NULL) {
+        if (!json_is_string(av)) {
+            rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                           "params.after: a job id string (the \"next\" of the previous page)");
+            return NULL;
+        }
+        j = sched_find(s, json_string_value(av));
+        if (j == NULL) {
+            rpc_call_error(call, RPC_SERVER_ERROR, "cursor_expired", NULL,
+                           "job %.40s is no longer retained: list again from the start",
+                           json_string_value(av));
+            return NULL;
+        }
+    }
+    jobs = json_array();
+    while (jobs && (j = sched_next(s, j)) != NULL) {
+        if (sv != NULL && j->state != want)
+            continue;
+        json_array_append_new(jobs, jobspec_encode_job(j));
+        if ((long long)json_array_size(jobs) == limit) {
+            if (sched_next(s, j) != NULL)
+                next = json_string(j->id);
+            break;
+        }
+    }
+    return jobs ? json_pack("{s:o, s:o}", "jobs", jobs, "next", next) : NULL;
+}
+
+static json_t *m_stats(rpc_call_t *call)
+{
+    const methods_t *m = sess(call)->m;
+    json_t *o = daemon_stats_json(m->d);
+    if (o)
+        json_object_set_new(o, "control_clients", json_integer(*m->nclients));
+    return o;
+}
+
+/* params.events as a bit mask; all events when absent, 0 when invalid. */
+static unsigned sub_events(rpc_call_t *call)
+{
+    json_t *ev = json_object_get(call->params, "events"), *v;
+    unsigned mask = 0;
+    size_t i;
+
+    if (ev == NULL)
+        return (1u << (SCHED_EV_FINISHED + 1)) - 1;
+    if (!json_is_array(ev) || json_array_size(ev) == 0) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.events: a non-empty array of event names");
+        return 0;
+    }
+    json_array_foreach(ev, i, v)
+    {
+        int e;
+        for (e = 0; e <= SCHED_EV_FINISHED; e++)
+            if (json_is_string(v) && strcmp(json_string_value(v), sched_event_name(e)) == 0)
+                break;
+        if (e > SCHED_EV_FINISHED) {
+            rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                           "params.events[%zu]: one of queued, started, redirected, retrying, "
+                           "finished",
+                           i);
+            return 0;
+        }
+        mask |= 1u << e;
+    }
+    return mask;
+}
+
+/* Checks params.ids and the session's limits; *ids_bytes is the list's size. */
+static int sub_allowed(rpc_call_t *call, json_t *ids, size_t *ids_bytes)
+{
+    const methods_session_t *s = sess(call);
+    json_t *v;
+    size_t i;
+
+    if (ids != NULL) {
+        int ok = json_is_array(ids);
+        json_array_foreach(ids, i, v) ok = ok && json_is_string(v);
+        if (!ok) {
+            rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                           "params.ids: an array of job id strings");
+            return 0;
+        }
+    }
+    if (s->nsubs >= MAX_SUBS_PER_CLIENT) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "too_many_subscriptions", NULL,
+                       "this client already has %d subscriptions", MAX_SUBS_PER_CLIENT);
+        return 0;
+    }
+    *ids_bytes = ids ? json_dumpb(ids, NULL, 0, JSON_COMPACT) : 0;
+    if (s->sub_bytes + *ids_bytes > MAX_HELD_BYTES) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "too_many_subscriptions", NULL,
+                       "the id lists of this client's subscriptions would pass %d bytes",
+                       MAX_HELD_BYTES);
+        return 0;
+    }
+    return 1;
+}
+
+static json_t *m_subscribe(rpc_call_t *call)
+{
+    methods_session_t *s = sess(call);
+    json_t *ids = json_object_get(call->params, "ids");
+    unsigned mask = sub_events(call);
+    methods_sub_t *sub;
+    size_t ids_bytes = 0;
+
+    if (mask == 0 || !sub_allowed(call, ids, &ids_bytes))
+        return NULL;
+    sub = mem_calloc(1, sizeof(*sub));
+    if (sub == NULL) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+        return NULL;
+    }
+    stats_obj_created(s->stats, STATS_OBJ_CTL_SUB);
+    sub->id = ++s->m->next_sub;
+    sub->events = mask;
+    sub->ids = ids ? json_incref(ids) : NULL;
+    sub->ids_bytes = ids_bytes;
+    sub->next = s->subs;
+    s->subs = sub;
+    s->nsubs++;
+    s->sub_bytes += ids_bytes;
+    return json_pack("{s:I}", "subscription", (json_int_t)sub->id);
+}
+
+static json_t *m_unsubscribe(rpc_call_t *call)
+{
+    methods_session_t *s = sess(call);
+    json_t *v = json_object_get(call->params, "subscription");
+    methods_sub_t **pp;
+
+    if (!json_is_integer(v)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.subscription: the number subscribe returned");
+        return NULL;
+    }
+    for (pp = &s->subs; *pp; pp = &(*pp)->next) {
+        if ((json_int_t)(*pp)->id == json_integer_value(v)) {
+            methods_sub_t *sub = *pp;
+            *pp = sub->next;
+            sub_free(s, sub);
+            return json_pack("{s:b}", "ok", 1);
+        }
+    }
+    rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL,
+                   "no subscription %" JSON_INTEGER_FORMAT, json_integer_value(v));
+    return NULL;
+}
+
+static const rpc_method_t methods[] = {
+    {"version", m_version}, {"submit", m_submit},       {"status", m_status},
+    {"wait", m_wait},       {"cancel", m_cancel},       {"list", m_list},
+    {"stats", m_stats},     {"subscribe", m_subscribe}, {"unsubscribe", m_unsubscribe},
+};
+
+void methods_session_init(methods_session_t *s, methods_t *m, rpc_peer_t *peer)
+{
+    memset(s, 0, sizeof(*s));
+    s->m = m;
+    s->peer = peer;
+    s->stats = &m->d->stats;
+    peer->methods = methods;
+    peer->nmethods = sizeof(methods) / sizeof(methods[0]);
+    peer->data = s;
+}

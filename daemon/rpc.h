@@ -1,0 +1,114 @@
+/* rpc — JSON-RPC 2.0 framing for the control socket (proto/PROTOCOL.md §3-§4).
+ *
+ * Turns one line into calls (a request object or a batch), checks each
+ * request object, dispatches it to a method table its peer registered, and
+ * assembles the responses: one line per request, one line per batch. No
+ * sockets: a peer is whatever its owner (the control server) says through
+ * rpc_peer_ops_t; the framing only calls down through those hooks.
+ *
+ * Ownership: a peer is embedded in its owner, which keeps it alive while
+ * any call, batch or deferred answer refers to it (every holder of a
+ * reference on a batch or a deferred answer holds one on the peer's owner).
+ * A batch is reference counted: the handler holds one while its calls run
+ * and each deferred call in it holds one; the last release sends the
+ * responses as one line and frees the batch.
+ */
+#ifndef FETCHD_RPC_H
+#define FETCHD_RPC_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#define RPC_PARSE_ERROR      -32700
+#define RPC_INVALID_REQUEST  -32600
+#define RPC_METHOD_NOT_FOUND -32601
+#define RPC_INVALID_PARAMS   -32602
+#define RPC_SERVER_ERROR     -32000
+
+typedef struct rpc_peer rpc_peer_t;
+typedef struct rpc_call rpc_call_t;
+typedef struct rpc_batch rpc_batch_t;
+
+/* A method: returns its result (a new reference), or NULL with the call's
+ * error set (rpc_call_error()), or NULL after rpc_defer(). NULL with
+ * neither is answered as out of memory. */
+typedef json_t *(*rpc_method_fn)(rpc_call_t *call);
+
+typedef struct rpc_method {
+    const char *name;
+    rpc_method_fn fn;
+} rpc_method_t;
+
+/* What the framing asks of a peer's owner. */
+typedef struct rpc_peer_ops {
+    void (*send)(rpc_peer_t *p, json_t *msg);     /* queues msg (reference taken) as one line */
+    void (*drop)(rpc_peer_t *p, const char *why); /* closes the peer; sets p->closing */
+    void (*incref)(rpc_peer_t *p);                /* a reference on the peer's owner */
+    void (*decref)(rpc_peer_t *p);
+} rpc_peer_ops_t;
+
+/* One client as the framing sees it; embedded in its owner. */
+struct rpc_peer {
+    const rpc_peer_ops_t *ops;   /* borrowed */
+    const rpc_method_t *methods; /* borrowed: the method table */
+    size_t nmethods;
+    void *data;        /* borrowed: for the methods (fetchd's: the client's session) */
+    size_t max_output; /* a batch whose answers pass this many bytes drops the peer */
+    int closing;       /* read-only here: set by the owner once the peer closes */
+};
+
+/* One call being handled; lives on the stack of rpc_handle_line(). */
+struct rpc_call {
+    rpc_peer_t *peer;   /* borrowed */
+    json_t *id;         /* borrowed; NULL for a notification */
+    json_t *params;     /* borrowed object (empty when absent) */
+    rpc_batch_t *batch; /* borrowed, or NULL */
+    size_t slot;        /* the call's place in its batch's responses */
+    json_t *error;      /* owned: set when the call failed */
+    int deferred;       /* rpc_defer() was called: answered later */
+};
+
+/* A call answered later (an open `wait`); embedded in whatever waits. */
+typedef struct rpc_defer {
+    rpc_peer_t *peer;   /* borrowed: the holder keeps a reference on its owner */
+    json_t *id;         /* owned: the request id */
+    rpc_batch_t *batch; /* owned reference, or NULL */
+    size_t slot;
+} rpc_defer_t;
+
+/* Sets up p with its owner's hooks; the method table is set by whoever
+ * serves the calls. */
+void rpc_peer_init(rpc_peer_t *p, const rpc_peer_ops_t *ops, size_t max_output);
+
+/* Handles one line (without its newline): ignores a blank one, answers a
+ * parse error, runs a request or a batch. The caller holds a reference on
+ * p's owner: a method or a send may drop the peer, which only marks it. */
+void rpc_handle_line(rpc_peer_t *p, const char *line, size_t n);
+
+/* An error object {code, message, data:{code: code_name, ...}}; data (may
+ * be NULL) is stolen. Returns a new reference, or NULL without memory. */
+json_t *rpc_error_object(int code, const char *code_name, json_t *data, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* {"jsonrpc":"2.0","id":id,key:value}; id is borrowed (NULL: null),
+ * value stolen. Returns a new reference, or NULL. */
+json_t *rpc_response(json_t *id, const char *key, json_t *value);
+
+/* Sends p a whole error response with id null (outside any call). */
+void rpc_send_error(rpc_peer_t *p, int code, const char *code_name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Sets the call's error (replacing one set before); data is stolen. */
+void rpc_call_error(rpc_call_t *call, int code, const char *code_name, json_t *data,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Defers the call's answer into d: d takes a reference on the id and on
+ * the batch. The method then returns NULL; rpc_defer_end() answers. */
+void rpc_defer(rpc_call_t *call, rpc_defer_t *d);
+
+/* Answers a deferred call with {key: value} (value stolen; NULL: no
+ * answer, e.g. the peer is closing), alone or in its batch's slot, and
+ * releases what d holds. */
+void rpc_defer_end(rpc_defer_t *d, const char *key, json_t *value);
+
+#endif
