@@ -523,7 +523,8 @@ static size_t list_page(ctl_t *c, json_t *jobs)
 {
     size_t i;
     json_t *job;
-    json_array_foreach(jobs, i, job) ctl_print_job(c, job);
+    json_array_foreach (jobs, i, job)
+        ctl_print_job(c, job);
     return json_array_size(jobs);
 }
 
@@ -618,14 +619,12 @@ static void stats_flatten(stat_table_t *t, const char *prefix, json_t *v)
     size_t i;
 
     if (json_is_object(v)) {
-        json_object_foreach(v, key, sub)
-        {
+        json_object_foreach (v, key, sub) {
             snprintf(name, sizeof(name), "%s%s%s", prefix, *prefix ? "." : "", key);
             stats_flatten(t, name, sub);
         }
     } else if (json_is_array(v)) {
-        json_array_foreach(v, i, sub)
-        {
+        json_array_foreach (v, i, sub) {
             snprintf(name, sizeof(name), "%s%s%zu", prefix, *prefix ? "." : "", i);
             stats_flatten(t, name, sub);
         }

@@ -591,8 +591,7 @@ static int batch_output(submit_t *s, batch_t *b)
 {
     size_t i;
     json_t *id;
-    json_array_foreach(b->ids, i, id)
-    {
+    json_array_foreach (b->ids, i, id) {
         const char *text = json_string_value(id);
         if (text == NULL)
             continue;
