@@ -211,8 +211,7 @@ static int set_json_nets(daemon_config_t *cfg, const option_def_t *o, json_t *v,
         snprintf(why, len, "\"%s\" must be an array of networks (strings)", o->key);
         return -1;
     }
-    json_array_foreach(v, i, e)
-    {
+    json_array_foreach (v, i, e) {
         if (!json_is_string(e) || strlen(json_string_value(e)) != json_string_length(e)) {
             snprintf(why, len, "\"%s\"[%zu] must be a string", o->key, i);
             return -1;
@@ -224,8 +223,7 @@ static int set_json_nets(daemon_config_t *cfg, const option_def_t *o, json_t *v,
         snprintf(why, len, "%s: out of memory", o->key);
         return -1;
     }
-    json_array_foreach(v, i, e)
-    {
+    json_array_foreach (v, i, e) {
         memcpy(text + at, json_string_value(e), json_string_length(e));
         at += json_string_length(e);
         text[at++] = ',';
@@ -323,8 +321,7 @@ int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t e
         snprintf(err, errlen, "%s:1: the configuration must be a JSON object", path);
         rc = -1;
     } else {
-        json_object_foreach(root, key, v)
-        {
+        json_object_foreach (root, key, v) {
             if (set_json(cfg, key, v, why, sizeof(why)) != 0) {
                 snprintf(err, errlen, "%s:%d: %s", path, key_line(text, key), why);
                 rc = -1;

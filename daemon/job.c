@@ -294,13 +294,11 @@ static size_t json_cost(json_t *v, int depth)
     if (json_is_string(v)) {
         n += json_string_length(v) + 1;
     } else if (json_is_array(v)) {
-        json_array_foreach(v, i, e)
-        {
+        json_array_foreach (v, i, e) {
             n += 8 + json_cost(e, depth + 1);
         }
     } else if (json_is_object(v)) {
-        json_object_foreach(v, k, e)
-        {
+        json_object_foreach (v, k, e) {
             n += strlen(k) + 1 + 32 + json_cost(e, depth + 1);
         }
     }

@@ -170,7 +170,9 @@ static int sub_wants(const methods_sub_t *sub, const job_t *j, sched_event_t ev)
         return 0;
     if (sub->ids == NULL)
         return 1;
-    json_array_foreach(sub->ids, i, v) if (strcmp(json_string_value(v), j->id) == 0) return 1;
+    json_array_foreach (sub->ids, i, v)
+        if (strcmp(json_string_value(v), j->id) == 0)
+            return 1;
     return 0;
 }
 
@@ -473,8 +475,7 @@ static unsigned sub_events(rpc_call_t *call)
                        "params.events: a non-empty array of event names");
         return 0;
     }
-    json_array_foreach(ev, i, v)
-    {
+    json_array_foreach (ev, i, v) {
         int e;
         for (e = 0; e <= SCHED_EV_FINISHED; e++)
             if (json_is_string(v) && strcmp(json_string_value(v), sched_event_name(e)) == 0)
@@ -500,7 +501,8 @@ static int sub_allowed(rpc_call_t *call, json_t *ids, size_t *ids_bytes)
 
     if (ids != NULL) {
         int ok = json_is_array(ids);
-        json_array_foreach(ids, i, v) ok = ok && json_is_string(v);
+        json_array_foreach (ids, i, v)
+            ok = ok && json_is_string(v);
         if (!ok) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                            "params.ids: an array of job id strings");

@@ -263,8 +263,7 @@ static void handle_batch(rpc_peer_t *p, json_t *arr)
     /* The walk over the batch's members: arr is the caller's, b is held by
      * our reference (a deferred call answered, or dropped by a close,
      * meanwhile only drops its own), and p's owner by the caller's. */
-    json_array_foreach(arr, i, req)
-    {
+    json_array_foreach (arr, i, req) {
         size_t slot = json_array_size(b->responses);
         json_t *resp;
         int deferred;

@@ -128,8 +128,7 @@ static long restore(sched_t *s, json_t *jobs, const char *path, size_t *skipped)
     long restored = 0;
 
     *skipped = 0;
-    json_array_foreach(jobs, i, entry)
-    {
+    json_array_foreach (jobs, i, entry) {
         const char *id = json_string_value(json_object_get(entry, "id"));
         job_spec_t spec;
         char why[256];

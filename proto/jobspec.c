@@ -190,8 +190,7 @@ static int dec_timeouts(decoder_t *d, const field_t *f, json_t *v)
     char field[64], name[32];
     if (!json_is_object(v))
         return bad(d, f->name, "must be an object");
-    json_object_keylen_foreach(v, key, klen, sub)
-    {
+    json_object_keylen_foreach (v, key, klen, sub) {
         size_t i = 0;
         while (i < ntimeouts && !(strlen(names[i]) == klen && memcmp(names[i], key, klen) == 0))
             i++;
@@ -294,8 +293,7 @@ static int headers_object(decoder_t *d, json_t *v)
     int rc = alloc_headers(d, json_object_size(v));
     if (rc != 0)
         return rc;
-    json_object_keylen_foreach(v, key, klen, val)
-    {
+    json_object_keylen_foreach (v, key, klen, val) {
         if (!json_is_string(val))
             return bad(d, "headers", "value of \"%s\" must be a string",
                        printable(shown, sizeof(shown), key, klen));
@@ -340,8 +338,7 @@ static int dec_headers(decoder_t *d, const field_t *f, json_t *v)
     rc = alloc_headers(d, json_array_size(v));
     if (rc != 0)
         return rc;
-    json_array_foreach(v, i, item)
-    {
+    json_array_foreach (v, i, item) {
         rc = header_item(d, i, item);
         if (rc != 0)
             return rc;
@@ -513,8 +510,7 @@ static int decode_fields(decoder_t *d, const json_t *obj)
     rc = check_conflicts(d, obj);
     if (rc != 0)
         return rc;
-    json_object_keylen_foreach(o, key, klen, v)
-    {
+    json_object_keylen_foreach (o, key, klen, v) {
         const field_t *f = find_field(key, klen);
         if (f == NULL)
             return bad(d, printable(shown, sizeof(shown), key, klen), "unknown field");

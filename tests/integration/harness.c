@@ -417,8 +417,7 @@ static int cmd_control_send(harness_t *h, peer_t *p, json_t *lines)
         free(out);
         return 0; /* never connected: control_read says so */
     }
-    json_array_foreach(lines, i, v)
-    {
+    json_array_foreach (lines, i, v) {
         char *text = json_is_string(v) ? NULL : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         const char *t = text ? text : json_string_value(v);
         size_t n = t ? strlen(t) : 0;
