@@ -193,27 +193,6 @@ int job_cancel(job_t *j, int err);
  * conn is a new reference; reused says whether it served a request before. */
 void job_on_conn(job_t *j, conn_t *c, int reused);
 
-/* The connection's reports to its attached job (called by conn.c only). The
- * int-returning ones return 0 or an error that makes the connection fail the
- * response; none of them closes the connection itself. */
-void job_on_connected(job_t *j, int status, const char *msg);
-void job_on_request_sent(job_t *j);
-void job_on_read(job_t *j);
-int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen);
-/* content_length is -1 when the response has none; transfer_codings is the
- * response's Transfer-Encoding (checked by the connection: decodable codings,
- * chunked last if at all), or NULL. */
-int job_on_headers_complete(job_t *j, int status, int64_t content_length,
-                            const char *transfer_codings);
-int job_on_body(job_t *j, buf_t *b, const char *at, size_t len);
-/* The final response is complete; the connection is already detached (and
- * back in the pool or closing). */
-void job_on_response_complete(job_t *j);
-/* The exchange failed; the connection is already detached and closing.
- * reused: the connection had served a request before; resp_bytes: response
- * bytes received before the failure. */
-void job_on_conn_error(job_t *j, int err, const char *msg, int reused, uint64_t resp_bytes);
-
 const char *job_state_name(job_state_t s);
 int job_state_from_name(const char *name, job_state_t *out);
 int job_is_finished(const job_t *j);

@@ -14,6 +14,16 @@
 
 static void on_kick(uv_idle_t *h);
 static void on_sweep(uv_timer_t *t);
+static void on_conn_active(conn_t *c);
+static void on_conn_reusable(conn_t *c);
+static void on_conn_closing(conn_t *c);
+
+/* How a connection of ours tells us what becomes of it. */
+static const conn_pool_hooks_t conn_hooks = {
+    .on_active = on_conn_active,
+    .on_reusable = on_conn_reusable,
+    .on_closing = on_conn_closing,
+};
 
 static void on_handle_close(uv_handle_t *h)
 {
@@ -105,6 +115,18 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
     o->acl_gen = p->acl_gen;
     if (tls)
         tls_config_incref(tls);
+    o->env = (conn_env_t){
+        .loop = p->loop,
+        .stats = p->stats,
+        .bufs = p->bufs,
+        .host = o->host,
+        .port = o->port,
+        .host_is_ip = o->host_is_ip,
+        .tls_key = o->key,
+        .tls_config = o->tls_config,
+        .hooks = &conn_hooks,
+        .hook_data = o,
+    };
     o->hnext = p->buckets[k];
     p->buckets[k] = o;
     p->norigins++;
@@ -188,20 +210,27 @@ static conn_t *idle_pop(pool_t *p, origin_t *o)
 {
     conn_t *c = o->idle;
     idle_unlink(o, c);
-    c->state = CONN_ACTIVE;
+    conn_set_active(c);
     p->nidle--;
     p->nactive++;
     p->stats->conn_reuses++;
     return c;
 }
 
-void pool_conn_state(pool_t *p, conn_state_t from, conn_state_t to)
+static void conn_state(pool_t *p, conn_state_t from, conn_state_t to)
 {
     unsigned *g[] = {&p->nconnecting, &p->nactive, &p->nidle, NULL};
     if (from <= CONN_IDLE)
         (*g[from])--;
     if (to <= CONN_IDLE)
         (*g[to])++;
+}
+
+/* The connection's hook: it finished connecting. */
+static void on_conn_active(conn_t *c)
+{
+    origin_t *o = c->env->hook_data;
+    conn_state(o->pool, CONN_CONNECTING, CONN_ACTIVE);
 }
 
 /* ---- limits ---------------------------------------------------------------- */
@@ -235,7 +264,7 @@ static int make_room(pool_t *p, origin_t *o)
 
 static conn_t *open_conn(pool_t *p, origin_t *o)
 {
-    conn_t *c = conn_create(o);
+    conn_t *c = conn_create(&o->env);
     if (c == NULL)
         return NULL;
     o->nconns++;
@@ -352,12 +381,16 @@ static int peer_allowed(pool_t *p, conn_t *c)
     return netacl_check(p->acl, (struct sockaddr *)&ss, why, sizeof(why)) == 0;
 }
 
-void pool_return(conn_t *c)
+/* The connection's hook: it finished a response and may be reused; its
+ * reference is transferred to the pool. A connection opened before the
+ * destination rules last changed is closed instead when its peer's address is
+ * now forbidden: reuse skips the check made before connecting. */
+static void on_conn_reusable(conn_t *c)
 {
-    origin_t *o = c->origin;
+    origin_t *o = c->env->hook_data;
     pool_t *p = o->pool;
 
-    assert(c->state == CONN_ACTIVE && c->job == NULL);
+    assert(c->state == CONN_ACTIVE && c->user == NULL);
     if (p->closing) {
         conn_close(c, STATS_CLOSE_SHUTDOWN);
         conn_decref(c);
@@ -368,8 +401,7 @@ void pool_return(conn_t *c)
         conn_decref(c);
         return;
     }
-    c->state = CONN_IDLE;
-    c->idle_since = uv_now(p->loop);
+    conn_set_idle(c, uv_now(p->loop));
     p->nactive--;
     p->nidle++;
     c->prev = NULL;
@@ -384,22 +416,20 @@ void pool_return(conn_t *c)
     schedule_kick(p);
 }
 
-void pool_conn_closing(conn_t *c)
+/* The connection's hook: it is closing and leaves its origin, freeing its
+ * slot; waiters are woken. */
+static void on_conn_closing(conn_t *c)
 {
-    origin_t *o = c->origin;
-    pool_t *p;
+    origin_t *o = c->env->hook_data;
+    pool_t *p = o->pool;
 
-    if (o == NULL)
-        return;
-    p = o->pool;
     if (c->state == CONN_IDLE) {
         idle_unlink(o, c);
         conn_decref(c); /* the pool's reference; the caller holds another */
     }
-    pool_conn_state(p, c->state, CONN_CLOSING);
+    conn_state(p, c->state, CONN_CLOSING);
     o->nconns--;
     p->nconns--;
-    c->origin = NULL;
     schedule_kick(p);
     origin_maybe_free(o);
 }

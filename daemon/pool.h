@@ -28,6 +28,8 @@
 #include "url.h"
 
 typedef struct pool pool_t;
+typedef struct origin origin_t;
+typedef struct job job_t;
 
 struct origin {
     pool_t *pool; /* borrowed */
@@ -37,6 +39,7 @@ struct origin {
     uint16_t port;
     int host_is_ip;
     tls_config_t *tls_config; /* owned reference; NULL for http */
+    conn_env_t env;           /* what its connections borrow (they point at it) */
     unsigned nconns;          /* connections of this origin that are not closing */
     unsigned nidle;
     conn_t *idle;                  /* owned: most recently used first */
@@ -97,24 +100,11 @@ int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out);
 /* Withdraws j from its origin's wait list, if it is there. */
 void pool_cancel_wait(pool_t *p, job_t *j);
 
-/* Gives back a connection that finished a response and may be reused; the
- * caller's reference is transferred to the pool. A connection opened before
- * the destination rules last changed is closed instead when its peer's
- * address is now forbidden: reuse skips the check made before connecting. */
-void pool_return(conn_t *c);
-
-/* Called by conn_close(): the connection leaves its origin and frees its
- * slot; waiters are woken. */
-void pool_conn_closing(conn_t *c);
-
 /* Hands free slots to waiting jobs if the limits allow (after they were
  * raised). */
 void pool_kick(pool_t *p);
 
 /* Closes every idle connection now. */
 void pool_close_idle(pool_t *p, stats_close_t reason);
-
-/* Called by conn.c when an idle connection changes state. */
-void pool_conn_state(pool_t *p, conn_state_t from, conn_state_t to);
 
 #endif
