@@ -377,7 +377,7 @@ static void on_job_handle_close(uv_handle_t *h)
 
 static void job_destroy(job_t *j)
 {
-    assert(j->conn == NULL && j->origin == NULL);
+    assert(j->conn == NULL && !pool_wait_pending(&j->pool_wait));
     sink_dispose(&j->sink);
     if (j->url_shared)
         j->spec.url = NULL; /* url.href's, freed with it */
@@ -559,7 +559,9 @@ static void on_dns(dns_waiter_t *w, dns_entry_t *e)
 
 static const conn_user_ops_t conn_ops;
 
-void job_on_conn(job_t *j, conn_t *c, int reused)
+/* A connection the job asked its origin for is ready: c is a new reference
+ * (NULL: no memory), reused says whether it served a request before. */
+static void on_conn(job_t *j, conn_t *c, int reused)
 {
     dns_entry_t *e = NULL;
     int rc;
@@ -1074,6 +1076,12 @@ static void on_phase_timeout(uv_timer_t *t)
 
 /* ---- starting, cancelling, finishing ---------------------------------------- */
 
+/* The pool's callback: the connection the job waited for. */
+static void on_pool_conn(pool_wait_t *w, conn_t *c, int reused)
+{
+    on_conn(w->data, c, reused);
+}
+
 static void attempt(job_t *j)
 {
     conn_t *c = NULL;
@@ -1087,14 +1095,15 @@ static void attempt(job_t *j)
         return;
     }
     j->phase = PH_WAIT_CONN;
-    rc = pool_checkout(j->sched->pool, j, j->force_new, &c);
+    rc = pool_connect(j->sched->pool, &j->pool_wait, &j->url, j->tls_config, j->force_new,
+                      on_pool_conn, j, &c);
     j->force_new = 0;
     switch (rc) {
     case POOL_REUSED:
-        job_on_conn(j, c, 1);
+        on_conn(j, c, 1);
         break;
     case POOL_NEW:
-        job_on_conn(j, c, 0);
+        on_conn(j, c, 0);
         break;
     case POOL_WAIT:
         break;
@@ -1195,7 +1204,7 @@ static void finish(job_t *j, int err, const char *fmt, ...)
     uv_timer_stop(&j->total_timer);
     uv_timer_stop(&j->phase_timer);
     dns_cancel(&j->dns_waiter);
-    pool_cancel_wait(j->sched->pool, j);
+    pool_cancel_connect(&j->pool_wait);
     if (j->conn)
         conn_close(j->conn, close_reason(j->conn, err));
     j->error = err;

@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "dns.h"
+#include "pool.h"
 #include "sink.h"
 #include "tls.h"
 #include "url.h"
@@ -29,7 +30,6 @@
 typedef struct job job_t;
 typedef struct conn conn_t;
 typedef struct sched sched_t;
-typedef struct origin origin_t;
 
 typedef enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state_t;
 
@@ -133,8 +133,7 @@ struct job {
     job_t *rprev, *rnext;     /* the scheduler's retained list */
     job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
     job_t *hnext;             /* the scheduler's id hash chain */
-    job_t *wnext;             /* the origin's wait list */
-    origin_t *origin;         /* borrowed: the origin it waits at, or NULL */
+    pool_wait_t pool_wait;    /* its place in an origin's queue, while it waits */
     conn_t *conn;             /* owned reference while a request is in flight */
     url_t url;                /* owned: the URL being fetched now */
     tls_config_t *tls_config; /* owned reference once an https URL is involved */
@@ -188,10 +187,6 @@ void job_start(job_t *j);
  * "cancelled" with reason err (ERR_CANCELLED or ERR_SHUTDOWN); a finished job
  * is left as it is. Returns 0, or ERR_INVALID_REQUEST for a finished job. */
 int job_cancel(job_t *j, int err);
-
-/* A connection the job asked its origin for is ready (called by the pool).
- * conn is a new reference; reused says whether it served a request before. */
-void job_on_conn(job_t *j, conn_t *c, int reused);
 
 const char *job_state_name(job_state_t s);
 int job_state_from_name(const char *name, job_state_t *out);

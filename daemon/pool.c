@@ -7,7 +7,6 @@
 
 #include "err.h"
 #include "http.h"
-#include "job.h"
 #include "mem.h"
 
 #define POOL_INITIAL_BUCKETS 64
@@ -15,14 +14,12 @@
 static void on_kick(uv_idle_t *h);
 static void on_sweep(uv_timer_t *t);
 static void on_conn_active(conn_t *c);
-static void on_conn_reusable(conn_t *c);
-static void on_conn_closing(conn_t *c);
 
 /* How a connection of ours tells us what becomes of it. */
 static const conn_pool_hooks_t conn_hooks = {
     .on_active = on_conn_active,
-    .on_reusable = on_conn_reusable,
-    .on_closing = on_conn_closing,
+    .on_reusable = pool_return,
+    .on_closing = pool_detach,
 };
 
 static void on_handle_close(uv_handle_t *h)
@@ -276,13 +273,17 @@ static conn_t *open_conn(pool_t *p, origin_t *o)
 
 /* ---- checkout and return --------------------------------------------------- */
 
-int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
+int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
+                 pool_connect_cb cb, void *data, conn_t **out)
 {
+    origin_t *o;
+
     /* A job that started on https keeps its TLS configuration after an
      * allowed redirect to plain http; that origin must not get it, or its
      * connections would start a TLS handshake with a plain server. */
-    tls_config_t *tls = j->url.scheme == URL_HTTPS ? j->tls_config : NULL;
-    origin_t *o = origin_get(p, &j->url, tls);
+    if (u->scheme != URL_HTTPS)
+        tls = NULL;
+    o = origin_get(p, u, tls);
 
     if (o == NULL)
         return ERR_NO_MEMORY;
@@ -299,14 +300,17 @@ int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
         }
         return POOL_NEW;
     }
-    j->wnext = NULL;
+    assert(w->origin == NULL);
+    w->cb = cb;
+    w->data = data;
+    w->next = NULL;
     if (o->waiters_tail)
-        o->waiters_tail->wnext = j;
+        o->waiters_tail->next = w;
     else
-        o->waiters = j;
-    o->waiters_tail = j;
+        o->waiters = w;
+    o->waiters_tail = w;
     o->nwaiting++;
-    j->origin = o;
+    w->origin = o;
     if (!o->in_wait_list) {
         o->wprev = p->wait_tail;
         o->wnext = NULL;
@@ -321,36 +325,43 @@ int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
     return POOL_WAIT;
 }
 
-static job_t *waiter_pop(pool_t *p, origin_t *o)
+static pool_wait_t *waiter_pop(pool_t *p, origin_t *o)
 {
-    job_t *j = o->waiters;
-    o->waiters = j->wnext;
+    pool_wait_t *w = o->waiters;
+    o->waiters = w->next;
     if (o->waiters == NULL) {
         o->waiters_tail = NULL;
         wait_list_remove(p, o);
     }
     o->nwaiting--;
-    j->wnext = NULL;
-    j->origin = NULL;
-    return j;
+    w->next = NULL;
+    w->origin = NULL;
+    return w;
 }
 
-void pool_cancel_wait(pool_t *p, job_t *j)
+int pool_wait_pending(const pool_wait_t *w)
 {
-    origin_t *o = j->origin;
-    job_t **pp, *prev = NULL;
+    return w->origin != NULL;
+}
+
+void pool_cancel_connect(pool_wait_t *w)
+{
+    origin_t *o = w->origin;
+    pool_wait_t **pp, *prev = NULL;
+    pool_t *p;
 
     if (o == NULL)
         return;
-    for (pp = &o->waiters; *pp && *pp != j; pp = &(*pp)->wnext)
+    p = o->pool;
+    for (pp = &o->waiters; *pp && *pp != w; pp = &(*pp)->next)
         prev = *pp;
-    assert(*pp == j);
-    *pp = j->wnext;
-    if (o->waiters_tail == j)
+    assert(*pp == w);
+    *pp = w->next;
+    if (o->waiters_tail == w)
         o->waiters_tail = prev;
     o->nwaiting--;
-    j->wnext = NULL;
-    j->origin = NULL;
+    w->next = NULL;
+    w->origin = NULL;
     if (o->waiters == NULL)
         wait_list_remove(p, o);
     origin_maybe_free(o);
@@ -381,11 +392,7 @@ static int peer_allowed(pool_t *p, conn_t *c)
     return netacl_check(p->acl, (struct sockaddr *)&ss, why, sizeof(why)) == 0;
 }
 
-/* The connection's hook: it finished a response and may be reused; its
- * reference is transferred to the pool. A connection opened before the
- * destination rules last changed is closed instead when its peer's address is
- * now forbidden: reuse skips the check made before connecting. */
-static void on_conn_reusable(conn_t *c)
+void pool_return(conn_t *c)
 {
     origin_t *o = c->env->hook_data;
     pool_t *p = o->pool;
@@ -416,9 +423,7 @@ static void on_conn_reusable(conn_t *c)
     schedule_kick(p);
 }
 
-/* The connection's hook: it is closing and leaves its origin, freeing its
- * slot; waiters are woken. */
-static void on_conn_closing(conn_t *c)
+void pool_detach(conn_t *c)
 {
     origin_t *o = c->env->hook_data;
     pool_t *p = o->pool;
@@ -434,13 +439,9 @@ static void on_conn_closing(conn_t *c)
     origin_maybe_free(o);
 }
 
-/* Hands idle connections and free slots to waiting jobs, oldest origin
- * first. It runs from an idle handle rather than inside pool_return() so a
- * job never starts a request on a connection whose read callback is still on
- * the stack. */
-/* Hands waiting jobs of o their origin's idle connections and, when open is
+/* Hands the waiters of o their origin's idle connections and, when open is
  * set, new connections as far as the limits allow. Returns how many waiting
- * jobs got a connection. */
+ * callers got a connection. */
 static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
 {
     unsigned served = 0;
@@ -454,15 +455,21 @@ static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
                 break;
             c = open_conn(p, o);
         }
-        job_on_conn(waiter_pop(p, o), c, c == NULL ? ERR_NO_MEMORY : reused);
+        /* Copy the callback out of the wait before calling it: the wait is
+         * over, and its owner may reuse it from the callback. */
+        {
+            pool_wait_t *w = waiter_pop(p, o);
+            pool_connect_cb cb = w->cb;
+            cb(w, c, reused);
+        }
         served++;
     }
     return served;
 }
 
-/* One walk over the origins with waiters. Job callbacks may add or remove
+/* One walk over the origins with waiters. Callbacks may add or remove
  * waiting origins as we go; the budget keeps the walk finite whatever they
- * do, and *unfinished says it ran out. Returns how many jobs got a
+ * do, and *unfinished says it ran out. Returns how many waiters got a
  * connection. */
 static unsigned walk_waiters(pool_t *p, int open, int *unfinished)
 {
@@ -483,8 +490,8 @@ static unsigned walk_waiters(pool_t *p, int open, int *unfinished)
     return served;
 }
 
-/* Hands idle connections and free slots to waiting jobs. It runs from an
- * idle handle rather than inside pool_return() so a job never starts a
+/* Hands idle connections and free slots to waiters. It runs from an
+ * idle handle rather than inside pool_return() so a caller never starts a
  * request on a connection whose read callback is still on the stack. Each
  * origin's own idle connections go to its waiters first; only then may an
  * idle connection of one origin be closed to make room for another. */
