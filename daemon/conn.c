@@ -61,6 +61,16 @@ typedef struct parse_ctx {
     conn_why_t why; /* the user's reason for refusing the response */
 } parse_ctx_t;
 
+/* Sets the fields every parse reads; msg and why are written before they
+ * are read, so the two buffers are not cleared on every read. */
+static void ctx_init(parse_ctx_t *ctx, conn_t *c, const char *what)
+{
+    ctx->conn = c;
+    ctx->buf = NULL;
+    ctx->errmsg = NULL;
+    ctx->what = what;
+}
+
 /* Where the normaliser is in the response (see "normalising" below). */
 typedef enum rx_state {
     RX_HEAD,       /* status line and header section, line by line */
@@ -616,10 +626,11 @@ static int rx_step(parse_ctx_t *ctx, buf_t *b, const char **pp, const char *end)
 
 static void parse(conn_t *c, buf_t *b)
 {
-    parse_ctx_t ctx = {.conn = c};
+    parse_ctx_t ctx;
     const char *p = b->data, *end = b->data + b->len;
     int leftover;
 
+    ctx_init(&ctx, c, NULL);
     c->parser.data = &ctx;
     while (p < end && !c->message_done && rx_step(&ctx, b, &p, end) == 0)
         ;
@@ -675,8 +686,10 @@ static void read_ended(conn_t *c, ssize_t n)
     if (n == UV_EOF) {
         /* A response without Content-Length or chunking ends with the
          * connection: llhttp_finish() completes it, or says it is cut short. */
-        parse_ctx_t ctx = {.conn = c, .what = "response"};
+        parse_ctx_t ctx;
         llhttp_errno_t rc;
+
+        ctx_init(&ctx, c, "response");
         c->parser.data = &ctx;
         rc = llhttp_finish(&c->parser);
         c->parser.data = NULL;
