@@ -165,7 +165,7 @@ static void *detach_keep(conn_t *c, const conn_user_ops_t **ops)
         return NULL;
     c->user = NULL;
     c->ops = NULL;
-    (*ops)->on_detach(u);
+    CALL_USER(c, (*ops)->on_detach(u));
     /* Drop the user's reference to us last: it may be the one keeping us. */
     conn_decref(c);
     return u;
