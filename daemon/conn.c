@@ -24,10 +24,20 @@
  * only marks the connection and the memory goes with the last reference. */
 #define CALL_USER(c, call) \
     do {                   \
-        conn_incref(c);    \
+        (c)->refcnt++;     \
         call;              \
-        conn_decref(c);    \
+        conn_release(c);   \
     } while (0)
+
+static void conn_destroy(conn_t *c);
+
+/* conn_decref() for the hot path, inlined into every CALL_USER. */
+static inline void conn_release(conn_t *c)
+{
+    assert(c->refcnt > 0);
+    if (--c->refcnt == 0)
+        conn_destroy(c);
+}
 
 static int on_message_begin(llhttp_t *p);
 static int on_status(llhttp_t *p, const char *at, size_t len);
@@ -61,14 +71,16 @@ typedef struct parse_ctx {
     conn_why_t why; /* the user's reason for refusing the response */
 } parse_ctx_t;
 
-/* Sets the fields every parse reads; msg and why are written before they
- * are read, so the two buffers are not cleared on every read. */
+/* Sets the fields every parse reads; msg is written before it is read and
+ * why only needs its first byte cleared, so the buffers are not cleared on
+ * every read. */
 static void ctx_init(parse_ctx_t *ctx, conn_t *c, const char *what)
 {
     ctx->conn = c;
     ctx->buf = NULL;
     ctx->errmsg = NULL;
     ctx->what = what;
+    ctx->why.msg[0] = '\0';
 }
 
 /* Where the normaliser is in the response (see "normalising" below). */
@@ -805,12 +817,11 @@ static int fail_cb(llhttp_t *p, int err, const char *msg)
     return -1;
 }
 
-/* Where the user writes why it refuses the response. */
+/* Where the user writes why it refuses the response (cleared once per
+ * parse: a callback writes it only when it refuses). */
 static conn_why_t *why_of(llhttp_t *p)
 {
-    parse_ctx_t *ctx = p->data;
-    ctx->why.msg[0] = '\0';
-    return &ctx->why;
+    return &((parse_ctx_t *)p->data)->why;
 }
 
 /* A user callback refused the response: its own reason, else fallback (or

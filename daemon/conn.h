@@ -39,8 +39,9 @@ typedef struct conn conn_t;
 
 typedef enum conn_state { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE, CONN_CLOSING } conn_state_t;
 
-/* Where a parser callback of the user writes why it refuses the response;
- * the message then reaches on_error. */
+/* Where a parser callback of the user writes why it refuses the response
+ * (only when it refuses: it returns an error after writing it); the message
+ * then reaches on_error. */
 typedef struct conn_why {
     char msg[192];
 } conn_why_t;
