@@ -234,6 +234,10 @@ static void on_conn_active(conn_t *c)
 
 static origin_t *origin_with_idle(pool_t *p)
 {
+    /* A saturated pool asks this for every waiter it cannot serve: skip the
+     * walk over every bucket when no connection is idle anywhere. */
+    if (p->nidle == 0)
+        return NULL;
     for (size_t i = 0; i < p->nbuckets; i++)
         for (origin_t *o = p->buckets[i]; o; o = o->hnext)
             if (o->idle)
