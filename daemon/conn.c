@@ -16,10 +16,28 @@
 
 #include "err.h"
 #include "http.h"
-#include "job.h"
 #include "mem.h"
-#include "pool.h"
 #include "strbuf.h"
+
+/* Every call into the user goes through here (redis's callHandler is the
+ * model): the connection is held across the callback, so a close inside it
+ * only marks the connection and the memory goes with the last reference. */
+#define CALL_USER(c, call) \
+    do {                   \
+        (c)->refcnt++;     \
+        call;              \
+        conn_release(c);   \
+    } while (0)
+
+static void conn_destroy(conn_t *c);
+
+/* conn_decref() for the hot path, inlined into every CALL_USER. */
+static inline void conn_release(conn_t *c)
+{
+    assert(c->refcnt > 0);
+    if (--c->refcnt == 0)
+        conn_destroy(c);
+}
 
 static int on_message_begin(llhttp_t *p);
 static int on_status(llhttp_t *p, const char *at, size_t len);
@@ -50,7 +68,20 @@ typedef struct parse_ctx {
     const char *errmsg; /* why callback_err was set (static, or msg below) */
     const char *what;   /* the part of the response being fed, for messages */
     char msg[192];
+    conn_why_t why; /* the user's reason for refusing the response */
 } parse_ctx_t;
+
+/* Sets the fields every parse reads; msg is written before it is read and
+ * why only needs its first byte cleared, so the buffers are not cleared on
+ * every read. */
+static void ctx_init(parse_ctx_t *ctx, conn_t *c, const char *what)
+{
+    ctx->conn = c;
+    ctx->buf = NULL;
+    ctx->errmsg = NULL;
+    ctx->what = what;
+    ctx->why.msg[0] = '\0';
+}
 
 /* Where the normaliser is in the response (see "normalising" below). */
 typedef enum rx_state {
@@ -68,12 +99,12 @@ typedef enum framing { FRAMING_NONE, FRAMING_LENGTH, FRAMING_CHUNKED, FRAMING_EO
 
 static void rx_reset(conn_t *c);
 
-conn_t *conn_create(origin_t *o)
+conn_t *conn_create(const conn_env_t *env)
 {
     conn_t *c = mem_calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    if (uv_tcp_init(o->pool->loop, &c->tcp) != 0) {
+    if (uv_tcp_init(env->loop, &c->tcp) != 0) {
         mem_free(c);
         return NULL;
     }
@@ -81,17 +112,17 @@ conn_t *conn_create(origin_t *o)
     c->handle_open = 1;
     c->refcnt = 2; /* the caller's, and the open handle's */
     c->state = CONN_CONNECTING;
-    c->origin = o;
-    c->stats = o->pool->stats;
+    c->env = env;
+    c->stats = env->stats;
     llhttp_init(&c->parser, HTTP_RESPONSE, &parser_settings);
     c->parser.data = NULL;
-    stats_obj_created(o->pool->stats, STATS_OBJ_CONN);
+    stats_obj_created(env->stats, STATS_OBJ_CONN);
     return c;
 }
 
 static void conn_destroy(conn_t *c)
 {
-    assert(c->job == NULL && !c->handle_open);
+    assert(c->user == NULL && !c->handle_open);
     if (c->dns)
         dns_entry_decref(c->dns);
     if (c->rbuf)
@@ -126,26 +157,60 @@ int conn_decref(conn_t *c)
     return 1;
 }
 
-void conn_attach(conn_t *c, job_t *j)
+void conn_attach(conn_t *c, const conn_user_ops_t *ops, void *user)
 {
-    assert(c->job == NULL && j->conn == NULL);
-    job_incref(j);
-    c->job = j;
-    conn_incref(c);
-    j->conn = c;
+    assert(c->user == NULL);
+    ops->incref(user);
+    c->ops = ops;
+    c->user = user;
+    conn_incref(c); /* the user's */
+}
+
+/* Detaches the user but keeps the connection's reference to it, which the
+ * caller now owns (and drops with (*ops)->decref); NULL when none was
+ * attached. */
+static void *detach_keep(conn_t *c, const conn_user_ops_t **ops)
+{
+    void *u = c->user;
+    *ops = c->ops;
+    if (u == NULL)
+        return NULL;
+    c->user = NULL;
+    c->ops = NULL;
+    CALL_USER(c, (*ops)->on_detach(u));
+    /* Drop the user's reference to us last: it may be the one keeping us. */
+    conn_decref(c);
+    return u;
 }
 
 void conn_detach(conn_t *c)
 {
-    job_t *j = c->job;
-    if (j == NULL)
+    const conn_user_ops_t *ops;
+    void *u = detach_keep(c, &ops);
+    if (u != NULL)
+        ops->decref(u);
+}
+
+void conn_set_idle(conn_t *c, uint64_t now)
+{
+    assert(c->state == CONN_ACTIVE && c->user == NULL);
+    c->state = CONN_IDLE;
+    c->idle_since = now;
+}
+
+void conn_set_active(conn_t *c)
+{
+    assert(c->state == CONN_IDLE);
+    c->state = CONN_ACTIVE;
+}
+
+/* Leaves the pool: it sees the connection in its old state once. */
+static void leave_pool(conn_t *c)
+{
+    if (c->env == NULL)
         return;
-    assert(j->conn == c);
-    c->job = NULL;
-    j->conn = NULL;
-    /* Drop the job's reference to us last: it may be the one keeping us. */
-    job_decref(j);
-    conn_decref(c);
+    c->env->hooks->on_closing(c);
+    c->env = NULL;
 }
 
 static void on_close(uv_handle_t *h)
@@ -161,7 +226,7 @@ void conn_close(conn_t *c, stats_close_t reason)
         return;
     conn_incref(c);
     c->stats->conns_closed[reason]++;
-    pool_conn_closing(c); /* leaves the origin: c->origin is NULL afterwards */
+    leave_pool(c); /* c->env is NULL afterwards */
     c->state = CONN_CLOSING;
     conn_detach(c);
     if (c->dns) {
@@ -177,18 +242,16 @@ void conn_close(conn_t *c, stats_close_t reason)
 /* Closes the connection and tells its job why the exchange failed. */
 static void conn_fail(conn_t *c, stats_close_t reason, int err, const char *msg)
 {
-    job_t *j = c->job;
+    const conn_user_ops_t *ops;
     int reused = c->requests > 1;
     uint64_t got = c->resp_bytes;
+    void *u = detach_keep(c, &ops);
 
-    if (j == NULL) {
-        conn_close(c, reason);
-        return;
-    }
-    job_incref(j);
     conn_close(c, reason);
-    job_on_conn_error(j, err, msg, reused, got);
-    job_decref(j);
+    if (u == NULL)
+        return;
+    CALL_USER(c, ops->on_error(u, err, msg, reused, got));
+    ops->decref(u);
 }
 
 /* ---- connecting ------------------------------------------------------------ */
@@ -219,16 +282,16 @@ static void on_reopen_close(uv_handle_t *h)
 static void setup_failed(conn_t *c, int err, const char *why)
 {
     char msg[256];
-    job_t *j = c->job;
+    const conn_user_ops_t *ops;
+    void *u;
 
     snprintf(msg, sizeof(msg), "%s", why); /* why may live in c->tls */
-    if (j)
-        job_incref(j);
+    u = detach_keep(c, &ops);
     conn_close(c, STATS_CLOSE_CONNECT_FAILED);
-    if (j) {
-        job_on_connected(j, err, msg);
-        job_decref(j);
-    }
+    if (u == NULL)
+        return;
+    CALL_USER(c, ops->on_connected(u, err, msg));
+    ops->decref(u);
 }
 
 /* The job error for a failed socket() or connect(): running out of
@@ -254,8 +317,8 @@ static void connect_failed(conn_t *c)
     char msg[200];
     int code = connect_code(c->connect_err);
 
-    snprintf(msg, sizeof(msg), "connect to %s port %u: %s%s", c->origin->host,
-             (unsigned)c->origin->port, uv_strerror(c->connect_err),
+    snprintf(msg, sizeof(msg), "connect to %s port %u: %s%s", c->env->host, (unsigned)c->env->port,
+             uv_strerror(c->connect_err),
              code == ERR_NO_FDS ? " (fetchd is out of file descriptors: raise its limit, "
                                   "LimitNOFILE=, or lower --max-connections)"
                                 : "");
@@ -294,10 +357,10 @@ static int tls_send(void *ctx, const unsigned char *buf, size_t len);
 /* The connection is ready for requests: TCP is up, and TLS too if any. */
 static void become_active(conn_t *c)
 {
-    pool_conn_state(c->origin->pool, CONN_CONNECTING, CONN_ACTIVE);
+    c->env->hooks->on_active(c);
     c->state = CONN_ACTIVE;
-    if (c->job)
-        job_on_connected(c->job, 0, NULL);
+    if (c->user)
+        CALL_USER(c, c->ops->on_connected(c->user, 0, NULL));
 }
 
 /* Runs the handshake as far as the input fed so far allows. Returns 0 while
@@ -317,9 +380,9 @@ static int advance_handshake(conn_t *c)
 
 static void start_tls(conn_t *c)
 {
-    origin_t *o = c->origin;
+    const conn_env_t *e = c->env;
 
-    c->tls = tls_conn_create(o->tls_config, o->host, o->host_is_ip, o->key, tls_send, c);
+    c->tls = tls_conn_create(e->tls_config, e->host, e->host_is_ip, e->tls_key, tls_send, c);
     if (c->tls == NULL) {
         setup_failed(c, ERR_NO_MEMORY, "no memory for a TLS session");
         return;
@@ -356,7 +419,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     c->reading = 1;
-    if (c->origin->tls_config != NULL)
+    if (c->env->tls_config != NULL)
         start_tls(c);
     else
         become_active(c);
@@ -395,14 +458,14 @@ static void writes_done(conn_t *c, int status)
         /* The response came first; now the connection may go back. */
         c->return_on_write = 0;
         if (status == 0 && c->state == CONN_ACTIVE) {
-            pool_return(c); /* takes the reference response_done() took */
+            c->env->hooks->on_reusable(c); /* takes the reference response_done() took */
         } else {
             conn_close(c, STATS_CLOSE_ERROR);
             conn_decref(c);
         }
-    } else if (c->state == CONN_ACTIVE && c->job != NULL) {
+    } else if (c->state == CONN_ACTIVE && c->user != NULL) {
         if (status == 0) {
-            job_on_request_sent(c->job);
+            CALL_USER(c, c->ops->on_request_sent(c->user));
         } else {
             char msg[128];
             snprintf(msg, sizeof(msg), "sending the request: %s", uv_strerror(status));
@@ -477,8 +540,8 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     int rc;
 
     assert(c->state == CONN_ACTIVE &&
-           c->job != NULL); /* A plain connection reuses its one write request; TLS records queue in
-                             * order behind the handshake's last flight. */
+           c->user != NULL); /* A plain connection reuses its one write request; TLS records queue
+                              * in order behind the handshake's last flight. */
     assert(c->tls != NULL || c->writes_pending == 0);
     llhttp_reset(&c->parser);
     c->requests++;
@@ -537,8 +600,8 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 {
     conn_t *c = h->data;
     (void)hint;
-    if (c->rbuf == NULL && c->origin != NULL)
-        c->rbuf = buf_get(c->origin->pool->bufs);
+    if (c->rbuf == NULL && c->env != NULL)
+        c->rbuf = buf_get(c->env->bufs);
     if (c->rbuf == NULL) {
         /* libuv reports UV_ENOBUFS to on_read. */
         out->base = NULL;
@@ -552,10 +615,9 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 /* The final response has been parsed in full. */
 static void response_done(conn_t *c, int reusable)
 {
-    job_t *j = c->job;
+    const conn_user_ops_t *ops;
+    void *u = detach_keep(c, &ops);
 
-    job_incref(j);
-    conn_detach(c);
     if (reusable) {
         conn_incref(c); /* the pool's reference */
         /* libuv reports a finished write on a later loop turn, and the
@@ -564,27 +626,28 @@ static void response_done(conn_t *c, int reusable)
         if (c->writes_pending)
             c->return_on_write = 1;
         else
-            pool_return(c);
+            c->env->hooks->on_reusable(c);
     } else {
         conn_close(c, STATS_CLOSE_NOT_REUSABLE);
     }
-    job_on_response_complete(j);
-    job_decref(j);
+    CALL_USER(c, ops->on_complete(u));
+    ops->decref(u);
 }
 
 static int rx_step(parse_ctx_t *ctx, buf_t *b, const char **pp, const char *end);
 
 static void parse(conn_t *c, buf_t *b)
 {
-    parse_ctx_t ctx = {.conn = c};
+    parse_ctx_t ctx;
     const char *p = b->data, *end = b->data + b->len;
     int leftover;
 
+    ctx_init(&ctx, c, NULL);
     c->parser.data = &ctx;
     while (p < end && !c->message_done && rx_step(&ctx, b, &p, end) == 0)
         ;
     c->parser.data = NULL;
-    if (c->state != CONN_ACTIVE || c->job == NULL)
+    if (c->state != CONN_ACTIVE || c->user == NULL)
         return;
     if (c->callback_err) {
         conn_fail(c, STATS_CLOSE_ERROR, c->callback_err, ctx.errmsg);
@@ -613,12 +676,12 @@ static void read_ended(conn_t *c, ssize_t n)
     if (c->state == CONN_CONNECTING) {
         /* ENOBUFS: on_alloc found no read buffer, an allocation failed. */
         int err = n == UV_ENOBUFS ? ERR_NO_MEMORY : ERR_TLS_HANDSHAKE;
-        snprintf(msg, sizeof(msg), "TLS handshake with %s: %s", c->origin->host,
+        snprintf(msg, sizeof(msg), "TLS handshake with %s: %s", c->env->host,
                  n == UV_EOF ? "the server closed the connection" : uv_strerror((int)n));
         setup_failed(c, err, msg);
         return;
     }
-    if (c->job == NULL) {
+    if (c->user == NULL) {
         conn_close(c, STATS_CLOSE_ERROR);
         return;
     }
@@ -635,12 +698,14 @@ static void read_ended(conn_t *c, ssize_t n)
     if (n == UV_EOF) {
         /* A response without Content-Length or chunking ends with the
          * connection: llhttp_finish() completes it, or says it is cut short. */
-        parse_ctx_t ctx = {.conn = c, .what = "response"};
+        parse_ctx_t ctx;
         llhttp_errno_t rc;
+
+        ctx_init(&ctx, c, "response");
         c->parser.data = &ctx;
         rc = llhttp_finish(&c->parser);
         c->parser.data = NULL;
-        if (c->state != CONN_ACTIVE || c->job == NULL)
+        if (c->state != CONN_ACTIVE || c->user == NULL)
             return;
         if (c->callback_err) {
             conn_fail(c, STATS_CLOSE_ERROR, c->callback_err, ctx.errmsg);
@@ -661,15 +726,15 @@ static void read_ended(conn_t *c, ssize_t n)
 /* Response bytes, decrypted if need be. */
 static void plain_input(conn_t *c, buf_t *b)
 {
-    if (c->state == CONN_IDLE || c->job == NULL) {
+    if (c->state == CONN_IDLE || c->user == NULL) {
         /* An idle connection must stay silent; anything it says now
          * (often a 408 before closing) makes it unusable. */
         conn_close(c, STATS_CLOSE_PEER_CLOSED);
         return;
     }
     c->resp_bytes += b->len;
-    job_on_read(c->job);
-    if (c->state == CONN_ACTIVE && c->job != NULL)
+    CALL_USER(c, c->ops->on_read(c->user));
+    if (c->state == CONN_ACTIVE && c->user != NULL)
         parse(c, b);
 }
 
@@ -681,7 +746,7 @@ static void tls_input(conn_t *c, buf_t *b)
     if (c->state == CONN_CONNECTING && advance_handshake(c) != 0)
         return;
     while (c->state == CONN_ACTIVE || c->state == CONN_IDLE) {
-        buf_t *plain = buf_get(c->origin->pool->bufs);
+        buf_t *plain = buf_get(c->env->bufs);
         int status = 0, n;
 
         if (plain == NULL) {
@@ -701,7 +766,7 @@ static void tls_input(conn_t *c, buf_t *b)
         if (n == 0) {
             /* close_notify: the same as a clean end of the stream. */
             read_ended(c, UV_EOF);
-        } else if (c->state == CONN_IDLE || c->job == NULL) {
+        } else if (c->state == CONN_IDLE || c->user == NULL) {
             conn_close(c, STATS_CLOSE_PEER_CLOSED);
         } else {
             conn_fail(c, STATS_CLOSE_ERROR, n, c->tls->errmsg);
@@ -750,6 +815,21 @@ static int fail_cb(llhttp_t *p, int err, const char *msg)
     ctx->conn->callback_err = err;
     ctx->errmsg = msg;
     return -1;
+}
+
+/* Where the user writes why it refuses the response (cleared once per
+ * parse: a callback writes it only when it refuses). */
+static conn_why_t *why_of(llhttp_t *p)
+{
+    return &((parse_ctx_t *)p->data)->why;
+}
+
+/* A user callback refused the response: its own reason, else fallback (or
+ * the error's message when that is NULL). */
+static int fail_user(llhttp_t *p, int err, const char *fallback)
+{
+    parse_ctx_t *ctx = p->data;
+    return fail_cb(p, err, ctx->why.msg[0] ? ctx->why.msg : fallback);
 }
 
 static int on_message_begin(llhttp_t *p)
@@ -817,10 +897,12 @@ static int on_header_value_complete(llhttp_t *p)
 
     /* Trailer fields are checked and dropped: none of them may change what
      * the head said (RFC 9110 6.5.1). */
-    rc = c->rx_state == RX_HEAD ? job_on_header(c->job, name, nlen, value, vlen) : 0;
+    rc = 0;
+    if (c->rx_state == RX_HEAD)
+        CALL_USER(c, rc = c->ops->on_header(c->user, name, nlen, value, vlen, why_of(p)));
     strbuf_reset(&c->hdr);
     if (rc)
-        return fail_cb(p, rc, "response header refused");
+        return fail_user(p, rc, "response header refused");
     return 0;
 }
 
@@ -850,10 +932,11 @@ static int on_headers_complete(llhttp_t *p)
         length = (int64_t)p->content_length;
     /* The transfer codings under the chunked framing (or framed by the
      * close) are the job's to undo, with its decoders. */
-    rc = job_on_headers_complete(c->job, status, length,
-                                 c->te.len > 0 && !bodiless(c, status) ? c->te.p : NULL);
+    CALL_USER(c, rc = c->ops->on_head(c->user, status, length,
+                                      c->te.len > 0 && !bodiless(c, status) ? c->te.p : NULL,
+                                      why_of(p)));
     if (rc)
-        return fail_cb(p, rc, NULL);
+        return fail_user(p, rc, NULL);
     return bodiless(c, status) ? 1 : 0;
 }
 
@@ -864,8 +947,9 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 
     if (ctx->conn->final_status == 0)
         return 0; /* cannot happen: interim responses have no body */
-    rc = job_on_body(ctx->conn->job, ctx->buf, at, len);
-    return rc ? fail_cb(p, rc, NULL) : 0;
+    CALL_USER(ctx->conn,
+              rc = ctx->conn->ops->on_body(ctx->conn->user, ctx->buf, at, len, why_of(p)));
+    return rc ? fail_user(p, rc, NULL) : 0;
 }
 
 static int on_message_complete(llhttp_t *p)

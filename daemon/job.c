@@ -375,7 +375,7 @@ static void on_job_handle_close(uv_handle_t *h)
 
 static void job_destroy(job_t *j)
 {
-    assert(j->conn == NULL && j->origin == NULL);
+    assert(j->conn == NULL && !pool_wait_pending(&j->pool_wait));
     sink_dispose(&j->sink);
     if (j->url_shared)
         j->spec.url = NULL; /* url.href's, freed with it */
@@ -555,7 +555,11 @@ static void on_dns(dns_waiter_t *w, dns_entry_t *e)
     job_decref(j);
 }
 
-void job_on_conn(job_t *j, conn_t *c, int reused)
+static const conn_user_ops_t conn_ops;
+
+/* A connection the job asked its origin for is ready: c is a new reference
+ * (NULL: no memory), reused says whether it served a request before. */
+static void on_conn(job_t *j, conn_t *c, int reused)
 {
     dns_entry_t *e = NULL;
     int rc;
@@ -564,8 +568,9 @@ void job_on_conn(job_t *j, conn_t *c, int reused)
         finish(j, ERR_NO_MEMORY, "no memory for a connection");
         return;
     }
-    conn_attach(c, j);
-    conn_decref(c); /* the pool's reference is now j->conn's */
+    conn_attach(c, &conn_ops, j);
+    j->conn = c;
+    conn_decref(c); /* the pool's reference: j->conn holds the one attaching took */
     if (reused) {
         j->timings.dns_ms = 0;
         j->timings.connect_ms = 0;
@@ -632,8 +637,10 @@ static void retry_or_fail(job_t *j, int err, const char *msg)
     finish(j, err, "%s", msg);
 }
 
-void job_on_connected(job_t *j, int status, const char *msg)
+static void on_conn_connected(void *user, int status, const char *msg)
 {
+    job_t *j = user;
+
     if (j->phase != PH_CONNECTING)
         return;
     if (status != 0) {
@@ -646,8 +653,10 @@ void job_on_connected(job_t *j, int status, const char *msg)
 
 /* ---- the response ----------------------------------------------------------- */
 
-void job_on_request_sent(job_t *j)
+static void on_conn_request_sent(void *user)
 {
+    job_t *j = user;
+
     if (j->phase == PH_REQUEST) {
         /* The first-byte clock starts once the request is on the wire. */
         j->phase_start_ms = mono_ms();
@@ -655,8 +664,10 @@ void job_on_request_sent(job_t *j)
     }
 }
 
-void job_on_read(job_t *j)
+static void on_conn_read(void *user)
 {
+    job_t *j = user;
+
     if (j->phase == PH_REQUEST) {
         j->phase = PH_RESPONSE;
         j->timings.ttfb_ms = mono_ms() - j->phase_start_ms;
@@ -689,8 +700,12 @@ static int keep_header(char **slot, const char *value, size_t vlen)
     return *slot ? 0 : ERR_NO_MEMORY;
 }
 
-int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen)
+static int on_conn_header(void *user, const char *name, size_t nlen, const char *value, size_t vlen,
+                          conn_why_t *why)
 {
+    job_t *j = user;
+
+    (void)why;
     if (nlen == 16 && strncasecmp(name, "content-encoding", 16) == 0)
         return add_content_encoding(j, value, vlen);
     if (nlen == 8 && strncasecmp(name, "location", 8) == 0)
@@ -723,16 +738,16 @@ static int retryable_status(const job_t *j, int status)
     return (status == 502 || status == 504) && is_idempotent(job_method(j));
 }
 
-static int fail_response(job_t *j, int err, const char *fmt, ...)
+static int fail_response(conn_why_t *why, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Records why a parser callback is failing the response; the connection
- * then reports err through job_on_conn_error() with no message of its own. */
-static int fail_response(job_t *j, int err, const char *fmt, ...)
+/* Writes why a parser callback is failing the response; the connection
+ * hands the message back with err to on_conn_error(). */
+static int fail_response(conn_why_t *why, int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    set_error_msg(j, fmt, ap);
+    vsnprintf(why->msg, sizeof(why->msg), fmt, ap);
     va_end(ap);
     return err;
 }
@@ -743,7 +758,7 @@ static int fail_response(job_t *j, int err, const char *fmt, ...)
  * codings under them (a coding it cannot decode fails it, as curl does; any
  * other job only reports the field). The server applied the content codings
  * first, so they come first in the chain, which undoes the last one first. */
-static int start_decoding(job_t *j, const char *transfer_codings)
+static int start_decoding(job_t *j, const char *transfer_codings, conn_why_t *w)
 {
     decode_coding_t codings[2 * DECODE_MAX_CODINGS];
     decode_chain_t *d;
@@ -754,29 +769,30 @@ static int start_decoding(job_t *j, const char *transfer_codings)
     if (j->content_encoding != NULL && decodes(j)) {
         nc = decode_parse(j->content_encoding, codings, why, sizeof(why));
         if (nc < 0)
-            return fail_response(j, nc, "%s", why);
+            return fail_response(w, nc, "%s", why);
     }
     if (transfer_codings != NULL) {
         nt = decode_parse_transfer(transfer_codings, codings + nc, &chunked, why, sizeof(why));
         if (nt < 0)
-            return fail_response(j, nt, "%s", why);
+            return fail_response(w, nt, "%s", why);
     }
     if (nc + nt == 0)
         return 0; /* identity, or chunked alone */
     if (nc + nt > DECODE_MAX_CODINGS)
-        return fail_response(j, ERR_CONTENT_DECODING, "more than %d codings stacked",
+        return fail_response(w, ERR_CONTENT_DECODING, "more than %d codings stacked",
                              DECODE_MAX_CODINGS);
     rc = decode_create(&d, codings, (size_t)(nc + nt), j->sched->decode_max_ratio, j->sched->stats);
     if (rc != 0)
-        return fail_response(j, rc, "starting the decoder: %s", err_str(rc));
+        return fail_response(w, rc, "starting the decoder: %s", err_str(rc));
     sink_set_decoder(&j->sink, d, j->sched->bufs);
     j->decoded = nc > 0;
     return 0;
 }
 
-int job_on_headers_complete(job_t *j, int status, int64_t content_length,
-                            const char *transfer_codings)
+static int on_conn_head(void *user, int status, int64_t content_length,
+                        const char *transfer_codings, conn_why_t *why)
 {
+    job_t *j = user;
     int rc;
 
     if (is_redirect(status) && usable_location(j->location)) {
@@ -792,22 +808,23 @@ int job_on_headers_complete(job_t *j, int status, int64_t content_length,
     j->disposition = RESP_FINAL;
     j->http_status = status;
     if (j->spec.fail_on_http_error && status >= 400 && status <= 599)
-        return fail_response(j, ERR_HTTP_ERROR, "HTTP status %d", status);
+        return fail_response(why, ERR_HTTP_ERROR, "HTTP status %d", status);
     if (j->spec.max_body && content_length > 0 && (uint64_t)content_length > j->spec.max_body)
-        return fail_response(j, ERR_BODY_TOO_LARGE,
+        return fail_response(why, ERR_BODY_TOO_LARGE,
                              "Content-Length %" PRId64 " exceeds max_body %" PRIu64, content_length,
                              j->spec.max_body);
     if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind != SINK_FILE) {
         rc = sink_open_file(&j->sink, j->sched->download_dir, j->file_path, j->id);
         if (rc != 0)
-            return fail_response(j, rc, "cannot create the output file (%s): %s",
+            return fail_response(why, rc, "cannot create the output file (%s): %s",
                                  sink_strerror(&j->sink, rc), j->file_path);
     }
-    return start_decoding(j, transfer_codings);
+    return start_decoding(j, transfer_codings, why);
 }
 
-int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)
+static int on_conn_body(void *user, buf_t *b, const char *at, size_t len, conn_why_t *why)
 {
+    job_t *j = user;
     int rc;
 
     if (j->disposition != RESP_FINAL)
@@ -816,15 +833,15 @@ int job_on_body(job_t *j, buf_t *b, const char *at, size_t len)
     j->wire_bytes = j->sink.wire_bytes;
     j->bytes = j->sink.bytes;
     if (rc == ERR_BODY_TOO_LARGE && j->sink.over_max)
-        return fail_response(j, rc, "%sbody exceeds max_body %" PRIu64 " bytes",
+        return fail_response(why, rc, "%sbody exceeds max_body %" PRIu64 " bytes",
                              j->decoded ? "decoded " : "", j->spec.max_body);
     if (rc == ERR_BODY_TOO_LARGE)
-        return fail_response(j, rc, "inline body exceeds %" PRIu64 " bytes", j->spec.inline_max);
+        return fail_response(why, rc, "inline body exceeds %" PRIu64 " bytes", j->spec.inline_max);
     if (rc == ERR_CONTENT_DECODING)
-        return fail_response(j, rc, "decoding the body (Content-Encoding: %.40s): %s",
+        return fail_response(why, rc, "decoding the body (Content-Encoding: %.40s): %s",
                              j->content_encoding, sink_strerror(&j->sink, rc));
     if (rc != 0)
-        return fail_response(j, rc, "writing the body: %s", sink_strerror(&j->sink, rc));
+        return fail_response(why, rc, "writing the body: %s", sink_strerror(&j->sink, rc));
     if (sink_pending(&j->sink) > SINK_HIGH_WATER && j->conn) {
         conn_pause(j->conn);
         j->read_paused = 1;
@@ -964,8 +981,9 @@ static void succeed(job_t *j)
     finish(j, 0, "%s", "");
 }
 
-void job_on_response_complete(job_t *j)
+static void on_conn_complete(void *user)
 {
+    job_t *j = user;
     int64_t delay;
 
     uv_timer_stop(&j->phase_timer);
@@ -991,8 +1009,10 @@ void job_on_response_complete(job_t *j)
     }
 }
 
-void job_on_conn_error(job_t *j, int err, const char *msg, int reused, uint64_t resp_bytes)
+static void on_conn_error(void *user, int err, const char *msg, int reused, uint64_t resp_bytes)
 {
+    job_t *j = user;
+
     /* A server may close a kept-alive connection just as we reuse it. Such a
      * request never reached the application, so an idempotent one is sent
      * again, once, on a fresh connection. */
@@ -1005,14 +1025,7 @@ void job_on_conn_error(job_t *j, int err, const char *msg, int reused, uint64_t 
         attempt(j);
         return;
     }
-    if (msg == NULL) {
-        /* A parser callback of ours failed the response and left its reason. */
-        char why[sizeof(j->error_msg)];
-        memcpy(why, j->error_msg, sizeof(why));
-        finish(j, err, "%s", why[0] ? why : err_str(err));
-        return;
-    }
-    finish(j, err, "%s", msg);
+    finish(j, err, "%s", msg ? msg : err_str(err));
 }
 
 /* ---- timers ----------------------------------------------------------------- */
@@ -1061,6 +1074,12 @@ static void on_phase_timeout(uv_timer_t *t)
 
 /* ---- starting, cancelling, finishing ---------------------------------------- */
 
+/* The pool's callback: the connection the job waited for. */
+static void on_pool_conn(pool_wait_t *w, conn_t *c, int reused)
+{
+    on_conn(w->data, c, reused);
+}
+
 static void attempt(job_t *j)
 {
     conn_t *c = NULL;
@@ -1074,14 +1093,15 @@ static void attempt(job_t *j)
         return;
     }
     j->phase = PH_WAIT_CONN;
-    rc = pool_checkout(j->sched->pool, j, j->force_new, &c);
+    rc = pool_connect(j->sched->pool, &j->pool_wait, &j->url, j->tls_config, j->force_new,
+                      on_pool_conn, j, &c);
     j->force_new = 0;
     switch (rc) {
     case POOL_REUSED:
-        job_on_conn(j, c, 1);
+        on_conn(j, c, 1);
         break;
     case POOL_NEW:
-        job_on_conn(j, c, 0);
+        on_conn(j, c, 0);
         break;
     case POOL_WAIT:
         break;
@@ -1182,7 +1202,7 @@ static void finish(job_t *j, int err, const char *fmt, ...)
     uv_timer_stop(&j->total_timer);
     uv_timer_stop(&j->phase_timer);
     dns_cancel(&j->dns_waiter);
-    pool_cancel_wait(j->sched->pool, j);
+    pool_cancel_connect(&j->pool_wait);
     if (j->conn)
         conn_close(j->conn, close_reason(j->conn, err));
     j->error = err;
@@ -1249,3 +1269,35 @@ int job_is_cancellable(const job_t *j)
 {
     return j->phase < PH_FINISHING;
 }
+
+/* ---- the connection's user -------------------------------------------------- */
+
+static void conn_user_incref(void *user)
+{
+    job_incref(user);
+}
+
+static void conn_user_decref(void *user)
+{
+    job_decref(user);
+}
+
+static void on_conn_detach(void *user)
+{
+    job_t *j = user;
+    j->conn = NULL;
+}
+
+static const conn_user_ops_t conn_ops = {
+    .incref = conn_user_incref,
+    .decref = conn_user_decref,
+    .on_detach = on_conn_detach,
+    .on_connected = on_conn_connected,
+    .on_request_sent = on_conn_request_sent,
+    .on_read = on_conn_read,
+    .on_header = on_conn_header,
+    .on_head = on_conn_head,
+    .on_body = on_conn_body,
+    .on_complete = on_conn_complete,
+    .on_error = on_conn_error,
+};

@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "dns.h"
+#include "pool.h"
 #include "sink.h"
 #include "tls.h"
 #include "url.h"
@@ -29,7 +30,6 @@
 typedef struct job job_t;
 typedef struct conn conn_t;
 typedef struct sched sched_t;
-typedef struct origin origin_t;
 
 typedef enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state_t;
 
@@ -133,8 +133,7 @@ struct job {
     job_t *rprev, *rnext;     /* the scheduler's retained list */
     job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
     job_t *hnext;             /* the scheduler's id hash chain */
-    job_t *wnext;             /* the origin's wait list */
-    origin_t *origin;         /* borrowed: the origin it waits at, or NULL */
+    pool_wait_t pool_wait;    /* its place in an origin's queue, while it waits */
     conn_t *conn;             /* owned reference while a request is in flight */
     url_t url;                /* owned: the URL being fetched now */
     tls_config_t *tls_config; /* owned reference once an https URL is involved */
@@ -188,31 +187,6 @@ void job_start(job_t *j);
  * "cancelled" with reason err (ERR_CANCELLED or ERR_SHUTDOWN); a finished job
  * is left as it is. Returns 0, or ERR_INVALID_REQUEST for a finished job. */
 int job_cancel(job_t *j, int err);
-
-/* A connection the job asked its origin for is ready (called by the pool).
- * conn is a new reference; reused says whether it served a request before. */
-void job_on_conn(job_t *j, conn_t *c, int reused);
-
-/* The connection's reports to its attached job (called by conn.c only). The
- * int-returning ones return 0 or an error that makes the connection fail the
- * response; none of them closes the connection itself. */
-void job_on_connected(job_t *j, int status, const char *msg);
-void job_on_request_sent(job_t *j);
-void job_on_read(job_t *j);
-int job_on_header(job_t *j, const char *name, size_t nlen, const char *value, size_t vlen);
-/* content_length is -1 when the response has none; transfer_codings is the
- * response's Transfer-Encoding (checked by the connection: decodable codings,
- * chunked last if at all), or NULL. */
-int job_on_headers_complete(job_t *j, int status, int64_t content_length,
-                            const char *transfer_codings);
-int job_on_body(job_t *j, buf_t *b, const char *at, size_t len);
-/* The final response is complete; the connection is already detached (and
- * back in the pool or closing). */
-void job_on_response_complete(job_t *j);
-/* The exchange failed; the connection is already detached and closing.
- * reused: the connection had served a request before; resp_bytes: response
- * bytes received before the failure. */
-void job_on_conn_error(job_t *j, int err, const char *msg, int reused, uint64_t resp_bytes);
 
 const char *job_state_name(job_state_t s);
 int job_state_from_name(const char *name, job_state_t *out);

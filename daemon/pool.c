@@ -7,13 +7,20 @@
 
 #include "err.h"
 #include "http.h"
-#include "job.h"
 #include "mem.h"
 
 #define POOL_INITIAL_BUCKETS 64
 
 static void on_kick(uv_idle_t *h);
 static void on_sweep(uv_timer_t *t);
+static void on_conn_active(conn_t *c);
+
+/* How a connection of ours tells us what becomes of it. */
+static const conn_pool_hooks_t conn_hooks = {
+    .on_active = on_conn_active,
+    .on_reusable = pool_return,
+    .on_closing = pool_detach,
+};
 
 static void on_handle_close(uv_handle_t *h)
 {
@@ -105,6 +112,18 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
     o->acl_gen = p->acl_gen;
     if (tls)
         tls_config_incref(tls);
+    o->env = (conn_env_t){
+        .loop = p->loop,
+        .stats = p->stats,
+        .bufs = p->bufs,
+        .host = o->host,
+        .port = o->port,
+        .host_is_ip = o->host_is_ip,
+        .tls_key = o->key,
+        .tls_config = o->tls_config,
+        .hooks = &conn_hooks,
+        .hook_data = o,
+    };
     o->hnext = p->buckets[k];
     p->buckets[k] = o;
     p->norigins++;
@@ -188,14 +207,14 @@ static conn_t *idle_pop(pool_t *p, origin_t *o)
 {
     conn_t *c = o->idle;
     idle_unlink(o, c);
-    c->state = CONN_ACTIVE;
+    conn_set_active(c);
     p->nidle--;
     p->nactive++;
     p->stats->conn_reuses++;
     return c;
 }
 
-void pool_conn_state(pool_t *p, conn_state_t from, conn_state_t to)
+static void conn_state(pool_t *p, conn_state_t from, conn_state_t to)
 {
     unsigned *g[] = {&p->nconnecting, &p->nactive, &p->nidle, NULL};
     if (from <= CONN_IDLE)
@@ -204,10 +223,21 @@ void pool_conn_state(pool_t *p, conn_state_t from, conn_state_t to)
         (*g[to])++;
 }
 
+/* The connection's hook: it finished connecting. */
+static void on_conn_active(conn_t *c)
+{
+    origin_t *o = c->env->hook_data;
+    conn_state(o->pool, CONN_CONNECTING, CONN_ACTIVE);
+}
+
 /* ---- limits ---------------------------------------------------------------- */
 
 static origin_t *origin_with_idle(pool_t *p)
 {
+    /* A saturated pool asks this for every waiter it cannot serve: skip the
+     * walk over every bucket when no connection is idle anywhere. */
+    if (p->nidle == 0)
+        return NULL;
     for (size_t i = 0; i < p->nbuckets; i++)
         for (origin_t *o = p->buckets[i]; o; o = o->hnext)
             if (o->idle)
@@ -235,7 +265,7 @@ static int make_room(pool_t *p, origin_t *o)
 
 static conn_t *open_conn(pool_t *p, origin_t *o)
 {
-    conn_t *c = conn_create(o);
+    conn_t *c = conn_create(&o->env);
     if (c == NULL)
         return NULL;
     o->nconns++;
@@ -247,13 +277,17 @@ static conn_t *open_conn(pool_t *p, origin_t *o)
 
 /* ---- checkout and return --------------------------------------------------- */
 
-int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
+int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
+                 pool_connect_cb cb, void *data, conn_t **out)
 {
+    origin_t *o;
+
     /* A job that started on https keeps its TLS configuration after an
      * allowed redirect to plain http; that origin must not get it, or its
      * connections would start a TLS handshake with a plain server. */
-    tls_config_t *tls = j->url.scheme == URL_HTTPS ? j->tls_config : NULL;
-    origin_t *o = origin_get(p, &j->url, tls);
+    if (u->scheme != URL_HTTPS)
+        tls = NULL;
+    o = origin_get(p, u, tls);
 
     if (o == NULL)
         return ERR_NO_MEMORY;
@@ -270,14 +304,17 @@ int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
         }
         return POOL_NEW;
     }
-    j->wnext = NULL;
+    assert(w->origin == NULL);
+    w->cb = cb;
+    w->data = data;
+    w->next = NULL;
     if (o->waiters_tail)
-        o->waiters_tail->wnext = j;
+        o->waiters_tail->next = w;
     else
-        o->waiters = j;
-    o->waiters_tail = j;
+        o->waiters = w;
+    o->waiters_tail = w;
     o->nwaiting++;
-    j->origin = o;
+    w->origin = o;
     if (!o->in_wait_list) {
         o->wprev = p->wait_tail;
         o->wnext = NULL;
@@ -292,36 +329,43 @@ int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out)
     return POOL_WAIT;
 }
 
-static job_t *waiter_pop(pool_t *p, origin_t *o)
+static pool_wait_t *waiter_pop(pool_t *p, origin_t *o)
 {
-    job_t *j = o->waiters;
-    o->waiters = j->wnext;
+    pool_wait_t *w = o->waiters;
+    o->waiters = w->next;
     if (o->waiters == NULL) {
         o->waiters_tail = NULL;
         wait_list_remove(p, o);
     }
     o->nwaiting--;
-    j->wnext = NULL;
-    j->origin = NULL;
-    return j;
+    w->next = NULL;
+    w->origin = NULL;
+    return w;
 }
 
-void pool_cancel_wait(pool_t *p, job_t *j)
+int pool_wait_pending(const pool_wait_t *w)
 {
-    origin_t *o = j->origin;
-    job_t **pp, *prev = NULL;
+    return w->origin != NULL;
+}
+
+void pool_cancel_connect(pool_wait_t *w)
+{
+    origin_t *o = w->origin;
+    pool_wait_t **pp, *prev = NULL;
+    pool_t *p;
 
     if (o == NULL)
         return;
-    for (pp = &o->waiters; *pp && *pp != j; pp = &(*pp)->wnext)
+    p = o->pool;
+    for (pp = &o->waiters; *pp && *pp != w; pp = &(*pp)->next)
         prev = *pp;
-    assert(*pp == j);
-    *pp = j->wnext;
-    if (o->waiters_tail == j)
+    assert(*pp == w);
+    *pp = w->next;
+    if (o->waiters_tail == w)
         o->waiters_tail = prev;
     o->nwaiting--;
-    j->wnext = NULL;
-    j->origin = NULL;
+    w->next = NULL;
+    w->origin = NULL;
     if (o->waiters == NULL)
         wait_list_remove(p, o);
     origin_maybe_free(o);
@@ -354,10 +398,10 @@ static int peer_allowed(pool_t *p, conn_t *c)
 
 void pool_return(conn_t *c)
 {
-    origin_t *o = c->origin;
+    origin_t *o = c->env->hook_data;
     pool_t *p = o->pool;
 
-    assert(c->state == CONN_ACTIVE && c->job == NULL);
+    assert(c->state == CONN_ACTIVE && c->user == NULL);
     if (p->closing) {
         conn_close(c, STATS_CLOSE_SHUTDOWN);
         conn_decref(c);
@@ -368,8 +412,7 @@ void pool_return(conn_t *c)
         conn_decref(c);
         return;
     }
-    c->state = CONN_IDLE;
-    c->idle_since = uv_now(p->loop);
+    conn_set_idle(c, uv_now(p->loop));
     p->nactive--;
     p->nidle++;
     c->prev = NULL;
@@ -384,33 +427,25 @@ void pool_return(conn_t *c)
     schedule_kick(p);
 }
 
-void pool_conn_closing(conn_t *c)
+void pool_detach(conn_t *c)
 {
-    origin_t *o = c->origin;
-    pool_t *p;
+    origin_t *o = c->env->hook_data;
+    pool_t *p = o->pool;
 
-    if (o == NULL)
-        return;
-    p = o->pool;
     if (c->state == CONN_IDLE) {
         idle_unlink(o, c);
         conn_decref(c); /* the pool's reference; the caller holds another */
     }
-    pool_conn_state(p, c->state, CONN_CLOSING);
+    conn_state(p, c->state, CONN_CLOSING);
     o->nconns--;
     p->nconns--;
-    c->origin = NULL;
     schedule_kick(p);
     origin_maybe_free(o);
 }
 
-/* Hands idle connections and free slots to waiting jobs, oldest origin
- * first. It runs from an idle handle rather than inside pool_return() so a
- * job never starts a request on a connection whose read callback is still on
- * the stack. */
-/* Hands waiting jobs of o their origin's idle connections and, when open is
+/* Hands the waiters of o their origin's idle connections and, when open is
  * set, new connections as far as the limits allow. Returns how many waiting
- * jobs got a connection. */
+ * callers got a connection. */
 static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
 {
     unsigned served = 0;
@@ -424,15 +459,21 @@ static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
                 break;
             c = open_conn(p, o);
         }
-        job_on_conn(waiter_pop(p, o), c, c == NULL ? ERR_NO_MEMORY : reused);
+        /* Copy the callback out of the wait before calling it: the wait is
+         * over, and its owner may reuse it from the callback. */
+        {
+            pool_wait_t *w = waiter_pop(p, o);
+            pool_connect_cb cb = w->cb;
+            cb(w, c, reused);
+        }
         served++;
     }
     return served;
 }
 
-/* One walk over the origins with waiters. Job callbacks may add or remove
+/* One walk over the origins with waiters. Callbacks may add or remove
  * waiting origins as we go; the budget keeps the walk finite whatever they
- * do, and *unfinished says it ran out. Returns how many jobs got a
+ * do, and *unfinished says it ran out. Returns how many waiters got a
  * connection. */
 static unsigned walk_waiters(pool_t *p, int open, int *unfinished)
 {
@@ -453,8 +494,8 @@ static unsigned walk_waiters(pool_t *p, int open, int *unfinished)
     return served;
 }
 
-/* Hands idle connections and free slots to waiting jobs. It runs from an
- * idle handle rather than inside pool_return() so a job never starts a
+/* Hands idle connections and free slots to waiters. It runs from an
+ * idle handle rather than inside pool_return() so a caller never starts a
  * request on a connection whose read callback is still on the stack. Each
  * origin's own idle connections go to its waiters first; only then may an
  * idle connection of one origin be closed to make room for another. */

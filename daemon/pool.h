@@ -11,8 +11,10 @@
  * closed at once (conn.c reads idle sockets for that).
  *
  * Ownership: the pool owns its origins; an origin owns its idle connections
- * and borrows its waiting jobs (each job is owned by the scheduler). An
- * origin lives while it has connections or waiters.
+ * and borrows its waiters (a pool_wait_t embedded in each caller: the pool
+ * never sees a job). An origin lives while it has connections or waiters.
+ * Its connections tell it what becomes of them through the hooks it set in
+ * their environment (origin.env): pool_return() and pool_detach().
  */
 #ifndef FETCHD_POOL_H
 #define FETCHD_POOL_H
@@ -28,6 +30,23 @@
 #include "url.h"
 
 typedef struct pool pool_t;
+typedef struct origin origin_t;
+typedef struct pool_wait pool_wait_t;
+
+/* Hands a waiting caller its connection: c is a new reference (ACTIVE if
+ * reused, else CONNECTING and the caller connects it), or NULL when there was
+ * no memory for one. The wait is over when this is called. */
+typedef void (*pool_connect_cb)(pool_wait_t *w, conn_t *c, int reused);
+
+/* A caller's place in an origin's queue, embedded in the caller (the job),
+ * as h2o's h2o_socketpool_connect_request_t. The pool only borrows it. */
+struct pool_wait {
+    pool_connect_cb cb; /* public: set by pool_connect() */
+    void *data;         /* public: the caller's */
+    /* private */
+    pool_wait_t *next; /* the origin's wait list */
+    origin_t *origin;  /* borrowed: the origin it waits at, or NULL */
+};
 
 struct origin {
     pool_t *pool; /* borrowed */
@@ -37,10 +56,11 @@ struct origin {
     uint16_t port;
     int host_is_ip;
     tls_config_t *tls_config; /* owned reference; NULL for http */
+    conn_env_t env;           /* what its connections borrow (they point at it) */
     unsigned nconns;          /* connections of this origin that are not closing */
     unsigned nidle;
-    conn_t *idle;                  /* owned: most recently used first */
-    job_t *waiters, *waiters_tail; /* borrowed: jobs waiting for a connection */
+    conn_t *idle;                        /* owned: most recently used first */
+    pool_wait_t *waiters, *waiters_tail; /* borrowed: callers waiting for a connection */
     unsigned nwaiting;
     origin_t *hnext;         /* hash chain */
     origin_t *wprev, *wnext; /* pool's list of origins with waiters */
@@ -77,7 +97,7 @@ struct pool {
 int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs);
 
 /* Closes every idle connection and the pool's handles. Connections still in
- * use and waiting jobs are a bug (asserted): cancel the jobs first. Run the
+ * use and waiters are a bug (asserted): cancel them first. Run the
  * loop afterwards until the handles are closed. */
 void pool_close(pool_t *p);
 
@@ -85,36 +105,41 @@ void pool_close(pool_t *p);
  * pool's handles and every connection. */
 void pool_dispose(pool_t *p);
 
-/* Finds a connection for j's current URL. Returns
+/* Finds a connection for URL u (borrowed; tls is the caller's TLS
+ * configuration, used for https only). Returns
  *  - POOL_REUSED with *out an idle connection (a new reference, now ACTIVE);
- *  - POOL_NEW with *out a new CONNECTING connection (a new reference) the job
- *    must connect;
- *  - POOL_WAIT: j waits; job_on_conn() hands it a connection later;
+ *  - POOL_NEW with *out a new CONNECTING connection (a new reference) the
+ *    caller must connect;
+ *  - POOL_WAIT: w waits (w is borrowed until cb runs or the wait is
+ *    cancelled); cb(w, ...) hands it a connection later, from the loop;
  *  - ERR_NO_MEMORY.
  * force_new skips idle connections (a retry after a stale one). */
-int pool_checkout(pool_t *p, job_t *j, int force_new, conn_t **out);
+int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
+                 pool_connect_cb cb, void *data, conn_t **out);
 
-/* Withdraws j from its origin's wait list, if it is there. */
-void pool_cancel_wait(pool_t *p, job_t *j);
+/* Withdraws w from its origin's wait list, if it is there. */
+void pool_cancel_connect(pool_wait_t *w);
+
+/* 1 while w waits for a connection. */
+int pool_wait_pending(const pool_wait_t *w);
 
 /* Gives back a connection that finished a response and may be reused; the
  * caller's reference is transferred to the pool. A connection opened before
  * the destination rules last changed is closed instead when its peer's
- * address is now forbidden: reuse skips the check made before connecting. */
+ * address is now forbidden: reuse skips the check made before connecting.
+ * The connection calls it through its hooks. */
 void pool_return(conn_t *c);
 
-/* Called by conn_close(): the connection leaves its origin and frees its
- * slot; waiters are woken. */
-void pool_conn_closing(conn_t *c);
+/* The connection is closing (its state still the old one): it leaves its
+ * origin and frees its slot; waiters are woken. The connection calls it
+ * through its hooks, once. */
+void pool_detach(conn_t *c);
 
-/* Hands free slots to waiting jobs if the limits allow (after they were
+/* Hands free slots to waiters if the limits allow (after they were
  * raised). */
 void pool_kick(pool_t *p);
 
 /* Closes every idle connection now. */
 void pool_close_idle(pool_t *p, stats_close_t reason);
-
-/* Called by conn.c when an idle connection changes state. */
-void pool_conn_state(pool_t *p, conn_state_t from, conn_state_t to);
 
 #endif

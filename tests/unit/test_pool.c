@@ -1,19 +1,22 @@
-/* Unit tests for daemon/pool.c through the real engine: jobs run against tiny
- * keep-alive HTTP servers on loopback inside the test, and the pool's
- * figures are checked — reuse, the per-host and global limits (and the idle
- * connection closed to make room), the idle sweep, idle connections the
- * server closes or talks on, and pool_close_idle(). Every test tears the
- * daemon down and checks that every object and fetchd heap block is gone. */
+/* Unit tests for daemon/pool.c with fake waiters, no job: each fetch of the
+ * test is a pool_wait_t plus a conn_user_ops_t of its own that asks the pool
+ * for a connection, connects it if new, sends one GET and records the
+ * response. They run against tiny keep-alive HTTP servers on loopback inside
+ * the test, and the pool's figures are checked — reuse, the per-host and
+ * global limits (and the idle connection closed to make room), the idle
+ * sweep, idle connections the server closes or talks on, cancel_connect, and
+ * pool_close_idle(). The daemon struct only provides the loop, stats,
+ * buffers, DNS, TLS and the pool; its scheduler runs no job. Every test tears
+ * it down and checks that every object and fetchd heap block is gone. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon.h"
 #include "err.h"
-#include "job.h"
 #include "mem.h"
 #include "pool.h"
-#include "sched.h"
+#include "url.h"
 #include "test.h"
 
 #define MAX_EVENTS      64
@@ -193,15 +196,19 @@ static void server_stop(server_t *s)
 /* ---- the daemon fixture ------------------------------------------------------------ */
 
 typedef struct result {
-    job_state_t state;
+    int done;
     int error;
     int http_status;
     uint64_t bytes;
-    unsigned pool_idle; /* the pool's idle count when the job finished */
+    unsigned pool_idle; /* the pool's idle count when the fetch finished */
 } result_t;
+
+typedef struct fetch fetch_t;
 
 typedef struct fixture {
     daemon_t d;
+    fetch_t *fetches[MAX_EVENTS]; /* owned */
+    size_t nfetches;
     server_t srv[2];
     result_t results[MAX_EVENTS];
     size_t nfinished;
@@ -235,26 +242,194 @@ static void on_sample(uv_check_t *h)
     sample(h->data);
 }
 
-static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
-{
-    fixture_t *f = data;
-    result_t *r;
+/* ---- the fake waiter and user ------------------------------------------------------
+ * What a job does with the pool and a connection, and nothing more: wait,
+ * connect a new connection, send one GET, record the response. */
 
-    (void)s;
+struct fetch {
+    pool_wait_t wait; /* the pool borrows it while the fetch waits */
+    fixture_t *f;     /* borrowed */
+    url_t url;        /* owned */
+    conn_t *conn;     /* owned reference while attached */
+    unsigned refcnt;  /* the connection's references to us */
+    char req[256];
+    int status, err, finished;
+    uint64_t bytes;
+};
+
+static void record(fetch_t *x)
+{
+    fixture_t *f = x->f;
     sample(f);
-    if (ev != SCHED_EV_FINISHED)
-        return;
-    if (j->error != 0)
-        fprintf(stderr, "job %s: %s: %s\n", j->effective_url, err_name(j->error), j->error_msg);
+    x->finished = 1;
+    if (x->err != 0)
+        fprintf(stderr, "fetch %s: %s\n", x->url.href, err_name(x->err));
     if (f->nfinished < MAX_EVENTS) {
-        r = &f->results[f->nfinished];
-        r->state = j->state;
-        r->error = j->error;
-        r->http_status = j->http_status;
-        r->bytes = j->bytes;
+        result_t *r = &f->results[f->nfinished];
+        r->done = x->err == 0;
+        r->error = x->err;
+        r->http_status = x->status;
+        r->bytes = x->bytes;
         r->pool_idle = f->d.pool.nidle;
     }
     f->nfinished++;
+}
+
+static void x_incref(void *p)
+{
+    ((fetch_t *)p)->refcnt++;
+}
+
+static void x_decref(void *p)
+{
+    fetch_t *x = p;
+    CHECK(x->refcnt > 0);
+    x->refcnt--;
+}
+
+static void x_detach(void *p)
+{
+    ((fetch_t *)p)->conn = NULL;
+}
+
+static void x_connected(void *p, int err, const char *msg)
+{
+    fetch_t *x = p;
+    uv_buf_t b = uv_buf_init(x->req, (unsigned)strlen(x->req));
+
+    (void)msg;
+    if (err != 0) {
+        x->err = err;
+        record(x);
+        return;
+    }
+    sample(x->f);
+    CHECK_INT(conn_send(x->conn, &b, 1, 0), 0);
+}
+
+static void x_sent(void *p)
+{
+    (void)p;
+}
+
+static void x_read(void *p)
+{
+    (void)p;
+}
+
+static int x_header(void *p, const char *n, size_t nl, const char *v, size_t vl, conn_why_t *why)
+{
+    (void)p, (void)n, (void)nl, (void)v, (void)vl, (void)why;
+    return 0;
+}
+
+static int x_head(void *p, int status, int64_t length, const char *te, conn_why_t *why)
+{
+    (void)length, (void)te, (void)why;
+    ((fetch_t *)p)->status = status;
+    return 0;
+}
+
+static int x_body(void *p, buf_t *b, const char *at, size_t len, conn_why_t *why)
+{
+    (void)b, (void)at, (void)why;
+    ((fetch_t *)p)->bytes += len;
+    return 0;
+}
+
+static void x_complete(void *p)
+{
+    record(p);
+}
+
+static void x_error(void *p, int err, const char *msg, int reused, uint64_t got)
+{
+    fetch_t *x = p;
+    (void)msg, (void)reused, (void)got;
+    x->err = err;
+    record(x);
+}
+
+static const conn_user_ops_t fetch_ops = {
+    .incref = x_incref,
+    .decref = x_decref,
+    .on_detach = x_detach,
+    .on_connected = x_connected,
+    .on_request_sent = x_sent,
+    .on_read = x_read,
+    .on_header = x_header,
+    .on_head = x_head,
+    .on_body = x_body,
+    .on_complete = x_complete,
+    .on_error = x_error,
+};
+
+/* The fetch got c (a new reference; NULL: no memory) from the pool. */
+static void got_conn(fetch_t *x, conn_t *c, int reused)
+{
+    dns_entry_t *e = NULL;
+    dns_waiter_t w = {0}; /* unused: an address literal resolves at once */
+
+    if (c == NULL) {
+        x->err = ERR_NO_MEMORY;
+        record(x);
+        return;
+    }
+    conn_attach(c, &fetch_ops, x);
+    x->conn = c;
+    conn_decref(c); /* the pool's: x->conn holds the one attaching took */
+    sample(x->f);
+    if (reused) {
+        x_connected(x, 0, NULL);
+        return;
+    }
+    CHECK_INT(dns_lookup(&x->f->d.dns, x->url.host, x->url.port, &w, &e), 0);
+    if (e == NULL)
+        return;
+    CHECK_INT(conn_connect(c, e), 0);
+    dns_entry_decref(e);
+}
+
+static void on_pool_conn(pool_wait_t *w, conn_t *c, int reused)
+{
+    got_conn(w->data, c, reused);
+}
+
+static void fetch_free(fetch_t *x)
+{
+    CHECK(!pool_wait_pending(&x->wait));
+    CHECK(x->conn == NULL);
+    CHECK_INT(x->refcnt, 0);
+    url_dispose(&x->url);
+    free(x);
+}
+
+/* Asks the pool for a connection to url with tls (NULL: none); returns the
+ * fetch (owned by the fixture). */
+static fetch_t *fetch_start(fixture_t *f, const char *url, tls_config_t *tls)
+{
+    fetch_t *x = calloc(1, sizeof(*x));
+    const char *msg = NULL;
+    conn_t *c = NULL;
+    int rc;
+
+    CHECK(x != NULL && f->nfetches < MAX_EVENTS);
+    if (x == NULL || f->nfetches >= MAX_EVENTS) {
+        free(x);
+        return NULL;
+    }
+    f->fetches[f->nfetches++] = x;
+    x->f = f;
+    CHECK_INT(url_parse(&x->url, url, &msg), 0);
+    snprintf(x->req, sizeof(x->req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", x->url.target,
+             x->url.authority);
+    rc = pool_connect(&f->d.pool, &x->wait, &x->url, tls, 0, on_pool_conn, x, &c);
+    sample(f);
+    if (rc == POOL_REUSED || rc == POOL_NEW)
+        got_conn(x, c, rc == POOL_REUSED);
+    else
+        CHECK_INT(rc, POOL_WAIT);
+    return x;
 }
 
 static void on_timer_flag(uv_timer_t *t)
@@ -269,8 +444,6 @@ static void setup_with(fixture_t *f, daemon_config_t *cfg)
     memset(f, 0, sizeof(*f));
     CHECK_INT(fetchd_blocks(), 0);
     CHECK_INT(daemon_init(&f->d, cfg, errmsg, sizeof(errmsg)), 0);
-    f->d.sched.on_event = on_event;
-    f->d.sched.event_data = f;
     server_start(&f->srv[0], &f->d.loop);
     server_start(&f->srv[1], &f->d.loop);
     uv_check_init(&f->d.loop, &f->sampler);
@@ -293,6 +466,8 @@ static void setup(fixture_t *f)
 
 static void teardown(fixture_t *f)
 {
+    for (size_t i = 0; i < f->nfetches; i++)
+        fetch_free(f->fetches[i]);
     daemon_close(&f->d);
     server_stop(&f->srv[0]);
     server_stop(&f->srv[1]);
@@ -322,7 +497,7 @@ static int run_until_finished(fixture_t *f, size_t n)
         uv_run(&f->d.loop, UV_RUN_ONCE);
     uv_timer_stop(&f->guard);
     if (f->nfinished < n)
-        fprintf(stderr, "timed out: %zu of %zu jobs finished\n", f->nfinished, n);
+        fprintf(stderr, "timed out: %zu of %zu fetches finished\n", f->nfinished, n);
     return f->nfinished >= n;
 }
 
@@ -346,27 +521,18 @@ static void run_for(fixture_t *f, uint64_t ms)
         uv_run(&f->d.loop, UV_RUN_ONCE);
 }
 
-static void submit(fixture_t *f, int server, const char *path)
+static fetch_t *submit(fixture_t *f, int server, const char *path)
 {
-    job_spec_t spec;
-    char url[128], errmsg[256] = "";
-    job_t *j = NULL;
-    int rc;
-
+    char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", f->srv[server].port, path);
-    job_spec_init(&spec);
-    spec.url = mem_strdup(url);
-    rc = sched_submit(&f->d.sched, &spec, &j, errmsg, sizeof(errmsg));
-    if (rc != 0)
-        fprintf(stderr, "submit %s: %s (%s)\n", url, err_name(rc), errmsg);
-    CHECK_INT(rc, 0);
+    return fetch_start(f, url, NULL);
 }
 
-/* Every finished job got the server's response. */
+/* Every finished fetch got the server's response. */
 static void check_all_ok(const fixture_t *f)
 {
     for (size_t i = 0; i < f->nfinished && i < MAX_EVENTS; i++) {
-        CHECK_INT(f->results[i].state, JOB_DONE);
+        CHECK_INT(f->results[i].done, 1);
         CHECK_INT(f->results[i].error, 0);
         CHECK_INT(f->results[i].http_status, 200);
         CHECK_INT(f->results[i].bytes, 2);
@@ -447,7 +613,7 @@ static void test_global_limit_closes_idle(void)
     setup(&f);
     f.d.pool.max_conns = 3;
     f.d.pool.max_per_host = 3;
-    /* Three jobs dispatched together each open a connection to A. */
+    /* Three fetches started together each open a connection to A. */
     for (int i = 0; i < 3; i++)
         submit(&f, 0, "/a");
     CHECK(run_until_finished(&f, 3));
@@ -492,7 +658,7 @@ static void test_idle_sweep(void)
 }
 
 /* An idle connection the server closes, or talks on, leaves the pool at
- * once (long before the idle timeout), and the next job opens a new one. */
+ * once (long before the idle timeout), and the next fetch opens a new one. */
 static void check_peer_discard(const char *path)
 {
     fixture_t f;
@@ -554,30 +720,55 @@ static void test_close_idle(void)
     teardown(&f);
 }
 
-/* A job that keeps a TLS configuration (an https job after an allowed
+/* A caller that keeps a TLS configuration (an https job after an allowed
  * redirect to http, allow_downgrade) must reach a plain http origin in
- * plain text: the origin takes the job's TLS settings only for https. */
+ * plain text: the origin takes the caller's TLS settings only for https. */
 static void test_http_origin_ignores_tls_config(void)
 {
     fixture_t f;
-    job_spec_t spec;
+    tls_config_t *tls = NULL;
     char url[128], errmsg[256] = "";
-    job_t *j = NULL;
 
     setup(&f);
+    CHECK_INT(tls_config_get(&f.d.tls, NULL, 1, NULL, NULL, &tls, errmsg, sizeof(errmsg)), 0);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/plain", f.srv[0].port);
-    job_spec_init(&spec);
-    spec.url = mem_strdup(url);
-    CHECK_INT(sched_submit(&f.d.sched, &spec, &j, errmsg, sizeof(errmsg)), 0);
-    CHECK(j != NULL && j->tls_config == NULL);
-    if (j != NULL)
-        CHECK_INT(tls_config_get(f.d.sched.tls, NULL, 1, NULL, NULL, &j->tls_config, errmsg,
-                                 sizeof(errmsg)),
-                  0);
+    fetch_start(&f, url, tls);
     CHECK(run_until_finished(&f, 1));
     check_all_ok(&f);
     CHECK_INT(f.srv[0].requests, 1);
     CHECK_INT(f.d.tls.handshakes, 0);
+    if (tls)
+        tls_config_decref(tls);
+    teardown(&f);
+}
+
+/* A waiter that gives up is withdrawn: it is never called, the origin it
+ * waited at goes once its connection does, and the next waiter is served. */
+static void test_cancel_connect(void)
+{
+    fixture_t f;
+    fetch_t *a, *b, *c;
+
+    setup(&f);
+    f.d.pool.max_per_host = 1;
+    a = submit(&f, 0, "/a");
+    b = submit(&f, 0, "/b");
+    c = submit(&f, 0, "/c");
+    CHECK(b && pool_wait_pending(&b->wait));
+    CHECK(c && pool_wait_pending(&c->wait));
+    if (b)
+        pool_cancel_connect(&b->wait);
+    CHECK(b && !pool_wait_pending(&b->wait));
+    if (b)
+        pool_cancel_connect(&b->wait); /* a second cancel is harmless */
+    CHECK(run_until_finished(&f, 2));
+    check_all_ok(&f);
+    CHECK(a && a->finished);
+    CHECK(b && !b->finished);
+    CHECK(c && c->finished);
+    CHECK_INT(f.srv[0].requests, 2);
+    CHECK_INT(f.d.stats.conns_opened, 1);
+    CHECK_INT(f.d.stats.conn_reuses, 1);
     teardown(&f);
 }
 
@@ -585,4 +776,4 @@ TEST_MAIN(TEST_CASE(test_sequential_reuse), TEST_CASE(test_per_host_limit),
           TEST_CASE(test_global_limit), TEST_CASE(test_global_limit_closes_idle),
           TEST_CASE(test_idle_sweep), TEST_CASE(test_peer_closes_idle),
           TEST_CASE(test_peer_talks_on_idle), TEST_CASE(test_close_idle),
-          TEST_CASE(test_http_origin_ignores_tls_config))
+          TEST_CASE(test_http_origin_ignores_tls_config), TEST_CASE(test_cancel_connect))

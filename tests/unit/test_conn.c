@@ -1,0 +1,480 @@
+/* Unit tests for daemon/conn.c with no job and no pool: a fake user
+ * (conn_user_ops_t) and fake pool hooks drive one connection against a tiny
+ * server on loopback inside the test, which answers the first request head
+ * with canned bytes. They check what the user hears and in which order, that
+ * a refusal's reason reaches on_error as an argument, that a user may close
+ * the connection inside a callback, and that every reference, buffer and
+ * object is gone at the end. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "conn.h"
+#include "dns.h"
+#include "err.h"
+#include "mem.h"
+#include "stats.h"
+#include "test.h"
+
+#define LOOP_TIMEOUT_MS 5000
+
+/* ---- the test server: one connection, one canned answer -------------------- */
+
+typedef struct server {
+    uv_tcp_t listener;
+    uv_tcp_t peer;
+    int port, accepted, peer_open;
+    const char *answer; /* borrowed: sent once the request head is in */
+    int close_after;    /* close the connection after the answer */
+    char req[4096];
+    size_t len;
+} server_t;
+
+static void on_peer_closed(uv_handle_t *h)
+{
+    server_t *s = h->data;
+    s->peer_open = 0;
+}
+
+static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    server_t *s = h->data;
+    (void)hint;
+    *b = uv_buf_init(s->req + s->len, (unsigned)(sizeof(s->req) - 1 - s->len));
+}
+
+static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    server_t *s = st->data;
+    uv_buf_t out;
+
+    (void)b;
+    if (n < 0 || s->len + (size_t)n >= sizeof(s->req) - 1) {
+        if (!uv_is_closing((uv_handle_t *)&s->peer))
+            uv_close((uv_handle_t *)&s->peer, on_peer_closed);
+        return;
+    }
+    s->len += (size_t)n;
+    s->req[s->len] = '\0';
+    if (strstr(s->req, "\r\n\r\n") == NULL || s->answer == NULL)
+        return;
+    out = uv_buf_init((char *)s->answer, (unsigned)strlen(s->answer));
+    /* A few dozen bytes always fit a loopback socket's buffer. */
+    CHECK_INT(uv_try_write((uv_stream_t *)&s->peer, &out, 1), strlen(s->answer));
+    s->answer = NULL;
+    if (s->close_after)
+        uv_close((uv_handle_t *)&s->peer, on_peer_closed);
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    server_t *s = l->data;
+    CHECK_INT(status, 0);
+    CHECK_INT(s->accepted, 0); /* one connection per test */
+    s->accepted++;
+    uv_tcp_init(l->loop, &s->peer);
+    s->peer.data = s;
+    s->peer_open = 1;
+    CHECK_INT(uv_accept(l, (uv_stream_t *)&s->peer), 0);
+    uv_read_start((uv_stream_t *)&s->peer, on_peer_alloc, on_peer_read);
+}
+
+static void server_start(server_t *s, uv_loop_t *loop)
+{
+    struct sockaddr_in sa;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    CHECK_INT(uv_tcp_bind(&s->listener, (const struct sockaddr *)&sa, 0), 0);
+    CHECK_INT(uv_listen((uv_stream_t *)&s->listener, 8, on_connection), 0);
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void server_stop(server_t *s)
+{
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    if (s->peer_open && !uv_is_closing((uv_handle_t *)&s->peer))
+        uv_close((uv_handle_t *)&s->peer, on_peer_closed);
+}
+
+/* ---- the fake user and the fake pool ---------------------------------------- */
+
+typedef struct user {
+    unsigned refcnt;
+    conn_t *conn; /* the user's reference while attached */
+    char trace[512];
+    int status, err;
+    char msg[256];
+    char body[256];
+    size_t blen;
+    const char *refuse_head; /* refuse the head with this reason */
+    int close_in_body;       /* conn_close() from inside on_body */
+    int finished;
+} user_t;
+
+typedef struct fixture {
+    uv_loop_t loop;
+    stats_t stats;
+    buf_pool_t bufs;
+    dns_t dns;
+    server_t srv;
+    conn_env_t env;
+    user_t user;
+    unsigned actives, closings;
+    conn_t *returned; /* the pool's reference, from on_reusable */
+    uv_timer_t guard;
+    int guard_fired;
+} fixture_t;
+
+static fixture_t *fx; /* the hooks' way back to the test's state */
+
+static void trace(user_t *u, const char *ev)
+{
+    size_t n = strlen(u->trace);
+    snprintf(u->trace + n, sizeof(u->trace) - n, "%s%s", n ? " " : "", ev);
+}
+
+static void u_incref(void *p)
+{
+    ((user_t *)p)->refcnt++;
+}
+
+static void u_decref(void *p)
+{
+    user_t *u = p;
+    CHECK(u->refcnt > 0);
+    u->refcnt--;
+}
+
+static void u_detach(void *p)
+{
+    user_t *u = p;
+    trace(u, "detach");
+    u->conn = NULL;
+}
+
+static const char request[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+static void u_connected(void *p, int err, const char *msg)
+{
+    user_t *u = p;
+    uv_buf_t b = uv_buf_init((char *)request, sizeof(request) - 1);
+
+    trace(u, "connected");
+    if (err != 0) {
+        u->err = err;
+        snprintf(u->msg, sizeof(u->msg), "%s", msg ? msg : "");
+        u->finished = 1;
+        return;
+    }
+    CHECK_INT(conn_send(u->conn, &b, 1, 0), 0);
+}
+
+static void u_sent(void *p)
+{
+    trace(p, "sent");
+}
+
+static void u_read(void *p)
+{
+    user_t *u = p;
+    /* Only the first read is traced: how bytes are split is the kernel's. */
+    if (strstr(u->trace, "read") == NULL)
+        trace(u, "read");
+}
+
+static int u_header(void *p, const char *name, size_t nlen, const char *value, size_t vlen,
+                    conn_why_t *why)
+{
+    (void)name, (void)nlen, (void)value, (void)vlen, (void)why;
+    trace(p, "header");
+    return 0;
+}
+
+static int u_head(void *p, int status, int64_t length, const char *te, conn_why_t *why)
+{
+    user_t *u = p;
+    (void)length, (void)te;
+    trace(u, "head");
+    u->status = status;
+    if (u->refuse_head) {
+        snprintf(why->msg, sizeof(why->msg), "%s", u->refuse_head);
+        return ERR_HTTP_ERROR;
+    }
+    return 0;
+}
+
+static int u_body(void *p, buf_t *b, const char *at, size_t len, conn_why_t *why)
+{
+    user_t *u = p;
+    (void)b, (void)why;
+    if (strstr(u->trace, "body") == NULL)
+        trace(u, "body");
+    if (u->blen + len < sizeof(u->body)) {
+        memcpy(u->body + u->blen, at, len);
+        u->blen += len;
+    }
+    if (u->close_in_body && u->conn != NULL) {
+        /* The connection must survive this: CALL_USER holds it. */
+        conn_close(u->conn, STATS_CLOSE_ERROR);
+        u->finished = 1;
+        return 0;
+    }
+    return 0;
+}
+
+static void u_complete(void *p)
+{
+    user_t *u = p;
+    trace(u, "complete");
+    u->finished = 1;
+}
+
+static void u_error(void *p, int err, const char *msg, int reused, uint64_t got)
+{
+    user_t *u = p;
+    (void)reused, (void)got;
+    trace(u, "error");
+    u->err = err;
+    snprintf(u->msg, sizeof(u->msg), "%s", msg ? msg : "(null)");
+    u->finished = 1;
+}
+
+static const conn_user_ops_t user_ops = {
+    .incref = u_incref,
+    .decref = u_decref,
+    .on_detach = u_detach,
+    .on_connected = u_connected,
+    .on_request_sent = u_sent,
+    .on_read = u_read,
+    .on_header = u_header,
+    .on_head = u_head,
+    .on_body = u_body,
+    .on_complete = u_complete,
+    .on_error = u_error,
+};
+
+static void h_active(conn_t *c)
+{
+    (void)c;
+    fx->actives++;
+}
+
+static void h_reusable(conn_t *c)
+{
+    CHECK(fx->returned == NULL);
+    fx->returned = c; /* takes the reference */
+}
+
+static void h_closing(conn_t *c)
+{
+    CHECK(c->env == &fx->env);
+    fx->closings++;
+}
+
+static const conn_pool_hooks_t hooks = {
+    .on_active = h_active,
+    .on_reusable = h_reusable,
+    .on_closing = h_closing,
+};
+
+/* ---- fixture ----------------------------------------------------------------- */
+
+static uint64_t fetchd_blocks(void)
+{
+    uint64_t blocks, bytes;
+    mem_get(MEM_FETCHD, &blocks, &bytes);
+    return blocks;
+}
+
+static void on_guard(uv_timer_t *t)
+{
+    *(int *)t->data = 1;
+}
+
+static void setup(fixture_t *f, const char *answer, int close_after)
+{
+    memset(f, 0, sizeof(*f));
+    fx = f;
+    CHECK_INT(fetchd_blocks(), 0);
+    uv_loop_init(&f->loop);
+    stats_init(&f->stats);
+    buf_pool_init(&f->bufs, 16384, 4, &f->stats);
+    CHECK_INT(dns_init(&f->dns, &f->loop, &f->stats), 0);
+    server_start(&f->srv, &f->loop);
+    f->srv.answer = answer;
+    f->srv.close_after = close_after;
+    uv_timer_init(&f->loop, &f->guard);
+    f->guard.data = &f->guard_fired;
+    f->env = (conn_env_t){
+        .loop = &f->loop,
+        .stats = &f->stats,
+        .bufs = &f->bufs,
+        .host = "127.0.0.1",
+        .port = (uint16_t)f->srv.port,
+        .host_is_ip = 1,
+        .tls_key = "http://127.0.0.1",
+        .hooks = &hooks,
+        .hook_data = f,
+    };
+}
+
+/* Creates a connection, attaches the user and connects it to port. */
+static void start(fixture_t *f, int port)
+{
+    dns_entry_t *e = NULL;
+    dns_waiter_t w = {0}; /* unused: an address literal resolves at once */
+    conn_t *c = conn_create(&f->env);
+
+    CHECK(c != NULL);
+    conn_attach(c, &user_ops, &f->user);
+    f->user.conn = c; /* the reference conn_attach() took for the user */
+    conn_decref(c);   /* ours */
+    CHECK_INT(dns_lookup(&f->dns, "127.0.0.1", (uint16_t)port, &w, &e), 0);
+    CHECK(e != NULL);
+    CHECK_INT(conn_connect(c, e), 0);
+    dns_entry_decref(e);
+}
+
+static int run_until_finished(fixture_t *f)
+{
+    f->guard_fired = 0;
+    uv_timer_start(&f->guard, on_guard, LOOP_TIMEOUT_MS, 0);
+    while (!f->user.finished && !f->guard_fired)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->guard);
+    return f->user.finished;
+}
+
+static void teardown(fixture_t *f)
+{
+    if (f->user.conn != NULL)
+        conn_close(f->user.conn, STATS_CLOSE_SHUTDOWN);
+    if (f->returned != NULL) {
+        conn_close(f->returned, STATS_CLOSE_SHUTDOWN);
+        conn_decref(f->returned);
+        f->returned = NULL;
+    }
+    server_stop(&f->srv);
+    uv_close((uv_handle_t *)&f->guard, NULL);
+    dns_dispose(&f->dns);
+    CHECK_INT(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    CHECK_INT(uv_loop_close(&f->loop), 0);
+    CHECK_INT(f->user.refcnt, 0);
+    CHECK_INT(f->bufs.in_use, 0);
+    buf_pool_dispose(&f->bufs);
+    for (int t = 0; t < STATS_OBJ__COUNT; t++) {
+        if (f->stats.objects[t] != 0)
+            fprintf(stderr, "leaked object type %s\n", stats_obj_label(t));
+        CHECK_INT(f->stats.objects[t], 0);
+    }
+    CHECK_INT(fetchd_blocks(), 0);
+    fx = NULL;
+}
+
+/* ---- tests ------------------------------------------------------------------- */
+
+/* A keep-alive response: the user hears every step in order, then the
+ * connection goes back through the pool's hook, detached. */
+static void test_reusable_response(void)
+{
+    fixture_t f;
+    setup(&f, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", 0);
+    start(&f, f.srv.port);
+    CHECK(run_until_finished(&f));
+    CHECK_STR(f.user.trace, "connected sent read header header head body detach complete");
+    CHECK_INT(f.user.status, 200);
+    CHECK_INT(f.user.blen, 5);
+    CHECK(memcmp(f.user.body, "hello", 5) == 0);
+    CHECK_INT(f.actives, 1);
+    CHECK(f.returned != NULL);
+    CHECK(f.returned != NULL && f.returned->user == NULL);
+    CHECK_INT(f.closings, 0);
+    CHECK_INT(f.user.refcnt, 0);
+    teardown(&f);
+    CHECK_INT(f.closings, 1);
+}
+
+/* A response cut short: on_error carries the code and the message. */
+static void test_truncated(void)
+{
+    fixture_t f;
+    setup(&f, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1);
+    start(&f, f.srv.port);
+    CHECK(run_until_finished(&f));
+    CHECK_INT(f.user.err, ERR_TRUNCATED);
+    CHECK(strstr(f.user.msg, "before the response was complete") != NULL);
+    CHECK(strstr(f.user.trace, "detach error") != NULL);
+    CHECK(f.returned == NULL);
+    CHECK_INT(f.closings, 1);
+    CHECK_INT(f.user.refcnt, 0);
+    teardown(&f);
+}
+
+/* A user's reason for refusing the head reaches on_error as its argument. */
+static void test_refusal_reason(void)
+{
+    fixture_t f;
+    setup(&f, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 0);
+    f.user.refuse_head = "HTTP status 404, refused by the user";
+    start(&f, f.srv.port);
+    CHECK(run_until_finished(&f));
+    CHECK_INT(f.user.err, ERR_HTTP_ERROR);
+    CHECK_STR(f.user.msg, "HTTP status 404, refused by the user");
+    CHECK(f.returned == NULL);
+    CHECK_INT(f.closings, 1);
+    teardown(&f);
+}
+
+/* Closing the connection from inside a user callback only marks it. */
+static void test_close_inside_callback(void)
+{
+    fixture_t f;
+    setup(&f, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0);
+    f.user.close_in_body = 1;
+    start(&f, f.srv.port);
+    CHECK(run_until_finished(&f));
+    /* The close detached the user without a report: nothing follows it. */
+    CHECK(strstr(f.user.trace, "body detach") != NULL);
+    CHECK(strstr(f.user.trace, "complete") == NULL);
+    CHECK(f.user.conn == NULL);
+    CHECK_INT(f.closings, 1);
+    teardown(&f);
+}
+
+/* Nobody listens: on_connected reports connect_refused with a message. */
+static void test_connect_refused(void)
+{
+    fixture_t f;
+    int port;
+    setup(&f, NULL, 0);
+    port = f.srv.port;
+    uv_close((uv_handle_t *)&f.srv.listener, NULL);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    uv_tcp_init(&f.loop, &f.srv.listener); /* server_stop() closes it again */
+    start(&f, port);
+    CHECK(run_until_finished(&f));
+    CHECK_INT(f.user.err, ERR_CONNECT_REFUSED);
+    CHECK(strstr(f.user.msg, "connect to 127.0.0.1 port") != NULL);
+    CHECK_STR(f.user.trace, "detach connected");
+    CHECK_INT(f.actives, 0);
+    CHECK_INT(f.closings, 1);
+    teardown(&f);
+}
+
+int main(void)
+{
+    static const test_case_t cases[] = {
+        TEST_CASE(test_reusable_response), TEST_CASE(test_truncated),
+        TEST_CASE(test_refusal_reason),    TEST_CASE(test_close_inside_callback),
+        TEST_CASE(test_connect_refused),
+    };
+    if (mem_install() != 0)
+        return 1;
+    return test_main(cases, sizeof(cases) / sizeof(cases[0]));
+}
