@@ -325,12 +325,16 @@ class Daemon:
 
 def wait_idle_closed(port, limit=SETTLE_TIMEOUT):
     """Polls /metrics (bounded) until no connection is idle, active or
-    connecting; returns the last scrape (the caller asserts on it)."""
+    connecting, and none is still closing (a conn object outlives its state
+    until its handles have closed: a baseline taken then would count
+    connections that are on their way out); returns the last scrape (the
+    caller asserts on it)."""
     deadline = time.monotonic() + limit
     while True:
         s = scrape(port)
         conns = s.by_label("fetchd_connections", "state")
-        if all(v == 0 for v in conns.values()) or time.monotonic() >= deadline:
+        closed = all(v == 0 for v in conns.values()) and s.get("fetchd_objects", type="conn") == 0
+        if closed or time.monotonic() >= deadline:
             return s
         time.sleep(0.1)
 
