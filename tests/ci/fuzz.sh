@@ -47,5 +47,15 @@ grep -E 'tests passed|tests failed|\*\*\*Failed|Timeout' "$BUILD_DIR/fuzz.log" |
 for f in "$BUILD_DIR"/fuzz/crash-*; do
     [ -e "$f" ] && echo "finding: $f"
 done
+# A finding must be replayable from the CI log alone (the machine that ran it
+# is gone): the report of each failed target, and its input in base64.
+if [ "$status" -ne 0 ]; then
+    grep -E -A30 '(ERROR|WARNING): |^fuzz_[a-z]+: |SUMMARY: ' "$log" | head -n 150 || true
+    for f in "$BUILD_DIR"/fuzz/crash-* "$BUILD_DIR"/fuzz/leak-* "$BUILD_DIR"/fuzz/oom-*; do
+        [ -e "$f" ] || continue
+        echo "input of $f ($(wc -c <"$f") bytes, the first 4096 in base64):"
+        head -c 4096 "$f" | base64
+    done
+fi
 echo "fuzz.sh: build $((built - start)) s, fuzzing $((end - built)) s, total $((end - start)) s"
 exit "$status"
