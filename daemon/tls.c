@@ -246,11 +246,19 @@ int tls_config_get(tls_t *t, const char *ca_file, int insecure, const char *cert
         tls_config_decref(c);
         return rc;
     }
-    /* The cache keeps its own reference; loading a bundle is not cheap. */
+    /* The cache keeps its own reference; loading a bundle is not cheap.
+     * Past TLS_MAX_CONFIGS the oldest entry goes (its users keep it). */
     tls_config_incref(c);
     c->next = t->configs;
     t->configs = c;
-    t->nconfigs++;
+    if (++t->nconfigs > TLS_MAX_CONFIGS) {
+        tls_config_t **pp = &t->configs;
+        while ((*pp)->next)
+            pp = &(*pp)->next;
+        tls_config_decref(*pp);
+        *pp = NULL;
+        t->nconfigs--;
+    }
     *out = c;
     return 0;
 nomem:
@@ -287,14 +295,19 @@ int tls_reload(tls_t *t, const char *ca_file, const char *cert_file, const char 
     t->key_file = probe.key_file;
     probe.ca_file = probe.cert_file = probe.key_file = NULL;
     tls_dispose(&probe);
+    tls_forget_configs(t);
+    return 0;
+}
+
+void tls_forget_configs(tls_t *t)
+{
     while (t->configs) {
-        c = t->configs;
+        tls_config_t *c = t->configs;
         t->configs = c->next;
         c->next = NULL;
         tls_config_decref(c);
     }
     t->nconfigs = 0;
-    return 0;
 }
 
 void tls_config_incref(tls_config_t *c)

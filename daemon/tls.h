@@ -29,6 +29,9 @@
 #include "stats.h"
 
 #define TLS_DEFAULT_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
+/* Configurations cached at once (one per CA file, verification and client
+ * certificate in use); the oldest goes first. */
+#define TLS_MAX_CONFIGS 16
 
 typedef struct tls tls_t;
 typedef struct tls_config tls_config_t;
@@ -117,6 +120,10 @@ int tls_reload(tls_t *t, const char *ca_file, const char *cert_file, const char 
  * or ERR_NO_MEMORY. */
 int tls_config_get(tls_t *t, const char *ca_file, int insecure, const char *cert_file,
                    const char *key_file, tls_config_t **out, char *errmsg, size_t errlen);
+
+/* Drops the cache's references: every configuration is loaded again on its
+ * next use; those in use live on with their connections. */
+void tls_forget_configs(tls_t *t);
 
 void tls_config_incref(tls_config_t *c);
 int tls_config_decref(tls_config_t *c);

@@ -10,8 +10,9 @@
  *    leaves such a copy too; either way the kept file holds the input;
  *  - what was restored saves again (state_save()) and that file loads as
  *    valid JSON with the same number of jobs;
- *  - after every restored job is cancelled and forgotten, no job, request
- *    or connection is left and fetchd's and jansson's heaps are back where
+ *  - after every restored job is cancelled and forgotten, and the TLS
+ *    configurations an https job cached are dropped, no job, request or
+ *    connection is left and fetchd's and jansson's heaps are back where
  *    they were.
  * The loop never runs while a restored job is queued: none of them starts,
  * whatever URL the input names (sandbox.c would refuse it anyway).
@@ -142,6 +143,8 @@ static void drop_jobs(void)
         sched_cancel(&fz.d.sched, j);
     }
     sched_forget_finished(&fz.d.sched);
+    /* An https job caches its TLS configuration for the daemon's life. */
+    tls_forget_configs(&fz.d.tls);
     /* Cancelling may leave handle work for the loop (no job is queued now). */
     for (int i = 0; i < 4; i++)
         uv_run(&fz.d.loop, UV_RUN_NOWAIT);

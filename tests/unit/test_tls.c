@@ -1,0 +1,155 @@
+/* Unit tests for daemon/tls.c's configuration cache: one configuration per
+ * combination, a bound on how many are kept, and configurations that live on
+ * with their users after the cache lets them go.
+ *
+ * Needs the system CA bundle (ca-certificates, in deploy/install-deps.sh's
+ * build set); distinct CA file names are symlinks to it. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "mem.h"
+#include "stats.h"
+#include "test.h"
+#include "tls.h"
+
+static char dir[64];
+static char paths[TLS_MAX_CONFIGS + 2][96];
+
+static void make_ca_links(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/fetchd-test-tls-XXXXXX");
+    if (mkdtemp(dir) == NULL) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        snprintf(paths[i], sizeof(paths[i]), "%s/ca%zu.crt", dir, i);
+        if (symlink(TLS_DEFAULT_CA_FILE, paths[i]) != 0) {
+            perror("symlink");
+            exit(1);
+        }
+    }
+}
+
+static void remove_ca_links(void)
+{
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
+        unlink(paths[i]);
+    rmdir(dir);
+}
+
+static void test_same_combination_is_shared(void)
+{
+    stats_t st;
+    tls_t t;
+    tls_config_t *a = NULL, *b = NULL, *c = NULL;
+    char err[256] = "";
+
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    CHECK_INT(tls_config_get(&t, NULL, 0, NULL, NULL, &a, err, sizeof(err)), 0);
+    CHECK_INT(tls_config_get(&t, NULL, 0, NULL, NULL, &b, err, sizeof(err)), 0);
+    CHECK_INT(tls_config_get(&t, NULL, 1, NULL, NULL, &c, err, sizeof(err)), 0);
+    CHECK(a != NULL && a == b);
+    CHECK(c != NULL && c != a);
+    CHECK_INT(t.nconfigs, 2);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 2);
+    if (a)
+        tls_config_decref(a);
+    if (b)
+        tls_config_decref(b);
+    if (c)
+        tls_config_decref(c);
+    /* The cache still holds both. */
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 2);
+    tls_dispose(&t);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 0);
+}
+
+static void test_cache_is_bounded(void)
+{
+    enum { N = TLS_MAX_CONFIGS + 2 };
+    tls_config_t *held[N] = {0};
+    stats_t st;
+    tls_t t;
+    char err[256] = "";
+
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    for (int i = 0; i < N; i++) {
+        int rc = tls_config_get(&t, paths[i], 0, NULL, NULL, &held[i], err, sizeof(err));
+        if (rc != 0)
+            fprintf(stderr, "%s: %s\n", paths[i], err);
+        CHECK_INT(rc, 0);
+    }
+    /* The two oldest left the cache but live on with their holders. */
+    CHECK_INT(t.nconfigs, TLS_MAX_CONFIGS);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], N);
+    if (held[0] != NULL) {
+        CHECK_INT(held[0]->refcnt, 1);
+        CHECK(held[0]->conf.ca_chain != NULL);
+    }
+    for (int i = 0; i < N; i++)
+        if (held[i] != NULL)
+            tls_config_decref(held[i]);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], TLS_MAX_CONFIGS);
+
+    /* Asking again for an evicted one loads it again, and the oldest goes. */
+    held[0] = NULL;
+    CHECK_INT(tls_config_get(&t, paths[0], 0, NULL, NULL, &held[0], err, sizeof(err)), 0);
+    CHECK_INT(t.nconfigs, TLS_MAX_CONFIGS);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], TLS_MAX_CONFIGS);
+    if (held[0] != NULL)
+        tls_config_decref(held[0]);
+
+    tls_forget_configs(&t);
+    CHECK_INT(t.nconfigs, 0);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 0);
+    tls_dispose(&t);
+}
+
+static void test_forget_keeps_configs_in_use(void)
+{
+    stats_t st;
+    tls_t t;
+    tls_config_t *a = NULL, *again = NULL;
+    char err[256] = "";
+
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    CHECK_INT(tls_config_get(&t, NULL, 0, NULL, NULL, &a, err, sizeof(err)), 0);
+    tls_forget_configs(&t);
+    CHECK_INT(t.nconfigs, 0);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 1); /* a is still in use */
+    CHECK_INT(tls_config_get(&t, NULL, 0, NULL, NULL, &again, err, sizeof(err)), 0);
+    CHECK(again != NULL && again != a);
+    CHECK(again == NULL || a == NULL || again->id != a->id);
+    if (a)
+        tls_config_decref(a);
+    if (again)
+        tls_config_decref(again);
+    tls_dispose(&t);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 0);
+}
+
+int main(void)
+{
+    static const test_case_t cases[] = {
+        TEST_CASE(test_same_combination_is_shared),
+        TEST_CASE(test_cache_is_bounded),
+        TEST_CASE(test_forget_keeps_configs_in_use),
+    };
+    int rc;
+
+    if (access(TLS_DEFAULT_CA_FILE, R_OK) != 0) {
+        fprintf(stderr, "test_tls: %s is missing (install ca-certificates)\n", TLS_DEFAULT_CA_FILE);
+        return 1;
+    }
+    if (mem_install() != 0)
+        return 1;
+    make_ca_links();
+    rc = test_main(cases, sizeof(cases) / sizeof(cases[0]));
+    remove_ca_links();
+    return rc;
+}
