@@ -29,12 +29,13 @@ build_pkgs=(
 # (nginx, real proxies, redis), the brotli and zstd tools that make the
 # decoding tests' bodies, the library of the Redis queue, certificate
 # tooling, promtool, valgrind, clang with its sanitizer runtimes and
-# libFuzzer, clang-format and git for the style check, systemd for systemd-analyze, systemd-socket-activate and
+# libFuzzer, llvm (its llvm-symbolizer names the lines in their reports),
+# clang-format and git for the style check, systemd for systemd-analyze, systemd-socket-activate and
 # systemd.pc, man-db and groff for the manual page checks, and plotting.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl
     tinyproxy dante-server redis-server libhiredis-dev brotli zstd
-    valgrind clang clang-format libclang-rt-14-dev git
+    valgrind clang clang-format libclang-rt-14-dev llvm git
     systemd man-db groff-base
     socat jq gnuplot-nox procps
 )

@@ -50,7 +50,12 @@ done
 # A finding must be replayable from the CI log alone (the machine that ran it
 # is gone): the report of each failed target, and its input in base64.
 if [ "$status" -ne 0 ]; then
-    grep -E -A30 '(ERROR|WARNING): |^fuzz_[a-z]+: |SUMMARY: ' "$log" | head -n 150 || true
+    failed=$(sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: \(fuzz_[a-z]*\) .*\*\*\*.*/\1/p' "$BUILD_DIR/fuzz.log")
+    for t in $failed; do
+        echo "report of $t (libFuzzer's progress lines left out):"
+        awk -v t="$t" '/^[0-9]+\/[0-9]+ Test(ing)?: / { on = ($3 == t) }
+                       on && !/^#[0-9]+\t/ && !/NEW_FUNC/' "$log" | tail -n 100
+    done
     for f in "$BUILD_DIR"/fuzz/crash-* "$BUILD_DIR"/fuzz/leak-* "$BUILD_DIR"/fuzz/oom-*; do
         [ -e "$f" ] || continue
         echo "input of $f ($(wc -c <"$f") bytes, the first 4096 in base64):"
