@@ -33,7 +33,7 @@ int http_is_field_value(const char *s, size_t n)
 
 uint64_t http_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 14695981039346656037ull; /* FNV-1a 64 offset basis */
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;

@@ -16,8 +16,8 @@ int http_is_token(const char *s, size_t n);
 int http_is_field_value(const char *s, size_t n);
 
 /* 1 when the coding named by the n bytes at name (case-insensitive) is a
- * transfer coding fetchd decodes, chunked aside. The list is empty for now:
- * content decoding adds gzip, deflate, br and zstd to it. */
+ * transfer coding fetchd decodes, chunked aside: gzip, x-gzip and deflate
+ * (the job's decoder chain, decode.h, undoes them). */
 int http_te_decodable(const char *name, size_t n);
 
 /* Checks a Transfer-Encoding value (every field of the response joined with
