@@ -1069,10 +1069,7 @@ static void finalize(job_t *j)
             j->output = j->file_path;
             j->file_path = NULL;
         } else if (j->spec.output == JOB_OUTPUT_INLINE) {
-            j->inline_body = j->sink.mem;
-            j->inline_len = j->sink.mem_len;
-            j->sink.mem = NULL;
-            j->sink.mem_len = 0;
+            j->inline_body = sink_take_mem(&j->sink, &j->inline_len);
         }
     }
     /* The sink has settled and nothing reads it again: a retained job keeps
