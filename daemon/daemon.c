@@ -47,8 +47,8 @@ static void apply_limits(daemon_t *d)
     d->pool.idle_timeout_ms = d->cfg.idle_timeout_ms;
     d->sched.max_queued = d->cfg.max_jobs;
     d->sched.max_queued_bytes = d->cfg.max_queue_bytes;
-    d->sched.decode = d->cfg.decode;
-    d->sched.decode_max_ratio = d->cfg.decode_max_ratio;
+    d->sched.env.decode = d->cfg.decode;
+    d->sched.env.decode_max_ratio = d->cfg.decode_max_ratio;
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
@@ -170,8 +170,8 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
             rc = sched_init(&d->sched, &d->loop, &d->stats, &d->pool, &d->dns, &d->bufs,
                             d->cfg.download_dir);
             if (rc == 0) {
-                d->sched.tls = &d->tls;
-                d->sched.acl = &d->acl;
+                d->sched.env.tls = &d->tls;
+                d->sched.env.acl = &d->acl;
                 d->pool.acl = &d->acl;
                 apply_limits(d);
                 return 0;

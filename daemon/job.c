@@ -1,15 +1,21 @@
 /* job — one fetch and its state machine; see job.h.
  *
- * Phases of a running job (enum job_phase):
+ * Phases of a running job (job_phase_t, job.h):
  *
  *   QUEUED -> WAIT_CONN -> RESOLVING -> CONNECTING -> REQUEST -> RESPONSE
  *                 \________________(reused connection)___/          |
  *   RESPONSE -> (redirect or retry) -> [BACKOFF ->] back to the start
  *   any phase -> FINISHING (the sink commits or aborts) -> FINISHED
  *
- * finish() is the one way out: it releases whatever the current phase holds
- * (DNS waiter, pool wait, connection, timers) on every path, success and
- * error alike.
+ * job_set_phase() is the only writer of the phase, and its switch runs what
+ * entering a phase implies: the phase's timer, its timing, the job's state,
+ * the counters, and the events the owner hears (started, retrying,
+ * finished), as curl's mstate(). finish() is the one way out: entering
+ * FINISHING releases whatever the job holds (DNS waiter, pool wait,
+ * connection, timers) on every path, success and error alike.
+ *
+ * The job reaches the world only through its environment (j->env, given by
+ * the scheduler); it calls no scheduler function.
  */
 #include "job.h"
 
@@ -32,19 +38,7 @@
 #include "log.h"
 #include "mem.h"
 #include "pool.h"
-#include "sched.h"
-
-enum job_phase {
-    PH_QUEUED,
-    PH_WAIT_CONN,
-    PH_RESOLVING,
-    PH_CONNECTING,
-    PH_REQUEST,
-    PH_RESPONSE,
-    PH_BACKOFF,
-    PH_FINISHING,
-    PH_FINISHED
-};
+#include "retry.h"
 
 /* What the response being read is for. */
 enum { RESP_FINAL, RESP_REDIRECT, RESP_RETRY };
@@ -55,6 +49,7 @@ enum { RESP_FINAL, RESP_REDIRECT, RESP_RETRY };
 #define SINK_LOW_WATER  (2u << 20)
 
 static void attempt(job_t *j);
+static void job_set_phase(job_t *j, job_phase_t ph, uint64_t backoff_ms);
 static void finish(job_t *j, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void on_total_timeout(uv_timer_t *t);
 static void on_phase_timeout(uv_timer_t *t);
@@ -77,15 +72,6 @@ static uint64_t mono_ms(void)
 static const char *job_method(const job_t *j)
 {
     return j->method ? j->method : "GET";
-}
-
-static int is_idempotent(const char *m)
-{
-    static const char *const ok[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
-    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
-        if (strcmp(m, ok[i]) == 0)
-            return 1;
-    return 0;
 }
 
 static void set_error_msg(job_t *j, const char *fmt, va_list ap)
@@ -203,11 +189,11 @@ static int ensure_tls(job_t *j, char *err, size_t errlen)
     if (sp->insecure)
         log_notice("job %s: TLS certificate verification is disabled for this job (insecure)",
                    j->id[0] ? j->id : "(new)");
-    return tls_config_get(j->sched->tls, sp->ca_file, sp->insecure, sp->client_cert, sp->client_key,
+    return tls_config_get(j->env->tls, sp->ca_file, sp->insecure, sp->client_cert, sp->client_key,
                           &j->tls_config, err, errlen);
 }
 
-static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
+static int validate(job_t *j, char *err, size_t errlen)
 {
     const char *msg = NULL;
     int rc;
@@ -240,7 +226,7 @@ static int validate(job_t *j, sched_t *s, char *err, size_t errlen)
         }
     }
     if (j->spec.output == JOB_OUTPUT_FILE) {
-        rc = resolve_output(j, s->download_dir, err, errlen);
+        rc = resolve_output(j, j->env->download_dir, err, errlen);
         if (rc != 0)
             return rc;
     }
@@ -323,7 +309,7 @@ size_t job_cost(const job_t *j)
     return n;
 }
 
-int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
+int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
 {
     job_t *j = mem_calloc(1, sizeof(*j));
     int rc;
@@ -336,23 +322,22 @@ int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t e
     j->spec = *spec;
     memset(spec, 0, sizeof(*spec));
     j->refcnt = 1;
-    j->sched = s;
-    j->state = JOB_QUEUED;
-    j->phase = PH_QUEUED;
+    j->env = env;
+    job_set_phase(j, JOB_PH_QUEUED, 0);
     j->timings.created = wall_now();
-    stats_obj_created(s->stats, STATS_OBJ_JOB);
-    uv_timer_init(s->loop, &j->total_timer);
-    uv_timer_init(s->loop, &j->phase_timer);
+    stats_obj_created(env->stats, STATS_OBJ_JOB);
+    uv_timer_init(env->loop, &j->total_timer);
+    uv_timer_init(env->loop, &j->phase_timer);
     j->total_timer.data = j;
     j->phase_timer.data = j;
     j->handles_open = 2;
-    sink_init(&j->sink, s->loop, s->stats, j->spec.sha256 || j->spec.expected_sha256);
+    sink_init(&j->sink, env->loop, env->stats, j->spec.sha256 || j->spec.expected_sha256);
     j->sink.data = j;
     j->sink.on_drain = on_sink_drain;
     if (j->spec.output == JOB_OUTPUT_INLINE)
         sink_set_memory(&j->sink, j->spec.inline_max);
     sink_set_limit(&j->sink, j->spec.max_body); /* on the decoded size */
-    rc = validate(j, s, errmsg, errlen);
+    rc = validate(j, errmsg, errlen);
     if (rc != 0) {
         if (rc == ERR_NO_MEMORY)
             snprintf(errmsg, errlen, "%s", err_str(ERR_NO_MEMORY));
@@ -369,7 +354,7 @@ static void on_job_handle_close(uv_handle_t *h)
     job_t *j = h->data;
     if (--j->handles_open > 0)
         return;
-    stats_obj_destroyed(j->sched->stats, STATS_OBJ_JOB);
+    stats_obj_destroyed(j->env->stats, STATS_OBJ_JOB);
     mem_free(j);
 }
 
@@ -428,7 +413,7 @@ static int user_has_header(const job_t *j, const char *name)
 /* Whether this job asks for and decodes compressed content. */
 static int decodes(const job_t *j)
 {
-    return j->spec.decode > 0 || (j->spec.decode == 0 && j->sched->decode);
+    return j->spec.decode > 0 || (j->spec.decode == 0 && j->env->decode);
 }
 
 static int sends_body(const job_t *j)
@@ -488,9 +473,7 @@ static void send_request(job_t *j)
     bufs[0] = uv_buf_init(j->req_head, (unsigned)j->req_head_len);
     if (sends_body(j) && j->spec.body_len > 0)
         bufs[n++] = uv_buf_init(j->spec.body, (unsigned)j->spec.body_len);
-    j->phase = PH_REQUEST;
-    j->phase_start_ms = mono_ms();
-    phase_timer(j, j->spec.first_byte_timeout_ms);
+    job_set_phase(j, JOB_PH_REQUEST, 0);
     rc = conn_send(j->conn, bufs, n, strcmp(job_method(j), "HEAD") == 0);
     if (rc != 0)
         finish(j, rc, "sending the request: %s", err_str(rc));
@@ -518,7 +501,7 @@ static int check_addresses(job_t *j, const dns_entry_t *e)
     char why[128];
 
     for (size_t i = 0; i < e->naddrs; i++) {
-        if (netacl_check(j->sched->acl, (const struct sockaddr *)&e->addrs[i], why, sizeof(why)) !=
+        if (netacl_check(j->env->acl, (const struct sockaddr *)&e->addrs[i], why, sizeof(why)) !=
             0) {
             finish(j, ERR_FORBIDDEN, "%.60s: %s", j->url.host, why);
             return ERR_FORBIDDEN;
@@ -538,8 +521,7 @@ static void start_connect(job_t *j, dns_entry_t *e)
     }
     if (check_addresses(j, e) != 0)
         return;
-    j->phase = PH_CONNECTING;
-    j->connect_start_ms = mono_ms();
+    job_set_phase(j, JOB_PH_CONNECTING, 0);
     rc = conn_connect(j->conn, e);
     if (rc != 0)
         finish(j, rc, "connecting: %s", err_str(rc));
@@ -577,13 +559,10 @@ static void on_conn(job_t *j, conn_t *c, int reused)
         send_request(j);
         return;
     }
-    j->phase = PH_RESOLVING;
-    j->phase_start_ms = mono_ms();
-    /* The connect timeout covers name resolution too, as curl's does. */
-    phase_timer(j, j->spec.connect_timeout_ms);
+    job_set_phase(j, JOB_PH_RESOLVING, 0);
     j->dns_waiter.cb = on_dns;
     j->dns_waiter.data = j;
-    rc = dns_lookup(j->sched->dns, j->url.host, j->url.port, &j->dns_waiter, &e);
+    rc = dns_lookup(j->env->dns, j->url.host, j->url.port, &j->dns_waiter, &e);
     if (rc == DNS_PENDING)
         return;
     if (rc < 0) {
@@ -594,20 +573,16 @@ static void on_conn(job_t *j, conn_t *c, int reused)
     dns_entry_decref(e);
 }
 
-static int retryable_error(int err)
+/* Retries made so far: the policy's backoff grows with them. */
+static unsigned retries_done(const job_t *j)
 {
-    return err == ERR_CONNECT_REFUSED || err == ERR_CONNECT_TIMEOUT;
+    return (unsigned)(j->spec.retries - j->retries_left);
 }
 
 static uint64_t backoff_ms(job_t *j)
 {
-    sched_t *s = j->sched;
-    unsigned done = (unsigned)(j->spec.retries - j->retries_left);
-    uint64_t d = s->retry_base_ms << (done < 16 ? done : 16);
-    if (d > s->retry_max_ms)
-        d = s->retry_max_ms;
-    /* Jitter in [d/2, d) keeps a crowd of retries from arriving in step. */
-    return d / 2 + (uint64_t)(sched_random(s) * (double)(d / 2));
+    const job_env_t *env = j->env;
+    return retry_backoff_ms(&env->retry, retries_done(j), env->ops->random, env->owner);
 }
 
 static void on_backoff(job_t *j)
@@ -619,18 +594,16 @@ static void on_backoff(job_t *j)
 static void schedule_retry(job_t *j, uint64_t delay_ms, int err, const char *why)
 {
     j->retries_left--;
-    j->sched->stats->retries++;
-    j->phase = PH_BACKOFF;
     j->last_retry_err = err;
+    /* The retrying event tells why; the job has no error after it. */
     snprintf(j->error_msg, sizeof(j->error_msg), "%s", why);
-    sched_emit(j->sched, j, SCHED_EV_RETRYING);
+    job_set_phase(j, JOB_PH_BACKOFF, delay_ms);
     j->error_msg[0] = '\0';
-    uv_timer_start(&j->phase_timer, on_phase_timeout, delay_ms, 0);
 }
 
 static void retry_or_fail(job_t *j, int err, const char *msg)
 {
-    if (retryable_error(err) && j->retries_left > 0) {
+    if (retry_error_retryable(err) && j->retries_left > 0) {
         schedule_retry(j, backoff_ms(j), err, msg);
         return;
     }
@@ -641,7 +614,7 @@ static void on_conn_connected(void *user, int status, const char *msg)
 {
     job_t *j = user;
 
-    if (j->phase != PH_CONNECTING)
+    if (j->phase != JOB_PH_CONNECTING)
         return;
     if (status != 0) {
         retry_or_fail(j, status, msg ? msg : err_str(status));
@@ -657,7 +630,7 @@ static void on_conn_request_sent(void *user)
 {
     job_t *j = user;
 
-    if (j->phase == PH_REQUEST) {
+    if (j->phase == JOB_PH_REQUEST) {
         /* The first-byte clock starts once the request is on the wire. */
         j->phase_start_ms = mono_ms();
         phase_timer(j, j->spec.first_byte_timeout_ms);
@@ -668,11 +641,9 @@ static void on_conn_read(void *user)
 {
     job_t *j = user;
 
-    if (j->phase == PH_REQUEST) {
-        j->phase = PH_RESPONSE;
-        j->timings.ttfb_ms = mono_ms() - j->phase_start_ms;
-    }
-    if (j->phase == PH_RESPONSE && !j->read_paused)
+    if (j->phase == JOB_PH_REQUEST)
+        job_set_phase(j, JOB_PH_RESPONSE, 0);
+    if (j->phase == JOB_PH_RESPONSE && !j->read_paused)
         phase_timer(j, j->spec.idle_timeout_ms);
 }
 
@@ -731,13 +702,6 @@ static int usable_location(const char *v)
     return *v != '\0';
 }
 
-static int retryable_status(const job_t *j, int status)
-{
-    if (status == 429 || status == 503)
-        return 1;
-    return (status == 502 || status == 504) && is_idempotent(job_method(j));
-}
-
 static int fail_response(conn_why_t *why, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -781,10 +745,10 @@ static int start_decoding(job_t *j, const char *transfer_codings, conn_why_t *w)
     if (nc + nt > DECODE_MAX_CODINGS)
         return fail_response(w, ERR_CONTENT_DECODING, "more than %d codings stacked",
                              DECODE_MAX_CODINGS);
-    rc = decode_create(&d, codings, (size_t)(nc + nt), j->sched->decode_max_ratio, j->sched->stats);
+    rc = decode_create(&d, codings, (size_t)(nc + nt), j->env->decode_max_ratio, j->env->stats);
     if (rc != 0)
         return fail_response(w, rc, "starting the decoder: %s", err_str(rc));
-    sink_set_decoder(&j->sink, d, j->sched->bufs);
+    sink_set_decoder(&j->sink, d, j->env->bufs);
     j->decoded = nc > 0;
     return 0;
 }
@@ -800,7 +764,7 @@ static int on_conn_head(void *user, int status, int64_t content_length,
         j->redirect_status = status;
         return 0;
     }
-    if (retryable_status(j, status) && j->retries_left > 0) {
+    if (retry_status_retryable(status, job_method(j)) && j->retries_left > 0) {
         j->disposition = RESP_RETRY;
         j->retry_status = status;
         return 0;
@@ -814,7 +778,7 @@ static int on_conn_head(void *user, int status, int64_t content_length,
                              "Content-Length %" PRId64 " exceeds max_body %" PRIu64, content_length,
                              j->spec.max_body);
     if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind != SINK_FILE) {
-        rc = sink_open_file(&j->sink, j->sched->download_dir, j->file_path, j->id);
+        rc = sink_open_file(&j->sink, j->env->download_dir, j->file_path, j->id);
         if (rc != 0)
             return fail_response(why, rc, "cannot create the output file (%s): %s",
                                  sink_strerror(&j->sink, rc), j->file_path);
@@ -859,33 +823,6 @@ static void on_sink_drain(sink_t *s, int status)
         conn_resume(j->conn);
         phase_timer(j, j->spec.idle_timeout_ms);
     }
-}
-
-/* Parses Retry-After (delta-seconds or an HTTP-date) into milliseconds;
- * returns -1 when absent or unparsable. */
-static int64_t retry_after_ms(const char *v)
-{
-    struct tm tm;
-    char *end;
-    long long secs;
-
-    if (v == NULL)
-        return -1;
-    while (*v == ' ' || *v == '\t')
-        v++;
-    if (isdigit((unsigned char)*v)) {
-        errno = 0;
-        secs = strtoll(v, &end, 10);
-        if (errno || secs < 0 || (*end != '\0' && *end != ' '))
-            return -1;
-        return secs > INT64_MAX / 1000 ? INT64_MAX : secs * 1000;
-    }
-    memset(&tm, 0, sizeof(tm));
-    end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    if (end == NULL)
-        return -1;
-    secs = (long long)timegm(&tm) - (long long)time(NULL);
-    return secs > 0 ? secs * 1000 : 0;
 }
 
 static void follow_redirect(job_t *j)
@@ -952,11 +889,11 @@ static void follow_redirect(job_t *j)
     j->url = next;
     j->effective_url = j->url.href;
     j->redirects++;
-    j->sched->stats->redirects++;
+    j->env->stats->redirects++;
     /* A new request: it may once more meet a connection the server has
      * just closed (the one the redirect came on, often). */
     j->retried_stale = 0;
-    sched_emit(j->sched, j, SCHED_EV_REDIRECTED);
+    j->env->ops->on_event(j->env->owner, j, JOB_EV_REDIRECTED);
     attempt(j);
 }
 
@@ -984,7 +921,9 @@ static void succeed(job_t *j)
 static void on_conn_complete(void *user)
 {
     job_t *j = user;
-    int64_t delay;
+    const job_env_t *env = j->env;
+    uint64_t delay;
+    char why[64];
 
     uv_timer_stop(&j->phase_timer);
     switch (j->disposition) {
@@ -992,16 +931,10 @@ static void on_conn_complete(void *user)
         follow_redirect(j);
         break;
     case RESP_RETRY:
-        delay = retry_after_ms(j->retry_after);
-        if (delay < 0)
-            delay = (int64_t)backoff_ms(j);
-        else if ((uint64_t)delay > j->sched->retry_after_max_ms)
-            delay = (int64_t)j->sched->retry_after_max_ms;
-        {
-            char why[64];
-            snprintf(why, sizeof(why), "HTTP status %d", j->retry_status);
-            schedule_retry(j, (uint64_t)delay, 0, why);
-        }
+        delay = retry_delay_ms(&env->retry, j->retry_after, time(NULL), retries_done(j),
+                               env->ops->random, env->owner);
+        snprintf(why, sizeof(why), "HTTP status %d", j->retry_status);
+        schedule_retry(j, delay, 0, why);
         break;
     default:
         succeed(j);
@@ -1017,7 +950,7 @@ static void on_conn_error(void *user, int err, const char *msg, int reused, uint
      * request never reached the application, so an idempotent one is sent
      * again, once, on a fresh connection. */
     if (err == ERR_EMPTY_REPLY && reused && resp_bytes == 0 && !j->retried_stale &&
-        is_idempotent(job_method(j))) {
+        retry_idempotent(job_method(j))) {
         j->retried_stale = 1;
         j->force_new = 1;
         log_debug("job %s: reused connection closed before a response; retrying on a new one",
@@ -1042,8 +975,8 @@ static void on_phase_timeout(uv_timer_t *t)
     char msg[96];
 
     switch (j->phase) {
-    case PH_RESOLVING:
-    case PH_CONNECTING:
+    case JOB_PH_RESOLVING:
+    case JOB_PH_CONNECTING:
         if (j->conn && conn_handshaking(j->conn)) {
             conn_close(j->conn, STATS_CLOSE_CONNECT_FAILED);
             finish(j, ERR_TLS_HANDSHAKE, "TLS handshake with %s timed out after %.3g s",
@@ -1057,14 +990,14 @@ static void on_phase_timeout(uv_timer_t *t)
                  j->spec.connect_timeout_ms / 1e3);
         retry_or_fail(j, ERR_CONNECT_TIMEOUT, msg);
         break;
-    case PH_REQUEST:
+    case JOB_PH_REQUEST:
         finish(j, ERR_TIMEOUT, "no response within %.3g s", j->spec.first_byte_timeout_ms / 1e3);
         break;
-    case PH_RESPONSE:
+    case JOB_PH_RESPONSE:
         finish(j, ERR_TIMEOUT, "no data for %.3g s while reading the response",
                j->spec.idle_timeout_ms / 1e3);
         break;
-    case PH_BACKOFF:
+    case JOB_PH_BACKOFF:
         on_backoff(j);
         break;
     default:
@@ -1092,8 +1025,8 @@ static void attempt(job_t *j)
         finish(j, rc, "building the request: %s", err_str(rc));
         return;
     }
-    j->phase = PH_WAIT_CONN;
-    rc = pool_connect(j->sched->pool, &j->pool_wait, &j->url, j->tls_config, j->force_new,
+    job_set_phase(j, JOB_PH_WAIT_CONN, 0);
+    rc = pool_connect(j->env->pool, &j->pool_wait, &j->url, j->tls_config, j->force_new,
                       on_pool_conn, j, &c);
     j->force_new = 0;
     switch (rc) {
@@ -1113,61 +1046,36 @@ static void attempt(job_t *j)
 
 void job_start(job_t *j)
 {
-    assert(j->phase == PH_QUEUED);
-    j->state = JOB_RUNNING;
-    j->timings.started = wall_now();
-    j->timings.queued_ms = (uint64_t)((j->timings.started - j->timings.created) * 1000);
-    j->start_ms = mono_ms();
+    assert(j->phase == JOB_PH_QUEUED);
     j->retries_left = j->spec.retries;
-    if (j->spec.total_timeout_ms)
-        uv_timer_start(&j->total_timer, on_total_timeout, j->spec.total_timeout_ms, 0);
-    sched_emit(j->sched, j, SCHED_EV_STARTED);
-    attempt(j);
+    job_set_phase(j, JOB_PH_WAIT_CONN, 0); /* started: the owner hears of it */
+    if (j->phase == JOB_PH_WAIT_CONN)      /* unless the owner cancelled it then */
+        attempt(j);
 }
 
+/* The job's result, once the sink has settled: its state follows from its
+ * error, and a done job takes its output from the sink. */
 static void finalize(job_t *j)
 {
-    stats_t *st = j->sched->stats;
-    stats_result_t r;
-
 #ifdef FETCHD_INJECT_LEAK
     /* Test builds only (fetchd-leaky): lose one read buffer on every error
      * path, the way urllib2 lost its HTTPError responses, so the tests can
      * show that the soak and metrics checks catch such a leak. */
     if (j->error != 0 || j->http_status >= 400)
-        (void)buf_get(j->sched->bufs);
+        (void)buf_get(j->env->bufs);
 #endif
     if (j->error == 0) {
-        j->state = JOB_DONE;
-        r = STATS_RESULT_DONE;
         if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind == SINK_FILE) {
             j->output = j->file_path;
             j->file_path = NULL;
         } else if (j->spec.output == JOB_OUTPUT_INLINE) {
-            j->inline_body = j->sink.mem;
-            j->inline_len = j->sink.mem_len;
-            j->sink.mem = NULL;
-            j->sink.mem_len = 0;
+            j->inline_body = sink_take_mem(&j->sink, &j->inline_len);
         }
-    } else if (j->error == ERR_CANCELLED || j->error == ERR_SHUTDOWN) {
-        j->state = JOB_CANCELLED;
-        r = STATS_RESULT_CANCELLED;
-    } else {
-        j->state = JOB_FAILED;
-        r = STATS_RESULT_FAILED;
     }
     /* The sink has settled and nothing reads it again: a retained job keeps
      * only its result, not the sink's spare write requests and hash state. */
     sink_dispose(&j->sink);
-    j->phase = PH_FINISHED;
-    j->timings.finished = wall_now();
-    j->finished_ms = uv_now(j->sched->loop);
-    if (j->start_ms) {
-        j->timings.total_ms = mono_ms() - j->start_ms;
-        stats_observe_duration(st, j->timings.total_ms / 1e3);
-    }
-    st->jobs_finished[r]++;
-    sched_job_finished(j->sched, j);
+    job_set_phase(j, JOB_PH_FINISHED, 0);
 }
 
 static void on_sink_done(sink_t *s, int status)
@@ -1197,14 +1105,8 @@ static void finish(job_t *j, int err, const char *fmt, ...)
     va_list ap;
     int rc;
 
-    if (j->phase >= PH_FINISHING)
+    if (j->phase >= JOB_PH_FINISHING)
         return;
-    uv_timer_stop(&j->total_timer);
-    uv_timer_stop(&j->phase_timer);
-    dns_cancel(&j->dns_waiter);
-    pool_cancel_connect(&j->pool_wait);
-    if (j->conn)
-        conn_close(j->conn, close_reason(j->conn, err));
     j->error = err;
     va_start(ap, fmt);
     set_error_msg(j, fmt, ap);
@@ -1213,7 +1115,7 @@ static void finish(job_t *j, int err, const char *fmt, ...)
         j->error_msg[0] = '\0';
     else if (j->error_msg[0] == '\0')
         snprintf(j->error_msg, sizeof(j->error_msg), "%s", err_str(err));
-    j->phase = PH_FINISHING;
+    job_set_phase(j, JOB_PH_FINISHING, 0); /* lets go of timers, waits, connection */
     rc = err ? sink_abort(&j->sink, on_sink_done) : sink_commit(&j->sink, on_sink_done);
     if (rc == SINK_PENDING) {
         job_incref(j);
@@ -1226,10 +1128,89 @@ static void finish(job_t *j, int err, const char *fmt, ...)
     finalize(j);
 }
 
+/* The one writer of j->phase. Entering a phase runs what it implies, here
+ * and nowhere else: its timer, its timing, the job's state and counters,
+ * and the owner's events (as curl's mstate()). backoff_ms is the delay of
+ * JOB_PH_BACKOFF; the other phases take their timeouts from the spec. */
+static void job_set_phase(job_t *j, job_phase_t ph, uint64_t backoff_ms)
+{
+    const job_env_t *env = j->env;
+    job_phase_t old = j->phase;
+    stats_result_t r;
+
+    j->phase = ph;
+    switch (ph) {
+    case JOB_PH_QUEUED:
+        j->state = JOB_QUEUED;
+        break;
+    case JOB_PH_WAIT_CONN:
+        /* No phase timer while the pool finds a connection. */
+        uv_timer_stop(&j->phase_timer);
+        if (old != JOB_PH_QUEUED)
+            break;
+        j->state = JOB_RUNNING;
+        j->timings.started = wall_now();
+        j->timings.queued_ms = (uint64_t)((j->timings.started - j->timings.created) * 1000);
+        j->start_ms = mono_ms();
+        if (j->spec.total_timeout_ms)
+            uv_timer_start(&j->total_timer, on_total_timeout, j->spec.total_timeout_ms, 0);
+        env->ops->on_event(env->owner, j, JOB_EV_STARTED);
+        break;
+    case JOB_PH_RESOLVING:
+        j->phase_start_ms = mono_ms();
+        /* The connect timeout covers name resolution too, as curl's does. */
+        phase_timer(j, j->spec.connect_timeout_ms);
+        break;
+    case JOB_PH_CONNECTING:
+        j->connect_start_ms = mono_ms(); /* the connect timer goes on */
+        break;
+    case JOB_PH_REQUEST:
+        j->phase_start_ms = mono_ms();
+        phase_timer(j, j->spec.first_byte_timeout_ms);
+        break;
+    case JOB_PH_RESPONSE:
+        j->timings.ttfb_ms = mono_ms() - j->phase_start_ms; /* reads restart the idle timer */
+        break;
+    case JOB_PH_BACKOFF:
+        env->stats->retries++;
+        env->ops->on_event(env->owner, j, JOB_EV_RETRYING);
+        uv_timer_start(&j->phase_timer, on_phase_timeout, backoff_ms, 0);
+        break;
+    case JOB_PH_FINISHING:
+        uv_timer_stop(&j->total_timer);
+        uv_timer_stop(&j->phase_timer);
+        dns_cancel(&j->dns_waiter);
+        pool_cancel_connect(&j->pool_wait);
+        if (j->conn)
+            conn_close(j->conn, close_reason(j->conn, j->error));
+        break;
+    case JOB_PH_FINISHED:
+        if (j->error == 0) {
+            j->state = JOB_DONE;
+            r = STATS_RESULT_DONE;
+        } else if (j->error == ERR_CANCELLED || j->error == ERR_SHUTDOWN) {
+            j->state = JOB_CANCELLED;
+            r = STATS_RESULT_CANCELLED;
+        } else {
+            j->state = JOB_FAILED;
+            r = STATS_RESULT_FAILED;
+        }
+        j->timings.finished = wall_now();
+        j->finished_ms = uv_now(env->loop);
+        if (j->start_ms) {
+            j->timings.total_ms = mono_ms() - j->start_ms;
+            stats_observe_duration(env->stats, j->timings.total_ms / 1e3);
+        }
+        env->stats->jobs_finished[r]++;
+        env->ops->on_finished(env->owner, j);
+        break;
+    }
+}
+
 int job_cancel(job_t *j, int err)
 {
-    if (j->phase >= PH_FINISHING)
-        return j->phase == PH_FINISHED ? ERR_INVALID_REQUEST : 0;
+    if (j->phase >= JOB_PH_FINISHING)
+        return j->phase == JOB_PH_FINISHED ? ERR_INVALID_REQUEST : 0;
     finish(j, err, "%s",
            err == ERR_SHUTDOWN ? "cancelled: the daemon is shutting down" : "cancelled by request");
     return 0;
@@ -1262,12 +1243,12 @@ int job_is_finished(const job_t *j)
 
 int job_is_queued(const job_t *j)
 {
-    return j->phase == PH_QUEUED;
+    return j->phase == JOB_PH_QUEUED;
 }
 
 int job_is_cancellable(const job_t *j)
 {
-    return j->phase < PH_FINISHING;
+    return j->phase < JOB_PH_FINISHING;
 }
 
 /* ---- the connection's user -------------------------------------------------- */

@@ -7,6 +7,11 @@
  * failed or cancelled. Finished jobs are retained for a while so clients can
  * ask for their result.
  *
+ * A job reaches the world only through its environment (job_env_t): the
+ * loop, pool, DNS cache, TLS and the rest, given by its owner (the scheduler)
+ * at creation, and the owner's ops for the traffic that goes up (events, the
+ * end of the job, random numbers). job.c includes no scheduler header.
+ *
  * Ownership: the scheduler owns one reference to every job it knows (queued,
  * running or retained). While a request is in flight the job and its
  * connection hold a reference to each other; both are dropped the moment the
@@ -21,15 +26,18 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "buf.h"
 #include "dns.h"
+#include "netacl.h"
 #include "pool.h"
+#include "retry.h"
 #include "sink.h"
+#include "stats.h"
 #include "tls.h"
 #include "url.h"
 
 typedef struct job job_t;
 typedef struct conn conn_t;
-typedef struct sched sched_t;
 
 typedef enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state_t;
 
@@ -84,6 +92,55 @@ typedef struct job_spec {
 void job_spec_init(job_spec_t *spec);
 void job_spec_dispose(job_spec_t *spec);
 
+/* What a job tells its owner as it goes. */
+typedef enum job_event { JOB_EV_STARTED, JOB_EV_REDIRECTED, JOB_EV_RETRYING } job_event_t;
+
+/* The owner's side of its jobs: the upward traffic, registered by the owner
+ * (the scheduler) in the environment. owner is job_env_t.owner; j is
+ * borrowed for the call. */
+typedef struct job_owner_ops {
+    /* The job started, is following a redirect, or will retry after a
+     * backoff (its error_msg says why during the call). */
+    void (*on_event)(void *owner, job_t *j, job_event_t ev);
+    /* The job has finished (done, failed or cancelled); called once. */
+    void (*on_finished)(void *owner, job_t *j);
+    /* A random number in [0, 1), for the backoff's jitter. */
+    double (*random)(void *owner);
+} job_owner_ops_t;
+
+/* Everything a job uses of the world, given by its owner at creation and
+ * borrowed by the job: the owner (the scheduler, which embeds it) outlives
+ * its jobs. The owner may change the public knobs between jobs. */
+typedef struct job_env {
+    uv_loop_t *loop;            /* borrowed */
+    stats_t *stats;             /* borrowed */
+    pool_t *pool;               /* borrowed */
+    dns_t *dns;                 /* borrowed */
+    buf_pool_t *bufs;           /* borrowed */
+    tls_t *tls;                 /* borrowed: set by the daemon */
+    const netacl_t *acl;        /* borrowed: set by the daemon; NULL allows all */
+    const char *download_dir;   /* borrowed: canonical path, or NULL (file output refused) */
+    int decode;                 /* public: jobs decode content unless they say not */
+    uint64_t decode_max_ratio;  /* public: decoded/encoded size cap; 0 = none */
+    retry_policy_t retry;       /* public: backoff steps and caps */
+    const job_owner_ops_t *ops; /* borrowed: the owner's */
+    void *owner;                /* borrowed: passed to ops */
+} job_env_t;
+
+/* The phases of a running job; job_set_phase() in job.c is their only
+ * writer (see the diagram at the top of job.c). */
+typedef enum job_phase {
+    JOB_PH_QUEUED,
+    JOB_PH_WAIT_CONN,
+    JOB_PH_RESOLVING,
+    JOB_PH_CONNECTING,
+    JOB_PH_REQUEST,
+    JOB_PH_RESPONSE,
+    JOB_PH_BACKOFF,
+    JOB_PH_FINISHING,
+    JOB_PH_FINISHED
+} job_phase_t;
+
 /* Millisecond timings of a job; 0 when the phase did not happen. */
 typedef struct job_timings {
     double created;      /* unix time (s) the job was submitted */
@@ -124,12 +181,12 @@ struct job {
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
-    sched_t *sched;           /* borrowed: the scheduler outlives its jobs */
+    const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */
     uint64_t seq;             /* submission order, the FIFO tie-break */
     size_t heap_index;        /* position in the scheduler's queue while queued */
     size_t cost;              /* heap bytes the job holds while queued (job_cost()) */
     int url_shared;           /* spec.url is url.href (borrowed), not a copy of its own */
-    int phase;                /* enum job_phase in job.c */
+    job_phase_t phase;        /* written by job_set_phase() only */
     job_t *rprev, *rnext;     /* the scheduler's retained list */
     job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
     job_t *hnext;             /* the scheduler's id hash chain */
@@ -167,8 +224,9 @@ struct job {
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure
  * too. Validates the URL, method and headers; returns 0 with *out a new
  * reference, or ERR_INVALID_REQUEST (errmsg says which field and why) or
- * ERR_NO_MEMORY. The job is not queued: see sched_submit(). */
-int job_create(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
+ * ERR_NO_MEMORY. env is borrowed and must outlive the job. The job is not
+ * queued: its owner does that (sched_submit()). */
+int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen);
 
 /* The heap bytes a queued job holds: the struct, its spec's strings,
  * headers, body and labels, and its parsed URL. The scheduler's byte budget
@@ -180,7 +238,7 @@ void job_incref(job_t *j);
  * be pending on the loop). */
 int job_decref(job_t *j);
 
-/* Starts a queued job (called by the scheduler). */
+/* Starts a queued job (called by its owner). */
 void job_start(job_t *j);
 
 /* Cancels a job at any stage. A queued or running job finishes as

@@ -31,6 +31,17 @@ static void on_kick(uv_idle_t *h);
 static void on_retain_timer(uv_timer_t *t);
 static void on_trim_timer(uv_timer_t *t);
 static void maybe_trim(sched_t *s);
+static void sched_emit(sched_t *s, job_t *j, sched_event_t ev);
+static void on_job_event(void *owner, job_t *j, job_event_t ev);
+static void on_job_finished(void *owner, job_t *j);
+static double sched_random(void *owner);
+
+/* How the scheduler's jobs reach it (their environment's ops). */
+static const job_owner_ops_t job_owner_ops = {
+    .on_event = on_job_event,
+    .on_finished = on_job_finished,
+    .random = sched_random,
+};
 
 static void on_handle_close(uv_handle_t *h)
 {
@@ -52,9 +63,6 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->max_queued_bytes = (size_t)256 << 20;
     s->retain_jobs = 10000;
     s->retain_ms = 3600 * 1000;
-    s->retry_base_ms = 250;
-    s->retry_max_ms = 30000;
-    s->retry_after_max_ms = 120000;
     s->accepting = 1;
     if (download_dir != NULL) {
         char real[PATH_MAX];
@@ -64,6 +72,15 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
         if (s->download_dir == NULL)
             return ERR_NO_MEMORY;
     }
+    s->env.loop = loop;
+    s->env.stats = stats;
+    s->env.pool = pool;
+    s->env.dns = dns;
+    s->env.bufs = bufs;
+    s->env.download_dir = s->download_dir;
+    retry_policy_init(&s->env.retry);
+    s->env.ops = &job_owner_ops;
+    s->env.owner = s;
     s->table_size = SCHED_INITIAL_TABLE;
     s->table = mem_calloc(s->table_size, sizeof(*s->table));
     s->heap_cap = SCHED_INITIAL_HEAP;
@@ -88,8 +105,11 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     return 0;
 }
 
-double sched_random(sched_t *s)
+/* The jobs' random source (job_owner_ops_t.random). */
+static double sched_random(void *owner)
 {
+    sched_t *s = owner;
+
     /* xorshift64*: plenty for backoff jitter, and no global state. */
     s->rng ^= s->rng >> 12;
     s->rng ^= s->rng << 25;
@@ -363,7 +383,7 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
     rc = accepting_check(s, n, errmsg, errlen);
     while (rc == 0 && created < n) {
         /* job_create() takes the spec, whether it succeeds or not. */
-        rc = job_create(s, &specs[created], &jobs[created], errmsg, errlen);
+        rc = job_create(&s->env, &specs[created], &jobs[created], errmsg, errlen);
         consumed++;
         if (rc == 0)
             created++;
@@ -405,7 +425,7 @@ int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, si
         job_spec_dispose(spec);
         return rc;
     }
-    rc = job_create(s, spec, &j, errmsg, errlen);
+    rc = job_create(&s->env, spec, &j, errmsg, errlen);
     if (rc != 0)
         return rc;
     snprintf(j->id, sizeof(j->id), "%s", id);
@@ -516,8 +536,11 @@ static void maybe_trim(sched_t *s)
     uv_timer_start(&s->trim_timer, on_trim_timer, due > now ? due - now : 1, 0);
 }
 
-void sched_job_finished(sched_t *s, job_t *j)
+/* A job has finished (job_owner_ops_t.on_finished): into retention. */
+static void on_job_finished(void *owner, job_t *j)
 {
+    sched_t *s = owner;
+
     if (j->timings.started > 0) {
         assert(s->nrunning > 0);
         s->nrunning--;
@@ -553,10 +576,22 @@ void sched_forget_finished(sched_t *s)
         forget(s, s->retained_head);
 }
 
-void sched_emit(sched_t *s, job_t *j, sched_event_t ev)
+static void sched_emit(sched_t *s, job_t *j, sched_event_t ev)
 {
     if (s->on_event)
         s->on_event(s, j, ev, s->event_data);
+}
+
+/* A running job's events (job_owner_ops_t.on_event), passed on to the
+ * scheduler's observer. */
+static void on_job_event(void *owner, job_t *j, job_event_t ev)
+{
+    static const sched_event_t map[] = {
+        [JOB_EV_STARTED] = SCHED_EV_STARTED,
+        [JOB_EV_REDIRECTED] = SCHED_EV_REDIRECTED,
+        [JOB_EV_RETRYING] = SCHED_EV_RETRYING,
+    };
+    sched_emit(owner, j, map[ev]);
 }
 
 void sched_close(sched_t *s)

@@ -8,7 +8,9 @@
  *
  * Ownership: the scheduler owns one reference to every job it knows, from
  * submission until the job leaves retention (or the scheduler is disposed).
- * It borrows the pool, DNS cache and buffer pool the jobs use.
+ * It borrows the pool, DNS cache and buffer pool the jobs use, and hands
+ * them to its jobs in the environment it embeds (env): the jobs borrow it,
+ * and report back through the job_owner_ops_t the scheduler put there.
  */
 #ifndef FETCHD_SCHED_H
 #define FETCHD_SCHED_H
@@ -24,6 +26,8 @@
 #include "pool.h"
 #include "stats.h"
 
+typedef struct sched sched_t;
+
 typedef enum sched_event {
     SCHED_EV_QUEUED,
     SCHED_EV_STARTED,
@@ -37,24 +41,20 @@ typedef enum sched_event {
 typedef void (*sched_event_cb)(sched_t *s, job_t *j, sched_event_t ev, void *data);
 
 struct sched {
-    uv_loop_t *loop;                     /* borrowed */
-    stats_t *stats;                      /* borrowed */
-    pool_t *pool;                        /* borrowed */
-    dns_t *dns;                          /* borrowed */
-    buf_pool_t *bufs;                    /* borrowed */
-    tls_t *tls;                          /* borrowed: set by the daemon */
-    const netacl_t *acl;                 /* borrowed: set by the daemon; NULL allows all */
-    char *download_dir;                  /* owned: canonical path, or NULL (file output refused) */
+    uv_loop_t *loop;  /* borrowed */
+    stats_t *stats;   /* borrowed */
+    pool_t *pool;     /* borrowed */
+    dns_t *dns;       /* borrowed */
+    buf_pool_t *bufs; /* borrowed */
+    /* public: what every job borrows. sched_init() fills in the loop, pool,
+     * DNS cache, buffers, download dir, the owner's ops and the defaults;
+     * the daemon sets env.tls, env.acl and the knobs (decode, retry). */
+    job_env_t env;
     unsigned max_running;                /* public */
     size_t max_queued;                   /* public: --max-jobs; 0 = unlimited */
     size_t max_queued_bytes;             /* public: --max-queue-bytes; 0 = unlimited */
     size_t retain_jobs;                  /* public */
     uint64_t retain_ms;                  /* public */
-    uint64_t retry_base_ms;              /* public: first backoff step */
-    uint64_t retry_max_ms;               /* public: backoff cap */
-    uint64_t retry_after_max_ms;         /* public: cap on a server's Retry-After */
-    int decode;                          /* public: jobs decode content unless they say not */
-    uint64_t decode_max_ratio;           /* public: decoded/encoded size cap; 0 = none */
     sched_event_cb on_event;             /* public, optional */
     void *event_data;                    /* public */
     size_t nqueued, nrunning, nretained; /* read-only */
@@ -63,7 +63,8 @@ struct sched {
     int accepting;                       /* read-only: 0 once shutting down */
     int draining;                        /* read-only: stopping; queued jobs are not started */
     /* private */
-    job_t **heap; /* owned references are the table's; the heap borrows */
+    char *download_dir; /* owned: canonical path, or NULL (file output refused) */
+    job_t **heap;       /* owned references are the table's; the heap borrows */
     size_t heap_cap;
     job_t **table; /* id hash table; owns one reference per job */
     size_t table_size, njobs;
@@ -133,13 +134,6 @@ int sched_cancel(sched_t *s, job_t *j);
 
 /* Drops every retained job now. */
 void sched_forget_finished(sched_t *s);
-
-/* For job.c: the job started / emitted an event / finished. */
-void sched_emit(sched_t *s, job_t *j, sched_event_t ev);
-void sched_job_finished(sched_t *s, job_t *j);
-
-/* A random number in [0, 1) for backoff jitter. */
-double sched_random(sched_t *s);
 
 const char *sched_event_name(sched_event_t ev);
 

@@ -79,6 +79,17 @@ void sink_set_memory(sink_t *s, size_t limit)
     s->mem_limit = limit;
 }
 
+char *sink_take_mem(sink_t *s, size_t *len)
+{
+    char *p = s->mem;
+
+    *len = s->mem_len;
+    s->mem = NULL;
+    s->mem_len = 0;
+    s->mem_cap = 0;
+    return p;
+}
+
 static const char *op_name(int op)
 {
     static const char *const names[] = {

@@ -92,6 +92,11 @@ void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256);
  * sink_write() fail with ERR_BODY_TOO_LARGE. */
 void sink_set_memory(sink_t *s, size_t limit);
 
+/* Takes a memory sink's body: returns it (NUL-terminated, now the caller's
+ * to mem_free(); NULL when empty) with its length in *len, and leaves the
+ * sink empty. */
+char *sink_take_mem(sink_t *s, size_t *len);
+
 /* Limits the bytes the sink accepts (decoded, when decoding) to max; more
  * makes sink_write() fail with ERR_BODY_TOO_LARGE and sets over_max. 0 means
  * no limit. */

@@ -346,9 +346,9 @@ static void setup(void)
     /* Silence: inputs make the server log warnings by the thousand. */
     log_set_level((log_level_t)(LOG_LEVEL_ERROR - 1));
     fz.d.sched.on_event = on_event;
-    fz.d.sched.retry_base_ms = 1;
-    fz.d.sched.retry_max_ms = 1;
-    fz.d.sched.retry_after_max_ms = 1;
+    fz.d.sched.env.retry.base_ms = 1;
+    fz.d.sched.env.retry.max_ms = 1;
+    fz.d.sched.env.retry.after_max_ms = 1;
     uv_timer_init(&fz.d.loop, &fz.watchdog);
     start_http();
     client_open(&fz.sub, 0);

@@ -233,9 +233,9 @@ static void setup(void)
     }
     fz.d.sched.on_event = on_event;
     /* Retries and Retry-After must not make the run wait. */
-    fz.d.sched.retry_base_ms = 1;
-    fz.d.sched.retry_max_ms = 1;
-    fz.d.sched.retry_after_max_ms = 1;
+    fz.d.sched.env.retry.base_ms = 1;
+    fz.d.sched.env.retry.max_ms = 1;
+    fz.d.sched.env.retry.after_max_ms = 1;
     uv_timer_init(&fz.d.loop, &fz.watchdog);
     start_server();
     atexit(teardown);

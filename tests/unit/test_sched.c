@@ -647,8 +647,46 @@ static void test_shutdown(void)
     teardown(&f);
 }
 
+/* The scheduler hands every job its embedded environment, and the job's
+ * upward traffic (started, retrying, finished; the backoff's jitter) comes
+ * back through the owner ops the scheduler registered there. */
+static void test_jobs_borrow_the_env(void)
+{
+    fixture_t f;
+    job_t *j = NULL;
+    job_spec_t spec;
+    char errmsg[256] = "";
+    const job_env_t *env;
+
+    setup(&f);
+    env = &f.d.sched.env;
+    CHECK(env->loop == &f.d.loop && env->stats == &f.d.stats && env->pool == &f.d.pool);
+    CHECK(env->dns == &f.d.dns && env->bufs == &f.d.bufs && env->tls == &f.d.tls);
+    CHECK(env->acl == &f.d.acl && env->owner == &f.d.sched && env->ops != NULL);
+    CHECK_INT(env->retry.base_ms, RETRY_DEFAULT_BASE_MS);
+    f.d.sched.env.retry.base_ms = 2; /* a short backoff */
+    job_spec_init(&spec);
+    spec.url = mem_strdup(REFUSED_URL);
+    spec.retries = 1;
+    CHECK_INT(sched_submit(&f.d.sched, &spec, &j, errmsg, sizeof(errmsg)), 0);
+    if (j != NULL) {
+        char id[20];
+        CHECK(j->env == env);
+        snprintf(id, sizeof(id), "%s", j->id);
+        CHECK(run_until_finished(&f, 1));
+        CHECK_INT(count_events(&f, id, SCHED_EV_STARTED), 1);
+        CHECK_INT(count_events(&f, id, SCHED_EV_RETRYING), 1);
+        CHECK_INT(count_events(&f, id, SCHED_EV_FINISHED), 1);
+        CHECK_INT(j->attempts, 2);
+        CHECK_INT(j->error, ERR_CONNECT_REFUSED);
+        CHECK_INT(f.d.stats.retries, 1);
+    }
+    teardown(&f);
+}
+
 TEST_MAIN(TEST_CASE(test_priority_then_fifo), TEST_CASE(test_find),
           TEST_CASE(test_cancel_queued_and_finished), TEST_CASE(test_cancel_running),
           TEST_CASE(test_queue_full), TEST_CASE(test_invalid_specs), TEST_CASE(test_retain_count),
           TEST_CASE(test_retain_age), TEST_CASE(test_forget_finished), TEST_CASE(test_shutdown),
-          TEST_CASE(test_queue_bytes), TEST_CASE(test_shrinks_after_burst))
+          TEST_CASE(test_queue_bytes), TEST_CASE(test_shrinks_after_burst),
+          TEST_CASE(test_jobs_borrow_the_env))

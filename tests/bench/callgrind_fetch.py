@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Instructions per fetch: fetchd under callgrind, 1 KiB keep-alive GETs.
+
+A Release build of fetchd runs under `valgrind --tool=callgrind` against a
+private nginx on loopback (the integration tests' fixture). `fetchctl submit
+-i FILE --wait` hands it N GETs of /1k.bin, which it runs over at most 64
+keep-alive connections; then fetchd is stopped with SIGTERM and callgrind's
+total instruction count (Ir, every thread) is read from its output file.
+
+Two runs, with --small and --large fetches (500 and 2,500 by default); the
+marginal cost is
+
+    (Ir(large) - Ir(small)) / (large - small)
+
+so start-up, shutdown and the connections' set-up cancel out. Each run is
+repeated --repeat times and the median count is used. This is a measurement,
+not a test: it prints numbers and asserts nothing about them.
+
+    python3 tests/bench/callgrind_fetch.py                   # builds this tree
+    python3 tests/bench/callgrind_fetch.py --src /tmp/old    # another checkout
+    python3 tests/bench/callgrind_fetch.py --bin-dir /tmp/fetchd-release/bin
+
+Standard library only. Every process it starts (nginx, fetchd under
+valgrind, fetchctl) it stops; the temporary build and files are removed.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+
+from fetchtest import Nginx  # noqa: E402  (the integration tests' fixture)
+
+CONNECTIONS = 64
+START_TIMEOUT = 120.0  # valgrind's start-up is slow
+STOP_TIMEOUT = 120.0
+
+
+def fail(msg):
+    print("callgrind_fetch: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def need_tools():
+    for tool in ("valgrind", "cmake"):
+        if shutil.which(tool) is None:
+            fail("%s is not installed" % tool)
+
+
+def build(src, out):
+    """A Release build of fetchd and fetchctl from the tree src into out."""
+    steps = [["cmake", "-S", src, "-B", out, "-DCMAKE_BUILD_TYPE=Release"],
+             ["cmake", "--build", out, "-j2", "--target", "fetchd", "fetchctl"]]
+    for cmd in steps:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=1800)
+        if r.returncode != 0:
+            fail("%s failed:\n%s" % (" ".join(cmd), r.stdout.decode(errors="replace")[-3000:]))
+    return os.path.join(out, "bin")
+
+
+def wait_socket(path, proc, timeout):
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(1.0)
+            s.connect(path)
+            return True
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            s.close()
+    return False
+
+
+def stop(proc, timeout):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
+def total_ir(out_file):
+    """The `summary:` (or `totals:`) line of a callgrind output file."""
+    with open(out_file, errors="replace") as f:
+        for line in f:
+            m = re.match(r"^(summary|totals):\s+(\d+)", line)
+            if m:
+                return int(m.group(2))
+    fail("no instruction total in %s" % out_file)
+
+
+def one_run(bin_dir, url, n, timeout, keep=None):
+    """fetchd under callgrind does n GETs of url; returns its Ir total. With
+    keep, callgrind's output file is copied there as callgrind.N.out."""
+    work = tempfile.mkdtemp(prefix="fetchd-cg-")
+    try:
+        sock = os.path.join(work, "control.sock")
+        out = os.path.join(work, "callgrind.out")
+        jobs = os.path.join(work, "jobs.txt")
+        with open(jobs, "w") as f:
+            f.write((url + "\n") * n)
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+               os.path.join(bin_dir, "fetchd"), "--control", sock, "--metrics", "off",
+               "--max-connections", str(CONNECTIONS), "--max-per-host", str(CONNECTIONS)]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RUNTIME_DIRECTORY", "NOTIFY_SOCKET", "XDG_RUNTIME_DIR",
+                            "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM", "FETCHD_SOCKET",
+                            "WATCHDOG_USEC", "WATCHDOG_PID")}
+        with open(os.path.join(work, "fetchd.log"), "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env, start_new_session=True)
+        try:
+            if not wait_socket(sock, proc, START_TIMEOUT):
+                fail("fetchd under valgrind did not start:\n" + read_tail(work))
+            r = subprocess.run([os.path.join(bin_dir, "fetchctl"), "-s", sock, "submit", "-i",
+                                jobs, "--wait"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               timeout=timeout)
+            if r.returncode != 0:
+                fail("fetchctl submit exited %d: %s" % (r.returncode,
+                                                         r.stderr.decode(errors="replace")[-2000:]))
+        finally:
+            rc = stop(proc, STOP_TIMEOUT)
+        if rc != 0:
+            fail("fetchd exited %r:\n%s" % (rc, read_tail(work)))
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(out, os.path.join(keep, "callgrind.%d.out" % n))
+        return total_ir(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def read_tail(work):
+    try:
+        with open(os.path.join(work, "fetchd.log"), errors="replace") as f:
+            return f.read()[-3000:]
+    except OSError:
+        return ""
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", default=REPO,
+                    help="source tree to build in Release mode (default: this one)")
+    ap.add_argument("--bin-dir", help="use this build's fetchd and fetchctl instead of building")
+    ap.add_argument("--small", type=int, default=500, help="fetches of the short run")
+    ap.add_argument("--large", type=int, default=2500, help="fetches of the long run")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each size; the median is used")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="limit for one run (s)")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="copy callgrind's output files there (callgrind.N.out), for "
+                         "callgrind_annotate")
+    args = ap.parse_args()
+    if not 0 < args.small < args.large or args.repeat < 1:
+        ap.error("need 0 < --small < --large and --repeat >= 1")
+    return args
+
+
+def main():
+    args = parse_args()
+    need_tools()
+    tmp_build = None
+    nginx = None
+    try:
+        if args.bin_dir:
+            bin_dir = os.path.abspath(args.bin_dir)
+        else:
+            tmp_build = tempfile.mkdtemp(prefix="fetchd-cg-build-")
+            bin_dir = build(os.path.abspath(args.src), tmp_build)
+        nginx = Nginx().start()
+        url = nginx.url("/1k.bin")
+        counts = {}
+        for n in (args.small, args.large):
+            runs = [one_run(bin_dir, url, n, args.timeout, args.keep) for _ in range(args.repeat)]
+            counts[n] = statistics.median(runs)
+            print("%5d fetches: %d instructions (runs: %s)"
+                  % (n, counts[n], ", ".join(str(r) for r in runs)))
+        per = (counts[args.large] - counts[args.small]) / (args.large - args.small)
+        print("instructions per fetch: %.0f" % per)
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        if tmp_build is not None:
+            shutil.rmtree(tmp_build, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
