@@ -37,6 +37,7 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->client_key);
     mem_free(cfg->deny_networks);
     mem_free(cfg->allow_networks);
+    mem_free(cfg->queue);
     memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -21,7 +21,7 @@ set -euo pipefail
 build_pkgs=(
     build-essential cmake pkg-config
     libuv1-dev libmbedtls-dev libjansson-dev node-llhttp
-    zlib1g-dev libbrotli-dev libzstd-dev
+    zlib1g-dev libbrotli-dev libzstd-dev libhiredis-dev
     python3 ca-certificates
 )
 
@@ -33,7 +33,7 @@ build_pkgs=(
 # systemd.pc, man-db and groff for the manual page checks, and plotting.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl
-    tinyproxy dante-server redis-server libhiredis-dev brotli zstd
+    tinyproxy dante-server redis-server brotli zstd
     valgrind clang clang-format libclang-rt-14-dev git
     systemd man-db groff-base
     socat jq gnuplot-nox procps
