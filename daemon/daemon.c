@@ -318,6 +318,15 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(o, "tls_resumptions_total", d->tls.resumptions);
         bad |= set_u64(o, "dns_lookups_total", d->dns.lookups);
         bad |= set_u64(o, "dns_cache_hits_total", d->dns.hits);
+        if (st->queue.enabled) /* the Redis queue (--queue): the figures /metrics shows */
+            bad |= json_object_set_new(
+                o, "queue",
+                json_pack("{s:I, s:I, s:I, s:I, s:I, s:b, s:I}", "read", (json_int_t)st->queue.read,
+                          "acked", (json_int_t)st->queue.acked, "claimed",
+                          (json_int_t)st->queue.claimed, "failed", (json_int_t)st->queue.failed,
+                          "pending", (json_int_t)st->queue.pending, "connected",
+                          st->queue.connected, "reconnects_total",
+                          (json_int_t)st->queue.reconnects));
     }
     json_decref(objects);
     json_decref(closed);

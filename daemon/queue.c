@@ -26,6 +26,7 @@
 #define QUEUE_PENDING_SCAN       100 /* entries per XPENDING */
 #define QUEUE_CLAIM_EVERY_MAX_MS 5000
 #define QUEUE_ID_MAX             48
+#define QUEUE_SILENCE_MS         10000 /* replies owed, nothing heard: connect again */
 
 /* Where an entry is; entry_set() is the one function that changes it. */
 typedef enum entry_state {
@@ -525,6 +526,9 @@ static int link_send(qlink_t *l, redisCallbackFn *fn, void *priv, int argc, cons
 {
     if (l->state != QLINK_READY || l->ac == NULL)
         return -1;
+    /* The silence watchdog counts from the first command awaiting a reply. */
+    if (l->ac->replies.head == NULL)
+        l->heard_ms = uv_now(&l->q->d->loop);
     return redisAsyncCommandArgv(l->ac, fn, priv, argc, argv, lens) == REDIS_OK ? 0 : -1;
 }
 
@@ -647,7 +651,7 @@ static void on_setup(redisAsyncContext *c, void *r, void *priv)
     if (reply == NULL || l->ac != c || l->state != QLINK_CONNECTING)
         return;
     if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9) != 0) {
-        if (l->failures == 0)
+        if (l->failures == 0 && !l->setup_failed)
             log_error("queue: %s: %s refused the connection's setup: %s", l->name,
                       l->q->url.display, reply->str);
         l->setup_failed = 1;
@@ -708,7 +712,10 @@ static void on_poll(uv_poll_t *h, int status, int events)
 {
     redisLibuvEvents *p = h->data;
     int ev = status != 0 ? p->events : events;
+    qlink_t *l = p->context ? p->context->data : NULL;
 
+    if (l != NULL && (ev & UV_READABLE))
+        l->heard_ms = uv_now(&l->q->d->loop);
     if (p->context != NULL && (ev & UV_READABLE))
         redisAsyncHandleRead(p->context);
     if (p->context != NULL && (ev & UV_WRITABLE))
@@ -777,6 +784,7 @@ static void link_open(qlink_t *l, const char *ip)
     stats_obj_created(&q->d->stats, STATS_OBJ_REDIS_CONN);
     l->ac = ac;
     l->state = QLINK_CONNECTING;
+    l->heard_ms = uv_now(&q->d->loop);
     ac->data = l;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -969,10 +977,8 @@ static void on_read(redisAsyncContext *c, void *r, void *priv)
     queue_t *q = priv;
     redisReply *reply = r;
 
-    if (q->rd.ac != c)
-        return;
-    q->reading = 0;
-    if (reply == NULL || q->closing || q->draining)
+    q->reading = 0; /* a closed link's read is gone too */
+    if (q->rd.ac != c || reply == NULL || q->closing || q->draining)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
         if (!q->read_failing)
@@ -1280,11 +1286,32 @@ static uint64_t claim_every_ms(const queue_t *q)
     return ms < QUEUE_CLAIM_EVERY_MAX_MS ? ms : QUEUE_CLAIM_EVERY_MAX_MS;
 }
 
+/* A connection that owes replies and has been silent too long (a host gone
+ * without a FIN or RST, a connect that never completes) is dropped and made
+ * again: TCP alone would wait for many minutes. */
+static void watch_link(qlink_t *l, uint64_t now)
+{
+    uint64_t limit = QUEUE_SILENCE_MS + (l == &l->q->rd ? l->q->url.block_ms : 0);
+
+    if (l->ac == NULL || (l->state == QLINK_READY && l->ac->replies.head == NULL) ||
+        now - l->heard_ms < limit)
+        return;
+    log_warn("queue: %s: no answer from %s for %" PRIu64 " ms; connecting again", l->name,
+             l->q->url.display, now - l->heard_ms);
+    link_close(l);
+    l->failures++;
+    link_retry_later(l, 0);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     queue_t *q = t->data;
     uint64_t now = uv_now(&q->d->loop);
 
+    if (!q->closing) {
+        watch_link(&q->rd, now);
+        watch_link(&q->wr, now);
+    }
     if (q->closing || q->wr.state != QLINK_READY)
         return;
     flush(q); /* results and acks that met an error */

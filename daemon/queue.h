@@ -52,7 +52,7 @@ typedef enum qlink_state {
 
 typedef struct qlink {
     queue_t *q;                   /* borrowed: the owner */
-    const char *name;             /* "reader" or "writer" */
+    const char *name;             /* borrowed (static): "reader" or "writer" */
     struct redisAsyncContext *ac; /* owned: freed by hiredis after a disconnect */
     qlink_state_t state;
     uv_timer_t retry; /* reconnects; on a ready reader, retries a failed read */
@@ -63,6 +63,7 @@ typedef struct qlink {
     int was_ready;    /* it has been ready before: the next ready is a reconnect */
     int failures;     /* failed attempts in a row (backoff, and logging once) */
     uint64_t backoff_ms;
+    uint64_t heard_ms; /* loop time of the last bytes from Redis (or of connecting) */
 } qlink_t;
 
 /* The URL, parsed. Every string is owned. */
@@ -98,7 +99,7 @@ struct queue {
     uint64_t last_refresh_ms, last_claim_ms;
     char claim_cursor[48];
     void (*settled_cb)(void *data); /* public: draining and nothing held any more */
-    void *settled_data;             /* public */
+    void *settled_data;             /* public, borrowed */
 };
 
 /* Parses url into q (nothing else is started). Returns 0, or -1 with errmsg

@@ -462,6 +462,10 @@ class TestQueue(QueueTestCase):
         self.assertEqual(results[ids[5]]["state"], "done", results[ids[5]])
         f = queue_figures(d)
         self.assertEqual((f["read"], f["acked"], f["failed"], f["pending"]), (6, 6, 5, 0), f)
+        with d.client() as c:
+            self.assertEqual(c.result("stats")["queue"],
+                             {"read": 6, "acked": 6, "claimed": 0, "failed": 5, "pending": 0,
+                              "connected": True, "reconnects_total": 0})
 
     def test_long_job_is_not_stolen(self):
         redis = self.start_redis()
@@ -547,6 +551,24 @@ class TestQueue(QueueTestCase):
         wait_for(lambda: "refused the connection's setup" in bad.log(), "the refusal",
                  ctx=bad.log_tail)
         self.assertNotIn("wrong-pass-xyz", bad.log())
+
+    def test_silent_redis_is_dropped_and_tried_again(self):
+        # A port that accepts connections (the kernel's backlog) and never
+        # answers: a Redis host gone silent. fetchd must not wait forever.
+        silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        d = Fetchd(["--queue", "redis://127.0.0.1:%d/jobs" % port])
+        self.addCleanup(d.cleanup)
+        d.wait_ready()
+        wait_for(lambda: d.log().count("no answer from") >= 2, "two silent connections dropped",
+                 limit=60 * SLOWDOWN, ctx=d.log_tail)
+        with d.client() as c:
+            s = c.result("stats")
+        self.assertLessEqual(s["objects"]["redis_conn"], 2, s)
+        self.assertEqual(s["queue"]["connected"], False, s)
 
     def test_bad_urls_are_a_configuration_error(self):
         for url, says in (("rediss://127.0.0.1:6379/jobs", "out of scope"),
