@@ -90,10 +90,12 @@ static int reload_acl(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t er
 
 int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
 {
-    static const char *const restart_only[] = {"control", "metrics", "download_dir", "state_dir"};
+    static const char *const restart_only[] = {"control", "metrics", "download_dir", "state_dir",
+                                               "queue"};
     const char *old[] = {d->cfg.control_path, d->cfg.metrics_addr, d->cfg.download_dir,
-                         d->cfg.state_dir};
-    const char *now[] = {cfg->control_path, cfg->metrics_addr, cfg->download_dir, cfg->state_dir};
+                         d->cfg.state_dir, d->cfg.queue};
+    const char *now[] = {cfg->control_path, cfg->metrics_addr, cfg->download_dir, cfg->state_dir,
+                         cfg->queue};
     int rc;
 
     if (!same(d->cfg.ca_file, cfg->ca_file) || !same(d->cfg.client_cert, cfg->client_cert) ||
