@@ -527,6 +527,27 @@ class TestQueue(QueueTestCase):
         self.assert_one_result_each(read_results(redis, "jobs:results"), ids)
         self.assertEqual(queue_figures(second)["claimed"], 4)
 
+    def test_sigterm_past_the_grace_hands_back_running_jobs(self):
+        redis = self.start_redis()
+        url = redis.url(create=1, claim_idle=500)
+        with FaultServer() as slow:
+            first = self.start_instance(url, ["--max-running", "2", "--shutdown-grace", "1"],
+                                        baseline=False)
+            # About 4 s each: longer than the grace.
+            ids = add_entries(redis, "jobs", [{"url": slow.url("/drip?bytes=4&interval_ms=1000"),
+                                               "labels": {"n": i}} for i in range(2)])
+            wait_for(lambda: slow.path_hits("/drip") == 2, "both jobs to start")
+            self.assertEqual(first.stop(signal.SIGTERM), 0, first.log_tail())
+            self.assertIn("queue: 2 entries left unacked", first.log())
+            self.assertEqual(xlen(redis, "jobs:results"), 0, "a cut job wrote a result")
+            self.assertEqual(pending_count(redis, "jobs"), 2)
+            second = self.start_instance(url)
+            wait_for(lambda: xlen(redis, "jobs:results") >= 2 and
+                     pending_count(redis, "jobs") == 0, "the others to run them",
+                     ctx=second.log_tail)
+        self.assert_one_result_each(read_results(redis, "jobs:results"), ids)
+        self.assertEqual(queue_figures(second)["claimed"], 2)
+
     def test_password_stays_secret(self):
         secret = "s3cret-Pw-for-fetchd"
         redis = self.start_redis(password=secret)
