@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,37 +104,51 @@ static int parse_num(const char *v, uint64_t min, uint64_t max, uint64_t *out)
     return 0;
 }
 
+/* Stores n into the numeric field at offset off of u, whose width is size. */
+static void store_num(queue_url_t *u, size_t off, size_t size, uint64_t n)
+{
+    char *field = (char *)u + off;
+
+    if (size == sizeof(uint64_t))
+        *(uint64_t *)(void *)field = n;
+    else if (size == sizeof(unsigned))
+        *(unsigned *)(void *)field = (unsigned)n;
+}
+
+#define QOFF(f) offsetof(queue_url_t, f), sizeof(((queue_url_t *)0)->f)
+
 /* One query parameter. */
 static int set_param(queue_url_t *u, const char *key, char *val, char *err, size_t errlen)
 {
     static const struct {
         const char *key;
         uint64_t min, max;
+        size_t off, size;
     } nums[] = {
-        {"claim_idle", 100, 86400000},
-        {"max_deliveries", 0, 1000000},
-        {"block", 10, 60000},
-        {"count", 1, 100000},
-        {"max_inflight", 0, 10000000},
-        {"results_maxlen", 1, 1ull << 40},
-        {"max_unsent", 0, 1ull << 40},
-        {"db", 0, 1000000},
-        {"create", 0, 1},
+        {"claim_idle", 100, 86400000, QOFF(claim_idle_ms)},
+        {"max_deliveries", 0, 1000000, QOFF(max_deliveries)},
+        {"block", 10, 60000, QOFF(block_ms)},
+        {"count", 1, 100000, QOFF(count)},
+        {"max_inflight", 0, 10000000, QOFF(max_inflight)},
+        {"results_maxlen", 1, 1ull << 40, QOFF(results_maxlen)},
+        {"max_unsent", 0, 1ull << 40, QOFF(max_unsent)},
+        {"db", 0, 1000000, QOFF(db)},
+        {"create", 0, 1, QOFF(create)},
     };
     char **strs[] = {&u->group, &u->consumer, &u->results};
     static const char *const str_keys[] = {"group", "consumer", "results"};
     uint64_t n;
 
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
-        if (strcmp(key, str_keys[i]) == 0) {
-            if (*val == '\0') {
-                snprintf(err, errlen, "queue: %s must not be empty", key);
-                return -1;
-            }
-            mem_free(*strs[i]);
-            *strs[i] = mem_strdup(val);
-            return *strs[i] ? 0 : -1;
+        if (strcmp(key, str_keys[i]) != 0)
+            continue;
+        if (*val == '\0') {
+            snprintf(err, errlen, "queue: %s must not be empty", key);
+            return -1;
         }
+        mem_free(*strs[i]);
+        *strs[i] = mem_strdup(val);
+        return *strs[i] ? 0 : -1;
     }
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         if (strcmp(key, nums[i].key) != 0)
@@ -143,24 +158,7 @@ static int set_param(queue_url_t *u, const char *key, char *val, char *err, size
                      (unsigned long long)nums[i].min, (unsigned long long)nums[i].max);
             return -1;
         }
-        if (i == 0)
-            u->claim_idle_ms = n;
-        else if (i == 1)
-            u->max_deliveries = (unsigned)n;
-        else if (i == 2)
-            u->block_ms = n;
-        else if (i == 3)
-            u->count = (unsigned)n;
-        else if (i == 4)
-            u->max_inflight = (size_t)n;
-        else if (i == 5)
-            u->results_maxlen = (size_t)n;
-        else if (i == 6)
-            u->max_unsent = (size_t)n;
-        else if (i == 7)
-            u->db = (unsigned)n;
-        else
-            u->create = (int)n;
+        store_num(u, nums[i].off, nums[i].size, n);
         return 0;
     }
     snprintf(err, errlen, "queue: unknown parameter \"%.40s\"", key);

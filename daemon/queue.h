@@ -72,7 +72,7 @@ typedef struct queue_url {
     char *display; /* the URL for logs: the password replaced by "***" */
     int port;
     unsigned db;
-    int create;
+    unsigned create;
     uint64_t claim_idle_ms, block_ms;
     unsigned max_deliveries; /* 0: no limit */
     unsigned count;          /* entries per XREADGROUP / XAUTOCLAIM at most */

@@ -371,7 +371,7 @@ class TestQueue(QueueTestCase):
         with FaultServer() as slow:
             victim = self.start_instance(url, ["--max-running", "8"], baseline=False)
             others = [self.start_instance(url, ["--max-running", "8"]) for _ in range(2)]
-            n = 120
+            n = 240
             jobs = [{"url": slow.url("/drip?bytes=3&interval_ms=100"), "labels": {"n": i}}
                     for i in range(n)]
             ids = add_entries(redis, "jobs", jobs)
