@@ -1050,6 +1050,7 @@ static void on_added(redisAsyncContext *c, void *r, void *priv)
 static void on_acked(redisAsyncContext *c, void *r, void *priv)
 {
     queue_entry_t *e = priv;
+    queue_t *q = e->q;
     redisReply *reply = r;
 
     (void)c;
@@ -1061,8 +1062,9 @@ static void on_acked(redisAsyncContext *c, void *r, void *priv)
         entry_set(e, ENTRY_ACK);
         return;
     }
-    e->q->d->stats.queue.acked++;
+    q->d->stats.queue.acked++;
     entry_free(e);
+    kick(q); /* held entries count against max_inflight until acked */
 }
 
 static void send_result(queue_entry_t *e)

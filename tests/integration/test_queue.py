@@ -467,6 +467,17 @@ class TestQueue(QueueTestCase):
                              {"read": 6, "acked": 6, "claimed": 0, "failed": 5, "pending": 0,
                               "connected": True, "reconnects_total": 0})
 
+    def test_max_inflight_bounds_what_an_instance_holds(self):
+        # Two entries held at a time, acks included: each ack makes room for
+        # the next read, so the stream drains without any other event.
+        redis = self.start_redis()
+        d = self.start_instance(redis.url(create=1, max_inflight=2))
+        ids = add_entries(redis, "jobs", [{"url": self.nginx.url("/small.txt")}] * 12)
+        wait_for(lambda: xlen(redis, "jobs:results") >= 12 and
+                 pending_count(redis, "jobs") == 0, "all twelve", limit=30 * SLOWDOWN,
+                 ctx=d.log_tail)
+        self.assert_one_result_each(read_results(redis, "jobs:results"), ids)
+
     def test_long_job_is_not_stolen(self):
         redis = self.start_redis()
         url = redis.url(create=1, claim_idle=500)
