@@ -47,6 +47,7 @@ static const option_def_t options[] = {
     {"allow_networks", OPT_NETS, OFF(allow_networks), 0, 0},
     {"decode", OPT_BOOL, OFF(decode), 0, 0},
     {"decode_max_ratio", OPT_UINT, OFF(decode_max_ratio), 0, 1000000000},
+    {"queue", OPT_STRING, OFF(queue), 0, 0},
 };
 
 static const option_def_t *find(const char *key)
@@ -360,6 +361,7 @@ static const struct option long_options[] = {
     {"allow-networks", required_argument, NULL, 0},
     {"decode", required_argument, NULL, 0},
     {"decode-max-ratio", required_argument, NULL, 0},
+    {"queue", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

@@ -37,6 +37,7 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->client_key);
     mem_free(cfg->deny_networks);
     mem_free(cfg->allow_networks);
+    mem_free(cfg->queue);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -89,10 +90,12 @@ static int reload_acl(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t er
 
 int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
 {
-    static const char *const restart_only[] = {"control", "metrics", "download_dir", "state_dir"};
+    static const char *const restart_only[] = {"control", "metrics", "download_dir", "state_dir",
+                                               "queue"};
     const char *old[] = {d->cfg.control_path, d->cfg.metrics_addr, d->cfg.download_dir,
-                         d->cfg.state_dir};
-    const char *now[] = {cfg->control_path, cfg->metrics_addr, cfg->download_dir, cfg->state_dir};
+                         d->cfg.state_dir, d->cfg.queue};
+    const char *now[] = {cfg->control_path, cfg->metrics_addr, cfg->download_dir, cfg->state_dir,
+                         cfg->queue};
     int rc;
 
     if (!same(d->cfg.ca_file, cfg->ca_file) || !same(d->cfg.client_cert, cfg->client_cert) ||
@@ -317,6 +320,15 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(o, "tls_resumptions_total", d->tls.resumptions);
         bad |= set_u64(o, "dns_lookups_total", d->dns.lookups);
         bad |= set_u64(o, "dns_cache_hits_total", d->dns.hits);
+        if (st->queue.enabled) /* the Redis queue (--queue): the figures /metrics shows */
+            bad |= json_object_set_new(
+                o, "queue",
+                json_pack("{s:I, s:I, s:I, s:I, s:I, s:b, s:I}", "read", (json_int_t)st->queue.read,
+                          "acked", (json_int_t)st->queue.acked, "claimed",
+                          (json_int_t)st->queue.claimed, "failed", (json_int_t)st->queue.failed,
+                          "pending", (json_int_t)st->queue.pending, "connected",
+                          st->queue.connected, "reconnects_total",
+                          (json_int_t)st->queue.reconnects));
     }
     json_decref(objects);
     json_decref(closed);

@@ -46,6 +46,7 @@ typedef struct daemon_config {
     char *allow_networks;       /* owned; NULL or "": no exceptions */
     int decode;                 /* 0: jobs decode content only when they ask */
     unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
+    char *queue;                /* owned; NULL: no Redis queue (--queue URL) */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

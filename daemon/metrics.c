@@ -180,6 +180,26 @@ static void render_process(strbuf_t *b, const metrics_t *m)
     json_decref(s);
 }
 
+/* The Redis queue (daemon/queue.c), when --queue is set. */
+static void render_queue(strbuf_t *b, const stats_queue_t *q)
+{
+    static const char *const results[] = {"read", "acked", "claimed", "failed"};
+    const uint64_t counts[] = {q->read, q->acked, q->claimed, q->failed};
+
+    if (!q->enabled)
+        return;
+    head(b, "fetchd_queue_entries_total", "counter",
+         "Redis stream entries read, acked, claimed from others, or failed by fetchd.");
+    for (int i = 0; i < 4; i++)
+        labelled(b, "fetchd_queue_entries_total", "result", results[i], counts[i]);
+    one(b, "fetchd_queue_pending", "gauge", "Entries held here: read or claimed, not acked yet.",
+        q->pending);
+    one(b, "fetchd_queue_connected", "gauge", "1 while both connections to Redis are up.",
+        (unsigned long long)q->connected);
+    one(b, "fetchd_queue_reconnects_total", "counter", "Connections to Redis made again.",
+        q->reconnects);
+}
+
 char *metrics_render(metrics_t *m, size_t *len)
 {
     strbuf_t b = {0};
@@ -189,6 +209,7 @@ char *metrics_render(metrics_t *m, size_t *len)
     render_jobs(&b, m->d);
     render_tls_dns(&b, m);
     render_process(&b, m);
+    render_queue(&b, &m->d->stats.queue);
     if (b.failed) {
         strbuf_dispose(&b);
         return NULL;

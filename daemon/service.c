@@ -10,6 +10,7 @@
 #include "control.h"
 #include "log.h"
 #include "metrics.h"
+#include "queue.h"
 #include "sd.h"
 #include "state.h"
 
@@ -24,6 +25,7 @@ typedef struct service {
     control_t ctl;
     metrics_t metrics;
     sd_t sd;
+    queue_t queue; /* the Redis queue (--queue); started only when configured */
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t grace;      /* the graceful stop's deadline */
     uv_timer_t checkpoint; /* saves the queue while it changes */
@@ -101,6 +103,7 @@ static void finish_stop(service_t *svc)
         svc->save_failed = 1;
     } else if (!svc->d.cfg.state_dir && left > 0)
         log_warn("%zu unfinished jobs are dropped: no --state-dir to keep them in", left);
+    queue_close(&svc->queue); /* before the jobs are cancelled: their entries stay pending */
     uv_close((uv_handle_t *)&svc->grace, NULL);
     uv_close((uv_handle_t *)&svc->checkpoint, NULL);
     uv_close((uv_handle_t *)&svc->sigint, NULL);
@@ -122,10 +125,13 @@ static void begin_stop(service_t *svc, const char *why)
     svc->stopping = 1;
     sd_notify(&svc->sd, "STOPPING=1");
     sched_drain(&svc->d.sched);
+    queue_drain(&svc->queue);
     log_notice("%s: stopping; %zu running jobs have %.3g s to finish, %zu queued wait", why,
                svc->d.sched.nrunning, svc->d.cfg.shutdown_grace_ms / 1e3, svc->d.sched.nqueued);
-    uv_timer_start(&svc->grace, on_grace,
-                   svc->d.sched.nrunning == 0 ? 0 : svc->d.cfg.shutdown_grace_ms, 0);
+    uv_timer_start(
+        &svc->grace, on_grace,
+        svc->d.sched.nrunning == 0 && queue_settled(&svc->queue) ? 0 : svc->d.cfg.shutdown_grace_ms,
+        0);
 }
 
 static void on_grace(uv_timer_t *t)
@@ -177,8 +183,19 @@ static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
     if (ev == SCHED_EV_QUEUED || ev == SCHED_EV_FINISHED)
         svc->dirty = 1;
     control_on_event(s, j, ev, &svc->ctl);
-    /* The last running job of a graceful stop: end it on the next turn. */
-    if (svc->stopping && ev == SCHED_EV_FINISHED && s->nrunning == 0 && !svc->stopped)
+    queue_on_event(&svc->queue, j, ev);
+    /* The last running job of a graceful stop (and the queue's last ack):
+     * end it on the next turn. */
+    if (svc->stopping && ev == SCHED_EV_FINISHED && s->nrunning == 0 && !svc->stopped &&
+        queue_settled(&svc->queue))
+        uv_timer_start(&svc->grace, on_grace, 0, 0);
+}
+
+/* The queue acked its last entry during a graceful stop. */
+static void on_queue_settled(void *data)
+{
+    service_t *svc = data;
+    if (svc->stopping && svc->d.sched.nrunning == 0 && !svc->stopped)
         uv_timer_start(&svc->grace, on_grace, 0, 0);
 }
 
@@ -256,15 +273,23 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
 
     svc.argc = argc;
     svc.argv = argv;
+    /* A bad queue URL is a bad configuration, refused before anything starts. */
+    if (cfg->queue != NULL && queue_init(&svc.queue, cfg->queue, err, sizeof(err)) != 0) {
+        log_error("%s", err);
+        daemon_config_dispose(cfg);
+        return CONFIG_EX_CONFIG;
+    }
     /* Like a bad configuration: a state dir the queue cannot be saved in is
      * refused now, not found out at the first checkpoint or at the stop. */
     if (cfg->state_dir != NULL && state_check_dir(cfg->state_dir, err, sizeof(err)) != 0) {
         log_error("%s", err);
         daemon_config_dispose(cfg);
+        queue_dispose(&svc.queue);
         return CONFIG_EX_CONFIG;
     }
     if (daemon_init(&svc.d, cfg, err, sizeof(err)) != 0) {
         log_error("%s", err);
+        queue_dispose(&svc.queue);
         return CONFIG_EX_CONFIG;
     }
     sd_init(&svc.sd, &svc.d.loop);
@@ -276,16 +301,22 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
         daemon_close(&svc.d);
         uv_run(&svc.d.loop, UV_RUN_DEFAULT);
         daemon_dispose(&svc.d);
+        queue_dispose(&svc.queue);
         return 1;
     }
     svc.d.sched.on_event = on_event;
     svc.d.sched.event_data = &svc;
     init_handles(&svc);
+    svc.queue.settled_cb = on_queue_settled;
+    svc.queue.settled_data = &svc;
+    if (svc.d.cfg.queue != NULL)
+        queue_start(&svc.queue, &svc.d);
     log_notice("fetchd %s started (pid %d); max %u connections, %u per host", FETCHD_VERSION,
                (int)getpid(), svc.d.pool.max_conns, svc.d.pool.max_per_host);
     sd_ready(&svc.sd);
     uv_run(&svc.d.loop, UV_RUN_DEFAULT);
     rc = daemon_dispose(&svc.d);
+    queue_dispose(&svc.queue);
     log_notice("fetchd stopped");
     return rc == 0 && !svc.save_failed ? 0 : 1;
 }

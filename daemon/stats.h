@@ -26,6 +26,8 @@
     X(CTL_SUB, "ctl_subscription") \
     X(CTL_WRITE, "ctl_write")      \
     X(DECODER, "decoder")          \
+    X(REDIS_CONN, "redis_conn")    \
+    X(QUEUE_ENTRY, "queue_entry")  \
     X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {
@@ -85,6 +87,13 @@ typedef enum stats_result {
     }
 #define STATS_NDURATION 14
 
+/* The Redis queue's figures (daemon/queue.c); enabled with --queue. */
+typedef struct stats_queue {
+    int enabled, connected;
+    uint64_t read, acked, claimed, failed, reconnects; /* counters */
+    uint64_t pending; /* entries held: read or claimed, not acked yet */
+} stats_queue_t;
+
 typedef struct stats {
     int64_t objects[STATS_OBJ__COUNT]; /* live instances */
     uint64_t conns_opened;
@@ -98,6 +107,7 @@ typedef struct stats {
     uint64_t duration_buckets[STATS_NDURATION]; /* non-cumulative */
     uint64_t duration_count;
     double duration_sum;
+    stats_queue_t queue;
 } stats_t;
 
 void stats_init(stats_t *s);

@@ -14,27 +14,27 @@
 set -euo pipefail
 
 # What building needs: the compiler, CMake, the libraries fetchd links (the
-# content decoders' zlib, brotli and zstd among them), the llhttp C sources
-# Debian ships in node-llhttp, python3, which CMake's test setup looks for
-# at configure time, and ca-certificates, the CA bundle the
-# built daemon verifies https servers against by default.
+# content decoders' zlib, brotli and zstd, and hiredis for the Redis queue,
+# among them), the llhttp C sources Debian ships in node-llhttp, python3,
+# which CMake's test setup looks for at configure time, and ca-certificates,
+# the CA bundle the built daemon verifies https servers against by default.
 build_pkgs=(
     build-essential cmake pkg-config
     libuv1-dev libmbedtls-dev libjansson-dev node-llhttp
-    zlib1g-dev libbrotli-dev libzstd-dev
+    zlib1g-dev libbrotli-dev libzstd-dev libhiredis-dev
     python3 ca-certificates
 )
 
 # What the tests and benchmarks add: servers and clients to test against
 # (nginx, real proxies, redis), the brotli and zstd tools that make the
-# decoding tests' bodies, the library of the Redis queue, certificate
-# tooling, promtool, valgrind, clang with its sanitizer runtimes and
-# libFuzzer, llvm (its llvm-symbolizer names the lines in their reports),
-# clang-format and git for the style check, systemd for systemd-analyze, systemd-socket-activate and
-# systemd.pc, man-db and groff for the manual page checks, and plotting.
+# decoding tests' bodies, certificate tooling, promtool, valgrind, clang
+# with its sanitizer runtimes and libFuzzer, llvm (its llvm-symbolizer names
+# the lines in sanitizer reports), clang-format and git for the style check,
+# systemd for systemd-analyze, systemd-socket-activate and systemd.pc,
+# man-db and groff for the manual page checks, and plotting.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl
-    tinyproxy dante-server redis-server libhiredis-dev brotli zstd
+    tinyproxy dante-server redis-server brotli zstd
     valgrind clang clang-format libclang-rt-14-dev llvm git
     systemd man-db groff-base
     socat jq gnuplot-nox procps
