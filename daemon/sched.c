@@ -34,13 +34,13 @@ static void maybe_trim(sched_t *s);
 static void sched_emit(sched_t *s, job_t *j, sched_event_t ev);
 static void on_job_event(void *owner, job_t *j, job_event_t ev);
 static void on_job_finished(void *owner, job_t *j);
-static double sched_random(void *owner);
+static double owner_random(void *owner);
 
 /* How the scheduler's jobs reach it (their environment's ops). */
 static const job_owner_ops_t job_owner_ops = {
     .on_event = on_job_event,
     .on_finished = on_job_finished,
-    .random = sched_random,
+    .random = owner_random,
 };
 
 static void on_handle_close(uv_handle_t *h)
@@ -105,16 +105,19 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     return 0;
 }
 
-/* The jobs' random source (job_owner_ops_t.random). */
-static double sched_random(void *owner)
+double sched_random(sched_t *s)
 {
-    sched_t *s = owner;
-
     /* xorshift64*: plenty for backoff jitter, and no global state. */
     s->rng ^= s->rng >> 12;
     s->rng ^= s->rng << 25;
     s->rng ^= s->rng >> 27;
     return (double)((s->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+/* The jobs' random source (job_owner_ops_t.random). */
+static double owner_random(void *owner)
+{
+    return sched_random(owner);
 }
 
 /* ---- the id table ------------------------------------------------------------ */

@@ -137,4 +137,8 @@ void sched_forget_finished(sched_t *s);
 
 const char *sched_event_name(sched_event_t ev);
 
+/* A random number in [0, 1) from the scheduler's generator (xorshift64*,
+ * seeded at init): jitter for backoffs, the jobs' and the queue's. */
+double sched_random(sched_t *s);
+
 #endif
