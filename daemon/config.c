@@ -47,6 +47,9 @@ static const option_def_t options[] = {
     {"allow_networks", OPT_NETS, OFF(allow_networks), 0, 0},
     {"decode", OPT_BOOL, OFF(decode), 0, 0},
     {"decode_max_ratio", OPT_UINT, OFF(decode_max_ratio), 0, 1000000000},
+    {"log_jobs", OPT_BOOL, OFF(log_jobs), 0, 0},
+    {"history_interval", OPT_SECONDS, OFF(page_interval_ms), 1, 3600},
+    {"history_warmup", OPT_SECONDS, OFF(page_warmup_ms), 0, 86400},
 };
 
 static const option_def_t *find(const char *key)
@@ -360,6 +363,9 @@ static const struct option long_options[] = {
     {"allow-networks", required_argument, NULL, 0},
     {"decode", required_argument, NULL, 0},
     {"decode-max-ratio", required_argument, NULL, 0},
+    {"log-jobs", required_argument, NULL, 0},
+    {"history-interval", required_argument, NULL, 0},
+    {"history-warmup", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

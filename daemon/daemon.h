@@ -46,6 +46,9 @@ typedef struct daemon_config {
     char *allow_networks;       /* owned; NULL or "": no exceptions */
     int decode;                 /* 0: jobs decode content only when they ask */
     unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
+    int log_jobs;               /* 1: one info line per finished job */
+    uint64_t page_interval_ms;  /* 10 s: the page's sampling interval (history_interval) */
+    uint64_t page_warmup_ms;    /* 300 s: when the page marks the gauges (history_warmup) */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)
