@@ -30,9 +30,10 @@ build_pkgs=(
 # decoding tests' bodies, the library of the Redis queue, certificate
 # tooling, promtool, valgrind, clang with its sanitizer runtimes and
 # libFuzzer, clang-format and git for the style check, systemd for systemd-analyze, systemd-socket-activate and
-# systemd.pc, man-db and groff for the manual page checks, and plotting.
+# systemd.pc, man-db and groff for the manual page checks, plotting, and
+# chromium (headless) that loads the operator's page in test_page.
 test_pkgs=(
-    nginx-light curl wrk prometheus nodejs npm openssl
+    nginx-light curl wrk prometheus nodejs npm openssl chromium
     tinyproxy dante-server redis-server libhiredis-dev brotli zstd
     valgrind clang clang-format libclang-rt-14-dev git
     systemd man-db groff-base
