@@ -10,6 +10,11 @@ and
 - the page is served within its size budget (64 KiB) and its history
   within a bound, and the counts the page shows agree with /metrics.
 
+And the staircase: fetchd-leaky (which loses a read buffer on every failed
+or >= 400 job) run in waves ends each idle moment one step higher, and the
+page marks buffers in use red; the real fetchd, same waves, comes back to
+its warm-up level every time and nothing is marked.
+
 Chromium runs as root only with --no-sandbox; every run has its own
 --user-data-dir and a bounded time, and is killed (its whole process group)
 when that runs out. Without Chromium (Debian package chromium) the tests
@@ -35,6 +40,9 @@ sys.path.insert(0, os.path.join(REPO, "tests", "soak"))
 import soak  # noqa: E402
 
 FETCHD = os.path.join(BIN_DIR, "fetchd")
+TEST_BIN_DIR = os.environ.get("FETCHD_TEST_BIN_DIR") or os.path.join(REPO, "build", "tests")
+FETCHD_LEAKY = os.path.join(TEST_BIN_DIR, "fetchd-leaky")
+LEAK_WAVES = 3
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMIUM_TIMEOUT = 90.0
 IO_TIMEOUT = 30.0
@@ -73,7 +81,7 @@ class DomSeries(html.parser.HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.lines, self.warm, self.legend = {}, set(), set()
+        self.lines, self.warm, self.legend, self.up = {}, set(), set(), set()
         self.status = ""
         self._in_status = False
 
@@ -85,6 +93,8 @@ class DomSeries(html.parser.HTMLParser):
             self.warm.add(a["data-warm"])
         elif tag == "li" and "data-series" in a:
             self.legend.add(a["data-series"])
+            if "up" in a.get("class", "").split():
+                self.up.add(a["data-series"])
         self._in_status = a.get("id") == "status"
 
     def handle_data(self, data):
@@ -167,6 +177,9 @@ class Page(unittest.TestCase):
         cls.nginx = Nginx().start()
         cls.addClassCleanup(cls.nginx.stop)
 
+    ARGS = ["--history-interval", "1", "--history-warmup", "2", "--idle-timeout", "1",
+            "--log-jobs", "off"]
+
     def setUp(self):
         self.chromium = find_chromium()
         if self.chromium is None:
@@ -174,17 +187,17 @@ class Page(unittest.TestCase):
             if os.environ.get("CI") == "true":
                 self.fail(msg + "; CI needs it")
             self.skipTest(msg)
-        if not os.path.exists(FETCHD):
-            self.fail("%s not found (build first)" % FETCHD)
         self.work = tmpdir("page-")
         self.addCleanup(remove_tree, self.work)
-        # A sample a second and a warm-up mark after two: the run below
-        # spans many samples, and the marks are on the page.
-        self.daemon = soak.Daemon(FETCHD, self.work, ["--history-interval", "1",
-                                                      "--history-warmup", "2",
-                                                      "--idle-timeout", "1",
-                                                      "--log-jobs", "off"])
-        self.addCleanup(self.check_clean_exit)
+
+    def start_daemon(self, binary=FETCHD, args=()):
+        """A sample a second and a warm-up mark after two: a run spans many
+        samples, and the marks are on the page."""
+        if not os.path.exists(binary):
+            self.fail("%s not found (build first)" % binary)
+        self.daemon = soak.Daemon(binary, self.work, self.ARGS + list(args))
+        if binary == FETCHD:
+            self.addCleanup(self.check_clean_exit)
         self.addCleanup(self.daemon.stop)
         try:
             self.daemon.start()
@@ -211,22 +224,24 @@ class Page(unittest.TestCase):
             time.sleep(0.2)
         self.assertGreaterEqual(self.history()["taken"], want)
 
-    def soak_run(self):
-        """FETCHES jobs in waves of WAVE: 200s, 404s and refused ones."""
+    def soak_run(self, fetches=FETCHES):
+        """Jobs in waves of WAVE: 200s, 404s and refused ones."""
         refused = "http://127.0.0.1:%d/" % free_port()
         urls = [self.nginx.url("/small.txt"), self.nginx.url("/1k.bin"),
                 self.nginx.url("/status/404"), refused]
         client = self.daemon.rpc()
-        self.addCleanup(client.close)
-        client.result("subscribe", {"events": ["finished"]})
-        states = {}
-        for start in range(0, FETCHES, WAVE):
-            specs = [{"url": urls[i % len(urls)]} for i in range(start, start + WAVE)]
-            ids = client.result("submit", {"jobs": specs}, IO_TIMEOUT)["ids"]
-            for jid in ids:
-                job = client.finished_job(jid, IO_TIMEOUT)
-                states[job["state"]] = states.get(job["state"], 0) + 1
-        return states
+        try:
+            client.result("subscribe", {"events": ["finished"]})
+            states = {}
+            for start in range(0, fetches, WAVE):
+                specs = [{"url": urls[i % len(urls)]} for i in range(start, start + WAVE)]
+                ids = client.result("submit", {"jobs": specs}, IO_TIMEOUT)["ids"]
+                for jid in ids:
+                    job = client.finished_job(jid, IO_TIMEOUT)
+                    states[job["state"]] = states.get(job["state"], 0) + 1
+            return states
+        finally:
+            client.close()
 
     def chromium_run(self, *args):
         """Runs Chromium on the page with args; returns its stdout."""
@@ -255,6 +270,7 @@ class Page(unittest.TestCase):
         return out
 
     def test_page_in_chromium_during_a_run(self):
+        self.start_daemon()
         self.wait_samples(3)  # past the warm-up mark
         outcome = {}
 
@@ -323,6 +339,38 @@ class Page(unittest.TestCase):
         self.assertGreater(variance, 100, "a blank screenshot (variance %.1f)" % variance)
         self.assertGreater(dark, 0.01, "a blank screenshot (%.2f%% not white)" % (dark * 100))
         self.assertGreater(colours, 20, "a blank screenshot (%d colours)" % colours)
+
+    def staircase(self, binary):
+        """Waves of fetches, each followed by an idle moment with nothing
+        retained; returns the buffers in use at each idle moment, the
+        warm-up level, and the page's DOM at the end."""
+        self.start_daemon(binary, ["--retain-jobs", "0"])
+        self.wait_samples(3)
+        levels = []
+        for _ in range(LEAK_WAVES):
+            self.soak_run(WAVE)
+            self.wait_samples(2)
+            levels.append(soak.scrape(self.daemon.port).get("fetchd_buffers", state="in_use"))
+        panels = {p["id"]: {s["name"]: s for s in p["series"]} for p in self.history()["panels"]}
+        dom = DomSeries()
+        dom.feed(self.chromium_run("--dump-dom").decode())
+        return levels, panels["buffers"]["in_use"]["warm"], dom
+
+    def test_a_leak_shows_as_a_staircase(self):
+        """fetchd-leaky loses a read buffer on every failed or >= 400 job:
+        after each wave the idle level of buffers in use is higher, and the
+        page marks that gauge (red, class "up") above its warm-up level."""
+        levels, warm, dom = self.staircase(FETCHD_LEAKY)
+        self.assertEqual(warm, 0)
+        self.assertTrue(all(b > a for a, b in zip([warm] + levels, levels)), levels)
+        self.assertEqual(dom.up, {"buffers/in_use"}, dom.status)
+
+    def test_a_flat_daemon_is_not_marked(self):
+        """The same waves on the real fetchd: back to the warm-up level after
+        each, and nothing marked."""
+        levels, warm, dom = self.staircase(FETCHD)
+        self.assertEqual(levels, [warm] * LEAK_WAVES)
+        self.assertEqual(dom.up, set(), dom.status)
 
     def test_blank_png_is_caught(self):
         """The blank check itself: a white PNG made here fails it."""
