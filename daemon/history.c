@@ -138,7 +138,8 @@ static void fill(history_t *h, history_sample_t *s, uint64_t now_ns)
     s->v[HISTORY_CONNS] = d->pool.nconnecting;
     s->v[HISTORY_CONNS + 1] = d->pool.nactive;
     s->v[HISTORY_CONNS + 2] = d->pool.nidle;
-    s->v[HISTORY_BUFFERS] = (double)(d->bufs.in_use - (hidden < d->bufs.in_use ? hidden : 0));
+    s->v[HISTORY_BUFFERS] =
+        (double)(d->bufs.in_use - (hidden < d->bufs.in_use ? hidden : d->bufs.in_use));
     s->v[HISTORY_BUFFERS + 1] = (double)d->bufs.nfree;
     s->v[HISTORY_JOBS] = (double)d->sched.nqueued;
     s->v[HISTORY_JOBS + 1] = (double)d->sched.nrunning;

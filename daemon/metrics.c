@@ -76,7 +76,7 @@ static void render_connections(strbuf_t *b, const daemon_t *d)
 static size_t buffers_in_use(const metrics_t *m)
 {
     size_t hidden = m->ctl ? m->ctl->nreading : 0;
-    return m->d->bufs.in_use - (hidden < m->d->bufs.in_use ? hidden : 0);
+    return m->d->bufs.in_use - (hidden < m->d->bufs.in_use ? hidden : m->d->bufs.in_use);
 }
 
 static void render_memory(strbuf_t *b, const metrics_t *m)
@@ -118,20 +118,20 @@ static void render_outcomes(strbuf_t *b, const metrics_t *m)
          "Finished jobs' final HTTP responses, by status class (a 404 is a done job: this is "
          "where it shows).");
     for (int k = 0; k < 5; k++)
-        labelled(b, "fetchd_responses_total", "code_class", classes[k], m->responses[k]);
+        labelled(b, "fetchd_responses_total", "code_class", classes[k], m->d->stats.responses[k]);
     head(b, "fetchd_job_errors_total", "counter",
          "Jobs that finished with an error, by its stable code (cancelled ones included).");
     for (int e = ERR__BASE + 1; e < ERR__END; e++)
         labelled(b, "fetchd_job_errors_total", "code", err_name(e),
-                 m->job_errors[e - ERR__BASE - 1]);
+                 m->d->stats.job_errors[e - ERR__BASE - 1]);
 }
 
-void metrics_job_finished(metrics_t *m, const job_t *j)
+void metrics_job_finished(stats_t *st, const job_t *j)
 {
     if (j->http_status >= 100 && j->http_status <= 599)
-        m->responses[j->http_status / 100 - 1]++;
+        st->responses[j->http_status / 100 - 1]++;
     if (j->error > ERR__BASE && j->error < ERR__END)
-        m->job_errors[j->error - ERR__BASE - 1]++;
+        st->job_errors[j->error - ERR__BASE - 1]++;
 }
 
 static void render_build_info(strbuf_t *b)

@@ -70,11 +70,6 @@ typedef struct metrics {
     double start_time;                     /* read-only: unix time the process started */
     uint64_t closed[METRICS_CLOSE__COUNT]; /* read-only: clients dropped, by reason */
     history_t *history;                    /* borrowed, may be NULL: what GET /history.json shows */
-    /* read-only: finished jobs' final responses by status class (1xx..5xx)
-     * and their error codes (index: code - ERR__BASE - 1); see
-     * metrics_job_finished() */
-    uint64_t responses[5];
-    uint64_t job_errors[ERR__END - ERR__BASE - 1];
     /* private */
     uv_tcp_t server;
     uv_tcp_t reject; /* accepts and closes a connection when a client cannot be allocated */
@@ -92,10 +87,11 @@ int metrics_start(metrics_t *m, daemon_t *d, control_t *ctl, const char *addr, c
 /* Stops listening and closes every client; run the loop afterwards. */
 void metrics_close(metrics_t *m);
 
-/* Counts a finished job j (borrowed) on fetchd_responses_total, by the class
- * of its final HTTP status when it has one, and on fetchd_job_errors_total,
- * by its error code when it has one. Works whether or not m was started. */
-void metrics_job_finished(metrics_t *m, const job_t *j);
+/* Counts a finished job j (borrowed) in st: on fetchd_responses_total, by
+ * the class of its final HTTP status when it has one, and on
+ * fetchd_job_errors_total, by its error code when it has one (the stats
+ * method shows the same counts). */
+void metrics_job_finished(stats_t *st, const job_t *j);
 
 /* Renders the metrics page into a new heap string (mem_free it), NULL on
  * allocation failure; *len gets its length. */

@@ -218,7 +218,7 @@ static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
     service_t *svc = data;
 
     if (ev == SCHED_EV_FINISHED) {
-        metrics_job_finished(&svc->metrics, j);
+        metrics_job_finished(&svc->d.stats, j);
         if (svc->d.cfg.log_jobs)
             log_finished(j);
     }

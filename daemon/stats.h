@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "err.h"
+
 /* X(ENUM, metrics label) — one per heap object type. */
 #define STATS_OBJ_MAP(X)           \
     X(CONN, "conn")                \
@@ -99,6 +101,8 @@ typedef struct stats {
     uint64_t duration_buckets[STATS_NDURATION]; /* non-cumulative */
     uint64_t duration_count;
     double duration_sum;
+    uint64_t responses[5]; /* finished jobs' final responses, by status class 1xx..5xx */
+    uint64_t job_errors[ERR__END - ERR__BASE - 1]; /* finished jobs' errors, by code */
 } stats_t;
 
 void stats_init(stats_t *s);

@@ -778,6 +778,9 @@ class Figures(NginxMetricsTestCase):
         # The 404 stays a done job (DESIGN.md): the class series is what
         # an alert on upstream errors reads.
         self.assertEqual(s.get("fetchd_jobs_finished_total", result="done"), 4)
+        st = self.client.result("stats")
+        self.assertEqual(st["responses_total"], s.by_label("fetchd_responses_total", "code_class"))
+        self.assertEqual(st["job_errors_total"], errors)
 
     def test_stats_and_metrics_agree_on_idle_buffers(self):
         """Issue 17: `stats` said buffers.in_use 1 on an idle daemon (its own
