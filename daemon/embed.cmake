@@ -8,7 +8,8 @@ string(LENGTH "${hex}" nhex)
 math(EXPR len "${nhex} / 2")
 string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
 # Sixteen bytes a line keeps the generated file readable.
-string(REGEX REPLACE "((0x..,){16})" "\\1\n    " bytes "${bytes}")
+string(REPEAT "0x..," 16 line)
+string(REGEX REPLACE "(${line})" "\\1\n    " bytes "${bytes}")
 file(WRITE "${OUTPUT}.tmp"
   "/* Generated from ${NAME}'s source by daemon/embed.cmake; do not edit. */\n"
   "static const char ${NAME}[] = {\n    ${bytes}0x00};\n"
