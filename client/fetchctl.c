@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef FETCHD_VERSION
@@ -667,21 +668,33 @@ static int cmd_stats(ctl_t *c, int argc, char **argv)
 /* ---- watch ---------------------------------------------------------------------- */
 
 static const char watch_help[] =
-    "Usage: fetchctl watch [--events LIST] [--json] [ID...]\n"
-    "Print job events as they happen, one 'EVENT ID STATE URL' line each, until\n"
-    "interrupted (Ctrl-C ends it with exit status 0).\n"
-    "  --events LIST   comma-separated events to follow: queued, started,\n"
-    "                  redirected, retrying, finished (default: all)\n"
-    "  ID...           only these jobs (default: every job)\n"
+    "Usage: fetchctl watch [--events LIST] [--reconnect-for SEC] [--json] [ID...]\n"
+    "Print job events as they happen, one 'EVENT ID STATE HTTP ERROR URL' line\n"
+    "each (HTTP: the final status, ERROR: the error code; '-' when there is\n"
+    "none), until interrupted (Ctrl-C ends it with exit status 0).\n"
+    "  --events LIST        comma-separated events to follow: queued, started,\n"
+    "                       redirected, retrying, finished (default: all)\n"
+    "  --reconnect-for SEC  when the connection is lost (fetchd restarts), keep\n"
+    "                       reconnecting for up to SEC seconds, waiting 0.1 s,\n"
+    "                       0.2 s, ... up to 5 s between tries, and saying so on\n"
+    "                       stderr; then exit 3 (default 600; 0: exit at once)\n"
+    "  ID...                only these jobs (default: every job)\n"
     "With --json, each event's params object on one line.\n";
 
-static int watch_option(ctl_t *c, int opt, const char *arg, void *ctx)
+/* How long to wait between reconnection attempts: doubling up to a cap. */
+#define WATCH_BACKOFF_FIRST_MS 100
+#define WATCH_BACKOFF_MAX_MS   5000
+
+typedef struct watch_opts {
+    json_t *events;     /* owned: the event names, or NULL for all */
+    long reconnect_for; /* seconds */
+} watch_opts_t;
+
+static int watch_events(json_t **events, const char *arg)
 {
     static const char *const names[] = {"queued", "started", "redirected", "retrying", "finished"};
-    json_t **events = ctx;
     char *copy = strdup(arg), *save = NULL, *tok;
-    int rc = copy != NULL && opt == 'e' ? 0 : -1;
-    (void)c;
+    int rc = copy != NULL ? 0 : -1;
     if (rc == 0 && *events == NULL)
         *events = json_array();
     for (tok = copy ? strtok_r(copy, ",", &save) : NULL; rc == 0 && tok;
@@ -703,17 +716,44 @@ static int watch_option(ctl_t *c, int opt, const char *arg, void *ctx)
     return rc;
 }
 
+static int watch_option(ctl_t *c, int opt, const char *arg, void *ctx)
+{
+    watch_opts_t *o = ctx;
+    char *end;
+    (void)c;
+    if (opt == 'e')
+        return watch_events(&o->events, arg);
+    if (opt == 'r') {
+        errno = 0;
+        o->reconnect_for = strtol(arg, &end, 10);
+        if (errno || end == arg || *end != '\0' || o->reconnect_for < 0 ||
+            o->reconnect_for > 86400 * 365) {
+            fprintf(stderr, "fetchctl watch: --reconnect-for: '%s' is not a number of seconds\n",
+                    arg);
+            return -1;
+        }
+        return 0;
+    }
+    return -1;
+}
+
 static void print_event(ctl_t *c, json_t *params)
 {
     json_t *job = json_object_get(params, "job");
-    char b1[32], b2[32], b3[16], b4[4096];
+    json_t *http = json_object_get(job, "http_status");
+    json_t *err = json_object_get(job, "error");
+    char b1[32], b2[32], b3[16], b4[4096], b5[64], status[24] = "-";
     if (c->json) {
         json_dumpf(params, stdout, JSON_COMPACT);
         fputc('\n', stdout);
     } else {
-        printf("%-10s  %-16s  %-9s  %s\n", shown(str_field(params, "event"), b1, sizeof(b1)),
+        if (json_is_integer(http))
+            snprintf(status, sizeof(status), "%" JSON_INTEGER_FORMAT, json_integer_value(http));
+        printf("%-10s  %-16s  %-9s  %4s  %-18s  %s\n",
+               shown(str_field(params, "event"), b1, sizeof(b1)),
                shown(str_field(job, "id"), b2, sizeof(b2)),
-               shown(str_field(job, "state"), b3, sizeof(b3)),
+               shown(str_field(job, "state"), b3, sizeof(b3)), status,
+               err ? shown(str_field(err, "code"), b5, sizeof(b5)) : "-",
                shown(str_field(job, "url"), b4, sizeof(b4)));
     }
     /* Events are for following live, also through a pipe. */
@@ -737,32 +777,100 @@ static int watch_loop(ctl_t *c, json_int_t sub)
     }
 }
 
+/* Subscribes with a copy of params (borrowed) on the open connection and
+ * prints events until the connection ends or a signal arrives; *subscribed
+ * says whether the subscription was made. */
+static int watch_once(ctl_t *c, json_t *params, int *subscribed)
+{
+    json_t *resp;
+    int rc = call(c, "subscribe", json_deep_copy(params), &resp);
+    *subscribed = rc == 0;
+    if (rc != 0)
+        return rc;
+    rc = watch_loop(
+        c, json_integer_value(json_object_get(json_object_get(resp, "result"), "subscription")));
+    json_decref(resp);
+    return rc;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The connection was lost: tries to connect again, with a doubling wait,
+ * until deadline (monotonic seconds; seconds is how long that was in all).
+ * Returns 0 once connected, EXIT_OK when interrupted, or EXIT_UNREACHABLE
+ * when the time is up. */
+static int watch_reconnect(ctl_t *c, double deadline, long seconds)
+{
+    long wait_ms = WATCH_BACKOFF_FIRST_MS;
+    int last = 0;
+
+    if (c->connected) {
+        rpc_close(&c->rpc);
+        c->connected = 0;
+    }
+    fprintf(stderr,
+            "fetchctl watch: connection to fetchd lost; reconnecting to %s for up to %ld s\n",
+            c->socket, seconds);
+    while (!rpc_interrupted() && now_s() < deadline) {
+        struct timespec ts = {wait_ms / 1000, (wait_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL); /* a signal cuts it short; the loop then ends */
+        if (rpc_interrupted())
+            break;
+        last = rpc_connect(&c->rpc, c->socket);
+        if (last == 0) {
+            c->connected = 1;
+            fprintf(stderr, "fetchctl watch: reconnected to fetchd at %s\n", c->socket);
+            return 0;
+        }
+        wait_ms = wait_ms * 2 > WATCH_BACKOFF_MAX_MS ? WATCH_BACKOFF_MAX_MS : wait_ms * 2;
+    }
+    if (rpc_interrupted())
+        return EXIT_OK;
+    fprintf(stderr, "fetchctl watch: gave up after %ld s: cannot connect to fetchd at %s: %s\n",
+            seconds, c->socket, last ? strerror(-last) : "no attempt");
+    return EXIT_UNREACHABLE;
+}
+
 static int cmd_watch(ctl_t *c, int argc, char **argv)
 {
-    static const struct option extra[] = {{"events", required_argument, NULL, 'e'}, {0}};
-    json_t *events = NULL, *params, *resp, *ids;
-    int rc = simple_options(c, argc, argv, watch_help, extra, watch_option, &events, "s:h");
+    static const struct option extra[] = {{"events", required_argument, NULL, 'e'},
+                                          {"reconnect-for", required_argument, NULL, 'r'},
+                                          {0}};
+    watch_opts_t o = {NULL, 600};
+    json_t *params, *ids;
+    double deadline = now_s() + 600;
+    int rc = simple_options(c, argc, argv, watch_help, extra, watch_option, &o, "s:h");
     if (rc >= 0 || (params = json_object()) == NULL) {
-        json_decref(events);
+        json_decref(o.events);
         return rc >= 0 ? rc : EXIT_SERVER;
     }
-    if (events != NULL)
-        json_object_set_new(params, "events", events);
+    if (o.events != NULL)
+        json_object_set_new(params, "events", o.events);
     if (optind < argc) {
         ids = json_array();
         for (int i = optind; i < argc; i++)
             json_array_append_new(ids, json_string(argv[i]));
         json_object_set_new(params, "ids", ids);
     }
-    if ((rc = ctl_connect(c)) != 0) {
-        json_decref(params);
-        return rc;
+    deadline = now_s() + (double)o.reconnect_for;
+    rc = ctl_connect(c);
+    /* Bounded: the time to get a subscription back runs from the moment
+     * the last one was lost, whatever happens in between. */
+    while (rc == 0) {
+        int subscribed;
+        rc = watch_once(c, params, &subscribed);
+        if (rc == EXIT_OK || rpc_interrupted() || o.reconnect_for == 0)
+            break;
+        if (subscribed)
+            deadline = now_s() + (double)o.reconnect_for;
+        rc = watch_reconnect(c, deadline, o.reconnect_for);
     }
-    if ((rc = call(c, "subscribe", params, &resp)) != 0)
-        return rc;
-    rc = watch_loop(
-        c, json_integer_value(json_object_get(json_object_get(resp, "result"), "subscription")));
-    json_decref(resp);
+    json_decref(params);
     return rc;
 }
 

@@ -48,6 +48,9 @@ static const option_def_t options[] = {
     {"decode", OPT_BOOL, OFF(decode), 0, 0},
     {"decode_max_ratio", OPT_UINT, OFF(decode_max_ratio), 0, 1000000000},
     {"queue", OPT_STRING, OFF(queue), 0, 0},
+    {"log_jobs", OPT_BOOL, OFF(log_jobs), 0, 0},
+    {"history_interval", OPT_SECONDS, OFF(page_interval_ms), 1, 3600},
+    {"history_warmup", OPT_SECONDS, OFF(page_warmup_ms), 0, 86400},
 };
 
 static const option_def_t *find(const char *key)
@@ -362,6 +365,9 @@ static const struct option long_options[] = {
     {"decode", required_argument, NULL, 0},
     {"decode-max-ratio", required_argument, NULL, 0},
     {"queue", required_argument, NULL, 0},
+    {"log-jobs", required_argument, NULL, 0},
+    {"history-interval", required_argument, NULL, 0},
+    {"history-warmup", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

@@ -43,6 +43,8 @@ typedef struct control {
     size_t max_output;    /* public: unsent bytes per client before it is dropped, 8 MiB;
                            * a client's batch answers are held to the value at its accept */
     unsigned nclients;    /* read-only */
+    unsigned nreading;    /* read-only: read buffers held while clients' lines are answered;
+                           * stats and /metrics leave them out of "in use" */
     /* private */
     uv_pipe_t server;
     uv_pipe_t reject; /* accepts and closes a connection when a client cannot be allocated */

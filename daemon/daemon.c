@@ -24,6 +24,9 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->shutdown_grace_ms = 20000;
     cfg->max_queue_bytes = DAEMON_DEFAULT_QUEUE_BYTES;
     cfg->decode_max_ratio = DAEMON_DEFAULT_DECODE_RATIO;
+    cfg->log_jobs = 1;
+    cfg->page_interval_ms = 10000;
+    cfg->page_warmup_ms = 300000;
 }
 
 void daemon_config_dispose(daemon_config_t *cfg)

@@ -47,6 +47,9 @@ typedef struct daemon_config {
     int decode;                 /* 0: jobs decode content only when they ask */
     unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
     char *queue;                /* owned; NULL: no Redis queue (--queue URL) */
+    int log_jobs;               /* 1: one info line per finished job */
+    uint64_t page_interval_ms;  /* 10 s: the page's sampling interval (history_interval) */
+    uint64_t page_warmup_ms;    /* 300 s: when the page marks the gauges (history_warmup) */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

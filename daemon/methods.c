@@ -452,12 +452,42 @@ static json_t *m_list(rpc_call_t *call)
     return jobs ? json_pack("{s:o, s:o}", "jobs", jobs, "next", next) : NULL;
 }
 
+/* Finished jobs by the class of their final status ("2xx": n), or by error
+ * code ("dns": n), as /metrics shows them. A new reference or NULL. */
+static json_t *outcomes(const daemon_t *d, int errors)
+{
+    static const char *const classes[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    json_t *o = json_object();
+
+    for (int k = 0; o && !errors && k < 5; k++)
+        json_object_set_new(o, classes[k], json_integer((json_int_t)d->stats.responses[k]));
+    for (int e = ERR__BASE + 1; o && errors && e < ERR__END; e++)
+        json_object_set_new(o, err_name(e),
+                            json_integer((json_int_t)d->stats.job_errors[e - ERR__BASE - 1]));
+    return o;
+}
+
 static json_t *m_stats(rpc_call_t *call)
 {
     const methods_t *m = sess(call)->m;
     json_t *o = daemon_stats_json(m->d);
-    if (o)
-        json_object_set_new(o, "control_clients", json_integer(*m->nclients));
+    size_t in_use = m->d->bufs.in_use, hidden = m->nreading ? *m->nreading : 0;
+
+    if (o == NULL)
+        return NULL;
+    json_object_set_new(o, "control_clients", json_integer(*m->nclients));
+    /* This call is answered from inside its client's read, whose buffer is
+     * in use meanwhile: left out, as /metrics leaves it out, so an idle
+     * daemon shows 0 in both (control.h, nreading). */
+    in_use -= hidden < in_use ? hidden : in_use;
+    json_object_set_new(o, "buffers",
+                        json_pack("{s:I, s:I}", "in_use", (json_int_t)in_use, "free",
+                                  (json_int_t)m->d->bufs.nfree));
+    json_object_set_new(o, "responses_total", outcomes(m->d, 0));
+    json_object_set_new(o, "job_errors_total", outcomes(m->d, 1));
+    json_object_set_new(o, "buffer_bytes",
+                        json_pack("{s:I, s:I}", "in_use", (json_int_t)(in_use * m->d->bufs.size),
+                                  "free", (json_int_t)(m->d->bufs.nfree * m->d->bufs.size)));
     return o;
 }
 

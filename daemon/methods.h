@@ -31,6 +31,7 @@ typedef struct methods_sub methods_sub_t;
 typedef struct methods {
     daemon_t *d;              /* borrowed */
     const unsigned *nclients; /* borrowed: the server's client count, reported by stats */
+    const unsigned *nreading; /* borrowed, may be NULL: buffers stats leaves out of in_use */
     uint64_t next_sub;        /* private: the last subscription id given */
 } methods_t;
 

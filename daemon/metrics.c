@@ -1,7 +1,9 @@
 /* metrics — the Prometheus endpoint; see metrics.h. */
 #include "metrics.h"
 
+#include <jansson.h>
 #include <llhttp.h>
+#include <mbedtls/version.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +15,10 @@
 #include "log.h"
 #include "mem.h"
 #include "strbuf.h"
+
+/* The page (daemon/page.html), embedded at build time by daemon/embed.cmake
+ * as metrics_page[] and metrics_page_len. */
+#include "metrics_page.h"
 
 #define METRICS_MAX_HEAD (8 * 1024)
 /* The listen backlog: well below the slots, so that one burst of accepts
@@ -64,16 +70,28 @@ static void render_connections(strbuf_t *b, const daemon_t *d)
         "Requests sent on a connection that had served one before.", st->conn_reuses);
 }
 
-static void render_memory(strbuf_t *b, const daemon_t *d)
+/* Buffers in use, without those control clients hold while their own
+ * request is answered (control.h, nreading): the same figure as the
+ * stats method's, which is answered from inside such a read. */
+static size_t buffers_in_use(const metrics_t *m)
 {
+    size_t hidden = m->ctl ? m->ctl->nreading : 0;
+    return m->d->bufs.in_use - (hidden < m->d->bufs.in_use ? hidden : m->d->bufs.in_use);
+}
+
+static void render_memory(strbuf_t *b, const metrics_t *m)
+{
+    const daemon_t *d = m->d;
     const char *comp[MEM__COUNT];
     uint64_t blocks[MEM__COUNT], bytes[MEM__COUNT];
 
-    head(b, "fetchd_buffers", "gauge", "Read buffers, in use or kept free.");
-    labelled(b, "fetchd_buffers", "state", "in_use", d->bufs.in_use);
+    head(b, "fetchd_buffers", "gauge",
+         "Read buffers, in use or kept free (in use: not counting the buffer a control client "
+         "holds while its own request is answered).");
+    labelled(b, "fetchd_buffers", "state", "in_use", buffers_in_use(m));
     labelled(b, "fetchd_buffers", "state", "free", d->bufs.nfree);
     head(b, "fetchd_buffer_bytes", "gauge", "Bytes of read buffers, in use or kept free.");
-    labelled(b, "fetchd_buffer_bytes", "state", "in_use", d->bufs.in_use * d->bufs.size);
+    labelled(b, "fetchd_buffer_bytes", "state", "in_use", buffers_in_use(m) * d->bufs.size);
     labelled(b, "fetchd_buffer_bytes", "state", "free", d->bufs.nfree * d->bufs.size);
     for (int c = 0; c < MEM__COUNT; c++) {
         comp[c] = mem_component_name(c);
@@ -90,6 +108,45 @@ static void render_memory(strbuf_t *b, const daemon_t *d)
     for (int t = 0; t < STATS_OBJ__COUNT; t++)
         labelled(b, "fetchd_objects", "type", stats_obj_label(t),
                  (unsigned long long)d->stats.objects[t]);
+}
+
+static void render_outcomes(strbuf_t *b, const metrics_t *m)
+{
+    static const char *const classes[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+    head(b, "fetchd_responses_total", "counter",
+         "Finished jobs' final HTTP responses, by status class (a 404 is a done job: this is "
+         "where it shows).");
+    for (int k = 0; k < 5; k++)
+        labelled(b, "fetchd_responses_total", "code_class", classes[k], m->d->stats.responses[k]);
+    head(b, "fetchd_job_errors_total", "counter",
+         "Jobs that finished with an error, by its stable code (cancelled ones included).");
+    for (int e = ERR__BASE + 1; e < ERR__END; e++)
+        labelled(b, "fetchd_job_errors_total", "code", err_name(e),
+                 m->d->stats.job_errors[e - ERR__BASE - 1]);
+}
+
+void metrics_job_finished(stats_t *st, const job_t *j)
+{
+    if (j->http_status >= 100 && j->http_status <= 599)
+        st->responses[j->http_status / 100 - 1]++;
+    if (j->error > ERR__BASE && j->error < ERR__END)
+        st->job_errors[j->error - ERR__BASE - 1]++;
+}
+
+static void render_build_info(strbuf_t *b)
+{
+    char tls[32] = "";
+
+    mbedtls_version_get_string(tls);
+    head(b, "fetchd_build_info", "gauge",
+         "Always 1; the labels are fetchd's version and its libraries' (libuv, jansson and "
+         "mbedTLS as loaded at run time, llhttp as compiled in).");
+    strbuf_printf(b,
+                  "fetchd_build_info{version=\"%s\",libuv=\"%s\",llhttp=\"%d.%d.%d\","
+                  "mbedtls=\"%s\",jansson=\"%s\"} 1\n",
+                  FETCHD_VERSION, uv_version_string(), LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
+                  LLHTTP_VERSION_PATCH, tls, jansson_version_str());
 }
 
 static void render_jobs(strbuf_t *b, const daemon_t *d)
@@ -204,9 +261,11 @@ char *metrics_render(metrics_t *m, size_t *len)
 {
     strbuf_t b = {0};
 
+    render_build_info(&b);
     render_connections(&b, m->d);
-    render_memory(&b, m->d);
+    render_memory(&b, m);
     render_jobs(&b, m->d);
+    render_outcomes(&b, m);
     render_tls_dns(&b, m);
     render_process(&b, m);
     render_queue(&b, &m->d->stats.queue);
@@ -392,14 +451,14 @@ static void on_written(uv_write_t *req, int status)
 }
 
 /* Writes one response: the head and (unless HEAD) the body, in one buffer. */
-static void respond(metrics_client_t *c, int status, const char *reason, const char *type,
-                    const char *body, size_t blen, int head_only)
+static void respond_with(metrics_client_t *c, int status, const char *reason, const char *type,
+                         const char *extra, const char *body, size_t blen, int head_only)
 {
-    char hdr[256];
+    char hdr[512];
     int n = snprintf(hdr, sizeof(hdr),
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s%s\r\n",
                      status, reason, type, blen, c->keep_alive ? "" : "Connection: close\r\n",
-                     status == 405 ? "Allow: GET, HEAD\r\n" : "");
+                     status == 405 ? "Allow: GET, HEAD\r\n" : "", extra);
     size_t total = (size_t)n + (head_only ? 0 : blen);
     uv_buf_t b;
 
@@ -418,6 +477,12 @@ static void respond(metrics_client_t *c, int status, const char *reason, const c
     uv_read_stop((uv_stream_t *)&c->tcp);
     if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0)
         client_close(c);
+}
+
+static void respond(metrics_client_t *c, int status, const char *reason, const char *type,
+                    const char *body, size_t blen, int head_only)
+{
+    respond_with(c, status, reason, type, "", body, blen, head_only);
 }
 
 static void respond_text(metrics_client_t *c, int status, const char *reason, const char *text,
@@ -464,18 +529,52 @@ static int on_request(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* The page: static, self-contained; the policy header keeps it so (no
+ * script, style or image from anywhere, data only from this endpoint). */
+static void serve_page(metrics_client_t *c, int head_only)
+{
+    respond_with(c, 200, "OK", "text/html; charset=utf-8",
+                 "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+                 "style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n"
+                 "Cache-Control: no-cache\r\n",
+                 metrics_page, metrics_page_len, head_only);
+}
+
+static void serve_history(metrics_client_t *c, int head_only)
+{
+    strbuf_t b = {0};
+
+    if (c->m->history == NULL) {
+        respond_text(c, 404, "Not Found", "no history: the page's sampler is not running\n",
+                     head_only);
+        return;
+    }
+    history_render(c->m->history, &b);
+    if (b.failed)
+        respond_text(c, 503, "Service Unavailable", "out of memory\n", head_only);
+    else
+        respond_with(c, 200, "OK", "application/json", "Cache-Control: no-store\r\n", b.p, b.len,
+                     head_only);
+    strbuf_dispose(&b);
+}
+
 /* Answers the request parsed last. It runs after the read buffer went back
  * to the pool, so a scrape of an idle daemon shows no buffer in use. */
 static void serve(metrics_client_t *c)
 {
     int head_only = c->method == HTTP_HEAD;
 
-    if (!path_is(c, "/metrics") && !path_is(c, "/healthz")) {
-        respond_text(c, 404, "Not Found", "not found; try /metrics\n", head_only);
+    if (!path_is(c, "/metrics") && !path_is(c, "/healthz") && !path_is(c, "/") &&
+        !path_is(c, "/history.json")) {
+        respond_text(c, 404, "Not Found", "not found; try / or /metrics\n", head_only);
     } else if (c->method != HTTP_GET && c->method != HTTP_HEAD) {
         respond_text(c, 405, "Method Not Allowed", "use GET\n", 0);
     } else if (path_is(c, "/healthz")) {
         respond_text(c, 200, "OK", "ok\n", head_only);
+    } else if (path_is(c, "/")) {
+        serve_page(c, head_only);
+    } else if (path_is(c, "/history.json")) {
+        serve_history(c, head_only);
     } else {
         size_t len = 0;
         char *page = metrics_render(c->m, &len);

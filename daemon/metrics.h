@@ -1,5 +1,8 @@
-/* metrics — the Prometheus endpoint: GET /metrics (text format 0.0.4) and
- * GET /healthz, on a small HTTP/1.1 server whose requests llhttp parses.
+/* metrics — the Prometheus endpoint: GET /metrics (text format 0.0.4),
+ * GET /healthz, and the operator's page: GET / (one self-contained HTML
+ * document, daemon/page.html compiled in) which plots GET /history.json
+ * (the ring in history.h), on a small HTTP/1.1 server whose requests llhttp
+ * parses.
  *
  * Limits keep misbehaving or hostile clients from stalling the loop, growing
  * memory or silencing the endpoint: 8 KiB of request head, one request at a
@@ -34,6 +37,9 @@
 
 #include "control.h"
 #include "daemon.h"
+#include "err.h"
+#include "history.h"
+#include "job.h"
 
 #define METRICS_MAX_CLIENTS        128
 #define METRICS_REQUEST_TIMEOUT_MS 5000
@@ -63,6 +69,7 @@ typedef struct metrics {
     int port;                              /* read-only: the port bound (useful with port 0) */
     double start_time;                     /* read-only: unix time the process started */
     uint64_t closed[METRICS_CLOSE__COUNT]; /* read-only: clients dropped, by reason */
+    history_t *history;                    /* borrowed, may be NULL: what GET /history.json shows */
     /* private */
     uv_tcp_t server;
     uv_tcp_t reject; /* accepts and closes a connection when a client cannot be allocated */
@@ -79,6 +86,12 @@ int metrics_start(metrics_t *m, daemon_t *d, control_t *ctl, const char *addr, c
 
 /* Stops listening and closes every client; run the loop afterwards. */
 void metrics_close(metrics_t *m);
+
+/* Counts a finished job j (borrowed) in st: on fetchd_responses_total, by
+ * the class of its final HTTP status when it has one, and on
+ * fetchd_job_errors_total, by its error code when it has one (the stats
+ * method shows the same counts). */
+void metrics_job_finished(stats_t *st, const job_t *j);
 
 /* Renders the metrics page into a new heap string (mem_free it), NULL on
  * allocation failure; *len gets its length. */

@@ -8,6 +8,8 @@
 
 #include "config.h"
 #include "control.h"
+#include "err.h"
+#include "history.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
@@ -24,6 +26,8 @@ typedef struct service {
     daemon_t d;
     control_t ctl;
     metrics_t metrics;
+    history_t history; /* the page's samples; started with the metrics endpoint */
+    int history_on;
     sd_t sd;
     queue_t queue; /* the Redis queue (--queue); started only when configured */
     uv_signal_t sigint, sigterm, sighup;
@@ -109,6 +113,8 @@ static void finish_stop(service_t *svc)
     uv_close((uv_handle_t *)&svc->sigint, NULL);
     uv_close((uv_handle_t *)&svc->sigterm, NULL);
     uv_close((uv_handle_t *)&svc->sighup, NULL);
+    if (svc->history_on)
+        history_close(&svc->history);
     metrics_close(&svc->metrics);
     control_close(&svc->ctl);
     sd_close(&svc->sd);
@@ -157,6 +163,8 @@ static void reload(service_t *svc)
     rc = config_from_args(&cfg, svc->argc, svc->argv, &path, err, sizeof(err));
     if (rc == 0)
         rc = daemon_reconfigure(&svc->d, &cfg, err, sizeof(err));
+    if (rc == 0)
+        svc->d.cfg.log_jobs = cfg.log_jobs;
     if (rc != 0)
         log_error("reload failed: %s; the running configuration is kept", err);
     else
@@ -176,10 +184,50 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- events ------------------------------------------------------------------- */
 
+/* The URL as submitted, without its userinfo (a password must not reach
+ * the log), into buf. */
+static const char *url_for_log(const char *url, char *buf, size_t len)
+{
+    const char *auth = strstr(url, "://"), *end, *at;
+
+    if (auth == NULL)
+        return url;
+    auth += 3;
+    end = auth + strcspn(auth, "/?#");
+    at = memchr(auth, '@', (size_t)(end - auth));
+    while (at != NULL && memchr(at + 1, '@', (size_t)(end - at - 1)) != NULL)
+        at = memchr(at + 1, '@', (size_t)(end - at - 1));
+    if (at == NULL)
+        return url;
+    snprintf(buf, len, "%.*s%s", (int)(auth - url), url, at + 1);
+    return buf;
+}
+
+/* One line per finished job (log_jobs); log_msg() escapes what came from
+ * outside (the URL). */
+static void log_finished(const job_t *j)
+{
+    static const char *const results[] = {
+        [JOB_DONE] = "done", [JOB_FAILED] = "failed", [JOB_CANCELLED] = "cancelled"};
+    char url[LOG_MAX_MESSAGE / 2], status[16] = "-";
+
+    if (j->http_status > 0)
+        snprintf(status, sizeof(status), "%d", j->http_status);
+    log_info("job %s %s: status=%s bytes=%llu duration=%.3fs error=%s url=%s", j->id,
+             j->state <= JOB_CANCELLED && results[j->state] ? results[j->state] : "?", status,
+             (unsigned long long)j->bytes, j->timings.total_ms / 1e3,
+             j->error ? err_name(j->error) : "-", url_for_log(j->spec.url, url, sizeof(url)));
+}
+
 static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
 {
     service_t *svc = data;
 
+    if (ev == SCHED_EV_FINISHED) {
+        metrics_job_finished(&svc->d.stats, j);
+        if (svc->d.cfg.log_jobs)
+            log_finished(j);
+    }
     if (ev == SCHED_EV_QUEUED || ev == SCHED_EV_FINISHED)
         svc->dirty = 1;
     control_on_event(s, j, ev, &svc->ctl);
@@ -226,6 +274,17 @@ static int open_sockets(service_t *svc)
         log_error("%s", err);
         control_close(&svc->ctl);
         return -1;
+    }
+    /* The page's history: only where the endpoint can show it. Without
+     * memory for it the page says so and everything else runs. */
+    if (strcmp(metrics, "off") != 0) {
+        if (history_init(&svc->history, d, d->cfg.page_interval_ms, d->cfg.page_warmup_ms) == 0) {
+            svc->history.hidden_bufs = &svc->ctl.nreading;
+            svc->metrics.history = &svc->history;
+            svc->history_on = 1;
+        } else {
+            log_error("metrics: no memory for the page's history; GET /history.json is off");
+        }
     }
     return 0;
 }
@@ -311,6 +370,8 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
     svc.queue.settled_data = &svc;
     if (svc.d.cfg.queue != NULL)
         queue_start(&svc.queue, &svc.d);
+    if (svc.history_on)
+        history_start(&svc.history);
     log_notice("fetchd %s started (pid %d); max %u connections, %u per host", FETCHD_VERSION,
                (int)getpid(), svc.d.pool.max_conns, svc.d.pool.max_per_host);
     sd_ready(&svc.sd);

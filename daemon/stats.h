@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "err.h"
+
 /* X(ENUM, metrics label) — one per heap object type. */
 #define STATS_OBJ_MAP(X)           \
     X(CONN, "conn")                \
@@ -28,6 +30,7 @@
     X(DECODER, "decoder")          \
     X(REDIS_CONN, "redis_conn")    \
     X(QUEUE_ENTRY, "queue_entry")  \
+    X(HISTORY, "history")          \
     X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {
@@ -108,6 +111,8 @@ typedef struct stats {
     uint64_t duration_count;
     double duration_sum;
     stats_queue_t queue;
+    uint64_t responses[5]; /* finished jobs' final responses, by status class 1xx..5xx */
+    uint64_t job_errors[ERR__END - ERR__BASE - 1]; /* finished jobs' errors, by code */
 } stats_t;
 
 void stats_init(stats_t *s);

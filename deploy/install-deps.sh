@@ -31,9 +31,10 @@ build_pkgs=(
 # with its sanitizer runtimes and libFuzzer, llvm (its llvm-symbolizer names
 # the lines in sanitizer reports), clang-format and git for the style check,
 # systemd for systemd-analyze, systemd-socket-activate and systemd.pc,
-# man-db and groff for the manual page checks, and plotting.
+# man-db and groff for the manual page checks, plotting, and chromium
+# (headless), which loads the operator's page in test_page.
 test_pkgs=(
-    nginx-light curl wrk prometheus nodejs npm openssl
+    nginx-light curl wrk prometheus nodejs npm openssl chromium
     tinyproxy dante-server redis-server brotli zstd
     valgrind clang clang-format libclang-rt-14-dev llvm git
     systemd man-db groff-base

@@ -1012,7 +1012,9 @@ class Socket(ControlTestCase):
             self.assertEqual(c.result("version")["protocol"], 1)
 
     def test_peer_credentials_logged(self):
-        d = self.start_fetchd(BASE_ARGS)
+        # Connects are logged at debug (issue 17: one line per fetchctl call
+        # at info drowned the log).
+        d = self.start_fetchd(list(BASE_ARGS) + ["--log-level", "debug"])
         with d.client() as c:
             c.result("version")
         pid, uid = str(os.getpid()), str(os.getuid())

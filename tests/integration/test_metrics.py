@@ -73,6 +73,17 @@ DESIGN_METRICS = {
     "process_start_time_seconds": "gauge",
 }
 
+# The page (issue 17): its size budget and its panels, in order.
+PAGE_BUDGET = 64 * 1024
+PAGE_PANELS = ["connections", "buffers", "jobs", "heap_blocks", "heap_bytes", "objects", "rss",
+               "fds", "finished", "received"]
+# The stable error codes DESIGN.md lists: each has a fetchd_job_errors_total series.
+DESIGN_ERROR_CODES = {
+    "invalid_request", "dns", "connect_refused", "connect_timeout", "tls_handshake",
+    "tls_verify", "timeout", "truncated", "protocol", "headers_too_large", "body_too_large",
+    "too_many_redirects", "empty_reply", "checksum_mismatch", "io", "cancelled", "shutdown",
+    "no_memory", "http_error", "content_decoding"}
+
 # Label values DESIGN.md lists for the labelled families.
 DESIGN_LABELS = {
     ("fetchd_connections", "state"): {"connecting", "active", "idle"},
@@ -263,9 +274,41 @@ class Endpoint(MetricsTestCase):
         self.assertEqual(status, 200)
 
     def test_other_paths_are_404(self):
-        for path in ("/", "/metricsx", "/healthz/extra", "/favicon.ico", "/x" * 100):
+        for path in ("/index.html", "/metricsx", "/healthz/extra", "/favicon.ico", "/x" * 100,
+                     "/history.jsonx"):
             status, _ = self.get(path)
             self.assertEqual(status, 404, path)
+
+    def test_page_and_history(self):
+        """GET / is one self-contained HTML page (issue 17): no asset from
+        elsewhere, a policy header that forbids them, within 64 KiB; GET
+        /history.json is the JSON it plots."""
+        conn = RawHttp(self.daemon.port)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/")
+        status, headers, body = conn.response()
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.get("content-type"), "text/html; charset=utf-8")
+        self.assertIn("default-src 'none'", headers.get("content-security-policy", ""))
+        self.assertLess(len(body), PAGE_BUDGET)
+        page = body.decode()
+        self.assertTrue(page.startswith("<!DOCTYPE html>"))
+        self.assertNotRegex(page, r"""(src|href)\s*=\s*["']?(https?:)?//""")
+        self.assertNotRegex(page, r"@import|url\(")
+        conn.request("GET", "/history.json")
+        status, headers, body = conn.response()
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.get("content-type"), "application/json")
+        doc = json.loads(body)
+        self.assertGreaterEqual(doc["samples"], 1)
+        self.assertEqual(len(doc["t"]), doc["samples"])
+        self.assertEqual([p["id"] for p in doc["panels"]], PAGE_PANELS)
+        for p in doc["panels"]:
+            for series in p["series"]:
+                self.assertEqual(len(series["v"]), doc["samples"], (p["id"], series["name"]))
+        conn.request("HEAD", "/")
+        status, headers, _ = conn.response(head_only=True)
+        self.assertEqual((status, int(headers["content-length"])), (200, len(page.encode())))
 
     def test_post_is_405(self):
         conn = RawHttp(self.daemon.port)
@@ -709,6 +752,45 @@ class Figures(NginxMetricsTestCase):
             self.assertEqual(st["objects"].get(typ), objects.get(typ), typ)
         self.assertEqual(st["jobs_finished_total"]["done"], 4)
         self.assertEqual(st["jobs_finished_total"]["failed"], 2)
+
+    def test_build_info(self):
+        s = self.scrape()
+        self.assertEqual(s.types.get("fetchd_build_info"), "gauge")
+        page = self.get("/metrics")[1].decode()
+        m = re.search(r'^fetchd_build_info\{version="([^"]+)",libuv="(\d+\.\d+\.\d+)",'
+                      r'llhttp="(\d+\.\d+\.\d+)",mbedtls="(\d+\.\d+\.\d+)",'
+                      r'jansson="(\d+\.\d+(\.\d+)?)"\} 1$', page, re.M)
+        self.assertIsNotNone(m, page[:2000])
+        version = self.client.result("version")["version"]
+        self.assertEqual(m.group(1), version)
+
+    def test_responses_by_class_and_errors_by_code(self):
+        """The six jobs of setUp: 200, 200, 404 (done), 500 with --fail
+        (failed, http_error), a redirect to a 200, a refused connection."""
+        s = self.scrape()
+        self.assertEqual(s.types.get("fetchd_responses_total"), "counter")
+        self.assertEqual(s.by_label("fetchd_responses_total", "code_class"),
+                         {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 1})
+        errors = s.by_label("fetchd_job_errors_total", "code")
+        self.assertLessEqual(DESIGN_ERROR_CODES, set(errors))
+        self.assertEqual({k: v for k, v in errors.items() if v},
+                         {"http_error": 1, "connect_refused": 1})
+        # The 404 stays a done job (DESIGN.md): the class series is what
+        # an alert on upstream errors reads.
+        self.assertEqual(s.get("fetchd_jobs_finished_total", result="done"), 4)
+        st = self.client.result("stats")
+        self.assertEqual(st["responses_total"], s.by_label("fetchd_responses_total", "code_class"))
+        self.assertEqual(st["job_errors_total"], errors)
+
+    def test_stats_and_metrics_agree_on_idle_buffers(self):
+        """Issue 17: `stats` said buffers.in_use 1 on an idle daemon (its own
+        connection's read buffer) while /metrics said 0."""
+        self.wait_idle_closed()
+        s = self.scrape()
+        st = self.client.result("stats")
+        self.assertEqual(s.get("fetchd_buffers", state="in_use"), 0)
+        self.assertEqual(st["buffers"]["in_use"], 0, st["buffers"])
+        self.assertEqual(st["buffer_bytes"]["in_use"], 0, st["buffer_bytes"])
 
 
 # ---- the urllib2 scenario ---------------------------------------------------------------
