@@ -46,6 +46,10 @@ typedef struct daemon_config {
     char *allow_networks;       /* owned; NULL or "": no exceptions */
     int decode;                 /* 0: jobs decode content only when they ask */
     unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
+    char *host_limits;          /* owned: JSON text of the host rules (ratelimit.h); NULL: none */
+    uint64_t bandwidth;         /* 0: body bytes/s of all jobs together, 0 = unlimited */
+    uint64_t limit_rate;        /* 0: body bytes/s of a job that sets none, 0 = unlimited */
+    uint64_t max_limit_rate;    /* 0: the most a job may ask for, 0 = no cap */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

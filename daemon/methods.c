@@ -456,6 +456,10 @@ static json_t *m_stats(rpc_call_t *call)
 {
     const methods_t *m = sess(call)->m;
     json_t *o = daemon_stats_json(m->d);
+    if (o && json_object_set_new(o, "limits", ratelimit_stats_json(&m->d->sched.rl)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
     if (o)
         json_object_set_new(o, "control_clients", json_integer(*m->nclients));
     return o;

@@ -26,6 +26,7 @@
     X(CTL_SUB, "ctl_subscription") \
     X(CTL_WRITE, "ctl_write")      \
     X(DECODER, "decoder")          \
+    X(HOST_LIMIT, "host_limit")    \
     X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {
