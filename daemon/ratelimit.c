@@ -18,7 +18,7 @@
  * loop turn to every start. The buckets keep the debt, so the long-run
  * rate stays exact. */
 #define RL_SLACK_NS   1000000u
-#define RL_SWEEP_NS   ((uint64_t)10 * 1000000000u)
+#define RL_SWEEP_NS   ((uint64_t)1000000000u)
 #define RL_TABLE_SIZE 256
 #define NS_PER_S      1e9
 

@@ -87,8 +87,9 @@ const rl_rule_t *rl_rules_match(const rl_rules_t *r, const char *host);
 #define RL_MAX_DELAY_S 3600
 #define RL_MIN_RATE    (1.0 / RL_MAX_DELAY_S)
 #define RL_MAX_RATE    1e6
-/* An entry not used for this long (and back to a full bucket) is freed. */
-#define RL_FORGET_NS ((uint64_t)60 * 1000000000u)
+/* An entry not used for this long, nor for the longest gap a job asked for
+ * at its host, and back to a full bucket, is freed (swept every second). */
+#define RL_FORGET_NS ((uint64_t)5 * 1000000000u)
 
 typedef enum rl_job_state { RL_JOB_NONE, RL_JOB_PARKED, RL_JOB_RELEASED } rl_job_state_t;
 

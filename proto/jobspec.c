@@ -695,6 +695,12 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "decoded", json_true());
     if (j->spec.labels != NULL)
         rc |= json_object_set(o, "labels", j->spec.labels);
+    if (j->spec.rate > 0)
+        rc |= json_object_set_new(o, "rate", json_real(j->spec.rate));
+    if (j->spec.delay_ms)
+        rc |= json_object_set_new(o, "delay", json_real(j->spec.delay_ms / 1e3));
+    if (j->spec.limit_rate)
+        rc |= json_object_set_new(o, "limit_rate", json_integer((json_int_t)j->spec.limit_rate));
     rc |= json_object_set_new(o, "timings", encode_timings(&j->timings));
     return rc;
 }
