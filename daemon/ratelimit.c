@@ -254,6 +254,7 @@ static uint64_t now_ns(const ratelimit_t *rl)
 
 static void on_wake_timer(uv_timer_t *t);
 static void on_bytes_timer(uv_timer_t *t);
+static void arm_wake(ratelimit_t *rl, uint64_t wait_ns);
 
 int ratelimit_init(ratelimit_t *rl, uv_loop_t *loop, stats_t *stats)
 {
@@ -315,6 +316,7 @@ static rl_host_t *host_create(ratelimit_t *rl, const char *name, uint64_t now)
     *slot(rl, name) = h;
     rl->nhosts++;
     stats_obj_created(rl->stats, STATS_OBJ_HOST_LIMIT);
+    arm_wake(rl, RL_SWEEP_NS); /* the sweep that will free it */
     return h;
 }
 
