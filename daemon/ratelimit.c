@@ -297,6 +297,29 @@ static rl_host_t **slot(ratelimit_t *rl, const char *name)
     return pp;
 }
 
+/* Doubles the table once it holds more entries than buckets; a failed
+ * allocation only leaves the chains longer. */
+static void grow(ratelimit_t *rl)
+{
+    size_t n = rl->table_size * 2;
+    rl_host_t **t = mem_calloc(n, sizeof(*t));
+
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < rl->table_size; i++) {
+        rl_host_t *h = rl->table[i], *hn;
+        for (; h; h = hn) {
+            size_t k = http_hash(h->name) & (n - 1);
+            hn = h->hnext;
+            h->hnext = t[k];
+            t[k] = h;
+        }
+    }
+    mem_free(rl->table);
+    rl->table = t;
+    rl->table_size = n;
+}
+
 static void apply_rule(rl_host_t *h, const rl_rule_t *rule, uint64_t now)
 {
     rl_bucket_set(&h->bucket, rule ? rule->rate : 0, rule ? rule->burst : 1, now);
@@ -310,6 +333,8 @@ static rl_host_t *host_create(ratelimit_t *rl, const char *name, uint64_t now)
 
     if (h == NULL)
         return NULL;
+    if (rl->nhosts >= rl->table_size)
+        grow(rl);
     memcpy(h->name, name, n + 1);
     rl_bucket_init(&h->bucket, 0, 1, now);
     apply_rule(h, rl_rules_match(&rl->rules, name), now);

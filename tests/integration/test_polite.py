@@ -17,6 +17,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 import unittest
 import urllib.request
@@ -82,6 +83,9 @@ class PoliteTestCase(ControlTestCase):
         return jobs
 
     def assert_within(self, measured, expected, what):
+        # The figures for the record (issue 13's closing note quotes them).
+        sys.stderr.write("\n  measured %s: %.4g, expected %.4g (%+.2f %%)\n"
+                         % (what, measured, expected, 100.0 * (measured - expected) / expected))
         self.assertLessEqual(abs(measured - expected) / expected, TOLERANCE,
                              "%s: measured %.4g, expected %.4g +- %d %%%s"
                              % (what, measured, expected, TOLERANCE * 100, self.ctx()))

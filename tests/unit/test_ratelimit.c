@@ -3,6 +3,7 @@
  * clock (the uv timers are never waited for: ratelimit_poll() does their
  * work at the clock's time). */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "conn.h"
@@ -290,6 +291,34 @@ static void test_lone_entry_is_swept(void)
     teardown(&f);
 }
 
+/* Many hosts: the table grows, every entry is found and then swept. */
+static void test_many_hosts(void)
+{
+    static char names[1000][16];
+    static job_t jobs[1000];
+    fixture_t f;
+
+    setup(&f, "[{\"host\": \"*\", \"rate\": 1}]");
+    for (int i = 0; i < 1000; i++) {
+        snprintf(names[i], sizeof(names[i]), "h%d.test", i);
+        job_init(&jobs[i], names[i], (uint64_t)i + 1);
+        CHECK(ratelimit_admit(&f.rl, &jobs[i]) == 0);
+    }
+    CHECK_INT(f.rl.nhosts, 1000);
+    CHECK(f.rl.table_size >= 1000);
+    for (int i = 0; i < 1000; i += 7) {
+        job_init(&jobs[i], names[i], 2000 + (uint64_t)i);
+        CHECK(ratelimit_admit(&f.rl, &jobs[i]) == 1); /* the same entry: no token */
+        ratelimit_dequeue(&f.rl, &jobs[i]);
+    }
+    CHECK_INT(f.rl.nhosts, 1000);
+    CHECK_INT(f.stats.objects[STATS_OBJ_HOST_LIMIT], 1000);
+    fake_now += RL_FORGET_NS;
+    ratelimit_poll(&f.rl);
+    CHECK_INT(f.rl.nhosts, 0);
+    teardown(&f);
+}
+
 static void on_resume(job_t *j)
 {
     fixture_t *f = j->data;
@@ -359,4 +388,4 @@ static void test_bytes(void)
 
 TEST_MAIN(TEST_CASE(test_bucket), TEST_CASE(test_rules), TEST_CASE(test_host_rate),
           TEST_CASE(test_burst_and_delay), TEST_CASE(test_lone_entry_is_swept),
-          TEST_CASE(test_bytes))
+          TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
