@@ -124,7 +124,8 @@ static int parse_rule(json_t *o, size_t i, rl_rule_t *r, char *why, size_t len)
         return -1;
     }
     json_object_foreach (o, k, v) {
-        if (strcmp(k, "host") && strcmp(k, "rate") && strcmp(k, "burst") && strcmp(k, "delay_ms")) {
+        if (strcmp(k, "host") != 0 && strcmp(k, "rate") != 0 && strcmp(k, "burst") != 0 &&
+            strcmp(k, "delay_ms") != 0) {
             snprintf(why, len, "host_limits[%zu]: unknown key \"%.40s\"", i, k);
             return -1;
         }
@@ -186,13 +187,15 @@ int rl_rules_parse(const char *text, rl_rules_t *out, char *why, size_t len)
         json_decref(root);
         return -1;
     }
-    if (json_array_size(root) > 0) {
-        r.v = mem_calloc(json_array_size(root), sizeof(*r.v));
-        if (r.v == NULL) {
-            snprintf(why, len, "host_limits: out of memory");
-            json_decref(root);
-            return -1;
-        }
+    if (json_array_size(root) == 0) {
+        json_decref(root);
+        return 0;
+    }
+    r.v = mem_calloc(json_array_size(root), sizeof(*r.v));
+    if (r.v == NULL) {
+        snprintf(why, len, "host_limits: out of memory");
+        json_decref(root);
+        return -1;
     }
     json_array_foreach (root, i, o) {
         if (parse_rule(o, i, &r.v[i], why, len) != 0)
