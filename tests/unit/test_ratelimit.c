@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "conn.h"
+#include "err.h"
 #include "job.h"
+#include "jobspec.h"
 #include "mem.h"
 #include "ratelimit.h"
 #include "test.h"
@@ -97,6 +99,52 @@ static void test_rules(void)
     CHECK(rl_rules_parse("[{\"host\": \"*.example.com\"}]", &r, why, sizeof(why)) == 0);
     CHECK(rl_rules_match(&r, "example.com") == NULL); /* "*.x" is below x only */
     rl_rules_dispose(&r);
+}
+
+/* The job fields: rate, delay (seconds) and limit_rate, their bounds, and
+ * the state file's round trip. */
+static int decode(const char *js, job_spec_t *spec, char *err, size_t len)
+{
+    json_t *obj = json_loads(js, 0, NULL);
+    int rc = obj ? jobspec_decode(obj, spec, err, len) : -1;
+    json_decref(obj);
+    return rc;
+}
+
+static void test_job_fields(void)
+{
+    static const char *const bad[] = {
+        "{\"url\": \"http://a.test/\", \"rate\": 0}",
+        "{\"url\": \"http://a.test/\", \"rate\": 2000000}",
+        "{\"url\": \"http://a.test/\", \"rate\": \"1/s\"}",
+        "{\"url\": \"http://a.test/\", \"delay\": -0.5}",
+        "{\"url\": \"http://a.test/\", \"delay\": 3601}",
+        "{\"url\": \"http://a.test/\", \"limit_rate\": -1}",
+        "{\"url\": \"http://a.test/\", \"limit_rate\": 1.5}",
+    };
+    job_spec_t spec, again;
+    char err[256];
+    json_t *enc;
+
+    CHECK_INT(decode("{\"url\": \"http://a.test/\", \"rate\": 2.5, \"delay\": 0.25, "
+                     "\"limit_rate\": 1048576}",
+                     &spec, err, sizeof(err)),
+              0);
+    CHECK(near(spec.rate, 2.5));
+    CHECK_INT(spec.delay_ms, 250);
+    CHECK_INT(spec.limit_rate, 1048576);
+    enc = jobspec_encode_spec(&spec);
+    CHECK(enc != NULL);
+    CHECK_INT(jobspec_decode(enc, &again, err, sizeof(err)), 0);
+    CHECK(near(again.rate, 2.5) && again.delay_ms == 250 && again.limit_rate == 1048576);
+    json_decref(enc);
+    job_spec_dispose(&again);
+    job_spec_dispose(&spec);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        CHECK_INT(decode(bad[i], &spec, err, sizeof(err)), ERR_INVALID_REQUEST);
+        CHECK(strstr(err, "rate") != NULL || strstr(err, "delay") != NULL);
+    }
 }
 
 /* ---- a limiter on a loop, with jobs that only carry what it reads ------------ */
@@ -386,6 +434,6 @@ static void test_bytes(void)
     teardown(&f);
 }
 
-TEST_MAIN(TEST_CASE(test_bucket), TEST_CASE(test_rules), TEST_CASE(test_host_rate),
-          TEST_CASE(test_burst_and_delay), TEST_CASE(test_lone_entry_is_swept),
-          TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
+TEST_MAIN(TEST_CASE(test_bucket), TEST_CASE(test_rules), TEST_CASE(test_job_fields),
+          TEST_CASE(test_host_rate), TEST_CASE(test_burst_and_delay),
+          TEST_CASE(test_lone_entry_is_swept), TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
