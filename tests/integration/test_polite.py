@@ -204,6 +204,21 @@ class HostRate(PoliteTestCase):
         self.assertRegex(out.stdout.decode(), r"limits\.host_limits\.0\.host +\*\.example\.com")
         self.assertRegex(out.stdout.decode(), r"limits\.host_waits_total +2\n")
 
+    def test_cancel_a_waiting_job(self):
+        rules = [{"host": "127.0.0.1", "rate": 0.25}]  # 4 s apart
+        self.start_fetchd(["--host-limits", json.dumps(rules)])
+        c = self.connect()
+        ids = self.submit(c, [spec(self.url("/small.txt")) for _ in range(3)])
+        self.wait_job(c, ids[0], timeout=WAIT_LIMIT)
+        for jid in ids[1:]:
+            c.result("cancel", {"id": jid})
+            job = self.wait_job(c, jid, timeout=WAIT_LIMIT)
+            self.assertEqual(job["state"], "cancelled", job)
+            self.assertEqual(job["attempts"], 0, job)
+        s = self.stats(c)
+        self.assertEqual(s["limits"]["jobs_waiting"], 0, s)
+        self.assertEqual(s["jobs"]["queued"], 0, s)
+
     def test_bad_host_limits_is_a_config_error(self):
         cfg = os.path.join(self.make_dir(), "fetchd.json")
         with open(cfg, "w") as f:

@@ -318,6 +318,31 @@ static void test_burst_and_delay(void)
     teardown(&f);
 }
 
+/* Parked jobs leave in the queue's order: priority first, then submission. */
+static void test_parked_order(void)
+{
+    fixture_t f;
+    job_t j[4];
+    char a[] = "a.test";
+    static const int prio[4] = {0, 0, 5, 5};
+    static const int order[3] = {2, 3, 1};
+
+    setup(&f, "[{\"host\": \"a.test\", \"rate\": 10}]");
+    for (int i = 0; i < 4; i++) {
+        job_init(&j[i], a, (uint64_t)i + 1);
+        j[i].spec.priority = prio[i];
+        CHECK(ratelimit_admit(&f.rl, &j[i]) == (i == 0 ? 0 : 1));
+    }
+    for (int k = 0; k < 3; k++) {
+        fake_now += 100 * MS;
+        ratelimit_poll(&f.rl);
+        CHECK_INT(f.nready, 1);
+        CHECK(f.ready[0] == &j[order[k]]);
+        CHECK_INT(start_released(&f), 1);
+    }
+    teardown(&f);
+}
+
 /* An entry made by a start that waited for nothing still gets swept: the
  * wake timer runs for it (once, a host entry outlived every test). */
 static void test_lone_entry_is_swept(void)
@@ -436,4 +461,5 @@ static void test_bytes(void)
 
 TEST_MAIN(TEST_CASE(test_bucket), TEST_CASE(test_rules), TEST_CASE(test_job_fields),
           TEST_CASE(test_host_rate), TEST_CASE(test_burst_and_delay),
-          TEST_CASE(test_lone_entry_is_swept), TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
+          TEST_CASE(test_lone_entry_is_swept), TEST_CASE(test_parked_order),
+          TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
