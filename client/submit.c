@@ -101,6 +101,11 @@ static const char submit_help[] =
     "      --compressed     ask for gzip, deflate, br or zstd and store the decoded\n"
     "                       body (--no-compressed: never, whatever fetchd's default)\n"
     "      --priority N     higher runs first (-1000..1000)\n"
+    "      --limit-rate RATE  read the body at most RATE bytes/s (100K, 1M, 2G: powers\n"
+    "                       of 1024, as curl)\n"
+    "      --rate N[/s|/m|/h]  start requests to the job's host at most N per second\n"
+    "                       (minute, hour); fetchd's host limits still apply\n"
+    "      --delay SEC      wait SEC since the last request start to the host\n"
     "The options apply to the URLs of the command line and to the URL lines of\n"
     "-i FILE, not to its JSON lines. fetchd checks every job; an invalid one is\n"
     "reported as 'job N: FIELD: MESSAGE' (N counts from 0) and nothing of its\n"
@@ -119,7 +124,10 @@ enum {
     OPT_INSECURE,
     OPT_PRIORITY,
     OPT_COMPRESSED,
-    OPT_NO_COMPRESSED
+    OPT_NO_COMPRESSED,
+    OPT_LIMIT_RATE,
+    OPT_RATE,
+    OPT_DELAY
 };
 
 static const struct option submit_opts[] = {
@@ -143,6 +151,9 @@ static const struct option submit_opts[] = {
     {"compressed", no_argument, NULL, OPT_COMPRESSED},
     {"no-compressed", no_argument, NULL, OPT_NO_COMPRESSED},
     {"priority", required_argument, NULL, OPT_PRIORITY},
+    {"limit-rate", required_argument, NULL, OPT_LIMIT_RATE},
+    {"rate", required_argument, NULL, OPT_RATE},
+    {"delay", required_argument, NULL, OPT_DELAY},
     {0},
 };
 
@@ -172,6 +183,63 @@ static int opt_seconds(json_t *defaults, const char *arg)
         return -1;
     }
     return json_object_set_new(defaults, "timeout", json_real(v));
+}
+
+/* --limit-rate: bytes/s with an optional K, M or G (powers of 1024, as curl). */
+static int opt_limit_rate(json_t *defaults, const char *arg)
+{
+    static const char units[] = "kKmMgG";
+    const char *u;
+    char *end;
+    double v;
+    errno = 0;
+    v = strtod(arg, &end);
+    if (errno == 0 && end != arg && *end != '\0' && (u = strchr(units, *end)) != NULL) {
+        for (long k = 0; k <= (u - units) / 2; k++)
+            v *= 1024;
+        end++;
+    }
+    if (errno != 0 || end == arg || *end != '\0' || !(v >= 1) || v > 1e15) {
+        fprintf(stderr,
+                "fetchctl submit: --limit-rate: bytes per second (like 100K or 1M), not '%s'\n",
+                arg);
+        return -1;
+    }
+    return json_object_set_new(defaults, "limit_rate", json_integer((json_int_t)v));
+}
+
+/* --rate: N requests per second, or N/s, N/m, N/h as curl's --rate. */
+static int opt_rate(json_t *defaults, const char *arg)
+{
+    char *end;
+    double v;
+    errno = 0;
+    v = strtod(arg, &end);
+    if (errno == 0 && end != arg && *end == '/') {
+        double per = end[1] == 's' ? 1 : end[1] == 'm' ? 60 : end[1] == 'h' ? 3600 : 0;
+        if (per > 0 && end[2] == '\0') {
+            v /= per;
+            end += 2;
+        }
+    }
+    if (errno != 0 || end == arg || *end != '\0' || !(v > 0)) {
+        fprintf(stderr, "fetchctl submit: --rate: N, N/s, N/m or N/h, not '%s'\n", arg);
+        return -1;
+    }
+    return json_object_set_new(defaults, "rate", json_real(v));
+}
+
+static int opt_delay(json_t *defaults, const char *arg)
+{
+    char *end;
+    double v;
+    errno = 0;
+    v = strtod(arg, &end);
+    if (errno != 0 || end == arg || *end != '\0' || !(v >= 0)) {
+        fprintf(stderr, "fetchctl submit: --delay: a number of seconds, not '%s'\n", arg);
+        return -1;
+    }
+    return json_object_set_new(defaults, "delay", json_real(v));
 }
 
 /* Reads all of path; returns a malloc'ed buffer (n bytes) or NULL. */
@@ -295,6 +363,12 @@ static int submit_option(submit_t *s, int opt, const char *arg)
         return json_object_set_new(d, "decode", json_false());
     case OPT_PRIORITY:
         return opt_integer(d, "priority", "--priority", arg);
+    case OPT_LIMIT_RATE:
+        return opt_limit_rate(d, arg);
+    case OPT_RATE:
+        return opt_rate(d, arg);
+    case OPT_DELAY:
+        return opt_delay(d, arg);
     default:
         return -1;
     }

@@ -12,8 +12,18 @@
 #include "log.h"
 #include "mem.h"
 #include "netacl.h"
+#include "ratelimit.h"
 
-typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL, OPT_NETS, OPT_BOOL } opt_kind_t;
+typedef enum {
+    OPT_STRING,
+    OPT_UINT,
+    OPT_SECONDS,
+    OPT_LEVEL,
+    OPT_NETS,
+    OPT_BOOL,
+    OPT_U64,
+    OPT_HOSTS
+} opt_kind_t;
 
 typedef struct option_def {
     const char *key;
@@ -51,6 +61,10 @@ static const option_def_t options[] = {
     {"log_jobs", OPT_BOOL, OFF(log_jobs), 0, 0},
     {"history_interval", OPT_SECONDS, OFF(page_interval_ms), 1, 3600},
     {"history_warmup", OPT_SECONDS, OFF(page_warmup_ms), 0, 86400},
+    {"host_limits", OPT_HOSTS, OFF(host_limits), 0, 0},
+    {"bandwidth", OPT_U64, OFF(bandwidth), 0, (uint64_t)1 << 50},
+    {"limit_rate", OPT_U64, OFF(limit_rate), 0, (uint64_t)1 << 50},
+    {"max_limit_rate", OPT_U64, OFF(max_limit_rate), 0, (uint64_t)1 << 50},
 };
 
 static const option_def_t *find(const char *key)
@@ -67,6 +81,8 @@ static void store_uint(daemon_config_t *cfg, const option_def_t *o, uint64_t v)
     char *field = (char *)cfg + o->offset;
     if (o->kind == OPT_SECONDS) {
         *(uint64_t *)(void *)field = v * 1000;
+    } else if (o->kind == OPT_U64) {
+        *(uint64_t *)(void *)field = v;
     } else if (o->offset == OFF(max_jobs) || o->offset == OFF(retain_jobs) ||
                o->offset == OFF(max_queue_bytes)) {
         *(size_t *)(void *)field = (size_t)v;
@@ -131,6 +147,18 @@ static int set_nets(daemon_config_t *cfg, const option_def_t *o, const char *v, 
     return store_string(cfg, o, v, err, errlen);
 }
 
+/* The host rules: JSON text, checked now and stored as text. */
+static int set_hosts(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
+                     size_t errlen)
+{
+    rl_rules_t rules;
+
+    if (rl_rules_parse(v, &rules, err, errlen) != 0)
+        return -1;
+    rl_rules_dispose(&rules);
+    return store_string(cfg, o, v, err, errlen);
+}
+
 /* A switch: "true"/"false" as in the file, or yes/no, on/off, 1/0. */
 static int set_bool(daemon_config_t *cfg, const option_def_t *o, const char *v, char *err,
                     size_t errlen)
@@ -166,6 +194,8 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
         return set_nets(cfg, o, value, err, errlen);
     case OPT_BOOL:
         return set_bool(cfg, o, value, err, errlen);
+    case OPT_HOSTS:
+        return set_hosts(cfg, o, value, err, errlen);
     case OPT_LEVEL:
         if (log_level_parse(value, &cfg->log_level) != 0) {
             snprintf(err, errlen, "%s: expected error, warn, notice, info or debug", key);
@@ -248,6 +278,14 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
     }
     if (o->kind == OPT_NETS)
         return set_json_nets(cfg, o, v, why, len);
+    if (o->kind == OPT_HOSTS) {
+        char *text = json_dumps(v, JSON_COMPACT);
+        int rc = text ? set_hosts(cfg, o, text, why, len) : -1;
+        if (text == NULL)
+            snprintf(why, len, "%s: out of memory", key);
+        mem_free(text);
+        return rc;
+    }
     if (o->kind == OPT_BOOL) {
         if (!json_is_boolean(v)) {
             snprintf(why, len, "\"%s\" must be true or false", key);
@@ -368,6 +406,10 @@ static const struct option long_options[] = {
     {"log-jobs", required_argument, NULL, 0},
     {"history-interval", required_argument, NULL, 0},
     {"history-warmup", required_argument, NULL, 0},
+    {"host-limits", required_argument, NULL, 0},
+    {"bandwidth", required_argument, NULL, 0},
+    {"limit-rate", required_argument, NULL, 0},
+    {"max-limit-rate", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

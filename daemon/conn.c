@@ -618,6 +618,12 @@ static void response_done(conn_t *c, int reusable)
     const conn_user_ops_t *ops;
     void *u = detach_keep(c, &ops);
 
+    /* Reading may have been paused (sink backpressure, a byte rate) as the
+     * response ended; an idle connection must read, to see it close. */
+    if (reusable && !c->reading)
+        conn_resume(c);
+    if (reusable && !c->reading)
+        reusable = 0;
     if (reusable) {
         conn_incref(c); /* the pool's reference */
         /* libuv reports a finished write on a later loop turn, and the

@@ -41,6 +41,7 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->deny_networks);
     mem_free(cfg->allow_networks);
     mem_free(cfg->queue);
+    mem_free(cfg->host_limits);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -56,6 +57,22 @@ static void apply_limits(daemon_t *d)
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
+    d->sched.rl.bandwidth = d->cfg.bandwidth;
+    d->sched.rl.limit_rate = d->cfg.limit_rate;
+    d->sched.rl.max_limit_rate = d->cfg.max_limit_rate;
+    d->sched.rl.min_burst = DAEMON_BUF_SIZE;
+}
+
+/* The host rules from their text (checked when the configuration was read,
+ * so only memory can fail here: the old rules then stay). */
+static int apply_host_limits(daemon_t *d, char *errmsg, size_t errlen)
+{
+    rl_rules_t rules;
+
+    if (rl_rules_parse(d->cfg.host_limits, &rules, errmsg, errlen) != 0)
+        return ERR_INVALID_REQUEST;
+    ratelimit_set_rules(&d->sched.rl, &rules);
+    return 0;
 }
 
 static int same(const char *a, const char *b)
@@ -132,7 +149,19 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.decode = cfg->decode;
     d->cfg.decode_max_ratio = cfg->decode_max_ratio;
     d->cfg.log_level = cfg->log_level;
+    d->cfg.bandwidth = cfg->bandwidth;
+    d->cfg.limit_rate = cfg->limit_rate;
+    d->cfg.max_limit_rate = cfg->max_limit_rate;
     log_set_level(cfg->log_level);
+    if (!same(d->cfg.host_limits, cfg->host_limits)) {
+        char *prev = d->cfg.host_limits;
+        d->cfg.host_limits = cfg->host_limits;
+        if (apply_host_limits(d, errmsg, errlen) != 0) {
+            d->cfg.host_limits = prev;
+            return ERR_INVALID_REQUEST;
+        }
+        cfg->host_limits = prev; /* freed with cfg */
+    }
     apply_limits(d);
     /* Raised limits must not wait for the next event to take effect. */
     sched_kick(&d->sched);
@@ -142,13 +171,19 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
 
 int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
 {
+    rl_rules_t rules;
     int rc;
 
     memset(d, 0, sizeof(*d));
     d->cfg = *cfg;
     memset(cfg, 0, sizeof(*cfg));
+    if (rl_rules_parse(d->cfg.host_limits, &rules, errmsg, errlen) != 0) {
+        daemon_config_dispose(&d->cfg);
+        return ERR_INVALID_REQUEST;
+    }
     rc = uv_loop_init(&d->loop);
     if (rc != 0) {
+        rl_rules_dispose(&rules);
         snprintf(errmsg, errlen, "event loop: %s", uv_strerror(rc));
         daemon_config_dispose(&d->cfg);
         return err_from_uv(rc);
@@ -156,6 +191,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
     stats_init(&d->stats);
     rc = netacl_init(&d->acl, d->cfg.deny_networks, d->cfg.allow_networks, errmsg, errlen);
     if (rc != 0) {
+        rl_rules_dispose(&rules);
         uv_loop_close(&d->loop);
         daemon_config_dispose(&d->cfg);
         return rc;
@@ -163,6 +199,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
     rc = tls_init(&d->tls, &d->stats, d->cfg.ca_file, d->cfg.client_cert, d->cfg.client_key, errmsg,
                   errlen);
     if (rc != 0) {
+        rl_rules_dispose(&rules);
         netacl_dispose(&d->acl);
         uv_loop_close(&d->loop);
         daemon_config_dispose(&d->cfg);
@@ -180,6 +217,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
                 d->sched.env.acl = &d->acl;
                 d->pool.acl = &d->acl;
                 apply_limits(d);
+                ratelimit_set_rules(&d->sched.rl, &rules);
                 return 0;
             }
             snprintf(errmsg, errlen, "download directory %s: %s",
@@ -194,6 +232,7 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
         snprintf(errmsg, errlen, "DNS cache: %s", err_str(rc));
     }
     uv_run(&d->loop, UV_RUN_DEFAULT); /* let the closes finish */
+    rl_rules_dispose(&rules);
     pool_dispose(&d->pool);
     buf_pool_dispose(&d->bufs);
     tls_dispose(&d->tls);

@@ -50,6 +50,10 @@ typedef struct daemon_config {
     int log_jobs;               /* 1: one info line per finished job */
     uint64_t page_interval_ms;  /* 10 s: the page's sampling interval (history_interval) */
     uint64_t page_warmup_ms;    /* 300 s: when the page marks the gauges (history_warmup) */
+    char *host_limits;          /* owned: JSON text of the host rules (ratelimit.h); NULL: none */
+    uint64_t bandwidth;         /* 0: body bytes/s of all jobs together, 0 = unlimited */
+    uint64_t limit_rate;        /* 0: body bytes/s of a job that sets none, 0 = unlimited */
+    uint64_t max_limit_rate;    /* 0: the most a job may ask for, 0 = no cap */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

@@ -54,6 +54,7 @@ static void finish(job_t *j, int err, const char *fmt, ...) __attribute__((forma
 static void on_total_timeout(uv_timer_t *t);
 static void on_phase_timeout(uv_timer_t *t);
 static void on_sink_drain(sink_t *s, int status);
+static void on_rate_resume(job_t *j);
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -334,6 +335,7 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
     sink_init(&j->sink, env->loop, env->stats, j->spec.sha256 || j->spec.expected_sha256);
     j->sink.data = j;
     j->sink.on_drain = on_sink_drain;
+    j->rl.on_resume = on_rate_resume;
     if (j->spec.output == JOB_OUTPUT_INLINE)
         sink_set_memory(&j->sink, j->spec.inline_max);
     sink_set_limit(&j->sink, j->spec.max_body); /* on the decoded size */
@@ -643,7 +645,7 @@ static void on_conn_read(void *user)
 
     if (j->phase == JOB_PH_REQUEST)
         job_set_phase(j, JOB_PH_RESPONSE, 0);
-    if (j->phase == JOB_PH_RESPONSE && !j->read_paused)
+    if (j->phase == JOB_PH_RESPONSE && !j->read_paused && !j->rl.paused)
         phase_timer(j, j->spec.idle_timeout_ms);
 }
 
@@ -791,6 +793,8 @@ static int on_conn_body(void *user, buf_t *b, const char *at, size_t len, conn_w
     job_t *j = user;
     int rc;
 
+    if (j->env->rl != NULL && ratelimit_charge(j->env->rl, j, len))
+        uv_timer_stop(&j->phase_timer); /* the byte rate, not the peer, is slow */
     if (j->disposition != RESP_FINAL)
         return 0; /* a redirect's or retried response's body is read and dropped */
     rc = sink_write(&j->sink, b, at, len);
@@ -820,6 +824,17 @@ static void on_sink_drain(sink_t *s, int status)
     (void)status; /* a write error surfaces at the next write or at commit */
     if (j->read_paused && sink_pending(s) < SINK_LOW_WATER && j->conn) {
         j->read_paused = 0;
+        if (!j->rl.paused) {
+            conn_resume(j->conn);
+            phase_timer(j, j->spec.idle_timeout_ms);
+        }
+    }
+}
+
+/* The byte rates let the job read again (unless the disk still lags). */
+static void on_rate_resume(job_t *j)
+{
+    if (!j->read_paused && j->conn) {
         conn_resume(j->conn);
         phase_timer(j, j->spec.idle_timeout_ms);
     }
@@ -1266,6 +1281,8 @@ static void conn_user_decref(void *user)
 static void on_conn_detach(void *user)
 {
     job_t *j = user;
+    if (j->env->rl != NULL)
+        ratelimit_job_detach(j->env->rl, j);
     j->conn = NULL;
 }
 

@@ -30,6 +30,7 @@
 #include "dns.h"
 #include "netacl.h"
 #include "pool.h"
+#include "ratelimit.h"
 #include "retry.h"
 #include "sink.h"
 #include "stats.h"
@@ -78,6 +79,9 @@ typedef struct job_spec {
     int priority;                   /* 0; higher runs first */
     int allow_downgrade;            /* 0: an https -> http redirect fails the job */
     int decode;                     /* 0: the daemon's default; 1: decode; -1: never */
+    double rate;                    /* 0; requests/s to its host at most (ratelimit.h) */
+    uint64_t delay_ms;              /* 0: least time since the last start to its host */
+    uint64_t limit_rate;            /* 0: the daemon's default; body bytes/s at most */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
 } job_spec_t;
 
@@ -119,6 +123,7 @@ typedef struct job_env {
     buf_pool_t *bufs;           /* borrowed */
     tls_t *tls;                 /* borrowed: set by the daemon */
     const netacl_t *acl;        /* borrowed: set by the daemon; NULL allows all */
+    ratelimit_t *rl;            /* borrowed: byte rates; NULL: none */
     const char *download_dir;   /* borrowed: canonical path, or NULL (file output refused) */
     int decode;                 /* public: jobs decode content unless they say not */
     uint64_t decode_max_ratio;  /* public: decoded/encoded size cap; 0 = none */
@@ -191,6 +196,7 @@ struct job {
     job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
     job_t *hnext;             /* the scheduler's id hash chain */
     pool_wait_t pool_wait;    /* its place in an origin's queue, while it waits */
+    ratelimit_job_t rl;       /* the rate limiter's state (ratelimit.c) */
     conn_t *conn;             /* owned reference while a request is in flight */
     url_t url;                /* owned: the URL being fetched now */
     tls_config_t *tls_config; /* owned reference once an https URL is involved */

@@ -475,6 +475,10 @@ static json_t *m_stats(rpc_call_t *call)
 
     if (o == NULL)
         return NULL;
+    if (json_object_set_new(o, "limits", ratelimit_stats_json(&m->d->sched.rl)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
     json_object_set_new(o, "control_clients", json_integer(*m->nclients));
     /* This call is answered from inside its client's read, whose buffer is
      * in use meanwhile: left out, as /metrics leaves it out, so an idle

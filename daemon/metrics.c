@@ -169,6 +169,16 @@ static void render_jobs(strbuf_t *b, const daemon_t *d)
     one(b, "fetchd_redirects_total", "counter", "Redirects followed.", st->redirects);
     one(b, "fetchd_received_bytes_total", "counter", "Bytes received from servers.",
         st->received_bytes);
+    one(b, "fetchd_host_waits_total", "counter",
+        "Jobs held in the queue for their host's request rate or delay.", d->sched.rl.host_waits);
+    one(b, "fetchd_host_waiting_jobs", "gauge", "Queued jobs waiting for their host now.",
+        d->sched.rl.nparked);
+    head(b, "fetchd_bandwidth_paused_seconds_total", "counter",
+         "Time jobs spent with reading paused for a byte rate, summed over jobs.");
+    strbuf_printf(b, "fetchd_bandwidth_paused_seconds_total %.6f\n",
+                  ratelimit_paused_ns(&d->sched.rl) / 1e9);
+    one(b, "fetchd_bandwidth_paused_jobs", "gauge", "Jobs whose reading is paused now.",
+        d->sched.rl.npaused);
     head(b, "fetchd_http_lenient_total", "counter",
          "Responses with a deviation from RFC 9112 that fetchd tolerated, by kind.");
     for (int k = 0; k < STATS_LENIENT__COUNT; k++)

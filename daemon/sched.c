@@ -42,6 +42,7 @@ static const job_owner_ops_t job_owner_ops = {
     .on_finished = on_job_finished,
     .random = owner_random,
 };
+static void on_host_ready(ratelimit_t *rl, job_t *j, void *data);
 
 static void on_handle_close(uv_handle_t *h)
 {
@@ -77,6 +78,7 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->env.pool = pool;
     s->env.dns = dns;
     s->env.bufs = bufs;
+    s->env.rl = &s->rl;
     s->env.download_dir = s->download_dir;
     retry_policy_init(&s->env.retry);
     s->env.ops = &job_owner_ops;
@@ -85,7 +87,7 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->table = mem_calloc(s->table_size, sizeof(*s->table));
     s->heap_cap = SCHED_INITIAL_HEAP;
     s->heap = mem_alloc(s->heap_cap * sizeof(*s->heap));
-    if (s->table == NULL || s->heap == NULL) {
+    if (s->table == NULL || s->heap == NULL || ratelimit_init(&s->rl, loop, stats) != 0) {
         mem_free(s->table);
         mem_free(s->heap);
         mem_free(s->download_dir);
@@ -102,6 +104,8 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->retain_timer.data = s;
     s->trim_timer.data = s;
     s->handles_open = 3;
+    s->rl.on_ready = on_host_ready;
+    s->rl.ready_data = s;
     return 0;
 }
 
@@ -179,6 +183,8 @@ job_t *sched_find(sched_t *s, const char *id)
 
 static int runs_before(const job_t *a, const job_t *b)
 {
+    if (a->rl.parked != b->rl.parked)
+        return b->rl.parked; /* jobs waiting for their host come last */
     if (a->spec.priority != b->spec.priority)
         return a->spec.priority > b->spec.priority;
     return a->seq < b->seq;
@@ -251,6 +257,7 @@ static void heap_remove(sched_t *s, job_t *j)
     size_t i = j->heap_index;
     assert(i < s->nqueued && s->heap[i] == j);
     assert(s->queued_bytes >= j->cost);
+    ratelimit_dequeue(&s->rl, j);
     s->queued_bytes -= j->cost;
     if (i != --s->nqueued) {
         heap_set(s, i, s->heap[s->nqueued]);
@@ -281,10 +288,25 @@ static void on_kick(uv_idle_t *h)
     s->kick_active = 0;
     while (s->nqueued > 0 && s->nrunning < s->max_running && s->accepting && !s->draining) {
         job_t *j = s->heap[0];
+        if (j->rl.parked)
+            break; /* every queued job waits for its host: on_host_ready() kicks */
+        if (ratelimit_admit(&s->rl, j) != 0) {
+            sift_down(s, 0); /* parked: it sorts after the jobs that may start */
+            continue;
+        }
         heap_remove(s, j);
         s->nrunning++;
         job_start(j);
     }
+}
+
+/* The rate limiter lets a parked job start: it sorts among the others again. */
+static void on_host_ready(ratelimit_t *rl, job_t *j, void *data)
+{
+    sched_t *s = data;
+    (void)rl;
+    sift_up(s, j->heap_index);
+    schedule_kick(s);
 }
 
 static int accepting_check(sched_t *s, size_t n, char *errmsg, size_t errlen)
@@ -622,12 +644,14 @@ void sched_close(sched_t *s)
     uv_close((uv_handle_t *)&s->kick, on_handle_close);
     uv_close((uv_handle_t *)&s->retain_timer, on_handle_close);
     uv_close((uv_handle_t *)&s->trim_timer, on_handle_close);
+    ratelimit_close(&s->rl);
 }
 
 void sched_dispose(sched_t *s)
 {
     sched_forget_finished(s);
     assert(s->njobs == 0 && s->handles_open == 0);
+    ratelimit_dispose(&s->rl);
     mem_free(s->table);
     mem_free(s->heap);
     mem_free(s->download_dir);

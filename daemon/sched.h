@@ -24,6 +24,7 @@
 #include "job.h"
 #include "netacl.h"
 #include "pool.h"
+#include "ratelimit.h"
 #include "stats.h"
 
 typedef struct sched sched_t;
@@ -62,6 +63,7 @@ struct sched {
     uint64_t trims;                      /* read-only: memory handed back after a burst */
     int accepting;                       /* read-only: 0 once shutting down */
     int draining;                        /* read-only: stopping; queued jobs are not started */
+    ratelimit_t rl;                      /* owned: host rates and byte rates (ratelimit.h) */
     /* private */
     char *download_dir; /* owned: canonical path, or NULL (file output refused) */
     job_t **heap;       /* owned references are the table's; the heap borrows */

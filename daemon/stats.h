@@ -31,6 +31,7 @@
     X(REDIS_CONN, "redis_conn")    \
     X(QUEUE_ENTRY, "queue_entry")  \
     X(HISTORY, "history")          \
+    X(HOST_LIMIT, "host_limit")    \
     X(METRICS_CLIENT, "metrics_client")
 
 typedef enum stats_obj {

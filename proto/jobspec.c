@@ -437,6 +437,27 @@ static int dec_labels(decoder_t *d, const field_t *f, json_t *v)
     return d->spec->labels != NULL ? 0 : no_memory(d);
 }
 
+/* rate: requests/s to the job's host at most (the host's rules still apply). */
+static int dec_rate(decoder_t *d, const field_t *f, json_t *v)
+{
+    double r = json_is_number(v) ? json_number_value(v) : -1;
+    if (!(r >= RL_MIN_RATE && r <= RL_MAX_RATE))
+        return bad(d, f->name, "must be a number of requests per second from %g to %g", RL_MIN_RATE,
+                   RL_MAX_RATE);
+    d->spec->rate = r;
+    return 0;
+}
+
+/* delay: seconds since the last request start to the job's host, at least. */
+static int dec_delay(decoder_t *d, const field_t *f, json_t *v)
+{
+    double s = json_is_number(v) ? json_number_value(v) : -1;
+    if (!(s >= 0 && s <= RL_MAX_DELAY_S))
+        return bad(d, f->name, "must be a number of seconds from 0 to %d", RL_MAX_DELAY_S);
+    d->spec->delay_ms = (uint64_t)llround(s * 1000);
+    return 0;
+}
+
 #define SPEC_OFF(m) offsetof(job_spec_t, m)
 
 static const field_t fields[] = {
@@ -463,6 +484,9 @@ static const field_t fields[] = {
     {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
     {"labels", dec_labels, 0, 0, 0},
     {"decode", dec_decode, 0, 0, 0},
+    {"rate", dec_rate, 0, 0, 0},
+    {"delay", dec_delay, 0, 0, 0},
+    {"limit_rate", dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
 };
 
 static const field_t *find_field(const char *key, size_t klen)
@@ -671,6 +695,12 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "decoded", json_true());
     if (j->spec.labels != NULL)
         rc |= json_object_set(o, "labels", j->spec.labels);
+    if (j->spec.rate > 0)
+        rc |= json_object_set_new(o, "rate", json_real(j->spec.rate));
+    if (j->spec.delay_ms)
+        rc |= json_object_set_new(o, "delay", json_real(j->spec.delay_ms / 1e3));
+    if (j->spec.limit_rate)
+        rc |= json_object_set_new(o, "limit_rate", json_integer((json_int_t)j->spec.limit_rate));
     rc |= json_object_set_new(o, "timings", encode_timings(&j->timings));
     return rc;
 }
@@ -769,6 +799,12 @@ json_t *jobspec_encode_spec(const job_spec_t *s)
               set_or_fail(o, "client_key", json_string(s->client_key));
     if (!bad && s->labels)
         bad = set_or_fail(o, "labels", json_incref(s->labels));
+    if (!bad && s->rate > 0)
+        bad = set_or_fail(o, "rate", json_real(s->rate));
+    if (!bad && s->delay_ms)
+        bad = set_or_fail(o, "delay", json_real(s->delay_ms / 1e3));
+    if (!bad && s->limit_rate)
+        bad = set_or_fail(o, "limit_rate", json_integer((json_int_t)s->limit_rate));
     if (bad) {
         json_decref(o);
         return NULL;
