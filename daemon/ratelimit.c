@@ -675,6 +675,10 @@ int ratelimit_charge(ratelimit_t *rl, job_t *j, size_t n)
         global_refill(rl, now);
         rl->global.tokens -= (double)n;
         debt |= rl->global.tokens < 0;
+        /* A newcomer starts level with the others, not owed their past. */
+        if (j->rl.served < rl->served_floor)
+            j->rl.served = rl->served_floor;
+        j->rl.served += n;
     }
     if (!debt || j->rl.paused || j->conn == NULL)
         return j->rl.paused;
@@ -697,25 +701,73 @@ void ratelimit_job_detach(ratelimit_t *rl, job_t *j)
         unlink_paused(rl, j, now_ns(rl));
 }
 
-/* Resumes every paused job whose buckets are out of debt; all of them at
- * once when the global budget frees up, so each gets its turn. */
+/* The paused job that is out of debt and has been served least, or NULL;
+ * *next gets the shortest wait of the others. */
+static job_t *least_served(ratelimit_t *rl, uint64_t now, uint64_t *next)
+{
+    job_t *best = NULL;
+
+    for (job_t *j = rl->paused_head; j; j = j->rl.pnext) {
+        uint64_t wait = bytes_wait_ns(rl, j, now);
+        if (wait > 0) {
+            *next = wait < *next ? wait : *next;
+            continue;
+        }
+        if (best == NULL || j->rl.served < best->rl.served)
+            best = j;
+    }
+    return best;
+}
+
+static void resume(ratelimit_t *rl, job_t *j, uint64_t now)
+{
+    unlink_paused(rl, j, now);
+    if (j->rl.on_resume)
+        j->rl.on_resume(j);
+}
+
+/* Resumes the paused jobs whose buckets are out of debt. Under a global
+ * bandwidth they take turns, the least served first (so a job whose socket
+ * yields short reads is not left behind): each resumed job is expected to
+ * read about one buffer (min_burst) before it is in debt again, so only as
+ * many resume as the budget covers, at least one; the rest wait for the
+ * next turn. */
 static void poll_bytes(ratelimit_t *rl)
 {
     uint64_t now = now_ns(rl), next = UINT64_MAX;
-    job_t *j = rl->paused_head, *jn;
+    job_t *j, *jn;
 
-    if (rl->bandwidth)
+    if (rl->bandwidth) {
+        double budget;
         global_refill(rl, now);
-    for (; j; j = jn) {
-        uint64_t wait = bytes_wait_ns(rl, j, now);
-        jn = j->rl.pnext;
-        if (wait > 0) {
+        budget = rl->global.tokens;
+        do {
+            j = least_served(rl, now, &next);
+            if (j == NULL)
+                break;
+            rl->served_floor = j->rl.served;
+            resume(rl, j, now);
+            budget -= (double)rl->min_burst;
+        } while (budget > 0);
+        if (j != NULL && rl->paused_head != NULL) {
+            /* The next turn comes when the budget covers one more read. */
+            double want = (double)rl->min_burst;
+            uint64_t wait;
+            if (want > rl->global.burst)
+                want = rl->global.burst;
+            wait = rl_bucket_wait_ns(&rl->global, rl->global.tokens + want, now);
+            wait = wait <= RL_SLACK_NS ? RL_SLACK_NS + 1 : wait;
             next = wait < next ? wait : next;
-            continue;
         }
-        unlink_paused(rl, j, now);
-        if (j->rl.on_resume)
-            j->rl.on_resume(j);
+    } else {
+        for (j = rl->paused_head; j; j = jn) {
+            uint64_t wait = bytes_wait_ns(rl, j, now);
+            jn = j->rl.pnext;
+            if (wait > 0)
+                next = wait < next ? wait : next;
+            else
+                resume(rl, j, now);
+        }
     }
     if (rl->closing)
         return;

@@ -104,6 +104,8 @@ typedef struct ratelimit_job {
     int paused;                  /* read-only: reading is stopped for the byte rates */
     uint64_t paused_since_ns;    /* while paused */
     job_t *pprev, *pnext;        /* the limiter's list of paused jobs */
+    uint64_t served;             /* bytes charged to the global budget, counted from
+                                    the limiter's floor when the job first shares it */
     void (*on_resume)(job_t *j); /* public: the job may read again */
 } ratelimit_job_t;
 
@@ -126,6 +128,7 @@ struct ratelimit {
     /* read-only: figures */
     uint64_t host_waits;     /* jobs parked for their host */
     uint64_t paused_ns;      /* time jobs spent paused for the byte rates, summed */
+    uint64_t served_floor;   /* the served count of the last job resumed by turn */
     size_t nhosts;           /* host entries */
     size_t nparked, npaused; /* jobs parked / paused now */
     /* private */

@@ -433,7 +433,7 @@ static void test_bytes(void)
     CHECK(near(j.rl.bytes.rate, 50000));
     f.rl.max_limit_rate = 0;
 
-    /* The global budget, shared: both jobs pause on it and resume together. */
+    /* The global budget, shared: both jobs pause on it and take turns. */
     f.rl.bandwidth = 1000000; /* burst 100000 */
     job_init(&k, a, 2);
     k.conn = &c;
@@ -449,9 +449,16 @@ static void test_bytes(void)
     fake_now += 28 * MS;
     ratelimit_poll(&f.rl);
     CHECK_INT(f.resumed, 1);
-    fake_now += 2 * MS; /* 30 ms: 30000 bytes earned */
+    fake_now += 2 * MS; /* 30 ms: 30000 bytes earned, out of debt */
+    ratelimit_poll(&f.rl);
+    CHECK_INT(f.resumed, 2); /* one turn, for the job served least */
+    CHECK(!k.rl.paused && j.rl.paused);
+    /* The next turn is due when the budget covers one more read (64 KiB). */
+    CHECK(uv_timer_get_due_in(&f.rl.bytes_timer) >= 65);
+    fake_now += 66 * MS;
     ratelimit_poll(&f.rl);
     CHECK_INT(f.resumed, 3);
+    CHECK(!j.rl.paused);
     /* A job that lets go of its connection while paused leaves the list. */
     CHECK(ratelimit_charge(&f.rl, &j, 200000) == 1);
     ratelimit_job_detach(&f.rl, &j);
