@@ -12,8 +12,18 @@
 #include "log.h"
 #include "mem.h"
 #include "netacl.h"
+#include "proxy.h"
 
-typedef enum { OPT_STRING, OPT_UINT, OPT_SECONDS, OPT_LEVEL, OPT_NETS, OPT_BOOL } opt_kind_t;
+typedef enum {
+    OPT_STRING,
+    OPT_UINT,
+    OPT_SECONDS,
+    OPT_LEVEL,
+    OPT_NETS,
+    OPT_BOOL,
+    OPT_PROXY, /* a proxy URL, or "" (direct) */
+    OPT_TEXT   /* a string that may be empty */
+} opt_kind_t;
 
 typedef struct option_def {
     const char *key;
@@ -47,6 +57,8 @@ static const option_def_t options[] = {
     {"allow_networks", OPT_NETS, OFF(allow_networks), 0, 0},
     {"decode", OPT_BOOL, OFF(decode), 0, 0},
     {"decode_max_ratio", OPT_UINT, OFF(decode_max_ratio), 0, 1000000000},
+    {"proxy", OPT_PROXY, OFF(proxy), 0, 0},
+    {"no_proxy", OPT_TEXT, OFF(no_proxy), 0, 0},
 };
 
 static const option_def_t *find(const char *key)
@@ -160,6 +172,16 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
         return set_string(cfg, o, value, err, errlen);
     case OPT_NETS:
         return set_nets(cfg, o, value, err, errlen);
+    case OPT_PROXY: {
+        char why[160];
+        if (proxy_validate(value, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s: %s", o->key, why);
+            return -1;
+        }
+        return store_string(cfg, o, value, err, errlen);
+    }
+    case OPT_TEXT:
+        return store_string(cfg, o, value, err, errlen);
     case OPT_BOOL:
         return set_bool(cfg, o, value, err, errlen);
     case OPT_LEVEL:
@@ -252,7 +274,8 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
         *(int *)(void *)((char *)cfg + o->offset) = json_is_true(v);
         return 0;
     }
-    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
+    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL || o->kind == OPT_PROXY ||
+        o->kind == OPT_TEXT) {
         if (!json_is_string(v)) {
             snprintf(why, len, "\"%s\" must be a string", key);
             return -1;
@@ -360,6 +383,8 @@ static const struct option long_options[] = {
     {"allow-networks", required_argument, NULL, 0},
     {"decode", required_argument, NULL, 0},
     {"decode-max-ratio", required_argument, NULL, 0},
+    {"proxy", required_argument, NULL, 0},
+    {"no-proxy", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

@@ -37,6 +37,8 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->client_key);
     mem_free(cfg->deny_networks);
     mem_free(cfg->allow_networks);
+    mem_free(cfg->proxy);
+    mem_free(cfg->no_proxy);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -52,6 +54,8 @@ static void apply_limits(daemon_t *d)
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
+    d->pool.proxies.cfg_proxy = d->cfg.proxy;
+    d->pool.proxies.cfg_no_proxy = d->cfg.no_proxy;
 }
 
 static int same(const char *a, const char *b)
@@ -126,6 +130,8 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.decode = cfg->decode;
     d->cfg.decode_max_ratio = cfg->decode_max_ratio;
     d->cfg.log_level = cfg->log_level;
+    take(&d->cfg.proxy, &cfg->proxy); /* a new proxy applies to requests from now on */
+    take(&d->cfg.no_proxy, &cfg->no_proxy);
     log_set_level(cfg->log_level);
     apply_limits(d);
     /* Raised limits must not wait for the next event to take effect. */
@@ -173,6 +179,10 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
                 d->sched.tls = &d->tls;
                 d->sched.acl = &d->acl;
                 d->pool.acl = &d->acl;
+                d->pool.dns = &d->dns;
+                /* The environment's proxies are read once, at start. */
+                if (proxy_conf_load_env(&d->pool.proxies) != 0)
+                    log_warn("no memory for the proxy environment variables");
                 apply_limits(d);
                 return 0;
             }

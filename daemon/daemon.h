@@ -46,6 +46,8 @@ typedef struct daemon_config {
     char *allow_networks;       /* owned; NULL or "": no exceptions */
     int decode;                 /* 0: jobs decode content only when they ask */
     unsigned decode_max_ratio;  /* 1000: decoded/encoded size cap; 0 = none */
+    char *proxy;                /* owned; NULL: the environment's; "": direct (proxy.h) */
+    char *no_proxy;             /* owned; NULL: the environment's no_proxy */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

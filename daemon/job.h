@@ -71,6 +71,8 @@ typedef struct job_spec {
     int allow_downgrade;            /* 0: an https -> http redirect fails the job */
     int decode;                     /* 0: the daemon's default; 1: decode; -1: never */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
+    char *proxy;    /* NULL: the daemon's choice; "": direct; else a proxy URL (proxy.h) */
+    char *no_proxy; /* NULL: the daemon's no_proxy list; else this job's (proxy.h) */
 } job_spec_t;
 
 #define JOB_DEFAULT_CONNECT_TIMEOUT_MS    10000

@@ -47,6 +47,20 @@ static void labelled(strbuf_t *b, const char *name, const char *label, const cha
     strbuf_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, value, v);
 }
 
+static void render_proxy(strbuf_t *b, const stats_t *st)
+{
+    static const char *const kinds[STATS_PROXY__KINDS] = {"http", "connect", "socks5"};
+    static const char *const results[STATS_PROXY__RESULTS] = {"ok", "refused", "auth", "error",
+                                                              "timeout"};
+
+    head(b, "fetchd_proxy_connects_total", "counter",
+         "Proxy legs of new connections, by kind and how they ended.");
+    for (int k = 0; k < STATS_PROXY__KINDS; k++)
+        for (int r = 0; r < STATS_PROXY__RESULTS; r++)
+            strbuf_printf(b, "fetchd_proxy_connects_total{kind=\"%s\",result=\"%s\"} %llu\n",
+                          kinds[k], results[r], (unsigned long long)st->proxy_connects[k][r]);
+}
+
 static void render_connections(strbuf_t *b, const daemon_t *d)
 {
     const stats_t *st = &d->stats;
@@ -62,6 +76,7 @@ static void render_connections(strbuf_t *b, const daemon_t *d)
                  st->conns_closed[r]);
     one(b, "fetchd_connection_reuses_total", "counter",
         "Requests sent on a connection that had served one before.", st->conn_reuses);
+    render_proxy(b, st);
 }
 
 static void render_memory(strbuf_t *b, const daemon_t *d)

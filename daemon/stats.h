@@ -11,22 +11,23 @@
 #include <stdint.h>
 
 /* X(ENUM, metrics label) — one per heap object type. */
-#define STATS_OBJ_MAP(X)           \
-    X(CONN, "conn")                \
-    X(JOB, "job")                  \
-    X(ORIGIN, "origin")            \
-    X(DNS_ENTRY, "dns_entry")      \
-    X(BUFFER, "buffer")            \
-    X(REQUEST, "request")          \
-    X(TLS_CONFIG, "tls_config")    \
-    X(TLS_CONTEXT, "tls_context")  \
-    X(TLS_SESSION, "tls_session")  \
-    X(CTL_CLIENT, "ctl_client")    \
-    X(CTL_WAIT, "ctl_wait")        \
-    X(CTL_SUB, "ctl_subscription") \
-    X(CTL_WRITE, "ctl_write")      \
-    X(DECODER, "decoder")          \
-    X(METRICS_CLIENT, "metrics_client")
+#define STATS_OBJ_MAP(X)                \
+    X(CONN, "conn")                     \
+    X(JOB, "job")                       \
+    X(ORIGIN, "origin")                 \
+    X(DNS_ENTRY, "dns_entry")           \
+    X(BUFFER, "buffer")                 \
+    X(REQUEST, "request")               \
+    X(TLS_CONFIG, "tls_config")         \
+    X(TLS_CONTEXT, "tls_context")       \
+    X(TLS_SESSION, "tls_session")       \
+    X(CTL_CLIENT, "ctl_client")         \
+    X(CTL_WAIT, "ctl_wait")             \
+    X(CTL_SUB, "ctl_subscription")      \
+    X(CTL_WRITE, "ctl_write")           \
+    X(DECODER, "decoder")               \
+    X(METRICS_CLIENT, "metrics_client") \
+    X(PROXY, "proxy")
 
 typedef enum stats_obj {
 #define X(e, label) STATS_OBJ_##e,
@@ -85,6 +86,29 @@ typedef enum stats_result {
     }
 #define STATS_NDURATION 14
 
+/* fetchd_proxy_connects_total{kind, result}: how the proxy leg of new
+ * connections ended. kind: http (a connection to an HTTP proxy for
+ * absolute-form requests), connect (a CONNECT tunnel), socks5. */
+typedef enum stats_proxy_kind {
+    STATS_PROXY_HTTP,
+    STATS_PROXY_CONNECT,
+    STATS_PROXY_SOCKS5,
+    STATS_PROXY__KINDS
+} stats_proxy_kind_t;
+
+/* ok; refused (TCP refused, or the proxy refused the tunnel: a non-2xx
+ * answer to CONNECT, a SOCKS reply other than success); auth (407, or the
+ * SOCKS server refused our methods or credentials); error (a malformed or
+ * cut-short handshake); timeout (connect_timeout ran out in the proxy leg). */
+typedef enum stats_proxy_result {
+    STATS_PROXY_OK,
+    STATS_PROXY_REFUSED,
+    STATS_PROXY_AUTH,
+    STATS_PROXY_ERROR,
+    STATS_PROXY_TIMEOUT,
+    STATS_PROXY__RESULTS
+} stats_proxy_result_t;
+
 typedef struct stats {
     int64_t objects[STATS_OBJ__COUNT]; /* live instances */
     uint64_t conns_opened;
@@ -96,6 +120,7 @@ typedef struct stats {
     uint64_t redirects;
     uint64_t lenient[STATS_LENIENT__COUNT];     /* tolerated deviations, by kind */
     uint64_t duration_buckets[STATS_NDURATION]; /* non-cumulative */
+    uint64_t proxy_connects[STATS_PROXY__KINDS][STATS_PROXY__RESULTS];
     uint64_t duration_count;
     double duration_sum;
 } stats_t;

@@ -123,6 +123,20 @@ static int dec_string(decoder_t *d, const field_t *f, json_t *v)
     return *dst != NULL ? 0 : no_memory(d);
 }
 
+/* A string that may be empty: proxy ("" = direct) and no_proxy. The proxy
+ * URL itself is checked by job_create(). */
+static int dec_text(decoder_t *d, const field_t *f, json_t *v)
+{
+    char **dst = (char **)((char *)d->spec + f->offset);
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    *dst = mem_strndup(s, n);
+    return *dst != NULL ? 0 : no_memory(d);
+}
+
 static int dec_bool(decoder_t *d, const field_t *f, json_t *v)
 {
     if (!json_is_boolean(v))
@@ -463,6 +477,8 @@ static const field_t fields[] = {
     {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
     {"labels", dec_labels, 0, 0, 0},
     {"decode", dec_decode, 0, 0, 0},
+    {"proxy", dec_text, SPEC_OFF(proxy), 0, 0},
+    {"no_proxy", dec_text, SPEC_OFF(no_proxy), 0, 0},
 };
 
 static const field_t *find_field(const char *key, size_t klen)
@@ -769,6 +785,12 @@ json_t *jobspec_encode_spec(const job_spec_t *s)
               set_or_fail(o, "client_key", json_string(s->client_key));
     if (!bad && s->labels)
         bad = set_or_fail(o, "labels", json_incref(s->labels));
+    /* The state file keeps the proxy with its credentials, as it keeps
+     * Authorization headers: the job needs them after a restart. */
+    if (!bad && s->proxy)
+        bad = set_or_fail(o, "proxy", json_string(s->proxy));
+    if (!bad && s->no_proxy)
+        bad = set_or_fail(o, "no_proxy", json_string(s->no_proxy));
     if (bad) {
         json_decref(o);
         return NULL;
