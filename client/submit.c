@@ -101,6 +101,11 @@ static const char submit_help[] =
     "      --compressed     ask for gzip, deflate, br or zstd and store the decoded\n"
     "                       body (--no-compressed: never, whatever fetchd's default)\n"
     "      --priority N     higher runs first (-1000..1000)\n"
+    "      --proxy URL      fetch through this proxy: http://[user:pass@]host[:port],\n"
+    "                       socks5://... or socks5h://... (port 1080 by default);\n"
+    "                       \"\" fetches directly, whatever fetchd's configuration\n"
+    "      --noproxy LIST   hosts to fetch directly (comma-separated: host suffixes,\n"
+    "                       IP addresses, CIDR networks, or *); replaces fetchd's list\n"
     "The options apply to the URLs of the command line and to the URL lines of\n"
     "-i FILE, not to its JSON lines. fetchd checks every job; an invalid one is\n"
     "reported as 'job N: FIELD: MESSAGE' (N counts from 0) and nothing of its\n"
@@ -119,7 +124,9 @@ enum {
     OPT_INSECURE,
     OPT_PRIORITY,
     OPT_COMPRESSED,
-    OPT_NO_COMPRESSED
+    OPT_NO_COMPRESSED,
+    OPT_PROXY,
+    OPT_NOPROXY
 };
 
 static const struct option submit_opts[] = {
@@ -143,6 +150,8 @@ static const struct option submit_opts[] = {
     {"compressed", no_argument, NULL, OPT_COMPRESSED},
     {"no-compressed", no_argument, NULL, OPT_NO_COMPRESSED},
     {"priority", required_argument, NULL, OPT_PRIORITY},
+    {"proxy", required_argument, NULL, OPT_PROXY},
+    {"noproxy", required_argument, NULL, OPT_NOPROXY},
     {0},
 };
 
@@ -295,6 +304,10 @@ static int submit_option(submit_t *s, int opt, const char *arg)
         return json_object_set_new(d, "decode", json_false());
     case OPT_PRIORITY:
         return opt_integer(d, "priority", "--priority", arg);
+    case OPT_PROXY: /* checked by fetchd, which never echoes the credentials */
+        return json_object_set_new(d, "proxy", json_string(arg));
+    case OPT_NOPROXY:
+        return json_object_set_new(d, "no_proxy", json_string(arg));
     default:
         return -1;
     }

@@ -674,9 +674,23 @@ static void px_socks_start(conn_t *c)
     dns_entry_t *e = NULL;
     int rc;
 
-    if (env->proxy->kind == PROXY_SOCKS5H) {
-        px_socks_greet(c);
+    if (env->proxy->kind == PROXY_SOCKS5H && !env->host_is_ip) {
+        px_socks_greet(c); /* the name goes to the proxy */
         return;
+    }
+    if (env->host_is_ip) {
+        /* A literal is sent as an address, with either kind (as curl). */
+        memset(c->px->target, 0, sizeof(c->px->target));
+        c->px->target_v6 = strchr(env->host, ':') != NULL;
+        if (c->px->target_v6 ? uv_inet_pton(AF_INET6, env->host, c->px->target) != 0
+                             : uv_inet_pton(AF_INET, env->host, c->px->target + 12) != 0) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "bad address %s", env->host);
+            return;
+        }
+        if (env->proxy->kind == PROXY_SOCKS5H) {
+            px_socks_greet(c);
+            return;
+        }
     }
     if (env->dns == NULL) {
         px_fail(c, ERR_DNS, STATS_PROXY_ERROR, "no resolver for socks5://");
@@ -744,6 +758,11 @@ static void px_http_head(conn_t *c, size_t hlen)
     if (status == 407) {
         px_fail(c, ERR_PROXY, STATS_PROXY_AUTH, "proxy requires authentication%s (\"%s\")",
                 c->env->proxy->user ? ": it refused the credentials" : "", line);
+        return;
+    }
+    if (status == 401 && c->env->proxy->user) {
+        /* Some proxies (tinyproxy 1.11) answer wrong credentials so. */
+        px_fail(c, ERR_PROXY, STATS_PROXY_AUTH, "the proxy refused the credentials (\"%s\")", line);
         return;
     }
     if (status < 200 || status > 299) {
@@ -1476,6 +1495,13 @@ static int on_headers_complete(llhttp_t *p)
      * field for such a response, and this makes sure of it. */
     if (status < 200)
         return 1; /* an interim response: the final one follows */
+    if (status == 407 && c->env->proxy != NULL && !c->env->tunnel) {
+        /* Only a proxy says 407: the request never reached the origin. */
+        parse_ctx_t *ctx = p->data;
+        snprintf(ctx->msg, sizeof(ctx->msg), "proxy %s: proxy requires authentication%s (407)",
+                 c->env->proxy->shown, c->env->proxy->user ? ": it refused the credentials" : "");
+        return fail_cb(p, ERR_PROXY, ctx->msg);
+    }
     c->final_status = status;
     if (c->framing == FRAMING_LENGTH)
         length = (int64_t)p->content_length;

@@ -274,6 +274,21 @@ static json_t *pair(const char *k1, uint64_t v1, const char *k2, uint64_t v2)
     return o;
 }
 
+/* {"http": {"ok": n, ...}, "connect": {...}, "socks5": {...}} */
+static json_t *proxy_connects_json(const stats_t *st)
+{
+    json_t *o = json_object();
+    for (int k = 0; o && k < STATS_PROXY__KINDS; k++) {
+        json_t *r = json_object();
+        for (int i = 0; r && i < STATS_PROXY__RESULTS; i++)
+            if (set_u64(r, stats_proxy_result_label(i), st->proxy_connects[k][i]) != 0)
+                r = (json_decref(r), NULL);
+        if (r == NULL || json_object_set_new(o, stats_proxy_kind_label(k), r) != 0)
+            o = (json_decref(o), NULL);
+    }
+    return o;
+}
+
 json_t *daemon_stats_json(daemon_t *d)
 {
     stats_t *st = &d->stats;
@@ -327,6 +342,7 @@ json_t *daemon_stats_json(daemon_t *d)
         bad |= set_u64(o, "tls_resumptions_total", d->tls.resumptions);
         bad |= set_u64(o, "dns_lookups_total", d->dns.lookups);
         bad |= set_u64(o, "dns_cache_hits_total", d->dns.hits);
+        bad |= json_object_set_new(o, "proxy_connects_total", proxy_connects_json(st));
     }
     json_decref(objects);
     json_decref(closed);

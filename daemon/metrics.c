@@ -49,16 +49,13 @@ static void labelled(strbuf_t *b, const char *name, const char *label, const cha
 
 static void render_proxy(strbuf_t *b, const stats_t *st)
 {
-    static const char *const kinds[STATS_PROXY__KINDS] = {"http", "connect", "socks5"};
-    static const char *const results[STATS_PROXY__RESULTS] = {"ok", "refused", "auth", "error",
-                                                              "timeout"};
-
     head(b, "fetchd_proxy_connects_total", "counter",
          "Proxy legs of new connections, by kind and how they ended.");
     for (int k = 0; k < STATS_PROXY__KINDS; k++)
         for (int r = 0; r < STATS_PROXY__RESULTS; r++)
             strbuf_printf(b, "fetchd_proxy_connects_total{kind=\"%s\",result=\"%s\"} %llu\n",
-                          kinds[k], results[r], (unsigned long long)st->proxy_connects[k][r]);
+                          stats_proxy_kind_label(k), stats_proxy_result_label(r),
+                          (unsigned long long)st->proxy_connects[k][r]);
 }
 
 static void render_connections(strbuf_t *b, const daemon_t *d)

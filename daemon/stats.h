@@ -109,6 +109,19 @@ typedef enum stats_proxy_result {
     STATS_PROXY__RESULTS
 } stats_proxy_result_t;
 
+static inline const char *stats_proxy_kind_label(int k)
+{
+    static const char *const labels[STATS_PROXY__KINDS] = {"http", "connect", "socks5"};
+    return labels[k];
+}
+
+static inline const char *stats_proxy_result_label(int r)
+{
+    static const char *const labels[STATS_PROXY__RESULTS] = {"ok", "refused", "auth", "error",
+                                                             "timeout"};
+    return labels[r];
+}
+
 typedef struct stats {
     int64_t objects[STATS_OBJ__COUNT]; /* live instances */
     uint64_t conns_opened;
