@@ -641,7 +641,8 @@ static void px_resolved(conn_t *c, dns_entry_t *e)
     char why[160];
 
     if (e->status != 0 || e->naddrs == 0) {
-        px_fail(c, ERR_DNS, STATS_PROXY_ERROR, "resolving %s for SOCKS5: %s", c->env->host,
+        px_fail(c, e->status ? e->status : ERR_DNS, STATS_PROXY_ERROR,
+                "resolving %s for SOCKS5: %s", c->env->host,
                 e->errmsg[0] ? e->errmsg : err_str(ERR_DNS));
         return;
     }

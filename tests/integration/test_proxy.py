@@ -27,9 +27,11 @@ import time
 import unittest
 import urllib.request
 
+import test_alloc
 from ctltest import FETCHCTL, ControlTestCase, clean_env, spec
 from faultserver import FaultServer
-from fetchtest import (SLOWDOWN, Nginx, free_port, missing_tools, remove_tree, tmpdir)
+from fetchtest import (SLOWDOWN, HarnessTestCase, Nginx, free_port, missing_tools, remove_tree,
+                       tmpdir)
 from proxyfault import ProxyFault
 from tlsutil import TlsNginx, certs
 
@@ -623,6 +625,40 @@ class DantedTests(ProxyTestCase):
         self.assert_failed(without, "proxy", "accepts none of our authentication methods")
         self.assertNotIn(PASSWORD, json.dumps([with_creds, without]) + d.log())
         self.assertEqual(self.proxy_counts(c), {"socks5.auth": 2})
+
+
+class ProxyAllocFailures(HarnessTestCase):
+    """Allocation failure at every index of proxied fetches, in the engine
+    (the harness, as test_alloc.py): through tinyproxy in absolute form and
+    by CONNECT with TLS, and through the scripted SOCKS5 relay with local
+    and remote resolution. Each job is done or fails with no_memory, and
+    every count is back at zero at teardown (assert_clean)."""
+
+    torture = test_alloc.Torture.torture
+    run_once = test_alloc.Torture.run_once
+    check_jobs = test_alloc.Torture.check_jobs
+    fetch_scenario = test_alloc.Torture.fetch_scenario
+
+    def test_proxied_fetches(self):
+        reason = missing_tools(("nginx", "nginx"), ("tinyproxy", "tinyproxy"))
+        if reason:
+            self.skipTest(reason)
+        tls_certs = certs()
+        nginx = Nginx().start()
+        self.addCleanup(nginx.stop)
+        tls = TlsNginx(tls_certs).start()
+        self.addCleanup(tls.stop)
+        proxy = Tinyproxy().start()
+        self.addCleanup(proxy.stop)
+        socks = ProxyFault("socks", user="u", password="p").start()
+        self.addCleanup(socks.stop)
+        jobs = [
+            {"url": nginx.url("/1k.bin"), "sha256": True, "proxy": proxy.url("u:p")},
+            {"url": tls.url("/small.txt"), "sha256": True, "proxy": proxy.url()},
+            {"url": tls.url("/small.txt"), "proxy": socks.url("socks5", "u:p")},
+            {"url": nginx.url("/small.txt"), "proxy": socks.url("socks5h", "u:p")},
+        ]
+        self.fetch_scenario("proxy", jobs, ["--ca-file", tls_certs.ca])
 
 
 if __name__ == "__main__":
