@@ -341,6 +341,7 @@ int pool_connect_via(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tl
     w->cb = cb;
     w->data = data;
     w->next = NULL;
+    w->force_new = force_new;
     if (o->waiters_tail)
         o->waiters_tail->next = w;
     else
@@ -483,7 +484,9 @@ static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
 {
     unsigned served = 0;
     while (o->waiters) {
-        int reused = o->idle != NULL;
+        /* A waiter that met a dead reused connection gets a new one (an idle
+         * one of its origin is closed to make room if need be). */
+        int reused = o->idle != NULL && !o->waiters->force_new;
         conn_t *c;
         if (reused) {
             c = idle_pop(p, o);

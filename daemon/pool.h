@@ -54,6 +54,7 @@ struct pool_wait {
     /* private */
     pool_wait_t *next; /* the origin's wait list */
     origin_t *origin;  /* borrowed: the origin it waits at, or NULL */
+    int force_new;     /* it must get a new connection, not an idle one */
 };
 
 struct origin {
@@ -124,7 +125,8 @@ void pool_dispose(pool_t *p);
  *  - POOL_WAIT: w waits (w is borrowed until cb runs or the wait is
  *    cancelled); cb(w, ...) hands it a connection later, from the loop;
  *  - ERR_NO_MEMORY.
- * force_new skips idle connections (a retry after a stale one). */
+ * force_new skips idle connections (a retry after a stale one), also when
+ * the caller has to wait. */
 int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
                  pool_connect_cb cb, void *data, conn_t **out);
 

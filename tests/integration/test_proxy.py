@@ -118,12 +118,13 @@ class Tinyproxy(Daemon):
     name = "tinyproxy"
     scheme = "http"
 
-    def __init__(self, auth=None):
+    def __init__(self, auth=None, max_clients=64):
         super().__init__()
         self.auth = auth
+        self.max_clients = max_clients
 
     def config(self):
-        lines = ["Port %d" % self.port, "Listen 127.0.0.1", "Timeout 30", "MaxClients 64",
+        lines = ["Port %d" % self.port, "Listen 127.0.0.1", "Timeout 30", "MaxClients %d" % self.max_clients,
                  "Allow 127.0.0.1", "LogLevel Info", 'LogFile "%s/log"' % self.dir,
                  'PidFile "%s/pid"' % self.dir]
         if self.auth:
@@ -625,6 +626,22 @@ class DantedTests(ProxyTestCase):
         self.assert_failed(without, "proxy", "accepts none of our authentication methods")
         self.assertNotIn(PASSWORD, json.dumps([with_creds, without]) + d.log())
         self.assertEqual(self.proxy_counts(c), {"socks5.auth": 2})
+
+
+class StaleReuseBehindWaiters(HarnessTestCase):
+    """A proxy that says nothing of closing and closes after every response
+    (tinyproxy 1.11 in absolute form) made fetchd fail requests under load:
+    the retry of a request whose reused connection turned out dead must get
+    a new connection even when it has to wait behind other jobs. /stale
+    closes a connection at its second request, deterministically."""
+
+    def test_retry_after_stale_gets_a_new_connection_from_the_queue(self):
+        with FaultServer() as srv:
+            jobs = [{"url": srv.url("/stale")} for _ in range(4)]
+            events, rc = self.run_harness(jobs + [{"cmd": "wait"}], ["--max-per-host", "1"])
+            self.assert_clean(events, rc)
+            for i in range(4):
+                self.assert_done(self.job(events, i), 200)
 
 
 class ProxyAllocFailures(HarnessTestCase):
