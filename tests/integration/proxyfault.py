@@ -6,6 +6,8 @@
   http502       answers 502 Bad Gateway with a small body, then closes
   http_cut      answers "HTTP/1.1 200 Conn" and closes mid-line
   silent        accepts and reads, never answers (until stopped)
+  http_echo     a keep-alive HTTP proxy that answers every request itself:
+                200 with the request line as the body (no origin is contacted)
   socks_refuse  SOCKS5 without authentication, then reply 0x05 (connection refused)
   socks_cut     SOCKS5 method choice, then closes when the request arrives
   socks         a working SOCKS5 relay (RFC 1928), with RFC 1929
@@ -161,6 +163,20 @@ class ProxyFault:
             sock.sendall(b"HTTP/1.1 200 Conn")
             sock.shutdown(socket.SHUT_WR)
             self._recv(sock)
+
+    def _mode_http_echo(self, sock):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = self._recv(sock)
+                if not chunk:
+                    return
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            with self._lock:
+                self.heads.append(head + b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0]
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
 
     def _mode_silent(self, sock):
         while self._recv(sock):

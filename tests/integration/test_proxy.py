@@ -530,6 +530,26 @@ class FaultyProxies(ProxyTestCase):
         self.assert_failed(job, "proxy", "closed the connection during the CONNECT handshake")
         self.assertEqual(counts, {"connect.error": 1})
 
+    def test_absolute_form_connection_serves_any_http_origin(self):
+        # Names fetchd cannot resolve: only the proxy sees them. One pooled
+        # connection to the proxy carries the requests of both origins.
+        with ProxyFault("http_echo") as px:
+            d = self.start()
+            c = self.connect(d)
+            via = px.url("http", "u:p")
+            first, = self.fetch(c, spec("http://a.invalid/x?1", proxy=via, output="inline"))
+            second, = self.fetch(c, spec("http://b.invalid:8080/y", proxy=via, output="inline"))
+            stats = self.stats(c)
+            self.wait_no_connections(c)
+        self.assertEqual(first["state"], "done", first)
+        self.assertEqual(first["inline"]["data"], "GET http://a.invalid/x?1 HTTP/1.1", first)
+        self.assertEqual(second["inline"]["data"], "GET http://b.invalid:8080/y HTTP/1.1")
+        self.assertEqual(px.accepted, 1)
+        self.assertEqual(stats["connections_opened_total"], 1, stats)
+        self.assertEqual(stats["dns_lookups_total"], 0, stats)  # 127.0.0.1 is a literal
+        self.assertIn(b"\r\nHost: b.invalid:8080\r\n", px.heads[1])
+        self.assertIn(b"\r\nProxy-Authorization: Basic dTpw\r\n", px.heads[1])
+
     def test_socks_reply_refused(self):
         job, counts, _ = self.run_one("socks_refuse",
                                       lambda px: self.http(proxy=px.url("socks5h")))
@@ -605,8 +625,6 @@ class DantedTests(ProxyTestCase):
             self.assert_body(http, self.nginx, "/1m.bin")
             self.assert_body(https, self.tls, "/1k.bin")
             self.assertEqual(self.proxy_counts(c), {"socks5.ok": 2})
-            self.wait_no_connections(c)
-            d.stop()
 
     def test_reply_code_from_danted(self):
         d = self.start(all_proxy=self.socks.url().replace("socks5", "socks5h", 1))
