@@ -534,9 +534,11 @@ static int check_addresses(job_t *j, const dns_entry_t *e)
     for (size_t i = 0; i < e->naddrs; i++) {
         if (netacl_check(j->sched->acl, (const struct sockaddr *)&e->addrs[i], why, sizeof(why)) !=
             0) {
-            finish(j, ERR_FORBIDDEN, "%.60s: %s",
-                   j->conn && conn_proxy_shown(j->conn) ? conn_proxy_shown(j->conn) : j->url.host,
-                   why);
+            /* A copy: finish() closes the connection, and the proxy may go with it. */
+            char host[80];
+            const char *px = j->conn ? conn_proxy_shown(j->conn) : NULL;
+            snprintf(host, sizeof(host), "%s", px ? px : j->url.host);
+            finish(j, ERR_FORBIDDEN, "%.60s: %s", host, why);
             return ERR_FORBIDDEN;
         }
     }
@@ -607,7 +609,9 @@ static void on_conn(job_t *j, conn_t *c, int reused)
     if (rc == DNS_PENDING)
         return;
     if (rc < 0) {
-        finish(j, rc, "resolving %s: %s", hop, err_str(rc));
+        char name[256]; /* a copy: finish() closes c, and its proxy may go with it */
+        snprintf(name, sizeof(name), "%s", hop);
+        finish(j, rc, "resolving %s: %s", name, err_str(rc));
         return;
     }
     start_connect(j, e);
