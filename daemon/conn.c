@@ -498,7 +498,7 @@ static void px_fail(conn_t *c, int err, stats_proxy_result_t r, const char *fmt,
     int n;
     va_list ap;
 
-    n = snprintf(msg, sizeof(msg), "proxy %s: ", c->env->proxy->shown);
+    n = snprintf(msg, sizeof(msg), "proxy %.200s: ", c->env->proxy->shown);
     va_start(ap, fmt);
     vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
     va_end(ap);
