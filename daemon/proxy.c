@@ -170,62 +170,31 @@ static int parse_text(const char *s, parsed_t *out, char *why, size_t len)
     return 0;
 }
 
-/* Percent-decodes n bytes at s into a new string (NULL: no memory, or *bad
- * set for a malformed escape, a NUL, or a result too long). */
-static char *decode_cred(const char *s, size_t n, int *bad)
+/* 1 when the n bytes at s percent-decode to a valid credential: no
+ * malformed escape, no NUL, at most PROXY_MAX_CRED bytes. */
+static int cred_ok(const char *s, size_t n)
 {
-    char *out = mem_alloc(n + 1), *o = out;
+    size_t len = 0;
 
-    *bad = 0;
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            *o++ = s[i];
+    for (size_t i = 0; i < n; i++, len++) {
+        if (s[i] != '%')
             continue;
-        }
         if (i + 2 >= n || !isxdigit((unsigned char)s[i + 1]) ||
-            !isxdigit((unsigned char)s[i + 2])) {
-            *bad = 1;
-            break;
-        }
-        {
-            char hex[3] = {s[i + 1], s[i + 2], '\0'};
-            char c = (char)strtol(hex, NULL, 16);
-            if (c == '\0') {
-                *bad = 1;
-                break;
-            }
-            *o++ = c;
-        }
+            !isxdigit((unsigned char)s[i + 2]) || (s[i + 1] == '0' && s[i + 2] == '0'))
+            return 0;
         i += 2;
     }
-    *o = '\0';
-    if (*bad || (size_t)(o - out) > PROXY_MAX_CRED) {
-        *bad = 1;
-        mem_free(out);
-        return NULL;
-    }
-    return out;
+    return len <= PROXY_MAX_CRED;
 }
 
 static int check_creds(const parsed_t *pz, char *why, size_t len)
 {
-    int bad;
-    char *u, *p;
-
     if (!pz->has_user)
         return 0;
-    u = decode_cred(pz->user, pz->user_len, &bad);
-    if (u == NULL)
-        return bad ? fail(why, len, "malformed or too long user name in the proxy URL")
-                   : ERR_NO_MEMORY;
-    mem_free(u);
-    p = decode_cred(pz->pass ? pz->pass : "", pz->pass_len, &bad);
-    if (p == NULL)
-        return bad ? fail(why, len, "malformed or too long password in the proxy URL")
-                   : ERR_NO_MEMORY;
-    mem_free(p);
+    if (!cred_ok(pz->user, pz->user_len))
+        return fail(why, len, "malformed or too long user name in the proxy URL");
+    if (!cred_ok(pz->pass ? pz->pass : "", pz->pass_len))
+        return fail(why, len, "malformed or too long password in the proxy URL");
     return 0;
 }
 
@@ -237,84 +206,91 @@ int proxy_validate(const char *s, char *why, size_t whylen)
     if (*s == '\0')
         return 0;
     rc = parse_text(s, &pz, why, whylen);
-    if (rc == 0)
-        rc = check_creds(&pz, why, whylen);
-    return rc == ERR_NO_MEMORY ? 0 : rc;
+    return rc == 0 ? check_creds(&pz, why, whylen) : rc;
 }
 
+/* Percent-decodes n bytes at src (checked by check_creds()) into dst;
+ * returns the decoded length. */
+static size_t decode_into(char *dst, const char *src, size_t n)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (src[i] == '%' && i + 2 < n) {
+            char hex[3] = {src[i + 1], src[i + 2], '\0'};
+            dst[o++] = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            dst[o++] = src[i];
+        }
+    }
+    dst[o] = '\0';
+    return o;
+}
+
+/* Wipes the credentials (user, pass, the Basic token live in the block). */
 static void proxy_free(proxy_t *p)
 {
-    if (p->pass)
-        memset(p->pass, 0, strlen(p->pass));
-    if (p->basic)
-        memset(p->basic, 0, strlen(p->basic));
-    mem_free(p->host);
-    mem_free(p->user);
-    mem_free(p->pass);
-    mem_free(p->basic);
-    mem_free(p->shown);
+    if (p->user != NULL)
+        memset(p->user, 0, (size_t)(p->basic + strlen(p->basic) - p->user));
     mem_free(p);
 }
 
-/* Fills the credentials of p from pz: decoded, the Basic token, the hash. */
-static int set_creds(proxy_t *p, const parsed_t *pz)
+/* Fills the credentials of p (their room follows *at in p's block): decoded,
+ * the Basic token, the hash. */
+static void set_creds(proxy_t *p, const parsed_t *pz, char *at)
 {
-    int bad;
-    size_t ul, pl, blen = 0, cap;
+    size_t ul, pl, blen = 0;
     char *joined;
 
-    if (!pz->has_user)
-        return 0;
-    p->user = decode_cred(pz->user, pz->user_len, &bad);
-    p->pass = decode_cred(pz->pass ? pz->pass : "", pz->pass_len, &bad);
-    if (p->user == NULL || p->pass == NULL)
-        return ERR_NO_MEMORY; /* malformed ones were refused before */
-    ul = strlen(p->user);
-    pl = strlen(p->pass);
-    joined = mem_alloc(ul + pl + 2);
-    if (joined == NULL)
-        return ERR_NO_MEMORY;
+    p->user = at;
+    ul = decode_into(p->user, pz->user, pz->user_len);
+    p->pass = p->user + ul + 1;
+    pl = decode_into(p->pass, pz->pass ? pz->pass : "", pz->pass_len);
+    joined = p->pass + pl + 1;
     memcpy(joined, p->user, ul);
     joined[ul] = ':';
     memcpy(joined + ul + 1, p->pass, pl + 1);
-    cap = (ul + pl + 1 + 2) / 3 * 4 + 1;
-    p->basic = mem_alloc(cap);
-    if (p->basic != NULL && mbedtls_base64_encode((unsigned char *)p->basic, cap, &blen,
-                                                  (unsigned char *)joined, ul + pl + 1) != 0) {
-        mem_free(p->basic);
-        p->basic = NULL;
-    }
+    p->basic = joined + ul + pl + 2;
+    /* The room for basic was sized for the encoding of the raw lengths,
+     * which bound the decoded ones. */
+    mbedtls_base64_encode((unsigned char *)p->basic, (ul + pl + 3) / 3 * 4 + 1, &blen,
+                          (unsigned char *)joined, ul + pl + 1);
+    p->basic[blen] = '\0';
     p->cred_id = http_hash(joined) | 1;
     memset(joined, 0, ul + pl + 1);
-    mem_free(joined);
-    return p->basic ? 0 : ERR_NO_MEMORY;
 }
 
+/* One heap block holds the proxy and every string of it: one allocation
+ * per proxied request. */
 int proxy_parse(const char *s, stats_t *stats, proxy_t **out, char *why, size_t whylen)
 {
     parsed_t pz;
     proxy_t *p;
-    size_t shown_len;
+    size_t shown_len, cred_len = 0, size;
     int rc = parse_text(s, &pz, why, whylen);
 
     if (rc == 0)
         rc = check_creds(&pz, why, whylen);
     if (rc != 0)
         return rc;
-    p = mem_calloc(1, sizeof(*p));
+    shown_len = pz.host_len + 32;
+    if (pz.has_user) /* user, pass, "user:pass", and its base64 */
+        cred_len =
+            2 * (pz.user_len + pz.pass_len + 2) + (pz.user_len + pz.pass_len + 3) / 3 * 4 + 1;
+    size = sizeof(*p) + pz.host_len + 1 + shown_len + cred_len;
+    p = mem_calloc(1, size);
     if (p == NULL)
         return ERR_NO_MEMORY;
     p->refcnt = 1;
     p->kind = pz.kind;
     p->port = pz.port;
     p->stats = stats;
-    p->host = mem_strndup(pz.host, pz.host_len);
-    shown_len = pz.host_len + 32;
-    p->shown = mem_alloc(shown_len);
-    if (p->host == NULL || p->shown == NULL || set_creds(p, &pz) != 0) {
-        proxy_free(p);
-        return ERR_NO_MEMORY;
-    }
+    p->host = (char *)(p + 1);
+    memcpy(p->host, pz.host, pz.host_len);
+    p->shown = p->host + pz.host_len + 1;
+    if (pz.has_user)
+        set_creds(p, &pz, p->shown + shown_len);
     for (char *c = p->host; *c; c++)
         *c = (char)tolower((unsigned char)*c);
     {

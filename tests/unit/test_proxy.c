@@ -100,6 +100,22 @@ static void test_refused(void)
     CHECK(proxy_parse("http://user:topsecret@proxy/x", &st, &p, why, sizeof(why)) != 0);
     CHECK(strstr(why, "topsecret") == NULL);
     CHECK_INT(proxy_validate("", why, sizeof(why)), 0);
+    /* RFC 1929 allows 255 bytes of user name and of password (decoded). */
+    {
+        char url[1024], name[300];
+        memset(name, 'u', 255);
+        name[255] = '\0';
+        snprintf(url, sizeof(url), "socks5://%s:%%41@h", name);
+        CHECK_INT(proxy_validate(url, why, sizeof(why)), 0);
+        p = parse_ok(url);
+        CHECK_INT(strlen(p->user), 255);
+        CHECK_STR(p->pass, "A");
+        proxy_decref(p);
+        snprintf(url, sizeof(url), "socks5://%su:x@h", name);
+        CHECK_INT(proxy_validate(url, why, sizeof(why)), ERR_INVALID_REQUEST);
+        CHECK_INT(proxy_validate("http://u:%4@h", why, sizeof(why)), ERR_INVALID_REQUEST);
+        CHECK_INT(proxy_validate("http://u:%4", why, sizeof(why)), ERR_INVALID_REQUEST);
+    }
     CHECK_INT(st.objects[STATS_OBJ_PROXY], 0);
 }
 
