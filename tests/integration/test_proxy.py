@@ -591,6 +591,47 @@ class FaultyProxies(ProxyTestCase):
         self.assertIn((1, "127.0.0.1", b"al@ice"), asked)  # socks5: the address
         self.assertIn(b"p:w%", [a.get("password") for a in px.asked])
 
+    def test_socks5_ipv6_origin(self):
+        # An IPv6 literal goes as address type 4 with either kind; the
+        # scripted relay connects to it (an http.server on ::1).
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"v6 hello\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        try:
+            server = Server(("::1", 0), Handler)
+        except OSError as exc:
+            self.skipTest("no IPv6 loopback: %s" % exc)
+        thread = threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 5)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        url = "http://[::1]:%d/" % server.server_address[1]
+        with ProxyFault("socks") as px:
+            d = self.start()
+            c = self.connect(d)
+            jobs = self.fetch(c, spec(url, proxy=px.url("socks5"), output="inline"),
+                              spec(url, proxy=px.url("socks5h"), output="inline"))
+            self.wait_no_connections(c)
+        for job in jobs:
+            self.assertEqual(job["state"], "done", job)
+            self.assertEqual(job["inline"]["data"], "v6 hello\n", job)
+        self.assertEqual([(a["atyp"], a["host"]) for a in px.asked], [(4, "::1"), (4, "::1")])
+
     def test_socks5_local_resolution_checks_destination_rules(self):
         # localhost resolves to 127.0.0.1, denied here; the proxy listens on
         # 127.0.0.2. With socks5:// fetchd resolves and refuses; with
