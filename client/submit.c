@@ -106,6 +106,11 @@ static const char submit_help[] =
     "      --rate N[/s|/m|/h]  start requests to the job's host at most N per second\n"
     "                       (minute, hour); fetchd's host limits still apply\n"
     "      --delay SEC      wait SEC since the last request start to the host\n"
+    "      --proxy URL      fetch through this proxy: http://[user:pass@]host[:port],\n"
+    "                       socks5://... or socks5h://... (port 1080 by default);\n"
+    "                       \"\" fetches directly, whatever fetchd's configuration\n"
+    "      --noproxy LIST   hosts to fetch directly (comma-separated: host suffixes,\n"
+    "                       IP addresses, CIDR networks, or *); replaces fetchd's list\n"
     "The options apply to the URLs of the command line and to the URL lines of\n"
     "-i FILE, not to its JSON lines. fetchd checks every job; an invalid one is\n"
     "reported as 'job N: FIELD: MESSAGE' (N counts from 0) and nothing of its\n"
@@ -127,7 +132,9 @@ enum {
     OPT_NO_COMPRESSED,
     OPT_LIMIT_RATE,
     OPT_RATE,
-    OPT_DELAY
+    OPT_DELAY,
+    OPT_PROXY,
+    OPT_NOPROXY
 };
 
 static const struct option submit_opts[] = {
@@ -154,6 +161,8 @@ static const struct option submit_opts[] = {
     {"limit-rate", required_argument, NULL, OPT_LIMIT_RATE},
     {"rate", required_argument, NULL, OPT_RATE},
     {"delay", required_argument, NULL, OPT_DELAY},
+    {"proxy", required_argument, NULL, OPT_PROXY},
+    {"noproxy", required_argument, NULL, OPT_NOPROXY},
     {0},
 };
 
@@ -369,6 +378,10 @@ static int submit_option(submit_t *s, int opt, const char *arg)
         return opt_rate(d, arg);
     case OPT_DELAY:
         return opt_delay(d, arg);
+    case OPT_PROXY: /* checked by fetchd, which never echoes the credentials */
+        return json_object_set_new(d, "proxy", json_string(arg));
+    case OPT_NOPROXY:
+        return json_object_set_new(d, "no_proxy", json_string(arg));
     default:
         return -1;
     }

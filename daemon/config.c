@@ -13,6 +13,7 @@
 #include "mem.h"
 #include "netacl.h"
 #include "ratelimit.h"
+#include "proxy.h"
 
 typedef enum {
     OPT_STRING,
@@ -22,7 +23,9 @@ typedef enum {
     OPT_NETS,
     OPT_BOOL,
     OPT_U64,
-    OPT_HOSTS
+    OPT_HOSTS,
+    OPT_PROXY, /* a proxy URL, or "" (direct) */
+    OPT_TEXT   /* a string that may be empty */
 } opt_kind_t;
 
 typedef struct option_def {
@@ -65,6 +68,8 @@ static const option_def_t options[] = {
     {"bandwidth", OPT_U64, OFF(bandwidth), 0, (uint64_t)1 << 50},
     {"limit_rate", OPT_U64, OFF(limit_rate), 0, (uint64_t)1 << 50},
     {"max_limit_rate", OPT_U64, OFF(max_limit_rate), 0, (uint64_t)1 << 50},
+    {"proxy", OPT_PROXY, OFF(proxy), 0, 0},
+    {"no_proxy", OPT_TEXT, OFF(no_proxy), 0, 0},
 };
 
 static const option_def_t *find(const char *key)
@@ -192,6 +197,16 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
         return set_string(cfg, o, value, err, errlen);
     case OPT_NETS:
         return set_nets(cfg, o, value, err, errlen);
+    case OPT_PROXY: {
+        char why[160];
+        if (proxy_validate(value, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%s: %s", o->key, why);
+            return -1;
+        }
+        return store_string(cfg, o, value, err, errlen);
+    }
+    case OPT_TEXT:
+        return store_string(cfg, o, value, err, errlen);
     case OPT_BOOL:
         return set_bool(cfg, o, value, err, errlen);
     case OPT_HOSTS:
@@ -294,7 +309,8 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
         *(int *)(void *)((char *)cfg + o->offset) = json_is_true(v);
         return 0;
     }
-    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL) {
+    if (o->kind == OPT_STRING || o->kind == OPT_LEVEL || o->kind == OPT_PROXY ||
+        o->kind == OPT_TEXT) {
         if (!json_is_string(v)) {
             snprintf(why, len, "\"%s\" must be a string", key);
             return -1;
@@ -410,6 +426,8 @@ static const struct option long_options[] = {
     {"bandwidth", required_argument, NULL, 0},
     {"limit-rate", required_argument, NULL, 0},
     {"max-limit-rate", required_argument, NULL, 0},
+    {"proxy", required_argument, NULL, 0},
+    {"no-proxy", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

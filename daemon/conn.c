@@ -30,6 +30,7 @@
     } while (0)
 
 static void conn_destroy(conn_t *c);
+static void px_dispose(conn_t *c);
 
 /* conn_decref() for the hot path, inlined into every CALL_USER. */
 static inline void conn_release(conn_t *c)
@@ -129,6 +130,7 @@ static void conn_destroy(conn_t *c)
         buf_decref(c->rbuf);
     if (c->tls)
         tls_conn_destroy(c->tls);
+    px_dispose(c);
     strbuf_dispose(&c->hdr);
     strbuf_dispose(&c->line);
     strbuf_dispose(&c->held);
@@ -213,6 +215,8 @@ static void leave_pool(conn_t *c)
     c->env = NULL;
 }
 
+static void px_closing(conn_t *c, stats_close_t reason);
+
 static void on_close(uv_handle_t *h)
 {
     conn_t *c = h->data;
@@ -226,6 +230,8 @@ void conn_close(conn_t *c, stats_close_t reason)
         return;
     conn_incref(c);
     c->stats->conns_closed[reason]++;
+    if (c->px != NULL)
+        px_closing(c, reason);
     leave_pool(c); /* c->env is NULL afterwards */
     c->state = CONN_CLOSING;
     conn_detach(c);
@@ -312,10 +318,20 @@ static int connect_code(int uverr)
     }
 }
 
+static void px_count(conn_t *c, stats_proxy_result_t r);
+
 static void connect_failed(conn_t *c)
 {
     char msg[200];
     int code = connect_code(c->connect_err);
+
+    if (c->px != NULL) {
+        px_count(c, code == ERR_CONNECT_TIMEOUT ? STATS_PROXY_TIMEOUT : STATS_PROXY_REFUSED);
+        snprintf(msg, sizeof(msg), "connect to proxy %s: %s", c->env->proxy->shown,
+                 uv_strerror(c->connect_err));
+        setup_failed(c, code, msg);
+        return;
+    }
 
     snprintf(msg, sizeof(msg), "connect to %s port %u: %s%s", c->env->host, (unsigned)c->env->port,
              uv_strerror(c->connect_err),
@@ -391,6 +407,544 @@ static void start_tls(conn_t *c)
     advance_handshake(c); /* sends the ClientHello */
 }
 
+/* ---- the proxy leg -----------------------------------------------------------
+ * A tunnel's CONNECT request or SOCKS5 handshake, between TCP connect and
+ * TLS (or readiness). Its bytes go out through tls_send() (one copied write
+ * each) and its answers are collected in px->in until complete; nothing
+ * reaches the response parser before the tunnel stands. */
+
+/* The proxy's answers are short: a CONNECT response head (an error page's
+ * body is never read) or a SOCKS reply of at most 262 bytes. */
+#define PX_MAX_ANSWER 16384
+
+typedef enum px_step {
+    PX_TCP,          /* connecting to the proxy */
+    PX_RESOLVING,    /* socks5://: resolving the origin ourselves */
+    PX_HTTP_HEAD,    /* CONNECT sent, reading the response head */
+    PX_SOCKS_METHOD, /* greeting sent, reading the method choice */
+    PX_SOCKS_AUTH,   /* user name and password sent, reading the verdict */
+    PX_SOCKS_REPLY,  /* CONNECT request sent, reading the reply */
+    PX_DONE          /* the tunnel stands (or there was no leg) */
+} px_step_t;
+
+struct conn_px {
+    px_step_t step;
+    int counted;        /* the leg's outcome is in stats->proxy_connects */
+    int dns_pending;    /* dnsw is registered with the cache */
+    dns_waiter_t dnsw;  /* socks5://: the origin's lookup */
+    strbuf_t in;        /* owned: the proxy's answer so far */
+    uint8_t target[16]; /* socks5://: the origin's address */
+    int target_v6;
+};
+
+static void become_active(conn_t *c);
+static void start_tls(conn_t *c);
+static int tls_send(void *ctx, const unsigned char *buf, size_t len);
+
+static stats_proxy_kind_t px_kind(const conn_t *c)
+{
+    if (!c->env->tunnel)
+        return STATS_PROXY_HTTP;
+    return c->env->proxy->kind == PROXY_HTTP ? STATS_PROXY_CONNECT : STATS_PROXY_SOCKS5;
+}
+
+/* Counts the leg's outcome, once per connection. */
+static void px_count(conn_t *c, stats_proxy_result_t r)
+{
+    if (c->px == NULL || c->px->counted || c->env == NULL)
+        return;
+    c->px->counted = 1;
+    c->stats->proxy_connects[px_kind(c)][r]++;
+}
+
+static void px_dispose(conn_t *c)
+{
+    if (c->px == NULL)
+        return;
+    if (c->px->dns_pending)
+        dns_cancel(&c->px->dnsw);
+    strbuf_dispose(&c->px->in);
+    mem_free(c->px);
+    c->px = NULL;
+}
+
+/* The connection closes: a leg cut short by the user's connect timeout is
+ * counted as a timeout (a cancelled one is not counted), and the origin's
+ * lookup is withdrawn. */
+static void px_closing(conn_t *c, stats_close_t reason)
+{
+    if (c->px->step != PX_DONE && reason == STATS_CLOSE_CONNECT_FAILED)
+        px_count(c, STATS_PROXY_TIMEOUT);
+    if (c->px->dns_pending) {
+        dns_cancel(&c->px->dnsw);
+        c->px->dns_pending = 0;
+    }
+}
+
+/* 1 while the proxy leg runs (TCP to the proxy included). */
+static int px_active(const conn_t *c)
+{
+    return c->px != NULL && c->px->step != PX_DONE;
+}
+
+/* The leg failed: counted as r, reported as err with a message naming the
+ * proxy by its shown form (never its credentials). */
+static void px_fail(conn_t *c, int err, stats_proxy_result_t r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void px_fail(conn_t *c, int err, stats_proxy_result_t r, const char *fmt, ...)
+{
+    char msg[256];
+    int n;
+    va_list ap;
+
+    n = snprintf(msg, sizeof(msg), "proxy %.200s: ", c->env->proxy->shown);
+    va_start(ap, fmt);
+    vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+    va_end(ap);
+    px_count(c, r);
+    c->px->step = PX_DONE;
+    setup_failed(c, err, msg);
+}
+
+/* The tunnel stands: TLS to the origin inside it, or ready for requests. */
+static void px_done(conn_t *c)
+{
+    px_count(c, STATS_PROXY_OK);
+    c->px->step = PX_DONE;
+    strbuf_dispose(&c->px->in);
+    if (c->env->tls_config != NULL)
+        start_tls(c);
+    else
+        become_active(c);
+}
+
+static int px_send(conn_t *c, const void *data, size_t len)
+{
+    int rc = tls_send(c, data, len); /* a copied write, as a TLS record's */
+    if (rc != 0)
+        px_fail(c, rc == ERR_NO_MEMORY ? rc : ERR_PROXY, STATS_PROXY_ERROR,
+                "sending the handshake: %s", err_str(rc));
+    return rc;
+}
+
+/* "host:port", brackets around an IPv6 literal. */
+static void px_authority(const conn_t *c, char *out, size_t len)
+{
+    const conn_env_t *e = c->env;
+    snprintf(out, len, strchr(e->host, ':') ? "[%s]:%u" : "%s:%u", e->host, (unsigned)e->port);
+}
+
+static void px_http_connect(conn_t *c)
+{
+    const proxy_t *px = c->env->proxy;
+    char auth[300], *req;
+    size_t cap = 256 + 2 * sizeof(auth) + (px->basic ? strlen(px->basic) : 0);
+    int n;
+
+    px_authority(c, auth, sizeof(auth));
+    req = mem_alloc(cap);
+    if (req == NULL) {
+        px_fail(c, ERR_NO_MEMORY, STATS_PROXY_ERROR, "no memory for the CONNECT request");
+        return;
+    }
+    n = snprintf(req, cap, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: fetchd/%s\r\n%s%s%s\r\n",
+                 auth, auth, FETCHD_VERSION, px->basic ? "Proxy-Authorization: Basic " : "",
+                 px->basic ? px->basic : "", px->basic ? "\r\n" : "");
+    c->px->step = PX_HTTP_HEAD;
+    px_send(c, req, (size_t)n);
+    memset(req, 0, (size_t)n);
+    mem_free(req);
+}
+
+static void px_socks_greet(conn_t *c)
+{
+    const proxy_t *px = c->env->proxy;
+    unsigned char hello[4] = {5, 1, 0, 2};
+
+    if (px->user != NULL)
+        hello[1] = 2; /* no authentication, or user name and password */
+    c->px->step = PX_SOCKS_METHOD;
+    px_send(c, hello, px->user != NULL ? 4 : 3);
+}
+
+static void px_socks_auth(conn_t *c)
+{
+    const proxy_t *px = c->env->proxy;
+    unsigned char msg[3 + 2 * 255];
+    size_t ul = strlen(px->user), pl = strlen(px->pass), n = 0;
+
+    msg[n++] = 1; /* RFC 1929's version */
+    msg[n++] = (unsigned char)ul;
+    memcpy(msg + n, px->user, ul);
+    n += ul;
+    msg[n++] = (unsigned char)pl;
+    memcpy(msg + n, px->pass, pl);
+    n += pl;
+    c->px->step = PX_SOCKS_AUTH;
+    px_send(c, msg, n);
+    memset(msg, 0, sizeof(msg));
+}
+
+static void px_socks_request(conn_t *c)
+{
+    const conn_env_t *e = c->env;
+    unsigned char req[4 + 1 + 255 + 2];
+    size_t n = 0, hl = strlen(e->host);
+
+    req[n++] = 5;
+    req[n++] = 1; /* CONNECT */
+    req[n++] = 0;
+    if (e->proxy->kind == PROXY_SOCKS5H && !e->host_is_ip) {
+        if (hl > 255) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "host name too long for SOCKS5");
+            return;
+        }
+        req[n++] = 3;
+        req[n++] = (unsigned char)hl;
+        memcpy(req + n, e->host, hl);
+        n += hl;
+    } else if (c->px->target_v6) {
+        req[n++] = 4;
+        memcpy(req + n, c->px->target, 16);
+        n += 16;
+    } else {
+        req[n++] = 1;
+        memcpy(req + n, c->px->target + 12, 4);
+        n += 4;
+    }
+    req[n++] = (unsigned char)(e->port >> 8);
+    req[n++] = (unsigned char)(e->port & 0xff);
+    c->px->step = PX_SOCKS_REPLY;
+    px_send(c, req, n);
+}
+
+/* Takes the address a SOCKS5 request names (IPv4-mapped v6 is sent as v4). */
+static void px_set_target(conn_t *c, const struct sockaddr *sa)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+    memset(c->px->target, 0, 16);
+    c->px->target_v6 = 0;
+    if (sa->sa_family == AF_INET) {
+        memcpy(c->px->target + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else {
+        memcpy(c->px->target, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        c->px->target_v6 = memcmp(c->px->target, mapped, 12) != 0;
+    }
+}
+
+/* socks5://: the origin's addresses are ours to check, as on a direct
+ * connection; the first one goes in the request. */
+static void px_resolved(conn_t *c, dns_entry_t *e)
+{
+    char why[160];
+
+    if (e->status != 0 || e->naddrs == 0) {
+        px_fail(c, e->status ? e->status : ERR_DNS, STATS_PROXY_ERROR,
+                "resolving %s for SOCKS5: %s", c->env->host,
+                e->errmsg[0] ? e->errmsg : err_str(ERR_DNS));
+        return;
+    }
+    for (size_t i = 0; i < e->naddrs; i++) {
+        if (netacl_check(c->env->acl, (const struct sockaddr *)&e->addrs[i], why, sizeof(why)) !=
+            0) {
+            px_fail(c, ERR_FORBIDDEN, STATS_PROXY_ERROR, "%.60s: %s", c->env->host, why);
+            return;
+        }
+    }
+    px_set_target(c, (const struct sockaddr *)&e->addrs[0]);
+    px_socks_greet(c);
+}
+
+static void on_px_dns(dns_waiter_t *w, dns_entry_t *e)
+{
+    conn_t *c = w->data;
+
+    conn_incref(c);
+    c->px->dns_pending = 0;
+    if (c->state == CONN_CONNECTING && px_active(c))
+        px_resolved(c, e);
+    dns_entry_decref(e);
+    conn_decref(c);
+}
+
+static void px_socks_start(conn_t *c)
+{
+    const conn_env_t *env = c->env;
+    dns_entry_t *e = NULL;
+    int rc;
+
+    if (env->proxy->kind == PROXY_SOCKS5H && !env->host_is_ip) {
+        px_socks_greet(c); /* the name goes to the proxy */
+        return;
+    }
+    if (env->host_is_ip) {
+        /* A literal is sent as an address, with either kind (as curl). */
+        memset(c->px->target, 0, sizeof(c->px->target));
+        c->px->target_v6 = strchr(env->host, ':') != NULL;
+        if (c->px->target_v6 ? uv_inet_pton(AF_INET6, env->host, c->px->target) != 0
+                             : uv_inet_pton(AF_INET, env->host, c->px->target + 12) != 0) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "bad address %s", env->host);
+            return;
+        }
+        if (env->proxy->kind == PROXY_SOCKS5H) {
+            px_socks_greet(c);
+            return;
+        }
+    }
+    if (env->dns == NULL) {
+        px_fail(c, ERR_DNS, STATS_PROXY_ERROR, "no resolver for socks5://");
+        return;
+    }
+    c->px->step = PX_RESOLVING;
+    c->px->dnsw.cb = on_px_dns;
+    c->px->dnsw.data = c;
+    rc = dns_lookup(env->dns, env->host, env->port, &c->px->dnsw, &e);
+    if (rc == DNS_PENDING) {
+        c->px->dns_pending = 1;
+        return;
+    }
+    if (rc < 0) {
+        px_fail(c, rc, STATS_PROXY_ERROR, "resolving %s: %s", env->host, err_str(rc));
+        return;
+    }
+    px_resolved(c, e);
+    dns_entry_decref(e);
+}
+
+/* TCP to the proxy is up. */
+static void px_start(conn_t *c)
+{
+    if (!c->env->tunnel) {
+        /* Absolute-form requests need no handshake. */
+        px_count(c, STATS_PROXY_OK);
+        c->px->step = PX_DONE;
+        become_active(c);
+    } else if (c->env->proxy->kind == PROXY_HTTP) {
+        px_http_connect(c);
+    } else {
+        px_socks_start(c);
+    }
+}
+
+/* Copies the n bytes at s into out for a message: printable ASCII only. */
+static void px_printable(const char *s, size_t n, char *out, size_t len)
+{
+    size_t i;
+    for (i = 0; i < n && i + 1 < len; i++)
+        out[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+    out[i] = '\0';
+}
+
+/* The CONNECT response head is complete (hlen bytes of px->in). */
+static void px_http_head(conn_t *c, size_t hlen)
+{
+    const char *p = c->px->in.p, *eol = memchr(p, '\n', hlen);
+    size_t llen = (size_t)(eol - p);
+    char line[120], auth[300];
+    int status;
+
+    if (llen > 0 && p[llen - 1] == '\r')
+        llen--;
+    px_printable(p, llen, line, sizeof(line));
+    px_authority(c, auth, sizeof(auth));
+    if (llen < 12 || strncmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ' ||
+        !isdigit((unsigned char)p[9]) || !isdigit((unsigned char)p[10]) ||
+        !isdigit((unsigned char)p[11]) || (llen > 12 && p[12] != ' ')) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "malformed answer to CONNECT: \"%s\"", line);
+        return;
+    }
+    status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    if (status == 407) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_AUTH, "proxy requires authentication%s (\"%s\")",
+                c->env->proxy->user ? ": it refused the credentials" : "", line);
+        return;
+    }
+    if (status == 401 && c->env->proxy->user) {
+        /* Some proxies (tinyproxy 1.11) answer wrong credentials so. */
+        px_fail(c, ERR_PROXY, STATS_PROXY_AUTH, "the proxy refused the credentials (\"%s\")", line);
+        return;
+    }
+    if (status < 200 || status > 299) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_REFUSED, "CONNECT %s refused: \"%s\"", auth, line);
+        return;
+    }
+    if (c->px->in.len > hlen) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "bytes after the answer to CONNECT");
+        return;
+    }
+    px_done(c);
+}
+
+static const char *socks_reply_name(unsigned rep)
+{
+    static const char *const names[] = {"succeeded",
+                                        "general SOCKS server failure",
+                                        "connection not allowed by ruleset",
+                                        "network unreachable",
+                                        "host unreachable",
+                                        "connection refused",
+                                        "TTL expired",
+                                        "command not supported",
+                                        "address type not supported"};
+    return rep < sizeof(names) / sizeof(names[0]) ? names[rep] : "unknown reply code";
+}
+
+/* Bytes a complete SOCKS answer of the current step needs, given what has
+ * arrived (0: not known yet). */
+static size_t px_socks_need(const conn_px_t *px)
+{
+    const unsigned char *in = (const unsigned char *)px->in.p;
+
+    if (px->step != PX_SOCKS_REPLY)
+        return 2;
+    if (px->in.len < 5)
+        return 5;
+    switch (in[3]) {
+    case 1:
+        return 4 + 4 + 2;
+    case 4:
+        return 4 + 16 + 2;
+    case 3:
+        return 4 + 1 + (size_t)in[4] + 2;
+    default:
+        return 0;
+    }
+}
+
+/* A complete SOCKS answer of n bytes is in px->in. */
+static void px_socks_answer(conn_t *c, size_t n)
+{
+    const unsigned char *in = (const unsigned char *)c->px->in.p;
+    int leftover = c->px->in.len > n;
+
+    switch (c->px->step) {
+    case PX_SOCKS_METHOD:
+        if (in[0] != 5) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "not a SOCKS5 server (version %u)", in[0]);
+        } else if (in[1] == 0xff) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_AUTH,
+                    "the SOCKS5 server accepts none of our authentication methods (%s)",
+                    c->env->proxy->user ? "none, user name and password" : "none");
+        } else if (in[1] == 2 && c->env->proxy->user != NULL && !leftover) {
+            strbuf_reset(&c->px->in);
+            px_socks_auth(c);
+        } else if (in[1] == 0 && !leftover) {
+            strbuf_reset(&c->px->in);
+            px_socks_request(c);
+        } else {
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "unexpected SOCKS5 method choice %u", in[1]);
+        }
+        return;
+    case PX_SOCKS_AUTH:
+        if (in[1] != 0) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_AUTH,
+                    "the SOCKS5 server refused the user name and password (status %u)", in[1]);
+        } else if (leftover) {
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "bytes after the SOCKS5 answer");
+        } else {
+            strbuf_reset(&c->px->in);
+            px_socks_request(c);
+        }
+        return;
+    default:
+        if (leftover)
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "bytes after the SOCKS5 reply");
+        else
+            px_done(c);
+        return;
+    }
+}
+
+/* A SOCKS reply's code is known from its second byte: an error is reported
+ * at once (servers often close without sending the rest). */
+static int px_socks_early(conn_t *c)
+{
+    const unsigned char *in = (const unsigned char *)c->px->in.p;
+    char auth[300];
+
+    if (c->px->step != PX_SOCKS_REPLY || c->px->in.len < 2)
+        return 0;
+    if (in[0] != 5) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "malformed SOCKS5 reply (version %u)", in[0]);
+        return 1;
+    }
+    if (in[1] == 0)
+        return 0;
+    px_authority(c, auth, sizeof(auth));
+    px_fail(c, ERR_PROXY, STATS_PROXY_REFUSED, "SOCKS5 connect to %s failed: reply 0x%02x (%s)",
+            auth, in[1], socks_reply_name(in[1]));
+    return 1;
+}
+
+/* Bytes from the proxy during the leg. */
+static void px_input(conn_t *c, buf_t *b)
+{
+    conn_px_t *px = c->px;
+    size_t need;
+    const char *end;
+
+    if (px->step != PX_HTTP_HEAD && px->step != PX_SOCKS_METHOD && px->step != PX_SOCKS_AUTH &&
+        px->step != PX_SOCKS_REPLY) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "spoke before it was asked");
+        return;
+    }
+    if (px->in.len + b->len > PX_MAX_ANSWER) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "answer longer than %d bytes", PX_MAX_ANSWER);
+        return;
+    }
+    if (strbuf_append(&px->in, b->data, b->len) != 0) {
+        px_fail(c, ERR_NO_MEMORY, STATS_PROXY_ERROR, "no memory for the proxy's answer");
+        return;
+    }
+    if (px->step == PX_HTTP_HEAD) {
+        end = strstr(px->in.p, "\r\n\r\n");
+        if (end != NULL)
+            px_http_head(c, (size_t)(end + 4 - px->in.p));
+        else if ((end = strstr(px->in.p, "\n\n")) != NULL)
+            px_http_head(c, (size_t)(end + 2 - px->in.p));
+        else if (memchr(px->in.p, '\0', px->in.len) != NULL)
+            px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "NUL byte in the answer to CONNECT");
+        return;
+    }
+    if (px_socks_early(c))
+        return;
+    need = px_socks_need(px);
+    if (need == 0) {
+        px_fail(c, ERR_PROXY, STATS_PROXY_ERROR, "malformed SOCKS5 reply (address type %u)",
+                (unsigned char)px->in.p[3]);
+        return;
+    }
+    if (px->in.len >= need)
+        px_socks_answer(c, need);
+}
+
+/* The proxy closed (or reset) the connection during the leg. */
+static void px_ended(conn_t *c, ssize_t n)
+{
+    px_fail(c, n == UV_ENOBUFS ? ERR_NO_MEMORY : ERR_PROXY, STATS_PROXY_ERROR,
+            "%s during the %s handshake",
+            n == UV_EOF ? "the proxy closed the connection" : uv_strerror((int)n),
+            c->env->proxy->kind == PROXY_HTTP ? "CONNECT" : "SOCKS5");
+}
+
+const char *conn_hop_host(const conn_t *c, uint16_t *port)
+{
+    const conn_env_t *e = c->env;
+    if (e->proxy != NULL) {
+        *port = e->proxy->port;
+        return e->proxy->host;
+    }
+    *port = e->port;
+    return e->host;
+}
+
+const char *conn_proxy_shown(const conn_t *c)
+{
+    return c->env != NULL && c->env->proxy != NULL ? c->env->proxy->shown : NULL;
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     conn_t *c = req->data;
@@ -419,7 +973,9 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     c->reading = 1;
-    if (c->env->tls_config != NULL)
+    if (c->px != NULL)
+        px_start(c);
+    else if (c->env->tls_config != NULL)
         start_tls(c);
     else
         become_active(c);
@@ -431,6 +987,11 @@ int conn_connect(conn_t *c, dns_entry_t *e)
     assert(c->state == CONN_CONNECTING && c->dns == NULL);
     if (e->naddrs == 0)
         return ERR_DNS;
+    if (c->env->proxy != NULL && c->px == NULL) {
+        c->px = mem_calloc(1, sizeof(*c->px));
+        if (c->px == NULL)
+            return ERR_NO_MEMORY;
+    }
     dns_entry_incref(e);
     c->dns = e;
     c->addr_index = 0;
@@ -542,7 +1103,9 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     assert(c->state == CONN_ACTIVE &&
            c->user != NULL); /* A plain connection reuses its one write request; TLS records queue
                               * in order behind the handshake's last flight. */
-    assert(c->tls != NULL || c->writes_pending == 0);
+    /* The proxy leg's writes are copies of their own (as TLS records): a
+     * tunnel's last one may still be pending, and write_req is free. */
+    assert(c->tls != NULL || c->px != NULL || c->writes_pending == 0);
     llhttp_reset(&c->parser);
     c->requests++;
     c->head_request = head;
@@ -679,6 +1242,10 @@ static void read_ended(conn_t *c, ssize_t n)
         conn_close(c, STATS_CLOSE_PEER_CLOSED);
         return;
     }
+    if (c->state == CONN_CONNECTING && px_active(c)) {
+        px_ended(c, n);
+        return;
+    }
     if (c->state == CONN_CONNECTING) {
         /* ENOBUFS: on_alloc found no read buffer, an allocation failed. */
         int err = n == UV_ENOBUFS ? ERR_NO_MEMORY : ERR_TLS_HANDSHAKE;
@@ -794,7 +1361,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *ub)
     } else if (n > 0) {
         b->len = (size_t)n;
         c->stats->received_bytes += (uint64_t)n;
-        if (c->tls)
+        if (c->state == CONN_CONNECTING && px_active(c))
+            px_input(c, b);
+        else if (c->tls)
             tls_input(c, b);
         else
             plain_input(c, b);
@@ -933,6 +1502,13 @@ static int on_headers_complete(llhttp_t *p)
      * field for such a response, and this makes sure of it. */
     if (status < 200)
         return 1; /* an interim response: the final one follows */
+    if (status == 407 && c->env->proxy != NULL && !c->env->tunnel) {
+        /* Only a proxy says 407: the request never reached the origin. */
+        parse_ctx_t *ctx = p->data;
+        snprintf(ctx->msg, sizeof(ctx->msg), "proxy %s: proxy requires authentication%s (407)",
+                 c->env->proxy->shown, c->env->proxy->user ? ": it refused the credentials" : "");
+        return fail_cb(p, ERR_PROXY, ctx->msg);
+    }
     c->final_status = status;
     if (c->framing == FRAMING_LENGTH)
         length = (int64_t)p->content_length;

@@ -14,6 +14,15 @@
  * owner (an origin) outlives the connection's life in the pool, because the
  * connection tells it through hooks->on_closing before it lets go.
  *
+ * Through a proxy (env->proxy): the TCP connection goes to the proxy's
+ * addresses (those given to conn_connect()). An absolute-form connection to
+ * an HTTP proxy (env->tunnel 0) is ready once TCP is up. A tunnel
+ * (env->tunnel 1) runs the proxy leg first, still CONNECTING: a CONNECT
+ * request to an HTTP proxy, or the SOCKS5 handshake (RFC 1928/1929), then
+ * TLS to env->host inside it for https, exactly as on a direct connection.
+ * connect_timeout (the user's timer) covers the whole leg; its outcome is
+ * counted in stats->proxy_connects.
+ *
  * The connection knows neither jobs nor pools. It reports to its user
  * through the conn_user_ops_t given to conn_attach(), and to its pool through
  * the conn_pool_hooks_t of its environment (as h2o's socket pool sets
@@ -31,6 +40,8 @@
 
 #include "buf.h"
 #include "dns.h"
+#include "netacl.h"
+#include "proxy.h"
 #include "stats.h"
 #include "strbuf.h"
 #include "tls.h"
@@ -100,7 +111,13 @@ typedef struct conn_env {
     tls_config_t *tls_config;       /* borrowed; NULL for plain TCP */
     const conn_pool_hooks_t *hooks; /* borrowed */
     void *hook_data;                /* borrowed: the pool's (its origin) */
+    const proxy_t *proxy;           /* borrowed: the proxy to go through, or NULL */
+    int tunnel;                     /* 1: a CONNECT or SOCKS5 tunnel to host:port through proxy */
+    dns_t *dns;                     /* borrowed: resolves the origin for socks5://; may be NULL */
+    const netacl_t *acl; /* borrowed: checks the origin's address for socks5://; NULL allows */
 } conn_env_t;
+
+typedef struct conn_px conn_px_t;
 
 struct conn {
     uv_tcp_t tcp; /* tcp.data == this */
@@ -116,6 +133,7 @@ struct conn {
     /* private */
     dns_entry_t *dns; /* owned reference while connecting */
     tls_conn_t *tls;  /* owned: the TLS session of an https connection */
+    conn_px_t *px;    /* owned: the proxy leg's state (conn.c), with a proxy only */
     size_t addr_index;
     int connect_err;
     uv_connect_t connect_req;
@@ -200,6 +218,15 @@ void conn_close(conn_t *c, stats_close_t reason);
 
 /* 1 while the TCP connection is up and its TLS handshake is not done. */
 int conn_handshaking(const conn_t *c);
+
+/* The host and port the TCP connection goes to: the proxy's when there is
+ * one, else the origin's. The string is borrowed from the environment;
+ * call while the connection is not closing. */
+const char *conn_hop_host(const conn_t *c, uint16_t *port);
+
+/* The proxy as shown to people ("http://host:port", no credentials), or
+ * NULL without a proxy or once closing. */
+const char *conn_proxy_shown(const conn_t *c);
 
 void conn_incref(conn_t *c);
 /* Returns 1 when the connection was freed. */

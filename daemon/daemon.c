@@ -42,6 +42,8 @@ void daemon_config_dispose(daemon_config_t *cfg)
     mem_free(cfg->allow_networks);
     mem_free(cfg->queue);
     mem_free(cfg->host_limits);
+    mem_free(cfg->proxy);
+    mem_free(cfg->no_proxy);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -61,6 +63,8 @@ static void apply_limits(daemon_t *d)
     d->sched.rl.limit_rate = d->cfg.limit_rate;
     d->sched.rl.max_limit_rate = d->cfg.max_limit_rate;
     d->sched.rl.min_burst = DAEMON_BUF_SIZE;
+    d->pool.proxies.cfg_proxy = d->cfg.proxy;
+    d->pool.proxies.cfg_no_proxy = d->cfg.no_proxy;
 }
 
 /* The host rules from their text (checked when the configuration was read,
@@ -152,6 +156,8 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.bandwidth = cfg->bandwidth;
     d->cfg.limit_rate = cfg->limit_rate;
     d->cfg.max_limit_rate = cfg->max_limit_rate;
+    take(&d->cfg.proxy, &cfg->proxy); /* a new proxy applies to requests from now on */
+    take(&d->cfg.no_proxy, &cfg->no_proxy);
     log_set_level(cfg->log_level);
     if (!same(d->cfg.host_limits, cfg->host_limits)) {
         char *prev = d->cfg.host_limits;
@@ -215,7 +221,12 @@ int daemon_init(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t errlen)
             if (rc == 0) {
                 d->sched.env.tls = &d->tls;
                 d->sched.env.acl = &d->acl;
+                d->sched.env.proxies = &d->pool.proxies;
                 d->pool.acl = &d->acl;
+                d->pool.dns = &d->dns;
+                /* The environment's proxies are read once, at start. */
+                if (proxy_conf_load_env(&d->pool.proxies) != 0)
+                    log_warn("no memory for the proxy environment variables");
                 apply_limits(d);
                 ratelimit_set_rules(&d->sched.rl, &rules);
                 return 0;
@@ -309,6 +320,21 @@ static json_t *pair(const char *k1, uint64_t v1, const char *k2, uint64_t v2)
     return o;
 }
 
+/* {"http": {"ok": n, ...}, "connect": {...}, "socks5": {...}} */
+static json_t *proxy_connects_json(const stats_t *st)
+{
+    json_t *o = json_object();
+    for (int k = 0; o && k < STATS_PROXY__KINDS; k++) {
+        json_t *r = json_object();
+        for (int i = 0; r && i < STATS_PROXY__RESULTS; i++)
+            if (set_u64(r, stats_proxy_result_label(i), st->proxy_connects[k][i]) != 0)
+                r = (json_decref(r), NULL);
+        if (r == NULL || json_object_set_new(o, stats_proxy_kind_label(k), r) != 0)
+            o = (json_decref(o), NULL);
+    }
+    return o;
+}
+
 json_t *daemon_stats_json(daemon_t *d)
 {
     stats_t *st = &d->stats;
@@ -371,6 +397,7 @@ json_t *daemon_stats_json(daemon_t *d)
                           "pending", (json_int_t)st->queue.pending, "connected",
                           st->queue.connected, "reconnects_total",
                           (json_int_t)st->queue.reconnects));
+        bad |= json_object_set_new(o, "proxy_connects_total", proxy_connects_json(st));
     }
     json_decref(objects);
     json_decref(closed);

@@ -54,6 +54,8 @@ typedef struct daemon_config {
     uint64_t bandwidth;         /* 0: body bytes/s of all jobs together, 0 = unlimited */
     uint64_t limit_rate;        /* 0: body bytes/s of a job that sets none, 0 = unlimited */
     uint64_t max_limit_rate;    /* 0: the most a job may ask for, 0 = no cap */
+    char *proxy;                /* owned; NULL: the environment's; "": direct (proxy.h) */
+    char *no_proxy;             /* owned; NULL: the environment's no_proxy */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

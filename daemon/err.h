@@ -33,7 +33,8 @@
     X(QUEUE_FULL, "queue_full", "job queue is full")                        \
     X(FORBIDDEN, "forbidden", "destination address is forbidden")           \
     X(NO_FDS, "no_file_descriptors", "out of file descriptors")             \
-    X(CONTENT_DECODING, "content_decoding", "content decoding failed")
+    X(CONTENT_DECODING, "content_decoding", "content decoding failed")      \
+    X(PROXY, "proxy", "proxy error")
 
 enum {
     ERR_OK = 0,

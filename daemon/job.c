@@ -38,6 +38,7 @@
 #include "log.h"
 #include "mem.h"
 #include "pool.h"
+#include "proxy.h"
 #include "retry.h"
 
 /* What the response being read is for. */
@@ -119,6 +120,8 @@ void job_spec_dispose(job_spec_t *spec)
     mem_free(spec->ca_file);
     mem_free(spec->client_cert);
     mem_free(spec->client_key);
+    mem_free(spec->proxy);
+    mem_free(spec->no_proxy);
     if (spec->labels)
         json_decref(spec->labels);
     memset(spec, 0, sizeof(*spec));
@@ -208,6 +211,10 @@ static int validate(job_t *j, char *err, size_t errlen)
         rc = ensure_tls(j, err, errlen);
         if (rc != 0)
             return rc;
+    }
+    if (j->spec.proxy && proxy_validate(j->spec.proxy, err + 7, errlen - 7) != 0) {
+        memcpy(err, "proxy: ", 7);
+        return ERR_INVALID_REQUEST;
     }
     if (j->spec.method &&
         (!http_is_token(j->spec.method, strlen(j->spec.method)) || strlen(j->spec.method) > 32)) {
@@ -306,6 +313,7 @@ size_t job_cost(const job_t *j)
     n += sp->body ? sp->body_len + 1 : 0;
     n += str_cost(sp->output_path) + str_cost(j->file_path) + str_cost(sp->expected_sha256);
     n += str_cost(sp->ca_file) + str_cost(sp->client_cert) + str_cost(sp->client_key);
+    n += str_cost(sp->proxy) + str_cost(sp->no_proxy);
     n += json_cost(sp->labels, 0);
     return n;
 }
@@ -424,11 +432,16 @@ static int sends_body(const job_t *j)
 }
 
 /* Serialises the request head into j->req_head, reusing its memory. */
-static int build_request(job_t *j)
+static int build_request(job_t *j, const proxy_t *px)
 {
     const char *m = job_method(j);
-    size_t need = strlen(m) + strlen(j->url.target) + strlen(j->url.authority) + 128 +
-                  sizeof("Accept-Encoding: " DECODE_ACCEPT "\r\n");
+    /* Through an HTTP proxy a plain http request is in absolute form. */
+    int fwd = px != NULL && px->kind == PROXY_HTTP && j->url.scheme == URL_HTTP;
+    const char *target = fwd ? j->url.href : j->url.target;
+    const char *basic = fwd && !user_has_header(j, "Proxy-Authorization") ? px->basic : NULL;
+    size_t need = strlen(m) + strlen(target) + strlen(j->url.authority) + 128 +
+                  sizeof("Accept-Encoding: " DECODE_ACCEPT "\r\n") +
+                  (basic ? strlen(basic) + 32 : 0);
     int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
     int accept_enc = decodes(j) && !user_has_header(j, "Accept-Encoding");
     size_t len;
@@ -440,8 +453,9 @@ static int build_request(job_t *j)
     if (p == NULL)
         return ERR_NO_MEMORY;
     j->req_head = p;
-    len = (size_t)snprintf(p, need, "%s %s HTTP/1.1\r\nHost: %s\r\n", m, j->url.target,
-                           j->url.authority);
+    len = (size_t)snprintf(p, need, "%s %s HTTP/1.1\r\nHost: %s\r\n", m, target, j->url.authority);
+    if (basic)
+        len += (size_t)snprintf(p + len, need - len, "Proxy-Authorization: Basic %s\r\n", basic);
     if (ua)
         len += (size_t)snprintf(p + len, need - len, "User-Agent: fetchd/%s\r\n", FETCHD_VERSION);
     if (accept)
@@ -505,7 +519,11 @@ static int check_addresses(job_t *j, const dns_entry_t *e)
     for (size_t i = 0; i < e->naddrs; i++) {
         if (netacl_check(j->env->acl, (const struct sockaddr *)&e->addrs[i], why, sizeof(why)) !=
             0) {
-            finish(j, ERR_FORBIDDEN, "%.60s: %s", j->url.host, why);
+            /* A copy: finish() closes the connection, and the proxy may go with it. */
+            char host[80];
+            const char *px = j->conn ? conn_proxy_shown(j->conn) : NULL;
+            snprintf(host, sizeof(host), "%s", px ? px : j->url.host);
+            finish(j, ERR_FORBIDDEN, "%.60s: %s", host, why);
             return ERR_FORBIDDEN;
         }
     }
@@ -546,6 +564,8 @@ static const conn_user_ops_t conn_ops;
 static void on_conn(job_t *j, conn_t *c, int reused)
 {
     dns_entry_t *e = NULL;
+    const char *hop;
+    uint16_t hop_port;
     int rc;
 
     if (c == NULL) {
@@ -564,11 +584,15 @@ static void on_conn(job_t *j, conn_t *c, int reused)
     job_set_phase(j, JOB_PH_RESOLVING, 0);
     j->dns_waiter.cb = on_dns;
     j->dns_waiter.data = j;
-    rc = dns_lookup(j->env->dns, j->url.host, j->url.port, &j->dns_waiter, &e);
+    /* Through a proxy, the proxy's name is the one resolved here. */
+    hop = conn_hop_host(c, &hop_port);
+    rc = dns_lookup(j->env->dns, hop, hop_port, &j->dns_waiter, &e);
     if (rc == DNS_PENDING)
         return;
     if (rc < 0) {
-        finish(j, rc, "resolving %s: %s", j->url.host, err_str(rc));
+        char name[256]; /* a copy: finish() closes c, and its proxy may go with it */
+        snprintf(name, sizeof(name), "%s", hop);
+        finish(j, rc, "resolving %s: %s", name, err_str(rc));
         return;
     }
     start_connect(j, e);
@@ -987,7 +1011,11 @@ static void on_total_timeout(uv_timer_t *t)
 static void on_phase_timeout(uv_timer_t *t)
 {
     job_t *j = t->data;
-    char msg[96];
+    const char *px = j->conn ? conn_proxy_shown(j->conn) : NULL;
+    char msg[384], via[128];
+
+    /* A copy: the proxy may go with the connection closed below. */
+    snprintf(via, sizeof(via), "%s%s", px ? " through proxy " : "", px ? px : "");
 
     switch (j->phase) {
     case JOB_PH_RESOLVING:
@@ -1001,7 +1029,7 @@ static void on_phase_timeout(uv_timer_t *t)
         dns_cancel(&j->dns_waiter);
         if (j->conn)
             conn_close(j->conn, STATS_CLOSE_CONNECT_FAILED);
-        snprintf(msg, sizeof(msg), "no connection to %s within %.3g s", j->url.authority,
+        snprintf(msg, sizeof(msg), "no connection to %.100s%s within %.3g s", j->url.authority, via,
                  j->spec.connect_timeout_ms / 1e3);
         retry_or_fail(j, ERR_CONNECT_TIMEOUT, msg);
         break;
@@ -1031,18 +1059,34 @@ static void on_pool_conn(pool_wait_t *w, conn_t *c, int reused)
 static void attempt(job_t *j)
 {
     conn_t *c = NULL;
+    proxy_t *px = NULL;
+    char why[192];
     int rc;
 
     j->attempts++;
     reset_response(j);
-    rc = build_request(j);
+    /* Chosen anew for every request: a redirect may lead elsewhere. */
+    rc = proxy_select(j->env->proxies, &j->url, j->spec.proxy, j->spec.no_proxy, &px, why,
+                      sizeof(why));
+    if (rc == 0 && px != NULL &&
+        (rc = proxy_check_literal(j->env->acl, &j->url, why, sizeof(why))) != 0)
+        proxy_decref(px);
     if (rc != 0) {
+        finish(j, rc, "%s", why);
+        return;
+    }
+    rc = build_request(j, px);
+    if (rc != 0) {
+        if (px)
+            proxy_decref(px);
         finish(j, rc, "building the request: %s", err_str(rc));
         return;
     }
     job_set_phase(j, JOB_PH_WAIT_CONN, 0);
-    rc = pool_connect(j->env->pool, &j->pool_wait, &j->url, j->tls_config, j->force_new,
-                      on_pool_conn, j, &c);
+    rc = pool_connect_via(j->env->pool, &j->pool_wait, &j->url, j->tls_config, px, j->force_new,
+                          on_pool_conn, j, &c);
+    if (px)
+        proxy_decref(px); /* the origin holds its own */
     j->force_new = 0;
     switch (rc) {
     case POOL_REUSED:

@@ -83,6 +83,8 @@ typedef struct job_spec {
     uint64_t delay_ms;              /* 0: least time since the last start to its host */
     uint64_t limit_rate;            /* 0: the daemon's default; body bytes/s at most */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
+    char *proxy;    /* NULL: the daemon's choice; "": direct; else a proxy URL (proxy.h) */
+    char *no_proxy; /* NULL: the daemon's no_proxy list; else this job's (proxy.h) */
 } job_spec_t;
 
 #define JOB_DEFAULT_CONNECT_TIMEOUT_MS    10000
@@ -116,20 +118,21 @@ typedef struct job_owner_ops {
  * borrowed by the job: the owner (the scheduler, which embeds it) outlives
  * its jobs. The owner may change the public knobs between jobs. */
 typedef struct job_env {
-    uv_loop_t *loop;            /* borrowed */
-    stats_t *stats;             /* borrowed */
-    pool_t *pool;               /* borrowed */
-    dns_t *dns;                 /* borrowed */
-    buf_pool_t *bufs;           /* borrowed */
-    tls_t *tls;                 /* borrowed: set by the daemon */
-    const netacl_t *acl;        /* borrowed: set by the daemon; NULL allows all */
-    ratelimit_t *rl;            /* borrowed: byte rates; NULL: none */
-    const char *download_dir;   /* borrowed: canonical path, or NULL (file output refused) */
-    int decode;                 /* public: jobs decode content unless they say not */
-    uint64_t decode_max_ratio;  /* public: decoded/encoded size cap; 0 = none */
-    retry_policy_t retry;       /* public: backoff steps and caps */
-    const job_owner_ops_t *ops; /* borrowed: the owner's */
-    void *owner;                /* borrowed: passed to ops */
+    uv_loop_t *loop;             /* borrowed */
+    stats_t *stats;              /* borrowed */
+    pool_t *pool;                /* borrowed */
+    dns_t *dns;                  /* borrowed */
+    buf_pool_t *bufs;            /* borrowed */
+    tls_t *tls;                  /* borrowed: set by the daemon */
+    const netacl_t *acl;         /* borrowed: set by the daemon; NULL allows all */
+    ratelimit_t *rl;             /* borrowed: byte rates; NULL: none */
+    const proxy_conf_t *proxies; /* borrowed: set by the daemon; where proxies come from */
+    const char *download_dir;    /* borrowed: canonical path, or NULL (file output refused) */
+    int decode;                  /* public: jobs decode content unless they say not */
+    uint64_t decode_max_ratio;   /* public: decoded/encoded size cap; 0 = none */
+    retry_policy_t retry;        /* public: backoff steps and caps */
+    const job_owner_ops_t *ops;  /* borrowed: the owner's */
+    void *owner;                 /* borrowed: passed to ops */
 } job_env_t;
 
 /* The phases of a running job; job_set_phase() in job.c is their only

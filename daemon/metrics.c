@@ -53,6 +53,17 @@ static void labelled(strbuf_t *b, const char *name, const char *label, const cha
     strbuf_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, value, v);
 }
 
+static void render_proxy(strbuf_t *b, const stats_t *st)
+{
+    head(b, "fetchd_proxy_connects_total", "counter",
+         "Proxy legs of new connections, by kind and how they ended.");
+    for (int k = 0; k < STATS_PROXY__KINDS; k++)
+        for (int r = 0; r < STATS_PROXY__RESULTS; r++)
+            strbuf_printf(b, "fetchd_proxy_connects_total{kind=\"%s\",result=\"%s\"} %llu\n",
+                          stats_proxy_kind_label(k), stats_proxy_result_label(r),
+                          (unsigned long long)st->proxy_connects[k][r]);
+}
+
 static void render_connections(strbuf_t *b, const daemon_t *d)
 {
     const stats_t *st = &d->stats;
@@ -68,6 +79,7 @@ static void render_connections(strbuf_t *b, const daemon_t *d)
                  st->conns_closed[r]);
     one(b, "fetchd_connection_reuses_total", "counter",
         "Requests sent on a connection that had served one before.", st->conn_reuses);
+    render_proxy(b, st);
 }
 
 /* Buffers in use, without those control clients hold while their own

@@ -31,6 +31,7 @@ static void on_handle_close(uv_handle_t *h)
 int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs)
 {
     memset(p, 0, sizeof(*p));
+    proxy_conf_init(&p->proxies, stats);
     p->loop = loop;
     p->stats = stats;
     p->bufs = bufs;
@@ -54,9 +55,19 @@ int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs)
 /* The key names the TLS configuration by its id: one per combination of CA
  * file, verification and client certificate. It doubles as the key of the
  * origin's TLS sessions. */
-static int format_key(char *out, size_t len, const url_t *u, const tls_config_t *tls)
+static int format_key(char *out, size_t len, const url_t *u, const tls_config_t *tls,
+                      const proxy_t *px)
 {
-    int n = snprintf(out, len, "%s://%s:%u#%u", url_scheme_name(u->scheme), u->host,
+    int n;
+
+    if (px != NULL && px->kind == PROXY_HTTP && u->scheme == URL_HTTP)
+        n = snprintf(out, len, "%s#%llx", px->shown, (unsigned long long)px->cred_id);
+    else if (px != NULL)
+        n = snprintf(out, len, "%s://%s:%u#%u via %s#%llx", url_scheme_name(u->scheme), u->host,
+                     (unsigned)u->port, tls ? tls->id : 0, px->shown,
+                     (unsigned long long)px->cred_id);
+    else
+        n = snprintf(out, len, "%s://%s:%u#%u", url_scheme_name(u->scheme), u->host,
                      (unsigned)u->port, tls ? tls->id : 0);
     return n > 0 && (size_t)n < len ? 0 : ERR_INVALID_REQUEST;
 }
@@ -81,13 +92,20 @@ static void grow_table(pool_t *p)
     p->nbuckets = n;
 }
 
-static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
+/* An absolute-form origin: its connections go to the proxy itself. */
+static int forward_origin(const url_t *u, const proxy_t *px)
 {
-    char key[512];
+    return px != NULL && px->kind == PROXY_HTTP && u->scheme == URL_HTTP;
+}
+
+static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls, proxy_t *px)
+{
+    char key[1024];
     size_t k;
     origin_t *o;
+    int fwd = forward_origin(u, px);
 
-    if (format_key(key, sizeof(key), u, tls) != 0)
+    if (format_key(key, sizeof(key), u, tls, px) != 0)
         return NULL;
     k = http_hash(key) & (p->nbuckets - 1);
     for (o = p->buckets[k]; o; o = o->hnext)
@@ -97,7 +115,7 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
     if (o == NULL)
         return NULL;
     o->key = mem_strdup(key);
-    o->host = mem_strdup(u->host);
+    o->host = mem_strdup(fwd ? px->host : u->host);
     if (o->key == NULL || o->host == NULL) {
         mem_free(o->key);
         mem_free(o->host);
@@ -106,12 +124,15 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
     }
     o->pool = p;
     o->scheme = u->scheme;
-    o->port = u->port;
-    o->host_is_ip = u->host_is_ip;
+    o->port = fwd ? px->port : u->port;
+    o->host_is_ip = fwd ? px->host_is_ip : u->host_is_ip;
     o->tls_config = tls;
     o->acl_gen = p->acl_gen;
     if (tls)
         tls_config_incref(tls);
+    o->proxy = px;
+    if (px)
+        proxy_incref(px);
     o->env = (conn_env_t){
         .loop = p->loop,
         .stats = p->stats,
@@ -123,6 +144,10 @@ static origin_t *origin_get(pool_t *p, const url_t *u, tls_config_t *tls)
         .tls_config = o->tls_config,
         .hooks = &conn_hooks,
         .hook_data = o,
+        .proxy = px,
+        .tunnel = px != NULL && !fwd,
+        .dns = p->dns,
+        .acl = p->acl,
     };
     o->hnext = p->buckets[k];
     p->buckets[k] = o;
@@ -150,6 +175,8 @@ static void origin_maybe_free(origin_t *o)
     stats_obj_destroyed(p->stats, STATS_OBJ_ORIGIN);
     if (o->tls_config)
         tls_config_decref(o->tls_config);
+    if (o->proxy)
+        proxy_decref(o->proxy);
     mem_free(o->key);
     mem_free(o->host);
     mem_free(o);
@@ -280,6 +307,12 @@ static conn_t *open_conn(pool_t *p, origin_t *o)
 int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
                  pool_connect_cb cb, void *data, conn_t **out)
 {
+    return pool_connect_via(p, w, u, tls, NULL, force_new, cb, data, out);
+}
+
+int pool_connect_via(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, proxy_t *px,
+                     int force_new, pool_connect_cb cb, void *data, conn_t **out)
+{
     origin_t *o;
 
     /* A job that started on https keeps its TLS configuration after an
@@ -287,7 +320,7 @@ int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, i
      * connections would start a TLS handshake with a plain server. */
     if (u->scheme != URL_HTTPS)
         tls = NULL;
-    o = origin_get(p, u, tls);
+    o = origin_get(p, u, tls, px);
 
     if (o == NULL)
         return ERR_NO_MEMORY;
@@ -308,6 +341,7 @@ int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, i
     w->cb = cb;
     w->data = data;
     w->next = NULL;
+    w->force_new = force_new;
     if (o->waiters_tail)
         o->waiters_tail->next = w;
     else
@@ -450,7 +484,9 @@ static unsigned serve_waiters(pool_t *p, origin_t *o, int open)
 {
     unsigned served = 0;
     while (o->waiters) {
-        int reused = o->idle != NULL;
+        /* A waiter that met a dead reused connection gets a new one (an idle
+         * one of its origin is closed to make room if need be). */
+        int reused = o->idle != NULL && !o->waiters->force_new;
         conn_t *c;
         if (reused) {
             c = idle_pop(p, o);
@@ -576,6 +612,7 @@ void pool_close(pool_t *p)
 void pool_dispose(pool_t *p)
 {
     assert(p->norigins == 0 && p->handles_open == 0);
+    proxy_conf_dispose(&p->proxies);
     mem_free(p->buckets);
     p->buckets = NULL;
 }

@@ -15,6 +15,13 @@
  * never sees a job). An origin lives while it has connections or waiters.
  * Its connections tell it what becomes of them through the hooks it set in
  * their environment (origin.env): pool_return() and pool_detach().
+ *
+ * Through a proxy the origin's key names the proxy too (its shown form and a
+ * hash of its credentials): an HTTP proxy's absolute-form connections are
+ * keyed by the proxy alone, so any http origin reuses them; a tunnel (CONNECT
+ * or SOCKS5) is keyed by proxy, origin and TLS configuration, and is reused
+ * only for its origin. The per-host limit applies to such an origin: to the
+ * proxy as a whole for absolute-form requests.
  */
 #ifndef FETCHD_POOL_H
 #define FETCHD_POOL_H
@@ -25,6 +32,7 @@
 #include "buf.h"
 #include "conn.h"
 #include "netacl.h"
+#include "proxy.h"
 #include "stats.h"
 #include "tls.h"
 #include "url.h"
@@ -46,6 +54,7 @@ struct pool_wait {
     /* private */
     pool_wait_t *next; /* the origin's wait list */
     origin_t *origin;  /* borrowed: the origin it waits at, or NULL */
+    int force_new;     /* it must get a new connection, not an idle one */
 };
 
 struct origin {
@@ -56,6 +65,7 @@ struct origin {
     uint16_t port;
     int host_is_ip;
     tls_config_t *tls_config; /* owned reference; NULL for http */
+    proxy_t *proxy;           /* owned reference: the proxy its connections go through, or NULL */
     conn_env_t env;           /* what its connections borrow (they point at it) */
     unsigned nconns;          /* connections of this origin that are not closing */
     unsigned nidle;
@@ -78,6 +88,8 @@ struct pool {
     uint64_t idle_timeout_ms;             /* public */
     const netacl_t *acl;                  /* public, borrowed: NULL allows all */
     unsigned acl_gen;                     /* public: bumped when acl's rules change */
+    dns_t *dns;                           /* public, borrowed: socks5:// resolves with it */
+    proxy_conf_t proxies;                 /* public: where proxies come from (proxy.h) */
     unsigned nconns;                      /* read-only: connections not closing */
     unsigned nconnecting, nactive, nidle; /* read-only gauges */
     /* private */
@@ -113,9 +125,16 @@ void pool_dispose(pool_t *p);
  *  - POOL_WAIT: w waits (w is borrowed until cb runs or the wait is
  *    cancelled); cb(w, ...) hands it a connection later, from the loop;
  *  - ERR_NO_MEMORY.
- * force_new skips idle connections (a retry after a stale one). */
+ * force_new skips idle connections (a retry after a stale one), also when
+ * the caller has to wait. */
 int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
                  pool_connect_cb cb, void *data, conn_t **out);
+
+/* pool_connect() through the proxy px (borrowed; NULL: direct). An http URL
+ * through an HTTP proxy gets a connection of the proxy's absolute-form
+ * origin; any other URL through a proxy a tunnel of its own origin. */
+int pool_connect_via(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, proxy_t *px,
+                     int force_new, pool_connect_cb cb, void *data, conn_t **out);
 
 /* Withdraws w from its origin's wait list, if it is there. */
 void pool_cancel_connect(pool_wait_t *w);

@@ -13,26 +13,27 @@
 #include "err.h"
 
 /* X(ENUM, metrics label) — one per heap object type. */
-#define STATS_OBJ_MAP(X)           \
-    X(CONN, "conn")                \
-    X(JOB, "job")                  \
-    X(ORIGIN, "origin")            \
-    X(DNS_ENTRY, "dns_entry")      \
-    X(BUFFER, "buffer")            \
-    X(REQUEST, "request")          \
-    X(TLS_CONFIG, "tls_config")    \
-    X(TLS_CONTEXT, "tls_context")  \
-    X(TLS_SESSION, "tls_session")  \
-    X(CTL_CLIENT, "ctl_client")    \
-    X(CTL_WAIT, "ctl_wait")        \
-    X(CTL_SUB, "ctl_subscription") \
-    X(CTL_WRITE, "ctl_write")      \
-    X(DECODER, "decoder")          \
-    X(REDIS_CONN, "redis_conn")    \
-    X(QUEUE_ENTRY, "queue_entry")  \
-    X(HISTORY, "history")          \
-    X(HOST_LIMIT, "host_limit")    \
-    X(METRICS_CLIENT, "metrics_client")
+#define STATS_OBJ_MAP(X)                \
+    X(CONN, "conn")                     \
+    X(JOB, "job")                       \
+    X(ORIGIN, "origin")                 \
+    X(DNS_ENTRY, "dns_entry")           \
+    X(BUFFER, "buffer")                 \
+    X(REQUEST, "request")               \
+    X(TLS_CONFIG, "tls_config")         \
+    X(TLS_CONTEXT, "tls_context")       \
+    X(TLS_SESSION, "tls_session")       \
+    X(CTL_CLIENT, "ctl_client")         \
+    X(CTL_WAIT, "ctl_wait")             \
+    X(CTL_SUB, "ctl_subscription")      \
+    X(CTL_WRITE, "ctl_write")           \
+    X(DECODER, "decoder")               \
+    X(REDIS_CONN, "redis_conn")         \
+    X(QUEUE_ENTRY, "queue_entry")       \
+    X(HISTORY, "history")               \
+    X(HOST_LIMIT, "host_limit")         \
+    X(METRICS_CLIENT, "metrics_client") \
+    X(PROXY, "proxy")
 
 typedef enum stats_obj {
 #define X(e, label) STATS_OBJ_##e,
@@ -97,6 +98,41 @@ typedef struct stats_queue {
     uint64_t read, acked, claimed, failed, reconnects; /* counters */
     uint64_t pending; /* entries held: read or claimed, not acked yet */
 } stats_queue_t;
+/* fetchd_proxy_connects_total{kind, result}: how the proxy leg of new
+ * connections ended. kind: http (a connection to an HTTP proxy for
+ * absolute-form requests), connect (a CONNECT tunnel), socks5. */
+typedef enum stats_proxy_kind {
+    STATS_PROXY_HTTP,
+    STATS_PROXY_CONNECT,
+    STATS_PROXY_SOCKS5,
+    STATS_PROXY__KINDS
+} stats_proxy_kind_t;
+
+/* ok; refused (TCP refused, or the proxy refused the tunnel: a non-2xx
+ * answer to CONNECT, a SOCKS reply other than success); auth (407, or the
+ * SOCKS server refused our methods or credentials); error (a malformed or
+ * cut-short handshake); timeout (connect_timeout ran out in the proxy leg). */
+typedef enum stats_proxy_result {
+    STATS_PROXY_OK,
+    STATS_PROXY_REFUSED,
+    STATS_PROXY_AUTH,
+    STATS_PROXY_ERROR,
+    STATS_PROXY_TIMEOUT,
+    STATS_PROXY__RESULTS
+} stats_proxy_result_t;
+
+static inline const char *stats_proxy_kind_label(int k)
+{
+    static const char *const labels[STATS_PROXY__KINDS] = {"http", "connect", "socks5"};
+    return labels[k];
+}
+
+static inline const char *stats_proxy_result_label(int r)
+{
+    static const char *const labels[STATS_PROXY__RESULTS] = {"ok", "refused", "auth", "error",
+                                                             "timeout"};
+    return labels[r];
+}
 
 typedef struct stats {
     int64_t objects[STATS_OBJ__COUNT]; /* live instances */
@@ -109,6 +145,7 @@ typedef struct stats {
     uint64_t redirects;
     uint64_t lenient[STATS_LENIENT__COUNT];     /* tolerated deviations, by kind */
     uint64_t duration_buckets[STATS_NDURATION]; /* non-cumulative */
+    uint64_t proxy_connects[STATS_PROXY__KINDS][STATS_PROXY__RESULTS];
     uint64_t duration_count;
     double duration_sum;
     stats_queue_t queue;

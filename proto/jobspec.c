@@ -123,6 +123,20 @@ static int dec_string(decoder_t *d, const field_t *f, json_t *v)
     return *dst != NULL ? 0 : no_memory(d);
 }
 
+/* A string that may be empty: proxy ("" = direct) and no_proxy. The proxy
+ * URL itself is checked by job_create(). */
+static int dec_text(decoder_t *d, const field_t *f, json_t *v)
+{
+    char **dst = (char **)((char *)d->spec + f->offset);
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    *dst = mem_strndup(s, n);
+    return *dst != NULL ? 0 : no_memory(d);
+}
+
 static int dec_bool(decoder_t *d, const field_t *f, json_t *v)
 {
     if (!json_is_boolean(v))
@@ -487,6 +501,8 @@ static const field_t fields[] = {
     {"rate", dec_rate, 0, 0, 0},
     {"delay", dec_delay, 0, 0, 0},
     {"limit_rate", dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
+    {"proxy", dec_text, SPEC_OFF(proxy), 0, 0},
+    {"no_proxy", dec_text, SPEC_OFF(no_proxy), 0, 0},
 };
 
 static const field_t *find_field(const char *key, size_t klen)
@@ -805,6 +821,12 @@ json_t *jobspec_encode_spec(const job_spec_t *s)
         bad = set_or_fail(o, "delay", json_real(s->delay_ms / 1e3));
     if (!bad && s->limit_rate)
         bad = set_or_fail(o, "limit_rate", json_integer((json_int_t)s->limit_rate));
+    /* The state file keeps the proxy with its credentials, as it keeps
+     * Authorization headers: the job needs them after a restart. */
+    if (!bad && s->proxy)
+        bad = set_or_fail(o, "proxy", json_string(s->proxy));
+    if (!bad && s->no_proxy)
+        bad = set_or_fail(o, "no_proxy", json_string(s->no_proxy));
     if (bad) {
         json_decref(o);
         return NULL;

@@ -5,13 +5,19 @@ fetchd's.
 
     python3 tests/bench/bench.py [--requests 20000] [--concurrency 64]
         [--large-requests 200] [--wrk-seconds 5] [--repeat 3]
-        [--skip undici,wrk] [--workloads small,large,https] [--bin-dir DIR]
+        [--skip undici,wrk] [--workloads small,large,https,proxy,proxy-https]
+        [--bin-dir DIR]
         [--timeout 300]
 
 Workloads (each bounded by a count and by --timeout):
   small   N GETs of /small.txt (6 bytes) with keep-alive, C at a time
   large   --large-requests GETs of /4m.bin, C at a time
   https   the small workload over TLS (nginx with the test CA's certificate)
+  proxy   the small workload through a tinyproxy on loopback (absolute-form
+          requests): fetchd with the job field `proxy`, curl with -x; undici
+          and wrk do not take part
+  proxy-https  the https workload through the same tinyproxy (CONNECT
+          tunnels, TLS inside), fetchd and curl -x only
 
 Tools:
   fetchd  a fresh daemon per run (--max-connections C --max-per-host C);
@@ -57,7 +63,7 @@ from fetchtest import Nginx, remove_tree, tmpdir  # noqa: E402
 from tlsutil import TlsNginx, certs  # noqa: E402
 
 TOOLS = ("fetchd", "curl", "undici", "wrk")
-WORKLOADS = ("small", "large", "https")
+WORKLOADS = ("small", "large", "https", "proxy", "proxy-https")
 UNDICI_SCRIPT = os.path.join(HERE, "undici_bench.mjs")
 UNDICI_MODULE = os.path.join(HERE, "node_modules", "undici")
 UNDICI_INSTALL = "cd tests/bench && npm install"
@@ -239,7 +245,7 @@ def run_fetchd(url, n, conc, args, extra_spec=None):
 
 # curl -----------------------------------------------------------------------
 
-def run_curl(url, n, conc, args, cafile=None):
+def run_curl(url, n, conc, args, cafile=None, proxy=None):
     work = tmpdir("bench-curl-")
     try:
         config = os.path.join(work, "urls.conf")
@@ -250,6 +256,8 @@ def run_curl(url, n, conc, args, cafile=None):
                "--write-out", "%{http_code} %{size_download}\\n", "--config", config]
         if cafile:
             cmd += ["--cacert", cafile]
+        if proxy:
+            cmd += ["--proxy", proxy]
         out, err, rc, wall, cpu = run_child(cmd, args.timeout)
     finally:
         remove_tree(work)
@@ -348,15 +356,20 @@ def measure(tool, fn, repeat):
     return median
 
 
-def run_workload(name, url, n, conc, args, cafile=None):
-    extra = {"ca_file": cafile} if cafile else None
+def run_workload(name, url, n, conc, args, cafile=None, proxy=None):
+    extra = {"ca_file": cafile} if cafile else {}
+    if proxy:
+        extra["proxy"] = proxy
     results = []
     skip = args.skip
     rep = args.repeat
     if "fetchd" not in skip:
         results.append(measure("fetchd", lambda: run_fetchd(url, n, conc, args, extra), rep))
     if "curl" not in skip:
-        results.append(measure("curl", lambda: run_curl(url, n, conc, args, cafile), rep))
+        results.append(measure("curl", lambda: run_curl(url, n, conc, args, cafile, proxy),
+                               rep))
+    if proxy:
+        return results  # undici and wrk are not pointed at proxies here
     if "undici" not in skip:
         why = undici_missing()
         if why:
@@ -456,7 +469,8 @@ def parse_args():
                     help="limit for any one tool's run, seconds")
     ap.add_argument("--skip", action="append", default=[],
                     type=lambda s: csv(s, TOOLS), help="tools to leave out, e.g. undici,wrk")
-    ap.add_argument("--workloads", default=list(WORKLOADS), type=lambda s: csv(s, WORKLOADS),
+    ap.add_argument("--workloads", default=["small", "large", "https"],
+                    type=lambda s: csv(s, WORKLOADS),
                     help="which workloads (default: small,large,https)")
     ap.add_argument("--bin-dir", default=ctltest.BIN_DIR,
                     help="where fetchd is (default: $FETCHD_BIN_DIR or build/bin)")
@@ -510,6 +524,31 @@ def main():
             results = run_workload("https", url, n, c, args, cafile)
             print_table("small GETs over https: %d x %s, concurrency %d (test CA)"
                         % (n, url, c), results, show_mib=False)
+    if "proxy" in args.workloads or "proxy-https" in args.workloads:
+        run_proxy_workloads(args, n, c)
+
+
+def run_proxy_workloads(args, n, c):
+    """The proxy workloads: one tinyproxy (test_proxy.py's) for both."""
+    from test_proxy import Tinyproxy  # noqa: E402 (tinyproxy is needed only here)
+
+    proxy = Tinyproxy(max_clients=4 * c).start()
+    try:
+        if "proxy" in args.workloads:
+            with Nginx() as nginx:
+                url = nginx.url("/small.txt")
+                results = run_workload("proxy", url, n, c, args, proxy=proxy.url())
+                print_table("small GETs through tinyproxy %s: %d x %s, concurrency %d"
+                            % (proxy.url(), n, url, c), results, show_mib=False)
+        if "proxy-https" in args.workloads:
+            with TlsNginx() as nginx:
+                url = nginx.url("/small.txt", host="127.0.0.1")
+                results = run_workload("proxy-https", url, n, c, args, certs().ca,
+                                       proxy=proxy.url())
+                print_table("small GETs over https through tinyproxy (CONNECT): %d x %s, "
+                            "concurrency %d" % (n, url, c), results, show_mib=False)
+    finally:
+        proxy.stop()
 
 
 if __name__ == "__main__":

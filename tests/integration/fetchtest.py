@@ -33,6 +33,13 @@ KEEP_TMP = bool(os.environ.get("FETCHD_KEEP_TMP"))
 # machine, and a skipped test is a test that did not run.
 CI = os.environ.get("CI") == "true"
 
+# fetchd reads proxies from the environment (as curl does): the tests talk to
+# servers on loopback directly, whatever proxy the machine running them sets.
+# test_proxy.py gives each daemon the variables it tests.
+for _name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+              "no_proxy", "NO_PROXY"):
+    os.environ.pop(_name, None)
+
 
 # ---- no silent skips under CI ------------------------------------------------
 #

@@ -32,11 +32,12 @@
 typedef enum fake_mode { FAKE_REUSED, FAKE_NEW, FAKE_WAIT, FAKE_FAIL } fake_mode_t;
 
 static struct fake {
-    fake_mode_t mode;     /* what the next pool_connect() does */
-    int connects;         /* pool_connect() calls */
+    fake_mode_t mode;     /* what the next pool_connect_via() does */
+    int connects;         /* pool_connect_via() calls */
     int last_force_new;   /* its force_new */
     int cancels;          /* pool_cancel_connect() calls with the wait pending */
     pool_wait_t *waiting; /* the wait the pool holds, or NULL */
+    const url_t *url;     /* the URL of the last pool_connect_via() (borrowed) */
     conn_t *conn;         /* the connection handed out last (borrowed) */
     int conns_live;       /* fake connections not yet freed */
     int conn_connects;    /* conn_connect() calls */
@@ -59,12 +60,13 @@ static conn_t *fake_conn_new(conn_state_t state)
     return c;
 }
 
-int pool_connect(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, int force_new,
-                 pool_connect_cb cb, void *data, conn_t **out)
+int pool_connect_via(pool_t *p, pool_wait_t *w, const url_t *u, tls_config_t *tls, proxy_t *px,
+                     int force_new, pool_connect_cb cb, void *data, conn_t **out)
 {
     (void)p;
-    (void)u;
     (void)tls;
+    (void)px;
+    F.url = u;
     F.connects++;
     F.last_force_new = force_new;
     w->cb = cb;
@@ -95,6 +97,20 @@ void pool_cancel_connect(pool_wait_t *w)
 int pool_wait_pending(const pool_wait_t *w)
 {
     return F.waiting == w;
+}
+
+/* No proxy: the hop is the origin of the last connect. */
+const char *conn_hop_host(const conn_t *c, uint16_t *port)
+{
+    (void)c;
+    *port = F.url->port;
+    return F.url->host;
+}
+
+const char *conn_proxy_shown(const conn_t *c)
+{
+    (void)c;
+    return NULL;
 }
 
 void conn_attach(conn_t *c, const conn_user_ops_t *ops, void *user)
@@ -269,6 +285,7 @@ typedef struct fixture {
     uv_timer_t tick; /* wakes the loop while a test waits, so every wait is bounded */
     stats_t stats;
     dns_t dns;
+    proxy_conf_t proxies;
     job_env_t env;
     owner_t owner;
     uint64_t blocks0, libuv0;
@@ -300,6 +317,8 @@ static void setup(fixture_t *f)
     f->env.loop = &f->loop;
     f->env.stats = &f->stats;
     f->env.dns = &f->dns;
+    proxy_conf_init(&f->proxies, &f->stats); /* none: every request goes direct */
+    f->env.proxies = &f->proxies;
     retry_policy_init(&f->env.retry);
     f->env.retry.base_ms = 2; /* a backoff of 1 ms with owner_random's 0.5 */
     f->env.ops = &owner_ops;
@@ -334,6 +353,7 @@ static void finish_test(fixture_t *f, job_t *j)
     CHECK_INT(F.conns_live, 0);
     CHECK(F.waiting == NULL);
     dns_dispose(&f->dns);
+    proxy_conf_dispose(&f->proxies);
     CHECK(run_until(f, NULL));
     for (int t = 0; t < STATS_OBJ__COUNT; t++)
         CHECK_INT(f->stats.objects[t], 0);
