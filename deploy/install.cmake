@@ -51,6 +51,7 @@ endif()
 
 install(TARGETS fetchd fetchctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchd.service"
+              "${CMAKE_CURRENT_LIST_DIR}/fetchd@.service"
               "${CMAKE_CURRENT_LIST_DIR}/fetchd.socket"
         DESTINATION "${FETCHD_SYSTEMD_UNIT_DIR}")
 install(FILES "${CMAKE_CURRENT_LIST_DIR}/fetchd.sysusers"
@@ -79,7 +80,8 @@ set(CPACK_PACKAGE_DESCRIPTION
     "connections, and shows on its Prometheus metrics endpoint that its\n"
     "connection, buffer, job and heap counts return to their baseline.\n"
     "fetchctl is its command-line client. The package ships systemd units\n"
-    "(fetchd.service, fetchd.socket) that are installed but not enabled.")
+    "(fetchd.service, fetchd.socket, and fetchd@.service for several Redis\n"
+    "queue consumers on one host) that are installed but not enabled.")
 string(REPLACE ";" "" CPACK_PACKAGE_DESCRIPTION "${CPACK_PACKAGE_DESCRIPTION}")
 set(CPACK_DEBIAN_PACKAGE_SECTION "net")
 set(CPACK_DEBIAN_PACKAGE_PRIORITY "optional")

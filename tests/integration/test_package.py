@@ -23,6 +23,7 @@ EXPECTED = [
     "./usr/bin/fetchd",
     "./usr/bin/fetchctl",
     "./lib/systemd/system/fetchd.service",
+    "./lib/systemd/system/fetchd@.service",
     "./lib/systemd/system/fetchd.socket",
     "./usr/lib/sysusers.d/fetchd.conf",
     "./etc/fetchd/fetchd.json",

@@ -38,6 +38,7 @@ from fetchtest import REPO, SLOWDOWN, remove_tree, skip_unless_tools, tmpdir
 DEPLOY = os.path.join(REPO, "deploy")
 SERVICE = os.path.join(DEPLOY, "fetchd.service")
 SOCKET_UNIT = os.path.join(DEPLOY, "fetchd.socket")
+TEMPLATE_UNIT = os.path.join(DEPLOY, "fetchd@.service")
 CONFIG = os.path.join(DEPLOY, "fetchd.json")
 MAN_PAGES = {"man8/fetchd.8": os.path.join(DEPLOY, "fetchd.8"),
              "man1/fetchctl.1": os.path.join(REPO, "client", "fetchctl.1")}
@@ -103,9 +104,16 @@ class Units(unittest.TestCase):
         with open(os.path.join(units, "fetchd.service"), "w") as f:
             f.write(text.replace("ExecStart=/usr/bin/fetchd ", "ExecStart=%s " % FETCHD))
         shutil.copy(SOCKET_UNIT, units)
+        # The queue consumers' template, verified through an instance of it.
+        with open(TEMPLATE_UNIT) as f:
+            text = f.read()
+        self.assertIn("ExecStart=/usr/bin/fetchd ", text)
+        with open(os.path.join(units, "fetchd@.service"), "w") as f:
+            f.write(text.replace("ExecStart=/usr/bin/fetchd ", "ExecStart=%s " % FETCHD))
         env = dict(os.environ, MANPATH=self.man_tree(), SYSTEMD_LOG_LEVEL="notice")
         p = subprocess.run([SYSTEMD_ANALYZE, "verify", os.path.join(units, "fetchd.service"),
-                            os.path.join(units, "fetchd.socket")],
+                            os.path.join(units, "fetchd.socket"),
+                            os.path.join(units, "fetchd@1.service")],
                            capture_output=True, text=True, env=env, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertEqual(p.stdout + p.stderr, "", "verify printed warnings")
