@@ -108,8 +108,8 @@ static int text_value(decoder_t *d, const char *field, json_t *v, const char **s
     return 0;
 }
 
-/* Stores a heap copy of a non-empty string field at f->offset. */
-static int dec_string(decoder_t *d, const field_t *f, json_t *v)
+/* Stores a heap copy of a string field at f->offset. */
+static int store_text(decoder_t *d, const field_t *f, json_t *v, int allow_empty)
 {
     char **dst = (char **)((char *)d->spec + f->offset);
     const char *s = NULL;
@@ -117,24 +117,23 @@ static int dec_string(decoder_t *d, const field_t *f, json_t *v)
     int rc = text_value(d, f->name, v, &s, &n);
     if (rc != 0)
         return rc;
-    if (n == 0)
+    if (n == 0 && !allow_empty)
         return bad(d, f->name, "must not be empty");
     *dst = mem_strndup(s, n);
     return *dst != NULL ? 0 : no_memory(d);
+}
+
+/* A non-empty string. */
+static int dec_string(decoder_t *d, const field_t *f, json_t *v)
+{
+    return store_text(d, f, v, 0);
 }
 
 /* A string that may be empty: proxy ("" = direct) and no_proxy. The proxy
  * URL itself is checked by job_create(). */
 static int dec_text(decoder_t *d, const field_t *f, json_t *v)
 {
-    char **dst = (char **)((char *)d->spec + f->offset);
-    const char *s = NULL;
-    size_t n = 0;
-    int rc = text_value(d, f->name, v, &s, &n);
-    if (rc != 0)
-        return rc;
-    *dst = mem_strndup(s, n);
-    return *dst != NULL ? 0 : no_memory(d);
+    return store_text(d, f, v, 1);
 }
 
 static int dec_bool(decoder_t *d, const field_t *f, json_t *v)
