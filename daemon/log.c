@@ -145,13 +145,20 @@ void log_msg(log_level_t level, const char *fmt, ...)
     if (journal) {
         n = snprintf(line, sizeof(line), "<%d>", (int)level);
     } else {
+        /* The date and time to the second, formatted once a second. */
+        static time_t stamp_sec = (time_t)-1;
+        static char stamp[32];
         struct timespec ts;
-        struct tm tm;
         clock_gettime(CLOCK_REALTIME, &ts);
-        localtime_r(&ts.tv_sec, &tm);
-        n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-        n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld fetchd[%s] ",
-                      ts.tv_nsec / 1000000, level_word(level));
+        if (ts.tv_sec != stamp_sec) {
+            struct tm tm;
+            localtime_r(&ts.tv_sec, &tm);
+            if (strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+                stamp[0] = '\0';
+            stamp_sec = ts.tv_sec;
+        }
+        n = snprintf(line, sizeof(line), "%s.%03ld fetchd[%s] ", stamp, ts.tv_nsec / 1000000,
+                     level_word(level));
     }
     va_start(ap, fmt);
     m = vsnprintf(msg, sizeof(msg), fmt, ap);

@@ -213,10 +213,12 @@ static void log_finished(const job_t *j)
 
     if (j->http_status > 0)
         snprintf(status, sizeof(status), "%d", j->http_status);
-    log_info("job %s %s: status=%s bytes=%llu duration=%.3fs error=%s url=%s", j->id,
+    /* The duration from whole milliseconds, without a floating-point printf. */
+    log_info("job %s %s: status=%s bytes=%llu duration=%llu.%03us error=%s url=%s", j->id,
              j->state <= JOB_CANCELLED && results[j->state] ? results[j->state] : "?", status,
-             (unsigned long long)j->bytes, j->timings.total_ms / 1e3,
-             j->error ? err_name(j->error) : "-", url_for_log(j->spec.url, url, sizeof(url)));
+             (unsigned long long)j->bytes, (unsigned long long)(j->timings.total_ms / 1000),
+             (unsigned)(j->timings.total_ms % 1000), j->error ? err_name(j->error) : "-",
+             url_for_log(j->spec.url, url, sizeof(url)));
 }
 
 static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
