@@ -635,10 +635,13 @@ static void px_set_target(conn_t *c, const struct sockaddr *sa)
 }
 
 /* socks5://: the origin's addresses are ours to check, as on a direct
- * connection; the first one goes in the request. */
+ * connection. The request names the first IPv4 address, else the first
+ * one: many SOCKS servers cannot reach IPv6 (reply 0x08), while "localhost"
+ * and dual-stack names often resolve to ::1 or a v6 address first. */
 static void px_resolved(conn_t *c, dns_entry_t *e)
 {
     char why[160];
+    size_t pick = 0;
 
     if (e->status != 0 || e->naddrs == 0) {
         px_fail(c, e->status ? e->status : ERR_DNS, STATS_PROXY_ERROR,
@@ -653,7 +656,13 @@ static void px_resolved(conn_t *c, dns_entry_t *e)
             return;
         }
     }
-    px_set_target(c, (const struct sockaddr *)&e->addrs[0]);
+    for (size_t i = 0; i < e->naddrs; i++) {
+        if (e->addrs[i].ss_family == AF_INET) {
+            pick = i;
+            break;
+        }
+    }
+    px_set_target(c, (const struct sockaddr *)&e->addrs[pick]);
     px_socks_greet(c);
 }
 
