@@ -332,6 +332,7 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
     memset(spec, 0, sizeof(*spec));
     j->refcnt = 1;
     j->env = env;
+    j->content_length = -1;
     job_set_phase(j, JOB_PH_QUEUED, 0);
     j->timings.created = wall_now();
     stats_obj_created(env->stats, STATS_OBJ_JOB);
@@ -383,6 +384,9 @@ static void job_destroy(job_t *j)
     mem_free(j->location);
     mem_free(j->retry_after);
     mem_free(j->content_encoding);
+    mem_free(j->content_type);
+    mem_free(j->etag);
+    mem_free(j->last_modified);
     mem_free(j->file_path);
     if (j->tls_config)
         tls_config_decref(j->tls_config);
@@ -506,6 +510,11 @@ static void reset_response(job_t *j)
     j->disposition = RESP_FINAL;
     mem_free(j->content_encoding);
     j->content_encoding = NULL;
+    mem_free(j->content_type);
+    mem_free(j->etag);
+    mem_free(j->last_modified);
+    j->content_type = j->etag = j->last_modified = NULL;
+    j->content_length = -1;
 }
 
 /* Every address the connection may try must pass the destination rules,
@@ -709,6 +718,12 @@ static int on_conn_header(void *user, const char *name, size_t nlen, const char 
         return keep_header(&j->location, value, vlen);
     if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
         return keep_header(&j->retry_after, value, vlen);
+    if (nlen == 12 && strncasecmp(name, "content-type", 12) == 0)
+        return keep_header(&j->content_type, value, vlen);
+    if (nlen == 4 && strncasecmp(name, "etag", 4) == 0)
+        return keep_header(&j->etag, value, vlen);
+    if (nlen == 13 && strncasecmp(name, "last-modified", 13) == 0)
+        return keep_header(&j->last_modified, value, vlen);
     return 0;
 }
 
@@ -797,6 +812,7 @@ static int on_conn_head(void *user, int status, int64_t content_length,
     }
     j->disposition = RESP_FINAL;
     j->http_status = status;
+    j->content_length = content_length;
     if (j->spec.fail_on_http_error && status >= 400 && status <= 599)
         return fail_response(why, ERR_HTTP_ERROR, "HTTP status %d", status);
     if (j->spec.max_body && content_length > 0 && (uint64_t)content_length > j->spec.max_body)

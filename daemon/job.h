@@ -187,6 +187,12 @@ struct job {
     char *content_encoding; /* owned: the final response's Content-Encoding, or NULL */
     int decoded;            /* the body was decoded from content_encoding */
 
+    /* read-only: the final response's metadata (owned; NULL when it had none) */
+    char *content_type;     /* Content-Type */
+    char *etag;             /* ETag, as received (quotes and W/ included) */
+    char *last_modified;    /* Last-Modified, as received */
+    int64_t content_length; /* Content-Length; -1 when the body was framed otherwise */
+
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
     const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */

@@ -708,6 +708,14 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "content_encoding", lossy_string(j->content_encoding));
     if (j->decoded)
         rc |= json_object_set_new(o, "decoded", json_true());
+    if (j->content_type != NULL)
+        rc |= json_object_set_new(o, "content_type", lossy_string(j->content_type));
+    if (j->content_length >= 0)
+        rc |= json_object_set_new(o, "content_length", json_integer((json_int_t)j->content_length));
+    if (j->etag != NULL)
+        rc |= json_object_set_new(o, "etag", lossy_string(j->etag));
+    if (j->last_modified != NULL)
+        rc |= json_object_set_new(o, "last_modified", lossy_string(j->last_modified));
     if (j->spec.labels != NULL)
         rc |= json_object_set(o, "labels", j->spec.labels);
     if (j->spec.rate > 0)

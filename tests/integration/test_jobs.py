@@ -128,6 +128,19 @@ class NginxRedirects(NginxTestCase):
         self.assertEqual(job["effective_url"], self.nginx.url("/small.txt"))
         self.assertEqual(job["sha256"], self.nginx.sha256("/small.txt"))
 
+    def test_metadata_is_the_final_responses(self):
+        """content_type, content_length, etag and last_modified come from the
+        response after the redirects, not from the 302s before it."""
+        events, rc = self.run_harness([{"url": self.nginx.url("/redirect/2")}])
+        self.assert_clean(events, rc)
+        job = self.job(events, 0)
+        self.assert_done(job, 200)
+        size = len(self.nginx.files["/small.txt"])
+        self.assertEqual(job["content_length"], size, job)
+        self.assertEqual(job["content_type"], "application/octet-stream", job)
+        self.assertRegex(job["etag"], r'^"[0-9a-f]+-[0-9a-f]+"$', job)
+        self.assertRegex(job["last_modified"], r"^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} ", job)
+
     def test_404_is_done_without_fail_on_http_error(self):
         events, rc = self.run_harness([{"url": self.nginx.url("/status/404")}])
         self.assert_clean(events, rc)
