@@ -4,7 +4,7 @@
  *
  *   QUEUED -> WAIT_CONN -> RESOLVING -> CONNECTING -> REQUEST -> RESPONSE
  *                 \________________(reused connection)___/          |
- *   RESPONSE -> (redirect or retry) -> [BACKOFF ->] back to the start
+ *   RESPONSE -> (redirect or retry) -> [BACKOFF ->] [HOST_WAIT ->] back to the start
  *   any phase -> FINISHING (the sink commits or aborts) -> FINISHED
  *
  * job_set_phase() is the only writer of the phase, and its switch runs what
@@ -620,10 +620,22 @@ static uint64_t backoff_ms(job_t *j)
     return retry_backoff_ms(&env->retry, retries_done(j), env->ops->random, env->owner);
 }
 
+/* A redirect or a retry is another request to a host: the host's rate and
+ * delay hold it as they held the job's start (ratelimit_request()). */
+static void attempt_next(job_t *j)
+{
+    uint64_t wait_ns = j->env->rl != NULL ? ratelimit_request(j->env->rl, j) : 0;
+
+    if (wait_ns > 0)
+        job_set_phase(j, JOB_PH_HOST_WAIT, (wait_ns + 999999u) / 1000000u);
+    else
+        attempt(j);
+}
+
 static void on_backoff(job_t *j)
 {
     j->retried_stale = 0; /* a new request after the backoff */
-    attempt(j);
+    attempt_next(j);
 }
 
 static void schedule_retry(job_t *j, uint64_t delay_ms, int err, const char *why)
@@ -949,7 +961,7 @@ static void follow_redirect(job_t *j)
      * just closed (the one the redirect came on, often). */
     j->retried_stale = 0;
     j->env->ops->on_event(j->env->owner, j, JOB_EV_REDIRECTED);
-    attempt(j);
+    attempt_next(j);
 }
 
 static void succeed(job_t *j)
@@ -1058,6 +1070,9 @@ static void on_phase_timeout(uv_timer_t *t)
         break;
     case JOB_PH_BACKOFF:
         on_backoff(j);
+        break;
+    case JOB_PH_HOST_WAIT:
+        attempt_next(j);
         break;
     default:
         break;
@@ -1206,7 +1221,8 @@ static void finish(job_t *j, int err, const char *fmt, ...)
 /* The one writer of j->phase. Entering a phase runs what it implies, here
  * and nowhere else: its timer, its timing, the job's state and counters,
  * and the owner's events (as curl's mstate()). backoff_ms is the delay of
- * JOB_PH_BACKOFF; the other phases take their timeouts from the spec. */
+ * JOB_PH_BACKOFF and JOB_PH_HOST_WAIT; the other phases take their timeouts
+ * from the spec. */
 static void job_set_phase(job_t *j, job_phase_t ph, uint64_t backoff_ms)
 {
     const job_env_t *env = j->env;
@@ -1249,6 +1265,10 @@ static void job_set_phase(job_t *j, job_phase_t ph, uint64_t backoff_ms)
     case JOB_PH_BACKOFF:
         env->stats->retries++;
         env->ops->on_event(env->owner, j, JOB_EV_RETRYING);
+        uv_timer_start(&j->phase_timer, on_phase_timeout, backoff_ms, 0);
+        break;
+    case JOB_PH_HOST_WAIT:
+        /* The wait (backoff_ms here) keeps the running slot, not a connection. */
         uv_timer_start(&j->phase_timer, on_phase_timeout, backoff_ms, 0);
         break;
     case JOB_PH_FINISHING:

@@ -145,6 +145,7 @@ typedef enum job_phase {
     JOB_PH_REQUEST,
     JOB_PH_RESPONSE,
     JOB_PH_BACKOFF,
+    JOB_PH_HOST_WAIT,
     JOB_PH_FINISHING,
     JOB_PH_FINISHED
 } job_phase_t;

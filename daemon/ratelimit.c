@@ -467,6 +467,19 @@ static void setup_bytes(ratelimit_t *rl, job_t *j, uint64_t now)
     rl_bucket_init(&j->rl.bytes, (double)rate, burst, now);
 }
 
+/* A request to h starts now: it takes a token and sets the delay's clock. */
+static void count_start(ratelimit_t *rl, rl_host_t *h, uint64_t gap, uint64_t now)
+{
+    if (h->bucket.rate > 0)
+        h->bucket.tokens -= 1;
+    h->last_start_ns = now;
+    h->started = 1;
+    h->max_gap_ns = max_u64(h->max_gap_ns, gap);
+    update_blocked(rl, h);
+    if (h->head)
+        arm_wake(rl, host_wait_ns(h, h->head, now));
+}
+
 int ratelimit_admit(ratelimit_t *rl, job_t *j)
 {
     uint64_t now = now_ns(rl), gap = job_gap_ns(j), wait;
@@ -495,14 +508,31 @@ int ratelimit_admit(ratelimit_t *rl, job_t *j)
         return 1;
     }
     j->rl.state = RL_JOB_NONE;
-    if (h->bucket.rate > 0)
-        h->bucket.tokens -= 1;
-    h->last_start_ns = now;
-    h->started = 1;
-    h->max_gap_ns = max_u64(h->max_gap_ns, gap);
-    update_blocked(rl, h);
-    if (h->head)
-        arm_wake(rl, host_wait_ns(h, h->head, now));
+    count_start(rl, h, gap, now);
+    return 0;
+}
+
+uint64_t ratelimit_request(ratelimit_t *rl, job_t *j)
+{
+    uint64_t now = now_ns(rl), gap = job_gap_ns(j), wait;
+    rl_host_t *h = *slot(rl, j->url.host);
+
+    if (h == NULL) {
+        if (gap == 0 && rl_rules_match(&rl->rules, j->url.host) == NULL)
+            return 0;
+        h = host_create(rl, j->url.host, now);
+        if (h == NULL)
+            return 0; /* as in ratelimit_admit() */
+    }
+    wait = host_wait_ns(h, j, now);
+    if (wait > 0) {
+        if (!j->rl.holding)
+            rl->host_waits++; /* once per request, however often it asks */
+        j->rl.holding = 1;
+        return wait;
+    }
+    j->rl.holding = 0;
+    count_start(rl, h, gap, now);
     return 0;
 }
 

@@ -10,6 +10,8 @@
  * after every job that may start) and holds no connection and no running
  * slot. One timer wakes the limiter when the first parked job's host is due;
  * it then releases that job to the scheduler through the on_ready callback.
+ * A running job's later requests (redirects, retries) are held by the same
+ * limits: ratelimit_request() tells the job how long to wait.
  * A host's entry exists only while a limit applies to it and it is not back
  * to its fresh state; idle entries are swept, so memory stays bounded by the
  * hosts in recent use.
@@ -98,6 +100,7 @@ typedef enum rl_job_state { RL_JOB_NONE, RL_JOB_PARKED, RL_JOB_RELEASED } rl_job
 typedef struct ratelimit_job {
     rl_job_state_t state;        /* read-only */
     int parked;                  /* read-only: the scheduler sorts parked jobs last */
+    int holding;                 /* read-only: a redirect or retry waits (ratelimit_request) */
     rl_host_t *host;             /* borrowed: while parked or released */
     job_t *prev, *next;          /* the host's parked list, in start order */
     rl_bucket_t bytes;           /* the job's byte rate (rate 0: unlimited) */
@@ -159,6 +162,14 @@ void ratelimit_set_rules(ratelimit_t *rl, rl_rules_t *rules);
  * when it may start. A released job that finds its host busy again is
  * parked again. Also sets up j's byte rate for its run. */
 int ratelimit_admit(ratelimit_t *rl, job_t *j);
+
+/* A running job is about to send another request (a redirect's or a
+ * retry's) to j->url.host, which its host's rate and delay hold as they held
+ * its start. Returns 0 when it may send it now (the request is counted
+ * against the host), else the nanoseconds to wait before asking again: the
+ * job waits on its own timer, keeping its running slot, as in a backoff.
+ * A request held at least once counts once in host_waits. */
+uint64_t ratelimit_request(ratelimit_t *rl, job_t *j);
 
 /* The job leaves the queue (started, cancelled, shut down): unlinks it if
  * it is parked or released. */

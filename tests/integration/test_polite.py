@@ -171,6 +171,23 @@ class HostRate(PoliteTestCase):
             err = self.assert_error(resp, -32602)
             self.assertIn(err["data"].get("field"), ("rate", "delay", "limit_rate"), err)
 
+    def test_redirects_are_held_like_starts(self):
+        """A redirect is another request to the host: at 2/s, a job that
+        follows 4 redirects makes its 5 requests over at least 2 s (its own
+        total_ms), not at once."""
+        rules = [{"host": "127.0.0.1", "rate": 2}]
+        d = self.start_fetchd(["--host-limits", json.dumps(rules)])
+        c = self.connect()
+        [jid] = self.submit(c, [spec(self.url("/redirect/3"), sha256=True)])
+        job = self.wait_job(c, jid, timeout=WAIT_LIMIT)
+        self.assertEqual(job["state"], "done", job)
+        self.assertEqual(job["redirects"], 4, job)
+        self.assertEqual(job["sha256"], self.nginx.sha256("/small.txt"), job)
+        self.assertGreaterEqual(job["timings"]["total_ms"], 4 * 500 * (1 - TOLERANCE), job)
+        s = self.stats(c)
+        self.assertEqual(s["limits"]["host_waits_total"], 4, s)  # each redirect, once
+        self.assertEqual(s["jobs"]["running"], 0, s)
+
     def test_job_rate_cannot_exceed_the_host_rule(self):
         rules = [{"host": "127.0.0.1", "rate": 4}]
         self.start_fetchd(["--host-limits", json.dumps(rules)])

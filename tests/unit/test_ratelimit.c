@@ -261,6 +261,46 @@ static void test_host_rate(void)
     teardown(&f);
 }
 
+/* A running job's redirects and retries: held by the host's rate and
+ * delay like starts, counted once per request held, never parked. */
+static void test_running_requests(void)
+{
+    fixture_t f;
+    job_t run, queued, free_job;
+    char a[] = "a.test", b[] = "b.test";
+
+    setup(&f, "[{\"host\": \"a.test\", \"rate\": 4}]");
+    job_init(&run, a, 1);
+    job_init(&queued, a, 2);
+    job_init(&free_job, b, 3);
+    CHECK(ratelimit_admit(&f.rl, &run) == 0);
+    /* Its redirect to the same host comes 250 ms later at 4/s. */
+    CHECK_INT(ratelimit_request(&f.rl, &run), 250 * MS);
+    CHECK(run.rl.holding && !run.rl.parked);
+    CHECK_INT(f.rl.nparked, 0);
+    fake_now += 100 * MS;
+    CHECK_INT(ratelimit_request(&f.rl, &run), 150 * MS); /* asking again */
+    CHECK_INT(f.rl.host_waits, 1);                       /* counts once */
+    fake_now += 150 * MS;
+    CHECK_INT(ratelimit_request(&f.rl, &run), 0);
+    CHECK(!run.rl.holding);
+    /* That request took the token: a queued job for the host waits. */
+    CHECK(ratelimit_admit(&f.rl, &queued) == 1);
+    CHECK_INT(f.rl.host_waits, 2);
+    /* A host no rule names holds nothing and keeps no entry. */
+    CHECK_INT(ratelimit_request(&f.rl, &free_job), 0);
+    CHECK_INT(f.rl.nhosts, 1);
+    /* A job's own delay applies to its later requests too. */
+    free_job.spec.delay_ms = 200;
+    CHECK_INT(ratelimit_request(&f.rl, &free_job), 0);
+    CHECK_INT(ratelimit_request(&f.rl, &free_job), 200 * MS);
+    ratelimit_dequeue(&f.rl, &queued);
+    fake_now += RL_FORGET_NS + 20 * S;
+    ratelimit_poll(&f.rl);
+    CHECK_INT(f.rl.nhosts, 0);
+    teardown(&f);
+}
+
 static void test_burst_and_delay(void)
 {
     fixture_t f;
@@ -467,6 +507,6 @@ static void test_bytes(void)
 }
 
 TEST_MAIN(TEST_CASE(test_bucket), TEST_CASE(test_rules), TEST_CASE(test_job_fields),
-          TEST_CASE(test_host_rate), TEST_CASE(test_burst_and_delay),
-          TEST_CASE(test_lone_entry_is_swept), TEST_CASE(test_parked_order),
-          TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
+          TEST_CASE(test_host_rate), TEST_CASE(test_running_requests),
+          TEST_CASE(test_burst_and_delay), TEST_CASE(test_lone_entry_is_swept),
+          TEST_CASE(test_parked_order), TEST_CASE(test_many_hosts), TEST_CASE(test_bytes))
