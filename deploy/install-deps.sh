@@ -26,7 +26,8 @@ build_pkgs=(
 )
 
 # What the tests and benchmarks add: servers and clients to test against
-# (nginx, real proxies, redis), the brotli and zstd tools that make the
+# (nginx, real proxies, redis; nss_wrapper gives danted a user of the
+# test's own), the brotli and zstd tools that make the
 # decoding tests' bodies, certificate tooling, promtool, valgrind, clang
 # with its sanitizer runtimes and libFuzzer, llvm (its llvm-symbolizer names
 # the lines in sanitizer reports), clang-format and git for the style check,
@@ -35,7 +36,7 @@ build_pkgs=(
 # (headless), which loads the operator's page in test_page.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl chromium
-    tinyproxy dante-server redis-server brotli zstd
+    tinyproxy dante-server libnss-wrapper redis-server brotli zstd
     valgrind clang clang-format libclang-rt-14-dev llvm git
     systemd man-db groff-base
     socat jq gnuplot-nox procps
