@@ -1,6 +1,7 @@
 /* config — configuration file and options; see config.h. */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -23,6 +24,7 @@ typedef enum {
     OPT_NETS,
     OPT_BOOL,
     OPT_U64,
+    OPT_RATE, /* bytes/s: an integer, or a string with a K, M or G suffix */
     OPT_HOSTS,
     OPT_PROXY, /* a proxy URL, or "" (direct) */
     OPT_TEXT   /* a string that may be empty */
@@ -65,9 +67,9 @@ static const option_def_t options[] = {
     {"history_interval", OPT_SECONDS, OFF(page_interval_ms), 1, 3600},
     {"history_warmup", OPT_SECONDS, OFF(page_warmup_ms), 0, 86400},
     {"host_limits", OPT_HOSTS, OFF(host_limits), 0, 0},
-    {"bandwidth", OPT_U64, OFF(bandwidth), 0, (uint64_t)1 << 50},
-    {"limit_rate", OPT_U64, OFF(limit_rate), 0, (uint64_t)1 << 50},
-    {"max_limit_rate", OPT_U64, OFF(max_limit_rate), 0, (uint64_t)1 << 50},
+    {"bandwidth", OPT_RATE, OFF(bandwidth), 0, (uint64_t)1 << 50},
+    {"limit_rate", OPT_RATE, OFF(limit_rate), 0, (uint64_t)1 << 50},
+    {"max_limit_rate", OPT_RATE, OFF(max_limit_rate), 0, (uint64_t)1 << 50},
     {"proxy", OPT_PROXY, OFF(proxy), 0, 0},
     {"no_proxy", OPT_TEXT, OFF(no_proxy), 0, 0},
 };
@@ -86,7 +88,7 @@ static void store_uint(daemon_config_t *cfg, const option_def_t *o, uint64_t v)
     char *field = (char *)cfg + o->offset;
     if (o->kind == OPT_SECONDS) {
         *(uint64_t *)(void *)field = v * 1000;
-    } else if (o->kind == OPT_U64) {
+    } else if (o->kind == OPT_U64 || o->kind == OPT_RATE) {
         *(uint64_t *)(void *)field = v;
     } else if (o->offset == OFF(max_jobs) || o->offset == OFF(retain_jobs) ||
                o->offset == OFF(max_queue_bytes)) {
@@ -94,6 +96,32 @@ static void store_uint(daemon_config_t *cfg, const option_def_t *o, uint64_t v)
     } else {
         *(unsigned *)(void *)field = (unsigned)v;
     }
+}
+
+/* Bytes per second: a number with an optional K, M or G (powers of 1024),
+ * as curl's --limit-rate and fetchctl's take it ("100K", "1.5M"). 0 or -1. */
+static int parse_rate(const char *s, uint64_t *out)
+{
+    static const char units[] = "KMG";
+    const char *u;
+    char *end;
+    double v;
+
+    if (!isdigit((unsigned char)s[0]))
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0)
+        return -1;
+    if (*end != '\0' && (u = strchr(units, toupper((unsigned char)*end))) != NULL) {
+        for (const char *k = units; k <= u; k++)
+            v *= 1024;
+        end++;
+    }
+    if (*end != '\0' || !(v < 18e18))
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
 }
 
 /* Replaces the string option o of cfg with a copy of v. */
@@ -211,6 +239,15 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
         return set_bool(cfg, o, value, err, errlen);
     case OPT_HOSTS:
         return set_hosts(cfg, o, value, err, errlen);
+    case OPT_RATE: {
+        uint64_t rate;
+        if (parse_rate(value, &rate) != 0) {
+            snprintf(err, errlen, "%s: \"%s\" is not bytes per second (like 500000, 100K or 1M)",
+                     key, value);
+            return -1;
+        }
+        return set_number(cfg, o, rate, err, errlen);
+    }
     case OPT_LEVEL:
         if (log_level_parse(value, &cfg->log_level) != 0) {
             snprintf(err, errlen, "%s: expected error, warn, notice, info or debug", key);
@@ -309,6 +346,8 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
         *(int *)(void *)((char *)cfg + o->offset) = json_is_true(v);
         return 0;
     }
+    if (o->kind == OPT_RATE && json_is_string(v))
+        return config_set(cfg, key, json_string_value(v), why, len);
     if (o->kind == OPT_STRING || o->kind == OPT_LEVEL || o->kind == OPT_PROXY ||
         o->kind == OPT_TEXT) {
         if (!json_is_string(v)) {

@@ -236,6 +236,20 @@ class HostRate(PoliteTestCase):
         self.assertEqual(s["limits"]["jobs_waiting"], 0, s)
         self.assertEqual(s["jobs"]["queued"], 0, s)
 
+    def test_bad_byte_rates_are_config_errors(self):
+        from ctltest import FETCHD
+        cfg = os.path.join(self.make_dir(), "fetchd.json")
+        with open(cfg, "w") as f:
+            f.write('{\n  "limit_rate": "2Q"\n}\n')
+        for args, message in ((["--bandwidth", "fast"], '--bandwidth: bandwidth: "fast" is not bytes per second'),
+                              (["--limit-rate", "-1K"], '"-1K" is not bytes per second'),
+                              (["--max-limit-rate", "2000000G"], "must be between 0 and"),
+                              (["-c", cfg], 'fetchd.json:2: limit_rate: "2Q" is not bytes per second')):
+            proc = subprocess.run([FETCHD, "--metrics", "off"] + args, env=clean_env(),
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=IO_TIMEOUT)
+            self.assertIn(proc.returncode, (64, 78), proc)
+            self.assertIn(message, proc.stderr.decode(), proc)
+
     def test_bad_host_limits_is_a_config_error(self):
         cfg = os.path.join(self.make_dir(), "fetchd.json")
         with open(cfg, "w") as f:
@@ -277,7 +291,7 @@ class Bandwidth(PoliteTestCase):
         self.assertEqual(m["fetchd_bandwidth_paused_jobs"], 0, m)
 
     def test_global_bandwidth_shared_by_two_jobs(self):
-        self.start_fetchd(["--bandwidth", str(MIB)])
+        self.start_fetchd(["--bandwidth", "1M"])  # K, M, G: powers of 1024, as curl
         c = self.connect()
         ids = self.submit(c, [spec(self.url("/4m.bin")), spec(self.url("/4m.bin"))])
         jobs = self.wait_all(c, ids)
@@ -293,13 +307,14 @@ class Bandwidth(PoliteTestCase):
         self.assertEqual(s["limits"]["bandwidth"], MIB, s)
 
     def test_max_limit_rate_caps_a_job(self):
-        self.start_fetchd(["--max-limit-rate", str(512 * 1024)])
+        self.start_fetchd(["--max-limit-rate", "0.5m"])
         c = self.connect()
         # Asks for 100 MiB/s, gets 512 KiB/s: 1 MiB takes about 2 s.
         jid = self.submit(c, [spec(self.url("/1m.bin"), limit_rate=100 * MIB)])[0]
         job = self.wait_all(c, [jid])[0]
         rate = job["bytes"] / (job["timings"]["total_ms"] / 1000.0)
         self.assertLess(rate, 512 * 1024 * (1 + TOLERANCE) + 64 * 1024, job)
+        self.assertEqual(self.stats(c)["limits"]["max_limit_rate"], 512 * 1024)
 
     def test_connection_paused_at_the_end_is_reused(self):
         # Regression: the last read of a limited body leaves the job in debt
