@@ -1,0 +1,136 @@
+/* jobjson — the job object written directly; see jobjson.h. */
+#include "jobjson.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "err.h"
+
+/* Unix seconds with microseconds: the fractions jansson's %.17g printed,
+ * within the double's own resolution at today's dates. */
+static void write_time(jsonw_t *w, const char *key, double t)
+{
+    jsonw_key(w, key);
+    jsonw_fixed(w, (int64_t)llround(t * 1e6), 6);
+}
+
+static void write_timings(jsonw_t *w, const job_timings_t *t)
+{
+    jsonw_object_begin(w);
+    write_time(w, "created", t->created);
+    jsonw_key(w, "queued_ms");
+    jsonw_uint(w, t->queued_ms);
+    jsonw_key(w, "dns_ms");
+    jsonw_uint(w, t->dns_ms);
+    jsonw_key(w, "connect_ms");
+    jsonw_uint(w, t->connect_ms);
+    jsonw_key(w, "ttfb_ms");
+    jsonw_uint(w, t->ttfb_ms);
+    jsonw_key(w, "total_ms");
+    jsonw_uint(w, t->total_ms);
+    if (t->started != 0)
+        write_time(w, "started", t->started);
+    if (t->finished != 0)
+        write_time(w, "finished", t->finished);
+    jsonw_object_end(w);
+}
+
+/* {"encoding": "text" | "base64", "data": ...}: text when the body is
+ * well-formed UTF-8 without NUL bytes (as jobspec.c's encode_inline()). */
+static void write_inline(jsonw_t *w, const job_t *j)
+{
+    const char *p = j->inline_body != NULL ? j->inline_body : "";
+    size_t n = j->inline_body != NULL ? j->inline_len : 0;
+    int text = memchr(p, '\0', n) == NULL && jsonw_utf8_prefix(p, n) == n;
+
+    jsonw_object_begin(w);
+    jsonw_key(w, "encoding");
+    jsonw_string(w, text ? "text" : "base64");
+    jsonw_key(w, "data");
+    if (text)
+        jsonw_stringn(w, p, n);
+    else
+        jsonw_base64(w, p, n);
+    jsonw_object_end(w);
+}
+
+static void write_string(jsonw_t *w, const char *key, const char *v)
+{
+    jsonw_key(w, key);
+    jsonw_string(w, v);
+}
+
+static void write_uint(jsonw_t *w, const char *key, uint64_t v)
+{
+    jsonw_key(w, key);
+    jsonw_uint(w, v);
+}
+
+void jobjson_write(jsonw_t *w, const job_t *j)
+{
+    jsonw_object_begin(w);
+    write_string(w, "id", j->id);
+    write_string(w, "state", job_state_name(j->state));
+    write_string(w, "url", j->spec.url != NULL ? j->spec.url : "");
+    write_string(w, "method", j->spec.method != NULL ? j->spec.method : "GET");
+    write_uint(w, "bytes", j->bytes);
+    write_uint(w, "wire_bytes", j->wire_bytes);
+    write_uint(w, "redirects", j->redirects);
+    write_uint(w, "attempts", j->attempts);
+    jsonw_key(w, "priority");
+    jsonw_int(w, j->spec.priority);
+    if (j->effective_url != NULL)
+        write_string(w, "effective_url", j->effective_url);
+    if (j->http_status != 0) {
+        jsonw_key(w, "http_status");
+        jsonw_int(w, j->http_status);
+    }
+    if (j->sha256[0] != '\0')
+        write_string(w, "sha256", j->sha256);
+    if (j->output != NULL)
+        write_string(w, "output", j->output);
+    if (j->spec.output == JOB_OUTPUT_INLINE && j->state == JOB_DONE) {
+        jsonw_key(w, "inline");
+        write_inline(w, j);
+    }
+    if (j->error != 0) {
+        jsonw_key(w, "error");
+        jsonw_object_begin(w);
+        write_string(w, "code", err_name(j->error));
+        write_string(w, "message", j->error_msg[0] != '\0' ? j->error_msg : err_str(j->error));
+        jsonw_object_end(w);
+    }
+    if (j->content_encoding != NULL)
+        write_string(w, "content_encoding", j->content_encoding);
+    if (j->decoded) {
+        jsonw_key(w, "decoded");
+        jsonw_bool(w, 1);
+    }
+    if (j->content_type != NULL)
+        write_string(w, "content_type", j->content_type);
+    if (j->content_length >= 0) {
+        jsonw_key(w, "content_length");
+        jsonw_int(w, j->content_length);
+    }
+    if (j->etag != NULL)
+        write_string(w, "etag", j->etag);
+    if (j->last_modified != NULL)
+        write_string(w, "last_modified", j->last_modified);
+    if (j->spec.labels != NULL) {
+        jsonw_key(w, "labels");
+        jsonw_json(w, j->spec.labels);
+    }
+    if (j->spec.rate > 0) {
+        jsonw_key(w, "rate");
+        jsonw_double(w, j->spec.rate);
+    }
+    if (j->spec.delay_ms) {
+        jsonw_key(w, "delay");
+        jsonw_double(w, j->spec.delay_ms / 1e3);
+    }
+    if (j->spec.limit_rate)
+        write_uint(w, "limit_rate", j->spec.limit_rate);
+    jsonw_key(w, "timings");
+    write_timings(w, &j->timings);
+    jsonw_object_end(w);
+}

@@ -1,0 +1,337 @@
+/* jsonw — a JSON writer into a strbuf; see jsonw.h. */
+#include "jsonw.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "mem.h"
+
+void jsonw_init(jsonw_t *w, strbuf_t *b)
+{
+    memset(w, 0, sizeof(*w));
+    w->b = b;
+}
+
+static void put(jsonw_t *w, const char *s, size_t n)
+{
+    strbuf_append(w->b, s, n); /* a failure marks the strbuf */
+}
+
+/* The separator before a value or a key: a comma unless it is the first
+ * member of its container, or the value of the key just written. */
+static void sep(jsonw_t *w)
+{
+    uint32_t bit = 1u << w->depth;
+
+    if (w->after_key) {
+        w->after_key = 0;
+        return;
+    }
+    if (w->has_items & bit)
+        put(w, ",", 1);
+    w->has_items |= bit;
+}
+
+static void open_container(jsonw_t *w, char c)
+{
+    sep(w);
+    put(w, &c, 1);
+    if (w->depth + 1 < JSONW_MAX_DEPTH)
+        w->depth++;
+    else
+        w->b->failed = 1; /* deeper than any caller writes: a bug, not input */
+    w->has_items &= ~(1u << w->depth);
+}
+
+static void close_container(jsonw_t *w, char c)
+{
+    put(w, &c, 1);
+    if (w->depth > 0)
+        w->depth--;
+}
+
+void jsonw_object_begin(jsonw_t *w)
+{
+    open_container(w, '{');
+}
+
+void jsonw_object_end(jsonw_t *w)
+{
+    close_container(w, '}');
+}
+
+void jsonw_array_begin(jsonw_t *w)
+{
+    open_container(w, '[');
+}
+
+void jsonw_array_end(jsonw_t *w)
+{
+    close_container(w, ']');
+}
+
+void jsonw_key(jsonw_t *w, const char *key)
+{
+    sep(w);
+    put(w, "\"", 1);
+    put(w, key, strlen(key));
+    put(w, "\":", 2);
+    w->after_key = 1;
+}
+
+/* The length of the well-formed UTF-8 sequence at s (RFC 3629: no
+ * overlongs, no surrogates, nothing past U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t len;
+
+    if (c < 0x80)
+        return 1;
+    if (c < 0xC2 || c > 0xF4)
+        return 0;
+    len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (c == 0xE0)
+        lo = 0xA0;
+    else if (c == 0xED)
+        hi = 0x9F;
+    else if (c == 0xF0)
+        lo = 0x90;
+    else if (c == 0xF4)
+        hi = 0x8F;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return len;
+}
+
+size_t jsonw_utf8_prefix(const char *s, size_t n)
+{
+    size_t i = 0, k;
+
+    while (i < n && (k = utf8_seq((const unsigned char *)s + i, n - i)) != 0)
+        i += k;
+    return i;
+}
+
+/* 1 for the bytes a JSON string can hold as they are: printable ASCII but
+ * '"' and '\\', and every byte of a multi-byte sequence (checked apart). */
+static int plain(unsigned char c)
+{
+    return c >= 0x20 && c != '"' && c != '\\' && c != 0x7F;
+}
+
+static void escape(jsonw_t *w, unsigned char c)
+{
+    static const char hex[] = "0123456789abcdef";
+    char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+
+    switch (c) {
+    case '"':
+        put(w, "\\\"", 2);
+        return;
+    case '\\':
+        put(w, "\\\\", 2);
+        return;
+    case '\n':
+        put(w, "\\n", 2);
+        return;
+    case '\r':
+        put(w, "\\r", 2);
+        return;
+    case '\t':
+        put(w, "\\t", 2);
+        return;
+    default:
+        put(w, e, 6);
+    }
+}
+
+void jsonw_stringn(jsonw_t *w, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, run = 0, k;
+
+    sep(w);
+    put(w, "\"", 1);
+    while (i < n) {
+        if (p[i] < 0x80 && plain(p[i])) {
+            i++;
+            continue;
+        }
+        put(w, s + run, i - run);
+        if (p[i] < 0x80) {
+            escape(w, p[i]);
+            i++;
+        } else if ((k = utf8_seq(p + i, n - i)) != 0) {
+            put(w, s + i, k);
+            i += k;
+        } else {
+            put(w, "?", 1); /* as lossy_string() in proto/jobspec.c */
+            i++;
+        }
+        run = i;
+    }
+    put(w, s + run, i - run);
+    put(w, "\"", 1);
+}
+
+void jsonw_string(jsonw_t *w, const char *s)
+{
+    jsonw_stringn(w, s, strlen(s));
+}
+
+/* Writes the decimal digits of v, most significant first. */
+static void put_u64(jsonw_t *w, uint64_t v)
+{
+    char d[20];
+    size_t i = sizeof(d);
+
+    do {
+        d[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    put(w, d + i, sizeof(d) - i);
+}
+
+void jsonw_uint(jsonw_t *w, uint64_t v)
+{
+    sep(w);
+    put_u64(w, v);
+}
+
+void jsonw_int(jsonw_t *w, int64_t v)
+{
+    sep(w);
+    if (v < 0) {
+        put(w, "-", 1);
+        put_u64(w, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(w, (uint64_t)v);
+    }
+}
+
+void jsonw_fixed(jsonw_t *w, int64_t v, unsigned decimals)
+{
+    static const uint64_t pow10[] = {1,      10,      100,      1000,      10000,
+                                     100000, 1000000, 10000000, 100000000, 1000000000};
+    uint64_t m, scale, frac;
+    char d[9];
+
+    if (decimals > 9)
+        decimals = 9;
+    sep(w);
+    if (v < 0)
+        put(w, "-", 1);
+    m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    scale = pow10[decimals];
+    put_u64(w, m / scale);
+    if (decimals == 0)
+        return;
+    frac = m % scale;
+    for (unsigned i = decimals; i > 0; i--) {
+        d[i - 1] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    put(w, ".", 1);
+    put(w, d, decimals);
+}
+
+void jsonw_double(jsonw_t *w, double v)
+{
+    char text[40];
+    int n = snprintf(text, sizeof(text), "%.17g", v);
+
+    sep(w);
+    if (n <= 0 || (size_t)n >= sizeof(text) - 2) {
+        put(w, "null", 4); /* not finite, or not printable: never invalid JSON */
+        return;
+    }
+    if (strpbrk(text, ".eEni") == NULL) { /* jansson's real looks like one */
+        memcpy(text + n, ".0", 3);
+        n += 2;
+    }
+    if (strpbrk(text, "ni") != NULL) { /* inf, nan */
+        put(w, "null", 4);
+        return;
+    }
+    put(w, text, (size_t)n);
+}
+
+void jsonw_bool(jsonw_t *w, int v)
+{
+    sep(w);
+    put(w, v ? "true" : "false", v ? 4 : 5);
+}
+
+void jsonw_null(jsonw_t *w)
+{
+    sep(w);
+    put(w, "null", 4);
+}
+
+void jsonw_json(jsonw_t *w, const json_t *v)
+{
+    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
+    char small[256], *text = small;
+    size_t n;
+
+    if (v == NULL || json_is_null(v)) {
+        jsonw_null(w);
+        return;
+    }
+    if (json_is_integer(v)) {
+        jsonw_int(w, (int64_t)json_integer_value(v));
+        return;
+    }
+    if (json_is_string(v)) {
+        jsonw_stringn(w, json_string_value(v), json_string_length(v));
+        return;
+    }
+    sep(w);
+    n = json_dumpb(v, small, sizeof(small), flags);
+    if (n > sizeof(small)) {
+        text = mem_alloc(n);
+        if (text == NULL || json_dumpb(v, text, n, flags) != n)
+            n = 0;
+    }
+    if (n == 0)
+        w->b->failed = 1;
+    else
+        put(w, text, n);
+    if (text != small)
+        mem_free(text);
+}
+
+void jsonw_base64(jsonw_t *w, const void *data, size_t n)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = data;
+    char out[64];
+    size_t o = 0, i = 0;
+
+    sep(w);
+    put(w, "\"", 1);
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = b64[(v >> 6) & 63];
+        out[o++] = b64[v & 63];
+        if (o == sizeof(out)) {
+            put(w, out, o);
+            o = 0;
+        }
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0);
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    put(w, out, o);
+    put(w, "\"", 1);
+}
