@@ -42,7 +42,7 @@ struct ctl_client {
 typedef struct ctl_write {
     uv_write_t req;
     ctl_client_t *client; /* owned reference */
-    char *text;           /* owned: jansson's serialisation */
+    char *text;           /* owned: the line (jansson's serialisation, or a strbuf's bytes) */
 } ctl_write_t;
 
 static void client_close(ctl_client_t *c, const char *why);
@@ -110,21 +110,14 @@ static void on_write(uv_write_t *req, int status)
     client_decref(c);
 }
 
-/* Queues v (a reference this function takes) as one line. */
-static void send_json(ctl_client_t *c, json_t *v)
+/* Queues n bytes of text (which the write takes: freed when it is done)
+ * and, unless text ends with it, a newline. */
+static void queue_write(ctl_client_t *c, char *text, size_t n, int add_newline)
 {
     static char newline[] = "\n";
-    ctl_write_t *w;
+    ctl_write_t *w = mem_alloc(sizeof(*w));
     uv_buf_t bufs[2];
-    char *text;
 
-    if (v == NULL || c->peer.closing) {
-        json_decref(v);
-        return;
-    }
-    text = json_dumps(v, JSON_COMPACT);
-    json_decref(v);
-    w = text ? mem_alloc(sizeof(*w)) : NULL;
     if (w == NULL) {
         mem_free(text);
         client_close(c, "out of memory for a response");
@@ -133,9 +126,9 @@ static void send_json(ctl_client_t *c, json_t *v)
     w->req.data = w;
     w->client = c;
     w->text = text;
-    bufs[0] = uv_buf_init(text, (unsigned)strlen(text));
+    bufs[0] = uv_buf_init(text, (unsigned)n);
     bufs[1] = uv_buf_init(newline, 1);
-    if (uv_write(&w->req, (uv_stream_t *)&c->pipe, bufs, 2, on_write) != 0) {
+    if (uv_write(&w->req, (uv_stream_t *)&c->pipe, bufs, add_newline ? 2 : 1, on_write) != 0) {
         mem_free(text);
         mem_free(w);
         client_close(c, "write failed");
@@ -150,6 +143,40 @@ static void send_json(ctl_client_t *c, json_t *v)
         client_close(c, "slow reader: output queue over its limit");
 }
 
+/* Queues v (a reference this function takes) as one line. */
+static void send_json(ctl_client_t *c, json_t *v)
+{
+    char *text;
+
+    if (v == NULL || c->peer.closing) {
+        json_decref(v);
+        return;
+    }
+    text = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    if (text == NULL) {
+        client_close(c, "out of memory for a response");
+        return;
+    }
+    queue_write(c, text, strlen(text), 1);
+}
+
+/* Queues the text in line as one line, taking line's memory. */
+static void send_text(ctl_client_t *c, strbuf_t *line)
+{
+    if (c->peer.closing) {
+        strbuf_dispose(line);
+        return;
+    }
+    if (line->failed || strbuf_append(line, "\n", 1) != 0) {
+        strbuf_dispose(line);
+        client_close(c, "out of memory for a response");
+        return;
+    }
+    queue_write(c, line->p, line->len, 0);
+    memset(line, 0, sizeof(*line));
+}
+
 /* ---- the framing's hooks -------------------------------------------------------- */
 
 static ctl_client_t *client_of(rpc_peer_t *p)
@@ -160,6 +187,11 @@ static ctl_client_t *client_of(rpc_peer_t *p)
 static void peer_send(rpc_peer_t *p, json_t *msg)
 {
     send_json(client_of(p), msg);
+}
+
+static void peer_send_text(rpc_peer_t *p, strbuf_t *line)
+{
+    send_text(client_of(p), line);
 }
 
 static void peer_drop(rpc_peer_t *p, const char *why)
@@ -177,7 +209,8 @@ static void peer_decref(rpc_peer_t *p)
     client_decref(client_of(p));
 }
 
-static const rpc_peer_ops_t peer_ops = {peer_send, peer_drop, peer_incref, peer_decref};
+static const rpc_peer_ops_t peer_ops = {peer_send, peer_send_text, peer_drop, peer_incref,
+                                        peer_decref};
 
 /* ---- reading -------------------------------------------------------------------- */
 

@@ -39,7 +39,7 @@ static void open_container(jsonw_t *w, char c)
     if (w->depth + 1 < JSONW_MAX_DEPTH)
         w->depth++;
     else
-        w->b->failed = 1; /* deeper than any caller writes: a bug, not input */
+        strbuf_fail(w->b); /* deeper than any caller writes: a bug, not input */
     w->has_items &= ~(1u << w->depth);
 }
 
@@ -298,7 +298,7 @@ void jsonw_json(jsonw_t *w, const json_t *v)
             n = 0;
     }
     if (n == 0)
-        w->b->failed = 1;
+        strbuf_fail(w->b);
     else
         put(w, text, n);
     if (text != small)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "jobjson.h"
 #include "jobspec.h"
 #include "mem.h"
 
@@ -68,6 +69,13 @@ static void on_wait_closed(uv_handle_t *h)
  * lists before anything is sent, so a send that closes the client (which
  * ends the client's other waits) cannot reach it again; its memory, and its
  * reference on the client, go only when its timer has closed. */
+static void write_job(jsonw_t *w, const void *job)
+{
+    jobjson_write(w, job);
+}
+
+/* Ends the wait with {key: value}, or, with key NULL, with its job as the
+ * result (written straight into the line unless the wait is in a batch). */
 static void wait_end(methods_wait_t *w, const char *key, json_t *value)
 {
     methods_session_t *s = w->s;
@@ -88,7 +96,12 @@ static void wait_end(methods_wait_t *w, const char *key, json_t *value)
         j->watchers = w->jnext;
     if (w->jnext)
         w->jnext->jprev = w->jprev;
-    rpc_defer_end(&w->answer, key, value);
+    if (key != NULL)
+        rpc_defer_end(&w->answer, key, value);
+    else if (rpc_defer_batched(&w->answer))
+        rpc_defer_end(&w->answer, "result", jobspec_encode_job(j));
+    else
+        rpc_defer_end_written(&w->answer, write_job, j);
     uv_close((uv_handle_t *)&w->timer, on_wait_closed);
     job_decref(j);
 }
@@ -144,7 +157,7 @@ void methods_job_finished(job_t *j)
      * caller holds a reference on j for the whole walk. */
     while (j->watchers) {
         methods_wait_t *w = j->watchers;
-        wait_end(w, "result", jobspec_encode_job(j));
+        wait_end(w, NULL, NULL);
     }
 }
 

@@ -182,7 +182,8 @@ static void render_jobs(strbuf_t *b, const daemon_t *d)
     one(b, "fetchd_received_bytes_total", "counter", "Bytes received from servers.",
         st->received_bytes);
     one(b, "fetchd_host_waits_total", "counter",
-        "Jobs (and redirects or retries) held for their host's request rate or delay.", d->sched.rl.host_waits);
+        "Jobs (and redirects or retries) held for their host's request rate or delay.",
+        d->sched.rl.host_waits);
     one(b, "fetchd_host_waiting_jobs", "gauge", "Queued jobs waiting for their host now.",
         d->sched.rl.nparked);
     head(b, "fetchd_bandwidth_paused_seconds_total", "counter",

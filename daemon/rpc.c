@@ -126,6 +126,39 @@ void rpc_defer_end(rpc_defer_t *d, const char *key, json_t *value)
     d->id = NULL;
 }
 
+int rpc_defer_batched(const rpc_defer_t *d)
+{
+    return d->batch != NULL;
+}
+
+/* A wait's answer (a job object and the envelope) fits in this from the
+ * start, so the line is not grown twice on its way. */
+#define RPC_LINE_GUESS 1000
+
+void rpc_defer_end_written(rpc_defer_t *d, void (*write)(jsonw_t *w, const void *arg),
+                           const void *arg)
+{
+    strbuf_t line = {0};
+    jsonw_t w;
+
+    assert(d->batch == NULL);
+    if (!d->peer->closing) {
+        strbuf_reserve(&line, RPC_LINE_GUESS);
+        jsonw_init(&w, &line);
+        jsonw_object_begin(&w);
+        jsonw_key(&w, "jsonrpc");
+        jsonw_string(&w, "2.0");
+        jsonw_key(&w, "id");
+        jsonw_json(&w, d->id);
+        jsonw_key(&w, "result");
+        write(&w, arg);
+        jsonw_object_end(&w);
+        d->peer->ops->send_text(d->peer, &line);
+    }
+    json_decref(d->id);
+    d->id = NULL;
+}
+
 /* ---- one request object --------------------------------------------------------- */
 
 static int valid_id(const json_t *id)

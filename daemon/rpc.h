@@ -19,6 +19,9 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "jsonw.h"
+#include "strbuf.h"
+
 #define RPC_PARSE_ERROR      -32700
 #define RPC_INVALID_REQUEST  -32600
 #define RPC_METHOD_NOT_FOUND -32601
@@ -41,7 +44,11 @@ typedef struct rpc_method {
 
 /* What the framing asks of a peer's owner. */
 typedef struct rpc_peer_ops {
-    void (*send)(rpc_peer_t *p, json_t *msg);     /* queues msg (reference taken) as one line */
+    void (*send)(rpc_peer_t *p, json_t *msg); /* queues msg (reference taken) as one line */
+    /* Queues the JSON text in line (without its newline) as one line and
+     * takes line's memory (line is zeroed); a failed line drops the peer
+     * as out of memory. */
+    void (*send_text)(rpc_peer_t *p, strbuf_t *line);
     void (*drop)(rpc_peer_t *p, const char *why); /* closes the peer; sets p->closing */
     void (*incref)(rpc_peer_t *p);                /* a reference on the peer's owner */
     void (*decref)(rpc_peer_t *p);
@@ -105,6 +112,16 @@ void rpc_call_error(rpc_call_t *call, int code, const char *code_name, json_t *d
 /* Defers the call's answer into d: d takes a reference on the id and on
  * the batch. The method then returns NULL; rpc_defer_end() answers. */
 void rpc_defer(rpc_call_t *call, rpc_defer_t *d);
+
+/* 1 when d answers inside a batch (its answer is then a JSON tree in the
+ * batch's array: rpc_defer_end()), 0 when alone. */
+int rpc_defer_batched(const rpc_defer_t *d);
+
+/* Answers a deferred call that is not in a batch with a result written
+ * straight into its line by write(w, arg) (one JSON value), and releases
+ * what d holds. No tree is built: the wait answers' hot path. */
+void rpc_defer_end_written(rpc_defer_t *d, void (*write)(jsonw_t *w, const void *arg),
+                           const void *arg);
 
 /* Answers a deferred call with {key: value} (value stolen; NULL: no
  * answer, e.g. the peer is closing), alone or in its batch's slot, and

@@ -30,6 +30,16 @@ static int reserve(strbuf_t *b, size_t n)
     return 0;
 }
 
+int strbuf_reserve(strbuf_t *b, size_t n)
+{
+    return reserve(b, n);
+}
+
+void strbuf_fail(strbuf_t *b)
+{
+    b->failed = 1;
+}
+
 int strbuf_append(strbuf_t *b, const void *data, size_t n)
 {
     int rc = reserve(b, n);

@@ -19,6 +19,14 @@ typedef struct strbuf {
 /* Appends n bytes. Returns 0, or ERR_NO_MEMORY (and sets failed). */
 int strbuf_append(strbuf_t *b, const void *data, size_t n);
 
+/* Makes room for n more bytes (and the NUL) at once. Returns 0, or
+ * ERR_NO_MEMORY (and sets failed). */
+int strbuf_reserve(strbuf_t *b, size_t n);
+
+/* Marks the buffer failed, as an allocation failure would: for a writer on
+ * it that cannot go on (later appends do nothing). */
+void strbuf_fail(strbuf_t *b);
+
 /* Appends formatted text; a failure sets failed. */
 void strbuf_printf(strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -669,16 +669,24 @@ static json_t *encode_inline(const job_t *j)
     return json_pack("{s:s, s:o}", "encoding", text ? "text" : "base64", "data", data);
 }
 
+/* Unix times go out with microseconds (as daemon/jobjson.c writes them),
+ * so every answer about a job shows the same value. */
+static double usec(double t)
+{
+    return (double)llround(t * 1e6) / 1e6;
+}
+
 static json_t *encode_timings(const job_timings_t *t)
 {
-    json_t *o = json_pack("{s:f, s:I, s:I, s:I, s:I, s:I}", "created", t->created, "queued_ms",
-                          (json_int_t)t->queued_ms, "dns_ms", (json_int_t)t->dns_ms, "connect_ms",
-                          (json_int_t)t->connect_ms, "ttfb_ms", (json_int_t)t->ttfb_ms, "total_ms",
-                          (json_int_t)t->total_ms);
+    json_t *o = json_pack("{s:f, s:I, s:I, s:I, s:I, s:I}", "created", usec(t->created),
+                          "queued_ms", (json_int_t)t->queued_ms, "dns_ms", (json_int_t)t->dns_ms,
+                          "connect_ms", (json_int_t)t->connect_ms, "ttfb_ms",
+                          (json_int_t)t->ttfb_ms, "total_ms", (json_int_t)t->total_ms);
     if (o == NULL)
         return NULL;
-    if ((t->started != 0 && json_object_set_new(o, "started", json_real(t->started)) != 0) ||
-        (t->finished != 0 && json_object_set_new(o, "finished", json_real(t->finished)) != 0)) {
+    if ((t->started != 0 && json_object_set_new(o, "started", json_real(usec(t->started))) != 0) ||
+        (t->finished != 0 &&
+         json_object_set_new(o, "finished", json_real(usec(t->finished))) != 0)) {
         json_decref(o);
         return NULL;
     }

@@ -24,12 +24,24 @@ static struct {
     int ndefers, calls;
 } fake;
 
+static void fake_drop(rpc_peer_t *p, const char *why);
+
 static void fake_send(rpc_peer_t *p, json_t *msg)
 {
     /* As the control server does: a closing peer is sent nothing. */
     if (msg != NULL && !p->closing)
         json_array_append(fake.sent, msg);
     json_decref(msg);
+}
+
+static void fake_send_text(rpc_peer_t *p, strbuf_t *line)
+{
+    json_t *msg = line->failed ? NULL : json_loadb(line->p, line->len, 0, NULL);
+
+    if (line->failed)
+        fake_drop(p, "out of memory for a response");
+    fake_send(p, msg);
+    strbuf_dispose(line);
 }
 
 static void fake_drop(rpc_peer_t *p, const char *why)
@@ -51,7 +63,8 @@ static void fake_decref(rpc_peer_t *p)
     fake.refs--;
 }
 
-static const rpc_peer_ops_t fake_ops = {fake_send, fake_drop, fake_incref, fake_decref};
+static const rpc_peer_ops_t fake_ops = {fake_send, fake_send_text, fake_drop, fake_incref,
+                                        fake_decref};
 
 /* ---- methods ---------------------------------------------------------------------- */
 
