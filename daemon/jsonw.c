@@ -12,9 +12,19 @@ void jsonw_init(jsonw_t *w, strbuf_t *b)
     w->b = b;
 }
 
-static void put(jsonw_t *w, const char *s, size_t n)
+/* Appends n bytes: in place while they fit (the common case, kept inline),
+ * else through strbuf_append(), whose failure marks the strbuf. */
+static inline void put(jsonw_t *w, const char *s, size_t n)
 {
-    strbuf_append(w->b, s, n); /* a failure marks the strbuf */
+    strbuf_t *b = w->b;
+
+    if (b->len + n < b->cap && !b->failed) {
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+        b->p[b->len] = '\0';
+    } else {
+        strbuf_append(b, s, n);
+    }
 }
 
 /* The separator before a value or a key: a comma unless it is the first
@@ -72,10 +82,20 @@ void jsonw_array_end(jsonw_t *w)
 
 void jsonw_key(jsonw_t *w, const char *key)
 {
+    char text[64];
+    size_t n = strlen(key);
+
     sep(w);
-    put(w, "\"", 1);
-    put(w, key, strlen(key));
-    put(w, "\":", 2);
+    if (n + 3 > sizeof(text)) {
+        put(w, "\"", 1);
+        put(w, key, n);
+        put(w, "\":", 2);
+    } else { /* one append: keys are short */
+        text[0] = '"';
+        memcpy(text + 1, key, n);
+        memcpy(text + 1 + n, "\":", 2);
+        put(w, text, n + 3);
+    }
     w->after_key = 1;
 }
 
