@@ -22,6 +22,7 @@
 
 #include "err.h"
 #include "jobspec.h"
+#include "jsonw.h"
 
 #include "http.h"
 #include "mem.h"
@@ -575,43 +576,6 @@ int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t err
     return rc;
 }
 
-/* Length of the well-formed UTF-8 sequence at s (1 to 4), or 0 when there is
- * none: overlong forms, surrogates and code points above U+10FFFF are not. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t len;
-    if (c < 0x80)
-        return 1;
-    if (c < 0xC2 || c > 0xF4)
-        return 0;
-    len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-    if (c == 0xE0)
-        lo = 0xA0;
-    else if (c == 0xED)
-        hi = 0x9F;
-    else if (c == 0xF0)
-        lo = 0x90;
-    else if (c == 0xF4)
-        hi = 0x8F;
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++) {
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    }
-    return len;
-}
-
-/* Length of the longest well-formed UTF-8 prefix of s. */
-static size_t utf8_valid_prefix(const char *s, size_t n)
-{
-    size_t i = 0, k;
-    while (i < n && (k = utf8_seq((const unsigned char *)s + i, n - i)) != 0)
-        i += k;
-    return i;
-}
-
 /* A JSON string for text that should be UTF-8 but may not be (an error
  * message quoting a server, a path): bytes that are not well-formed become
  * '?', so the encoder never fails or emits invalid JSON because of them. */
@@ -620,7 +584,7 @@ static json_t *lossy_string(const char *s)
     size_t n = strlen(s), i;
     char *copy;
     json_t *j;
-    i = utf8_valid_prefix(s, n);
+    i = jsonw_utf8_prefix(s, n);
     if (i == n)
         return json_stringn_nocheck(s, n);
     copy = mem_strndup(s, n);
@@ -628,7 +592,7 @@ static json_t *lossy_string(const char *s)
         return NULL;
     while (i < n) {
         copy[i++] = '?';
-        i += utf8_valid_prefix(copy + i, n - i);
+        i += jsonw_utf8_prefix(copy + i, n - i);
     }
     j = json_stringn_nocheck(copy, n);
     mem_free(copy);
@@ -662,7 +626,7 @@ static json_t *encode_inline(const job_t *j)
 {
     const char *p = j->inline_body != NULL ? j->inline_body : "";
     size_t n = j->inline_body != NULL ? j->inline_len : 0;
-    int text = memchr(p, '\0', n) == NULL && utf8_valid_prefix(p, n) == n;
+    int text = memchr(p, '\0', n) == NULL && jsonw_utf8_prefix(p, n) == n;
     json_t *data = text ? json_stringn_nocheck(p, n) : base64_string(p, n);
     if (data == NULL)
         return NULL;
