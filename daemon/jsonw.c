@@ -12,19 +12,9 @@ void jsonw_init(jsonw_t *w, strbuf_t *b)
     w->b = b;
 }
 
-/* Appends n bytes: in place while they fit (the common case, kept inline),
- * else through strbuf_append(), whose failure marks the strbuf. */
 static inline void put(jsonw_t *w, const char *s, size_t n)
 {
-    strbuf_t *b = w->b;
-
-    if (b->len + n < b->cap && !b->failed) {
-        memcpy(b->p + b->len, s, n);
-        b->len += n;
-        b->p[b->len] = '\0';
-    } else {
-        strbuf_append(b, s, n);
-    }
+    strbuf_put(w->b, s, n); /* a failure marks the strbuf */
 }
 
 /* The separator before a value or a key: a comma unless it is the first

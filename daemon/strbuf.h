@@ -8,6 +8,7 @@
 #define FETCHD_STRBUF_H
 
 #include <stddef.h>
+#include <string.h>
 
 typedef struct strbuf {
     char *p;    /* owned; NUL-terminated once anything was added */
@@ -18,6 +19,19 @@ typedef struct strbuf {
 
 /* Appends n bytes. Returns 0, or ERR_NO_MEMORY (and sets failed). */
 int strbuf_append(strbuf_t *b, const void *data, size_t n);
+
+/* strbuf_append() for hot paths: bytes that fit are copied in place, here,
+ * without a call. */
+static inline int strbuf_put(strbuf_t *b, const void *data, size_t n)
+{
+    if (b->len + n < b->cap && !b->failed) {
+        memcpy(b->p + b->len, data, n);
+        b->len += n;
+        b->p[b->len] = '\0';
+        return 0;
+    }
+    return strbuf_append(b, data, n);
+}
 
 /* Makes room for n more bytes (and the NUL) at once. Returns 0, or
  * ERR_NO_MEMORY (and sets failed). */
