@@ -446,7 +446,7 @@ static void on_connection(uv_stream_t *server, int status)
 void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
 {
     control_t *ctl = data;
-    json_t *job = NULL;
+    strbuf_t job = {0};
     ctl_client_t *c, *next;
 
     (void)s;
@@ -463,7 +463,7 @@ void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
         next = c->next;
         client_decref(c);
     }
-    json_decref(job);
+    strbuf_dispose(&job);
 }
 
 /* ---- the socket ----------------------------------------------------------------- */

@@ -315,6 +315,12 @@ void jsonw_json(jsonw_t *w, const json_t *v)
         mem_free(text);
 }
 
+void jsonw_raw(jsonw_t *w, const char *json, size_t n)
+{
+    sep(w);
+    put(w, json, n);
+}
+
 void jsonw_base64(jsonw_t *w, const void *data, size_t n)
 {
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -60,6 +60,8 @@ void jsonw_bool(jsonw_t *w, int v);
 void jsonw_null(jsonw_t *w);
 /* A value given as a jansson tree (a job's labels, a request id). */
 void jsonw_json(jsonw_t *w, const json_t *v);
+/* A value already written as JSON text (n bytes), copied as it is. */
+void jsonw_raw(jsonw_t *w, const char *json, size_t n);
 /* n bytes of base64 of data, as a string value. */
 void jsonw_base64(jsonw_t *w, const void *data, size_t n);
 

@@ -189,7 +189,28 @@ static int sub_wants(const methods_sub_t *sub, const job_t *j, sched_event_t ev)
     return 0;
 }
 
-void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, json_t **job)
+/* The event's line for one subscription: the envelope around the job's
+ * text, which is written once per event and copied into every line. */
+static void write_event(jsonw_t *w, uint64_t sub_id, sched_event_t ev, const strbuf_t *job)
+{
+    jsonw_object_begin(w);
+    jsonw_key(w, "jsonrpc");
+    jsonw_string(w, "2.0");
+    jsonw_key(w, "method");
+    jsonw_string(w, "event");
+    jsonw_key(w, "params");
+    jsonw_object_begin(w);
+    jsonw_key(w, "subscription");
+    jsonw_uint(w, sub_id);
+    jsonw_key(w, "event");
+    jsonw_string(w, sched_event_name(ev));
+    jsonw_key(w, "job");
+    jsonw_raw(w, job->p, job->len);
+    jsonw_object_end(w);
+    jsonw_object_end(w);
+}
+
+void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, strbuf_t *job)
 {
     rpc_peer_t *peer = s->peer;
 
@@ -198,15 +219,23 @@ void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, json_t **j
      * only in methods_session_dispose(), with the client's last reference,
      * and the caller holds one). */
     for (methods_sub_t *sub = s->subs; sub && !peer->closing; sub = sub->next) {
+        strbuf_t line = {0};
+        jsonw_t w;
+
         if (!sub_wants(sub, j, ev))
             continue;
-        if (*job == NULL && (*job = jobspec_encode_job(j)) == NULL) {
+        if (job->len == 0) {
+            jsonw_init(&w, job);
+            jobjson_write(&w, j);
+        }
+        if (job->failed) {
             peer->ops->drop(peer, "out of memory for an event");
             return;
         }
-        peer->ops->send(peer, json_pack("{s:s, s:s, s:{s:I, s:s, s:O}}", "jsonrpc", "2.0", "method",
-                                        "event", "params", "subscription", (json_int_t)sub->id,
-                                        "event", sched_event_name(ev), "job", *job));
+        strbuf_reserve(&line, job->len + 128);
+        jsonw_init(&w, &line);
+        write_event(&w, sub->id, ev, job);
+        peer->ops->send_text(peer, &line);
     }
 }
 

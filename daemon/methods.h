@@ -23,6 +23,7 @@
 
 #include "daemon.h"
 #include "rpc.h"
+#include "strbuf.h"
 
 typedef struct methods_wait methods_wait_t;
 typedef struct methods_sub methods_sub_t;
@@ -68,9 +69,9 @@ int methods_session_idle(const methods_session_t *s);
 void methods_job_finished(job_t *j);
 
 /* Sends s's client the event to each of its subscriptions that wants it;
- * *job is the encoded job, made on first use and shared by every
- * notification (the caller releases it). The caller holds a reference on
- * the client. */
-void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, json_t **job);
+ * job holds the job object's JSON text, written on first use (while it is
+ * empty) and shared by every notification of the event (the caller
+ * disposes of it). The caller holds a reference on the client. */
+void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, strbuf_t *job);
 
 #endif

@@ -51,15 +51,17 @@ static void test_values(void)
     jsonw_key(&w, "e");
     jsonw_array_begin(&w);
     jsonw_array_end(&w);
+    jsonw_key(&w, "f");
+    jsonw_raw(&w, "{\"x\":[1]}", 9);
     jsonw_object_end(&w);
     CHECK(!b.failed);
     CHECK_STR(b.p, "{\"a\":-9223372036854775808,\"b\":9223372036854775807,"
                    "\"c\":[1796140125.665836,-0.005,42,false,null,2.5,3.0,null],"
-                   "\"d\":{},\"e\":[]}");
+                   "\"d\":{},\"e\":[],\"f\":{\"x\":[1]}}");
     v = parse(&b);
-    expect = json_pack("{s:I, s:I, s:[f, f, i, b, n, f, f, n], s:{}, s:[]}", "a",
+    expect = json_pack("{s:I, s:I, s:[f, f, i, b, n, f, f, n], s:{}, s:[], s:{s:[i]}}", "a",
                        (json_int_t)INT64_MIN, "b", (json_int_t)(UINT64_MAX / 2), "c",
-                       1796140125.665836, -0.005, 42, 0, 2.5, 3.0, "d", "e");
+                       1796140125.665836, -0.005, 42, 0, 2.5, 3.0, "d", "e", "f", "x", 1);
     CHECK(v != NULL && json_equal(v, expect));
     json_decref(v);
     json_decref(expect);
