@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "err.h"
+#include "fmt.h"
 #include "http.h"
 #include "mem.h"
 #include "strbuf.h"
@@ -1779,6 +1780,9 @@ static int flush_held(parse_ctx_t *ctx, int trailer)
     return rc < 0 ? -1 : 0;
 }
 
+#define TE_CHUNKED "Transfer-Encoding: chunked\r\n"
+#define CL_NAME    "Content-Length: "
+
 /* The end of a final response's header section: decides the framing and
  * gives llhttp the one field that says it. */
 static int decide_framing(parse_ctx_t *ctx, int status, char *field, size_t size)
@@ -1801,13 +1805,18 @@ static int decide_framing(parse_ctx_t *ctx, int status, char *field, size_t size
         /* Without chunked last, a response's body ends with the connection
          * (RFC 9112 6.3 (4)). */
         c->framing = chunked ? FRAMING_CHUNKED : FRAMING_EOF;
-        if (chunked)
-            snprintf(field, size, "Transfer-Encoding: chunked\r\n");
+        if (chunked && size > sizeof(TE_CHUNKED))
+            memcpy(field, TE_CHUNKED, sizeof(TE_CHUNKED));
         return 0;
     }
     if (c->cl_fields) {
         c->framing = FRAMING_LENGTH;
-        snprintf(field, size, "Content-Length: %" PRIu64 "\r\n", c->cl_value);
+        if (size > sizeof(CL_NAME) + FMT_U64_MAX + 2) {
+            size_t n = sizeof(CL_NAME) - 1;
+            memcpy(field, CL_NAME, n);
+            n += fmt_u64(field + n, c->cl_value);
+            memcpy(field + n, "\r\n", 3);
+        }
         return 0;
     }
     c->framing = FRAMING_EOF;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fmt.h"
 #include "mem.h"
 
 void jsonw_init(jsonw_t *w, strbuf_t *b)
@@ -193,17 +194,10 @@ void jsonw_string(jsonw_t *w, const char *s)
     jsonw_stringn(w, s, strlen(s));
 }
 
-/* Writes the decimal digits of v, most significant first. */
 static void put_u64(jsonw_t *w, uint64_t v)
 {
-    char d[20];
-    size_t i = sizeof(d);
-
-    do {
-        d[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    put(w, d + i, sizeof(d) - i);
+    char d[FMT_U64_MAX];
+    put(w, d, fmt_u64(d, v));
 }
 
 void jsonw_uint(jsonw_t *w, uint64_t v)

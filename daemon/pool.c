@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "fmt.h"
 #include "http.h"
 #include "mem.h"
 
@@ -52,24 +53,67 @@ int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs)
 
 /* ---- origins --------------------------------------------------------------- */
 
+/* A key being written into a fixed buffer; over marks that it did not fit. */
+typedef struct keybuf {
+    char *p;
+    size_t len, cap;
+    int over;
+} keybuf_t;
+
+static void kput(keybuf_t *k, const char *s, size_t n)
+{
+    if (k->over || n >= k->cap - k->len) {
+        k->over = 1;
+        return;
+    }
+    memcpy(k->p + k->len, s, n);
+    k->len += n;
+}
+
+static void kput_str(keybuf_t *k, const char *s)
+{
+    kput(k, s, strlen(s));
+}
+
+static void kput_u64(keybuf_t *k, uint64_t v, int hex)
+{
+    char d[FMT_U64_MAX];
+    kput(k, d, hex ? fmt_hex64(d, v, 1) : fmt_u64(d, v));
+}
+
 /* The key names the TLS configuration by its id: one per combination of CA
  * file, verification and client certificate. It doubles as the key of the
- * origin's TLS sessions. */
+ * origin's TLS sessions. Forms: "PROXY#CRED" (absolute-form requests to an
+ * http proxy), "SCHEME://HOST:PORT#TLS" and that plus " via PROXY#CRED".
+ * Written without printf: it is made for every checkout. */
 static int format_key(char *out, size_t len, const url_t *u, const tls_config_t *tls,
                       const proxy_t *px)
 {
-    int n;
+    keybuf_t k = {out, 0, len, 0};
 
-    if (px != NULL && px->kind == PROXY_HTTP && u->scheme == URL_HTTP)
-        n = snprintf(out, len, "%s#%llx", px->shown, (unsigned long long)px->cred_id);
-    else if (px != NULL)
-        n = snprintf(out, len, "%s://%s:%u#%u via %s#%llx", url_scheme_name(u->scheme), u->host,
-                     (unsigned)u->port, tls ? tls->id : 0, px->shown,
-                     (unsigned long long)px->cred_id);
-    else
-        n = snprintf(out, len, "%s://%s:%u#%u", url_scheme_name(u->scheme), u->host,
-                     (unsigned)u->port, tls ? tls->id : 0);
-    return n > 0 && (size_t)n < len ? 0 : ERR_INVALID_REQUEST;
+    if (px != NULL && px->kind == PROXY_HTTP && u->scheme == URL_HTTP) {
+        kput_str(&k, px->shown);
+        kput(&k, "#", 1);
+        kput_u64(&k, px->cred_id, 1);
+    } else {
+        kput_str(&k, url_scheme_name(u->scheme));
+        kput(&k, "://", 3);
+        kput_str(&k, u->host);
+        kput(&k, ":", 1);
+        kput_u64(&k, u->port, 0);
+        kput(&k, "#", 1);
+        kput_u64(&k, tls ? tls->id : 0, 0);
+        if (px != NULL) {
+            kput(&k, " via ", 5);
+            kput_str(&k, px->shown);
+            kput(&k, "#", 1);
+            kput_u64(&k, px->cred_id, 1);
+        }
+    }
+    if (k.over || len == 0)
+        return ERR_INVALID_REQUEST;
+    out[k.len] = '\0';
+    return 0;
 }
 
 static void grow_table(pool_t *p)

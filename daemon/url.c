@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "err.h"
+#include "fmt.h"
 #include "mem.h"
 #include "url.h"
 
@@ -308,15 +309,15 @@ static void put_lower(char **pos, span_t s)
 /* Writes host[:port] (brackets for IPv6, the default port left out). */
 static void put_authority(char **pos, const host_info_t *hi, url_scheme_t scheme)
 {
-    char port[8];
+    char port[1 + FMT_U64_MAX];
     if (hi->is_v6)
         put(pos, "[", 1);
     put_lower(pos, hi->host);
     if (hi->is_v6)
         put(pos, "]", 1);
     if (hi->port != default_port(scheme)) {
-        int n = snprintf(port, sizeof(port), ":%u", (unsigned)hi->port);
-        put(pos, port, (size_t)n);
+        port[0] = ':';
+        put(pos, port, 1 + fmt_u64(port + 1, hi->port));
     }
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "fmt.h"
 #include "jobjson.h"
 #include "jobspec.h"
 #include "jsonw.h"
@@ -279,6 +280,24 @@ static void test_random_jobs_both_ways(void)
     CHECK_INT(differ, 0);
 }
 
+static void test_fmt(void)
+{
+    char d[FMT_U64_MAX + 1];
+
+    d[fmt_u64(d, 0)] = '\0';
+    CHECK_STR(d, "0");
+    d[fmt_u64(d, 443)] = '\0';
+    CHECK_STR(d, "443");
+    d[fmt_u64(d, UINT64_MAX)] = '\0';
+    CHECK_STR(d, "18446744073709551615");
+    d[fmt_hex64(d, 0, 1)] = '\0';
+    CHECK_STR(d, "0");
+    d[fmt_hex64(d, 0xabc, 16)] = '\0';
+    CHECK_STR(d, "0000000000000abc");
+    d[fmt_hex64(d, UINT64_MAX, 4)] = '\0';
+    CHECK_STR(d, "ffffffffffffffff");
+}
+
 /* An allocation failure marks the buffer failed; nothing is written after. */
 static void test_allocation_failure(void)
 {
@@ -295,5 +314,5 @@ static void test_allocation_failure(void)
     strbuf_dispose(&b);
 }
 
-TEST_MAIN(TEST_CASE(test_values), TEST_CASE(test_strings), TEST_CASE(test_random_jobs_both_ways),
-          TEST_CASE(test_allocation_failure))
+TEST_MAIN(TEST_CASE(test_values), TEST_CASE(test_fmt), TEST_CASE(test_strings),
+          TEST_CASE(test_random_jobs_both_ways), TEST_CASE(test_allocation_failure))
