@@ -112,8 +112,22 @@ size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
     char esc[9];
 
     while (i < srclen) {
-        size_t n = escape_one(esc, p + i, srclen - i);
-        size_t used = n == 8 ? 2 : 1;
+        size_t n, used, run = i;
+
+        /* A run of bytes that stand as they are, copied at once. */
+        while (run < srclen && p[run] >= 0x20 && p[run] != 0x7f && p[run] != '\\' && p[run] != 0xc2)
+            run++;
+        if (run > i) {
+            size_t k = run - i < dstlen - 1 - out ? run - i : dstlen - 1 - out;
+            memcpy(dst + out, p + i, k);
+            out += k;
+            i += k;
+            if (i < run)
+                break; /* dst is full */
+            continue;
+        }
+        n = escape_one(esc, p + i, srclen - i);
+        used = n == 8 ? 2 : 1;
         if (n == 0) {
             if (out + 1 >= dstlen)
                 break;
@@ -130,49 +144,79 @@ size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
     return out;
 }
 
-void log_msg(log_level_t level, const char *fmt, ...)
+/* Writes the line: the prefix, msg[0..n) escaped ("..." when cut is set),
+ * a newline. */
+static void write_line(log_level_t level, const char *msg, size_t n, int cut)
 {
     /* Every byte may become \xHH: four times the message, the prefix, "...",
      * the newline. */
-    char msg[LOG_MAX_MESSAGE + 1];
     char line[4 * LOG_MAX_MESSAGE + 128];
-    int n, m;
     size_t len;
-    va_list ap;
+    int k;
 
-    if (level > threshold)
-        return;
     if (journal) {
-        n = snprintf(line, sizeof(line), "<%d>", (int)level);
+        k = snprintf(line, sizeof(line), "<%d>", (int)level);
     } else {
         /* The date and time to the second, formatted once a second. */
         static time_t stamp_sec = (time_t)-1;
         static char stamp[32];
+        static size_t stamp_len;
         struct timespec ts;
+        unsigned ms;
+
         clock_gettime(CLOCK_REALTIME, &ts);
         if (ts.tv_sec != stamp_sec) {
             struct tm tm;
             localtime_r(&ts.tv_sec, &tm);
-            if (strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-                stamp[0] = '\0';
+            stamp_len = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
             stamp_sec = ts.tv_sec;
         }
-        n = snprintf(line, sizeof(line), "%s.%03ld fetchd[%s] ", stamp, ts.tv_nsec / 1000000,
-                     level_word(level));
+        ms = (unsigned)(ts.tv_nsec / 1000000);
+        memcpy(line, stamp, stamp_len);
+        len = stamp_len;
+        line[len++] = '.';
+        line[len++] = (char)('0' + ms / 100);
+        line[len++] = (char)('0' + ms / 10 % 10);
+        line[len++] = (char)('0' + ms % 10);
+        memcpy(line + len, " fetchd[", 8);
+        len += 8;
+        memcpy(line + len, level_word(level), strlen(level_word(level)));
+        len += strlen(level_word(level));
+        line[len++] = ']';
+        line[len++] = ' ';
+        k = (int)len;
     }
-    va_start(ap, fmt);
-    m = vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (m < 0)
-        m = 0;
-    len = (size_t)n;
-    len += log_escape(line + len, sizeof(line) - len - 5, msg,
-                      (size_t)m < sizeof(msg) ? (size_t)m : sizeof(msg) - 1);
-    if ((size_t)m >= sizeof(msg)) {
+    len = (size_t)k;
+    len += log_escape(line + len, sizeof(line) - len - 5, msg, n);
+    if (cut) {
         memcpy(line + len, "...", 3);
         len += 3;
     }
     line[len++] = '\n';
     /* One write per line so concurrent writers never interleave mid-line. */
     fwrite(line, 1, len, stderr);
+}
+
+void log_text(log_level_t level, const char *msg, size_t n)
+{
+    if (level > threshold)
+        return;
+    write_line(level, msg, n < LOG_MAX_MESSAGE ? n : LOG_MAX_MESSAGE, n > LOG_MAX_MESSAGE);
+}
+
+void log_msg(log_level_t level, const char *fmt, ...)
+{
+    char msg[LOG_MAX_MESSAGE + 1];
+    va_list ap;
+    int m;
+
+    if (level > threshold)
+        return;
+    va_start(ap, fmt);
+    m = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        m = 0;
+    write_line(level, msg, (size_t)m < sizeof(msg) ? (size_t)m : sizeof(msg) - 1,
+               (size_t)m >= sizeof(msg));
 }

@@ -44,6 +44,11 @@ size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen);
 #define LOG_MAX_MESSAGE 1024
 void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* log_msg() for a message already made: msg[0..n) is escaped and written
+ * as one line (cut at LOG_MAX_MESSAGE bytes, then "..."). No printf: the
+ * per-job line uses it. */
+void log_text(log_level_t level, const char *msg, size_t n);
+
 #define log_error(...)  log_msg(LOG_LEVEL_ERROR, __VA_ARGS__)
 #define log_warn(...)   log_msg(LOG_LEVEL_WARN, __VA_ARGS__)
 #define log_notice(...) log_msg(LOG_LEVEL_NOTICE, __VA_ARGS__)

@@ -53,34 +53,6 @@ int pool_init(pool_t *p, uv_loop_t *loop, stats_t *stats, buf_pool_t *bufs)
 
 /* ---- origins --------------------------------------------------------------- */
 
-/* A key being written into a fixed buffer; over marks that it did not fit. */
-typedef struct keybuf {
-    char *p;
-    size_t len, cap;
-    int over;
-} keybuf_t;
-
-static void kput(keybuf_t *k, const char *s, size_t n)
-{
-    if (k->over || n >= k->cap - k->len) {
-        k->over = 1;
-        return;
-    }
-    memcpy(k->p + k->len, s, n);
-    k->len += n;
-}
-
-static void kput_str(keybuf_t *k, const char *s)
-{
-    kput(k, s, strlen(s));
-}
-
-static void kput_u64(keybuf_t *k, uint64_t v, int hex)
-{
-    char d[FMT_U64_MAX];
-    kput(k, d, hex ? fmt_hex64(d, v, 1) : fmt_u64(d, v));
-}
-
 /* The key names the TLS configuration by its id: one per combination of CA
  * file, verification and client certificate. It doubles as the key of the
  * origin's TLS sessions. Forms: "PROXY#CRED" (absolute-form requests to an
@@ -89,28 +61,30 @@ static void kput_u64(keybuf_t *k, uint64_t v, int hex)
 static int format_key(char *out, size_t len, const url_t *u, const tls_config_t *tls,
                       const proxy_t *px)
 {
-    keybuf_t k = {out, 0, len, 0};
+    fmtbuf_t k = {out, 0, len, 0};
 
+    if (len == 0)
+        return ERR_INVALID_REQUEST;
     if (px != NULL && px->kind == PROXY_HTTP && u->scheme == URL_HTTP) {
-        kput_str(&k, px->shown);
-        kput(&k, "#", 1);
-        kput_u64(&k, px->cred_id, 1);
+        fmt_str(&k, px->shown);
+        fmt_put(&k, "#", 1);
+        fmt_hex(&k, px->cred_id);
     } else {
-        kput_str(&k, url_scheme_name(u->scheme));
-        kput(&k, "://", 3);
-        kput_str(&k, u->host);
-        kput(&k, ":", 1);
-        kput_u64(&k, u->port, 0);
-        kput(&k, "#", 1);
-        kput_u64(&k, tls ? tls->id : 0, 0);
+        fmt_str(&k, url_scheme_name(u->scheme));
+        fmt_put(&k, "://", 3);
+        fmt_str(&k, u->host);
+        fmt_put(&k, ":", 1);
+        fmt_dec(&k, u->port);
+        fmt_put(&k, "#", 1);
+        fmt_dec(&k, tls ? tls->id : 0);
         if (px != NULL) {
-            kput(&k, " via ", 5);
-            kput_str(&k, px->shown);
-            kput(&k, "#", 1);
-            kput_u64(&k, px->cred_id, 1);
+            fmt_put(&k, " via ", 5);
+            fmt_str(&k, px->shown);
+            fmt_put(&k, "#", 1);
+            fmt_hex(&k, px->cred_id);
         }
     }
-    if (k.over || len == 0)
+    if (k.over)
         return ERR_INVALID_REQUEST;
     out[k.len] = '\0';
     return 0;

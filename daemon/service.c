@@ -9,6 +9,7 @@
 #include "config.h"
 #include "control.h"
 #include "err.h"
+#include "fmt.h"
 #include "history.h"
 #include "log.h"
 #include "metrics.h"
@@ -203,22 +204,40 @@ static const char *url_for_log(const char *url, char *buf, size_t len)
     return buf;
 }
 
-/* One line per finished job (log_jobs); log_msg() escapes what came from
- * outside (the URL). */
+/* One line per finished job (log_jobs), made without printf (one per
+ * fetch); log_text() escapes what came from outside (the URL):
+ * "job ID STATE: status=S bytes=N duration=S.mmms error=CODE url=URL". */
 static void log_finished(const job_t *j)
 {
     static const char *const results[] = {
         [JOB_DONE] = "done", [JOB_FAILED] = "failed", [JOB_CANCELLED] = "cancelled"};
-    char url[LOG_MAX_MESSAGE / 2], status[16] = "-";
+    char text[LOG_MAX_MESSAGE + 1], url[LOG_MAX_MESSAGE / 2];
+    fmtbuf_t b = {text, 0, sizeof(text), 0};
+    uint64_t ms = j->timings.total_ms % 1000;
+    char frac[5] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+                    's'};
 
+    fmt_str(&b, "job ");
+    fmt_str(&b, j->id);
+    fmt_put(&b, " ", 1);
+    fmt_str(&b, j->state <= JOB_CANCELLED && results[j->state] ? results[j->state] : "?");
+    fmt_str(&b, ": status=");
     if (j->http_status > 0)
-        snprintf(status, sizeof(status), "%d", j->http_status);
+        fmt_dec(&b, (uint64_t)j->http_status);
+    else
+        fmt_put(&b, "-", 1);
+    fmt_str(&b, " bytes=");
+    fmt_dec(&b, j->bytes);
     /* The duration from whole milliseconds, without a floating-point printf. */
-    log_info("job %s %s: status=%s bytes=%llu duration=%llu.%03us error=%s url=%s", j->id,
-             j->state <= JOB_CANCELLED && results[j->state] ? results[j->state] : "?", status,
-             (unsigned long long)j->bytes, (unsigned long long)(j->timings.total_ms / 1000),
-             (unsigned)(j->timings.total_ms % 1000), j->error ? err_name(j->error) : "-",
-             url_for_log(j->spec.url, url, sizeof(url)));
+    fmt_str(&b, " duration=");
+    fmt_dec(&b, j->timings.total_ms / 1000);
+    fmt_put(&b, frac, sizeof(frac));
+    fmt_str(&b, " error=");
+    fmt_str(&b, j->error ? err_name(j->error) : "-");
+    fmt_str(&b, " url=");
+    fmt_str(&b, url_for_log(j->spec.url, url, sizeof(url)));
+    /* A cut line (b.over: LOG_MAX_MESSAGE bytes made) ends in "...". */
+    log_text(LOG_LEVEL_INFO, text, b.len + (size_t)b.over);
 }
 
 static void on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)

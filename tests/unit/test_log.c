@@ -91,7 +91,10 @@ static const char *capture(log_level_t level, const char *before, const char *ar
     unlink(path);
     fflush(stderr);
     dup2(fd, 2);
-    log_msg(level, "%s%s%s", before, arg, after);
+    if (before == NULL) /* log_text() with arg's first strlen(after) bytes */
+        log_text(level, arg, strlen(after));
+    else
+        log_msg(level, "%s%s%s", before, arg, after);
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
@@ -161,7 +164,28 @@ static void test_long_message_is_cut_whole(void)
     log_init(LOG_LEVEL_INFO);
 }
 
+/* log_text(): the same line as log_msg() for a message already made, n
+ * bytes of it (not up to a NUL), cut with "..." past LOG_MAX_MESSAGE. */
+static void test_log_text(void)
+{
+    static char big[LOG_MAX_MESSAGE + 2];
+    const char *got;
+
+    setenv("JOURNAL_STREAM", "8:1234", 1);
+    log_init(LOG_LEVEL_INFO);
+    got = capture(LOG_LEVEL_INFO, NULL, "job 1 done\x1b]url=x and more", "01234567890123456");
+    CHECK_STR(got, "<6>job 1 done\\x1B]url=x\n");
+    got = capture(LOG_LEVEL_DEBUG, NULL, "hidden", "hidden");
+    CHECK_STR(got, "");
+    memset(big, 'a', sizeof(big) - 1);
+    got = capture(LOG_LEVEL_INFO, NULL, big, big); /* LOG_MAX_MESSAGE + 1 bytes */
+    CHECK_INT(strlen(got), 3 + LOG_MAX_MESSAGE + 4);
+    CHECK(strcmp(got + strlen(got) - 5, "a...\n") == 0);
+    unsetenv("JOURNAL_STREAM");
+    log_init(LOG_LEVEL_INFO);
+}
+
 TEST_MAIN(TEST_CASE(test_escape_controls), TEST_CASE(test_escape_every_byte),
           TEST_CASE(test_escape_c1_and_utf8), TEST_CASE(test_escape_never_splits),
           TEST_CASE(test_log_msg_writes_one_line), TEST_CASE(test_journal_prefix_intact),
-          TEST_CASE(test_long_message_is_cut_whole))
+          TEST_CASE(test_long_message_is_cut_whole), TEST_CASE(test_log_text))
