@@ -1006,6 +1006,16 @@ static void on_conn_error(void *user, int err, const char *msg, int reused, uint
         attempt(j);
         return;
     }
+    /* The server may have closed the connection the job kept while paused:
+     * what is left of the response is fetched again, once. */
+    if ((err == ERR_TRUNCATED || err == ERR_EMPTY_REPLY) && j->resumed_held &&
+        retry_idempotent(job_method(j))) {
+        log_debug("job %s: the connection kept while paused broke; starting over", j->id);
+        j->resumed_held = 0;
+        job_set_phase(j, JOB_PH_PAUSED, 0);
+        restart(j);
+        return;
+    }
     finish(j, err, "%s", msg ? msg : err_str(err));
 }
 
@@ -1078,6 +1088,7 @@ static void attempt(job_t *j)
         return;
     }
     j->attempts++;
+    j->resumed_held = 0;
     reset_response(j);
     /* Chosen anew for every request: a redirect may lead elsewhere. */
     rc = proxy_select(j->env->proxies, &j->url, j->spec.proxy, j->spec.no_proxy, &px, why,
@@ -1377,11 +1388,13 @@ void job_resume(job_t *j)
     j->paused = 0;
     switch (j->phase) {
     case JOB_PH_REQUEST:
+        j->resumed_held = 1;
         if (j->conn)
             conn_resume(j->conn);
         phase_timer(j, j->spec.first_byte_timeout_ms);
         break;
     case JOB_PH_RESPONSE:
+        j->resumed_held = 1;
         if (!j->read_paused && !j->rl.paused && j->conn) {
             conn_resume(j->conn);
             phase_timer(j, j->spec.idle_timeout_ms);

@@ -233,6 +233,7 @@ struct job {
     /* pause (job_pause(), job_resume()) */
     int paused;           /* read-only: a client paused the job and has not resumed it */
     int restart_on_drain; /* resumed from JOB_PH_PAUSED: restart once the sink is idle */
+    int resumed_held;     /* reading again on the connection it kept while paused */
     uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
     job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
 };

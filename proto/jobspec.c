@@ -755,7 +755,7 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "delay", json_real(j->spec.delay_ms / 1e3));
     if (j->spec.limit_rate)
         rc |= json_object_set_new(o, "limit_rate", json_integer((json_int_t)j->spec.limit_rate));
-    if (j->paused && !job_is_finished(j))
+    if (j->paused && job_is_cancellable(j)) /* not once it is finishing */
         rc |= json_object_set_new(o, "paused", json_true());
     rc |= json_object_set_new(o, "timings", encode_timings(&j->timings));
     return rc;
