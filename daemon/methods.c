@@ -431,7 +431,8 @@ static json_t *by_jobs(rpc_call_t *call, job_action_fn act, const void *arg)
         rc = act(s, jobs[i], arg, err, sizeof(err));
     if (rc != 0)
         rpc_call_error(call, RPC_SERVER_ERROR,
-                       job_is_finished(jobs[i - 1]) ? "finished" : err_name(rc), NULL, "%s", err);
+                       job_is_cancellable(jobs[i - 1]) ? err_name(rc) : "finished", NULL, "%s",
+                       err);
     else if (single && n == 1)
         result = jobspec_encode_job(jobs[0]);
     else if (n > 0 && (list = json_array()) != NULL)

@@ -684,7 +684,11 @@ static void on_keep_timer(uv_timer_t *t)
 
 static int finished_error(job_t *j, char *errmsg, size_t errlen)
 {
-    snprintf(errmsg, errlen, "job %s has already finished (%s)", j->id, job_state_name(j->state));
+    if (job_is_finished(j))
+        snprintf(errmsg, errlen, "job %s has already finished (%s)", j->id,
+                 job_state_name(j->state));
+    else /* its end is being written: still "running", but past changing */
+        snprintf(errmsg, errlen, "job %s has already finished", j->id);
     return ERR_INVALID_REQUEST;
 }
 

@@ -317,6 +317,26 @@ class PauseRunning(PauseTestCase):
             self.wait_bytes(c, jid, frozen["bytes"] + 1)
         self.assertEqual(self.finish_fast(c, jid)["attempts"], 1)
 
+    def test_idle_timeout_stops_while_paused_total_timeout_does_not(self):
+        self.start_fetchd()
+        c = self.connect()
+        # Paused longer than its idle timeout (measured by a job that takes
+        # longer: 12 bytes 100 ms apart), the job is still running.
+        idle = self.running_download(c, timeouts={"idle": 0.3})
+        total = self.running_download(c, timeout=3)
+        c.result("pause", {"ids": [idle, total]})
+        with FaultServer() as srv:
+            slow = self.submit(c, [spec(srv.url("/drip?bytes=12&interval_ms=100"))])[0]
+            self.assertEqual(self.wait_job(c, slow, timeout=WAIT_LIMIT)["state"], "done")
+        job = c.result("status", {"id": idle})
+        self.assertEqual((job["state"], job.get("paused")), ("running", True), job)
+        # The total timeout runs on: the paused job ends with it.
+        job = self.wait_job(c, total, timeout=WAIT_LIMIT)
+        self.assertEqual((job["state"], job["error"]["code"]), ("failed", "timeout"), job)
+        self.assertEqual(self.stats(c)["jobs_paused"], 1)
+        c.result("resume", {"id": idle})
+        self.assertEqual(self.finish_fast(c, idle)["attempts"], 1)
+
     def test_pause_past_the_keep_bound_restarts_with_a_fresh_attempt(self):
         d = self.start_fetchd(["--pause-keep", "1"])
         c = self.connect()
