@@ -37,6 +37,9 @@ static const char usage_text[] =
     "  status ID...              show jobs\n"
     "  wait [--timeout SEC] ID...  wait until the jobs finish\n"
     "  cancel ID...              cancel jobs\n"
+    "  pause ID...               pause jobs (queued ones stay queued)\n"
+    "  resume ID...              resume paused jobs\n"
+    "  set [OPTIONS] ID...       change a job's priority and limits\n"
     "  list [--state S] [--limit N]  list jobs in submission order\n"
     "  stats                     show the daemon's counters\n"
     "  watch [--events LIST] [ID...]  print job events until interrupted\n"
@@ -480,6 +483,146 @@ static int call(ctl_t *c, const char *method, json_t *params, json_t **resp)
     return rc;
 }
 
+/* ---- pause, resume, set --------------------------------------------------------- */
+
+static const char pause_help[] =
+    "Usage: fetchctl pause [--json] ID...\n"
+    "Pause jobs and show them afterwards. A queued job stays queued and is not\n"
+    "started until resumed; a running job stops reading (its connection is kept\n"
+    "for fetchd's idle timeout, then closed: it starts over when resumed). Exits\n"
+    "4 when an id is unknown or its job has finished.\n";
+
+static const char resume_help[] =
+    "Usage: fetchctl resume [--json] ID...\n"
+    "Resume paused jobs and show them afterwards (a job that is not paused is\n"
+    "shown unchanged). Exits 4 when an id is unknown or its job has finished.\n";
+
+static const char set_help[] =
+    "Usage: fetchctl set [OPTIONS] [--json] ID...\n"
+    "Change jobs and show them afterwards. Priority, rate and delay change only\n"
+    "while a job is queued; the limit rate also while it runs.\n"
+    "  --priority N        higher runs first (-1000..1000)\n"
+    "  --rate N[/s|/m|/h]  start requests to the job's host at most N per second\n"
+    "                      (minute, hour)\n"
+    "  --delay SEC         wait SEC since the last request start to the host\n"
+    "  --limit-rate RATE   read the body at most RATE bytes/s (100K, 1M, 2G: powers\n"
+    "                      of 1024; 0: fetchd's default)\n"
+    "Exits 4 when an id is unknown, a job has finished or a change is refused.\n";
+
+/* A number with an optional suffix: K, M, G (powers of 1024) for
+ * --limit-rate, /s, /m, /h for --rate. -1 when arg is not one. */
+static double set_number(int opt, const char *arg)
+{
+    char *end;
+    double v;
+
+    errno = 0;
+    v = strtod(arg, &end);
+    if (errno != 0 || end == arg || !(v >= 0))
+        return -1;
+    if (opt == 'L' && *end != '\0' && strchr("kKmMgG", *end) != NULL && end[1] == '\0') {
+        for (const char *u = "kmg"; *u && *u != (*end | 0x20); u++)
+            v *= 1024;
+        v *= 1024;
+        end++;
+    } else if (opt == 'r' && *end == '/' && end[1] != '\0' && end[2] == '\0') {
+        double per = end[1] == 's' ? 1 : end[1] == 'm' ? 60 : end[1] == 'h' ? 3600 : 0;
+        if (per == 0)
+            return -1;
+        v /= per;
+        end += 2;
+    }
+    return *end == '\0' ? v : -1;
+}
+
+static int set_option(ctl_t *c, int opt, const char *arg, void *ctx)
+{
+    json_t *changes = ctx;
+    double v = set_number(opt, arg);
+    char *end;
+    long long n;
+
+    (void)c;
+    switch (opt) {
+    case 'p':
+        errno = 0;
+        n = strtoll(arg, &end, 10);
+        if (errno == 0 && end != arg && *end == '\0')
+            return json_object_set_new(changes, "priority", json_integer(n));
+        fprintf(stderr, "fetchctl set: --priority: an integer is required, not '%s'\n", arg);
+        return -1;
+    case 'r':
+        if (v > 0)
+            return json_object_set_new(changes, "rate", json_real(v));
+        fprintf(stderr, "fetchctl set: --rate: N, N/s, N/m or N/h, not '%s'\n", arg);
+        return -1;
+    case 'd':
+        if (v >= 0 && strchr(arg, '/') == NULL)
+            return json_object_set_new(changes, "delay", json_real(v));
+        fprintf(stderr, "fetchctl set: --delay: a number of seconds, not '%s'\n", arg);
+        return -1;
+    case 'L':
+        if (v >= 0 && v <= 1e15)
+            return json_object_set_new(changes, "limit_rate", json_integer((json_int_t)v));
+        fprintf(stderr,
+                "fetchctl set: --limit-rate: bytes per second (like 100K or 1M), not "
+                "'%s'\n",
+                arg);
+        return -1;
+    default:
+        return -1;
+    }
+}
+
+/* Sends `set` with the changes for every id, CTL_BATCH_CALLS ids per call
+ * (each call all or nothing), and prints the jobs in the order of the ids. */
+static int set_ids(ctl_t *c, json_t *changes, char **ids, size_t n)
+{
+    int rc = 0;
+
+    for (size_t i = 0; rc == 0 && i < n; i += CTL_BATCH_CALLS) {
+        json_t *params = json_deep_copy(changes), *list = json_array(), *resp, *job;
+        size_t k;
+        for (k = i; list && k < n && k < i + CTL_BATCH_CALLS; k++)
+            json_array_append_new(list, json_string(ids[k]));
+        if (params == NULL || list == NULL || json_object_set_new(params, "ids", list) != 0) {
+            json_decref(params);
+            return EXIT_SERVER;
+        }
+        if ((rc = call(c, "set", params, &resp)) != 0)
+            return rc;
+        json_array_foreach (json_object_get(json_object_get(resp, "result"), "jobs"), k, job)
+            ctl_print_job(c, job);
+        json_decref(resp);
+    }
+    return rc;
+}
+
+static int cmd_set(ctl_t *c, int argc, char **argv)
+{
+    static const struct option extra[] = {{"priority", required_argument, NULL, 'p'},
+                                          {"rate", required_argument, NULL, 'r'},
+                                          {"delay", required_argument, NULL, 'd'},
+                                          {"limit-rate", required_argument, NULL, 'L'},
+                                          {0}};
+    json_t *changes = json_object();
+    int rc = changes ? simple_options(c, argc, argv, set_help, extra, set_option, changes, "s:h")
+                     : EXIT_SERVER;
+
+    if (rc < 0 && json_object_size(changes) == 0) {
+        fprintf(stderr, "fetchctl set: nothing to change: give --priority, --rate, --delay or "
+                        "--limit-rate\n");
+        rc = ctl_usage_error("set");
+    } else if (rc < 0 && optind >= argc) {
+        fprintf(stderr, "fetchctl set: at least one job id is required\n");
+        rc = ctl_usage_error("set");
+    } else if (rc < 0 && (rc = ctl_connect(c)) == 0) {
+        rc = set_ids(c, changes, argv + optind, (size_t)(argc - optind));
+    }
+    json_decref(changes);
+    return rc;
+}
+
 /* ---- list ----------------------------------------------------------------------- */
 
 static const char list_help[] =
@@ -673,7 +816,8 @@ static const char watch_help[] =
     "each (HTTP: the final status, ERROR: the error code; '-' when there is\n"
     "none), until interrupted (Ctrl-C ends it with exit status 0).\n"
     "  --events LIST        comma-separated events to follow: queued, started,\n"
-    "                       redirected, retrying, finished (default: all)\n"
+    "                       redirected, retrying, paused, resumed, finished\n"
+    "                       (default: all)\n"
     "  --reconnect-for SEC  when the connection is lost (fetchd restarts), keep\n"
     "                       reconnecting for up to SEC seconds, waiting 0.1 s,\n"
     "                       0.2 s, ... up to 5 s between tries, and saying so on\n"
@@ -692,7 +836,8 @@ typedef struct watch_opts {
 
 static int watch_events(json_t **events, const char *arg)
 {
-    static const char *const names[] = {"queued", "started", "redirected", "retrying", "finished"};
+    static const char *const names[] = {"queued", "started", "redirected", "retrying",
+                                        "paused", "resumed", "finished"};
     char *copy = strdup(arg), *save = NULL, *tok;
     int rc = copy != NULL ? 0 : -1;
     if (rc == 0 && *events == NULL)
@@ -705,7 +850,7 @@ static int watch_events(json_t **events, const char *arg)
         if (i == sizeof(names) / sizeof(names[0])) {
             fprintf(stderr,
                     "fetchctl watch: unknown event '%s' (known: queued, started, "
-                    "redirected, retrying, finished)\n",
+                    "redirected, retrying, paused, resumed, finished)\n",
                     tok);
             rc = -1;
         } else {
@@ -918,12 +1063,23 @@ static int cmd_cancel(ctl_t *c, int argc, char **argv)
     return cmd_by_id(c, argc, argv, "cancel", cancel_help);
 }
 
+static int cmd_pause(ctl_t *c, int argc, char **argv)
+{
+    return cmd_by_id(c, argc, argv, "pause", pause_help);
+}
+
+static int cmd_resume(ctl_t *c, int argc, char **argv)
+{
+    return cmd_by_id(c, argc, argv, "resume", resume_help);
+}
+
 static const struct {
     const char *name;
     int (*fn)(ctl_t *c, int argc, char **argv);
 } commands[] = {
     {"submit", cmd_submit}, {"status", cmd_status}, {"wait", cmd_wait},   {"cancel", cmd_cancel},
     {"list", cmd_list},     {"stats", cmd_stats},   {"watch", cmd_watch}, {"version", cmd_version},
+    {"pause", cmd_pause},   {"resume", cmd_resume}, {"set", cmd_set},
 };
 
 static void on_signal(int sig)

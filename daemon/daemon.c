@@ -59,6 +59,7 @@ static void apply_limits(daemon_t *d)
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;
+    d->sched.keep_ms = d->cfg.pause_keep_ms;
     d->sched.rl.bandwidth = d->cfg.bandwidth;
     d->sched.rl.limit_rate = d->cfg.limit_rate;
     d->sched.rl.max_limit_rate = d->cfg.max_limit_rate;
@@ -146,6 +147,7 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.max_running = cfg->max_running;
     d->cfg.max_clients = cfg->max_clients;
     d->cfg.idle_timeout_ms = cfg->idle_timeout_ms;
+    d->cfg.pause_keep_ms = cfg->pause_keep_ms;
     d->cfg.retain_jobs = cfg->retain_jobs;
     d->cfg.retain_ms = cfg->retain_ms;
     d->cfg.shutdown_grace_ms = cfg->shutdown_grace_ms;

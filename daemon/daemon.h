@@ -37,6 +37,7 @@ typedef struct daemon_config {
     unsigned max_clients;       /* 64 control clients at once */
     unsigned max_running;       /* 1024 jobs at once */
     uint64_t idle_timeout_ms;   /* 30 s */
+    uint64_t pause_keep_ms;     /* 0: a paused job keeps its connection idle_timeout_ms */
     size_t retain_jobs;         /* 10000 */
     uint64_t retain_ms;         /* 3600 s */
     log_level_t log_level;      /* info */

@@ -5,6 +5,9 @@
  *   QUEUED -> WAIT_CONN -> RESOLVING -> CONNECTING -> REQUEST -> RESPONSE
  *                 \________________(reused connection)___/          |
  *   RESPONSE -> (redirect or retry) -> [BACKOFF ->] [HOST_WAIT ->] back to the start
+ *   WAIT_CONN, RESOLVING, CONNECTING -> (pause) -> PAUSED -> (resume) -> start
+ *   REQUEST, RESPONSE -> (pause: reads stop, the connection is kept;
+ *                        past the owner's keep bound) -> PAUSED
  *   any phase -> FINISHING (the sink commits or aborts) -> FINISHED
  *
  * job_set_phase() is the only writer of the phase, and its switch runs what
@@ -56,6 +59,7 @@ static void on_total_timeout(uv_timer_t *t);
 static void on_phase_timeout(uv_timer_t *t);
 static void on_sink_drain(sink_t *s, int status);
 static void on_rate_resume(job_t *j);
+static void restart(job_t *j);
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -624,7 +628,8 @@ static uint64_t backoff_ms(job_t *j)
  * delay hold it as they held the job's start (ratelimit_request()). */
 static void attempt_next(job_t *j)
 {
-    uint64_t wait_ns = j->env->rl != NULL ? ratelimit_request(j->env->rl, j) : 0;
+    /* A paused job sends nothing: attempt() parks it, and takes no token. */
+    uint64_t wait_ns = j->env->rl != NULL && !j->paused ? ratelimit_request(j->env->rl, j) : 0;
 
     if (wait_ns > 0)
         job_set_phase(j, JOB_PH_HOST_WAIT, (wait_ns + 999999u) / 1000000u);
@@ -677,7 +682,7 @@ static void on_conn_request_sent(void *user)
 {
     job_t *j = user;
 
-    if (j->phase == JOB_PH_REQUEST) {
+    if (j->phase == JOB_PH_REQUEST && !j->paused) {
         /* The first-byte clock starts once the request is on the wire. */
         j->phase_start_ms = mono_ms();
         phase_timer(j, j->spec.first_byte_timeout_ms);
@@ -690,7 +695,7 @@ static void on_conn_read(void *user)
 
     if (j->phase == JOB_PH_REQUEST)
         job_set_phase(j, JOB_PH_RESPONSE, 0);
-    if (j->phase == JOB_PH_RESPONSE && !j->read_paused && !j->rl.paused)
+    if (j->phase == JOB_PH_RESPONSE && !j->read_paused && !j->rl.paused && !j->paused)
         phase_timer(j, j->spec.idle_timeout_ms);
 }
 
@@ -874,9 +879,14 @@ static void on_sink_drain(sink_t *s, int status)
 {
     job_t *j = s->data;
     (void)status; /* a write error surfaces at the next write or at commit */
+    if (j->restart_on_drain) {
+        if (sink_pending(s) == 0)
+            restart(j);
+        return;
+    }
     if (j->read_paused && sink_pending(s) < SINK_LOW_WATER && j->conn) {
         j->read_paused = 0;
-        if (!j->rl.paused) {
+        if (!j->rl.paused && !j->paused) {
             conn_resume(j->conn);
             phase_timer(j, j->spec.idle_timeout_ms);
         }
@@ -886,7 +896,7 @@ static void on_sink_drain(sink_t *s, int status)
 /* The byte rates let the job read again (unless the disk still lags). */
 static void on_rate_resume(job_t *j)
 {
-    if (!j->read_paused && j->conn) {
+    if (!j->read_paused && !j->paused && j->conn) {
         conn_resume(j->conn);
         phase_timer(j, j->spec.idle_timeout_ms);
     }
@@ -1025,6 +1035,16 @@ static void on_conn_error(void *user, int err, const char *msg, int reused, uint
         attempt(j);
         return;
     }
+    /* The server may have closed the connection the job kept while paused:
+     * what is left of the response is fetched again, once. */
+    if ((err == ERR_TRUNCATED || err == ERR_EMPTY_REPLY) && j->resumed_held &&
+        retry_idempotent(job_method(j))) {
+        log_debug("job %s: the connection kept while paused broke; starting over", j->id);
+        j->resumed_held = 0;
+        job_set_phase(j, JOB_PH_PAUSED, 0);
+        restart(j);
+        return;
+    }
     finish(j, err, "%s", msg ? msg : err_str(err));
 }
 
@@ -1094,7 +1114,13 @@ static void attempt(job_t *j)
     char why[192];
     int rc;
 
+    if (j->paused) {
+        /* A redirect or a retry came due during a pause: resume starts it. */
+        job_set_phase(j, JOB_PH_PAUSED, 0);
+        return;
+    }
     j->attempts++;
+    j->resumed_held = 0;
     reset_response(j);
     /* Chosen anew for every request: a redirect may lead elsewhere. */
     rc = proxy_select(j->env->proxies, &j->url, j->spec.proxy, j->spec.no_proxy, &px, why,
@@ -1271,6 +1297,16 @@ static void job_set_phase(job_t *j, job_phase_t ph, uint64_t backoff_ms)
         /* The wait (backoff_ms here) keeps the running slot, not a connection. */
         uv_timer_start(&j->phase_timer, on_phase_timeout, backoff_ms, 0);
         break;
+    case JOB_PH_PAUSED:
+        /* Paused holding nothing but the total timer and the sink. */
+        uv_timer_stop(&j->phase_timer);
+        dns_cancel(&j->dns_waiter);
+        pool_cancel_connect(&j->pool_wait);
+        if (j->conn)
+            conn_close(j->conn, old == JOB_PH_REQUEST || old == JOB_PH_RESPONSE
+                                    ? STATS_CLOSE_IDLE_TIMEOUT
+                                    : STATS_CLOSE_CANCELLED);
+        break;
     case JOB_PH_FINISHING:
         uv_timer_stop(&j->total_timer);
         uv_timer_stop(&j->phase_timer);
@@ -1309,6 +1345,112 @@ int job_cancel(job_t *j, int err)
     finish(j, err, "%s",
            err == ERR_SHUTDOWN ? "cancelled: the daemon is shutting down" : "cancelled by request");
     return 0;
+}
+
+/* ---- pause ------------------------------------------------------------------ */
+
+/* Empties the sink for a fresh attempt, as the new response starts over:
+ * what the last one stored is dropped (a temporary file is removed). The
+ * sink has no write in flight. */
+static void reset_sink(job_t *j)
+{
+    const job_env_t *env = j->env;
+
+    sink_dispose(&j->sink);
+    sink_init(&j->sink, env->loop, env->stats, j->spec.sha256 || j->spec.expected_sha256);
+    j->sink.data = j;
+    j->sink.on_drain = on_sink_drain;
+    if (j->spec.output == JOB_OUTPUT_INLINE)
+        sink_set_memory(&j->sink, j->spec.inline_max);
+    sink_set_limit(&j->sink, j->spec.max_body);
+    j->read_paused = 0;
+    j->bytes = j->wire_bytes = 0;
+    j->http_status = 0;
+    j->decoded = 0;
+}
+
+/* A resumed job leaves JOB_PH_PAUSED with a fresh attempt, once its sink has
+ * no write in flight (on_sink_drain() calls again when the last one lands). */
+static void restart(job_t *j)
+{
+    if (sink_pending(&j->sink) > 0) {
+        j->restart_on_drain = 1;
+        return;
+    }
+    j->restart_on_drain = 0;
+    reset_sink(j);
+    j->retried_stale = 0;
+    attempt(j);
+}
+
+int job_pause(job_t *j, char *why, size_t len)
+{
+    if (j->phase >= JOB_PH_FINISHING) {
+        snprintf(why, len, "job %s has already finished", j->id);
+        return ERR_INVALID_REQUEST;
+    }
+    if ((j->phase == JOB_PH_REQUEST || j->phase == JOB_PH_RESPONSE) && !j->paused &&
+        !retry_idempotent(job_method(j))) {
+        snprintf(why, len, "job %s: its %s request is sent and cannot be sent again on resume",
+                 j->id, job_method(j));
+        return ERR_INVALID_REQUEST;
+    }
+    j->paused = 1;
+    j->restart_on_drain = 0; /* a restart waiting for the sink waits for resume again */
+    switch (j->phase) {
+    case JOB_PH_WAIT_CONN:
+    case JOB_PH_RESOLVING:
+    case JOB_PH_CONNECTING:
+        job_set_phase(j, JOB_PH_PAUSED, 0);
+        return 0;
+    case JOB_PH_REQUEST:
+    case JOB_PH_RESPONSE:
+        /* Composes with the sink's and the byte rate's pauses: reading goes
+         * on only when none of the three holds it. */
+        if (j->conn)
+            conn_pause(j->conn);
+        uv_timer_stop(&j->phase_timer);
+        return 1;
+    default:
+        /* Queued; paused already; or in a backoff, whose timer runs on and
+         * then finds the job paused (attempt()). */
+        return 0;
+    }
+}
+
+void job_resume(job_t *j)
+{
+    if (!j->paused || j->phase >= JOB_PH_FINISHING)
+        return;
+    j->paused = 0;
+    switch (j->phase) {
+    case JOB_PH_REQUEST:
+        j->resumed_held = 1;
+        if (j->conn)
+            conn_resume(j->conn);
+        phase_timer(j, j->spec.first_byte_timeout_ms);
+        break;
+    case JOB_PH_RESPONSE:
+        j->resumed_held = 1;
+        if (!j->read_paused && !j->rl.paused && j->conn) {
+            conn_resume(j->conn);
+            phase_timer(j, j->spec.idle_timeout_ms);
+        }
+        break;
+    case JOB_PH_PAUSED:
+        restart(j);
+        break;
+    default:
+        break;
+    }
+}
+
+void job_pause_expire(job_t *j)
+{
+    if (j->paused && (j->phase == JOB_PH_REQUEST || j->phase == JOB_PH_RESPONSE)) {
+        log_debug("job %s: paused past the keep bound; its connection is closed", j->id);
+        job_set_phase(j, JOB_PH_PAUSED, 0);
+    }
 }
 
 /* ---- names ------------------------------------------------------------------ */

@@ -146,6 +146,7 @@ typedef enum job_phase {
     JOB_PH_RESPONSE,
     JOB_PH_BACKOFF,
     JOB_PH_HOST_WAIT,
+    JOB_PH_PAUSED, /* paused holding nothing: resuming starts a fresh attempt */
     JOB_PH_FINISHING,
     JOB_PH_FINISHED
 } job_phase_t;
@@ -235,6 +236,13 @@ struct job {
     int last_retry_err;  /* the error that made the last retry */
     char *location;      /* owned: the response's Location */
     char *retry_after;   /* owned: the response's Retry-After */
+
+    /* pause (job_pause(), job_resume()) */
+    int paused;           /* read-only: a client paused the job and has not resumed it */
+    int restart_on_drain; /* resumed from JOB_PH_PAUSED: restart once the sink is idle */
+    int resumed_held;     /* reading again on the connection it kept while paused */
+    uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
+    job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
 };
 
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure
@@ -261,6 +269,27 @@ void job_start(job_t *j);
  * "cancelled" with reason err (ERR_CANCELLED or ERR_SHUTDOWN); a finished job
  * is left as it is. Returns 0, or ERR_INVALID_REQUEST for a finished job. */
 int job_cancel(job_t *j, int err);
+
+/* Pauses a job at the client's request. A queued job only takes the flag
+ * (its owner keeps it from starting). A running job stops reading its
+ * response; its first-byte and idle timers stop (the total timeout goes
+ * on). Before its request is sent it lets go of everything it holds (pool
+ * wait, lookup, connection) and enters JOB_PH_PAUSED. Returns 1 when the job
+ * keeps a connection (its owner bounds that with job_pause_expire()), 0 when
+ * it holds none, or ERR_INVALID_REQUEST with why filled in: the job has
+ * finished, or its non-idempotent request is already sent. Pausing a paused
+ * job changes nothing (returns 0 or 1 as before). */
+int job_pause(job_t *j, char *why, size_t len);
+
+/* Ends a pause: reading goes on (unless the sink's backpressure or a byte
+ * rate still holds it), or, in JOB_PH_PAUSED, a fresh attempt starts with an
+ * emptied sink (as soon as its writes in flight have landed). A job that is
+ * not paused is left as it is. */
+void job_resume(job_t *j);
+
+/* The paused job has kept its connection long enough: it closes it and
+ * enters JOB_PH_PAUSED. Does nothing unless the job is paused and holds one. */
+void job_pause_expire(job_t *j);
 
 const char *job_state_name(job_state_t s);
 int job_state_from_name(const char *name, job_state_t *out);

@@ -130,6 +130,10 @@ void jobjson_write(jsonw_t *w, const job_t *j)
     }
     if (j->spec.limit_rate)
         write_uint(w, "limit_rate", j->spec.limit_rate);
+    if (j->paused && job_is_cancellable(j)) { /* not once it is finishing */
+        jsonw_key(w, "paused");
+        jsonw_bool(w, 1);
+    }
     jsonw_key(w, "timings");
     write_timings(w, &j->timings);
     jsonw_object_end(w);

@@ -58,6 +58,8 @@ static void usage(FILE *out)
             "      --client-key FILE    its private key (PEM)\n"
             "      --retain-jobs N      finished jobs kept for status queries (default 10000)\n"
             "      --retain-seconds S   how long finished jobs are kept (default 3600)\n"
+            "      --pause-keep SEC     how long a paused job keeps its connection (default:\n"
+            "                           the idle timeout)\n"
             "      --queue URL          also take jobs from a Redis stream's consumer group:\n"
             "                           redis://[USER:PASS@]HOST:PORT/STREAM?group=G&...\n"
             "                           (see fetchd(8))\n"

@@ -406,6 +406,143 @@ static json_t *m_cancel(rpc_call_t *call)
     return result;
 }
 
+/* ---- pause, resume, set: by id or by ids ----------------------------------------- */
+
+/* What pause, resume and set do to one job: 0, or an error with errmsg. */
+typedef int (*job_action_fn)(sched_t *s, job_t *j, const void *arg, char *errmsg, size_t errlen);
+
+/* The jobs a call names: params.id (one job, answered with its job object)
+ * or params.ids (1 to MAX_LIST jobs, answered with {"jobs": [...]}). Every
+ * id is looked up before any job is touched, so an unknown one changes
+ * nothing. Returns the number of jobs (borrowed into jobs[]) or -1 after
+ * answering the error; *single says which form the call used. */
+static long param_jobs(rpc_call_t *call, job_t **jobs, int *single)
+{
+    sched_t *s = &sess(call)->m->d->sched;
+    json_t *ids = json_object_get(call->params, "ids"), *v;
+    size_t i, n = json_array_size(ids);
+
+    *single = ids == NULL;
+    if (*single)
+        return param_id(call, &jobs[0]) == 0 ? 1 : -1;
+    if (json_object_get(call->params, "id") != NULL || !json_is_array(ids) || n == 0 ||
+        n > MAX_LIST) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.ids: an array of 1 to %d job id strings (or params.id alone)",
+                       MAX_LIST);
+        return -1;
+    }
+    json_array_foreach (ids, i, v) {
+        if (!json_is_string(v)) {
+            rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                           "params.ids[%zu]: a job id string", i);
+            return -1;
+        }
+        jobs[i] = sched_find(s, json_string_value(v));
+        if (jobs[i] == NULL) {
+            rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no job with id \"%.40s\"",
+                           json_string_value(v));
+            return -1;
+        }
+    }
+    return (long)n;
+}
+
+/* Applies act to the jobs the call names, in order, and answers with their
+ * job objects. The first job that refuses (a finished one, say) stops the
+ * call with a `finished` or `invalid_request` error; the jobs before it
+ * were changed. */
+static json_t *by_jobs(rpc_call_t *call, job_action_fn act, const void *arg)
+{
+    sched_t *s = &sess(call)->m->d->sched;
+    job_t *one, **jobs = &one;
+    json_t *list = NULL, *result = NULL;
+    char err[256];
+    int single, rc = 0;
+    long n, i;
+
+    if (json_array_size(json_object_get(call->params, "ids")) > 1 &&
+        (jobs = mem_calloc(MAX_LIST, sizeof(*jobs))) == NULL) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+        return NULL;
+    }
+    n = param_jobs(call, jobs, &single);
+    for (i = 0; i < n; i++)
+        job_incref(jobs[i]); /* a job may finish, and leave retention, in act */
+    for (i = 0; i < n && rc == 0; i++)
+        rc = act(s, jobs[i], arg, err, sizeof(err));
+    if (rc != 0)
+        rpc_call_error(call, RPC_SERVER_ERROR,
+                       job_is_cancellable(jobs[i - 1]) ? err_name(rc) : "finished", NULL, "%s",
+                       err);
+    else if (single && n == 1)
+        result = jobspec_encode_job(jobs[0]);
+    else if (n > 0 && (list = json_array()) != NULL)
+        for (i = 0; i < n; i++)
+            json_array_append_new(list, jobspec_encode_job(jobs[i]));
+    if (list != NULL)
+        result = json_pack("{s:o}", "jobs", list);
+    for (i = 0; i < n; i++)
+        job_decref(jobs[i]);
+    if (jobs != &one)
+        mem_free(jobs);
+    return result;
+}
+
+static int act_pause(sched_t *s, job_t *j, const void *arg, char *errmsg, size_t errlen)
+{
+    (void)arg;
+    return sched_pause(s, j, errmsg, errlen);
+}
+
+static int act_resume(sched_t *s, job_t *j, const void *arg, char *errmsg, size_t errlen)
+{
+    (void)arg;
+    return sched_resume(s, j, errmsg, errlen);
+}
+
+/* The changes of a set call, decoded once for all its jobs. */
+typedef struct set_changes {
+    job_spec_t to;
+    unsigned which;
+} set_changes_t;
+
+static int act_set(sched_t *s, job_t *j, const void *arg, char *errmsg, size_t errlen)
+{
+    const set_changes_t *c = arg;
+    return sched_set(s, j, &c->to, c->which, errmsg, errlen);
+}
+
+static json_t *m_pause(rpc_call_t *call)
+{
+    return by_jobs(call, act_pause, NULL);
+}
+
+static json_t *m_resume(rpc_call_t *call)
+{
+    return by_jobs(call, act_resume, NULL);
+}
+
+static json_t *m_set(rpc_call_t *call)
+{
+    set_changes_t c;
+    char err[256];
+    json_t *result;
+
+    if (jobspec_decode_set(call->params, &c.to, &c.which, err, sizeof(err)) != 0) {
+        const char *colon = strstr(err, ": ");
+        json_t *data = json_pack("{s:s}", "message", err);
+        if (data && colon)
+            json_object_set_new(data, "field", json_stringn(err, (size_t)(colon - err)));
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", data, "%s", err);
+        job_spec_dispose(&c.to);
+        return NULL;
+    }
+    result = by_jobs(call, act_set, &c);
+    job_spec_dispose(&c.to);
+    return result;
+}
+
 /* Whether the session may hold one more wait whose id takes id_bytes. */
 static int wait_allowed(rpc_call_t *call, size_t id_bytes)
 {
@@ -522,6 +659,7 @@ static json_t *m_stats(rpc_call_t *call)
         return NULL;
     }
     json_object_set_new(o, "control_clients", json_integer(*m->nclients));
+    json_object_set_new(o, "jobs_paused", json_integer((json_int_t)m->d->sched.npaused));
     /* This call is answered from inside its client's read, whose buffer is
      * in use meanwhile: left out, as /metrics leaves it out, so an idle
      * daemon shows 0 in both (control.h, nreading). */
@@ -655,6 +793,7 @@ static const rpc_method_t methods[] = {
     {"version", m_version}, {"submit", m_submit},       {"status", m_status},
     {"wait", m_wait},       {"cancel", m_cancel},       {"list", m_list},
     {"stats", m_stats},     {"subscribe", m_subscribe}, {"unsubscribe", m_unsubscribe},
+    {"pause", m_pause},     {"resume", m_resume},       {"set", m_set},
 };
 
 void methods_session_init(methods_session_t *s, methods_t *m, rpc_peer_t *peer)

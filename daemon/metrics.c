@@ -171,6 +171,9 @@ static void render_jobs(strbuf_t *b, const daemon_t *d)
     labelled(b, "fetchd_jobs", "state", "queued", d->sched.nqueued);
     labelled(b, "fetchd_jobs", "state", "running", d->sched.nrunning);
     labelled(b, "fetchd_jobs", "state", "retained", d->sched.nretained);
+    one(b, "fetchd_jobs_paused", "gauge",
+        "Queued and running jobs a client has paused (counted in fetchd_jobs too).",
+        d->sched.npaused);
     one(b, "fetchd_queue_bytes", "gauge", "Memory held by queued jobs (--max-queue-bytes).",
         d->sched.queued_bytes);
     head(b, "fetchd_jobs_finished_total", "counter", "Jobs finished, by result.");

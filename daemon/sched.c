@@ -30,6 +30,8 @@
 static void on_kick(uv_idle_t *h);
 static void on_retain_timer(uv_timer_t *t);
 static void on_trim_timer(uv_timer_t *t);
+static void on_keep_timer(uv_timer_t *t);
+static void keep_unlink(sched_t *s, job_t *j);
 static void maybe_trim(sched_t *s);
 static void sched_emit(sched_t *s, job_t *j, sched_event_t ev);
 static void on_job_event(void *owner, job_t *j, job_event_t ev);
@@ -100,10 +102,12 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     uv_idle_init(loop, &s->kick);
     uv_timer_init(loop, &s->retain_timer);
     uv_timer_init(loop, &s->trim_timer);
+    uv_timer_init(loop, &s->keep_timer);
     s->kick.data = s;
     s->retain_timer.data = s;
     s->trim_timer.data = s;
-    s->handles_open = 3;
+    s->keep_timer.data = s;
+    s->handles_open = 4;
     s->rl.on_ready = on_host_ready;
     s->rl.ready_data = s;
     return 0;
@@ -181,10 +185,16 @@ job_t *sched_find(sched_t *s, const char *id)
 
 /* ---- the priority queue ------------------------------------------------------ */
 
+/* A queued job that may not start now: paused, or waiting for its host. */
+static int held(const job_t *j)
+{
+    return j->rl.parked || j->paused;
+}
+
 static int runs_before(const job_t *a, const job_t *b)
 {
-    if (a->rl.parked != b->rl.parked)
-        return b->rl.parked; /* jobs waiting for their host come last */
+    if (held(a) != held(b))
+        return held(b); /* paused jobs and jobs waiting for their host come last */
     if (a->spec.priority != b->spec.priority)
         return a->spec.priority > b->spec.priority;
     return a->seq < b->seq;
@@ -288,8 +298,8 @@ static void on_kick(uv_idle_t *h)
     s->kick_active = 0;
     while (s->nqueued > 0 && s->nrunning < s->max_running && s->accepting && !s->draining) {
         job_t *j = s->heap[0];
-        if (j->rl.parked)
-            break; /* every queued job waits for its host: on_host_ready() kicks */
+        if (held(j))
+            break; /* every queued job is paused or waits for its host */
         if (ratelimit_admit(&s->rl, j) != 0) {
             sift_down(s, 0); /* parked: it sorts after the jobs that may start */
             continue;
@@ -570,6 +580,11 @@ static void on_job_finished(void *owner, job_t *j)
         assert(s->nrunning > 0);
         s->nrunning--;
     }
+    if (j->paused) {
+        assert(s->npaused > 0);
+        s->npaused--;
+        keep_unlink(s, j);
+    }
     j->rprev = s->retained_tail;
     j->rnext = NULL;
     if (s->retained_tail)
@@ -593,6 +608,182 @@ int sched_cancel(sched_t *s, job_t *j)
     if (job_is_queued(j))
         heap_remove(s, j);
     return job_cancel(j, ERR_CANCELLED);
+}
+
+/* ---- pause, resume, set ------------------------------------------------------- */
+
+static uint64_t keep_ms(const sched_t *s)
+{
+    return s->keep_ms ? s->keep_ms : s->pool->idle_timeout_ms;
+}
+
+static void keep_arm(sched_t *s)
+{
+    uint64_t now, due;
+
+    if (!s->accepting)
+        return; /* the timer is closing */
+    if (s->kept_head == NULL) {
+        uv_timer_stop(&s->keep_timer);
+        return;
+    }
+    now = uv_now(s->loop);
+    due = s->kept_head->paused_ms + keep_ms(s);
+    uv_timer_start(&s->keep_timer, on_keep_timer, due > now ? due - now : 1, 0);
+}
+
+static int keep_linked(const sched_t *s, const job_t *j)
+{
+    return j->kprev != NULL || s->kept_head == j;
+}
+
+/* Takes j off the keep list if it is there. */
+static void keep_unlink(sched_t *s, job_t *j)
+{
+    if (!keep_linked(s, j))
+        return;
+    if (j->kprev)
+        j->kprev->knext = j->knext;
+    else
+        s->kept_head = j->knext;
+    if (j->knext)
+        j->knext->kprev = j->kprev;
+    else
+        s->kept_tail = j->kprev;
+    j->kprev = j->knext = NULL;
+}
+
+static void keep_link(sched_t *s, job_t *j)
+{
+    j->paused_ms = uv_now(s->loop);
+    j->kprev = s->kept_tail;
+    j->knext = NULL;
+    if (s->kept_tail)
+        s->kept_tail->knext = j;
+    else
+        s->kept_head = j;
+    s->kept_tail = j;
+    if (s->kept_head == j)
+        keep_arm(s);
+}
+
+/* Every job keeps its connection for the same time, so the list is in
+ * deadline order: the jobs at its head whose time is up let go. */
+static void on_keep_timer(uv_timer_t *t)
+{
+    sched_t *s = t->data;
+    uint64_t now = uv_now(s->loop), keep = keep_ms(s);
+
+    while (s->kept_head && s->kept_head->paused_ms + keep <= now) {
+        job_t *j = s->kept_head;
+        keep_unlink(s, j);
+        job_pause_expire(j);
+    }
+    keep_arm(s);
+}
+
+static int finished_error(job_t *j, char *errmsg, size_t errlen)
+{
+    if (job_is_finished(j))
+        snprintf(errmsg, errlen, "job %s has already finished (%s)", j->id,
+                 job_state_name(j->state));
+    else /* its end is being written: still "running", but past changing */
+        snprintf(errmsg, errlen, "job %s has already finished", j->id);
+    return ERR_INVALID_REQUEST;
+}
+
+int sched_pause(sched_t *s, job_t *j, char *errmsg, size_t errlen)
+{
+    int queued = job_is_queued(j), rc;
+
+    if (job_is_finished(j) || !job_is_cancellable(j))
+        return finished_error(j, errmsg, errlen);
+    if (j->paused)
+        return 0;
+    if (queued)
+        ratelimit_dequeue(&s->rl, j); /* a held place at its host would block the host */
+    rc = job_pause(j, errmsg, errlen);
+    if (rc < 0)
+        return rc;
+    s->npaused++;
+    if (queued)
+        sift_down(s, j->heap_index); /* after every job that may start */
+    else if (rc == 1)
+        keep_link(s, j);
+    sched_emit(s, j, SCHED_EV_PAUSED);
+    return 0;
+}
+
+int sched_resume(sched_t *s, job_t *j, char *errmsg, size_t errlen)
+{
+    if (job_is_finished(j) || !job_is_cancellable(j))
+        return finished_error(j, errmsg, errlen);
+    if (!j->paused)
+        return 0;
+    s->npaused--;
+    keep_unlink(s, j);
+    job_incref(j); /* a fresh attempt may finish it at once */
+    job_resume(j);
+    if (job_is_queued(j)) {
+        sift_up(s, j->heap_index); /* back to its place: priority, then seq */
+        schedule_kick(s);
+    }
+    if (!job_is_finished(j))
+        sched_emit(s, j, SCHED_EV_RESUMED);
+    job_decref(j);
+    return 0;
+}
+
+/* A running job's byte rate follows its new limit_rate at once: its own,
+ * else the daemon's default, within the daemon's cap (as ratelimit_admit()
+ * sets it up); the tokens it has are kept. */
+static void set_running_rate(sched_t *s, job_t *j)
+{
+    ratelimit_t *rl = &s->rl;
+    uint64_t rate = j->spec.limit_rate ? j->spec.limit_rate : rl->limit_rate;
+    double burst;
+
+    if (rl->max_limit_rate && (rate == 0 || rate > rl->max_limit_rate))
+        rate = rl->max_limit_rate;
+    burst = (double)rate / 10 > (double)rl->min_burst ? (double)rate / 10 : (double)rl->min_burst;
+    rl_bucket_set(&j->rl.bytes, (double)rate, burst, rl->clock(rl->clock_data));
+}
+
+int sched_set(sched_t *s, job_t *j, const job_spec_t *to, unsigned which, char *errmsg,
+              size_t errlen)
+{
+    static const char *const names[] = {"priority", "rate", "delay"};
+
+    if (job_is_finished(j) || !job_is_cancellable(j))
+        return finished_error(j, errmsg, errlen);
+    if (!job_is_queued(j)) {
+        for (unsigned k = 0; k < 3; k++) {
+            if (which & (1u << k)) {
+                snprintf(errmsg, errlen, "%s: job %s is running; only limit_rate can change now",
+                         names[k], j->id);
+                return ERR_INVALID_REQUEST;
+            }
+        }
+    }
+    if (which & SCHED_SET_PRIORITY)
+        j->spec.priority = to->priority;
+    if (which & SCHED_SET_RATE)
+        j->spec.rate = to->rate;
+    if (which & SCHED_SET_DELAY)
+        j->spec.delay_ms = to->delay_ms;
+    if (which & SCHED_SET_LIMIT_RATE) {
+        j->spec.limit_rate = to->limit_rate;
+        if (!job_is_queued(j))
+            set_running_rate(s, j);
+    }
+    if (!job_is_queued(j))
+        return 0;
+    if (which & (SCHED_SET_RATE | SCHED_SET_DELAY))
+        ratelimit_dequeue(&s->rl, j); /* admitted again under its new limits */
+    sift_up(s, j->heap_index);
+    sift_down(s, j->heap_index);
+    schedule_kick(s);
+    return 0;
 }
 
 void sched_forget_finished(sched_t *s)
@@ -644,6 +835,7 @@ void sched_close(sched_t *s)
     uv_close((uv_handle_t *)&s->kick, on_handle_close);
     uv_close((uv_handle_t *)&s->retain_timer, on_handle_close);
     uv_close((uv_handle_t *)&s->trim_timer, on_handle_close);
+    uv_close((uv_handle_t *)&s->keep_timer, on_handle_close);
     ratelimit_close(&s->rl);
 }
 
@@ -662,6 +854,7 @@ void sched_dispose(sched_t *s)
 
 const char *sched_event_name(sched_event_t ev)
 {
-    static const char *const names[] = {"queued", "started", "redirected", "retrying", "finished"};
+    static const char *const names[] = {"queued", "started", "redirected", "retrying",
+                                        "paused", "resumed", "finished"};
     return names[ev];
 }

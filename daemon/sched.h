@@ -6,6 +6,13 @@
  * results can be read after the fact without memory growing with the number
  * of jobs ever run.
  *
+ * A client may pause a job (sched_pause) and resume it. A paused queued job
+ * stays in the heap, sorted after every job that may start, with its
+ * priority and submission order kept for when it is resumed; it holds no
+ * connection and no running slot. A paused running job that keeps its
+ * connection is on the keep list, in pause order; past keep_ms the job lets
+ * the connection go (job_pause_expire) and starts afresh when resumed.
+ *
  * Ownership: the scheduler owns one reference to every job it knows, from
  * submission until the job leaves retention (or the scheduler is disposed).
  * It borrows the pool, DNS cache and buffer pool the jobs use, and hands
@@ -34,6 +41,8 @@ typedef enum sched_event {
     SCHED_EV_STARTED,
     SCHED_EV_REDIRECTED,
     SCHED_EV_RETRYING,
+    SCHED_EV_PAUSED,  /* a client paused the job (sched_pause) */
+    SCHED_EV_RESUMED, /* a client resumed it (sched_resume) */
     SCHED_EV_FINISHED
 } sched_event_t;
 
@@ -58,7 +67,10 @@ struct sched {
     uint64_t retain_ms;                  /* public */
     sched_event_cb on_event;             /* public, optional */
     void *event_data;                    /* public */
+    uint64_t keep_ms;                    /* public: how long a paused job keeps its
+                                            connection; 0: the pool's idle timeout */
     size_t nqueued, nrunning, nretained; /* read-only */
+    size_t npaused;                      /* read-only: queued or running jobs paused now */
     size_t queued_bytes;                 /* read-only: job_cost() of the queued jobs */
     uint64_t trims;                      /* read-only: memory handed back after a burst */
     int accepting;                       /* read-only: 0 once shutting down */
@@ -72,12 +84,14 @@ struct sched {
     size_t table_size, njobs;
     job_t *retained_head, *retained_tail; /* oldest first */
     job_t *all_head, *all_tail;           /* every known job, submission order */
+    job_t *kept_head, *kept_tail;         /* paused jobs keeping a connection, pause order */
     uint64_t next_seq;
     uint64_t id_prefix;
     uint64_t rng;
     uv_idle_t kick;
     uv_timer_t retain_timer;
     uv_timer_t trim_timer; /* gives memory back once a burst has drained */
+    uv_timer_t keep_timer; /* the keep bound of the first job on the keep list */
     size_t peak_jobs;      /* most jobs known since the last trim */
     uint64_t last_trim_ms; /* loop time of the last trim */
     int kick_active, handles_open;
@@ -133,6 +147,32 @@ job_t *sched_find(sched_t *s, const char *id);
 
 /* Cancels a job; see job_cancel(). */
 int sched_cancel(sched_t *s, job_t *j);
+
+/* Pauses a queued or running job (see job_pause()); a paused job stays
+ * paused. Returns 0, or ERR_INVALID_REQUEST with errmsg filled in (the job
+ * has finished, or cannot be paused now). Subscribers hear `paused`. */
+int sched_pause(sched_t *s, job_t *j, char *errmsg, size_t errlen);
+
+/* Resumes a paused job: a queued one may be dispatched again in its old
+ * place, a running one reads on (or starts a fresh attempt). Returns 0 (a
+ * job that is not paused is left as it is), or ERR_INVALID_REQUEST with
+ * errmsg filled in for a finished job. Subscribers hear `resumed`. */
+int sched_resume(sched_t *s, job_t *j, char *errmsg, size_t errlen);
+
+/* What sched_set() changes; bits of `which`. */
+#define SCHED_SET_PRIORITY   (1u << 0)
+#define SCHED_SET_RATE       (1u << 1)
+#define SCHED_SET_DELAY      (1u << 2)
+#define SCHED_SET_LIMIT_RATE (1u << 3)
+
+/* Changes the fields of j's spec named in `which` to those of `to` (already
+ * validated as a job spec is). Priority, rate and delay change only while
+ * the job is queued (the job moves to its new place in the queue, and a job
+ * waiting for its host is admitted again); limit_rate also while it runs.
+ * All or nothing: returns 0, or ERR_INVALID_REQUEST with errmsg naming the
+ * field that cannot change now. */
+int sched_set(sched_t *s, job_t *j, const job_spec_t *to, unsigned which, char *errmsg,
+              size_t errlen);
 
 /* Drops every retained job now. */
 void sched_forget_finished(sched_t *s);

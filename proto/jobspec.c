@@ -576,6 +576,45 @@ int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t err
     return rc;
 }
 
+int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, char *errbuf,
+                       size_t errlen)
+{
+    /* The fields `set` changes, in the order of their JOBSPEC_SET_* bits. */
+    static const char *const changeable[] = {"priority", "rate", "delay", "limit_rate"};
+    decoder_t d = {to, errbuf, errlen};
+    json_t *o = (json_t *)params, *v;
+    const char *key;
+    size_t klen;
+    char shown[64];
+
+    job_spec_init(to);
+    *which = 0;
+    if (errbuf != NULL && errlen > 0)
+        errbuf[0] = '\0';
+    json_object_keylen_foreach (o, key, klen, v) {
+        const field_t *f = NULL;
+        unsigned k;
+        int rc;
+        if ((klen == 2 && memcmp(key, "id", 2) == 0) || (klen == 3 && memcmp(key, "ids", 3) == 0))
+            continue; /* which jobs: the caller's */
+        for (k = 0; k < sizeof(changeable) / sizeof(changeable[0]); k++)
+            if (strlen(changeable[k]) == klen && memcmp(changeable[k], key, klen) == 0)
+                f = find_field(key, klen);
+        if (f == NULL)
+            return bad(&d, printable(shown, sizeof(shown), key, klen),
+                       "unknown field (set changes priority, rate, delay, limit_rate)");
+        rc = f->decode(&d, f, v);
+        if (rc != 0)
+            return rc;
+        for (k = 0; strcmp(changeable[k], f->name) != 0; k++)
+            ;
+        *which |= 1u << k;
+    }
+    if (*which == 0)
+        return bad(&d, "params", "nothing to change: give priority, rate, delay or limit_rate");
+    return 0;
+}
+
 /* A JSON string for text that should be UTF-8 but may not be (an error
  * message quoting a server, a path): bytes that are not well-formed become
  * '?', so the encoder never fails or emits invalid JSON because of them. */
@@ -696,6 +735,8 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "delay", json_real(j->spec.delay_ms / 1e3));
     if (j->spec.limit_rate)
         rc |= json_object_set_new(o, "limit_rate", json_integer((json_int_t)j->spec.limit_rate));
+    if (j->paused && job_is_cancellable(j)) /* not once it is finishing */
+        rc |= json_object_set_new(o, "paused", json_true());
     rc |= json_object_set_new(o, "timings", encode_timings(&j->timings));
     return rc;
 }

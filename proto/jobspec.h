@@ -17,6 +17,16 @@
  * disposed and zeroed), or ERR_NO_MEMORY. Unknown fields are refused. */
 int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen);
 
+/* Decodes the changes of a `set` call from its params (borrowed): the keys
+ * priority, rate, delay and limit_rate, each validated as in a job spec, go
+ * into *to (initialised here; it holds no heap memory afterwards) and
+ * their bits into *which (bit k for the k-th of these four: sched_set()'s
+ * SCHED_SET_* bits). The keys id and ids are skipped; any other
+ * is refused by name, and so is a call that changes nothing. Returns 0 or
+ * ERR_INVALID_REQUEST with a message that starts with the field. */
+int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, char *errbuf,
+                       size_t errlen);
+
 /* Returns a new reference to the JSON object describing job j, or NULL on
  * allocation failure. */
 json_t *jobspec_encode_job(const job_t *j);

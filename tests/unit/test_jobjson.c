@@ -210,6 +210,8 @@ static void random_job(job_t *j)
         j->spec.delay_ms = rnd() % 3600000;
     if (coin())
         j->spec.limit_rate = rnd() >> 14;
+    j->paused = coin();
+    j->phase = coin() ? JOB_PH_RESPONSE : JOB_PH_FINISHED;
     j->timings.created = random_time();
     if (coin())
         j->timings.started = random_time();

@@ -684,9 +684,111 @@ static void test_jobs_borrow_the_env(void)
     teardown(&f);
 }
 
+/* Index of the first `ev` event of job id among the recorded events, or -1. */
+static long event_index(const fixture_t *f, const char *id, sched_event_t ev)
+{
+    for (size_t i = 0; i < f->nevents; i++)
+        if (f->events[i].ev == ev && strcmp(f->events[i].id, id) == 0)
+            return (long)i;
+    return -1;
+}
+
+/* A paused queued job is not dispatched, keeps its place (priority, then
+ * submission order) for when it is resumed, and set changes the order. */
+static void test_pause_queued_and_set_priority(void)
+{
+    fixture_t f;
+    job_t *j[4] = {NULL, NULL, NULL, NULL};
+    job_spec_t to;
+    char ids[4][20], err[256];
+
+    setup(&f);
+    f.d.sched.max_running = 1;
+    for (int i = 0; i < 4; i++) {
+        CHECK_INT(submit(&f, i == 1 ? 5 : 0, &j[i]), 0);
+        if (j[i] == NULL) {
+            teardown(&f);
+            return;
+        }
+        snprintf(ids[i], sizeof(ids[i]), "%s", j[i]->id);
+    }
+    CHECK_INT(sched_pause(&f.d.sched, j[1], err, sizeof(err)), 0);
+    CHECK_INT(sched_pause(&f.d.sched, j[2], err, sizeof(err)), 0);
+    CHECK_INT(sched_pause(&f.d.sched, j[2], err, sizeof(err)), 0); /* twice: no change */
+    CHECK_INT(f.d.sched.npaused, 2);
+    CHECK_INT(count_events(&f, ids[2], SCHED_EV_PAUSED), 1);
+    job_spec_init(&to);
+    to.priority = 10;
+    CHECK_INT(sched_set(&f.d.sched, j[3], &to, SCHED_SET_PRIORITY, err, sizeof(err)), 0);
+    CHECK(run_until_finished(&f, 2));
+    CHECK(event_index(&f, ids[3], SCHED_EV_STARTED) < event_index(&f, ids[0], SCHED_EV_STARTED));
+    CHECK_INT(count_events(&f, ids[1], SCHED_EV_STARTED), 0);
+    CHECK_INT(count_events(&f, ids[2], SCHED_EV_STARTED), 0);
+    CHECK_INT(j[1]->state, JOB_QUEUED);
+    CHECK_INT(f.d.sched.nqueued, 2);
+    /* Resumed in either order, they run by priority: 1 (5) before 2 (0). */
+    CHECK_INT(sched_resume(&f.d.sched, j[2], err, sizeof(err)), 0);
+    CHECK_INT(sched_resume(&f.d.sched, j[1], err, sizeof(err)), 0);
+    CHECK_INT(f.d.sched.npaused, 0);
+    CHECK(run_until_finished(&f, 4));
+    CHECK(event_index(&f, ids[1], SCHED_EV_STARTED) < event_index(&f, ids[2], SCHED_EV_STARTED));
+    CHECK(event_index(&f, ids[2], SCHED_EV_RESUMED) < event_index(&f, ids[2], SCHED_EV_STARTED));
+    /* Finished: every change is refused. */
+    CHECK_INT(sched_pause(&f.d.sched, j[0], err, sizeof(err)), ERR_INVALID_REQUEST);
+    CHECK_INT(sched_resume(&f.d.sched, j[0], err, sizeof(err)), ERR_INVALID_REQUEST);
+    CHECK_INT(sched_set(&f.d.sched, j[0], &to, SCHED_SET_PRIORITY, err, sizeof(err)),
+              ERR_INVALID_REQUEST);
+    teardown(&f);
+}
+
+/* A paused running job keeps its connection for keep_ms, then lets it go
+ * and starts a fresh attempt when resumed; a pause then a shutdown leaves
+ * nothing behind (teardown checks every count). */
+static void test_pause_running_keep_bound(void)
+{
+    fixture_t f;
+    job_t *j = NULL, *q = NULL;
+    char url[64], err[256];
+
+    setup(&f);
+    f.d.sched.max_running = 1;
+    f.d.sched.keep_ms = 20;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/never", f.silent_port);
+    CHECK_INT(submit_url(&f, url, 0, &j), 0);
+    CHECK_INT(submit(&f, 0, &q), 0);
+    if (j == NULL || q == NULL) {
+        teardown(&f);
+        return;
+    }
+    run_for(&f, 50);
+    CHECK_INT(j->state, JOB_RUNNING);
+    CHECK_INT(f.d.pool.nconns, 1);
+    CHECK_INT(sched_pause(&f.d.sched, j, err, sizeof(err)), 0);
+    CHECK_INT(sched_pause(&f.d.sched, q, err, sizeof(err)), 0);
+    CHECK_INT(f.d.sched.npaused, 2);
+    CHECK_INT(f.d.pool.nconns, 1); /* kept */
+    run_for(&f, 60);
+    CHECK_INT(f.d.pool.nconns, 0); /* past keep_ms */
+    CHECK_INT(f.d.stats.conns_closed[STATS_CLOSE_IDLE_TIMEOUT], 1);
+    CHECK_INT(j->state, JOB_RUNNING);
+    CHECK_INT(j->attempts, 1);
+    CHECK_INT(sched_resume(&f.d.sched, j, err, sizeof(err)), 0);
+    CHECK_INT(j->attempts, 2);
+    CHECK_INT(f.d.sched.npaused, 1);
+    run_for(&f, 30);
+    CHECK_INT(f.d.pool.nconns, 1);
+    CHECK_INT(sched_pause(&f.d.sched, j, err, sizeof(err)), 0);
+    CHECK_INT(f.d.sched.npaused, 2);
+    daemon_close(&f.d); /* paused, running and queued: both cancelled */
+    CHECK_INT(f.nfinished, 2);
+    CHECK_INT(f.d.sched.npaused, 0);
+    teardown(&f);
+}
+
 TEST_MAIN(TEST_CASE(test_priority_then_fifo), TEST_CASE(test_find),
           TEST_CASE(test_cancel_queued_and_finished), TEST_CASE(test_cancel_running),
           TEST_CASE(test_queue_full), TEST_CASE(test_invalid_specs), TEST_CASE(test_retain_count),
           TEST_CASE(test_retain_age), TEST_CASE(test_forget_finished), TEST_CASE(test_shutdown),
           TEST_CASE(test_queue_bytes), TEST_CASE(test_shrinks_after_burst),
-          TEST_CASE(test_jobs_borrow_the_env))
+          TEST_CASE(test_jobs_borrow_the_env), TEST_CASE(test_pause_queued_and_set_priority),
+          TEST_CASE(test_pause_running_keep_bound))
