@@ -34,7 +34,8 @@ typedef enum sched_event {
     SCHED_EV_STARTED,
     SCHED_EV_REDIRECTED,
     SCHED_EV_RETRYING,
-    SCHED_EV_FINISHED
+    SCHED_EV_FINISHED,
+    SCHED_EV_PROGRESS /* only while env.progress_subs > 0 (job.h) */
 } sched_event_t;
 
 /* Observes job events; j is borrowed for the duration of the call. An
