@@ -1032,7 +1032,7 @@ static void term_summary(submit_t *s)
         fputs("fetchctl:", stderr);
     fprintf(stderr,
             " %zu job%s finished in %.1f s: %zu done, %zu failed, %zu cancelled; "
-            "%s received, %s/s\n",
+            "%s at %s/s\n",
             t->known, t->known == 1 ? "" : "s", el, t->states[0], t->states[1], t->states[2],
             human((double)t->bytes, b1, sizeof(b1)),
             human(el > 0 ? (double)t->bytes / el : 0, b2, sizeof(b2)));
