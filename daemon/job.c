@@ -870,7 +870,9 @@ void job_progress(const job_t *j, job_progress_t *out)
     uint64_t left;
 
     out->total = j->content_length;
-    out->speed = j->state == JOB_RUNNING ? progress_speed(j, uv_now(j->env->loop)) : 0;
+    out->speed = 0;
+    if (j->state == JOB_RUNNING && j->prog_ms != 0) /* else no body yet */
+        out->speed = progress_speed(j, uv_now(j->env->loop));
     out->eta = -1;
     if (out->total >= 0 && out->speed > 0) {
         left = (uint64_t)out->total > j->wire_bytes ? (uint64_t)out->total - j->wire_bytes : 0;
