@@ -928,7 +928,8 @@ static void bar_line(json_t *job, int cols, char *line, size_t len)
 static void counts_line(submit_t *s, double now, double rate, int cols, char *line, size_t len)
 {
     term_t *t = &s->term;
-    size_t queued = t->known - t->running - t->finished;
+    size_t busy = t->running + t->finished;
+    size_t queued = t->known > busy ? t->known - busy : 0;
     char b1[32], b2[32], el[32], cancelled[48] = "";
     int n;
 
@@ -986,9 +987,7 @@ static void term_final_bar(submit_t *s, json_t *job)
     term_t *t = &s->term;
     json_int_t len = json_integer_value(json_object_get(job, "content_length"));
     json_int_t ms =
-        json_integer_value(json_object_get(job, "timings") != NULL
-                               ? json_object_get(json_object_get(job, "timings"), "total_ms")
-                               : NULL);
+        json_integer_value(json_object_get(json_object_get(job, "timings"), "total_ms"));
     json_int_t wire = json_integer_value(json_object_get(job, "wire_bytes"));
     json_t *shown = json_deep_copy(job);
     char line[512], b[32];
