@@ -228,7 +228,7 @@ void ctl_progress(ctl_t *c, size_t done, size_t total)
     if (!c->progress)
         return;
     fflush(stdout);
-    fprintf(stderr, "\r\033[Kfetchctl: %zu of %zu done", done, total);
+    fprintf(stderr, "\r\033[Kfetchctl: %zu of %zu finished", done, total);
     c->progress_shown = 1;
 }
 
@@ -354,7 +354,7 @@ static int cmd_by_id(ctl_t *c, int argc, char **argv, const char *method, const 
 static const char wait_help[] =
     "Usage: fetchctl wait [--timeout SEC] [--json] ID...\n"
     "Wait until the jobs finish, printing each one as it finishes. On a terminal\n"
-    "a progress line (N of M done) is shown on stderr.\n"
+    "a progress line (N of M finished) is shown on stderr.\n"
     "  --timeout SEC   give up waiting after SEC seconds (the jobs run on)\n"
     "Exits 0 when every job is done, 1 when one failed or was cancelled, 4 on\n"
     "an unknown id or when the timeout passed.\n";
@@ -814,10 +814,13 @@ static const char watch_help[] =
     "Usage: fetchctl watch [--events LIST] [--reconnect-for SEC] [--json] [ID...]\n"
     "Print job events as they happen, one 'EVENT ID STATE HTTP ERROR URL' line\n"
     "each (HTTP: the final status, ERROR: the error code; '-' when there is\n"
-    "none), until interrupted (Ctrl-C ends it with exit status 0).\n"
+    "none; a progress event adds BYTES/TOTAL SPEED/s ETA), until interrupted\n"
+    "(Ctrl-C ends it with exit status 0).\n"
     "  --events LIST        comma-separated events to follow: queued, started,\n"
     "                       redirected, retrying, paused, resumed, finished\n"
-    "                       (default: all)\n"
+    "                       (default: these seven), progress (a running job's\n"
+    "                       bytes, at most one event per job per fetchd\n"
+    "                       --progress-interval)\n"
     "  --reconnect-for SEC  when the connection is lost (fetchd restarts), keep\n"
     "                       reconnecting for up to SEC seconds, waiting 0.1 s,\n"
     "                       0.2 s, ... up to 5 s between tries, and saying so on\n"
@@ -837,7 +840,7 @@ typedef struct watch_opts {
 static int watch_events(json_t **events, const char *arg)
 {
     static const char *const names[] = {"queued", "started", "redirected", "retrying",
-                                        "paused", "resumed", "finished"};
+                                        "paused", "resumed", "finished",   "progress"};
     char *copy = strdup(arg), *save = NULL, *tok;
     int rc = copy != NULL ? 0 : -1;
     if (rc == 0 && *events == NULL)
@@ -850,7 +853,7 @@ static int watch_events(json_t **events, const char *arg)
         if (i == sizeof(names) / sizeof(names[0])) {
             fprintf(stderr,
                     "fetchctl watch: unknown event '%s' (known: queued, started, "
-                    "redirected, retrying, paused, resumed, finished)\n",
+                    "redirected, retrying, paused, resumed, finished, progress)\n",
                     tok);
             rc = -1;
         } else {
@@ -882,6 +885,22 @@ static int watch_option(ctl_t *c, int opt, const char *arg, void *ctx)
     return -1;
 }
 
+/* "  1048576/4194304 1061234/s ETA 3s" ('-' for an unknown total or ETA). */
+static void print_progress(json_t *job)
+{
+    json_t *total = json_object_get(job, "total"), *eta = json_object_get(job, "eta");
+    printf("  %" JSON_INTEGER_FORMAT "/", json_integer_value(json_object_get(job, "wire_bytes")));
+    if (json_is_integer(total))
+        printf("%" JSON_INTEGER_FORMAT, json_integer_value(total));
+    else
+        putchar('-');
+    printf(" %" JSON_INTEGER_FORMAT "/s ETA ", json_integer_value(json_object_get(job, "speed")));
+    if (json_is_integer(eta))
+        printf("%" JSON_INTEGER_FORMAT "s", json_integer_value(eta));
+    else
+        putchar('-');
+}
+
 static void print_event(ctl_t *c, json_t *params)
 {
     json_t *job = json_object_get(params, "job");
@@ -894,12 +913,15 @@ static void print_event(ctl_t *c, json_t *params)
     } else {
         if (json_is_integer(http))
             snprintf(status, sizeof(status), "%" JSON_INTEGER_FORMAT, json_integer_value(http));
-        printf("%-10s  %-16s  %-9s  %4s  %-18s  %s\n",
+        printf("%-10s  %-16s  %-9s  %4s  %-18s  %s",
                shown(str_field(params, "event"), b1, sizeof(b1)),
                shown(str_field(job, "id"), b2, sizeof(b2)),
                shown(str_field(job, "state"), b3, sizeof(b3)), status,
                err ? shown(str_field(err, "code"), b5, sizeof(b5)) : "-",
                shown(str_field(job, "url"), b4, sizeof(b4)));
+        if (strcmp(b1, "progress") == 0) /* the wire bytes against the total */
+            print_progress(job);
+        fputc('\n', stdout);
     }
     /* Events are for following live, also through a pipe. */
     fflush(stdout);

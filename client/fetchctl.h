@@ -72,7 +72,7 @@ void ctl_print_job(ctl_t *c, json_t *job);
 /* 1 when job (a job object) finished in state "done". */
 int ctl_job_done(json_t *job);
 
-/* Draws or updates the "N of M done" line on stderr (when allowed), and
+/* Draws or updates the "N of M finished" line on stderr (when allowed), and
  * removes it before normal output. */
 void ctl_progress(ctl_t *c, size_t done, size_t total);
 void ctl_progress_clear(ctl_t *c);

@@ -23,6 +23,11 @@ void rpc_interrupt(void)
     interrupted = 1;
 }
 
+void rpc_interrupt_clear(void)
+{
+    interrupted = 0;
+}
+
 int rpc_interrupted(void)
 {
     return interrupted != 0;
@@ -267,5 +272,24 @@ int rpc_read(rpc_t *r, json_t **msg, int timeout_ms)
         rc = pump(r, wait_ms, &eof);
         if (rc != 0)
             return rc;
+    }
+}
+
+int rpc_wait(rpc_t *r, int timeout_ms)
+{
+    long long deadline = now_ms() + timeout_ms;
+    int eof = 0;
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (interrupted || eof ||
+            (r->in != NULL && memchr(r->in + r->in_scan, '\n', r->in_len - r->in_scan) != NULL))
+            return 1;
+        if (left <= 0)
+            return 0;
+        int rc = pump(r, (int)left, &eof);
+        if (rc == -ETIMEDOUT)
+            return 0;
+        if (rc != 0)
+            return 1; /* rpc_read() meets the error again and reports it */
     }
 }

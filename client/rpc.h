@@ -61,9 +61,18 @@ int rpc_send_raw(rpc_t *r, const char *text, size_t n);
  * Blank lines are skipped. */
 int rpc_read(rpc_t *r, json_t **msg, int timeout_ms);
 
+/* Waits up to timeout_ms until rpc_read() would return at once (a line is
+ * in, the connection ended or failed, or an interrupt came), writing queued
+ * output meanwhile: 1 then, 0 when the time passed first. */
+int rpc_wait(rpc_t *r, int timeout_ms);
+
 /* Makes the current and later rpc_read() calls return RPC_INTERRUPTED.
  * Async-signal-safe. */
 void rpc_interrupt(void);
+
+/* Forgets an interrupt, so that calls can be made again (to tidy up after
+ * one); a later signal interrupts them as before. */
+void rpc_interrupt_clear(void);
 
 /* 1 once rpc_interrupt() was called. */
 int rpc_interrupted(void);

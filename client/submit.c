@@ -6,7 +6,9 @@
  * in flight: the next batches are written while the answers to the earlier
  * ones are read, so the daemon never waits for a round trip. Ids are printed
  * in input order whatever order the answers come in. With --wait, one
- * `wait` call per job follows as soon as its id is known.
+ * `wait` call per job follows as soon as its id is known; on a terminal
+ * (stderr) a live status line follows the jobs through a subscription to
+ * their started and progress events, and a summary ends the run.
  *
  * Each call is all or nothing on the daemon's side; a refused batch stops
  * the reading, and the batches accepted before it stay queued (their ids are
@@ -16,9 +18,13 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
 #include <mbedtls/base64.h>
 
 #define SUBMIT_BATCH_JOBS 1000
@@ -35,6 +41,44 @@ typedef struct batch {
     json_t *ids;          /* owned: the ids answered, once answered */
     int answered;
 } batch_t;
+
+/* The live line: drawn at most 10 times a second, and at least once a
+ * second while waiting (10 times while it is off the screen); the aggregate
+ * rate is the bytes of the last 3 seconds. */
+#define TERM_REDRAW_S  0.1
+#define TERM_TICK_MS   1000
+#define TERM_HIDDEN_MS 100
+#define TERM_RATE_S    3.0
+#define TERM_RATE_RING 64
+/* At Ctrl-C, more unfinished ids than this go to a file, not the screen. */
+#define TERM_HINT_IDS 20
+
+enum { TJ_QUEUED, TJ_RUNNING, TJ_FINISHED };
+
+/* One job of this run, as the live line counts it. */
+typedef struct tjob {
+    uint64_t key;   /* a hash of its id; 0: a free slot */
+    uint64_t bytes; /* body bytes so far */
+    int state;      /* TJ_* */
+} tjob_t;
+
+/* What --wait shows on a terminal, and the counts of its summary. */
+typedef struct term {
+    int on;              /* stderr is a terminal: draw the line and the summary */
+    json_int_t sub_call; /* the subscribe call */
+    json_int_t sub;      /* its subscription; 0 until answered (or when refused) */
+    tjob_t *jobs;        /* owned: open addressing over key; cap is a power of two */
+    size_t cap, known, running, finished;
+    size_t states[3];  /* finished jobs: done, failed, cancelled */
+    size_t classes[6]; /* finished jobs by status class: [k] = kxx, [0] = no response */
+    json_t *errors;    /* owned: {error code: jobs} */
+    uint64_t bytes;    /* body bytes of all jobs so far */
+    json_t *one;       /* owned: the latest job object of a run of one job */
+    double start, drawn;
+    double ring_t[TERM_RATE_RING]; /* (time, bytes) samples for the aggregate rate */
+    uint64_t ring_b[TERM_RATE_RING];
+    size_t ring_head, ring_n;
+} term_t;
 
 /* One job read from the input that is waiting for a place in a batch. */
 typedef struct pending {
@@ -70,6 +114,10 @@ typedef struct submit {
     json_int_t wait_base;
     size_t waits_pending, waits_done;
     int rc;
+    int cancel_on_interrupt;
+    term_t term;
+    json_int_t cancel_base; /* the cancel calls after Ctrl-C: ids base .. base + n */
+    size_t cancel_n, cancels_pending, cancelled;
 } submit_t;
 
 static const char submit_help[] =
@@ -83,9 +131,11 @@ static const char submit_help[] =
     "                       starting with # are skipped; sent in batches of 1000\n"
     "  -q, --quiet          do not print the ids\n"
     "      --wait           after the ids, wait for the jobs and print each as it\n"
-    "                       finishes; exit 0 only if every job is done\n"
-    "                       (ID STATE HTTP BYTES URL [error]) instead of the ids;\n"
-    "                       exit 0 only if every job is done\n"
+    "                       finishes (ID STATE HTTP BYTES URL [error]); exit 0 only\n"
+    "                       if every job is done. On a terminal, a live status line\n"
+    "                       (a bar for one job) and a summary go to stderr. Ctrl-C\n"
+    "                       leaves the jobs running and says how to cancel them\n"
+    "      --cancel-on-interrupt  with --wait: Ctrl-C cancels the unfinished jobs\n"
     "  -o, --output FILE    write the body to FILE (one URL only; relative paths are\n"
     "                       resolved by fetchd inside its --download-dir)\n"
     "  -X, --method METHOD  request method (default GET, or POST with -d)\n"
@@ -134,7 +184,8 @@ enum {
     OPT_RATE,
     OPT_DELAY,
     OPT_PROXY,
-    OPT_NOPROXY
+    OPT_NOPROXY,
+    OPT_CANCEL_ON_INTERRUPT
 };
 
 static const struct option submit_opts[] = {
@@ -163,6 +214,7 @@ static const struct option submit_opts[] = {
     {"delay", required_argument, NULL, OPT_DELAY},
     {"proxy", required_argument, NULL, OPT_PROXY},
     {"noproxy", required_argument, NULL, OPT_NOPROXY},
+    {"cancel-on-interrupt", no_argument, NULL, OPT_CANCEL_ON_INTERRUPT},
     {0},
 };
 
@@ -346,6 +398,9 @@ static int submit_option(submit_t *s, int opt, const char *arg)
     case OPT_WAIT:
         s->wait = 1;
         return 0;
+    case OPT_CANCEL_ON_INTERRUPT:
+        s->cancel_on_interrupt = 1;
+        return 0;
     case 'X':
         return json_object_set_new(d, "method", json_string(arg));
     case 'H':
@@ -399,6 +454,8 @@ static int check_usage(submit_t *s)
         why = "-o/--output needs exactly one URL (use JSON lines with -i)";
     else if (s->quiet && s->wait)
         why = "--quiet and --wait exclude each other";
+    else if (s->cancel_on_interrupt && !s->wait)
+        why = "--cancel-on-interrupt goes with --wait";
     if (why == NULL)
         return 0;
     fprintf(stderr, "fetchctl submit: %s\n", why);
@@ -648,6 +705,363 @@ static int fill_pipeline(submit_t *s)
     return 0;
 }
 
+/* ---- the terminal: the live line and the summary ---------------------------------- */
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* FNV-1a of a job id; never 0, which marks a free slot. */
+static uint64_t id_key(const char *id)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+static tjob_t *tj_slot(tjob_t *jobs, size_t cap, uint64_t key)
+{
+    size_t i = (size_t)key & (cap - 1);
+    while (jobs[i].key != 0 && jobs[i].key != key)
+        i = (i + 1) & (cap - 1);
+    return &jobs[i];
+}
+
+/* The job with this id; with add, a new queued one when it is not there.
+ * NULL when it is not (or memory ran out: that job is then not shown). */
+static tjob_t *tj_find(term_t *t, const char *id, int add)
+{
+    uint64_t key = id_key(id);
+    tjob_t *e;
+
+    if (add && (t->known + 1) * 2 > t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 1024;
+        tjob_t *jobs = calloc(cap, sizeof(*jobs));
+        if (jobs == NULL)
+            return NULL;
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->jobs[i].key != 0)
+                *tj_slot(jobs, cap, t->jobs[i].key) = t->jobs[i];
+        free(t->jobs);
+        t->jobs = jobs;
+        t->cap = cap;
+    }
+    if (t->cap == 0)
+        return NULL;
+    e = tj_slot(t->jobs, t->cap, key);
+    if (e->key == 0 && add) {
+        e->key = key;
+        t->known++;
+    }
+    return e->key != 0 ? e : NULL;
+}
+
+static void tj_bytes(term_t *t, tjob_t *e, json_t *job)
+{
+    json_int_t b = json_integer_value(json_object_get(job, "bytes"));
+    uint64_t now = b > 0 ? (uint64_t)b : 0;
+    t->bytes = t->bytes - e->bytes + now;
+    e->bytes = now;
+}
+
+/* The ids of an answered submit call join the run, queued. */
+static void term_register(submit_t *s, json_t *ids)
+{
+    json_t *id;
+    size_t i;
+    if (!s->term.on)
+        return;
+    json_array_foreach (ids, i, id)
+        if (json_is_string(id))
+            tj_find(&s->term, json_string_value(id), 1);
+}
+
+/* A started or progress event of the subscription: the job runs. */
+static void term_event(submit_t *s, json_t *params)
+{
+    term_t *t = &s->term;
+    json_t *job = json_object_get(params, "job");
+    const char *id = json_string_value(json_object_get(job, "id"));
+    tjob_t *e;
+
+    if (t->sub == 0 || json_integer_value(json_object_get(params, "subscription")) != t->sub ||
+        id == NULL || (e = tj_find(t, id, 0)) == NULL || e->state == TJ_FINISHED)
+        return;
+    if (e->state == TJ_QUEUED) {
+        e->state = TJ_RUNNING;
+        t->running++;
+    }
+    tj_bytes(t, e, job);
+    if (t->known == 1) {
+        json_decref(t->one);
+        t->one = json_incref(job);
+    }
+}
+
+/* Counts a finished job (a wait's answer) for the line and the summary. */
+static void term_finished(submit_t *s, json_t *job)
+{
+    static const char *const states[3] = {"done", "failed", "cancelled"};
+    term_t *t = &s->term;
+    const char *state = json_string_value(json_object_get(job, "state"));
+    const char *code = json_string_value(json_object_get(json_object_get(job, "error"), "code"));
+    json_int_t http = json_integer_value(json_object_get(job, "http_status"));
+    const char *id = json_string_value(json_object_get(job, "id"));
+    tjob_t *e = id != NULL ? tj_find(t, id, 0) : NULL;
+
+    for (int k = 0; state != NULL && k < 3; k++)
+        if (strcmp(state, states[k]) == 0)
+            t->states[k]++;
+    t->classes[http >= 100 && http <= 599 ? http / 100 : 0]++;
+    if (code != NULL && strspn(code, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(code))
+        code = "other"; /* only the daemon's own codes reach the terminal */
+    if (code != NULL && (t->errors != NULL || (t->errors = json_object()) != NULL))
+        json_object_set_new(t->errors, code,
+                            json_integer(json_integer_value(json_object_get(t->errors, code)) + 1));
+    t->finished++;
+    if (e == NULL || e->state == TJ_FINISHED)
+        return;
+    if (e->state == TJ_RUNNING)
+        t->running--;
+    e->state = TJ_FINISHED;
+    tj_bytes(t, e, job);
+}
+
+static int term_cols(void)
+{
+    struct winsize ws;
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
+        return ws.ws_col < 400 ? ws.ws_col : 400;
+    return 80;
+}
+
+/* "812.4 MiB", powers of 1024 as the --limit-rate option reads them. */
+static const char *human(double n, char *buf, size_t len)
+{
+    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+    int u = -1;
+    if (n < 1024) {
+        snprintf(buf, len, "%.0f B", n);
+        return buf;
+    }
+    while (n >= 1024 && u < 4) {
+        n /= 1024;
+        u++;
+    }
+    snprintf(buf, len, "%.1f %s", n, units[u]);
+    return buf;
+}
+
+/* "27s", "4m05s", "2h07m". */
+static const char *duration(double sec, char *buf, size_t len)
+{
+    unsigned long s = sec > 0 ? (unsigned long)(sec + 0.5) : 0;
+    if (s < 60)
+        snprintf(buf, len, "%lus", s);
+    else if (s < 3600)
+        snprintf(buf, len, "%lum%02lus", s / 60, s % 60);
+    else
+        snprintf(buf, len, "%luh%02lum", s / 3600, s / 60 % 60);
+    return buf;
+}
+
+/* Bytes/s over the last TERM_RATE_S seconds, taking a sample now. */
+static double term_rate(term_t *t, double now)
+{
+    size_t last = (t->ring_head + t->ring_n) % TERM_RATE_RING;
+    double rate = 0;
+
+    while (t->ring_n > 1 && now - t->ring_t[(t->ring_head + 1) % TERM_RATE_RING] >= TERM_RATE_S) {
+        t->ring_head = (t->ring_head + 1) % TERM_RATE_RING;
+        t->ring_n--;
+    }
+    if (t->ring_n > 0 && now - t->ring_t[t->ring_head] > 0.05)
+        rate = (double)(t->bytes - t->ring_b[t->ring_head]) / (now - t->ring_t[t->ring_head]);
+    if (t->ring_n == TERM_RATE_RING) {
+        t->ring_head = (t->ring_head + 1) % TERM_RATE_RING;
+        t->ring_n--;
+        last = (t->ring_head + t->ring_n) % TERM_RATE_RING;
+    }
+    t->ring_t[last] = now;
+    t->ring_b[last] = t->bytes;
+    t->ring_n++;
+    return rate;
+}
+
+/* "45% [=========>           ] 90.0 MiB / 200.0 MiB, 4.0 MiB/s, ETA 27s":
+ * the wire bytes against the total (Content-Length counts them). */
+static void bar_line(json_t *job, int cols, char *line, size_t len)
+{
+    json_int_t wire = json_integer_value(json_object_get(job, "wire_bytes"));
+    json_t *total = json_object_get(job, "total"), *eta = json_object_get(job, "eta");
+    char b1[32], b2[32], b3[32], b4[32], rest[160], bar[64];
+    int width, fill, pct;
+
+    snprintf(rest, sizeof(rest), "%s%s%s, %s/s%s%s", human((double)wire, b1, sizeof(b1)),
+             json_is_integer(total) ? " / " : "",
+             json_is_integer(total) ? human((double)json_integer_value(total), b2, sizeof(b2)) : "",
+             human((double)json_integer_value(json_object_get(job, "speed")), b3, sizeof(b3)),
+             json_is_integer(eta) ? ", ETA " : "",
+             json_is_integer(eta) ? duration((double)json_integer_value(eta), b4, sizeof(b4)) : "");
+    if (!json_is_integer(total) || json_integer_value(total) <= 0) {
+        snprintf(line, len, "%s", rest);
+        return;
+    }
+    pct = (int)(wire >= json_integer_value(total) ? 100 : wire * 100 / json_integer_value(total));
+    width = cols - 1 - (int)strlen(rest) - 8;
+    width = width < 10 ? 10 : width > (int)sizeof(bar) - 1 ? (int)sizeof(bar) - 1 : width;
+    fill = pct * width / 100;
+    memset(bar, ' ', (size_t)width);
+    memset(bar, '=', (size_t)fill);
+    if (fill < width && fill > 0)
+        bar[fill - 1] = '>';
+    bar[width] = '\0';
+    snprintf(line, len, "%3d%% [%s] %s", pct, bar, rest);
+}
+
+/* "[12s] 8412 of 10000 finished (8300 done, 112 failed), 64 running, 1524
+ * queued, 812.4 MiB, 104.2 MiB/s", or a shorter form where that is too wide. */
+static void counts_line(submit_t *s, double now, double rate, int cols, char *line, size_t len)
+{
+    term_t *t = &s->term;
+    size_t busy = t->running + t->finished;
+    size_t queued = t->known > busy ? t->known - busy : 0;
+    char b1[32], b2[32], el[32], cancelled[48] = "";
+    int n;
+
+    duration(now - t->start, el, sizeof(el));
+    human((double)t->bytes, b1, sizeof(b1));
+    human(rate, b2, sizeof(b2));
+    if (t->states[2] > 0)
+        snprintf(cancelled, sizeof(cancelled), ", %zu cancelled", t->states[2]);
+    n = snprintf(line, len,
+                 "[%s] %zu of %zu%s finished (%zu done, %zu failed%s), %zu running, %zu queued, "
+                 "%s, %s/s",
+                 el, t->finished, t->known, s->eof ? "" : "+", t->states[0], t->states[1],
+                 cancelled, t->running, queued, b1, b2);
+    if (n >= cols)
+        snprintf(line, len,
+                 "[%s] %zu of %zu%s: %zu done, %zu failed%s, %zu running, %zu queued, %s/s", el,
+                 t->finished, t->known, s->eof ? "" : "+", t->states[0], t->states[1], cancelled,
+                 t->running, queued, b2);
+}
+
+/* Redraws the live line in place (\r, erase line), at most 10 times a
+ * second; stdout is flushed first, as it may be the same terminal. */
+static void term_draw(submit_t *s)
+{
+    term_t *t = &s->term;
+    double now = mono_s(), rate;
+    char line[512];
+    int cols;
+
+    if (!t->on || now - t->drawn < TERM_REDRAW_S)
+        return;
+    t->drawn = now;
+    cols = term_cols();
+    rate = term_rate(t, now);
+    if (t->known == 1 && s->eof && s->count == 0 && t->finished == 0) {
+        if (t->running == 0)
+            snprintf(line, sizeof(line), "queued");
+        else if (t->one != NULL)
+            bar_line(t->one, cols, line, sizeof(line));
+        else
+            snprintf(line, sizeof(line), "running");
+    } else if (t->known > 0 || s->stop) {
+        counts_line(s, now, rate, cols, line, sizeof(line));
+    } else {
+        return; /* nothing to count yet */
+    }
+    fflush(stdout);
+    fprintf(stderr, "\r\033[K%.*s", cols - 1, line);
+    s->c->progress_shown = 1;
+}
+
+/* A run of one job keeps its final bar on the screen, curl-like. */
+static void term_final_bar(submit_t *s, json_t *job)
+{
+    term_t *t = &s->term;
+    json_int_t len = json_integer_value(json_object_get(job, "content_length"));
+    json_int_t ms =
+        json_integer_value(json_object_get(json_object_get(job, "timings"), "total_ms"));
+    json_int_t wire = json_integer_value(json_object_get(job, "wire_bytes"));
+    json_t *shown = json_deep_copy(job);
+    char line[512], b[32];
+
+    if (!t->on || t->known != 1 || !s->eof || shown == NULL || wire <= 0) {
+        json_decref(shown);
+        return;
+    }
+    /* The average over the whole transfer, and the time it took. */
+    json_object_set_new(shown, "speed", json_integer(ms > 0 ? wire * 1000 / ms : 0));
+    if (json_object_get(job, "content_length") != NULL)
+        json_object_set_new(shown, "total", json_integer(len));
+    json_object_del(shown, "eta");
+    bar_line(shown, term_cols() - 8, line, sizeof(line));
+    json_decref(shown);
+    ctl_progress_clear(s->c);
+    fflush(stdout);
+    fprintf(stderr, "%s in %s\n", line, duration(ms / 1000.0, b, sizeof(b)));
+}
+
+/* Counts by state, by status class and by error code, on stderr. */
+static void term_summary(submit_t *s)
+{
+    static const char *const classes[6] = {"no response", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    term_t *t = &s->term;
+    double el = mono_s() - t->start;
+    const char *code;
+    json_t *n;
+    char b1[32], b2[32];
+    int first = 1;
+
+    if (t->known != 1) {
+        t->drawn = 0; /* the final counts, drawn once whatever the time */
+        term_draw(s);
+    }
+    ctl_progress_clear(s->c);
+    fflush(stdout);
+    if (t->finished < t->known)
+        fprintf(stderr, "fetchctl: %zu of", t->finished);
+    else
+        fputs("fetchctl:", stderr);
+    fprintf(stderr,
+            " %zu job%s finished in %.1f s: %zu done, %zu failed, %zu cancelled; "
+            "%s at %s/s\n",
+            t->known, t->known == 1 ? "" : "s", el, t->states[0], t->states[1], t->states[2],
+            human((double)t->bytes, b1, sizeof(b1)),
+            human(el > 0 ? (double)t->bytes / el : 0, b2, sizeof(b2)));
+    fprintf(stderr, "fetchctl: HTTP status:");
+    for (int k = 1; k <= 6; k++) {
+        size_t v = t->classes[k % 6]; /* "no response" last */
+        if (v > 0)
+            fprintf(stderr, "%s %s %zu", first ? "" : ",", classes[k % 6], v);
+        first = first && v == 0;
+    }
+    fprintf(stderr, "%s\n", first ? " none" : "");
+    if (t->errors == NULL || json_object_size(t->errors) == 0)
+        return;
+    fprintf(stderr, "fetchctl: errors:");
+    first = 1;
+    json_object_foreach (t->errors, code, n) {
+        fprintf(stderr, "%s %s %" JSON_INTEGER_FORMAT, first ? "" : ",", code,
+                json_integer_value(n));
+        first = 0;
+    }
+    fputc('\n', stderr);
+}
+
+static void term_dispose(term_t *t)
+{
+    free(t->jobs);
+    json_decref(t->errors);
+    json_decref(t->one);
+}
+
 /* ---- answers -------------------------------------------------------------------- */
 
 /* Queues a wait call for the job and remembers which job it is for. */
@@ -678,6 +1092,7 @@ static int batch_output(submit_t *s, batch_t *b)
 {
     size_t i;
     json_t *id;
+    ctl_progress_clear(s->c);
     json_array_foreach (b->ids, i, id) {
         const char *text = json_string_value(id);
         if (text == NULL)
@@ -696,8 +1111,6 @@ static int batch_output(submit_t *s, batch_t *b)
         if (s->wait && queue_wait(s, text) != 0)
             return EXIT_SERVER;
     }
-    if (s->wait)
-        ctl_progress(s->c, s->waits_done, s->nids);
     return 0;
 }
 
@@ -726,6 +1139,7 @@ static void on_submit_answer(submit_t *s, batch_t *b, json_t *resp)
     b->answered = 1;
     if (result != NULL) {
         b->ids = json_incref(json_object_get(result, "ids"));
+        term_register(s, b->ids); /* now: their events may come before the batch retires */
         return;
     }
     if (!s->stop)
@@ -741,6 +1155,8 @@ static void on_wait_answer(submit_t *s, size_t slot, json_t *resp)
     s->waits_pending--;
     s->waits_done++;
     if (job != NULL) {
+        term_finished(s, job);
+        term_final_bar(s, job);
         ctl_print_job(s->c, job);
         rc = ctl_job_done(job) ? EXIT_OK : EXIT_JOB;
     } else {
@@ -751,13 +1167,40 @@ static void on_wait_answer(submit_t *s, size_t slot, json_t *resp)
     s->wait_job[slot] = NULL;
     if (rc > s->rc)
         s->rc = rc;
-    ctl_progress(s->c, s->waits_done, s->nids);
+}
+
+/* Answers that are not a submit's or a wait's: the subscription, the
+ * cancel calls after Ctrl-C, and the events. Returns 1 when resp was one. */
+static int on_other(submit_t *s, json_t *resp, json_int_t id)
+{
+    const char *method = json_string_value(json_object_get(resp, "method"));
+    json_t *result = json_object_get(resp, "result");
+
+    if (method != NULL && strcmp(method, "event") == 0) {
+        term_event(s, json_object_get(resp, "params"));
+        return 1;
+    }
+    if (id != 0 && id == s->term.sub_call) {
+        /* A daemon without progress events refuses: the line then counts
+         * finished jobs only. */
+        s->term.sub = json_integer_value(json_object_get(result, "subscription"));
+        return 1;
+    }
+    if (id >= s->cancel_base && id < s->cancel_base + (json_int_t)s->cancel_n) {
+        const char *state = json_string_value(json_object_get(result, "state"));
+        s->cancels_pending--;
+        s->cancelled += state != NULL && strcmp(state, "cancelled") == 0;
+        return 1;
+    }
+    return method != NULL;
 }
 
 static void on_response(submit_t *s, json_t *resp)
 {
     json_int_t id = ctl_resp_id(resp);
     size_t slot = (size_t)(id - s->wait_base);
+    if (on_other(s, resp, id))
+        return;
     for (size_t i = 0; i < s->count; i++) {
         batch_t *b = &s->ring[(s->head + i) % SUBMIT_DEPTH];
         if (b->id == id && !b->answered) {
@@ -784,26 +1227,216 @@ static int retire(submit_t *s)
     return 0;
 }
 
+/* ctl_recv(), waking on a terminal to redraw the live line meanwhile. */
+static int recv_msg(submit_t *s, json_t **msg)
+{
+    while (s->term.on &&
+           !rpc_wait(&s->c->rpc, s->c->progress_shown ? TERM_TICK_MS : TERM_HIDDEN_MS))
+        term_draw(s);
+    return ctl_recv(s->c, msg);
+}
+
+/* Reads one message and handles what it answers: 0 or an exit code. */
+static int step(submit_t *s)
+{
+    json_t *msg;
+    int rc = recv_msg(s, &msg);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < ctl_msg_count(msg); i++)
+        on_response(s, ctl_msg_item(msg, i));
+    json_decref(msg);
+    if ((rc = retire(s)) != 0)
+        return rc;
+    term_draw(s);
+    return 0;
+}
+
+/* Prints w as one shell word: as it is when it is plain, else quoted. */
+static void shell_word(const char *w)
+{
+    static const char plain[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789/._+-:=@,%";
+    if (*w != '\0' && strspn(w, plain) == strlen(w)) {
+        fputs(w, stderr);
+        return;
+    }
+    fputc('\'', stderr);
+    for (; *w; w++) {
+        if (*w == '\'')
+            fputs("'\\''", stderr);
+        else
+            fputc((unsigned char)*w < 0x20 || *w == 0x7f ? '?' : *w, stderr);
+    }
+    fputc('\'', stderr);
+}
+
+/* "fetchctl [-s SOCKET] cancel": -s when the socket came from the command
+ * line, not from $FETCHD_SOCKET or the default. */
+static void cancel_command(submit_t *s)
+{
+    const char *sock = s->c->socket;
+    fputs("fetchctl ", stderr);
+    if (sock != s->c->socket_buf && sock != getenv("FETCHD_SOCKET")) {
+        fputs("-s ", stderr);
+        shell_word(sock);
+        fputc(' ', stderr);
+    }
+    fputs("cancel", stderr);
+}
+
+/* Writes the ids of the unfinished jobs to a new file under $TMPDIR (or
+ * /tmp); returns its path in buf, or NULL. */
+static const char *ids_file(submit_t *s, char *buf, size_t len)
+{
+    const char *dir = getenv("TMPDIR");
+    FILE *f;
+    int fd, bad;
+
+    snprintf(buf, len, "%s/fetchctl-unfinished-XXXXXX", dir && *dir ? dir : "/tmp");
+    fd = mkstemp(buf);
+    if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    for (size_t i = 0; i < s->wait_cap; i++)
+        if (s->wait_job[i] != NULL)
+            fprintf(f, "%s\n", s->wait_job[i]);
+    bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        unlink(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* Ctrl-C without --cancel-on-interrupt: the jobs run on; says so, and
+ * the exact command that cancels them. */
+static void interrupt_hint(submit_t *s)
+{
+    size_t n = s->waits_pending;
+    char path[4096];
+    const char *file;
+
+    if (n == 0) {
+        fprintf(stderr, "fetchctl: interrupted; every job had finished\n");
+        return;
+    }
+    fprintf(stderr, "fetchctl: interrupted: %zu job%s keep%s running in fetchd", n,
+            n == 1 ? "" : "s", n == 1 ? "s" : "");
+    if (s->term.on)
+        fprintf(stderr, " (%zu running, %zu queued)", s->term.running,
+                n > s->term.running ? n - s->term.running : 0);
+    fputc('\n', stderr);
+    file = n > TERM_HINT_IDS ? ids_file(s, path, sizeof(path)) : NULL;
+    if (file != NULL) {
+        fprintf(stderr, "fetchctl: their ids are in %s; to cancel them:\n  xargs ", file);
+        cancel_command(s);
+        fputs(" < ", stderr);
+        shell_word(file);
+        fputc('\n', stderr);
+        return;
+    }
+    fprintf(stderr, "fetchctl: to cancel %s:\n  ", n == 1 ? "it" : "them");
+    cancel_command(s);
+    for (size_t i = 0; i < s->wait_cap; i++) {
+        if (s->wait_job[i] != NULL) {
+            fputc(' ', stderr);
+            shell_word(s->wait_job[i]);
+        }
+    }
+    fputc('\n', stderr);
+}
+
+/* --cancel-on-interrupt: one cancel call per unfinished job, in batches of
+ * 1000 calls; their answers (and the waits' ones) are read. */
+static int cancel_unfinished(submit_t *s)
+{
+    json_t *batch = NULL;
+    size_t n = 0;
+    int rc = 0;
+
+    s->cancel_base = s->c->rpc.next_id;
+    for (size_t i = 0; rc == 0 && i < s->wait_cap; i++) {
+        json_int_t id;
+        if (s->wait_job[i] == NULL)
+            continue;
+        if (batch == NULL && (batch = json_array()) == NULL)
+            return EXIT_SERVER;
+        if (json_array_append_new(batch, rpc_call_object(&s->c->rpc, "cancel",
+                                                         json_pack("{s:s}", "id", s->wait_job[i]),
+                                                         &id)) != 0)
+            rc = EXIT_SERVER;
+        else
+            n++;
+        if (json_array_size(batch) == 1000) {
+            rc = rc == 0 && rpc_send_json(&s->c->rpc, batch) != 0 ? EXIT_SERVER : rc;
+            json_decref(batch);
+            batch = NULL;
+        }
+    }
+    if (batch != NULL) {
+        rc = rc == 0 && rpc_send_json(&s->c->rpc, batch) != 0 ? EXIT_SERVER : rc;
+        json_decref(batch);
+    }
+    s->cancel_n = s->cancels_pending = n;
+    while (rc == 0 && s->cancels_pending > 0)
+        rc = step(s);
+    return rc;
+}
+
+/* Ctrl-C during --wait. The batches in flight were queued in fetchd: their
+ * ids are learnt first. Then the unfinished jobs are cancelled
+ * (--cancel-on-interrupt) or left running with a word on how to cancel
+ * them. A second Ctrl-C stops at once. Returns EXIT_SIGNAL. */
+static int interrupted(submit_t *s)
+{
+    int rc = 0;
+
+    ctl_progress_clear(s->c);
+    rpc_interrupt_clear();
+    s->stop = 1;
+    while (rc == 0 && s->count > 0)
+        rc = step(s);
+    if (rc == 0 && s->cancel_on_interrupt)
+        rc = cancel_unfinished(s);
+    if (s->term.on)
+        term_summary(s);
+    ctl_progress_clear(s->c);
+    if (rc == 0 && s->cancel_on_interrupt)
+        fprintf(stderr,
+                "fetchctl: interrupted: cancelled %zu job%s (--cancel-on-interrupt); %zu had "
+                "finished meanwhile\n",
+                s->cancelled, s->cancelled == 1 ? "" : "s", s->cancel_n - s->cancelled);
+    else
+        interrupt_hint(s);
+    return EXIT_SIGNAL;
+}
+
 static int run(submit_t *s)
 {
     int rc;
+    if (s->term.on) {
+        /* Before the first submit: the events of every job of this run
+         * come after the answer that names it. */
+        s->term.sub_call = rpc_request(&s->c->rpc, "subscribe",
+                                       json_pack("{s:[ss]}", "events", "started", "progress"));
+        term_draw(s);
+    }
     for (;;) {
-        json_t *msg;
         if ((rc = fill_pipeline(s)) != 0)
             s->rc = rc;
         if (s->count == 0 && (s->waits_pending == 0 || s->stop))
             break;
-        if ((rc = ctl_recv(s->c, &msg)) != 0)
-            return rc;
-        for (size_t i = 0; i < ctl_msg_count(msg); i++)
-            on_response(s, ctl_msg_item(msg, i));
-        json_decref(msg);
-        if ((rc = retire(s)) != 0)
-            return rc;
+        if ((rc = step(s)) != 0)
+            return rc == EXIT_SIGNAL && s->wait ? interrupted(s) : rc;
     }
     ctl_progress_clear(s->c);
     if (s->stop && s->nids > 0)
         fprintf(stderr, "fetchctl: %zu jobs of other batches were queued\n", s->nids);
+    if (s->term.on)
+        term_summary(s);
     return s->rc;
 }
 
@@ -830,6 +1463,7 @@ static void submit_dispose(submit_t *s)
     for (size_t i = 0; i < s->wait_cap; i++)
         free(s->wait_job[i]);
     free(s->wait_job);
+    term_dispose(&s->term);
     free(s->pending.text);
     free(s->pending.url);
     free(s->out);
@@ -869,6 +1503,8 @@ int cmd_submit(ctl_t *c, int argc, char **argv)
     if (rc < 0 && (rc = open_input(&s)) == 0 && (rc = ctl_connect(c)) == 0) {
         /* Wait calls get ids from here on; submits are told apart by the ring. */
         s.wait_base = c->rpc.next_id;
+        s.term.on = s.wait && isatty(STDERR_FILENO);
+        s.term.start = mono_s();
         rc = run(&s);
     }
     submit_dispose(&s);

@@ -73,6 +73,7 @@ static const option_def_t options[] = {
     {"max_limit_rate", OPT_RATE, OFF(max_limit_rate), 0, (uint64_t)1 << 50},
     {"proxy", OPT_PROXY, OFF(proxy), 0, 0},
     {"no_proxy", OPT_TEXT, OFF(no_proxy), 0, 0},
+    {"progress_interval", OPT_U64, OFF(progress_ms), 10, 3600000},
 };
 
 static const option_def_t *find(const char *key)
@@ -469,6 +470,7 @@ static const struct option long_options[] = {
     {"max-limit-rate", required_argument, NULL, 0},
     {"proxy", required_argument, NULL, 0},
     {"no-proxy", required_argument, NULL, 0},
+    {"progress-interval", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

@@ -27,6 +27,7 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->log_jobs = 1;
     cfg->page_interval_ms = 10000;
     cfg->page_warmup_ms = 300000;
+    cfg->progress_ms = JOB_DEFAULT_PROGRESS_MS;
 }
 
 void daemon_config_dispose(daemon_config_t *cfg)
@@ -56,6 +57,7 @@ static void apply_limits(daemon_t *d)
     d->sched.max_queued_bytes = d->cfg.max_queue_bytes;
     d->sched.env.decode = d->cfg.decode;
     d->sched.env.decode_max_ratio = d->cfg.decode_max_ratio;
+    d->sched.env.progress_ms = d->cfg.progress_ms;
     d->sched.max_running = d->cfg.max_running;
     d->sched.retain_jobs = d->cfg.retain_jobs;
     d->sched.retain_ms = d->cfg.retain_ms;

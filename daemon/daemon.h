@@ -57,6 +57,7 @@ typedef struct daemon_config {
     uint64_t max_limit_rate;    /* 0: the most a job may ask for, 0 = no cap */
     char *proxy;                /* owned; NULL: the environment's; "": direct (proxy.h) */
     char *no_proxy;             /* owned; NULL: the environment's no_proxy */
+    uint64_t progress_ms;       /* 500: progress sampling and events, per job at most once */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

@@ -52,6 +52,9 @@ enum { RESP_FINAL, RESP_REDIRECT, RESP_RETRY };
 #define SINK_HIGH_WATER (8u << 20)
 #define SINK_LOW_WATER  (2u << 20)
 
+/* The time constant (ms) of the speed's moving average. */
+#define PROGRESS_TAU_MS 3000u
+
 static void attempt(job_t *j);
 static void job_set_phase(job_t *j, job_phase_t ph, uint64_t backoff_ms);
 static void finish(job_t *j, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -830,6 +833,8 @@ static int on_conn_head(void *user, int status, int64_t content_length,
     j->disposition = RESP_FINAL;
     j->http_status = status;
     j->content_length = content_length;
+    j->prog_ms = uv_now(j->env->loop); /* the body's progress is measured from here */
+    j->prog_bytes = j->speed = 0;
     if (j->spec.fail_on_http_error && status >= 400 && status <= 599)
         return fail_response(why, ERR_HTTP_ERROR, "HTTP status %d", status);
     if (j->spec.max_body && content_length > 0 && (uint64_t)content_length > j->spec.max_body)
@@ -843,6 +848,53 @@ static int on_conn_head(void *user, int status, int64_t content_length,
                                  sink_strerror(&j->sink, rc), j->file_path);
     }
     return start_decoding(j, transfer_codings, why);
+}
+
+/* The speed's moving average with the rate since the last sample blended
+ * in, weighted by the time that rate covers against PROGRESS_TAU_MS: a
+ * 500 ms sample moves it a seventh of the way, so it follows the last few
+ * seconds. The first sample of a body is its rate alone. */
+static uint64_t progress_speed(const job_t *j, uint64_t now)
+{
+    uint64_t dt = now - j->prog_ms, rate;
+
+    if (j->prog_ms == 0 || dt == 0 || now < j->prog_ms)
+        return j->speed;
+    rate = (j->wire_bytes - j->prog_bytes) * 1000 / dt;
+    if (j->prog_bytes == 0 && j->speed == 0)
+        return rate;
+    if (dt > PROGRESS_TAU_MS * 100)
+        dt = PROGRESS_TAU_MS * 100; /* the old average weighs nothing then; no overflow */
+    return (j->speed * PROGRESS_TAU_MS + rate * dt) / (PROGRESS_TAU_MS + dt);
+}
+
+/* Takes a progress sample, from a body read at least a progress interval
+ * after the last one, and tells the owner only when someone subscribed to
+ * progress events: no timer per job, and nothing per read but a compare. */
+static void progress_sample(job_t *j)
+{
+    uint64_t now = uv_now(j->env->loop);
+
+    j->speed = progress_speed(j, now);
+    j->prog_ms = now;
+    j->prog_bytes = j->wire_bytes;
+    if (j->env->progress_subs > 0)
+        j->env->ops->on_event(j->env->owner, j, JOB_EV_PROGRESS);
+}
+
+void job_progress(const job_t *j, job_progress_t *out)
+{
+    uint64_t left;
+
+    out->total = j->content_length;
+    out->speed = 0;
+    if (j->state == JOB_RUNNING && j->prog_ms != 0) /* else no body yet */
+        out->speed = progress_speed(j, uv_now(j->env->loop));
+    out->eta = -1;
+    if (out->total >= 0 && out->speed > 0) {
+        left = (uint64_t)out->total > j->wire_bytes ? (uint64_t)out->total - j->wire_bytes : 0;
+        out->eta = (int64_t)((left + out->speed - 1) / out->speed);
+    }
 }
 
 static int on_conn_body(void *user, buf_t *b, const char *at, size_t len, conn_why_t *why)
@@ -867,6 +919,8 @@ static int on_conn_body(void *user, buf_t *b, const char *at, size_t len, conn_w
                              j->content_encoding, sink_strerror(&j->sink, rc));
     if (rc != 0)
         return fail_response(why, rc, "writing the body: %s", sink_strerror(&j->sink, rc));
+    if (uv_now(j->env->loop) - j->prog_ms >= j->env->progress_ms)
+        progress_sample(j);
     if (sink_pending(&j->sink) > SINK_HIGH_WATER && j->conn) {
         conn_pause(j->conn);
         j->read_paused = 1;

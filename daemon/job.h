@@ -93,20 +93,27 @@ typedef struct job_spec {
 #define JOB_DEFAULT_MAX_REDIRECTS         10
 #define JOB_DEFAULT_INLINE_MAX            (1024 * 1024)
 #define JOB_MAX_RETRIES                   20
+#define JOB_DEFAULT_PROGRESS_MS           500
 #define JOB_MAX_REDIRECTS_LIMIT           50
 
 void job_spec_init(job_spec_t *spec);
 void job_spec_dispose(job_spec_t *spec);
 
 /* What a job tells its owner as it goes. */
-typedef enum job_event { JOB_EV_STARTED, JOB_EV_REDIRECTED, JOB_EV_RETRYING } job_event_t;
+typedef enum job_event {
+    JOB_EV_STARTED,
+    JOB_EV_REDIRECTED,
+    JOB_EV_RETRYING,
+    JOB_EV_PROGRESS /* body bytes came, a progress interval after the last sample */
+} job_event_t;
 
 /* The owner's side of its jobs: the upward traffic, registered by the owner
  * (the scheduler) in the environment. owner is job_env_t.owner; j is
  * borrowed for the call. */
 typedef struct job_owner_ops {
     /* The job started, is following a redirect, or will retry after a
-     * backoff (its error_msg says why during the call). */
+     * backoff (its error_msg says why during the call); or, only while
+     * env.progress_subs > 0, its progress was sampled (JOB_EV_PROGRESS). */
     void (*on_event)(void *owner, job_t *j, job_event_t ev);
     /* The job has finished (done, failed or cancelled); called once. */
     void (*on_finished)(void *owner, job_t *j);
@@ -131,6 +138,8 @@ typedef struct job_env {
     int decode;                  /* public: jobs decode content unless they say not */
     uint64_t decode_max_ratio;   /* public: decoded/encoded size cap; 0 = none */
     retry_policy_t retry;        /* public: backoff steps and caps */
+    uint64_t progress_ms;        /* public: progress sampling interval (ms, > 0) */
+    unsigned progress_subs;      /* public: subscriptions to progress events; 0: none sent */
     const job_owner_ops_t *ops;  /* borrowed: the owner's */
     void *owner;                 /* borrowed: passed to ops */
 } job_env_t;
@@ -194,6 +203,12 @@ struct job {
     char *etag;             /* ETag, as received (quotes and W/ included) */
     char *last_modified;    /* Last-Modified, as received */
     int64_t content_length; /* Content-Length; -1 when the body was framed otherwise */
+
+    /* read-only: progress of the final response's body, sampled on body
+     * reads at most once per env->progress_ms (job_progress()) */
+    uint64_t speed;      /* wire bytes/s, moving average as of the last sample */
+    uint64_t prog_ms;    /* loop time (ms) of the last sample; 0 before the body */
+    uint64_t prog_bytes; /* wire_bytes at that sample */
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
@@ -290,6 +305,19 @@ void job_resume(job_t *j);
 /* The paused job has kept its connection long enough: it closes it and
  * enters JOB_PH_PAUSED. Does nothing unless the job is paused and holds one. */
 void job_pause_expire(job_t *j);
+
+/* A running job's progress now, comparing like with like: wire_bytes
+ * (the body as received) against total (Content-Length, also wire bytes;
+ * -1 when unknown). speed is wire bytes/s, a moving average over the last
+ * few seconds that the time since the last sample is blended into; eta is
+ * in seconds, -1 when unknown (no total, or no speed yet). */
+typedef struct job_progress {
+    int64_t total;
+    uint64_t speed;
+    int64_t eta;
+} job_progress_t;
+
+void job_progress(const job_t *j, job_progress_t *out);
 
 const char *job_state_name(job_state_t s);
 int job_state_from_name(const char *name, job_state_t *out);

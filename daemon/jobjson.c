@@ -116,6 +116,21 @@ void jobjson_write(jsonw_t *w, const job_t *j)
         write_string(w, "etag", j->etag);
     if (j->last_modified != NULL)
         write_string(w, "last_modified", j->last_modified);
+    if (j->state == JOB_RUNNING) {
+        job_progress_t p;
+        job_progress(j, &p);
+        jsonw_key(w, "total");
+        if (p.total >= 0)
+            jsonw_int(w, p.total);
+        else
+            jsonw_null(w);
+        write_uint(w, "speed", p.speed);
+        jsonw_key(w, "eta");
+        if (p.eta >= 0)
+            jsonw_int(w, p.eta);
+        else
+            jsonw_null(w);
+    }
     if (j->spec.labels != NULL) {
         jsonw_key(w, "labels");
         jsonw_json(w, j->spec.labels);

@@ -52,6 +52,8 @@ static void usage(FILE *out)
             "                           RATE takes K, M or G (1024s): 100K, 1.5M\n"
             "      --limit-rate RATE    body bytes/s of a job that sets none (default 0: none)\n"
             "      --max-limit-rate RATE  the most bytes/s a job may ask for (default 0: no cap)\n"
+            "      --progress-interval MS  a running job's progress sample and event, at most\n"
+            "                           one per MS milliseconds (default 500)\n"
             "      --ca-file FILE       CA bundle that verifies https servers (default\n"
             "                           " TLS_DEFAULT_CA_FILE ")\n"
             "      --client-cert FILE   client certificate (PEM) for https servers that ask\n"

@@ -38,7 +38,9 @@ struct methods_wait {
     methods_wait_t *jprev, *jnext; /* the job's watchers */
 };
 
-/* One subscription; the session owns it. */
+/* One subscription; the session owns it. One that includes progress
+ * events is counted in the jobs' environment (env.progress_subs) from
+ * its creation to sub_free(). */
 struct methods_sub {
     uint64_t id;
     unsigned events;  /* bit per sched_event_t */
@@ -167,6 +169,8 @@ void methods_job_finished(job_t *j)
 static void sub_free(methods_session_t *s, methods_sub_t *sub)
 {
     assert(s->nsubs > 0 && s->sub_bytes >= sub->ids_bytes);
+    if (sub->events & (1u << SCHED_EV_PROGRESS))
+        s->m->d->sched.env.progress_subs--; /* no subscriber left: jobs send none */
     s->nsubs--;
     s->sub_bytes -= sub->ids_bytes;
     json_decref(sub->ids);
@@ -675,35 +679,43 @@ static json_t *m_stats(rpc_call_t *call)
     return o;
 }
 
-/* params.events as a bit mask; all events when absent, 0 when invalid. */
+/* params.events as a bit mask, and params.progress: every event but
+ * progress when events is absent; progress events only when named or
+ * asked for with "progress": true. 0 when invalid. */
 static unsigned sub_events(rpc_call_t *call)
 {
     json_t *ev = json_object_get(call->params, "events"), *v;
+    json_t *progress = json_object_get(call->params, "progress");
     unsigned mask = 0;
     size_t i;
 
+    if (progress != NULL && !json_is_boolean(progress)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
+                       "params.progress: true or false");
+        return 0;
+    }
     if (ev == NULL)
-        return (1u << (SCHED_EV_FINISHED + 1)) - 1;
-    if (!json_is_array(ev) || json_array_size(ev) == 0) {
+        mask = (1u << (SCHED_EV_FINISHED + 1)) - 1;
+    else if (!json_is_array(ev) || json_array_size(ev) == 0) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.events: a non-empty array of event names");
         return 0;
     }
     json_array_foreach (ev, i, v) {
         int e;
-        for (e = 0; e <= SCHED_EV_FINISHED; e++)
+        for (e = 0; e <= SCHED_EV_PROGRESS; e++)
             if (json_is_string(v) && strcmp(json_string_value(v), sched_event_name(e)) == 0)
                 break;
-        if (e > SCHED_EV_FINISHED) {
+        if (e > SCHED_EV_PROGRESS) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                            "params.events[%zu]: one of queued, started, redirected, retrying, "
-                           "finished",
+                           "paused, resumed, finished, progress",
                            i);
             return 0;
         }
         mask |= 1u << e;
     }
-    return mask;
+    return json_is_true(progress) ? mask | 1u << SCHED_EV_PROGRESS : mask;
 }
 
 /* Checks params.ids and the session's limits; *ids_bytes is the list's size. */
@@ -756,6 +768,8 @@ static json_t *m_subscribe(rpc_call_t *call)
     stats_obj_created(s->stats, STATS_OBJ_CTL_SUB);
     sub->id = ++s->m->next_sub;
     sub->events = mask;
+    if (mask & (1u << SCHED_EV_PROGRESS))
+        s->m->d->sched.env.progress_subs++; /* running jobs send progress events from now on */
     sub->ids = ids ? json_incref(ids) : NULL;
     sub->ids_bytes = ids_bytes;
     sub->next = s->subs;

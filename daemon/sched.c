@@ -83,6 +83,7 @@ int sched_init(sched_t *s, uv_loop_t *loop, stats_t *stats, pool_t *pool, dns_t 
     s->env.rl = &s->rl;
     s->env.download_dir = s->download_dir;
     retry_policy_init(&s->env.retry);
+    s->env.progress_ms = JOB_DEFAULT_PROGRESS_MS;
     s->env.ops = &job_owner_ops;
     s->env.owner = s;
     s->table_size = SCHED_INITIAL_TABLE;
@@ -806,6 +807,7 @@ static void on_job_event(void *owner, job_t *j, job_event_t ev)
         [JOB_EV_STARTED] = SCHED_EV_STARTED,
         [JOB_EV_REDIRECTED] = SCHED_EV_REDIRECTED,
         [JOB_EV_RETRYING] = SCHED_EV_RETRYING,
+        [JOB_EV_PROGRESS] = SCHED_EV_PROGRESS,
     };
     sched_emit(owner, j, map[ev]);
 }
@@ -855,6 +857,6 @@ void sched_dispose(sched_t *s)
 const char *sched_event_name(sched_event_t ev)
 {
     static const char *const names[] = {"queued", "started", "redirected", "retrying",
-                                        "paused", "resumed", "finished"};
+                                        "paused", "resumed", "finished",   "progress"};
     return names[ev];
 }

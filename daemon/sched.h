@@ -43,7 +43,8 @@ typedef enum sched_event {
     SCHED_EV_RETRYING,
     SCHED_EV_PAUSED,  /* a client paused the job (sched_pause) */
     SCHED_EV_RESUMED, /* a client resumed it (sched_resume) */
-    SCHED_EV_FINISHED
+    SCHED_EV_FINISHED,
+    SCHED_EV_PROGRESS /* only while env.progress_subs > 0 (job.h) */
 } sched_event_t;
 
 /* Observes job events; j is borrowed for the duration of the call. An

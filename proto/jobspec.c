@@ -727,6 +727,13 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "etag", lossy_string(j->etag));
     if (j->last_modified != NULL)
         rc |= json_object_set_new(o, "last_modified", lossy_string(j->last_modified));
+    if (j->state == JOB_RUNNING) {
+        job_progress_t p;
+        job_progress(j, &p);
+        rc |= json_object_set_new(o, "total", p.total >= 0 ? json_integer(p.total) : json_null());
+        rc |= json_object_set_new(o, "speed", json_integer((json_int_t)p.speed));
+        rc |= json_object_set_new(o, "eta", p.eta >= 0 ? json_integer(p.eta) : json_null());
+    }
     if (j->spec.labels != NULL)
         rc |= json_object_set(o, "labels", j->spec.labels);
     if (j->spec.rate > 0)

@@ -155,6 +155,10 @@ static double random_time(void)
     return 1700000000.0 + (double)(rnd() % 200000000000u) / 1e3; /* ms resolution */
 }
 
+/* A loop whose clock stands still: both encoders read the same progress. */
+static uv_loop_t loop;
+static job_env_t env = {.loop = &loop};
+
 static void random_job(job_t *j)
 {
     static const int errors[] = {0, ERR_TIMEOUT, ERR_PROTOCOL, ERR_DNS, ERR_CANCELLED};
@@ -210,6 +214,12 @@ static void random_job(job_t *j)
         j->spec.delay_ms = rnd() % 3600000;
     if (coin())
         j->spec.limit_rate = rnd() >> 14;
+    j->env = &env;
+    if (coin()) { /* a body is arriving: speed and eta from the samples */
+        j->prog_ms = uv_now(&loop) - rnd() % 5000;
+        j->speed = rnd() % 10000000;
+        j->prog_bytes = j->wire_bytes / 2;
+    }
     j->paused = coin();
     j->phase = coin() ? JOB_PH_RESPONSE : JOB_PH_FINISHED;
     j->timings.created = random_time();
@@ -255,6 +265,8 @@ static void test_random_jobs_both_ways(void)
 {
     size_t differ = 0;
 
+    uv_loop_init(&loop);
+
     for (int i = 0; i < 2000; i++) {
         strbuf_t b = {0};
         jsonw_t w;
@@ -280,6 +292,7 @@ static void test_random_jobs_both_ways(void)
         free_job(&j);
     }
     CHECK_INT(differ, 0);
+    uv_loop_close(&loop);
 }
 
 static void test_fmt(void)
