@@ -83,6 +83,7 @@ typedef struct job_spec {
     uint64_t delay_ms;              /* 0: least time since the last start to its host */
     uint64_t limit_rate;            /* 0: the daemon's default; body bytes/s at most */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
+    int keep_headers;               /* 0; 1: keep the final response's fields */
     char *proxy;    /* NULL: the daemon's choice; "": direct; else a proxy URL (proxy.h) */
     char *no_proxy; /* NULL: the daemon's no_proxy list; else this job's (proxy.h) */
 } job_spec_t;
@@ -97,6 +98,33 @@ typedef struct job_spec {
 
 void job_spec_init(job_spec_t *spec);
 void job_spec_dispose(job_spec_t *spec);
+
+/* A list of (name, value) text pairs in one growing buffer, each pair stored
+ * as "name\0value\0" in arrival order: the redirect chain (status, URL) and
+ * the kept response fields. One allocation grows with it; job_pairs_add()
+ * drops pairs past its bounds and says so in truncated. */
+typedef struct job_pairs {
+    char *buf; /* owned; NULL while empty */
+    size_t len, cap;
+    unsigned n;    /* pairs held */
+    int truncated; /* a pair was dropped at a bound */
+} job_pairs_t;
+
+/* keep_headers keeps at most this many fields of the final response, and at
+ * most this many bytes of names and values; later fields are dropped. */
+#define JOB_KEEP_HEADERS_MAX   100
+#define JOB_KEEP_HEADERS_BYTES (64 * 1024)
+
+/* Appends (name, value), both copied. Returns 0; 1 when the pair would pass
+ * max_pairs or max_bytes (names and values counted) and was dropped, which
+ * sets truncated; or ERR_NO_MEMORY (the list is unchanged). */
+int job_pairs_add(job_pairs_t *p, const char *name, size_t nlen, const char *value, size_t vlen,
+                  unsigned max_pairs, size_t max_bytes);
+/* Empties the list and releases its buffer. */
+void job_pairs_dispose(job_pairs_t *p);
+/* Walks the pairs: *at starts at 0; returns 0 at the end, else 1 with the
+ * pair's name and value (borrowed from the list). */
+int job_pairs_next(const job_pairs_t *p, size_t *at, const char **name, const char **value);
 
 /* What a job tells its owner as it goes. */
 typedef enum job_event { JOB_EV_STARTED, JOB_EV_REDIRECTED, JOB_EV_RETRYING } job_event_t;
@@ -192,6 +220,10 @@ struct job {
     char *etag;             /* ETag, as received (quotes and W/ included) */
     char *last_modified;    /* Last-Modified, as received */
     int64_t content_length; /* Content-Length; -1 when the body was framed otherwise */
+
+    /* read-only: the way to the final response, and its fields (owned) */
+    job_pairs_t redirect_chain; /* ("301", URL) of each redirect followed, in order */
+    job_pairs_t headers;        /* with spec.keep_headers: every field (JOB_KEEP_HEADERS_*) */
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
