@@ -367,12 +367,12 @@ static int per_id_batches(ctl_t *c, const char *method, char **ids, size_t n)
     }
     for (size_t i = 0; i < n && answers != NULL; i++) {
         json_t *result = json_object_get(answers[i], "result");
-        if (result != NULL)
+        if (result != NULL) {
             ctl_print_job(c, result);
-        if (result != NULL && strcmp(method, "status") == 0)
-            ctl_print_details(c, result);
-        else if (answers[i] != NULL &&
-                 ctl_print_error(ids[i], json_object_get(answers[i], "error")) > rc)
+            if (strcmp(method, "status") == 0)
+                ctl_print_details(c, result);
+        } else if (answers[i] != NULL &&
+                   ctl_print_error(ids[i], json_object_get(answers[i], "error")) > rc)
             rc = EXIT_SERVER;
         json_decref(answers[i]);
     }
