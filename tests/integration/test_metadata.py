@@ -13,9 +13,10 @@ back at their baseline (ControlTestCase.check_clean_end).
 import os
 import subprocess
 
+import test_alloc
 from ctltest import FETCHCTL, ControlTestCase, clean_env, spec
 from faultserver import FaultServer
-from fetchtest import Nginx, remove_tree, tmpdir
+from fetchtest import HarnessTestCase, Nginx, remove_tree, tmpdir
 
 RUN_TIMEOUT = 120
 LAST_MODIFIED = "Tue, 01 Dec 2026 10:00:00 GMT"
@@ -273,3 +274,19 @@ class HumanOutput(MetadataCase):
         self.assertEqual(p.returncode, 0, self.why(p))
         self.assertIn("< X-Human: yes", p.stdout)
         self.assertIn("< Content-Length: 1", p.stdout)
+
+
+class AllocationFailure(HarnessTestCase):
+    """keep_headers and a redirect chain with each of fetchd's allocations
+    failing in turn (test_alloc's torture, on this scenario only): every job
+    is done or says no_memory, and teardown finds every count at zero."""
+
+    torture = test_alloc.Torture.torture
+    run_once = test_alloc.Torture.run_once
+    check_jobs = test_alloc.Torture.check_jobs
+    fetch_scenario = test_alloc.Torture.fetch_scenario
+
+    def test_keep_headers_and_redirect_chain(self):
+        with Nginx().start() as nginx:
+            self.fetch_scenario("keep_headers", [{"url": nginx.url("/redirect/3"),
+                                                  "keep_headers": True, "output": "inline"}])
