@@ -97,29 +97,31 @@ static void phase_timer(job_t *j, uint64_t ms)
 int job_pairs_add(job_pairs_t *p, const char *name, size_t nlen, const char *value, size_t vlen,
                   unsigned max_pairs, size_t max_bytes)
 {
-    size_t need = nlen + vlen + 2;
+    size_t need = nlen + vlen + 2, cap;
     char *nb;
 
-    /* Both terminators are not counted against max_bytes: it bounds text. */
-    if (p->n >= max_pairs || p->len - 2 * (size_t)p->n + nlen + vlen > max_bytes) {
+    /* The terminators are not counted against max_bytes: it bounds text. */
+    if (p->n >= max_pairs || nlen > UINT32_MAX / 4 || vlen > UINT32_MAX / 4 ||
+        (size_t)p->len - 2 * (size_t)p->n + nlen + vlen > max_bytes ||
+        (size_t)p->len + need > UINT32_MAX / 2) {
         p->truncated = 1;
         return 1;
     }
     if (p->len + need > p->cap) {
-        size_t cap = p->cap ? p->cap : 256;
+        cap = p->cap ? p->cap : 256;
         while (cap < p->len + need)
             cap *= 2;
         nb = mem_realloc(p->buf, cap);
         if (nb == NULL)
             return ERR_NO_MEMORY;
         p->buf = nb;
-        p->cap = cap;
+        p->cap = (uint32_t)cap;
     }
     memcpy(p->buf + p->len, name, nlen);
     p->buf[p->len + nlen] = '\0';
     memcpy(p->buf + p->len + nlen + 1, value, vlen);
     p->buf[p->len + nlen + 1 + vlen] = '\0';
-    p->len += need;
+    p->len += (uint32_t)need;
     p->n++;
     return 0;
 }
@@ -947,7 +949,8 @@ static void on_rate_resume(job_t *j)
 }
 
 /* Adds the URL that answered with a redirect, and its status, to the chain.
- * max_redirects (at most JOB_MAX_REDIRECTS_LIMIT) bounds its length. */
+ * max_redirects (at most JOB_MAX_REDIRECTS_LIMIT) bounds its length, and a
+ * Location's length (4 KiB) its entries'. */
 static int record_redirect(job_t *j, int status)
 {
     char code[16];
@@ -1006,7 +1009,7 @@ static void follow_redirect(job_t *j)
         finish(j, ERR_NO_MEMORY, "no memory for the redirect");
         return;
     }
-    if (record_redirect(j, status) != 0) {
+    if (record_redirect(j, status) == ERR_NO_MEMORY) {
         url_dispose(&next);
         finish(j, ERR_NO_MEMORY, "no memory for the redirect chain");
         return;

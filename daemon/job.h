@@ -79,11 +79,11 @@ typedef struct job_spec {
     int priority;                   /* 0; higher runs first */
     int allow_downgrade;            /* 0: an https -> http redirect fails the job */
     int decode;                     /* 0: the daemon's default; 1: decode; -1: never */
+    int keep_headers;               /* 0; 1: keep the final response's fields */
     double rate;                    /* 0; requests/s to its host at most (ratelimit.h) */
     uint64_t delay_ms;              /* 0: least time since the last start to its host */
     uint64_t limit_rate;            /* 0: the daemon's default; body bytes/s at most */
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
-    int keep_headers;               /* 0; 1: keep the final response's fields */
     char *proxy;    /* NULL: the daemon's choice; "": direct; else a proxy URL (proxy.h) */
     char *no_proxy; /* NULL: the daemon's no_proxy list; else this job's (proxy.h) */
 } job_spec_t;
@@ -104,10 +104,10 @@ void job_spec_dispose(job_spec_t *spec);
  * the kept response fields. One allocation grows with it; job_pairs_add()
  * drops pairs past its bounds and says so in truncated. */
 typedef struct job_pairs {
-    char *buf; /* owned; NULL while empty */
-    size_t len, cap;
-    unsigned n;    /* pairs held */
-    int truncated; /* a pair was dropped at a bound */
+    char *buf;          /* owned; NULL while empty */
+    uint32_t len, cap;  /* 32 bits: the lists are small, and job_t stays small */
+    uint32_t n;         /* pairs held */
+    uint32_t truncated; /* a pair was dropped at a bound */
 } job_pairs_t;
 
 /* keep_headers keeps at most this many fields of the final response, and at
@@ -116,8 +116,8 @@ typedef struct job_pairs {
 #define JOB_KEEP_HEADERS_BYTES (64 * 1024)
 
 /* Appends (name, value), both copied. Returns 0; 1 when the pair would pass
- * max_pairs or max_bytes (names and values counted) and was dropped, which
- * sets truncated; or ERR_NO_MEMORY (the list is unchanged). */
+ * max_pairs or max_bytes (names and values counted) or 4 GiB in all and was
+ * dropped, which sets truncated; or ERR_NO_MEMORY (the list is unchanged). */
 int job_pairs_add(job_pairs_t *p, const char *name, size_t nlen, const char *value, size_t vlen,
                   unsigned max_pairs, size_t max_bytes);
 /* Empties the list and releases its buffer. */
