@@ -142,6 +142,24 @@ int job_pairs_next(const job_pairs_t *p, size_t *at, const char **name, const ch
     return 1;
 }
 
+/* job_pairs_add() on a list allocated on first use. */
+static int pairs_add(job_pairs_t **pp, const char *name, size_t nlen, const char *value,
+                     size_t vlen, unsigned max_pairs, size_t max_bytes)
+{
+    if (*pp == NULL && (*pp = mem_calloc(1, sizeof(**pp))) == NULL)
+        return ERR_NO_MEMORY;
+    return job_pairs_add(*pp, name, nlen, value, vlen, max_pairs, max_bytes);
+}
+
+static void pairs_destroy(job_pairs_t **pp)
+{
+    if (*pp == NULL)
+        return;
+    job_pairs_dispose(*pp);
+    mem_free(*pp);
+    *pp = NULL;
+}
+
 /* ---- spec ------------------------------------------------------------------ */
 
 void job_spec_init(job_spec_t *spec)
@@ -437,8 +455,8 @@ static void job_destroy(job_t *j)
     mem_free(j->content_type);
     mem_free(j->etag);
     mem_free(j->last_modified);
-    job_pairs_dispose(&j->headers);
-    job_pairs_dispose(&j->redirect_chain);
+    pairs_destroy(&j->headers);
+    pairs_destroy(&j->redirect_chain);
     mem_free(j->file_path);
     if (j->tls_config)
         tls_config_decref(j->tls_config);
@@ -562,7 +580,7 @@ static void drop_metadata(job_t *j)
     mem_free(j->last_modified);
     j->content_type = j->etag = j->last_modified = NULL;
     j->content_length = -1;
-    job_pairs_dispose(&j->headers);
+    pairs_destroy(&j->headers);
 }
 
 static void reset_response(job_t *j)
@@ -775,8 +793,8 @@ static int on_conn_header(void *user, const char *name, size_t nlen, const char 
     /* The only cost of keep_headers to a job without it: this test. Fields
      * past the bounds are dropped (headers.truncated says so). */
     if (j->spec.keep_headers &&
-        job_pairs_add(&j->headers, name, nlen, value, vlen, JOB_KEEP_HEADERS_MAX,
-                      JOB_KEEP_HEADERS_BYTES) == ERR_NO_MEMORY)
+        pairs_add(&j->headers, name, nlen, value, vlen, JOB_KEEP_HEADERS_MAX,
+                  JOB_KEEP_HEADERS_BYTES) == ERR_NO_MEMORY)
         return ERR_NO_MEMORY;
     if (nlen == 16 && strncasecmp(name, "content-encoding", 16) == 0)
         return add_content_encoding(j, value, vlen);
@@ -955,8 +973,8 @@ static int record_redirect(job_t *j, int status)
 {
     char code[16];
     int n = snprintf(code, sizeof(code), "%d", status);
-    return job_pairs_add(&j->redirect_chain, code, (size_t)n, j->url.href, strlen(j->url.href),
-                         UINT_MAX, SIZE_MAX);
+    return pairs_add(&j->redirect_chain, code, (size_t)n, j->url.href, strlen(j->url.href),
+                     UINT_MAX, SIZE_MAX);
 }
 
 static void follow_redirect(job_t *j)

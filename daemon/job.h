@@ -221,9 +221,10 @@ struct job {
     char *last_modified;    /* Last-Modified, as received */
     int64_t content_length; /* Content-Length; -1 when the body was framed otherwise */
 
-    /* read-only: the way to the final response, and its fields (owned) */
-    job_pairs_t redirect_chain; /* ("301", URL) of each redirect followed, in order */
-    job_pairs_t headers;        /* with spec.keep_headers: every field (JOB_KEEP_HEADERS_*) */
+    /* read-only: the way to the final response, and its fields; allocated
+     * when first needed, so that a job with neither pays 16 bytes */
+    job_pairs_t *redirect_chain; /* owned: ("301", URL) of each redirect followed; or NULL */
+    job_pairs_t *headers; /* owned: keep_headers: every field (JOB_KEEP_HEADERS_*); or NULL */
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;

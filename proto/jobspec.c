@@ -693,7 +693,7 @@ json_t *jobspec_encode_headers(const job_pairs_t *p)
     const char *name, *value;
     size_t at = 0;
 
-    while (arr != NULL && job_pairs_next(p, &at, &name, &value)) {
+    while (arr != NULL && p != NULL && job_pairs_next(p, &at, &name, &value)) {
         pair = json_array();
         if (pair == NULL || json_array_append_new(pair, lossy_string(name)) != 0 ||
             json_array_append_new(pair, lossy_string(value)) != 0 ||
@@ -712,7 +712,7 @@ json_t *jobspec_encode_redirect_chain(const job_pairs_t *p)
     const char *status, *url;
     size_t at = 0;
 
-    while (arr != NULL && job_pairs_next(p, &at, &status, &url)) {
+    while (arr != NULL && p != NULL && job_pairs_next(p, &at, &status, &url)) {
         hop = json_pack("{s:o, s:i}", "url", lossy_string(url), "status", atoi(status));
         if (hop == NULL || json_array_append_new(arr, hop) != 0) {
             json_decref(arr);
@@ -734,12 +734,12 @@ static int encode_metadata(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "etag", lossy_string(j->etag));
     if (j->last_modified != NULL)
         rc |= json_object_set_new(o, "last_modified", lossy_string(j->last_modified));
-    if (j->redirect_chain.n > 0)
+    if (j->redirect_chain != NULL && j->redirect_chain->n > 0)
         rc |= json_object_set_new(o, "redirect_chain",
-                                  jobspec_encode_redirect_chain(&j->redirect_chain));
+                                  jobspec_encode_redirect_chain(j->redirect_chain));
     if (j->spec.keep_headers && j->http_status != 0)
-        rc |= json_object_set_new(o, "headers", jobspec_encode_headers(&j->headers));
-    if (j->headers.truncated)
+        rc |= json_object_set_new(o, "headers", jobspec_encode_headers(j->headers));
+    if (j->headers != NULL && j->headers->truncated)
         rc |= json_object_set_new(o, "headers_truncated", json_true());
     return rc;
 }

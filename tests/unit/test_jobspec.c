@@ -370,8 +370,10 @@ static void make_job(job_t *j)
 static void free_job(job_t *j)
 {
     job_spec_dispose(&j->spec);
-    job_pairs_dispose(&j->headers);
-    job_pairs_dispose(&j->redirect_chain);
+    if (j->headers != NULL)
+        job_pairs_dispose(j->headers);
+    if (j->redirect_chain != NULL)
+        job_pairs_dispose(j->redirect_chain);
     mem_free(j->effective_url);
     mem_free(j->output);
     mem_free(j->inline_body);
@@ -615,16 +617,21 @@ static void test_pairs_bounds(void)
 static void test_encode_metadata(void)
 {
     job_t j;
+    job_pairs_t headers, chain;
     json_t *o, *h, *c;
     make_job(&j);
+    memset(&headers, 0, sizeof(headers));
+    memset(&chain, 0, sizeof(chain));
+    j.headers = &headers;
+    j.redirect_chain = &chain;
     j.content_length = -1;
     j.spec.keep_headers = 1;
-    add_pair(&j.headers, "Set-Cookie", "a=1");
-    add_pair(&j.headers, "Content-Type", "text/plain");
-    add_pair(&j.headers, "Set-Cookie", "b=2");
-    add_pair(&j.headers, "X-Bytes", "caf\xc3\xa9 \xff");
-    add_pair(&j.redirect_chain, "301", "http://a/start");
-    add_pair(&j.redirect_chain, "308", "https://b/next?q=1");
+    add_pair(j.headers, "Set-Cookie", "a=1");
+    add_pair(j.headers, "Content-Type", "text/plain");
+    add_pair(j.headers, "Set-Cookie", "b=2");
+    add_pair(j.headers, "X-Bytes", "caf\xc3\xa9 \xff");
+    add_pair(j.redirect_chain, "301", "http://a/start");
+    add_pair(j.redirect_chain, "308", "https://b/next?q=1");
     o = jobspec_encode_job(&j);
     CHECK(o != NULL);
     h = json_object_get(o, "headers");
@@ -646,18 +653,20 @@ static void test_encode_metadata(void)
 
     /* Truncated: flagged. Without keep_headers and without redirects: no
      * "headers", no "redirect_chain". */
-    j.headers.truncated = 1;
+    j.headers->truncated = 1;
     o = jobspec_encode_job(&j);
     CHECK(json_is_true(json_object_get(o, "headers_truncated")));
     json_decref(o);
-    job_pairs_dispose(&j.headers);
-    job_pairs_dispose(&j.redirect_chain);
+    job_pairs_dispose(j.headers);
+    job_pairs_dispose(j.redirect_chain);
     j.spec.keep_headers = 0;
     o = jobspec_encode_job(&j);
     CHECK(json_object_get(o, "headers") == NULL);
     CHECK(json_object_get(o, "redirect_chain") == NULL);
     json_decref(o);
-    /* keep_headers and a final response without fields: an empty array. */
+    /* keep_headers and a final response without fields (the list was never
+     * allocated): an empty array. */
+    j.headers = j.redirect_chain = NULL;
     j.spec.keep_headers = 1;
     o = jobspec_encode_job(&j);
     CHECK(json_is_array(json_object_get(o, "headers")) &&
