@@ -223,6 +223,49 @@ void ctl_print_job(ctl_t *c, json_t *job)
     fputc('\n', stdout);
 }
 
+/* One indented "label  value" line of a job's details. */
+static void detail(const char *label, const char *value)
+{
+    char buf[4096];
+    if (value != NULL)
+        printf("  %-14s %s\n", label, shown(value, buf, sizeof(buf)));
+}
+
+void ctl_print_details(ctl_t *c, json_t *job)
+{
+    json_t *chain = json_object_get(job, "redirect_chain"), *hop, *pair;
+    json_t *headers = json_object_get(job, "headers");
+    json_t *length = json_object_get(job, "content_length");
+    char label[32], num[32];
+    size_t i;
+
+    if (c->json)
+        return;
+    json_array_foreach (chain, i, hop) {
+        snprintf(label, sizeof(label), "redirect %" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(hop, "status")));
+        detail(label, str_field(hop, "url"));
+    }
+    if (json_array_size(chain) > 0 ||
+        strcmp(str_field(job, "effective_url") ? str_field(job, "effective_url") : "",
+               str_field(job, "url") ? str_field(job, "url") : "") != 0)
+        detail("final URL", str_field(job, "effective_url"));
+    detail("content-type", str_field(job, "content_type"));
+    if (json_is_integer(length)) {
+        snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(length));
+        detail("content-length", num);
+    }
+    detail("etag", str_field(job, "etag"));
+    detail("last-modified", str_field(job, "last_modified"));
+    json_array_foreach (headers, i, pair) {
+        char n[256], v[4096];
+        printf("  < %s: %s\n", shown(json_string_value(json_array_get(pair, 0)), n, sizeof(n)),
+               shown(json_string_value(json_array_get(pair, 1)), v, sizeof(v)));
+    }
+    if (json_is_true(json_object_get(job, "headers_truncated")))
+        fputs("  < (later fields dropped: fetchd keeps 100 fields, 64 KiB)\n", stdout);
+}
+
 void ctl_progress(ctl_t *c, size_t done, size_t total)
 {
     if (!c->progress)
@@ -281,7 +324,10 @@ static int simple_options(ctl_t *c, int argc, char **argv, const char *help,
 
 static const char status_help[] =
     "Usage: fetchctl status [--json] ID...\n"
-    "Show jobs, one line each: ID STATE HTTP BYTES URL [error-code: message].\n"
+    "Show jobs: a line ID STATE HTTP BYTES URL [error-code: message], then\n"
+    "indented lines with what is known of the final response: each redirect\n"
+    "(status and URL), the final URL, content-type, content-length, etag,\n"
+    "last-modified, and the kept header fields ('< Name: value', keep_headers).\n"
     "Exits 0 whatever the jobs' states; 4 when an id is unknown.\n";
 
 static const char cancel_help[] =
@@ -324,10 +370,12 @@ static int per_id_batches(ctl_t *c, const char *method, char **ids, size_t n)
     }
     for (size_t i = 0; i < n && answers != NULL; i++) {
         json_t *result = json_object_get(answers[i], "result");
-        if (result != NULL)
+        if (result != NULL) {
             ctl_print_job(c, result);
-        else if (answers[i] != NULL &&
-                 ctl_print_error(ids[i], json_object_get(answers[i], "error")) > rc)
+            if (strcmp(method, "status") == 0)
+                ctl_print_details(c, result);
+        } else if (answers[i] != NULL &&
+                   ctl_print_error(ids[i], json_object_get(answers[i], "error")) > rc)
             rc = EXIT_SERVER;
         json_decref(answers[i]);
     }

@@ -69,6 +69,11 @@ int ctl_print_error(const char *what, json_t *error);
  * or with --json the object on one line. */
 void ctl_print_job(ctl_t *c, json_t *job);
 
+/* Prints what a job object says of its final response, indented under its
+ * line: redirects, final URL, content type and length, ETag, Last-Modified
+ * and kept header fields. Nothing with --json. */
+void ctl_print_details(ctl_t *c, json_t *job);
+
 /* 1 when job (a job object) finished in state "done". */
 int ctl_job_done(json_t *job);
 

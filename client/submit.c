@@ -95,7 +95,10 @@ typedef struct submit {
     const char *input;   /* borrowed: -i FILE, or NULL */
     const char *output;  /* borrowed: -o FILE, or NULL */
     int wait, quiet;
-    char **urls; /* borrowed: the command line's URLs */
+    int to_stdout;   /* -o -: the body (inline) goes to stdout */
+    int remote_name; /* -O: each URL's output file is named after its last segment */
+    int include;     /* --include: keep_headers, and show them */
+    char **urls;     /* borrowed: the command line's URLs */
     size_t nurls, next_url;
     FILE *fp;      /* owned unless it is stdin */
     char *linebuf; /* owned: getline's buffer */
@@ -138,6 +141,12 @@ static const char submit_help[] =
     "      --cancel-on-interrupt  with --wait: Ctrl-C cancels the unfinished jobs\n"
     "  -o, --output FILE    write the body to FILE (one URL only; relative paths are\n"
     "                       resolved by fetchd inside its --download-dir)\n"
+    "  -o -                 wait and write the body to stdout, byte for byte (fetchd\n"
+    "                       returns it inline: up to 1 MiB, else the job fails)\n"
+    "  -O, --remote-name    name each output file after its URL's last path segment,\n"
+    "                       as it is in the URL (no percent-decoding)\n"
+    "      --include        keep the response's header fields (keep_headers) and show\n"
+    "                       them: before the body with -o -, under the job with --wait\n"
     "  -X, --method METHOD  request method (default GET, or POST with -d)\n"
     "  -H, --header 'Name: value'  add a request header (repeatable)\n"
     "  -d, --data @FILE|STRING     request body: FILE's contents or STRING\n"
@@ -185,7 +194,8 @@ enum {
     OPT_DELAY,
     OPT_PROXY,
     OPT_NOPROXY,
-    OPT_CANCEL_ON_INTERRUPT
+    OPT_CANCEL_ON_INTERRUPT,
+    OPT_INCLUDE
 };
 
 static const struct option submit_opts[] = {
@@ -215,6 +225,8 @@ static const struct option submit_opts[] = {
     {"proxy", required_argument, NULL, OPT_PROXY},
     {"noproxy", required_argument, NULL, OPT_NOPROXY},
     {"cancel-on-interrupt", no_argument, NULL, OPT_CANCEL_ON_INTERRUPT},
+    {"remote-name", no_argument, NULL, 'O'},
+    {"include", no_argument, NULL, OPT_INCLUDE},
     {0},
 };
 
@@ -395,6 +407,12 @@ static int submit_option(submit_t *s, int opt, const char *arg)
     case 'o':
         s->output = arg;
         return 0;
+    case 'O':
+        s->remote_name = 1;
+        return 0;
+    case OPT_INCLUDE:
+        s->include = 1;
+        return json_object_set_new(d, "keep_headers", json_true());
     case OPT_WAIT:
         s->wait = 1;
         return 0;
@@ -456,6 +474,10 @@ static int check_usage(submit_t *s)
         why = "--quiet and --wait exclude each other";
     else if (s->cancel_on_interrupt && !s->wait)
         why = "--cancel-on-interrupt goes with --wait";
+    else if (s->remote_name && s->output != NULL)
+        why = "-O and -o exclude each other";
+    else if (s->output != NULL && strcmp(s->output, "-") == 0 && s->c->json)
+        why = "-o - writes the body to stdout: it excludes --json";
     if (why == NULL)
         return 0;
     fprintf(stderr, "fetchctl submit: %s\n", why);
@@ -465,7 +487,7 @@ static int check_usage(submit_t *s)
 static int parse_options(submit_t *s, int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt_long(argc, argv, "s:hi:qo:X:H:d:", submit_opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "s:hi:qo:OX:H:d:", submit_opts, NULL)) != -1) {
         if (opt == CTL_OPT_HELP) {
             fputs(submit_help, stdout);
             return EXIT_OK;
@@ -483,31 +505,75 @@ static int parse_options(submit_t *s, int argc, char **argv)
     if (json_object_get(s->defaults, "method") == NULL &&
         (json_object_get(s->defaults, "body") || json_object_get(s->defaults, "body_base64")))
         json_object_set_new(s->defaults, "method", json_string("POST"));
-    if (s->output != NULL)
+    if (s->output != NULL && strcmp(s->output, "-") == 0) {
+        /* The body comes back in the job object; only it goes to stdout. */
+        s->to_stdout = s->wait = s->quiet = 1;
+        json_object_set_new(s->defaults, "output", json_string("inline"));
+    } else if (s->output != NULL) {
         json_object_set_new(s->defaults, "output", json_string(s->output));
+    }
     return -1;
 }
 
 /* ---- reading jobs --------------------------------------------------------------- */
 
-/* The job spec for a URL: {"url": URL, ...defaults}. */
+/* -O: the URL's last path segment (query and fragment cut off), as it is
+ * in the URL: like curl, no percent-decoding, so the name never holds a '/'
+ * that the URL did not. Returns its length (at *name), or 0 when there is
+ * none to use: no path, a path ending in '/', "." or "..". */
+static size_t last_segment(const char *url, size_t n, const char **name)
+{
+    const char *p = memchr(url, ':', n), *end = url + n, *seg;
+    if (p != NULL && end - p > 2 && p[1] == '/' && p[2] == '/') {
+        p = p + 3;
+        while (p < end && *p != '/' && *p != '?' && *p != '#')
+            p++; /* the authority */
+    } else {
+        p = url;
+    }
+    for (seg = p; p < end && *p != '?' && *p != '#'; p++)
+        if (*p == '/')
+            seg = p + 1;
+    *name = seg;
+    if (p == seg || (p - seg == 1 && seg[0] == '.') ||
+        (p - seg == 2 && seg[0] == '.' && seg[1] == '.'))
+        return 0;
+    return (size_t)(p - seg);
+}
+
+/* The job spec for a URL: {"url": URL, ...defaults}, and with -O its
+ * "output". */
 static int url_spec(submit_t *s, const char *url, size_t n, pending_t *p)
 {
-    json_t *js = json_stringn(url, n);
-    char *quoted = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
-    size_t qlen = quoted ? strlen(quoted) : 0, dlen = strlen(s->defaults_text);
+    json_t *js = json_stringn(url, n), *jo = NULL;
+    char *quoted = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL, *qout = NULL;
+    size_t qlen = quoted ? strlen(quoted) : 0, dlen = strlen(s->defaults_text), olen = 0;
+    const char *name;
 
     json_decref(js);
+    if (quoted != NULL && s->remote_name) {
+        size_t nl = last_segment(url, n, &name);
+        jo = json_stringn(name, nl);
+        qout = jo ? json_dumps(jo, JSON_ENCODE_ANY) : NULL;
+        olen = qout ? strlen(qout) : 0;
+        json_decref(jo);
+        if (qout == NULL) {
+            free(quoted);
+            return -1;
+        }
+    }
     if (quoted == NULL)
         return -1;
-    p->text = malloc(qlen + dlen + 16);
+    p->text = malloc(qlen + dlen + olen + 32);
     if (p->text != NULL) {
         p->len =
-            (size_t)sprintf(p->text, "{\"url\":%s%s%s}", quoted, dlen ? "," : "", s->defaults_text);
+            (size_t)sprintf(p->text, "{\"url\":%s%s%s%s%s}", quoted, qout ? ",\"output\":" : "",
+                            qout ? qout : "", dlen ? "," : "", s->defaults_text);
         if (s->c->json)
             p->url = strndup(url, n);
     }
     free(quoted);
+    free(qout);
     return p->text != NULL ? 0 : -1;
 }
 
@@ -559,7 +625,7 @@ static char *next_line(submit_t *s, size_t *n)
 static int read_job(submit_t *s)
 {
     pending_t *p = &s->pending;
-    const char *text;
+    const char *text, *name;
     size_t n = 0;
     int rc;
 
@@ -578,6 +644,15 @@ static int read_job(submit_t *s)
     p->line = s->line;
     if (s->fp != NULL && text[0] == '{')
         return (rc = json_spec(s, text, n, p)) == 0 ? 1 : -rc;
+    if (s->remote_name && last_segment(text, n, &name) == 0) {
+        fprintf(stderr,
+                "fetchctl: job %zu: -O: the URL has no file name at the end of its path"
+                " ('%.*s'): use -o FILE\n",
+                s->njobs, (int)(n > 200 ? 200 : n), text);
+        if (s->fp != NULL)
+            fprintf(stderr, "fetchctl: (%s line %lu)\n", s->input, s->line);
+        return -EXIT_USAGE;
+    }
     if (url_spec(s, text, n, p) == 0)
         return 1;
     fprintf(stderr, "fetchctl: job %zu: url: not valid UTF-8\n", s->njobs);
@@ -1148,6 +1223,70 @@ static void on_submit_answer(submit_t *s, batch_t *b, json_t *resp)
     s->rc = EXIT_SERVER;
 }
 
+/* -o -: the header fields (with --include) as "Name: value" lines and an
+ * empty line, CRLF-terminated as curl -i writes them. */
+static void write_fields(json_t *job)
+{
+    json_t *pair;
+    size_t i;
+    json_array_foreach (json_object_get(job, "headers"), i, pair) {
+        json_t *name = json_array_get(pair, 0), *value = json_array_get(pair, 1);
+        fwrite(json_string_value(name), 1, json_string_length(name), stdout);
+        fputs(": ", stdout);
+        fwrite(json_string_value(value), 1, json_string_length(value), stdout);
+        fputs("\r\n", stdout);
+    }
+    fputs("\r\n", stdout);
+}
+
+/* -o -: writes the inline body of a done job to stdout, exactly; a job
+ * that did not finish done writes nothing and says why. Returns the exit
+ * code of this job. */
+static int write_body(submit_t *s, json_t *job)
+{
+    json_t *in = json_object_get(job, "inline"), *data = json_object_get(in, "data");
+    json_t *err = json_object_get(job, "error");
+    const char *enc = json_string_value(json_object_get(in, "encoding"));
+    const char *code = json_string_value(json_object_get(err, "code"));
+    const char *msg = json_string_value(json_object_get(err, "message"));
+    const char *id = json_string_value(json_object_get(job, "id"));
+    const char *state = json_string_value(json_object_get(job, "state"));
+    unsigned char *raw;
+    size_t n = json_string_length(data), olen = 0;
+
+    ctl_progress_clear(s->c);
+    if (!ctl_job_done(job) || !json_is_string(data) || enc == NULL) {
+        if (code != NULL && strcmp(code, "body_too_large") == 0 && msg != NULL &&
+            strncmp(msg, "inline", 6) == 0)
+            fprintf(stderr,
+                    "fetchctl: job %s: the body is too large for -o - (%s); nothing was"
+                    " written: use -o FILE\n",
+                    id ? id : "?", msg);
+        else
+            fprintf(stderr, "fetchctl: job %s is %s%s%s%s%s; nothing was written\n", id ? id : "?",
+                    state ? state : "?", code ? ": " : "", code ? code : "", msg ? ": " : "",
+                    msg ? msg : "");
+        return EXIT_JOB;
+    }
+    if (s->include)
+        write_fields(job);
+    if (strcmp(enc, "text") == 0) {
+        fwrite(json_string_value(data), 1, n, stdout);
+        return EXIT_OK;
+    }
+    raw = malloc(n / 4 * 3 + 3);
+    if (raw == NULL ||
+        mbedtls_base64_decode(raw, n / 4 * 3 + 3, &olen,
+                              (const unsigned char *)json_string_value(data), n) != 0) {
+        free(raw);
+        fprintf(stderr, "fetchctl: job %s: the inline body is not valid base64\n", id ? id : "?");
+        return EXIT_SERVER;
+    }
+    fwrite(raw, 1, olen, stdout);
+    free(raw);
+    return EXIT_OK;
+}
+
 static void on_wait_answer(submit_t *s, size_t slot, json_t *resp)
 {
     json_t *job = json_object_get(resp, "result");
@@ -1157,7 +1296,13 @@ static void on_wait_answer(submit_t *s, size_t slot, json_t *resp)
     if (job != NULL) {
         term_finished(s, job);
         term_final_bar(s, job);
+    }
+    if (job != NULL && s->to_stdout) {
+        rc = write_body(s, job);
+    } else if (job != NULL) {
         ctl_print_job(s->c, job);
+        if (s->include)
+            ctl_print_details(s->c, job);
         rc = ctl_job_done(job) ? EXIT_OK : EXIT_JOB;
     } else {
         ctl_progress_clear(s->c);

@@ -99,6 +99,74 @@ static void phase_timer(job_t *j, uint64_t ms)
         uv_timer_stop(&j->phase_timer);
 }
 
+/* ---- pairs ----------------------------------------------------------------- */
+
+int job_pairs_add(job_pairs_t *p, const char *name, size_t nlen, const char *value, size_t vlen,
+                  unsigned max_pairs, size_t max_bytes)
+{
+    size_t need = nlen + vlen + 2, cap;
+    char *nb;
+
+    /* The terminators are not counted against max_bytes: it bounds text. */
+    if (p->n >= max_pairs || nlen > UINT32_MAX / 4 || vlen > UINT32_MAX / 4 ||
+        (size_t)p->len - 2 * (size_t)p->n + nlen + vlen > max_bytes ||
+        (size_t)p->len + need > UINT32_MAX / 2) {
+        p->truncated = 1;
+        return 1;
+    }
+    if (p->len + need > p->cap) {
+        cap = p->cap ? p->cap : 256;
+        while (cap < p->len + need)
+            cap *= 2;
+        nb = mem_realloc(p->buf, cap);
+        if (nb == NULL)
+            return ERR_NO_MEMORY;
+        p->buf = nb;
+        p->cap = (uint32_t)cap;
+    }
+    memcpy(p->buf + p->len, name, nlen);
+    p->buf[p->len + nlen] = '\0';
+    memcpy(p->buf + p->len + nlen + 1, value, vlen);
+    p->buf[p->len + nlen + 1 + vlen] = '\0';
+    p->len += (uint32_t)need;
+    p->n++;
+    return 0;
+}
+
+void job_pairs_dispose(job_pairs_t *p)
+{
+    mem_free(p->buf);
+    memset(p, 0, sizeof(*p));
+}
+
+int job_pairs_next(const job_pairs_t *p, size_t *at, const char **name, const char **value)
+{
+    if (*at >= p->len)
+        return 0;
+    *name = p->buf + *at;
+    *value = *name + strlen(*name) + 1;
+    *at = (size_t)(*value - p->buf) + strlen(*value) + 1;
+    return 1;
+}
+
+/* job_pairs_add() on a list allocated on first use. */
+static int pairs_add(job_pairs_t **pp, const char *name, size_t nlen, const char *value,
+                     size_t vlen, unsigned max_pairs, size_t max_bytes)
+{
+    if (*pp == NULL && (*pp = mem_calloc(1, sizeof(**pp))) == NULL)
+        return ERR_NO_MEMORY;
+    return job_pairs_add(*pp, name, nlen, value, vlen, max_pairs, max_bytes);
+}
+
+static void pairs_destroy(job_pairs_t **pp)
+{
+    if (*pp == NULL)
+        return;
+    job_pairs_dispose(*pp);
+    mem_free(*pp);
+    *pp = NULL;
+}
+
 /* ---- spec ------------------------------------------------------------------ */
 
 void job_spec_init(job_spec_t *spec)
@@ -394,6 +462,8 @@ static void job_destroy(job_t *j)
     mem_free(j->content_type);
     mem_free(j->etag);
     mem_free(j->last_modified);
+    pairs_destroy(&j->headers);
+    pairs_destroy(&j->redirect_chain);
     mem_free(j->file_path);
     if (j->tls_config)
         tls_config_decref(j->tls_config);
@@ -508,6 +578,18 @@ static void send_request(job_t *j)
 
 /* ---- connecting ------------------------------------------------------------- */
 
+/* Forgets the metadata of a response that is not the final one (a redirect,
+ * a retried status), so that only the final response's ever shows. */
+static void drop_metadata(job_t *j)
+{
+    mem_free(j->content_type);
+    mem_free(j->etag);
+    mem_free(j->last_modified);
+    j->content_type = j->etag = j->last_modified = NULL;
+    j->content_length = -1;
+    pairs_destroy(&j->headers);
+}
+
 static void reset_response(job_t *j)
 {
     mem_free(j->location);
@@ -517,11 +599,7 @@ static void reset_response(job_t *j)
     j->disposition = RESP_FINAL;
     mem_free(j->content_encoding);
     j->content_encoding = NULL;
-    mem_free(j->content_type);
-    mem_free(j->etag);
-    mem_free(j->last_modified);
-    j->content_type = j->etag = j->last_modified = NULL;
-    j->content_length = -1;
+    drop_metadata(j);
 }
 
 /* Every address the connection may try must pass the destination rules,
@@ -726,12 +804,26 @@ static int keep_header(char **slot, const char *value, size_t vlen)
     return *slot ? 0 : ERR_NO_MEMORY;
 }
 
+/* keep_headers: one more field of the response. Fields past the bounds are
+ * dropped (headers->truncated says so). Out of line, so that the callback
+ * stays as lean as it was for the jobs that do not keep fields. */
+static __attribute__((noinline)) int keep_field(job_t *j, const char *name, size_t nlen,
+                                                const char *value, size_t vlen)
+{
+    int rc = pairs_add(&j->headers, name, nlen, value, vlen, JOB_KEEP_HEADERS_MAX,
+                       JOB_KEEP_HEADERS_BYTES);
+    return rc == ERR_NO_MEMORY ? rc : 0;
+}
+
 static int on_conn_header(void *user, const char *name, size_t nlen, const char *value, size_t vlen,
                           conn_why_t *why)
 {
     job_t *j = user;
 
     (void)why;
+    /* The only cost of keep_headers to a job without it: this test. */
+    if (j->spec.keep_headers && keep_field(j, name, nlen, value, vlen) != 0)
+        return ERR_NO_MEMORY;
     if (nlen == 16 && strncasecmp(name, "content-encoding", 16) == 0)
         return add_content_encoding(j, value, vlen);
     if (nlen == 8 && strncasecmp(name, "location", 8) == 0)
@@ -823,11 +915,13 @@ static int on_conn_head(void *user, int status, int64_t content_length,
     if (is_redirect(status) && usable_location(j->location)) {
         j->disposition = RESP_REDIRECT;
         j->redirect_status = status;
+        drop_metadata(j);
         return 0;
     }
     if (retry_status_retryable(status, job_method(j)) && j->retries_left > 0) {
         j->disposition = RESP_RETRY;
         j->retry_status = status;
+        drop_metadata(j);
         return 0;
     }
     j->disposition = RESP_FINAL;
@@ -956,6 +1050,17 @@ static void on_rate_resume(job_t *j)
     }
 }
 
+/* Adds the URL that answered with a redirect, and its status, to the chain.
+ * max_redirects (at most JOB_MAX_REDIRECTS_LIMIT) bounds its length, and a
+ * Location's length (4 KiB) its entries'. */
+static int record_redirect(job_t *j, int status)
+{
+    char code[16];
+    int n = snprintf(code, sizeof(code), "%d", status);
+    return pairs_add(&j->redirect_chain, code, (size_t)n, j->url.href, strlen(j->url.href),
+                     UINT_MAX, SIZE_MAX);
+}
+
 static void follow_redirect(job_t *j)
 {
     char loc[4096];
@@ -1004,6 +1109,11 @@ static void follow_redirect(job_t *j)
     if (unshare_url(j) != 0) {
         url_dispose(&next);
         finish(j, ERR_NO_MEMORY, "no memory for the redirect");
+        return;
+    }
+    if (record_redirect(j, status) == ERR_NO_MEMORY) {
+        url_dispose(&next);
+        finish(j, ERR_NO_MEMORY, "no memory for the redirect chain");
         return;
     }
     if (!url_same_origin(&j->url, &next))

@@ -79,6 +79,7 @@ typedef struct job_spec {
     int priority;                   /* 0; higher runs first */
     int allow_downgrade;            /* 0: an https -> http redirect fails the job */
     int decode;                     /* 0: the daemon's default; 1: decode; -1: never */
+    int keep_headers;               /* 0; 1: keep the final response's fields */
     double rate;                    /* 0; requests/s to its host at most (ratelimit.h) */
     uint64_t delay_ms;              /* 0: least time since the last start to its host */
     uint64_t limit_rate;            /* 0: the daemon's default; body bytes/s at most */
@@ -98,6 +99,33 @@ typedef struct job_spec {
 
 void job_spec_init(job_spec_t *spec);
 void job_spec_dispose(job_spec_t *spec);
+
+/* A list of (name, value) text pairs in one growing buffer, each pair stored
+ * as "name\0value\0" in arrival order: the redirect chain (status, URL) and
+ * the kept response fields. One allocation grows with it; job_pairs_add()
+ * drops pairs past its bounds and says so in truncated. */
+typedef struct job_pairs {
+    char *buf;          /* owned; NULL while empty */
+    uint32_t len, cap;  /* 32 bits: the lists are small, and job_t stays small */
+    uint32_t n;         /* pairs held */
+    uint32_t truncated; /* a pair was dropped at a bound */
+} job_pairs_t;
+
+/* keep_headers keeps at most this many fields of the final response, and at
+ * most this many bytes of names and values; later fields are dropped. */
+#define JOB_KEEP_HEADERS_MAX   100
+#define JOB_KEEP_HEADERS_BYTES (64 * 1024)
+
+/* Appends (name, value), both copied. Returns 0; 1 when the pair would pass
+ * max_pairs or max_bytes (names and values counted) or 4 GiB in all and was
+ * dropped, which sets truncated; or ERR_NO_MEMORY (the list is unchanged). */
+int job_pairs_add(job_pairs_t *p, const char *name, size_t nlen, const char *value, size_t vlen,
+                  unsigned max_pairs, size_t max_bytes);
+/* Empties the list and releases its buffer. */
+void job_pairs_dispose(job_pairs_t *p);
+/* Walks the pairs: *at starts at 0; returns 0 at the end, else 1 with the
+ * pair's name and value (borrowed from the list). */
+int job_pairs_next(const job_pairs_t *p, size_t *at, const char **name, const char **value);
 
 /* What a job tells its owner as it goes. */
 typedef enum job_event {
@@ -209,6 +237,11 @@ struct job {
     uint64_t speed;      /* wire bytes/s, moving average as of the last sample */
     uint64_t prog_ms;    /* loop time (ms) of the last sample; 0 before the body */
     uint64_t prog_bytes; /* wire_bytes at that sample */
+
+    /* read-only: the way to the final response, and its fields; allocated
+     * when first needed, so that a job with neither pays 16 bytes */
+    job_pairs_t *redirect_chain; /* owned: ("301", URL) of each redirect followed; or NULL */
+    job_pairs_t *headers; /* owned: keep_headers: every field (JOB_KEEP_HEADERS_*); or NULL */
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;

@@ -2,6 +2,7 @@
 #include "jobjson.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
@@ -116,6 +117,39 @@ void jobjson_write(jsonw_t *w, const job_t *j)
         write_string(w, "etag", j->etag);
     if (j->last_modified != NULL)
         write_string(w, "last_modified", j->last_modified);
+    if (j->redirect_chain != NULL && j->redirect_chain->n > 0) {
+        const char *status, *url;
+        size_t at = 0;
+
+        jsonw_key(w, "redirect_chain");
+        jsonw_array_begin(w);
+        while (job_pairs_next(j->redirect_chain, &at, &status, &url)) {
+            jsonw_object_begin(w);
+            write_string(w, "url", url);
+            jsonw_key(w, "status");
+            jsonw_int(w, atoi(status));
+            jsonw_object_end(w);
+        }
+        jsonw_array_end(w);
+    }
+    if (j->spec.keep_headers && j->http_status != 0) {
+        const char *name, *value;
+        size_t at = 0;
+
+        jsonw_key(w, "headers");
+        jsonw_array_begin(w);
+        while (j->headers != NULL && job_pairs_next(j->headers, &at, &name, &value)) {
+            jsonw_array_begin(w);
+            jsonw_string(w, name);
+            jsonw_string(w, value);
+            jsonw_array_end(w);
+        }
+        jsonw_array_end(w);
+    }
+    if (j->headers != NULL && j->headers->truncated) {
+        jsonw_key(w, "headers_truncated");
+        jsonw_bool(w, 1);
+    }
     if (j->state == JOB_RUNNING) {
         job_progress_t p;
         job_progress(j, &p);

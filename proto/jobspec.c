@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <mbedtls/base64.h>
@@ -503,6 +504,7 @@ static const field_t fields[] = {
     {"limit_rate", dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
     {"proxy", dec_text, SPEC_OFF(proxy), 0, 0},
     {"no_proxy", dec_text, SPEC_OFF(no_proxy), 0, 0},
+    {"keep_headers", dec_bool, SPEC_OFF(keep_headers), 0, 0},
 };
 
 static const field_t *find_field(const char *key, size_t klen)
@@ -696,6 +698,63 @@ static json_t *encode_timings(const job_timings_t *t)
     return o;
 }
 
+json_t *jobspec_encode_headers(const job_pairs_t *p)
+{
+    json_t *arr = json_array(), *pair;
+    const char *name, *value;
+    size_t at = 0;
+
+    while (arr != NULL && p != NULL && job_pairs_next(p, &at, &name, &value)) {
+        pair = json_array();
+        if (pair == NULL || json_array_append_new(pair, lossy_string(name)) != 0 ||
+            json_array_append_new(pair, lossy_string(value)) != 0 ||
+            json_array_append_new(arr, pair) != 0) {
+            json_decref(pair);
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+json_t *jobspec_encode_redirect_chain(const job_pairs_t *p)
+{
+    json_t *arr = json_array(), *hop;
+    const char *status, *url;
+    size_t at = 0;
+
+    while (arr != NULL && p != NULL && job_pairs_next(p, &at, &status, &url)) {
+        hop = json_pack("{s:o, s:i}", "url", lossy_string(url), "status", atoi(status));
+        if (hop == NULL || json_array_append_new(arr, hop) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+/* The final response's metadata and how the job got to it; 0 or -1. */
+static int encode_metadata(json_t *o, const job_t *j)
+{
+    int rc = 0;
+    if (j->content_type != NULL)
+        rc |= json_object_set_new(o, "content_type", lossy_string(j->content_type));
+    if (j->content_length >= 0)
+        rc |= json_object_set_new(o, "content_length", json_integer((json_int_t)j->content_length));
+    if (j->etag != NULL)
+        rc |= json_object_set_new(o, "etag", lossy_string(j->etag));
+    if (j->last_modified != NULL)
+        rc |= json_object_set_new(o, "last_modified", lossy_string(j->last_modified));
+    if (j->redirect_chain != NULL && j->redirect_chain->n > 0)
+        rc |= json_object_set_new(o, "redirect_chain",
+                                  jobspec_encode_redirect_chain(j->redirect_chain));
+    if (j->spec.keep_headers && j->http_status != 0)
+        rc |= json_object_set_new(o, "headers", jobspec_encode_headers(j->headers));
+    if (j->headers != NULL && j->headers->truncated)
+        rc |= json_object_set_new(o, "headers_truncated", json_true());
+    return rc;
+}
+
 /* Adds the fields that are present only in some states; 0 or -1. */
 static int encode_optional(json_t *o, const job_t *j)
 {
@@ -719,14 +778,7 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "content_encoding", lossy_string(j->content_encoding));
     if (j->decoded)
         rc |= json_object_set_new(o, "decoded", json_true());
-    if (j->content_type != NULL)
-        rc |= json_object_set_new(o, "content_type", lossy_string(j->content_type));
-    if (j->content_length >= 0)
-        rc |= json_object_set_new(o, "content_length", json_integer((json_int_t)j->content_length));
-    if (j->etag != NULL)
-        rc |= json_object_set_new(o, "etag", lossy_string(j->etag));
-    if (j->last_modified != NULL)
-        rc |= json_object_set_new(o, "last_modified", lossy_string(j->last_modified));
+    rc |= encode_metadata(o, j);
     if (j->state == JOB_RUNNING) {
         job_progress_t p;
         job_progress(j, &p);
@@ -854,6 +906,8 @@ json_t *jobspec_encode_spec(const job_spec_t *s)
         bad = set_or_fail(o, "proxy", json_string(s->proxy));
     if (!bad && s->no_proxy)
         bad = set_or_fail(o, "no_proxy", json_string(s->no_proxy));
+    if (!bad && s->keep_headers)
+        bad = set_or_fail(o, "keep_headers", json_true());
     if (bad) {
         json_decref(o);
         return NULL;

@@ -36,6 +36,16 @@ json_t *jobspec_encode_job(const job_t *j);
  * failure. The body is always written as body_base64. */
 json_t *jobspec_encode_spec(const job_spec_t *spec);
 
+/* Returns a new reference to the array [[name, value], ...] of the pairs
+ * (the kept response fields), in order ([] when p is NULL); NULL on
+ * allocation failure. */
+json_t *jobspec_encode_headers(const job_pairs_t *p);
+
+/* Returns a new reference to the array [{"url": URL, "status": N}, ...] of a
+ * redirect chain (pairs of status and URL), in order ([] when p is NULL);
+ * NULL on allocation failure. */
+json_t *jobspec_encode_redirect_chain(const job_pairs_t *p);
+
 /* Returns a new reference to {"code": err_name(err), "message": msg}. */
 json_t *jobspec_encode_error(int err, const char *msg);
 

@@ -214,6 +214,24 @@ static void random_job(job_t *j)
         j->spec.delay_ms = rnd() % 3600000;
     if (coin())
         j->spec.limit_rate = rnd() >> 14;
+    if (coin()) {
+        j->redirect_chain = mem_calloc(1, sizeof(*j->redirect_chain));
+        for (int k = (int)(rnd() % 4); j->redirect_chain && k > 0; k--) {
+            char *u = random_text(20);
+            job_pairs_add(j->redirect_chain, coin() ? "301" : "307", 3, u ? u : "",
+                          u ? strlen(u) : 0, 100, 1 << 20);
+            mem_free(u);
+        }
+    }
+    j->spec.keep_headers = coin();
+    if (j->spec.keep_headers && coin()) {
+        j->headers = mem_calloc(1, sizeof(*j->headers));
+        for (int k = (int)(rnd() % 5); j->headers && k > 0; k--) {
+            char *v = random_text(20);
+            job_pairs_add(j->headers, "X-Name", 6, v ? v : "", v ? strlen(v) : 0, 3, 1 << 20);
+            mem_free(v);
+        }
+    }
     j->env = &env;
     if (coin()) { /* a body is arriving: speed and eta from the samples */
         j->prog_ms = uv_now(&loop) - rnd() % 5000;
@@ -244,6 +262,12 @@ static void free_job(job_t *j)
     mem_free(j->content_type);
     mem_free(j->etag);
     mem_free(j->last_modified);
+    if (j->redirect_chain != NULL)
+        job_pairs_dispose(j->redirect_chain);
+    if (j->headers != NULL)
+        job_pairs_dispose(j->headers);
+    mem_free(j->redirect_chain);
+    mem_free(j->headers);
 }
 
 /* Equal, reals too: both sides print rates with %.17g, and times as the

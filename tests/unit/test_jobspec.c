@@ -370,6 +370,10 @@ static void make_job(job_t *j)
 static void free_job(job_t *j)
 {
     job_spec_dispose(&j->spec);
+    if (j->headers != NULL)
+        job_pairs_dispose(j->headers);
+    if (j->redirect_chain != NULL)
+        job_pairs_dispose(j->redirect_chain);
     mem_free(j->effective_url);
     mem_free(j->output);
     mem_free(j->inline_body);
@@ -526,7 +530,180 @@ static void test_encode_no_memory(void)
     CHECK_INT(live_blocks(), 0);
 }
 
+static void test_keep_headers_spec(void)
+{
+    job_spec_t s;
+    json_t *o;
+    char err[256];
+    CHECK_INT(decode("{\"url\": \"http://a/\", \"keep_headers\": true}", &s, err, sizeof(err)), 0);
+    CHECK_INT(s.keep_headers, 1);
+    o = jobspec_encode_spec(&s);
+    CHECK(json_is_true(json_object_get(o, "keep_headers")));
+    json_decref(o);
+    job_spec_dispose(&s);
+    CHECK_INT(decode("{\"url\": \"http://a/\", \"keep_headers\": 1}", &s, err, sizeof(err)),
+              ERR_INVALID_REQUEST);
+    CHECK(strncmp(err, "keep_headers: ", 14) == 0);
+    CHECK_INT(decode("{\"url\": \"http://a/\"}", &s, err, sizeof(err)), 0);
+    CHECK_INT(s.keep_headers, 0);
+    o = jobspec_encode_spec(&s);
+    CHECK(json_object_get(o, "keep_headers") == NULL);
+    json_decref(o);
+    job_spec_dispose(&s);
+    CHECK_INT(live_blocks(), 0);
+}
+
+static void add_pair(job_pairs_t *p, const char *name, const char *value)
+{
+    CHECK_INT(job_pairs_add(p, name, strlen(name), value, strlen(value), JOB_KEEP_HEADERS_MAX,
+                            JOB_KEEP_HEADERS_BYTES),
+              0);
+}
+
+static void test_pairs_bounds(void)
+{
+    job_pairs_t p;
+    const char *name, *value;
+    char big[JOB_KEEP_HEADERS_BYTES];
+    size_t at = 0;
+    unsigned i;
+
+    memset(&p, 0, sizeof(p));
+    /* Empty names and values, and values with the bytes JSON escapes. */
+    add_pair(&p, "X-Empty", "");
+    add_pair(&p, "X-Quote", "a\"b\\c");
+    CHECK(job_pairs_next(&p, &at, &name, &value) == 1);
+    CHECK_STR(name, "X-Empty");
+    CHECK_STR(value, "");
+    CHECK(job_pairs_next(&p, &at, &name, &value) == 1);
+    CHECK_STR(value, "a\"b\\c");
+    CHECK(job_pairs_next(&p, &at, &name, &value) == 0);
+    for (i = 2; i < JOB_KEEP_HEADERS_MAX; i++)
+        add_pair(&p, "X-N", "v");
+    CHECK_INT(p.n, JOB_KEEP_HEADERS_MAX);
+    CHECK_INT(p.truncated, 0);
+    /* One past the count bound is dropped and flagged, not an error. */
+    CHECK_INT(job_pairs_add(&p, "X-Late", 6, "v", 1, JOB_KEEP_HEADERS_MAX, JOB_KEEP_HEADERS_BYTES),
+              1);
+    CHECK_INT(p.n, JOB_KEEP_HEADERS_MAX);
+    CHECK_INT(p.truncated, 1);
+    job_pairs_dispose(&p);
+    CHECK(p.buf == NULL && p.n == 0 && p.truncated == 0);
+
+    /* The byte bound counts names and values: exactly at it fits, one more
+     * byte does not, and a smaller field after a dropped one still fits. */
+    memset(big, 'a', sizeof(big));
+    CHECK_INT(job_pairs_add(&p, "N", 1, big, sizeof(big) - 2, 10, sizeof(big)), 0);
+    CHECK_INT(job_pairs_add(&p, "M", 1, "vv", 2, 10, sizeof(big)), 1);
+    CHECK_INT(job_pairs_add(&p, "M", 1, "", 0, 10, sizeof(big)), 0);
+    CHECK_INT(p.n, 2);
+    CHECK_INT(p.truncated, 1);
+    job_pairs_dispose(&p);
+
+    /* Allocation failure leaves the list as it was. */
+    add_pair(&p, "A", "1");
+    mem_fail_after(1);
+    CHECK_INT(job_pairs_add(&p, "B", 1, big, 1000, 10, sizeof(big)), ERR_NO_MEMORY);
+    mem_fail_after(0);
+    CHECK_INT(p.n, 1);
+    CHECK_INT(p.truncated, 0);
+    at = 0;
+    CHECK(job_pairs_next(&p, &at, &name, &value) == 1 && strcmp(value, "1") == 0);
+    CHECK(job_pairs_next(&p, &at, &name, &value) == 0);
+    job_pairs_dispose(&p);
+    CHECK_INT(live_blocks(), 0);
+}
+
+static void test_encode_metadata(void)
+{
+    job_t j;
+    job_pairs_t headers, chain;
+    json_t *o, *h, *c;
+    make_job(&j);
+    memset(&headers, 0, sizeof(headers));
+    memset(&chain, 0, sizeof(chain));
+    j.headers = &headers;
+    j.redirect_chain = &chain;
+    j.content_length = -1;
+    j.spec.keep_headers = 1;
+    add_pair(j.headers, "Set-Cookie", "a=1");
+    add_pair(j.headers, "Content-Type", "text/plain");
+    add_pair(j.headers, "Set-Cookie", "b=2");
+    add_pair(j.headers, "X-Bytes", "caf\xc3\xa9 \xff");
+    add_pair(j.redirect_chain, "301", "http://a/start");
+    add_pair(j.redirect_chain, "308", "https://b/next?q=1");
+    o = jobspec_encode_job(&j);
+    CHECK(o != NULL);
+    h = json_object_get(o, "headers");
+    CHECK(json_is_array(h) && json_array_size(h) == 4);
+    CHECK_STR(json_string_value(json_array_get(json_array_get(h, 0), 0)), "Set-Cookie");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(h, 0), 1)), "a=1");
+    CHECK_STR(json_string_value(json_array_get(json_array_get(h, 2), 1)), "b=2");
+    /* A value that is not UTF-8 keeps its well-formed part. */
+    CHECK_STR(json_string_value(json_array_get(json_array_get(h, 3), 1)), "caf\xc3\xa9 ?");
+    CHECK(json_object_get(o, "headers_truncated") == NULL);
+    c = json_object_get(o, "redirect_chain");
+    CHECK(json_is_array(c) && json_array_size(c) == 2);
+    CHECK_STR(str_at(json_array_get(c, 0), "url"), "http://a/start");
+    CHECK_INT(int_at(json_array_get(c, 0), "status"), 301);
+    CHECK_STR(str_at(json_array_get(c, 1), "url"), "https://b/next?q=1");
+    CHECK_INT(int_at(json_array_get(c, 1), "status"), 308);
+    CHECK(json_object_get(o, "content_length") == NULL);
+    json_decref(o);
+
+    /* Truncated: flagged. Without keep_headers and without redirects: no
+     * "headers", no "redirect_chain". */
+    j.headers->truncated = 1;
+    o = jobspec_encode_job(&j);
+    CHECK(json_is_true(json_object_get(o, "headers_truncated")));
+    json_decref(o);
+    job_pairs_dispose(j.headers);
+    job_pairs_dispose(j.redirect_chain);
+    j.spec.keep_headers = 0;
+    o = jobspec_encode_job(&j);
+    CHECK(json_object_get(o, "headers") == NULL);
+    CHECK(json_object_get(o, "redirect_chain") == NULL);
+    json_decref(o);
+    /* keep_headers and a final response without fields (the list was never
+     * allocated): an empty array. */
+    j.headers = j.redirect_chain = NULL;
+    j.spec.keep_headers = 1;
+    o = jobspec_encode_job(&j);
+    CHECK(json_is_array(json_object_get(o, "headers")) &&
+          json_array_size(json_object_get(o, "headers")) == 0);
+    json_decref(o);
+    free_job(&j);
+    CHECK_INT(live_blocks(), 0);
+}
+
+static void test_encode_metadata_no_memory(void)
+{
+    job_pairs_t p;
+    json_t *o;
+    memset(&p, 0, sizeof(p));
+    add_pair(&p, "X-Bad", "\xff");
+    add_pair(&p, "X-Bad2", "\xfe");
+    /* lossy_string's copy is the fetchd allocation each pair makes here. */
+    for (long n = 1; n <= 2; n++) {
+        mem_fail_after(n);
+        CHECK(jobspec_encode_headers(&p) == NULL);
+        mem_fail_after(0);
+    }
+    o = jobspec_encode_headers(&p);
+    CHECK(json_array_size(o) == 2);
+    json_decref(o);
+    job_pairs_dispose(&p);
+    add_pair(&p, "301", "http://a/\xff");
+    mem_fail_after(1);
+    CHECK(jobspec_encode_redirect_chain(&p) == NULL);
+    mem_fail_after(0);
+    job_pairs_dispose(&p);
+    CHECK_INT(live_blocks(), 0);
+}
+
 TEST_MAIN(TEST_CASE(test_defaults), TEST_CASE(test_full), TEST_CASE(test_variants),
           TEST_CASE(test_bad), TEST_CASE(test_bad_limits), TEST_CASE(test_no_memory),
           TEST_CASE(test_encode_done), TEST_CASE(test_encode_failed), TEST_CASE(test_encode_inline),
-          TEST_CASE(test_encode_error), TEST_CASE(test_encode_no_memory))
+          TEST_CASE(test_encode_error), TEST_CASE(test_encode_no_memory),
+          TEST_CASE(test_keep_headers_spec), TEST_CASE(test_pairs_bounds),
+          TEST_CASE(test_encode_metadata), TEST_CASE(test_encode_metadata_no_memory))
