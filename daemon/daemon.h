@@ -56,6 +56,8 @@ typedef struct daemon_config {
     uint64_t max_limit_rate;    /* 0: the most a job may ask for, 0 = no cap */
     char *proxy;                /* owned; NULL: the environment's; "": direct (proxy.h) */
     char *no_proxy;             /* owned; NULL: the environment's no_proxy */
+    int overwrite;              /* job_overwrite_t: jobs' default policy (0: replace) */
+    uint64_t partial_keep_ms;   /* 24 h: resumable partial files older than this are swept */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

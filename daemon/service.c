@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "queue.h"
 #include "sd.h"
+#include "sink.h"
 #include "state.h"
 
 #define CHECKPOINT_EVERY_MS 5000
@@ -40,6 +41,7 @@ typedef struct service {
     int dirty;            /* the queue changed since the last checkpoint */
     uint64_t saved_at_ms; /* loop time the last save ended */
     uint64_t save_ms;     /* how long the last save took */
+    uint64_t swept_at_ms; /* loop time of the last sweep of partial files */
 } service_t;
 
 /* ---- status and persistence --------------------------------------------------- */
@@ -75,6 +77,16 @@ static int save_queue(service_t *svc, const char *why)
     return n < 0 ? -1 : 0;
 }
 
+/* Resumable jobs' partial files older than partial_keep go, at start and
+ * hourly; each sweep looks at a bounded number of directory entries. */
+static void sweep_partials(service_t *svc)
+{
+    svc->swept_at_ms = uv_now(&svc->d.loop);
+    if (svc->d.sched.download_dir != NULL && svc->d.cfg.partial_keep_ms > 0)
+        (void)sink_sweep_partials(svc->d.sched.download_dir, svc->d.cfg.partial_keep_ms / 1000,
+                                  time(NULL), 100000);
+}
+
 static void on_checkpoint(uv_timer_t *t)
 {
     service_t *svc = t->data;
@@ -84,6 +96,8 @@ static void on_checkpoint(uv_timer_t *t)
         wait = CHECKPOINT_EVERY_MS;
     if (svc->dirty && uv_now(&svc->d.loop) - svc->saved_at_ms >= wait)
         save_queue(svc, "checkpoint");
+    if (uv_now(&svc->d.loop) - svc->swept_at_ms >= 3600 * 1000)
+        sweep_partials(svc);
 }
 
 /* ---- stopping ----------------------------------------------------------------- */
@@ -320,10 +334,8 @@ static void init_handles(service_t *svc)
     uv_signal_start(&svc->sigint, on_signal, SIGINT);
     uv_signal_start(&svc->sigterm, on_signal, SIGTERM);
     uv_signal_start(&svc->sighup, on_signal, SIGHUP);
-    if (svc->d.cfg.state_dir) {
-        svc->saved_at_ms = uv_now(loop);
-        uv_timer_start(&svc->checkpoint, on_checkpoint, 1000, 1000);
-    }
+    svc->saved_at_ms = uv_now(loop);
+    uv_timer_start(&svc->checkpoint, on_checkpoint, 1000, 1000); /* also sweeps partial files */
 }
 
 int service_run(daemon_config_t *cfg, int argc, char **argv)
@@ -357,6 +369,7 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
     svc.sd.status_cb = write_status;
     svc.sd.status_data = &svc;
     restore_queue(&svc);
+    sweep_partials(&svc);
     if (open_sockets(&svc) != 0) {
         sd_close(&svc.sd);
         daemon_close(&svc.d);
