@@ -207,6 +207,16 @@ static int make_dirs(const char *dir, const char *rel, char *err, size_t errlen)
             close(cur);
         return ERR_INVALID_REQUEST;
     }
+    /* ".." anywhere refuses before anything is created. */
+    for (const char *p = rel; (p = strstr(p, "..")) != NULL; p += 2) {
+        if ((p == rel || p[-1] == '/') && (p[2] == '\0' || p[2] == '/')) {
+            snprintf(err, errlen,
+                     "output: mkdirs: \"..\" in the path; mkdirs never leaves the "
+                     "download directory");
+            close(cur);
+            return ERR_INVALID_REQUEST;
+        }
+    }
     memcpy(copy, rel, strlen(rel) + 1);
     for (char *c = strtok_r(copy, "/", &save); c != NULL; c = strtok_r(NULL, "/", &save)) {
         if (strcmp(c, ".") == 0)
