@@ -246,6 +246,29 @@ class ResumeTest(ControlTestCase):
         self.assertEqual(job.get("resumed_from"), 100000, p.stdout)
         self.assertEqual(job.get("sha256"), sha(pattern(300000)), p.stdout)
 
+    def test_old_partial_files_are_swept_at_start(self):
+        root = tmpdir("sweep-")
+        self.addCleanup(remove_tree, root)
+        os.makedirs(os.path.join(root, "sub"))
+        old = [".a.bin.fetchd-part", ".a.bin.fetchd-meta", "sub/.b.bin.fetchd-part"]
+        kept = [".fresh.bin.fetchd-part", "a.bin", "sub/.notes"]
+        for name in old + kept:
+            path = os.path.join(root, name)
+            with open(path, "wb") as f:
+                f.write(b"x")
+            if name in old or name != kept[0]:
+                t = time.time() - 7200
+                os.utime(path, (t, t))
+        d = self.start(["--download-dir", root, "--partial-keep", "3600"], download_dir=False)
+        deadline = time.monotonic() + LIMIT
+        while any(os.path.exists(os.path.join(root, n)) for n in old):
+            if time.monotonic() > deadline:
+                self.fail("old partial files are still there%s" % d.log_tail())
+            time.sleep(0.05)
+        for name in kept:
+            self.assertTrue(os.path.exists(os.path.join(root, name)), name)
+        self.assertIn("removed 3 partial file(s) older than 3600 s", d.log())
+
     def test_kill_9_mid_download_then_restart_resumes(self):
         root = tmpdir("resume-")
         self.addCleanup(remove_tree, root)
