@@ -34,6 +34,7 @@ typedef struct service {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t grace;      /* the graceful stop's deadline */
     uv_timer_t checkpoint; /* saves the queue while it changes */
+    uv_timer_t sweep;      /* hourly: removes expired partial files */
     int argc;
     char **argv; /* borrowed: main's */
     int stopping, stopped;
@@ -41,7 +42,6 @@ typedef struct service {
     int dirty;            /* the queue changed since the last checkpoint */
     uint64_t saved_at_ms; /* loop time the last save ended */
     uint64_t save_ms;     /* how long the last save took */
-    uint64_t swept_at_ms; /* loop time of the last sweep of partial files */
 } service_t;
 
 /* ---- status and persistence --------------------------------------------------- */
@@ -81,10 +81,14 @@ static int save_queue(service_t *svc, const char *why)
  * hourly; each sweep looks at a bounded number of directory entries. */
 static void sweep_partials(service_t *svc)
 {
-    svc->swept_at_ms = uv_now(&svc->d.loop);
     if (svc->d.sched.download_dir != NULL && svc->d.cfg.partial_keep_ms > 0)
         (void)sink_sweep_partials(svc->d.sched.download_dir, svc->d.cfg.partial_keep_ms / 1000,
                                   time(NULL), 100000);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    sweep_partials(t->data);
 }
 
 static void on_checkpoint(uv_timer_t *t)
@@ -96,8 +100,6 @@ static void on_checkpoint(uv_timer_t *t)
         wait = CHECKPOINT_EVERY_MS;
     if (svc->dirty && uv_now(&svc->d.loop) - svc->saved_at_ms >= wait)
         save_queue(svc, "checkpoint");
-    if (uv_now(&svc->d.loop) - svc->swept_at_ms >= 3600 * 1000)
-        sweep_partials(svc);
 }
 
 /* ---- stopping ----------------------------------------------------------------- */
@@ -124,6 +126,7 @@ static void finish_stop(service_t *svc)
     queue_close(&svc->queue); /* before the jobs are cancelled: their entries stay pending */
     uv_close((uv_handle_t *)&svc->grace, NULL);
     uv_close((uv_handle_t *)&svc->checkpoint, NULL);
+    uv_close((uv_handle_t *)&svc->sweep, NULL);
     uv_close((uv_handle_t *)&svc->sigint, NULL);
     uv_close((uv_handle_t *)&svc->sigterm, NULL);
     uv_close((uv_handle_t *)&svc->sighup, NULL);
@@ -326,7 +329,9 @@ static void init_handles(service_t *svc)
 
     uv_timer_init(loop, &svc->grace);
     uv_timer_init(loop, &svc->checkpoint);
-    svc->grace.data = svc->checkpoint.data = svc;
+    uv_timer_init(loop, &svc->sweep);
+    svc->grace.data = svc->checkpoint.data = svc->sweep.data = svc;
+    uv_timer_start(&svc->sweep, on_sweep, 3600 * 1000, 3600 * 1000);
     uv_signal_init(loop, &svc->sigint);
     uv_signal_init(loop, &svc->sigterm);
     uv_signal_init(loop, &svc->sighup);
@@ -334,8 +339,10 @@ static void init_handles(service_t *svc)
     uv_signal_start(&svc->sigint, on_signal, SIGINT);
     uv_signal_start(&svc->sigterm, on_signal, SIGTERM);
     uv_signal_start(&svc->sighup, on_signal, SIGHUP);
-    svc->saved_at_ms = uv_now(loop);
-    uv_timer_start(&svc->checkpoint, on_checkpoint, 1000, 1000); /* also sweeps partial files */
+    if (svc->d.cfg.state_dir) {
+        svc->saved_at_ms = uv_now(loop);
+        uv_timer_start(&svc->checkpoint, on_checkpoint, 1000, 1000);
+    }
 }
 
 int service_run(daemon_config_t *cfg, int argc, char **argv)
