@@ -170,6 +170,11 @@ static const char submit_help[] =
     "                       \"\" fetches directly, whatever fetchd's configuration\n"
     "      --noproxy LIST   hosts to fetch directly (comma-separated: host suffixes,\n"
     "                       IP addresses, CIDR networks, or *); replaces fetchd's list\n"
+    "  -C, --continue       resumable -o: keep a failed job's partial file, and resume\n"
+    "                       one left by an earlier job (Range + If-Range)\n"
+    "      --overwrite POLICY  an existing -o file: replace (a 2xx replaces it), never\n"
+    "                       (the job fails with 'exists'), newer (If-Modified-Since)\n"
+    "      --mkdirs         create -o's missing directories inside the download dir\n"
     "The options apply to the URLs of the command line and to the URL lines of\n"
     "-i FILE, not to its JSON lines. fetchd checks every job; an invalid one is\n"
     "reported as 'job N: FIELD: MESSAGE' (N counts from 0) and nothing of its\n"
@@ -195,7 +200,9 @@ enum {
     OPT_PROXY,
     OPT_NOPROXY,
     OPT_CANCEL_ON_INTERRUPT,
-    OPT_INCLUDE
+    OPT_INCLUDE,
+    OPT_OVERWRITE,
+    OPT_MKDIRS
 };
 
 static const struct option submit_opts[] = {
@@ -227,6 +234,9 @@ static const struct option submit_opts[] = {
     {"cancel-on-interrupt", no_argument, NULL, OPT_CANCEL_ON_INTERRUPT},
     {"remote-name", no_argument, NULL, 'O'},
     {"include", no_argument, NULL, OPT_INCLUDE},
+    {"continue", no_argument, NULL, 'C'},
+    {"overwrite", required_argument, NULL, OPT_OVERWRITE},
+    {"mkdirs", no_argument, NULL, OPT_MKDIRS},
     {0},
 };
 
@@ -455,6 +465,12 @@ static int submit_option(submit_t *s, int opt, const char *arg)
         return json_object_set_new(d, "proxy", json_string(arg));
     case OPT_NOPROXY:
         return json_object_set_new(d, "no_proxy", json_string(arg));
+    case 'C': /* the file options: fetchd checks the values and names the field */
+        return json_object_set_new(d, "resume", json_true());
+    case OPT_OVERWRITE:
+        return json_object_set_new(d, "overwrite", json_string(arg));
+    case OPT_MKDIRS:
+        return json_object_set_new(d, "mkdirs", json_true());
     default:
         return -1;
     }
@@ -487,7 +503,7 @@ static int check_usage(submit_t *s)
 static int parse_options(submit_t *s, int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt_long(argc, argv, "s:hi:qo:OX:H:d:", submit_opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "s:hi:qo:OX:H:d:C", submit_opts, NULL)) != -1) {
         if (opt == CTL_OPT_HELP) {
             fputs(submit_help, stdout);
             return EXIT_OK;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "job.h"
 #include "log.h"
 #include "mem.h"
 #include "netacl.h"
@@ -26,8 +27,9 @@ typedef enum {
     OPT_U64,
     OPT_RATE, /* bytes/s: an integer, or a string with a K, M or G suffix */
     OPT_HOSTS,
-    OPT_PROXY, /* a proxy URL, or "" (direct) */
-    OPT_TEXT   /* a string that may be empty */
+    OPT_PROXY,    /* a proxy URL, or "" (direct) */
+    OPT_TEXT,     /* a string that may be empty */
+    OPT_OVERWRITE /* replace, never or newer (job_overwrite_t) */
 } opt_kind_t;
 
 typedef struct option_def {
@@ -74,6 +76,8 @@ static const option_def_t options[] = {
     {"proxy", OPT_PROXY, OFF(proxy), 0, 0},
     {"no_proxy", OPT_TEXT, OFF(no_proxy), 0, 0},
     {"progress_interval", OPT_U64, OFF(progress_ms), 10, 3600000},
+    {"overwrite", OPT_OVERWRITE, OFF(overwrite), 0, 0},
+    {"partial_keep", OPT_SECONDS, OFF(partial_keep_ms), 0, 86400 * 365},
 };
 
 static const option_def_t *find(const char *key)
@@ -239,6 +243,16 @@ int config_set(daemon_config_t *cfg, const char *key, const char *value, char *e
         return store_string(cfg, o, value, err, errlen);
     case OPT_BOOL:
         return set_bool(cfg, o, value, err, errlen);
+    case OPT_OVERWRITE:
+        cfg->overwrite = !strcmp(value, "replace") ? JOB_OVERWRITE_REPLACE
+                         : !strcmp(value, "never") ? JOB_OVERWRITE_NEVER
+                         : !strcmp(value, "newer") ? JOB_OVERWRITE_NEWER
+                                                   : -1;
+        if (cfg->overwrite >= 0)
+            return 0;
+        snprintf(err, errlen, "%s: expected replace, never or newer", key);
+        cfg->overwrite = 0;
+        return -1;
     case OPT_HOSTS:
         return set_hosts(cfg, o, value, err, errlen);
     case OPT_RATE: {
@@ -351,7 +365,7 @@ static int set_json(daemon_config_t *cfg, const char *key, json_t *v, char *why,
     if (o->kind == OPT_RATE && json_is_string(v))
         return config_set(cfg, key, json_string_value(v), why, len);
     if (o->kind == OPT_STRING || o->kind == OPT_LEVEL || o->kind == OPT_PROXY ||
-        o->kind == OPT_TEXT) {
+        o->kind == OPT_TEXT || o->kind == OPT_OVERWRITE) {
         if (!json_is_string(v)) {
             snprintf(why, len, "\"%s\" must be a string", key);
             return -1;
@@ -471,6 +485,8 @@ static const struct option long_options[] = {
     {"proxy", required_argument, NULL, 0},
     {"no-proxy", required_argument, NULL, 0},
     {"progress-interval", required_argument, NULL, 0},
+    {"overwrite", required_argument, NULL, 0},
+    {"partial-keep", required_argument, NULL, 0},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},

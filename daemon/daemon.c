@@ -28,6 +28,7 @@ void daemon_config_init(daemon_config_t *cfg)
     cfg->page_interval_ms = 10000;
     cfg->page_warmup_ms = 300000;
     cfg->progress_ms = JOB_DEFAULT_PROGRESS_MS;
+    cfg->partial_keep_ms = 24ull * 3600 * 1000;
 }
 
 void daemon_config_dispose(daemon_config_t *cfg)
@@ -56,6 +57,7 @@ static void apply_limits(daemon_t *d)
     d->sched.max_queued = d->cfg.max_jobs;
     d->sched.max_queued_bytes = d->cfg.max_queue_bytes;
     d->sched.env.decode = d->cfg.decode;
+    d->sched.env.overwrite = (job_overwrite_t)d->cfg.overwrite;
     d->sched.env.decode_max_ratio = d->cfg.decode_max_ratio;
     d->sched.env.progress_ms = d->cfg.progress_ms;
     d->sched.max_running = d->cfg.max_running;
@@ -155,6 +157,8 @@ int daemon_reconfigure(daemon_t *d, daemon_config_t *cfg, char *errmsg, size_t e
     d->cfg.shutdown_grace_ms = cfg->shutdown_grace_ms;
     d->cfg.max_queue_bytes = cfg->max_queue_bytes;
     d->cfg.decode = cfg->decode;
+    d->cfg.overwrite = cfg->overwrite;
+    d->cfg.partial_keep_ms = cfg->partial_keep_ms;
     d->cfg.decode_max_ratio = cfg->decode_max_ratio;
     d->cfg.log_level = cfg->log_level;
     d->cfg.bandwidth = cfg->bandwidth;

@@ -58,6 +58,8 @@ typedef struct daemon_config {
     char *proxy;                /* owned; NULL: the environment's; "": direct (proxy.h) */
     char *no_proxy;             /* owned; NULL: the environment's no_proxy */
     uint64_t progress_ms;       /* 500: progress sampling and events, per job at most once */
+    int overwrite;              /* job_overwrite_t: jobs' default policy (0: replace) */
+    uint64_t partial_keep_ms;   /* 24 h: resumable partial files older than this are swept */
 } daemon_config_t;
 
 #define DAEMON_DEFAULT_QUEUE_BYTES ((size_t)256 << 20)

@@ -34,7 +34,8 @@
     X(FORBIDDEN, "forbidden", "destination address is forbidden")           \
     X(NO_FDS, "no_file_descriptors", "out of file descriptors")             \
     X(CONTENT_DECODING, "content_decoding", "content decoding failed")      \
-    X(PROXY, "proxy", "proxy error")
+    X(PROXY, "proxy", "proxy error")                                        \
+    X(EXISTS, "exists", "the output file exists")
 
 enum {
     ERR_OK = 0,

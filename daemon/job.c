@@ -25,6 +25,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -34,6 +35,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "err.h"
@@ -44,8 +46,10 @@
 #include "proxy.h"
 #include "retry.h"
 
-/* What the response being read is for. */
-enum { RESP_FINAL, RESP_REDIRECT, RESP_RETRY };
+/* What the response being read is for. RESP_RESTART: the server refused
+ * the partial file (a 206 from elsewhere, a 416 that does not say it is
+ * complete); it is removed and the fetch starts over from byte 0. */
+enum { RESP_FINAL, RESP_REDIRECT, RESP_RETRY, RESP_RESTART };
 
 /* Sink backpressure: stop reading above HIGH bytes queued for the disk and
  * resume below LOW. */
@@ -167,6 +171,65 @@ static void pairs_destroy(job_pairs_t **pp)
     *pp = NULL;
 }
 
+/* ---- HTTP dates ------------------------------------------------------------- */
+
+static const char *const month_names[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+/* Formats t as an IMF-fixdate (RFC 9110 5.6.7), whatever the locale. */
+static void http_date(int64_t t, char out[40])
+{
+    static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    gmtime_r(&tt, &tm);
+    snprintf(out, 40, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7], tm.tm_mday,
+             month_names[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* Parses an HTTP-date in any of the three forms a recipient must accept
+ * (IMF-fixdate, RFC 850, asctime); returns unix seconds, or 0. */
+static int64_t http_date_parse(const char *v)
+{
+    char mon[4] = "";
+    struct tm tm;
+    int n = 0;
+
+    memset(&tm, 0, sizeof(tm));
+    if (v == NULL)
+        return 0;
+    if (sscanf(v, "%*3s, %d %3s %d %d:%d:%d GMT%n", &tm.tm_mday, mon, &tm.tm_year, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &n) == 6 &&
+        n > 0) {
+        /* IMF-fixdate */
+    } else if (sscanf(v, "%*[A-Za-z], %d-%3s-%d %d:%d:%d GMT%n", &tm.tm_mday, mon, &tm.tm_year,
+                      &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) == 6 &&
+               n > 0) {
+        tm.tm_year += tm.tm_year < 70 ? 2000 : tm.tm_year < 100 ? 1900 : 0; /* RFC 850 */
+    } else if (sscanf(v, "%*3s %3s %d %d:%d:%d %d", mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                      &tm.tm_sec, &tm.tm_year) != 6) {
+        return 0; /* not asctime either */
+    }
+    tm.tm_mon = -1;
+    for (int i = 0; i < 12; i++)
+        if (strcmp(mon, month_names[i]) == 0)
+            tm.tm_mon = i;
+    if (tm.tm_mon < 0 || tm.tm_year < 1970 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+        tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
+        return 0;
+    tm.tm_year -= 1900;
+    return (int64_t)timegm(&tm);
+}
+
+/* The job's overwrite policy: its own, else the daemon's, else replace. */
+static job_overwrite_t overwrite_policy(const job_t *j)
+{
+    if (j->spec.overwrite != JOB_OVERWRITE_DEFAULT)
+        return j->spec.overwrite;
+    return j->env->overwrite != JOB_OVERWRITE_DEFAULT ? j->env->overwrite : JOB_OVERWRITE_REPLACE;
+}
+
 /* ---- spec ------------------------------------------------------------------ */
 
 void job_spec_init(job_spec_t *spec)
@@ -204,10 +267,75 @@ void job_spec_dispose(job_spec_t *spec)
 
 /* ---- creation and destruction ----------------------------------------------- */
 
+/* mkdirs: creates the missing directories of rel (a directory path relative
+ * to dir) one component at a time with mkdirat(), under descriptors opened
+ * from dir without following any symlink, so it never creates anything
+ * outside dir: "..", a symlink or a non-directory on the way refuses. */
+static int make_dirs(const char *dir, const char *rel, char *err, size_t errlen)
+{
+    char copy[PATH_MAX], *save = NULL;
+    int cur = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC), next;
+
+    if (cur < 0 || strlen(rel) >= sizeof(copy)) {
+        snprintf(err, errlen, "output: mkdirs: %s", cur < 0 ? strerror(errno) : "path too long");
+        if (cur >= 0)
+            close(cur);
+        return ERR_INVALID_REQUEST;
+    }
+    /* ".." anywhere refuses before anything is created. */
+    for (const char *p = rel; (p = strstr(p, "..")) != NULL; p += 2) {
+        if ((p == rel || p[-1] == '/') && (p[2] == '\0' || p[2] == '/')) {
+            snprintf(err, errlen,
+                     "output: mkdirs: \"..\" in the path; mkdirs never leaves the "
+                     "download directory");
+            close(cur);
+            return ERR_INVALID_REQUEST;
+        }
+    }
+    memcpy(copy, rel, strlen(rel) + 1);
+    for (char *c = strtok_r(copy, "/", &save); c != NULL; c = strtok_r(NULL, "/", &save)) {
+        if (strcmp(c, ".") == 0)
+            continue;
+        next = strcmp(c, "..") == 0 ? -1
+                                    : openat(cur, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0 && errno == ENOENT && strcmp(c, "..") != 0) {
+            if (mkdirat(cur, c, 0755) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "output: mkdirs \"%.60s\": %s", c, strerror(errno));
+                close(cur);
+                return ERR_INVALID_REQUEST;
+            }
+            next = openat(cur, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        if (next < 0) {
+            snprintf(err, errlen,
+                     "output: mkdirs: \"%.60s\" is \"..\", a symlink or not a directory; "
+                     "mkdirs never leaves the download directory",
+                     c);
+            close(cur);
+            return ERR_INVALID_REQUEST;
+        }
+        close(cur);
+        cur = next;
+    }
+    close(cur);
+    return 0;
+}
+
+/* The parent directory of full (an absolute path) relative to dir, for
+ * mkdirs; NULL when it is not under dir. */
+static const char *rel_to(const char *dir, const char *parent)
+{
+    size_t dlen = strlen(dir);
+    if (strncmp(parent, dir, dlen) != 0 || (parent[dlen] != '\0' && parent[dlen] != '/'))
+        return NULL;
+    return parent + dlen + (parent[dlen] == '/');
+}
+
 /* Confines the output path to the download directory: the parent directory
- * must exist and resolve (symlinks included) inside it, and the last
- * component must be a plain name. A symlink at the final name is harmless:
- * rename() replaces the link, never its target. */
+ * must exist (or, with mkdirs, is created beneath it) and resolve (symlinks
+ * included) inside it, and the last component must be a plain name. A
+ * symlink at the final name is harmless: rename() replaces the link, never
+ * its target. */
 static int resolve_output(job_t *j, const char *dir, char *err, size_t errlen)
 {
     const char *path = j->spec.output_path;
@@ -235,6 +363,17 @@ static int resolve_output(job_t *j, const char *dir, char *err, size_t errlen)
     if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
         snprintf(err, errlen, "output: \"%s\" does not name a file", path);
         return ERR_INVALID_REQUEST;
+    }
+    if (realpath(parent[0] ? parent : "/", real) == NULL && errno == ENOENT && j->spec.mkdirs) {
+        const char *rel = rel_to(dir, parent);
+        int rc;
+        if (rel == NULL) {
+            snprintf(err, errlen, "output: \"%s\" is outside the download directory", path);
+            return ERR_INVALID_REQUEST;
+        }
+        rc = make_dirs(dir, rel, err, errlen);
+        if (rc != 0)
+            return rc;
     }
     if (realpath(parent[0] ? parent : "/", real) == NULL) {
         snprintf(err, errlen, "output: directory of \"%s\": %s", path, strerror(errno));
@@ -307,6 +446,12 @@ static int validate(job_t *j, char *err, size_t errlen)
                      h->name);
             return ERR_INVALID_REQUEST;
         }
+    }
+    if (j->spec.resume && (j->spec.output != JOB_OUTPUT_FILE || j->spec.decode > 0)) {
+        snprintf(err, errlen,
+                 "resume: needs a file output, and no \"decode\": true (a range of "
+                 "an encoded body cannot be appended to a decoded file)");
+        return ERR_INVALID_REQUEST;
     }
     if (j->spec.output == JOB_OUTPUT_FILE) {
         rc = resolve_output(j, j->env->download_dir, err, errlen);
@@ -465,6 +610,9 @@ static void job_destroy(job_t *j)
     pairs_destroy(&j->headers);
     pairs_destroy(&j->redirect_chain);
     mem_free(j->file_path);
+    mem_free(j->error_body);
+    mem_free(j->content_range);
+    mem_free(j->if_range);
     if (j->tls_config)
         tls_config_decref(j->tls_config);
     /* The memory goes when both timers have closed. */
@@ -504,7 +652,8 @@ static int user_has_header(const job_t *j, const char *name)
 /* Whether this job asks for and decodes compressed content. */
 static int decodes(const job_t *j)
 {
-    return j->spec.decode > 0 || (j->spec.decode == 0 && j->env->decode);
+    /* A resumable job asks for the identity: its ranges are appended as sent. */
+    return j->spec.decode > 0 || (j->spec.decode == 0 && j->env->decode && !j->spec.resume);
 }
 
 static int sends_body(const job_t *j)
@@ -522,7 +671,8 @@ static int build_request(job_t *j, const proxy_t *px)
     const char *basic = fwd && !user_has_header(j, "Proxy-Authorization") ? px->basic : NULL;
     size_t need = strlen(m) + strlen(target) + strlen(j->url.authority) + 128 +
                   sizeof("Accept-Encoding: " DECODE_ACCEPT "\r\n") +
-                  (basic ? strlen(basic) + 32 : 0);
+                  (basic ? strlen(basic) + 32 : 0) + 128 + (j->if_range ? strlen(j->if_range) : 0);
+    char date[40];
     int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
     int accept_enc = decodes(j) && !user_has_header(j, "Accept-Encoding");
     size_t len;
@@ -550,6 +700,15 @@ static int build_request(job_t *j, const proxy_t *px)
                                 header_is(h, "Proxy-Authorization")))
             continue;
         len += (size_t)snprintf(p + len, need - len, "%s: %s\r\n", h->name, h->value);
+    }
+    /* The file output's conditions (plan_file()). */
+    if (j->range_from > 0)
+        len +=
+            (size_t)snprintf(p + len, need - len, "Range: bytes=%" PRIu64 "-\r\nIf-Range: %s\r\n",
+                             j->range_from, j->if_range);
+    if (j->ims != 0) {
+        http_date(j->ims, date);
+        len += (size_t)snprintf(p + len, need - len, "If-Modified-Since: %s\r\n", date);
     }
     if (sends_body(j))
         len += (size_t)snprintf(p + len, need - len, "Content-Length: %zu\r\n", j->spec.body_len);
@@ -594,8 +753,13 @@ static void reset_response(job_t *j)
 {
     mem_free(j->location);
     mem_free(j->retry_after);
+    mem_free(j->content_range);
     j->location = NULL;
     j->retry_after = NULL;
+    j->content_range = NULL;
+    j->range_complete = 0;
+    j->resumed_from = 0;
+    j->not_modified = 0;
     j->disposition = RESP_FINAL;
     mem_free(j->content_encoding);
     j->content_encoding = NULL;
@@ -836,6 +1000,8 @@ static int on_conn_header(void *user, const char *name, size_t nlen, const char 
         return keep_header(&j->etag, value, vlen);
     if (nlen == 13 && strncasecmp(name, "last-modified", 13) == 0)
         return keep_header(&j->last_modified, value, vlen);
+    if (nlen == 13 && strncasecmp(name, "content-range", 13) == 0)
+        return keep_header(&j->content_range, value, vlen);
     return 0;
 }
 
@@ -906,6 +1072,80 @@ static int start_decoding(job_t *j, const char *transfer_codings, conn_why_t *w)
     return 0;
 }
 
+/* Content-Range "bytes A-B/T" (206): A; "bytes *\/T" (416): T. Returns 0
+ * when the field is absent or says otherwise. */
+static int content_range_at(const char *v, int unsatisfied, uint64_t *out)
+{
+    unsigned long long a, b, t;
+    int n = 0;
+
+    if (v == NULL)
+        return 0;
+    if (unsatisfied) {
+        if (sscanf(v, " bytes */%llu%n", &t, &n) != 1 || n == 0)
+            return 0;
+        *out = t;
+        return 1;
+    }
+    if (sscanf(v, " bytes %llu-%llu/%n", &a, &b, &n) != 2 || n == 0 || b < a)
+        return 0;
+    *out = a;
+    return 1;
+}
+
+/* The final response of a file output decides what happens to the target:
+ * a 2xx body goes to the (temporary or partial) file that replaces it at
+ * commit; a 206 or 416 answering the job's Range continues the partial
+ * file; any other status never touches the target, and the first
+ * JOB_ERROR_BODY_MAX bytes of its body are kept as error_body. */
+static int open_output(job_t *j, int status, conn_why_t *why)
+{
+    sink_t *s = &j->sink;
+    const char *validator;
+    uint64_t from = 0, at = 0;
+    int64_t lm;
+    int rc;
+
+    if (j->range_from > 0 && (status == 206 || status == 416)) {
+        if (!content_range_at(j->content_range, status == 416, &at) || at != j->range_from) {
+            log_info("job %s: HTTP %d with Content-Range \"%.80s\" does not continue the "
+                     "partial file of %" PRIu64 " bytes; starting over",
+                     j->id, status, j->content_range ? j->content_range : "", j->range_from);
+            j->disposition = RESP_RESTART;
+            return 0;
+        }
+        from = j->range_from;
+        j->resumed_from = from;
+        j->range_complete = status == 416; /* the partial file is the whole */
+    } else if (status < 200 || status > 299) {
+        j->not_modified = status == 304 && j->ims != 0;
+        sink_set_memory_cut(s, JOB_ERROR_BODY_MAX);
+        return 0;
+    }
+    if (j->spec.resume)
+        sink_set_partial(s, from);
+    if (overwrite_policy(j) == JOB_OVERWRITE_NEVER)
+        sink_set_no_replace(s);
+    lm = http_date_parse(j->last_modified);
+    if (lm > 0)
+        sink_set_mtime(s, lm);
+    rc = sink_open_file(s, j->env->download_dir, j->file_path, j->id);
+    if (rc != 0)
+        return fail_response(why, rc, "cannot create the output file (%s): %s",
+                             sink_strerror(s, rc), j->file_path);
+    if (!j->spec.resume || j->range_complete)
+        return 0;
+    /* If-Range takes a strong validator only (RFC 9110 13.1.5). */
+    validator = j->etag && strncmp(j->etag, "W/", 2) != 0 ? j->etag
+                : j->last_modified                        ? j->last_modified
+                                                          : j->if_range;
+    if (sink_write_meta(s, from > 0 || validator != j->if_range ? validator : NULL, j->spec.url) !=
+        0)
+        log_warn("job %s: cannot keep the validator beside %s: it will not be resumed", j->id,
+                 j->file_path);
+    return 0;
+}
+
 static int on_conn_head(void *user, int status, int64_t content_length,
                         const char *transfer_codings, conn_why_t *why)
 {
@@ -935,11 +1175,10 @@ static int on_conn_head(void *user, int status, int64_t content_length,
         return fail_response(why, ERR_BODY_TOO_LARGE,
                              "Content-Length %" PRId64 " exceeds max_body %" PRIu64, content_length,
                              j->spec.max_body);
-    if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind != SINK_FILE) {
-        rc = sink_open_file(&j->sink, j->env->download_dir, j->file_path, j->id);
-        if (rc != 0)
-            return fail_response(why, rc, "cannot create the output file (%s): %s",
-                                 sink_strerror(&j->sink, rc), j->file_path);
+    if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind == SINK_DISCARD) {
+        rc = open_output(j, status, why);
+        if (rc != 0 || j->disposition != RESP_FINAL || j->range_complete)
+            return rc;
     }
     return start_decoding(j, transfer_codings, why);
 }
@@ -998,8 +1237,8 @@ static int on_conn_body(void *user, buf_t *b, const char *at, size_t len, conn_w
 
     if (j->env->rl != NULL && ratelimit_charge(j->env->rl, j, len))
         uv_timer_stop(&j->phase_timer); /* the byte rate, not the peer, is slow */
-    if (j->disposition != RESP_FINAL)
-        return 0; /* a redirect's or retried response's body is read and dropped */
+    if (j->disposition != RESP_FINAL || j->range_complete)
+        return 0; /* a redirect's, retried or refused response's body is read and dropped */
     rc = sink_write(&j->sink, b, at, len);
     j->wire_bytes = j->sink.wire_bytes;
     j->bytes = j->sink.bytes;
@@ -1171,6 +1410,11 @@ static void on_conn_complete(void *user)
     case RESP_REDIRECT:
         follow_redirect(j);
         break;
+    case RESP_RESTART:
+        j->no_resume = 1;
+        (void)sink_remove_partial(env->download_dir, j->file_path);
+        attempt(j);
+        break;
     case RESP_RETRY:
         delay = retry_delay_ms(&env->retry, j->retry_after, time(NULL), retries_done(j),
                                env->ops->random, env->owner);
@@ -1271,6 +1515,32 @@ static void on_pool_conn(pool_wait_t *w, conn_t *c, int reused)
     on_conn(w->data, c, reused);
 }
 
+/* The conditions a file output's request carries, decided anew for every
+ * request: Range and If-Range when a partial file of the target can be
+ * resumed, If-Modified-Since the target's mtime under overwrite "newer".
+ * A condition the user set as a header is left to the user. */
+static void plan_file(job_t *j)
+{
+    char validator[1024];
+    uint64_t size = 0;
+    struct stat st;
+
+    j->range_from = 0;
+    j->ims = 0;
+    mem_free(j->if_range);
+    j->if_range = NULL;
+    if (j->spec.output != JOB_OUTPUT_FILE || j->file_path == NULL)
+        return;
+    if (j->spec.resume && !j->no_resume && !user_has_header(j, "Range") &&
+        sink_probe_partial(j->env->download_dir, j->file_path, j->spec.url, &size, validator,
+                           sizeof(validator)) == 1 &&
+        (j->if_range = mem_strdup(validator)) != NULL)
+        j->range_from = size;
+    if (overwrite_policy(j) == JOB_OVERWRITE_NEWER && !user_has_header(j, "If-Modified-Since") &&
+        lstat(j->file_path, &st) == 0 && S_ISREG(st.st_mode))
+        j->ims = (int64_t)st.st_mtime;
+}
+
 static void attempt(job_t *j)
 {
     conn_t *c = NULL;
@@ -1296,6 +1566,7 @@ static void attempt(job_t *j)
         finish(j, rc, "%s", why);
         return;
     }
+    plan_file(j);
     rc = build_request(j, px);
     if (rc != 0) {
         if (px)
@@ -1326,11 +1597,19 @@ static void attempt(job_t *j)
 
 void job_start(job_t *j)
 {
+    struct stat st;
+
     assert(j->phase == JOB_PH_QUEUED);
     j->retries_left = j->spec.retries;
     job_set_phase(j, JOB_PH_WAIT_CONN, 0); /* started: the owner hears of it */
-    if (j->phase == JOB_PH_WAIT_CONN)      /* unless the owner cancelled it then */
-        attempt(j);
+    if (j->phase != JOB_PH_WAIT_CONN)      /* unless the owner cancelled it then */
+        return;
+    if (j->spec.output == JOB_OUTPUT_FILE && overwrite_policy(j) == JOB_OVERWRITE_NEVER &&
+        lstat(j->file_path, &st) == 0) {
+        finish(j, ERR_EXISTS, "%s exists (overwrite: never)", j->file_path);
+        return;
+    }
+    attempt(j);
 }
 
 /* The job's result, once the sink has settled: its state follows from its
@@ -1348,6 +1627,8 @@ static void finalize(job_t *j)
         if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind == SINK_FILE) {
             j->output = j->file_path;
             j->file_path = NULL;
+        } else if (j->spec.output == JOB_OUTPUT_FILE && j->sink.kind == SINK_MEMORY) {
+            j->error_body = sink_take_mem(&j->sink, &j->error_body_len);
         } else if (j->spec.output == JOB_OUTPUT_INLINE) {
             j->inline_body = sink_take_mem(&j->sink, &j->inline_len);
         }
@@ -1362,7 +1643,11 @@ static void on_sink_done(sink_t *s, int status)
 {
     job_t *j = s->data;
 
-    if (status != 0 && j->error == 0) {
+    if (status != 0 && j->error == 0 && s->no_replace && s->cause == UV_EEXIST) {
+        j->error = ERR_EXISTS;
+        snprintf(j->error_msg, sizeof(j->error_msg), "%s appeared meanwhile (overwrite: never)",
+                 j->file_path);
+    } else if (status != 0 && j->error == 0) {
         j->error = status;
         snprintf(j->error_msg, sizeof(j->error_msg), "writing the output file (%s): %s",
                  sink_strerror(s, status), j->file_path);

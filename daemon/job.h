@@ -44,6 +44,17 @@ typedef enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANC
 
 typedef enum job_output { JOB_OUTPUT_DISCARD, JOB_OUTPUT_FILE, JOB_OUTPUT_INLINE } job_output_t;
 
+/* What a file output does to an existing target (job_spec_t.overwrite). */
+typedef enum job_overwrite {
+    JOB_OVERWRITE_DEFAULT, /* the daemon's (job_env_t.overwrite), else replace */
+    JOB_OVERWRITE_REPLACE, /* a 2xx response replaces it */
+    JOB_OVERWRITE_NEVER,   /* an existing target fails the job (exists) before any request */
+    JOB_OVERWRITE_NEWER    /* If-Modified-Since its mtime; a 304 leaves it untouched */
+} job_overwrite_t;
+
+/* The most of a non-2xx response's body a file job keeps (error_body). */
+#define JOB_ERROR_BODY_MAX 4096
+
 typedef struct job_header {
     char *name;  /* owned */
     char *value; /* owned */
@@ -86,6 +97,9 @@ typedef struct job_spec {
     json_t *labels;                 /* owned reference, echoed back; may be NULL */
     char *proxy;    /* NULL: the daemon's choice; "": direct; else a proxy URL (proxy.h) */
     char *no_proxy; /* NULL: the daemon's no_proxy list; else this job's (proxy.h) */
+    job_overwrite_t overwrite; /* JOB_OVERWRITE_DEFAULT */
+    int mkdirs;                /* 0: the output's directory must exist */
+    int resume;                /* 0: a failed file job leaves no partial file to resume */
 } job_spec_t;
 
 #define JOB_DEFAULT_CONNECT_TIMEOUT_MS    10000
@@ -163,6 +177,7 @@ typedef struct job_env {
     ratelimit_t *rl;             /* borrowed: byte rates; NULL: none */
     const proxy_conf_t *proxies; /* borrowed: set by the daemon; where proxies come from */
     const char *download_dir;    /* borrowed: canonical path, or NULL (file output refused) */
+    job_overwrite_t overwrite;   /* public: jobs' default overwrite policy (0: replace) */
     int decode;                  /* public: jobs decode content unless they say not */
     uint64_t decode_max_ratio;   /* public: decoded/encoded size cap; 0 = none */
     retry_policy_t retry;        /* public: backoff steps and caps */
@@ -243,6 +258,12 @@ struct job {
     job_pairs_t *redirect_chain; /* owned: ("301", URL) of each redirect followed; or NULL */
     job_pairs_t *headers; /* owned: keep_headers: every field (JOB_KEEP_HEADERS_*); or NULL */
 
+    /* read-only: file output (overwrite, resume) */
+    int not_modified;      /* a 304 answered If-Modified-Since: the target is untouched */
+    uint64_t resumed_from; /* bytes of the partial file the final response continued */
+    char *error_body;      /* owned: a file job's non-2xx body, at most JOB_ERROR_BODY_MAX */
+    size_t error_body_len;
+
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
     const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */
@@ -291,6 +312,13 @@ struct job {
     int resumed_held;     /* reading again on the connection it kept while paused */
     uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
     job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
+
+    char *content_range; /* owned: the response's Content-Range */
+    char *if_range;      /* owned: the validator sent with Range, or NULL */
+    uint64_t range_from; /* the Range start sent (0: none) */
+    int64_t ims;         /* the If-Modified-Since sent (unix s; 0: none) */
+    int no_resume;       /* the partial file was refused: start over from 0 */
+    int range_complete;  /* a 416 said the partial file is the whole: drop its body */
 };
 
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure

@@ -37,11 +37,9 @@ static void write_timings(jsonw_t *w, const job_timings_t *t)
 }
 
 /* {"encoding": "text" | "base64", "data": ...}: text when the body is
- * well-formed UTF-8 without NUL bytes (as jobspec.c's encode_inline()). */
-static void write_inline(jsonw_t *w, const job_t *j)
+ * well-formed UTF-8 without NUL bytes (as jobspec.c's encode_blob()). */
+static void write_blob(jsonw_t *w, const char *p, size_t n)
 {
-    const char *p = j->inline_body != NULL ? j->inline_body : "";
-    size_t n = j->inline_body != NULL ? j->inline_len : 0;
     int text = memchr(p, '\0', n) == NULL && jsonw_utf8_prefix(p, n) == n;
 
     jsonw_object_begin(w);
@@ -92,7 +90,8 @@ void jobjson_write(jsonw_t *w, const job_t *j)
         write_string(w, "output", j->output);
     if (j->spec.output == JOB_OUTPUT_INLINE && j->state == JOB_DONE) {
         jsonw_key(w, "inline");
-        write_inline(w, j);
+        write_blob(w, j->inline_body != NULL ? j->inline_body : "",
+                   j->inline_body != NULL ? j->inline_len : 0);
     }
     if (j->error != 0) {
         jsonw_key(w, "error");
@@ -100,6 +99,16 @@ void jobjson_write(jsonw_t *w, const job_t *j)
         write_string(w, "code", err_name(j->error));
         write_string(w, "message", j->error_msg[0] != '\0' ? j->error_msg : err_str(j->error));
         jsonw_object_end(w);
+    }
+    if (j->not_modified) {
+        jsonw_key(w, "not_modified");
+        jsonw_bool(w, 1);
+    }
+    if (j->resumed_from > 0)
+        write_uint(w, "resumed_from", j->resumed_from);
+    if (j->error_body != NULL) {
+        jsonw_key(w, "error_body");
+        write_blob(w, j->error_body, j->error_body_len);
     }
     if (j->content_encoding != NULL)
         write_string(w, "content_encoding", j->content_encoding);

@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "queue.h"
 #include "sd.h"
+#include "sink.h"
 #include "state.h"
 
 #define CHECKPOINT_EVERY_MS 5000
@@ -34,6 +35,7 @@ typedef struct service {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t grace;      /* the graceful stop's deadline */
     uv_timer_t checkpoint; /* saves the queue while it changes */
+    uv_timer_t sweep;      /* hourly: removes expired partial files */
     int argc;
     char **argv; /* borrowed: main's */
     int stopping, stopped;
@@ -76,6 +78,20 @@ static int save_queue(service_t *svc, const char *why)
     return n < 0 ? -1 : 0;
 }
 
+/* Resumable jobs' partial files older than partial_keep go, at start and
+ * hourly; each sweep looks at a bounded number of directory entries. */
+static void sweep_partials(service_t *svc)
+{
+    if (svc->d.sched.download_dir != NULL && svc->d.cfg.partial_keep_ms > 0)
+        (void)sink_sweep_partials(svc->d.sched.download_dir, svc->d.cfg.partial_keep_ms / 1000,
+                                  time(NULL), 100000);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    sweep_partials(t->data);
+}
+
 static void on_checkpoint(uv_timer_t *t)
 {
     service_t *svc = t->data;
@@ -111,6 +127,7 @@ static void finish_stop(service_t *svc)
     queue_close(&svc->queue); /* before the jobs are cancelled: their entries stay pending */
     uv_close((uv_handle_t *)&svc->grace, NULL);
     uv_close((uv_handle_t *)&svc->checkpoint, NULL);
+    uv_close((uv_handle_t *)&svc->sweep, NULL);
     uv_close((uv_handle_t *)&svc->sigint, NULL);
     uv_close((uv_handle_t *)&svc->sigterm, NULL);
     uv_close((uv_handle_t *)&svc->sighup, NULL);
@@ -331,7 +348,9 @@ static void init_handles(service_t *svc)
 
     uv_timer_init(loop, &svc->grace);
     uv_timer_init(loop, &svc->checkpoint);
-    svc->grace.data = svc->checkpoint.data = svc;
+    uv_timer_init(loop, &svc->sweep);
+    svc->grace.data = svc->checkpoint.data = svc->sweep.data = svc;
+    uv_timer_start(&svc->sweep, on_sweep, 3600 * 1000, 3600 * 1000);
     uv_signal_init(loop, &svc->sigint);
     uv_signal_init(loop, &svc->sigterm);
     uv_signal_init(loop, &svc->sighup);
@@ -376,6 +395,7 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
     svc.sd.status_cb = write_status;
     svc.sd.status_data = &svc;
     restore_queue(&svc);
+    sweep_partials(&svc);
     if (open_sockets(&svc) != 0) {
         sd_close(&svc.sd);
         daemon_close(&svc.d);

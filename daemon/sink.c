@@ -14,9 +14,13 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
+#include <dirent.h>
+#include <limits.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -36,6 +40,16 @@ enum { OP_NONE, OP_OPEN_DIR, OP_CREATE, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_RENAME,
 #define TMP_PREFIX ".fetchd-part-"
 #define TAG_MAX    32
 #define TMP_TRIES  8
+
+/* A resumable job's files beside the target: ".<name>" + one of these. */
+#define PART_SUFFIX ".fetchd-part"
+#define META_SUFFIX ".fetchd-meta"
+/* Names longer than this are shortened (and tagged with a hash) first. */
+#define PART_NAME_KEEP 200
+/* The most of a meta file read: a validator and a URL. */
+#define META_MAX 8192
+/* The sweep's depth below the download directory. */
+#define SWEEP_DEPTH 8
 
 /* The first allocation of a memory sink; it doubles from there. */
 #define SINK_MEM_MIN 1024
@@ -77,6 +91,12 @@ void sink_set_memory(sink_t *s, size_t limit)
     assert(s->kind == SINK_DISCARD && s->bytes == 0);
     s->kind = SINK_MEMORY;
     s->mem_limit = limit;
+}
+
+void sink_set_memory_cut(sink_t *s, size_t limit)
+{
+    sink_set_memory(s, limit);
+    s->mem_cut = 1;
 }
 
 char *sink_take_mem(sink_t *s, size_t *len)
@@ -193,7 +213,7 @@ static int walk_beneath(int rootfd, char *rel, const char **bad)
 /* Opens the directory rel beneath root without following symlinks: openat2
  * when the kernel has it; on any failure (ENOSYS included) the component walk
  * runs, which works everywhere and names the component that is wrong. */
-static int open_dir_beneath(sink_t *s, const char *root, const char *rel)
+static int open_dir_beneath(const char *what, const char *root, const char *rel)
 {
     char copy[PATH_MAX];
     const char *bad;
@@ -217,7 +237,7 @@ static int open_dir_beneath(sink_t *s, const char *root, const char *rel)
     fd = walk_beneath(rootfd, copy, &bad);
     close(rootfd);
     if (fd < 0)
-        log_warn("%s: directory component \"%s\": %s", s->path, bad,
+        log_warn("%s: directory component \"%s\": %s", what, bad,
                  fd == UV_ELOOP ? "is a symlink now; refused" : uv_strerror(fd));
     return fd;
 }
@@ -251,45 +271,151 @@ static int create_tmp(sink_t *s, const char *tag)
     return 0;
 }
 
-int sink_open_file(sink_t *s, const char *root, const char *path, const char *tag)
+/* Splits path (root + "/" + rel) into rel's directory, copied into dir, and
+ * its last component, returned in *name (inside path). Returns 0, UV_EXDEV
+ * (path is not under root) or UV_EINVAL (no file name, or too long). */
+static int split_target(const char *root, const char *path, char dir[PATH_MAX], const char **name)
 {
     size_t rlen = strlen(root);
     const char *rel, *slash;
-    char dir[PATH_MAX];
-    int rc;
 
-    assert(s->kind == SINK_DISCARD && s->bytes == 0);
-    s->cause = 0;
     while (rlen > 1 && root[rlen - 1] == '/')
         rlen--;
     /* path is root + "/" + rel (root "/" is its own separator). */
-    if (strncmp(path, root, rlen) != 0 || (rlen > 1 && path[rlen] != '/')) {
-        note(s, OP_OPEN_DIR, UV_EXDEV);
-        return ERR_IO;
-    }
+    if (strncmp(path, root, rlen) != 0 || (rlen > 1 && path[rlen] != '/'))
+        return UV_EXDEV;
     rel = path + rlen + (rlen > 1);
     while (*rel == '/')
         rel++;
     slash = strrchr(rel, '/');
-    if (*(slash ? slash + 1 : rel) == '\0' || (size_t)(slash ? slash - rel : 0) >= sizeof(dir)) {
-        note(s, OP_CREATE, UV_EINVAL);
-        return ERR_IO;
-    }
+    if (*(slash ? slash + 1 : rel) == '\0' || (size_t)(slash ? slash - rel : 0) >= PATH_MAX)
+        return UV_EINVAL;
     memcpy(dir, rel, slash ? (size_t)(slash - rel) : 0);
     dir[slash ? slash - rel : 0] = '\0';
+    *name = slash ? slash + 1 : rel;
+    return 0;
+}
+
+void sink_partial_name(const char *name, int meta, char *out, size_t outlen)
+{
+    const char *suffix = meta ? META_SUFFIX : PART_SUFFIX;
+    size_t n = strlen(name);
+    uint32_t h = 2166136261u; /* FNV-1a: only tells shortened names apart */
+
+    if (n <= PART_NAME_KEEP) {
+        snprintf(out, outlen, ".%s%s", name, suffix);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)name[i]) * 16777619u;
+    snprintf(out, outlen, ".%.*s~%08x%s", PART_NAME_KEEP, name, (unsigned)h, suffix);
+}
+
+void sink_set_partial(sink_t *s, uint64_t from)
+{
+    assert(s->kind == SINK_DISCARD && s->bytes == 0);
+    s->partial = 1;
+    s->keep_partial = 1;
+    s->base = from;
+}
+
+void sink_set_mtime(sink_t *s, int64_t t)
+{
+    s->mtime = t;
+}
+
+void sink_set_no_replace(sink_t *s)
+{
+    s->no_replace = 1;
+}
+
+/* Hashes the first n bytes of fd (the kept part of a partial file). */
+static int hash_kept(sink_t *s, int fd, uint64_t n)
+{
+    enum { CHUNK = 1 << 16 };
+    char *b = mem_alloc(CHUNK);
+    uint64_t off = 0;
+
+    if (b == NULL)
+        return UV_ENOMEM;
+    while (off < n) {
+        size_t want = n - off < CHUNK ? (size_t)(n - off) : CHUNK;
+        ssize_t r = pread(fd, b, want, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            mem_free(b);
+            return r < 0 ? -errno : UV_EIO;
+        }
+        (void)mbedtls_sha256_update_ret(&s->sha, (const unsigned char *)b, (size_t)r);
+        off += (uint64_t)r;
+    }
+    mem_free(b);
+    return 0;
+}
+
+/* Opens the target's partial file in s->dirfd: created when missing, never
+ * followed, locked against a second job on the same target, cut to s->base
+ * bytes, which the digest takes in first. */
+static int create_partial(sink_t *s)
+{
+    char name[NAME_MAX + 1];
+    struct stat st;
+    int fd, rc = 0;
+
+    sink_partial_name(s->name, 0, name, sizeof(name));
+    fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) != 0)
+        rc = -errno;
+    else if (!S_ISREG(st.st_mode))
+        rc = UV_EINVAL;
+    else if (flock(fd, LOCK_EX | LOCK_NB) != 0)
+        rc = errno == EWOULDBLOCK ? UV_EBUSY : -errno;
+    else if ((uint64_t)st.st_size < s->base)
+        rc = UV_ESPIPE; /* shorter than when it was probed */
+    else if (ftruncate(fd, (off_t)s->base) != 0)
+        rc = -errno;
+    else if (s->want_sha256)
+        rc = hash_kept(s, fd, s->base);
+    if (rc == 0 && (s->tmp_name = mem_strdup(name)) == NULL)
+        rc = UV_ENOMEM;
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    s->fd = fd;
+    return 0;
+}
+
+int sink_open_file(sink_t *s, const char *root, const char *path, const char *tag)
+{
+    char dir[PATH_MAX];
+    const char *name;
+    int rc;
+
+    assert(s->kind == SINK_DISCARD && s->bytes == 0);
+    s->cause = 0;
+    rc = split_target(root, path, dir, &name);
+    if (rc != 0) {
+        note(s, rc == UV_EXDEV ? OP_OPEN_DIR : OP_CREATE, rc);
+        return ERR_IO;
+    }
     s->path = mem_strdup(path);
     if (s->path == NULL)
         return ERR_NO_MEMORY;
-    s->name = s->path + ((slash ? slash + 1 : rel) - path);
-    s->dirfd = open_dir_beneath(s, root, dir);
+    s->name = s->path + (name - path);
+    s->dirfd = open_dir_beneath(path, root, dir);
     if (s->dirfd < 0) {
         rc = s->dirfd;
         note(s, OP_OPEN_DIR, rc);
     } else {
-        rc = create_tmp(s, tag);
+        rc = s->partial ? create_partial(s) : create_tmp(s, tag);
         if (rc < 0) {
             note(s, OP_CREATE, rc);
-            log_warn("%s: cannot create a temporary file beside it: %s", path, uv_strerror(rc));
+            log_warn("%s: cannot create a %s file beside it: %s", path,
+                     s->partial ? "partial" : "temporary", uv_strerror(rc));
         }
     }
     if (rc < 0) {
@@ -305,10 +431,163 @@ int sink_open_file(sink_t *s, const char *root, const char *path, const char *ta
     return 0;
 }
 
+/* Opens path's directory beneath root for the functions that work beside a
+ * target without a sink; *name is the target's name inside path. */
+static int target_dir(const char *root, const char *path, const char **name)
+{
+    char dir[PATH_MAX];
+    int rc = split_target(root, path, dir, name);
+    return rc != 0 ? rc : open_dir_beneath(path, root, dir);
+}
+
+/* Reads the whole (small) file `name` in dirfd, never following a symlink,
+ * into buf (NUL-terminated). Returns its length or a negative libuv code. */
+static ssize_t read_small(int dirfd, const char *name, char *buf, size_t len)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    size_t got = 0;
+
+    if (fd < 0)
+        return -errno;
+    while (got < len - 1) {
+        ssize_t r = read(fd, buf + got, len - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    return (ssize_t)got;
+}
+
+int sink_probe_partial(const char *root, const char *path, const char *url, uint64_t *size,
+                       char *validator, size_t vlen)
+{
+    char name[NAME_MAX + 1], meta[META_MAX], *nl, *u;
+    const char *base;
+    struct stat st;
+    int dirfd = target_dir(root, path, &base), found = 0;
+
+    if (dirfd < 0)
+        return dirfd;
+    sink_partial_name(base, 0, name, sizeof(name));
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+        st.st_size > 0) {
+        sink_partial_name(base, 1, name, sizeof(name));
+        /* "validator\nurl\n", as sink_write_meta() wrote it. */
+        if (read_small(dirfd, name, meta, sizeof(meta)) > 0 && (nl = strchr(meta, '\n')) != NULL) {
+            *nl = '\0';
+            u = nl + 1;
+            u[strcspn(u, "\n")] = '\0';
+            found = meta[0] != '\0' && strcmp(u, url) == 0 && strlen(meta) < vlen;
+            if (found) {
+                memcpy(validator, meta, strlen(meta) + 1);
+                *size = (uint64_t)st.st_size;
+            }
+        }
+    }
+    close(dirfd);
+    return found;
+}
+
+int sink_write_meta(sink_t *s, const char *validator, const char *url)
+{
+    char name[NAME_MAX + 1];
+    int fd, ok;
+
+    assert(s->kind == SINK_FILE && s->partial);
+    sink_partial_name(s->name, 1, name, sizeof(name));
+    if (validator == NULL)
+        return unlinkat(s->dirfd, name, 0) == 0 || errno == ENOENT ? 0 : ERR_IO;
+    fd = openat(s->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        log_warn("%s: cannot write %s: %s", s->path, name, strerror(errno));
+        return ERR_IO;
+    }
+    ok = dprintf(fd, "%s\n%s\n", validator, url) > 0;
+    ok = close(fd) == 0 && ok;
+    return ok ? 0 : ERR_IO;
+}
+
+int sink_remove_partial(const char *root, const char *path)
+{
+    char name[NAME_MAX + 1];
+    const char *base;
+    int dirfd = target_dir(root, path, &base), rc = 0;
+
+    if (dirfd < 0)
+        return dirfd == UV_ENOENT ? 0 : dirfd;
+    for (int meta = 0; meta < 2; meta++) {
+        sink_partial_name(base, meta, name, sizeof(name));
+        if (unlinkat(dirfd, name, 0) != 0 && errno != ENOENT && rc == 0)
+            rc = -errno;
+    }
+    close(dirfd);
+    return rc;
+}
+
+static int is_partial_name(const char *n)
+{
+    size_t len = strlen(n), sl = sizeof(PART_SUFFIX) - 1;
+    return n[0] == '.' && len > sl + 1 &&
+           (strcmp(n + len - sl, PART_SUFFIX) == 0 || strcmp(n + len - sl, META_SUFFIX) == 0);
+}
+
+/* One directory of the sweep; *budget counts the entries left to look at. */
+static unsigned sweep_dir(int dfd, int depth, time_t cutoff, unsigned *budget)
+{
+    DIR *d = fdopendir(dfd);
+    struct dirent *e;
+    unsigned removed = 0;
+
+    if (d == NULL) {
+        close(dfd);
+        return 0;
+    }
+    while (*budget > 0 && (e = readdir(d)) != NULL) {
+        struct stat st;
+        (*budget)--;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode) && depth < SWEEP_DEPTH) {
+            int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0)
+                removed += sweep_dir(sub, depth + 1, cutoff, budget);
+        } else if (S_ISREG(st.st_mode) && is_partial_name(e->d_name) && st.st_mtime < cutoff &&
+                   unlinkat(dirfd(d), e->d_name, 0) == 0) {
+            removed++;
+        }
+    }
+    closedir(d);
+    return removed;
+}
+
+unsigned sink_sweep_partials(const char *root, uint64_t max_age, time_t now, unsigned budget)
+{
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    unsigned removed;
+
+    if (fd < 0)
+        return 0;
+    removed = sweep_dir(fd, 0, now - (time_t)max_age, &budget);
+    if (removed > 0)
+        log_info("removed %u partial file(s) older than %" PRIu64 " s under %s", removed, max_age,
+                 root);
+    return removed;
+}
+
 static int mem_append(sink_t *s, const char *at, size_t len)
 {
+    if (len > s->mem_limit - s->mem_len && s->mem_cut)
+        len = s->mem_limit - s->mem_len;
     if (len > s->mem_limit - s->mem_len)
         return ERR_BODY_TOO_LARGE;
+    if (len == 0)
+        return 0;
     size_t need = s->mem_len + len + 1; /* + the NUL */
     if (need > s->mem_cap) {
         size_t cap = s->mem_cap == 0 ? SINK_MEM_MIN : s->mem_cap;
@@ -369,7 +648,19 @@ static int file_write(sink_t *s, buf_t *b, const char *at, size_t len)
     wr->buf = b;
     wr->at = at;
     wr->len = len;
-    wr->offset = (int64_t)s->bytes;
+    wr->offset = (int64_t)(s->base + s->bytes);
+    wr->next = NULL;
+    if (s->partial && s->writes_in_flight > 0) {
+        /* In order, one at a time: a killed daemon leaves no hole. */
+        if (s->wait_tail)
+            s->wait_tail->next = wr;
+        else
+            s->wait_head = wr;
+        s->wait_tail = wr;
+        s->writes_in_flight++;
+        s->bytes_in_flight += len;
+        return 0;
+    }
     int rc = submit(s, wr);
     if (rc < 0) {
         uv_fs_req_cleanup(&wr->req);
@@ -543,6 +834,10 @@ static void finish_steps(sink_t *s, int *fail_op, int *fail_err)
         *fail_err = -errno;
         commit = 0;
     }
+    if (commit && s->mtime != 0) {
+        struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_sec = (time_t)s->mtime}};
+        (void)futimens(s->fd, ts); /* the date is a courtesy: never fails the job */
+    }
     /* Linux releases the descriptor even when close reports an error. */
     if (close(s->fd) != 0 && commit) {
         *fail_op = OP_CLOSE;
@@ -552,14 +847,28 @@ static void finish_steps(sink_t *s, int *fail_op, int *fail_err)
     s->fd = -1;
     /* Within the directory opened at sink_open_file(): whatever happened to
      * the path since, the file stays where it was created. */
-    if (commit && renameat(s->dirfd, s->tmp_name, s->dirfd, s->name) != 0) {
+    if (commit &&
+        (s->no_replace ? renameat2(s->dirfd, s->tmp_name, s->dirfd, s->name, RENAME_NOREPLACE)
+                       : renameat(s->dirfd, s->tmp_name, s->dirfd, s->name)) != 0) {
         *fail_op = OP_RENAME;
         *fail_err = -errno;
         commit = 0;
     }
-    if (!commit && unlinkat(s->dirfd, s->tmp_name, 0) != 0 && *fail_op == OP_NONE) {
+    if (commit && s->partial) {
+        char meta[NAME_MAX + 1];
+        sink_partial_name(s->name, 1, meta, sizeof(meta));
+        (void)unlinkat(s->dirfd, meta, 0);
+    }
+    /* A resumable job's partial file stays for the next attempt. */
+    if (!commit && !(s->partial && s->keep_partial) && unlinkat(s->dirfd, s->tmp_name, 0) != 0 &&
+        *fail_op == OP_NONE) {
         *fail_op = OP_UNLINK;
         *fail_err = -errno;
+    }
+    if (!commit && s->partial && !s->keep_partial) {
+        char meta[NAME_MAX + 1];
+        sink_partial_name(s->name, 1, meta, sizeof(meta));
+        (void)unlinkat(s->dirfd, meta, 0);
     }
     close(s->dirfd);
     s->dirfd = -1;
@@ -614,6 +923,28 @@ static void write_done(sink_t *s)
         s->on_drain(s, s->error);
 }
 
+/* A partial sink's next write, once the one before it is done. After a
+ * failed write the rest are dropped: the file must not get a hole. */
+static void next_waiting(sink_t *s)
+{
+    while (s->wait_head != NULL) {
+        sink_write_req_t *wr = s->wait_head;
+        int rc = s->error == 0 ? submit(s, wr) : UV_ECANCELED;
+        s->wait_head = wr->next;
+        if (s->wait_head == NULL)
+            s->wait_tail = NULL;
+        if (rc == 0)
+            return;
+        if (rc != UV_ECANCELED) {
+            uv_fs_req_cleanup(&wr->req);
+            failed(s, OP_WRITE, rc);
+        }
+        s->bytes_in_flight -= wr->len;
+        req_put(s, wr);
+        s->writes_in_flight--;
+    }
+}
+
 static void on_write(uv_fs_t *req)
 {
     sink_write_req_t *wr = (sink_write_req_t *)((char *)req - offsetof(sink_write_req_t, req));
@@ -645,6 +976,7 @@ static void on_write(uv_fs_t *req)
     }
     req_put(s, wr);
     s->writes_in_flight--;
+    next_waiting(s);
     write_done(s);
 }
 

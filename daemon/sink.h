@@ -17,6 +17,13 @@
  * the download directory. sink_abort() removes the temporary file, so a
  * failed job never leaves a partial file.
  *
+ * A resumable job's file sink (sink_set_partial) writes instead to a stable
+ * name beside the target, ".<name>.fetchd-part", with the validator it may
+ * be resumed under in ".<name>.fetchd-meta" (sink_write_meta). Its writes go
+ * out one at a time, in order, so the partial file never has a hole, even
+ * after a kill -9; an abort keeps it (unless keep_partial is cleared), and
+ * commit renames it into place and removes the meta file.
+ *
  * Ownership: a sink_t is embedded in its job (which owns it). While a write is
  * in flight the sink holds a reference to the buf_t the bytes live in. The
  * owner must keep the sink alive until the callback of sink_commit() or
@@ -27,6 +34,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <mbedtls/sha256.h>
 #include <uv.h>
 
@@ -55,6 +63,7 @@ struct sink {
     char *mem;        /* owned; the body so far (NUL-terminated) */
     size_t mem_len;   /* read-only */
     size_t mem_limit; /* read-only */
+    int mem_cut;      /* read-only: bytes past mem_limit are dropped, not an error */
     /* file sink */
     char *path;       /* owned: the final path (for messages) */
     const char *name; /* borrowed from path: the final name inside dirfd */
@@ -83,6 +92,14 @@ struct sink {
     uv_work_t work;   /* fsync, close, rename or unlink, on the thread pool */
     int work_op;      /* which finishing step failed (written by the work item) */
     int work_err;     /* and its libuv code */
+    /* resumable file sink (sink_set_partial) */
+    int partial;                 /* read-only: the temp file is ".<name>.fetchd-part" */
+    int keep_partial;            /* public: abort keeps the partial file (set by set_partial) */
+    uint64_t base;               /* read-only: bytes kept from an earlier attempt */
+    int no_replace;              /* private: commit never replaces an existing target */
+    int64_t mtime;               /* private: 0, or the target's mtime (unix s) at commit */
+    sink_write_req_t *wait_head; /* owned: a partial sink's writes waiting their turn */
+    sink_write_req_t *wait_tail; /* borrowed: the last of them */
 };
 
 /* Sets the sink up as a discard sink (the default). Never fails. */
@@ -91,6 +108,10 @@ void sink_init(sink_t *s, uv_loop_t *loop, stats_t *stats, int want_sha256);
 /* Makes s a memory sink that accepts at most limit bytes; more makes
  * sink_write() fail with ERR_BODY_TOO_LARGE. */
 void sink_set_memory(sink_t *s, size_t limit);
+
+/* Makes s a memory sink that keeps the first limit bytes and drops the rest
+ * without failing (a non-2xx body kept for the user to read). */
+void sink_set_memory_cut(sink_t *s, size_t limit);
 
 /* Takes a memory sink's body: returns it (NUL-terminated, now the caller's
  * to mem_free(); NULL when empty) with its length in *len, and leaves the
@@ -121,6 +142,44 @@ int sink_finish_decoding(sink_t *s);
  * (O_CREAT|O_EXCL|O_NOFOLLOW, 0644). Synchronous. Returns 0, ERR_IO,
  * ERR_NO_FDS or ERR_NO_MEMORY; sink_strerror() says why. */
 int sink_open_file(sink_t *s, const char *root, const char *path, const char *tag);
+
+/* The partial and meta file names of the target name `name` (".<name>.fetchd-part"
+ * and ".<name>.fetchd-meta"; a long name is shortened and tagged with its
+ * hash so the result fits NAME_MAX). out must hold NAME_MAX + 1 bytes. */
+void sink_partial_name(const char *name, int meta, char *out, size_t outlen);
+
+/* Before sink_open_file(): the file is the target's partial file, of which
+ * the first `from` bytes (hashed now, when the digest is wanted) are kept
+ * and the rest cut; the body's bytes go after them. from is 0 to start over. */
+void sink_set_partial(sink_t *s, uint64_t from);
+
+/* Commit sets the file's modification time to t (unix seconds; 0: now). */
+void sink_set_mtime(sink_t *s, int64_t t);
+
+/* Commit fails (ERR_EXISTS) rather than replace a file at the target name. */
+void sink_set_no_replace(sink_t *s);
+
+/* Looks, beneath root and without following symlinks, for the partial file of
+ * path (an absolute path inside root) and its meta file. Returns 1 when both
+ * exist, the partial is a non-empty regular file and the meta file names url:
+ * *size is the partial's length and validator its If-Range value. Returns 0
+ * when there is nothing to resume, or a negative libuv code. */
+int sink_probe_partial(const char *root, const char *path, const char *url, uint64_t *size,
+                       char *validator, size_t vlen);
+
+/* Writes the meta file beside an open partial sink: the validator (an ETag
+ * or an HTTP-date) and the URL; a NULL validator removes the meta file, so
+ * the partial is never resumed. Synchronous. Returns 0 or ERR_IO. */
+int sink_write_meta(sink_t *s, const char *validator, const char *url);
+
+/* Removes path's partial and meta files (beneath root). Returns 0 or a
+ * negative libuv code; a missing file is not an error. */
+int sink_remove_partial(const char *root, const char *path);
+
+/* Removes the partial and meta files under root (depth at most 8, at most
+ * budget directory entries looked at) last modified more than max_age
+ * seconds before now. Returns the number of files removed. */
+unsigned sink_sweep_partials(const char *root, uint64_t max_age, time_t now, unsigned budget);
 
 /* Why the sink failed, for a job's error message: the cause of the first
  * failed file operation ("disk full", "disk quota exceeded", "out of file

@@ -473,6 +473,19 @@ static int dec_delay(decoder_t *d, const field_t *f, json_t *v)
     return 0;
 }
 
+static const char *const overwrite_names[] = {"", "replace", "never", "newer"};
+
+static int dec_overwrite(decoder_t *d, const field_t *f, json_t *v)
+{
+    const char *s = json_string_value(v);
+    for (int i = JOB_OVERWRITE_REPLACE; s != NULL && i <= JOB_OVERWRITE_NEWER; i++)
+        if (strcmp(s, overwrite_names[i]) == 0) {
+            d->spec->overwrite = (job_overwrite_t)i;
+            return 0;
+        }
+    return bad(d, f->name, "must be \"replace\", \"never\" or \"newer\"");
+}
+
 #define SPEC_OFF(m) offsetof(job_spec_t, m)
 
 static const field_t fields[] = {
@@ -505,6 +518,9 @@ static const field_t fields[] = {
     {"proxy", dec_text, SPEC_OFF(proxy), 0, 0},
     {"no_proxy", dec_text, SPEC_OFF(no_proxy), 0, 0},
     {"keep_headers", dec_bool, SPEC_OFF(keep_headers), 0, 0},
+    {"overwrite", dec_overwrite, 0, 0, 0},
+    {"mkdirs", dec_bool, SPEC_OFF(mkdirs), 0, 0},
+    {"resume", dec_bool, SPEC_OFF(resume), 0, 0},
 };
 
 static const field_t *find_field(const char *key, size_t klen)
@@ -663,15 +679,19 @@ static json_t *base64_string(const char *p, size_t n)
 
 /* {"encoding": "text" | "base64", "data": ...}: text when the body is
  * well-formed UTF-8 without NUL bytes, which is what a person can read. */
-static json_t *encode_inline(const job_t *j)
+static json_t *encode_blob(const char *p, size_t n)
 {
-    const char *p = j->inline_body != NULL ? j->inline_body : "";
-    size_t n = j->inline_body != NULL ? j->inline_len : 0;
     int text = memchr(p, '\0', n) == NULL && jsonw_utf8_prefix(p, n) == n;
     json_t *data = text ? json_stringn_nocheck(p, n) : base64_string(p, n);
     if (data == NULL)
         return NULL;
     return json_pack("{s:s, s:o}", "encoding", text ? "text" : "base64", "data", data);
+}
+
+static json_t *encode_inline(const job_t *j)
+{
+    return encode_blob(j->inline_body != NULL ? j->inline_body : "",
+                       j->inline_body != NULL ? j->inline_len : 0);
 }
 
 /* Unix times go out with microseconds (as daemon/jobjson.c writes them),
@@ -769,6 +789,12 @@ static int encode_optional(json_t *o, const job_t *j)
         rc |= json_object_set_new(o, "output", lossy_string(j->output));
     if (j->spec.output == JOB_OUTPUT_INLINE && j->state == JOB_DONE)
         rc |= json_object_set_new(o, "inline", encode_inline(j));
+    if (j->not_modified)
+        rc |= json_object_set_new(o, "not_modified", json_true());
+    if (j->resumed_from > 0)
+        rc |= json_object_set_new(o, "resumed_from", json_integer((json_int_t)j->resumed_from));
+    if (j->error_body != NULL)
+        rc |= json_object_set_new(o, "error_body", encode_blob(j->error_body, j->error_body_len));
     if (j->error != 0)
         rc |= json_object_set_new(o, "error",
                                   jobspec_encode_error(j->error, j->error_msg[0] != '\0'
@@ -908,6 +934,12 @@ json_t *jobspec_encode_spec(const job_spec_t *s)
         bad = set_or_fail(o, "no_proxy", json_string(s->no_proxy));
     if (!bad && s->keep_headers)
         bad = set_or_fail(o, "keep_headers", json_true());
+    if (!bad && s->overwrite != JOB_OVERWRITE_DEFAULT)
+        bad = set_or_fail(o, "overwrite", json_string(overwrite_names[s->overwrite]));
+    if (!bad && s->mkdirs)
+        bad = set_or_fail(o, "mkdirs", json_true());
+    if (!bad && s->resume)
+        bad = set_or_fail(o, "resume", json_true());
     if (bad) {
         json_decref(o);
         return NULL;

@@ -61,6 +61,18 @@ Well-formed responses
                          connection (any path) is read and the connection
                          closed without a byte.  A new connection starts over.
 
+Ranges (resume)
+  /ranged?size=N         200 with pattern(N) (default 1000), Accept-Ranges,
+                         the ETag srv.ranged_etag and Last-Modified
+                         srv.ranged_last_modified (either None: not sent);
+                         "Range: bytes=A-" is answered 206 from A (416 with
+                         "bytes */N" when A >= N) unless an If-Range does not
+                         match the current ETag or Last-Modified (then 200).
+                         While srv.ranged_cuts > 0 each response stops once
+                         srv.ranged_cut_at bytes of the file are sent (and
+                         decrements it): closed, or held until the client
+                         closes when srv.ranged_stall is true.
+
 Faults
   /truncated-cl          Content-Length 1000, 500 bytes sent, then FIN
   /truncated-chunked     chunked, two chunks, FIN before the last chunk
@@ -358,6 +370,7 @@ class _Behaviours:
                 b"HTTP/1.1 200 OK\r\nX-Folded: first\r\n  continued\r\n"
                 b"Content-Length: 2\r\n\r\nok"),
             "/never": self.never,
+            "/ranged": self.ranged,
             "/leftover": self.raw(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloSTRAY-BYTES", KEEP),
             "/no-content-body": self.raw(
@@ -523,6 +536,45 @@ class _Behaviours:
     def empty(self, conn, req):
         return CLOSE
 
+    def ranged(self, conn, req):
+        srv = self.server
+        size = _int(req, "size", 1000)
+        body = srv.ranged_body(size)
+        etag, lm = srv.ranged_etag, srv.ranged_last_modified
+        validators = [("Accept-Ranges", "bytes")]
+        validators += [("ETag", etag)] if etag else []
+        validators += [("Last-Modified", lm)] if lm else []
+        start, rng, if_range = 0, req.header("range"), req.header("if-range")
+        if rng and rng.startswith("bytes=") and rng.endswith("-") and rng[6:-1].isdigit():
+            if if_range is None or if_range in (etag, lm):
+                start = int(rng[6:-1])
+                if start >= size:
+                    return _respond(conn, req, 416, b"range not satisfiable\n",
+                                    validators + [("Content-Range", "bytes */%d" % size)])
+        if start > 0:
+            head = _head(206, "Partial Content", validators + [
+                ("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size)),
+                ("Content-Length", str(size - start))])
+        else:
+            head = _head(200, "OK", validators + [("Content-Length", str(size))])
+        end = size
+        with srv._lock:
+            if srv.ranged_cuts > 0:
+                srv.ranged_cuts -= 1
+                end = max(start, min(size, srv.ranged_cut_at))
+            stall = srv.ranged_stall
+        conn.send(head)
+        if req.method == "HEAD":
+            return KEEP
+        view = memoryview(body)
+        for at in range(start, end, 1 << 20):
+            conn.send(view[at:min(end, at + (1 << 20))])
+        if end < size:
+            if stall:
+                conn.wait_for_peer_close()
+            return CLOSE
+        return CLOSE if req.wants_close() else KEEP
+
     def reset_before(self, conn, req):
         conn.reset()
         return CLOSE
@@ -545,6 +597,13 @@ class FaultServer:
         self._socks = set()
         self._behaviours = _Behaviours(self)
         self.gauge = gauge
+        # /ranged's resource; the tests change these between requests.
+        self.ranged_etag = '"v1"'
+        self.ranged_last_modified = "Wed, 21 Oct 2015 07:28:00 GMT"
+        self.ranged_cuts = 0
+        self.ranged_cut_at = 0
+        self.ranged_stall = False
+        self._ranged_bodies = {}
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", port))
@@ -556,6 +615,13 @@ class FaultServer:
 
     def url(self, target):
         return self.origin + target
+
+    def ranged_body(self, size):
+        """The bytes /ranged?size=N serves: pattern(N), made once per size."""
+        with self._lock:
+            if size not in self._ranged_bodies:
+                self._ranged_bodies[size] = pattern(size)
+            return self._ranged_bodies[size]
 
     def serve_raw(self, path, data, keep=False, split=False):
         """Makes `path` answer with exactly `data` (see "Exact bytes")."""

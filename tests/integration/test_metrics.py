@@ -82,7 +82,7 @@ DESIGN_ERROR_CODES = {
     "invalid_request", "dns", "connect_refused", "connect_timeout", "tls_handshake",
     "tls_verify", "timeout", "truncated", "protocol", "headers_too_large", "body_too_large",
     "too_many_redirects", "empty_reply", "checksum_mismatch", "io", "cancelled", "shutdown",
-    "no_memory", "http_error", "content_decoding"}
+    "no_memory", "http_error", "content_decoding", "exists"}
 
 # Label values DESIGN.md lists for the labelled families.
 DESIGN_LABELS = {

@@ -232,6 +232,14 @@ static void random_job(job_t *j)
             mem_free(v);
         }
     }
+    j->not_modified = coin();
+    j->resumed_from = coin() ? rnd() >> 20 : 0;
+    if (coin()) {
+        j->error_body = random_text(30);
+        j->error_body_len = j->error_body ? strlen(j->error_body) : 0;
+        if (coin() && j->error_body_len > 2)
+            j->error_body[0] = '\0'; /* binary: base64 */
+    }
     j->env = &env;
     if (coin()) { /* a body is arriving: speed and eta from the samples */
         j->prog_ms = uv_now(&loop) - rnd() % 5000;
@@ -262,6 +270,7 @@ static void free_job(job_t *j)
     mem_free(j->content_type);
     mem_free(j->etag);
     mem_free(j->last_modified);
+    mem_free(j->error_body);
     if (j->redirect_chain != NULL)
         job_pairs_dispose(j->redirect_chain);
     if (j->headers != NULL)

@@ -763,10 +763,259 @@ static void test_dispose_unfinished(void)
     teardown(&f);
 }
 
+/* Feeds pattern bytes [from, to) in pieces of at most 16 KiB. */
+static void write_pattern_range(fixture_t *f, sink_t *s, size_t from, size_t to)
+{
+    char piece[16384];
+    while (from < to) {
+        size_t n = to - from < sizeof(piece) ? to - from : sizeof(piece);
+        for (size_t i = 0; i < n; i++)
+            piece[i] = (char)pattern(from + i);
+        CHECK_INT(feed(f, s, piece, n), 0);
+        from += n;
+    }
+}
+
+static void sha_of_pattern(size_t total, char hex[65])
+{
+    mbedtls_sha256_context ctx;
+    unsigned char d[32], b;
+    mbedtls_sha256_init(&ctx);
+    mbedtls_sha256_starts_ret(&ctx, 0);
+    for (size_t i = 0; i < total; i++) {
+        b = pattern(i);
+        mbedtls_sha256_update_ret(&ctx, &b, 1);
+    }
+    mbedtls_sha256_finish_ret(&ctx, d);
+    mbedtls_sha256_free(&ctx);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+}
+
+/* A resumable sink: its partial file and meta file stay after an abort, in
+ * order (no hole) whatever the writes in flight; a second sink continues it,
+ * hashing the kept bytes first, and its commit renames it into place with
+ * the server's mtime and removes the meta file. */
+static void test_partial_resume(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[PATH_MAX], part[PATH_MAX], meta[PATH_MAX], v[128], hex[65], want[65];
+    const size_t cut = 300000, total = 1000000;
+    uint64_t size = 0;
+    struct stat st;
+    setup(&f);
+    path_in(&f, "r.bin", path, sizeof(path));
+    path_in(&f, ".r.bin.fetchd-part", part, sizeof(part));
+    path_in(&f, ".r.bin.fetchd-meta", meta, sizeof(meta));
+
+    CHECK_INT(sink_probe_partial(f.dir, path, "http://x/", &size, v, sizeof(v)), 0);
+    sink_init(&s, &f.loop, &f.stats, 1);
+    s.data = &f;
+    sink_set_partial(&s, 0);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "1"), 0);
+    CHECK_STR(s.tmp_name, ".r.bin.fetchd-part");
+    CHECK_INT(sink_write_meta(&s, "\"v1\"", "http://x/"), 0);
+    write_pattern_range(&f, &s, 0, cut);
+    CHECK(s.writes_in_flight > 1); /* queued behind one another */
+    CHECK_INT(sink_abort(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.finished, 1);
+    sink_dispose(&s);
+    CHECK(check_pattern_file(part, cut));
+    CHECK(exists(meta) && !exists(path));
+
+    /* Another URL, or another target, has nothing to resume. */
+    CHECK_INT(sink_probe_partial(f.dir, path, "http://y/", &size, v, sizeof(v)), 0);
+    CHECK_INT(sink_probe_partial(f.dir, path, "http://x/", &size, v, sizeof(v)), 1);
+    CHECK_INT(size, cut);
+    CHECK_STR(v, "\"v1\"");
+
+    sink_init(&s, &f.loop, &f.stats, 1);
+    s.data = &f;
+    sink_set_partial(&s, size);
+    sink_set_mtime(&s, 1445412480);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "2"), 0);
+    write_pattern_range(&f, &s, cut, total);
+    CHECK_INT(s.bytes, total - cut);
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.status, 0);
+    sink_sha256_hex(&s, hex);
+    sha_of_pattern(total, want);
+    CHECK_STR(hex, want);
+    sink_dispose(&s);
+    CHECK(check_pattern_file(path, total));
+    CHECK(!exists(part) && !exists(meta));
+    CHECK_INT(stat(path, &st), 0);
+    CHECK_INT(st.st_mtime, 1445412480);
+    CHECK_INT(unlink(path), 0);
+    teardown(&f);
+}
+
+/* A partial file shorter than the probe said, and a second writer of the same
+ * partial file: both refused; sink_remove_partial() removes both files. */
+static void test_partial_refusals(void)
+{
+    fixture_t f;
+    sink_t a, b;
+    char path[PATH_MAX], part[PATH_MAX];
+    setup(&f);
+    path_in(&f, "p.bin", path, sizeof(path));
+    path_in(&f, ".p.bin.fetchd-part", part, sizeof(part));
+
+    sink_init(&a, &f.loop, &f.stats, 0);
+    sink_set_partial(&a, 0);
+    CHECK_INT(sink_open_file(&a, f.dir, path, "a"), 0);
+    CHECK_INT(sink_write_meta(&a, "\"e\"", "u"), 0);
+    sink_init(&b, &f.loop, &f.stats, 0);
+    sink_set_partial(&b, 0);
+    CHECK_INT(sink_open_file(&b, f.dir, path, "b"), ERR_IO); /* locked by a */
+    CHECK_INT(b.cause, UV_EBUSY);
+    sink_dispose(&b);
+    sink_dispose(&a); /* unfinished: a resumable sink keeps its file */
+    CHECK(exists(part));
+
+    sink_init(&b, &f.loop, &f.stats, 0);
+    sink_set_partial(&b, 10); /* the file is empty */
+    CHECK_INT(sink_open_file(&b, f.dir, path, "b"), ERR_IO);
+    sink_dispose(&b);
+    CHECK_INT(sink_remove_partial(f.dir, path), 0);
+    CHECK(!exists(part));
+    CHECK_INT(sink_remove_partial(f.dir, path), 0); /* nothing left: not an error */
+    teardown(&f);
+}
+
+static int check_file(const char *path, const char *want)
+{
+    char got[64] = "";
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL)
+        return 0;
+    size_t n = fread(got, 1, sizeof(got) - 1, fp);
+    fclose(fp);
+    got[n] = '\0';
+    return strcmp(got, want) == 0;
+}
+
+/* sink_set_no_replace(): commit fails rather than replace a file that
+ * appeared at the target; the temporary file goes, the file stays. */
+static void test_no_replace(void)
+{
+    fixture_t f;
+    sink_t s;
+    char path[PATH_MAX];
+    setup(&f);
+    path_in(&f, "nr.bin", path, sizeof(path));
+
+    sink_init(&s, &f.loop, &f.stats, 0);
+    s.data = &f;
+    sink_set_no_replace(&s);
+    CHECK_INT(sink_open_file(&s, f.dir, path, "n"), 0);
+    CHECK_INT(feed(&f, &s, "new", 3), 0);
+    FILE *fp = fopen(path, "w");
+    CHECK(fp != NULL);
+    fputs("old", fp);
+    fclose(fp);
+    CHECK_INT(sink_commit(&s, on_finish), SINK_PENDING);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_INT(f.status, ERR_IO);
+    CHECK_INT(s.cause, UV_EEXIST);
+    sink_dispose(&s);
+    CHECK_INT(part_files(f.dir), 0);
+    CHECK(check_file(path, "old"));
+    CHECK_INT(unlink(path), 0);
+    teardown(&f);
+}
+
+static void touch(const char *path, time_t mtime)
+{
+    struct timespec ts[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    CHECK_INT(futimens(fd, ts), 0);
+    close(fd);
+}
+
+/* The sweep removes old partial and meta files (in subdirectories too), and
+ * nothing else; the budget bounds the entries it looks at. */
+static void test_sweep(void)
+{
+    fixture_t f;
+    char p[PATH_MAX], sub[PATH_MAX];
+    const time_t now = 2000000000;
+    const char *old[] = {".a.fetchd-part", ".a.fetchd-meta", "sub/.b.fetchd-part"};
+    const char *kept[] = {".c.fetchd-part", "a.fetchd-part", ".d.txt", "sub/e"};
+    setup(&f);
+    path_in(&f, "sub", sub, sizeof(sub));
+    CHECK_INT(mkdir(sub, 0755), 0);
+    for (size_t i = 0; i < 3; i++) {
+        path_in(&f, old[i], p, sizeof(p));
+        touch(p, now - 100000);
+    }
+    for (size_t i = 0; i < 4; i++) {
+        path_in(&f, kept[i], p, sizeof(p));
+        touch(p, i == 0 ? now - 10 : now - 100000);
+    }
+    CHECK_INT(sink_sweep_partials(f.dir, 86400, now, 0), 0); /* no budget, no work */
+    CHECK_INT(sink_sweep_partials(f.dir, 86400, now, 1000), 3);
+    for (size_t i = 0; i < 3; i++) {
+        path_in(&f, old[i], p, sizeof(p));
+        CHECK(!exists(p));
+    }
+    for (size_t i = 0; i < 4; i++) {
+        path_in(&f, kept[i], p, sizeof(p));
+        CHECK(exists(p));
+        CHECK_INT(unlink(p), 0);
+    }
+    CHECK_INT(rmdir(sub), 0);
+    teardown(&f);
+}
+
+/* A long target name gets a partial name that still fits NAME_MAX. */
+static void test_partial_name(void)
+{
+    char name[NAME_MAX + 1], out[NAME_MAX + 1], out2[NAME_MAX + 1];
+    sink_partial_name("x.iso", 0, out, sizeof(out));
+    CHECK_STR(out, ".x.iso.fetchd-part");
+    sink_partial_name("x.iso", 1, out, sizeof(out));
+    CHECK_STR(out, ".x.iso.fetchd-meta");
+    memset(name, 'n', NAME_MAX);
+    name[NAME_MAX] = '\0';
+    sink_partial_name(name, 0, out, sizeof(out));
+    CHECK(strlen(out) <= NAME_MAX);
+    name[0] = 'm';
+    sink_partial_name(name, 0, out2, sizeof(out2));
+    CHECK(strcmp(out, out2) != 0);
+}
+
+/* A cut memory sink keeps the first bytes and never fails. */
+static void test_memory_cut(void)
+{
+    fixture_t f;
+    sink_t s;
+    size_t len;
+    setup(&f);
+    sink_init(&s, &f.loop, &f.stats, 0);
+    sink_set_memory_cut(&s, 4);
+    CHECK_INT(sink_write(&s, NULL, "abc", 3), 0);
+    CHECK_INT(sink_write(&s, NULL, "defg", 4), 0);
+    CHECK_INT(s.bytes, 7);
+    char *m = sink_take_mem(&s, &len);
+    CHECK_INT(len, 4);
+    CHECK_STR(m, "abcd");
+    mem_free(m);
+    sink_dispose(&s);
+    teardown(&f);
+}
+
 TEST_MAIN(TEST_CASE(test_discard_sha256), TEST_CASE(test_memory), TEST_CASE(test_file_commit),
           TEST_CASE(test_file_drain_then_commit), TEST_CASE(test_file_abort),
           TEST_CASE(test_file_write_error), TEST_CASE(test_strerror),
           TEST_CASE(test_file_alloc_failure), TEST_CASE(test_open_refuses),
           TEST_CASE(test_longest_name), TEST_CASE(test_swap_after_open),
           TEST_CASE(test_dispose_unfinished), TEST_CASE(test_decoded_file),
-          TEST_CASE(test_decoded_truncated), TEST_CASE(test_decoded_limits))
+          TEST_CASE(test_decoded_truncated), TEST_CASE(test_decoded_limits),
+          TEST_CASE(test_partial_resume), TEST_CASE(test_partial_refusals),
+          TEST_CASE(test_no_replace), TEST_CASE(test_sweep), TEST_CASE(test_partial_name),
+          TEST_CASE(test_memory_cut))
