@@ -482,7 +482,9 @@ WRK_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 **
 
 def run_wrk(url, conc, args, threads=2):
     threads = min(threads, conc)
-    cmd = ["wrk", "-c", str(conc), "-t", str(threads), "-d", "%ds" % args.wrk_seconds, url]
+    # wrk's default 2 s response timeout cuts W3's 100 MiB bodies short.
+    cmd = ["wrk", "-c", str(conc), "-t", str(threads), "-d", "%ds" % args.wrk_seconds,
+           "--timeout", "%ds" % max(30, 2 * args.wrk_seconds), url]
     out, err, rc, _, cpu = run_child(cmd, args.timeout)
     if rc != 0:
         return Result("wrk", error="exit %d: %s" % (rc, (err or out).strip()[-300:]))
