@@ -1232,6 +1232,9 @@ def write_plot(report, path):
                                                               "%.3f" % target if target
                                                               else "NaN"))
         xtics = ", ".join('"%s" %d' % (k.upper(), i) for i, k in enumerate(keys))
+        tops = [v for k, _, ratio, target in report.ratios if k in keys
+                for v in (ratio, target) if v is not None]
+        ymax = max(tops + [1.0]) * 1.15
         plots = []
         for j, peer in enumerate(peers):
             plots.append("'%s' using ($3==%d ? $2 : NaN):4 with boxes lc %d title 'fetchd/%s'"
@@ -1246,12 +1249,12 @@ set ylabel 'fetchd / peer'
 set style fill solid 0.8 border -1
 set boxwidth 0.25
 set xrange [-0.6:%f]
-set yrange [0:*]
+set yrange [0:%f]
 set xtics (%s)
 set key top right
 set grid ytics
 plot %s
-""" % (path, len(keys) - 0.4, xtics, ", \\\n     ".join(plots))
+""" % (path, len(keys) - 0.4, ymax, xtics, ", \\\n     ".join(plots))
         gp = os.path.join(work, "ratios.gp")
         with open(gp, "w") as f:
             f.write(script)
