@@ -45,13 +45,17 @@ START_TIMEOUT = 120.0  # valgrind's start-up is slow
 STOP_TIMEOUT = 120.0
 
 
+class CallgrindError(RuntimeError):
+    """A run under callgrind could not be made."""
+
+
 def fail(msg):
     print("callgrind_fetch: " + msg, file=sys.stderr)
     sys.exit(1)
 
 
-def need_tools():
-    for tool in ("valgrind", "cmake"):
+def need_tools(tools=("valgrind", "cmake")):
+    for tool in tools:
         if shutil.which(tool) is None:
             fail("%s is not installed" % tool)
 
@@ -97,19 +101,56 @@ def stop(proc, timeout):
     return proc.returncode
 
 
-def total_ir(out_file):
-    """The `summary:` (or `totals:`) line of a callgrind output file."""
+# The allocation functions whose calls count as heap allocations. glibc's
+# symbols may show up under their internal names.
+ALLOC_FN = re.compile(r"^(?:__libc_|__GI___libc_)?(malloc|calloc|realloc|memalign|"
+                      r"posix_memalign|aligned_alloc)$")
+
+
+def callgrind_totals(out_file):
+    """(Ir, allocations) of a callgrind output file: the `summary:` (or
+    `totals:`) instruction count, and the calls made to malloc, calloc,
+    realloc and the aligned allocators, from every caller (the `calls=` line
+    after each `cfn=` that names one of them)."""
+    names = {}
+    ir = None
+    allocs = 0
+    counting = False
     with open(out_file, errors="replace") as f:
         for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                m = re.match(r"^c?fn=(?:\((\d+)\))?\s*(.*)$", line.rstrip("\n"))
+                ident, name = m.group(1), m.group(2)
+                if ident is not None and name:
+                    names[ident] = name
+                elif ident is not None:
+                    name = names.get(ident, "")
+                counting = line.startswith("cfn=") and bool(ALLOC_FN.match(name))
+                continue
+            if line.startswith("calls="):
+                if counting:
+                    allocs += int(line[6:].split()[0])
+                counting = False
+                continue
             m = re.match(r"^(summary|totals):\s+(\d+)", line)
-            if m:
-                return int(m.group(2))
-    fail("no instruction total in %s" % out_file)
+            if m and ir is None:
+                ir = int(m.group(2))
+    if ir is None:
+        raise CallgrindError("no instruction total in %s" % out_file)
+    return ir, allocs
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items()
+            if k not in ("RUNTIME_DIRECTORY", "NOTIFY_SOCKET", "XDG_RUNTIME_DIR",
+                         "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM", "FETCHD_SOCKET",
+                         "WATCHDOG_USEC", "WATCHDOG_PID")}
 
 
 def one_run(bin_dir, url, n, timeout, keep=None):
-    """fetchd under callgrind does n GETs of url; returns its Ir total. With
-    keep, callgrind's output file is copied there as callgrind.N.out."""
+    """fetchd under callgrind does n GETs of url; returns its (Ir total,
+    allocation calls). With keep, callgrind's output file is copied there as
+    callgrind.N.out."""
     work = tempfile.mkdtemp(prefix="fetchd-cg-")
     try:
         sock = os.path.join(work, "control.sock")
@@ -120,33 +161,79 @@ def one_run(bin_dir, url, n, timeout, keep=None):
         cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
                os.path.join(bin_dir, "fetchd"), "--control", sock, "--metrics", "off",
                "--max-connections", str(CONNECTIONS), "--max-per-host", str(CONNECTIONS)]
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RUNTIME_DIRECTORY", "NOTIFY_SOCKET", "XDG_RUNTIME_DIR",
-                            "LISTEN_FDS", "LISTEN_PID", "JOURNAL_STREAM", "FETCHD_SOCKET",
-                            "WATCHDOG_USEC", "WATCHDOG_PID")}
         with open(os.path.join(work, "fetchd.log"), "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=env, start_new_session=True)
+                                    env=clean_env(), start_new_session=True)
         try:
             if not wait_socket(sock, proc, START_TIMEOUT):
-                fail("fetchd under valgrind did not start:\n" + read_tail(work))
+                raise CallgrindError("fetchd under valgrind did not start:\n" + read_tail(work))
             r = subprocess.run([os.path.join(bin_dir, "fetchctl"), "-s", sock, "submit", "-i",
                                 jobs, "--wait"], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                timeout=timeout)
             if r.returncode != 0:
-                fail("fetchctl submit exited %d: %s" % (r.returncode,
-                                                         r.stderr.decode(errors="replace")[-2000:]))
+                raise CallgrindError("fetchctl submit exited %d: %s" % (
+                    r.returncode, r.stderr.decode(errors="replace")[-2000:]))
         finally:
             rc = stop(proc, STOP_TIMEOUT)
         if rc != 0:
-            fail("fetchd exited %r:\n%s" % (rc, read_tail(work)))
+            raise CallgrindError("fetchd exited %r:\n%s" % (rc, read_tail(work)))
         if keep:
             os.makedirs(keep, exist_ok=True)
             shutil.copy(out, os.path.join(keep, "callgrind.%d.out" % n))
-        return total_ir(out)
+        return callgrind_totals(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def curl_command(config, conc):
+    """The curl that bench.py runs: n transfers from a --config file, conc at
+    a time, each one's status and size written out as fetchd reports each
+    job's end."""
+    return ["curl", "--silent", "--show-error", "--parallel", "--parallel-max", str(conc),
+            "--write-out", "%{http_code} %{size_download}\\n", "--config", config]
+
+
+def curl_run(url, n, timeout, keep=None, conc=CONNECTIONS):
+    """curl --parallel under callgrind does n GETs of url, conc at a time;
+    returns its (Ir total, allocation calls)."""
+    work = tempfile.mkdtemp(prefix="fetchd-cg-curl-")
+    try:
+        out = os.path.join(work, "callgrind.out")
+        config = os.path.join(work, "urls.conf")
+        with open(config, "w") as f:
+            f.write(('url = "%s"\noutput = "/dev/null"\n' % url) * n)
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+        cmd += curl_command(config, conc)
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=timeout, env=clean_env())
+        ok = sum(1 for line in r.stdout.decode(errors="replace").splitlines()
+                 if line.startswith("200 "))
+        if r.returncode != 0 or ok != n:
+            raise CallgrindError("curl under valgrind exited %d with %d of %d answers: %s" % (
+                r.returncode, ok, n, r.stderr.decode(errors="replace")[-2000:]))
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(out, os.path.join(keep, "callgrind.curl.%d.out" % n))
+        return callgrind_totals(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def marginal(run, small, large, repeat):
+    """Runs run(n) `repeat` times for n = small and large; returns the
+    median (Ir, allocations) of each length and the marginal cost per fetch
+    of both: {"runs": {n: [(ir, allocs), ...]}, "ir": per fetch, "allocs":
+    per fetch}."""
+    runs = {}
+    med = {}
+    for n in (small, large):
+        runs[n] = [run(n) for _ in range(repeat)]
+        med[n] = (statistics.median(r[0] for r in runs[n]),
+                  statistics.median(r[1] for r in runs[n]))
+    span = large - small
+    return {"runs": runs, "ir": (med[large][0] - med[small][0]) / span,
+            "allocs": (med[large][1] - med[small][1]) / span}
 
 
 def read_tail(work):
@@ -166,6 +253,8 @@ def parse_args():
     ap.add_argument("--large", type=int, default=2500, help="fetches of the long run")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each size; the median is used")
     ap.add_argument("--timeout", type=float, default=1800.0, help="limit for one run (s)")
+    ap.add_argument("--curl", action="store_true",
+                    help="also measure curl --parallel the same way, and print the ratio")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy callgrind's output files there (callgrind.N.out), for "
                          "callgrind_annotate")
@@ -175,9 +264,19 @@ def parse_args():
     return args
 
 
+def print_marginal(who, m, small, large):
+    for n in (small, large):
+        print("%s: %5d fetches: %d instructions, %d allocations (runs: %s)"
+              % (who, n, statistics.median(r[0] for r in m["runs"][n]),
+                 statistics.median(r[1] for r in m["runs"][n]),
+                 ", ".join(str(r[0]) for r in m["runs"][n])))
+    print("%s: instructions per fetch: %.0f; heap allocations per fetch: %.2f"
+          % (who, m["ir"], m["allocs"]))
+
+
 def main():
     args = parse_args()
-    need_tools()
+    need_tools(("valgrind", "cmake", "curl") if args.curl else ("valgrind", "cmake"))
     tmp_build = None
     nginx = None
     try:
@@ -188,14 +287,16 @@ def main():
             bin_dir = build(os.path.abspath(args.src), tmp_build)
         nginx = Nginx().start()
         url = nginx.url("/1k.bin")
-        counts = {}
-        for n in (args.small, args.large):
-            runs = [one_run(bin_dir, url, n, args.timeout, args.keep) for _ in range(args.repeat)]
-            counts[n] = statistics.median(runs)
-            print("%5d fetches: %d instructions (runs: %s)"
-                  % (n, counts[n], ", ".join(str(r) for r in runs)))
-        per = (counts[args.large] - counts[args.small]) / (args.large - args.small)
-        print("instructions per fetch: %.0f" % per)
+        fetchd = marginal(lambda n: one_run(bin_dir, url, n, args.timeout, args.keep),
+                          args.small, args.large, args.repeat)
+        print_marginal("fetchd", fetchd, args.small, args.large)
+        if args.curl:
+            curl = marginal(lambda n: curl_run(url, n, args.timeout, args.keep),
+                            args.small, args.large, args.repeat)
+            print_marginal("curl", curl, args.small, args.large)
+            print("curl/fetchd instructions per fetch: %.2fx" % (curl["ir"] / fetchd["ir"]))
+    except CallgrindError as exc:
+        fail(str(exc))
     finally:
         if nginx is not None:
             nginx.stop()

@@ -1,8 +1,12 @@
 // The undici side of tests/bench/bench.py: N GETs of one URL through an
 // undici Pool of C keep-alive connections (C requests in flight, no
-// pipelining), each body read to its end and dropped.
+// pipelining), each body read to its end and dropped. With --url-file, the
+// requests go round-robin to the URLs listed in FILE (one a line), through an
+// undici Agent that keeps a pool of at most C connections per origin; C
+// requests are in flight in all.
 //
 //   node undici_bench.mjs --url URL --requests N --connections C [--ca FILE]
+//   node undici_bench.mjs --url-file FILE --requests N --connections C
 //
 // Prints one JSON line: {requests, ok, failed, bytes, seconds, statuses,
 // errors}. `seconds` runs from the first request to the last body's end, so
@@ -12,7 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { Pool } from 'undici';
+import { Agent, Pool } from 'undici';
 
 const MAX_ERRORS_KEPT = 5;
 
@@ -20,16 +24,20 @@ function options() {
     const { values } = parseArgs({
         options: {
             url: { type: 'string' },
+            'url-file': { type: 'string' },
             requests: { type: 'string', default: '1000' },
             connections: { type: 'string', default: '64' },
             ca: { type: 'string' },
         },
     });
-    if (!values.url) {
-        throw new Error('--url is required');
+    if (!values.url === !values['url-file']) {
+        throw new Error('give one of --url and --url-file');
     }
+    const urls = values.url
+        ? [values.url]
+        : readFileSync(values['url-file'], 'utf8').split('\n').filter((l) => l.length > 0);
     return {
-        url: new URL(values.url),
+        urls: urls.map((u) => new URL(u)),
         requests: Number.parseInt(values.requests, 10),
         connections: Number.parseInt(values.connections, 10),
         ca: values.ca ? readFileSync(values.ca) : undefined,
@@ -38,14 +46,16 @@ function options() {
 
 async function main() {
     const opt = options();
-    // The pool's connect options carry the test CA for https; a Pool
-    // verifies certificates (and the host name) by default.
-    const pool = new Pool(opt.url.origin, {
+    // The connect options carry the test CA for https; undici verifies
+    // certificates (and the host name) by default.
+    const settings = {
         connections: opt.connections,
         pipelining: 1,
         connect: opt.ca ? { ca: opt.ca } : undefined,
-    });
-    const path = opt.url.pathname + opt.url.search;
+    };
+    const single = opt.urls.length === 1;
+    const pool = single ? new Pool(opt.urls[0].origin, settings) : new Agent(settings);
+    const targets = opt.urls.map((u) => ({ origin: u.origin, path: u.pathname + u.search }));
     const result = { requests: opt.requests, ok: 0, failed: 0, bytes: 0, statuses: {}, errors: [] };
     let issued = 0;
 
@@ -54,9 +64,14 @@ async function main() {
     // per-host limit.
     async function worker() {
         while (issued < opt.requests) {
+            const target = targets[issued % targets.length];
             issued++;
             try {
-                const { statusCode, body } = await pool.request({ path, method: 'GET' });
+                const { statusCode, body } = await pool.request({
+                    origin: target.origin,
+                    path: target.path,
+                    method: 'GET',
+                });
                 for await (const chunk of body) {
                     result.bytes += chunk.length;
                 }
