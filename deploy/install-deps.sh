@@ -32,14 +32,15 @@ build_pkgs=(
 # with its sanitizer runtimes and libFuzzer, llvm (its llvm-symbolizer names
 # the lines in sanitizer reports), clang-format and git for the style check,
 # systemd for systemd-analyze, systemd-socket-activate and systemd.pc,
-# man-db and groff for the manual page checks, plotting, and chromium
+# man-db and groff for the manual page checks, plotting, strace (bench.py
+# --syscalls), and chromium
 # (headless), which loads the operator's page in test_page.
 test_pkgs=(
     nginx-light curl wrk prometheus nodejs npm openssl chromium
     tinyproxy dante-server libnss-wrapper redis-server brotli zstd
     valgrind clang clang-format libclang-rt-14-dev llvm git
     systemd man-db groff-base
-    socat jq gnuplot-nox procps
+    socat jq gnuplot-nox procps strace
 )
 
 # The services that installing these packages would start and enable. The

@@ -19,7 +19,9 @@
 #    wait in ASan's quarantine, 256 MiB by default, and shadow memory grows
 #    with them): soak_short fails on RSS growth that is not a leak. Its
 #    object and heap-block checks run in the plain build (README's test
-#    command) and LeakSanitizer covers the rest here.
+#    command) and LeakSanitizer covers the rest here;
+#  - label "bench": bench_smoke runs fetchd under callgrind, which cannot
+#    run an ASan binary either, and measures nothing a sanitizer checks.
 # Everything else runs: unit, integration (test_alloc's every allocation
 # index included), with every access checked.
 set -eu
@@ -42,7 +44,7 @@ cmake --build "$BUILD_DIR" -j"$JOBS"
 built=$(date +%s)
 
 status=0
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$JOBS" -LE '^(valgrind|fuzz|soak)$' \
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$JOBS" -LE '^(valgrind|fuzz|soak|bench)$' \
     >"$BUILD_DIR/ctest.log" 2>&1 || status=$?
 tail -n 60 "$BUILD_DIR/ctest.log"
 end=$(date +%s)
