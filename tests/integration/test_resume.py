@@ -124,6 +124,41 @@ class ResumeTest(ControlTestCase):
                          % (first["bytes"], BIG, second["bytes"], header(reqs[1], "range"),
                             header(reqs[1], "if-range")))
 
+    def test_paused_past_the_keep_bound_resumes_with_range(self):
+        """A resumable job paused until its connection goes (--pause-keep)
+        continues its partial file with Range when resumed, rather than
+        starting over (issue 14: "else the job resumes with a Range
+        request")."""
+        size = 4 << 20
+        d = self.start(["--pause-keep", "1"])
+        c = self.connect()
+        url = self.srv.url("/ranged?size=%d" % size)
+        jid = self.submit(c, [spec(url, output="paused.bin", sha256=True, resume=True,
+                                   limit_rate=256 * 1024)])[0]
+        deadline = time.monotonic() + LIMIT
+        while c.result("status", {"id": jid})["wire_bytes"] < 256 * 1024:
+            self.assertLess(time.monotonic(), deadline, "the download never started")
+            time.sleep(0.05)
+        c.result("pause", {"id": jid})
+        while sum(self.stats(c)["connections"].values()) > 0:  # the keep bound passes
+            self.assertLess(time.monotonic(), deadline, "the paused connection stayed")
+            time.sleep(0.05)
+        kept = os.path.getsize(self.part(d, "paused.bin"))
+        self.assertGreater(kept, 0)
+        c.result("set", {"id": jid, "limit_rate": 0})
+        c.result("resume", {"id": jid})
+        job = self.wait_job(c, jid, timeout=LIMIT)
+        self.assertEqual((job["state"], job["http_status"]), ("done", 206), job)
+        self.assertEqual(job["resumed_from"], kept, job)
+        self.assertEqual(job["sha256"], sha(pattern(size)), job)
+        reqs = self.ranged()
+        self.assertEqual(len(reqs), 2, reqs)
+        self.assertEqual(header(reqs[1], "range"), "bytes=%d-" % kept)
+        self.assertEqual(header(reqs[1], "if-range"), '"v1"')
+        with open(os.path.join(d.download_dir, "paused.bin"), "rb") as f:
+            self.assertEqual(sha(f.read()), sha(pattern(size)))
+        self.assertEqual(self.files(d), ["paused.bin"])
+
     def test_changed_etag_starts_over(self):
         d = self.start()
         c = self.connect()
