@@ -11,6 +11,12 @@
 static log_level_t threshold = LOG_LEVEL_INFO;
 static int journal;
 
+/* log_text() lines waiting for log_flush() while batching is on: whole
+ * lines only, so every write still carries whole lines. */
+static char batch[64 * 1024];
+static size_t batch_len;
+static int batching;
+
 static const struct {
     const char *name;
     log_level_t level;
@@ -144,9 +150,26 @@ size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
     return out;
 }
 
+void log_flush(void)
+{
+    if (batch_len > 0)
+        fwrite(batch, 1, batch_len, stderr);
+    batch_len = 0;
+}
+
+void log_batch(int on)
+{
+    static int registered;
+
+    log_flush();
+    batching = on;
+    if (on && !registered && atexit(log_flush) == 0)
+        registered = 1; /* an exit() elsewhere still writes what waits */
+}
+
 /* Writes the line: the prefix, msg[0..n) escaped ("..." when cut is set),
- * a newline. */
-static void write_line(log_level_t level, const char *msg, size_t n, int cut)
+ * a newline; into the batch when batchable and batching is on. */
+static void write_line(log_level_t level, const char *msg, size_t n, int cut, int batchable)
 {
     /* Every byte may become \xHH: four times the message, the prefix, "...",
      * the newline. */
@@ -193,7 +216,16 @@ static void write_line(log_level_t level, const char *msg, size_t n, int cut)
         len += 3;
     }
     line[len++] = '\n';
-    /* One write per line so concurrent writers never interleave mid-line. */
+    if (batching && batchable) {
+        if (batch_len + len > sizeof(batch))
+            log_flush();
+        memcpy(batch + batch_len, line, len);
+        batch_len += len;
+        return;
+    }
+    /* One write per line (the batch first, to keep the order) so that
+     * concurrent writers never interleave mid-line. */
+    log_flush();
     fwrite(line, 1, len, stderr);
 }
 
@@ -201,7 +233,7 @@ void log_text(log_level_t level, const char *msg, size_t n)
 {
     if (level > threshold)
         return;
-    write_line(level, msg, n < LOG_MAX_MESSAGE ? n : LOG_MAX_MESSAGE, n > LOG_MAX_MESSAGE);
+    write_line(level, msg, n < LOG_MAX_MESSAGE ? n : LOG_MAX_MESSAGE, n > LOG_MAX_MESSAGE, 1);
 }
 
 void log_msg(log_level_t level, const char *fmt, ...)
@@ -218,5 +250,5 @@ void log_msg(log_level_t level, const char *fmt, ...)
     if (m < 0)
         m = 0;
     write_line(level, msg, (size_t)m < sizeof(msg) ? (size_t)m : sizeof(msg) - 1,
-               (size_t)m >= sizeof(msg));
+               (size_t)m >= sizeof(msg), 0);
 }

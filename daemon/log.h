@@ -46,8 +46,16 @@ void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(prin
 
 /* log_msg() for a message already made: msg[0..n) is escaped and written
  * as one line (cut at LOG_MAX_MESSAGE bytes, then "..."). No printf: the
- * per-job line uses it. */
+ * per-job line uses it. While batching is on (log_batch()), its lines wait
+ * in a 64 KiB buffer for log_flush(), or for the next log_msg() line, which
+ * writes them first: one write for many finished jobs, in order. */
 void log_text(log_level_t level, const char *msg, size_t n);
+
+/* Turns batching of log_text() lines on or off (off flushes). The daemon
+ * turns it on and calls log_flush() once per loop turn, before it waits. */
+void log_batch(int on);
+/* Writes the batched lines now. */
+void log_flush(void);
 
 #define log_error(...)  log_msg(LOG_LEVEL_ERROR, __VA_ARGS__)
 #define log_warn(...)   log_msg(LOG_LEVEL_WARN, __VA_ARGS__)

@@ -33,9 +33,10 @@ typedef struct service {
     sd_t sd;
     queue_t queue; /* the Redis queue (--queue); started only when configured */
     uv_signal_t sigint, sigterm, sighup;
-    uv_timer_t grace;      /* the graceful stop's deadline */
-    uv_timer_t checkpoint; /* saves the queue while it changes */
-    uv_timer_t sweep;      /* hourly: removes expired partial files */
+    uv_timer_t grace;       /* the graceful stop's deadline */
+    uv_timer_t checkpoint;  /* saves the queue while it changes */
+    uv_timer_t sweep;       /* hourly: removes expired partial files */
+    uv_prepare_t log_flush; /* before each wait for I/O: the batched log lines go out */
     int argc;
     char **argv; /* borrowed: main's */
     int stopping, stopped;
@@ -92,6 +93,12 @@ static void on_sweep(uv_timer_t *t)
     sweep_partials(t->data);
 }
 
+static void on_log_flush(uv_prepare_t *p)
+{
+    (void)p;
+    log_flush();
+}
+
 static void on_checkpoint(uv_timer_t *t)
 {
     service_t *svc = t->data;
@@ -128,6 +135,7 @@ static void finish_stop(service_t *svc)
     uv_close((uv_handle_t *)&svc->grace, NULL);
     uv_close((uv_handle_t *)&svc->checkpoint, NULL);
     uv_close((uv_handle_t *)&svc->sweep, NULL);
+    uv_close((uv_handle_t *)&svc->log_flush, NULL);
     uv_close((uv_handle_t *)&svc->sigint, NULL);
     uv_close((uv_handle_t *)&svc->sigterm, NULL);
     uv_close((uv_handle_t *)&svc->sighup, NULL);
@@ -351,6 +359,12 @@ static void init_handles(service_t *svc)
     uv_timer_init(loop, &svc->sweep);
     svc->grace.data = svc->checkpoint.data = svc->sweep.data = svc;
     uv_timer_start(&svc->sweep, on_sweep, 3600 * 1000, 3600 * 1000);
+    /* The per-job lines of one loop turn go out in one write, before the
+     * loop waits; the handle does not keep the loop alive. */
+    uv_prepare_init(loop, &svc->log_flush);
+    uv_prepare_start(&svc->log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&svc->log_flush);
+    log_batch(1);
     uv_signal_init(loop, &svc->sigint);
     uv_signal_init(loop, &svc->sigterm);
     uv_signal_init(loop, &svc->sighup);
@@ -417,6 +431,7 @@ int service_run(daemon_config_t *cfg, int argc, char **argv)
                (int)getpid(), svc.d.pool.max_conns, svc.d.pool.max_per_host);
     sd_ready(&svc.sd);
     uv_run(&svc.d.loop, UV_RUN_DEFAULT);
+    log_batch(0);
     rc = daemon_dispose(&svc.d);
     queue_dispose(&svc.queue);
     log_notice("fetchd stopped");

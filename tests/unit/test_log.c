@@ -185,7 +185,46 @@ static void test_log_text(void)
     log_init(LOG_LEVEL_INFO);
 }
 
+/* Batching: log_text() lines wait for log_flush(); a log_msg() line writes
+ * them first, so the order holds; off flushes. */
+static void test_batch(void)
+{
+    static char got[4096];
+    char path[] = "/tmp/fetchd-test-log-XXXXXX";
+    int fd = mkstemp(path), saved = dup(2);
+    ssize_t n;
+    off_t mark;
+
+    CHECK(fd >= 0 && saved >= 0);
+    unlink(path);
+    setenv("JOURNAL_STREAM", "8:1234", 1);
+    log_init(LOG_LEVEL_INFO);
+    fflush(stderr);
+    dup2(fd, 2);
+    log_batch(1);
+    log_text(LOG_LEVEL_INFO, "one", 3);
+    log_text(LOG_LEVEL_INFO, "two", 3);
+    mark = lseek(fd, 0, SEEK_END); /* nothing written yet */
+    log_msg(LOG_LEVEL_WARN, "three");
+    log_text(LOG_LEVEL_INFO, "four", 4);
+    log_flush();
+    log_text(LOG_LEVEL_INFO, "five", 4);
+    log_batch(0);
+    log_text(LOG_LEVEL_INFO, "six", 3);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    n = pread(fd, got, sizeof(got) - 1, 0);
+    got[n > 0 ? n : 0] = '\0';
+    close(fd);
+    CHECK_INT(mark, 0);
+    CHECK_STR(got, "<6>one\n<6>two\n<4>three\n<6>four\n<6>five\n<6>six\n");
+    unsetenv("JOURNAL_STREAM");
+    log_init(LOG_LEVEL_INFO);
+}
+
 TEST_MAIN(TEST_CASE(test_escape_controls), TEST_CASE(test_escape_every_byte),
           TEST_CASE(test_escape_c1_and_utf8), TEST_CASE(test_escape_never_splits),
           TEST_CASE(test_log_msg_writes_one_line), TEST_CASE(test_journal_prefix_intact),
-          TEST_CASE(test_long_message_is_cut_whole), TEST_CASE(test_log_text))
+          TEST_CASE(test_long_message_is_cut_whole), TEST_CASE(test_log_text),
+          TEST_CASE(test_batch))
