@@ -30,8 +30,11 @@ struct ctl_client {
     unsigned refcnt;
     int close_after_flush;     /* an error was queued: close once it is written */
     int eof;                   /* the peer half-closed: close once nothing is owed */
-    unsigned writes;           /* uv_writes in flight */
+    unsigned writes;           /* uv_writes in flight, and the pending output as one */
     strbuf_t line;             /* owned: the partial line so far */
+    strbuf_t out;              /* owned: the lines queued this loop turn, not written yet */
+    int pending;               /* on ctl->pending: out is written before the loop waits */
+    ctl_client_t *onext;       /* on ctl->pending */
     buf_t *rbuf;               /* owned while libuv reads into it */
     rpc_peer_t peer;           /* the framing's view; peer.closing is the client's closing flag */
     methods_session_t session; /* owned: its waits and subscriptions */
@@ -74,6 +77,7 @@ static void client_decref(ctl_client_t *c)
         c->next->prev = c->prev;
     methods_session_dispose(&c->session);
     strbuf_dispose(&c->line);
+    strbuf_dispose(&c->out);
     if (c->rbuf)
         buf_decref(c->rbuf);
     stats_obj_destroyed(c->stats, STATS_OBJ_CTL_CLIENT);
@@ -110,42 +114,100 @@ static void on_write(uv_write_t *req, int status)
     client_decref(c);
 }
 
-/* Queues n bytes of text (which the write takes: freed when it is done)
- * and, unless text ends with it, a newline. */
-static void queue_write(ctl_client_t *c, char *text, size_t n, int add_newline)
-{
-    static char newline[] = "\n";
-    ctl_write_t *w = mem_alloc(sizeof(*w));
-    uv_buf_t bufs[2];
+/* Output is coalesced: the lines a client is sent in one loop turn (wait
+ * answers, events, replies) are appended to its `out` buffer, and once per
+ * turn each such client gets one uv_write with all of them: right after the
+ * turn's I/O callbacks (a uv_check), and before the loop waits again (a
+ * uv_prepare, for lines that timers queued), so no line waits for I/O. While lines wait, the client
+ * is on ctl->pending, holding a reference, and the pending output counts as a write in flight (so
+ * close_after_flush and a half-close wait for it as for a real one). */
 
-    if (w == NULL) {
-        mem_free(text);
+/* Hands c's pending output to libuv, or drops it if c is closing; the
+ * pending entry's reference and write count pass to the write. */
+static void write_out(ctl_client_t *c)
+{
+    strbuf_t out = c->out;
+    ctl_write_t *w = NULL;
+    uv_buf_t buf;
+
+    memset(&c->out, 0, sizeof(c->out));
+    if (!c->peer.closing && out.failed)
         client_close(c, "out of memory for a response");
+    if (!c->peer.closing)
+        w = mem_alloc(sizeof(*w));
+    if (w == NULL) {
+        if (!c->peer.closing)
+            client_close(c, "out of memory for a response");
+        strbuf_dispose(&out);
+        c->writes--;
+        client_decref(c);
         return;
     }
     w->req.data = w;
     w->client = c;
-    w->text = text;
-    bufs[0] = uv_buf_init(text, (unsigned)n);
-    bufs[1] = uv_buf_init(newline, 1);
-    if (uv_write(&w->req, (uv_stream_t *)&c->pipe, bufs, add_newline ? 2 : 1, on_write) != 0) {
-        mem_free(text);
+    w->text = out.p;
+    buf = uv_buf_init(out.p, (unsigned)out.len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &buf, 1, on_write) != 0) {
+        strbuf_dispose(&out);
         mem_free(w);
         client_close(c, "write failed");
+        c->writes--;
+        client_decref(c);
         return;
     }
-    client_incref(c);
-    c->writes++;
     stats_obj_created(c->stats, STATS_OBJ_CTL_WRITE);
+}
+
+/* Writes every pending client's output: called before the loop waits, and
+ * by control_close(). */
+static void flush_pending(control_t *ctl)
+{
+    ctl_client_t *c;
+
+    while ((c = ctl->pending) != NULL) {
+        ctl->pending = c->onext;
+        c->onext = NULL;
+        c->pending = 0;
+        write_out(c);
+    }
+}
+
+static void on_flush(uv_check_t *h)
+{
+    flush_pending(h->data);
+}
+
+static void on_flush_pre(uv_prepare_t *h)
+{
+    flush_pending(h->data);
+}
+
+/* Queues the text in line, which ends with its newline, taking line's
+ * memory (it is zeroed). */
+static void queue_line(ctl_client_t *c, strbuf_t *line)
+{
+    if (!c->pending) {
+        c->pending = 1;
+        c->writes++;
+        client_incref(c);
+        c->onext = c->ctl->pending;
+        c->ctl->pending = c;
+        c->out = *line; /* the first line of the turn is the buffer: no copy */
+        memset(line, 0, sizeof(*line));
+    } else {
+        strbuf_append(&c->out, line->p, line->len); /* a failure marks out failed */
+        strbuf_dispose(line);
+    }
     /* libuv queues what the socket does not take; a client that does not
      * read cannot make us hold its output without bound. */
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > c->ctl->max_output)
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) + c->out.len > c->ctl->max_output)
         client_close(c, "slow reader: output queue over its limit");
 }
 
 /* Queues v (a reference this function takes) as one line. */
 static void send_json(ctl_client_t *c, json_t *v)
 {
+    strbuf_t line = {0};
     char *text;
 
     if (v == NULL || c->peer.closing) {
@@ -158,7 +220,14 @@ static void send_json(ctl_client_t *c, json_t *v)
         client_close(c, "out of memory for a response");
         return;
     }
-    queue_write(c, text, strlen(text), 1);
+    if (strbuf_append(&line, text, strlen(text)) != 0 || strbuf_append(&line, "\n", 1) != 0) {
+        mem_free(text);
+        strbuf_dispose(&line);
+        client_close(c, "out of memory for a response");
+        return;
+    }
+    mem_free(text);
+    queue_line(c, &line);
 }
 
 /* Queues the text in line as one line, taking line's memory. */
@@ -173,8 +242,7 @@ static void send_text(ctl_client_t *c, strbuf_t *line)
         client_close(c, "out of memory for a response");
         return;
     }
-    queue_write(c, line->p, line->len, 0);
-    memset(line, 0, sizeof(*line));
+    queue_line(c, line);
 }
 
 /* ---- the framing's hooks -------------------------------------------------------- */
@@ -545,6 +613,21 @@ static void control_init(control_t *ctl, daemon_t *d)
     ctl->methods.nreading = &ctl->nreading;
 }
 
+/* Listening: the per-turn flush of the clients' output starts with it. The
+ * handles do not keep the loop alive. */
+static void start_flush(control_t *ctl)
+{
+    ctl->listening = 1;
+    uv_check_init(&ctl->d->loop, &ctl->flush);
+    uv_prepare_init(&ctl->d->loop, &ctl->flush_pre);
+    ctl->flush.data = ctl->flush_pre.data = ctl;
+    uv_check_start(&ctl->flush, on_flush);
+    uv_prepare_start(&ctl->flush_pre, on_flush_pre);
+    uv_unref((uv_handle_t *)&ctl->flush);
+    uv_unref((uv_handle_t *)&ctl->flush_pre);
+    ctl->flush_on = 1;
+}
+
 int control_start_fd(control_t *ctl, daemon_t *d, int fd, char *err, size_t errlen)
 {
     int rc;
@@ -560,7 +643,7 @@ int control_start_fd(control_t *ctl, daemon_t *d, int fd, char *err, size_t errl
         uv_close((uv_handle_t *)&ctl->server, NULL);
         return err_from_uv(rc);
     }
-    ctl->listening = 1;
+    start_flush(ctl);
     log_notice("control: listening on the socket systemd passed (fd %d)", fd);
     return 0;
 }
@@ -598,7 +681,7 @@ int control_start(control_t *ctl, daemon_t *d, const char *path, char *err, size
         ctl->path = NULL;
         return err_from_uv(rc);
     }
-    ctl->listening = 1;
+    start_flush(ctl);
     log_notice("control: listening on %s (mode %04o)", path, (unsigned)mode);
     return 0;
 }
@@ -614,6 +697,11 @@ void control_close(control_t *ctl)
         client_close(c, NULL);
         next = c->next;
         client_decref(c);
+    }
+    flush_pending(ctl); /* the closed clients' output is dropped, their references go */
+    if (ctl->flush_on) {
+        uv_close((uv_handle_t *)&ctl->flush, NULL);
+        uv_close((uv_handle_t *)&ctl->flush_pre, NULL);
     }
     uv_close((uv_handle_t *)&ctl->server, NULL);
     if (ctl->path) {

@@ -49,8 +49,12 @@ typedef struct control {
     uv_pipe_t server;
     uv_pipe_t reject; /* accepts and closes a connection when a client cannot be allocated */
     int listening, closing, rejecting, reject_waiting;
-    ctl_client_t *clients; /* owned */
-    methods_t methods;     /* what the clients' method sessions share */
+    ctl_client_t *clients;  /* owned */
+    ctl_client_t *pending;  /* clients with lines queued this loop turn (each holds a reference) */
+    uv_check_t flush;       /* after the loop's I/O: one write per pending client */
+    uv_prepare_t flush_pre; /* and before it waits, for lines from timers and the like */
+    int flush_on;           /* the two are initialised (closed by control_close()) */
+    methods_t methods;      /* what the clients' method sessions share */
 } control_t;
 
 /* Binds and listens on path (mode 0660 under systemd, else 0600), replacing
