@@ -101,6 +101,18 @@ class Fetchd:
         except OSError:
             return ""
 
+    def wait_log(self, pattern, timeout=START_TIMEOUT):
+        """The first match of pattern (a regex) in the log, waited for,
+        bounded: the control socket accepts (wait_ready()) a moment before
+        fetchd has logged everything it does at start, such as the metrics
+        port. None when it never comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log())
+            if m or time.monotonic() > deadline or self.proc.poll() is not None:
+                return m
+            time.sleep(0.02)
+
     def log_tail(self, n=4000):
         return "\n--- fetchd stderr (tail) ---\n" + self.log()[-n:]
 

@@ -83,7 +83,7 @@ class PauseTestCase(ControlTestCase):
         return [json.loads(line) for line in p.stdout.splitlines()], p.stderr
 
     def scrape(self, daemon):
-        m = re.search(r"metrics: listening on \S+ \(port (\d+)\)", daemon.log())
+        m = daemon.wait_log(r"metrics: listening on \S+ \(port (\d+)\)")
         self.assertIsNotNone(m, "no metrics port in the log" + daemon.log_tail())
         url = "http://127.0.0.1:%d/metrics" % int(m.group(1))
         with urllib.request.urlopen(url, timeout=IO_TIMEOUT) as resp:

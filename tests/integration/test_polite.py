@@ -68,7 +68,7 @@ class PoliteTestCase(ControlTestCase):
         return self.nginx.url(path).replace("127.0.0.1", host, 1)
 
     def metrics_port(self, daemon):
-        m = re.search(r"metrics: listening on \S+ \(port (\d+)\)", daemon.log())
+        m = daemon.wait_log(r"metrics: listening on \S+ \(port (\d+)\)")
         self.assertIsNotNone(m, "no metrics port in the log" + daemon.log_tail())
         return int(m.group(1))
 

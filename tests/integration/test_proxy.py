@@ -521,7 +521,7 @@ class TinyproxyTests(ProxyTestCase):
                            capture_output=True, text=True, env=proxy_env(FETCHD_SOCKET=d.socket),
                            timeout=30 * SLOWDOWN)
         outputs.append(p.stdout + p.stderr)
-        m = re.search(r"metrics: listening on 127\.0\.0\.1:0 \(port (\d+)\)", d.log())
+        m = d.wait_log(r"metrics: listening on 127\.0\.0\.1:0 \(port (\d+)\)")
         self.assertIsNotNone(m, d.log_tail())
         with urllib.request.urlopen("http://127.0.0.1:%s/metrics" % m.group(1), timeout=10) as r:
             metrics = r.read().decode()

@@ -190,7 +190,7 @@ class RedisServer:
 
 
 def metrics_port(daemon):
-    m = re.search(r"metrics: listening on \S+ \(port (\d+)\)", daemon.log())
+    m = daemon.wait_log(r"metrics: listening on \S+ \(port (\d+)\)")
     if not m:
         raise AssertionError("no metrics port in the log" + daemon.log_tail())
     return int(m.group(1))
