@@ -363,16 +363,27 @@ class ControlTestCase(unittest.TestCase):
 
     maxDiff = None
 
-    def start_fetchd(self, args=(), check_end=True, **kw):
+    def start_fetchd(self, args=(), check_end=True, clean_stop=False, **kw):
         """Starts fetchd (stopped in cleanup); with check_end, the test's end
-        also checks that no control client, connection or object is left."""
+        also checks that no control client, connection or object is left;
+        with clean_stop, that fetchd then stops with status 0 and, in a
+        sanitizer build, no report in its log."""
         d = Fetchd(args, **kw)
         self.addCleanup(d.cleanup)
         d.wait_ready()
         self.daemon = d
+        if clean_stop:
+            self.addCleanup(self.check_clean_stop, d)
         if check_end:
             self.addCleanup(self.check_clean_end, d, self.take_baseline(d))
         return d
+
+    def check_clean_stop(self, d):
+        """A daemon still running stops with status 0; no sanitizer spoke."""
+        if d.proc.poll() is None:
+            self.assertEqual(d.stop(), 0, "fetchd's exit status" + d.log_tail())
+        for mark in ("Sanitizer", "runtime error:"):
+            self.assertNotIn(mark, d.log(), "fetchd reported" + d.log_tail(8000))
 
     # Object types that are caches, not leaks: they may outlive a test.
     CACHE_TYPES = ("buffer", "tls_config", "tls_context", "tls_session", "origin", "dns_entry")

@@ -14,9 +14,9 @@ import os
 import subprocess
 
 import test_alloc
-from ctltest import FETCHCTL, ControlTestCase, clean_env, spec
-from faultserver import FaultServer
-from fetchtest import HarnessTestCase, Nginx, remove_tree, tmpdir
+import test_fetchctl
+from ctltest import FETCHCTL, clean_env, spec
+from fetchtest import HarnessTestCase, Nginx
 
 RUN_TIMEOUT = 120
 LAST_MODIFIED = "Tue, 01 Dec 2026 10:00:00 GMT"
@@ -30,22 +30,8 @@ def raw_response(status, reason, fields, body=b""):
     return head.encode("latin-1") + body
 
 
-class MetadataCase(ControlTestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        if not os.path.exists(FETCHCTL):
-            raise AssertionError("fetchctl not found at %s (build first)" % FETCHCTL)
-        cls.nginx = Nginx().start()
-        cls.addClassCleanup(cls.nginx.stop)
-        cls.srv = FaultServer().start()
-        cls.addClassCleanup(cls.srv.stop)
-
-    def setUp(self):
-        self.start_fetchd(["--idle-timeout", "1"])
-        self.c = self.connect()
-        self.work = tmpdir("metawork-")
-        self.addCleanup(remove_tree, self.work)
+class MetadataCase(test_fetchctl.FetchctlCase):
+    """fetchctl's fixture: nginx, the fault server, fetchd and a work dir."""
 
     def ctl(self, *args, binary=False):
         """Runs fetchctl against this test's daemon; stdout as bytes when binary."""
