@@ -132,7 +132,6 @@ static void conn_destroy(conn_t *c)
     if (c->tls)
         tls_conn_destroy(c->tls);
     px_dispose(c);
-    strbuf_dispose(&c->hdr);
     strbuf_dispose(&c->line);
     strbuf_dispose(&c->held);
     strbuf_dispose(&c->te);
@@ -1464,7 +1463,6 @@ static int on_message_begin(llhttp_t *p)
     conn_t *c = ctx_conn(p);
     c->hdr_count = 0;
     c->hdr_bytes = 0;
-    strbuf_reset(&c->hdr);
     c->final_status = 0;
     return 0;
 }
@@ -1484,18 +1482,14 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
     return count_header_bytes(p, len);
 }
 
-static int hdr_append(llhttp_t *p, const char *at, size_t len)
-{
-    conn_t *c = ctx_conn(p);
-    if (strbuf_append(&c->hdr, at, len) != 0)
-        return fail_cb(p, ERR_NO_MEMORY, "no memory for a response header");
-    return 0;
-}
-
+/* llhttp sees only the header fields it interprets (flush_held()) and the
+ * trailer fields; the user hears of the head's fields from the normaliser,
+ * which has already split and checked them. These callbacks only keep
+ * llhttp's own count of what it saw bounded. */
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
-    int rc = count_header_bytes(p, len);
-    return rc ? rc : hdr_append(p, at, len);
+    (void)at;
+    return count_header_bytes(p, len);
 }
 
 static int on_header_field_complete(llhttp_t *p)
@@ -1503,33 +1497,18 @@ static int on_header_field_complete(llhttp_t *p)
     conn_t *c = ctx_conn(p);
     if (++c->hdr_count > CONN_MAX_HEADERS)
         return fail_cb(p, ERR_HEADERS_TOO_LARGE, "more than 256 response headers");
-    c->hdr_name_len = c->hdr.len;
-    return hdr_append(p, "", 1) ? -1 : 0;
+    return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
-    int rc = count_header_bytes(p, len);
-    return rc ? rc : hdr_append(p, at, len);
+    (void)at;
+    return count_header_bytes(p, len);
 }
 
 static int on_header_value_complete(llhttp_t *p)
 {
-    conn_t *c = ctx_conn(p);
-    const char *name = c->hdr.p;
-    size_t nlen = c->hdr_name_len;
-    const char *value = c->hdr.p + nlen + 1;
-    size_t vlen = c->hdr.len - nlen - 1;
-    int rc;
-
-    /* Trailer fields are checked and dropped: none of them may change what
-     * the head said (RFC 9110 6.5.1). */
-    rc = 0;
-    if (c->rx_state == RX_HEAD)
-        CALL_USER(c, rc = c->ops->on_header(c->user, name, nlen, value, vlen, why_of(p)));
-    strbuf_reset(&c->hdr);
-    if (rc)
-        return fail_user(p, rc, "response header refused");
+    (void)p;
     return 0;
 }
 
@@ -1702,9 +1681,45 @@ static int feed_text(parse_ctx_t *ctx, const char *text)
     return feed(ctx, NULL, text, strlen(text), &used);
 }
 
-static int name_is(const char *name, size_t n, const char *want)
+/* The header fields the normaliser or llhttp interpret; the name is
+ * classified once per field line. */
+typedef enum field_kind {
+    FIELD_OTHER,             /* the user's alone */
+    FIELD_CONTENT_LENGTH,    /* interpreted here, given to llhttp in one canonical form */
+    FIELD_TRANSFER_ENCODING, /* likewise */
+    FIELD_LOCATION,          /* checked here for repeats, then the user's */
+    FIELD_CONNECTION         /* Connection, Proxy-Connection, Upgrade: llhttp reads them too */
+} field_kind_t;
+
+/* 1 when the n bytes at name are want (lowercase, n bytes), ignoring case. */
+static int name_eq(const char *name, const char *want, size_t n)
 {
-    return strlen(want) == n && strncasecmp(name, want, n) == 0;
+    for (size_t i = 0; i < n; i++)
+        if ((name[i] | 0x20) != want[i])
+            return 0;
+    return 1;
+}
+
+/* name is a token (checked before): letters compare with | 0x20, and the
+ * other tchars of the names wanted ('-') are unchanged by it. */
+static field_kind_t field_kind(const char *name, size_t n)
+{
+    switch (n) {
+    case 7:
+        return name_eq(name, "upgrade", 7) ? FIELD_CONNECTION : FIELD_OTHER;
+    case 8:
+        return name_eq(name, "location", 8) ? FIELD_LOCATION : FIELD_OTHER;
+    case 10:
+        return name_eq(name, "connection", 10) ? FIELD_CONNECTION : FIELD_OTHER;
+    case 14:
+        return name_eq(name, "content-length", 14) ? FIELD_CONTENT_LENGTH : FIELD_OTHER;
+    case 16:
+        return name_eq(name, "proxy-connection", 16) ? FIELD_CONNECTION : FIELD_OTHER;
+    case 17:
+        return name_eq(name, "transfer-encoding", 17) ? FIELD_TRANSFER_ENCODING : FIELD_OTHER;
+    default:
+        return FIELD_OTHER;
+    }
 }
 
 /* A Content-Length field of a response that has a body: one value, however
@@ -1747,14 +1762,15 @@ static int location_field(parse_ctx_t *ctx, const char *v, size_t vlen)
     return 0;
 }
 
-/* What the head's own field means here: 1 forward it to llhttp, 0 drop it
- * (interpreted here, or not to be interpreted at all), -1 refuse. */
-static int head_field(parse_ctx_t *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+/* What the head's own field means here: 1 forward it (to the user, and to
+ * llhttp when llhttp reads it), 0 drop it (interpreted here, or not to be
+ * interpreted at all), -1 refuse. */
+static int head_field(parse_ctx_t *ctx, field_kind_t kind, const char *v, size_t vlen)
 {
     conn_t *c = ctx->conn;
     int status = llhttp_get_status_code(&c->parser);
-    int cl = name_is(name, nlen, "content-length");
-    int te = name_is(name, nlen, "transfer-encoding");
+    int cl = kind == FIELD_CONTENT_LENGTH;
+    int te = kind == FIELD_TRANSFER_ENCODING;
 
     if (status < 200)
         return 0; /* fields of an interim response never reach the final one */
@@ -1776,9 +1792,25 @@ static int head_field(parse_ctx_t *ctx, const char *name, size_t nlen, const cha
         c->framing = FRAMING_CHUNKED; /* seen, even if empty; decide_framing() checks it */
         return 0;
     }
-    if (name_is(name, nlen, "location"))
+    if (kind == FIELD_LOCATION)
         return location_field(ctx, v, vlen);
     return 1;
+}
+
+/* Hands a forwarded field of the head to the user: the name, and the value
+ * from its first non-OWS byte to the end of the line (trailing OWS kept, as
+ * llhttp reported it when it carried every field). */
+static int user_field(parse_ctx_t *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+{
+    conn_t *c = ctx->conn;
+    int rc;
+
+    CALL_USER(c, rc = c->ops->on_header(c->user, name, nlen, v, vlen, &ctx->why));
+    if (rc == 0)
+        return 0;
+    c->callback_err = rc;
+    ctx->errmsg = ctx->why.msg[0] ? ctx->why.msg : "response header refused";
+    return -1;
 }
 
 /* Checks the held field line and hands it to llhttp (or drops it). */
@@ -1787,7 +1819,8 @@ static int flush_held(parse_ctx_t *ctx, int trailer)
     conn_t *c = ctx->conn;
     const char *line = c->held.p, *colon, *v;
     const char *kind = trailer ? "trailer" : "header";
-    size_t nlen, vlen;
+    size_t nlen, vlen, vraw;
+    field_kind_t fk;
     int rc;
 
     if (c->held.len == 0)
@@ -1805,15 +1838,25 @@ static int flush_held(parse_ctx_t *ctx, int trailer)
     vlen = c->held.len - nlen - 1;
     while (vlen > 0 && is_ows(*v))
         v++, vlen--;
+    vraw = vlen;
     while (vlen > 0 && is_ows(v[vlen - 1]))
         vlen--;
     if (!http_is_field_value(v, vlen))
         return rx_fail(ctx, ERR_PROTOCOL, "control character in the value of %s field '%.*s'", kind,
                        clip(nlen), line);
-    if (trailer) /* framing fields in trailers mean nothing (RFC 9110 6.5.1) */
-        rc = !name_is(line, nlen, "content-length") && !name_is(line, nlen, "transfer-encoding");
-    else
-        rc = head_field(ctx, line, nlen, v, vlen);
+    fk = field_kind(line, nlen);
+    if (trailer) {
+        /* Framing fields in trailers mean nothing (RFC 9110 6.5.1); the
+         * others are checked by llhttp and dropped: none of them may change
+         * what the head said. */
+        rc = fk != FIELD_CONTENT_LENGTH && fk != FIELD_TRANSFER_ENCODING;
+    } else {
+        rc = head_field(ctx, fk, v, vlen);
+        /* llhttp is given only the fields it reads itself (keep-alive and
+         * upgrade); the user hears of every forwarded one from here. */
+        if (rc > 0)
+            rc = user_field(ctx, line, nlen, v, vraw) != 0 ? -1 : fk == FIELD_CONNECTION;
+    }
     if (rc > 0) {
         ctx->what = trailer ? "trailer line" : "header line";
         rc = feed_line(ctx, &c->held, c->held.len);
@@ -1865,6 +1908,19 @@ static int decide_framing(parse_ctx_t *ctx, int status, char *field, size_t size
     return 0;
 }
 
+/* The canonical framing field ("Name: value\r\n", decide_framing()) is the
+ * user's last field of the head, as llhttp reported it when it carried every
+ * field. */
+static int framing_field_to_user(parse_ctx_t *ctx, const char *field)
+{
+    /* decide_framing() wrote "Name: value\r\n", and nothing else. */
+    const char *colon = strchr(field, ':');
+    size_t len = strlen(field);
+
+    return user_field(ctx, field, (size_t)(colon - field), colon + 2,
+                      len - (size_t)(colon + 2 - field) - 2);
+}
+
 static int end_head(parse_ctx_t *ctx)
 {
     conn_t *c = ctx->conn;
@@ -1874,7 +1930,11 @@ static int end_head(parse_ctx_t *ctx)
     if (flush_held(ctx, 0) != 0 || decide_framing(ctx, status, field, sizeof(field)) != 0)
         return -1;
     ctx->what = "header section";
-    if ((field[0] && feed_text(ctx, field) != 0) || feed_text(ctx, "\r\n") != 0)
+    if (field[0] && framing_field_to_user(ctx, field) != 0)
+        return -1;
+    /* The framing field and the empty line go to llhttp in one call. */
+    strcat(field, "\r\n");
+    if (feed_text(ctx, field) != 0)
         return -1;
     if (status < 200) {
         if (++c->interim > CONN_MAX_INTERIM)

@@ -153,8 +153,6 @@ struct conn {
     int must_close;          /* something about the response rules out reuse */
     unsigned hdr_count;
     size_t hdr_bytes;
-    strbuf_t hdr; /* owned: the current header as "name\0value" */
-    size_t hdr_name_len;
     /* The normaliser in front of llhttp (conn.c, "normalising"). */
     int rx_state;          /* rx_state_t in conn.c */
     strbuf_t line;         /* owned: the line being received */
