@@ -39,6 +39,7 @@
 
 #include "conn.h"
 #include "err.h"
+#include "fmt.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
@@ -661,6 +662,9 @@ static int sends_body(const job_t *j)
     return j->spec.body != NULL && !j->body_dropped;
 }
 
+/* A string literal and its length, for fmt_put(). */
+#define S_(lit) lit, sizeof(lit) - 1
+
 /* Serialises the request head into j->req_head, reusing its memory. */
 static int build_request(job_t *j, const proxy_t *px)
 {
@@ -676,6 +680,7 @@ static int build_request(job_t *j, const proxy_t *px)
     int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
     int accept_enc = decodes(j) && !user_has_header(j, "Accept-Encoding");
     size_t len;
+    fmtbuf_t b;
     char *p;
 
     for (size_t i = 0; i < j->spec.nheaders; i++)
@@ -684,38 +689,61 @@ static int build_request(job_t *j, const proxy_t *px)
     if (p == NULL)
         return ERR_NO_MEMORY;
     j->req_head = p;
-    len = (size_t)snprintf(p, need, "%s %s HTTP/1.1\r\nHost: %s\r\n", m, target, j->url.authority);
-    if (basic)
-        len += (size_t)snprintf(p + len, need - len, "Proxy-Authorization: Basic %s\r\n", basic);
+    /* need bounds every append below: nothing is cut (fmtbuf, no printf). */
+    b = (fmtbuf_t){.p = p, .cap = need};
+    fmt_str(&b, m);
+    fmt_put(&b, " ", 1);
+    fmt_str(&b, target);
+    fmt_put(&b, S_(" HTTP/1.1\r\nHost: "));
+    fmt_str(&b, j->url.authority);
+    fmt_put(&b, S_("\r\n"));
+    if (basic) {
+        fmt_put(&b, S_("Proxy-Authorization: Basic "));
+        fmt_str(&b, basic);
+        fmt_put(&b, S_("\r\n"));
+    }
     if (ua)
-        len += (size_t)snprintf(p + len, need - len, "User-Agent: fetchd/%s\r\n", FETCHD_VERSION);
+        fmt_put(&b, S_("User-Agent: fetchd/" FETCHD_VERSION "\r\n"));
     if (accept)
-        len += (size_t)snprintf(p + len, need - len, "Accept: */*\r\n");
+        fmt_put(&b, S_("Accept: */*\r\n"));
     if (accept_enc)
-        len += (size_t)snprintf(p + len, need - len, "Accept-Encoding: " DECODE_ACCEPT "\r\n");
+        fmt_put(&b, S_("Accept-Encoding: " DECODE_ACCEPT "\r\n"));
     for (size_t i = 0; i < j->spec.nheaders; i++) {
         const job_header_t *h = &j->spec.headers[i];
         /* Credentials never follow a redirect to another origin. */
         if (j->cross_origin && (header_is(h, "Authorization") || header_is(h, "Cookie") ||
                                 header_is(h, "Proxy-Authorization")))
             continue;
-        len += (size_t)snprintf(p + len, need - len, "%s: %s\r\n", h->name, h->value);
+        fmt_str(&b, h->name);
+        fmt_put(&b, ": ", 2);
+        fmt_str(&b, h->value);
+        fmt_put(&b, S_("\r\n"));
     }
     /* The file output's conditions (plan_file()). */
-    if (j->range_from > 0)
-        len +=
-            (size_t)snprintf(p + len, need - len, "Range: bytes=%" PRIu64 "-\r\nIf-Range: %s\r\n",
-                             j->range_from, j->if_range);
+    if (j->range_from > 0) {
+        fmt_put(&b, S_("Range: bytes="));
+        fmt_dec(&b, j->range_from);
+        fmt_put(&b, S_("-\r\nIf-Range: "));
+        fmt_str(&b, j->if_range);
+        fmt_put(&b, S_("\r\n"));
+    }
     if (j->ims != 0) {
         http_date(j->ims, date);
-        len += (size_t)snprintf(p + len, need - len, "If-Modified-Since: %s\r\n", date);
+        fmt_put(&b, S_("If-Modified-Since: "));
+        fmt_str(&b, date);
+        fmt_put(&b, S_("\r\n"));
     }
-    if (sends_body(j))
-        len += (size_t)snprintf(p + len, need - len, "Content-Length: %zu\r\n", j->spec.body_len);
-    else if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"))
-        len += (size_t)snprintf(p + len, need - len, "Content-Length: 0\r\n");
-    len += (size_t)snprintf(p + len, need - len, "\r\n");
-    assert(len < need);
+    if (sends_body(j)) {
+        fmt_put(&b, S_("Content-Length: "));
+        fmt_dec(&b, j->spec.body_len);
+        fmt_put(&b, S_("\r\n"));
+    } else if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH")) {
+        fmt_put(&b, S_("Content-Length: 0\r\n"));
+    }
+    fmt_put(&b, S_("\r\n"));
+    assert(!b.over);
+    p[b.len] = '\0';
+    len = b.len;
     j->req_head_len = len;
     return 0;
 }
@@ -1673,12 +1701,14 @@ static void finish(job_t *j, int err, const char *fmt, ...)
     if (j->phase >= JOB_PH_FINISHING)
         return;
     j->error = err;
-    va_start(ap, fmt);
-    set_error_msg(j, fmt, ap);
-    va_end(ap);
-    if (err == 0)
-        j->error_msg[0] = '\0';
-    else if (j->error_msg[0] == '\0')
+    if (err == 0) {
+        j->error_msg[0] = '\0'; /* a success has no message: nothing to format */
+    } else {
+        va_start(ap, fmt);
+        set_error_msg(j, fmt, ap);
+        va_end(ap);
+    }
+    if (err != 0 && j->error_msg[0] == '\0')
         snprintf(j->error_msg, sizeof(j->error_msg), "%s", err_str(err));
     job_set_phase(j, JOB_PH_FINISHING, 0); /* lets go of timers, waits, connection */
     rc = err ? sink_abort(&j->sink, on_sink_done) : sink_commit(&j->sink, on_sink_done);

@@ -15,6 +15,7 @@
 #endif
 
 #include "err.h"
+#include "fmt.h"
 #include "http.h"
 #include "mem.h"
 
@@ -366,9 +367,12 @@ static int enqueue(sched_t *s, job_t *j)
     int rc;
 
     j->seq = ++s->next_seq;
-    if (j->id[0] == '\0')
-        snprintf(j->id, sizeof(j->id), "%08" PRIx64 "%08" PRIx64, s->id_prefix,
-                 j->seq & 0xffffffffu);
+    if (j->id[0] == '\0') {
+        /* 16 hex digits: the 32-bit prefix, then the sequence's low 32 bits. */
+        fmt_hex64(j->id, s->id_prefix & 0xffffffffu, 8);
+        fmt_hex64(j->id + 8, j->seq & 0xffffffffu, 8);
+        j->id[16] = '\0';
+    }
     rc = heap_push(s, j);
     if (rc != 0)
         return rc;
