@@ -132,6 +132,7 @@ static void conn_destroy(conn_t *c)
     if (c->tls)
         tls_conn_destroy(c->tls);
     px_dispose(c);
+    mem_free(c->head_copy);
     strbuf_dispose(&c->line);
     strbuf_dispose(&c->held);
     strbuf_dispose(&c->te);
@@ -1062,6 +1063,8 @@ static void write_finished(conn_t *c, int status)
 static void on_write(uv_write_t *req, int status)
 {
     conn_t *c = req->data;
+    mem_free(c->head_copy);
+    c->head_copy = NULL;
     write_finished(c, status);
     conn_decref(c);
 }
@@ -1120,13 +1123,30 @@ static int tls_send(void *ctx, const unsigned char *buf, size_t len)
     return 0;
 }
 
-/* A request in more pieces than this is queued whole, without trying. */
+/* The most pieces a request may come in (conn_send()). */
 #define CONN_MAX_SEND_BUFS 8
+
+/* Copies the unsent part of the request head (*b, which may lie on the
+ * caller's stack) into c->head_copy and points *b at it; freed when the
+ * write completes. Returns 0 or ERR_NO_MEMORY. */
+static int copy_head(conn_t *c, uv_buf_t *b)
+{
+    char *p = mem_alloc(b->len > 0 ? b->len : 1);
+
+    if (p == NULL)
+        return ERR_NO_MEMORY;
+    memcpy(p, b->base, b->len);
+    c->head_copy = p;
+    b->base = p;
+    return 0;
+}
 
 int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
 {
     uv_buf_t rest[CONN_MAX_SEND_BUFS];
-    int rc;
+    size_t done;
+    unsigned k = 0;
+    int rc, head_sent;
 
     assert(c->state == CONN_ACTIVE &&
            c->user != NULL); /* A plain connection reuses its one write request; TLS records queue
@@ -1161,30 +1181,33 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     /* Most requests fit the socket buffer: written here, they are sent
      * before this returns, as a TLS connection's are; what is left of a
      * partial write is queued. */
-    if (nbufs <= CONN_MAX_SEND_BUFS) {
-        size_t done = try_write(c, bufs, nbufs);
-        unsigned k = 0;
-
-        for (unsigned i = 0; i < nbufs; i++) {
-            if (done >= bufs[i].len) {
-                done -= bufs[i].len;
-                continue;
-            }
-            rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
-            done = 0;
+    if (nbufs == 0 || nbufs > CONN_MAX_SEND_BUFS)
+        return ERR_INVALID_REQUEST;
+    done = try_write(c, bufs, nbufs);
+    head_sent = done >= bufs[0].len;
+    for (unsigned i = 0; i < nbufs; i++) {
+        if (done >= bufs[i].len) {
+            done -= bufs[i].len;
+            continue;
         }
-        if (k == 0) {
-            c->writes_pending++;
-            write_finished(c, 0);
-            return 0;
-        }
-        bufs = rest;
-        nbufs = k;
+        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
+        done = 0;
     }
+    if (k == 0) {
+        c->writes_pending++;
+        write_finished(c, 0);
+        return 0;
+    }
+    /* The head may lie on the caller's stack: what is left of it is copied
+     * for the queued write (a request in flight has the one write_req). */
+    if (!head_sent && (rc = copy_head(c, &rest[0])) != 0)
+        return rc;
     conn_incref(c);
     c->write_req.data = c;
-    rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
+    rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, k, on_write);
     if (rc != 0) {
+        mem_free(c->head_copy);
+        c->head_copy = NULL;
         conn_decref(c);
         return err_from_uv(rc);
     }

@@ -417,7 +417,7 @@ static int validate(job_t *j, char *err, size_t errlen)
     const char *msg = NULL;
     int rc;
 
-    rc = url_parse(&j->url, j->spec.url, &msg);
+    rc = url_parse_into(&j->url, j->spec.url, &msg, j->url_room, sizeof(j->url_room));
     if (rc != 0) {
         snprintf(err, errlen, "url: %s", msg ? msg : err_str(rc));
         return rc;
@@ -590,6 +590,13 @@ static void on_job_handle_close(uv_handle_t *h)
     mem_free(j);
 }
 
+/* Frees a metadata string unless it lies in the job's meta[]. */
+static void meta_release(job_t *j, char *p)
+{
+    if (p != NULL && (p < j->meta || p >= j->meta + sizeof(j->meta)))
+        mem_free(p);
+}
+
 static void job_destroy(job_t *j)
 {
     assert(j->conn == NULL && !pool_wait_pending(&j->pool_wait));
@@ -601,13 +608,12 @@ static void job_destroy(job_t *j)
     mem_free(j->output);
     mem_free(j->inline_body);
     mem_free(j->method);
-    mem_free(j->req_head);
     mem_free(j->location);
     mem_free(j->retry_after);
     mem_free(j->content_encoding);
-    mem_free(j->content_type);
-    mem_free(j->etag);
-    mem_free(j->last_modified);
+    meta_release(j, j->content_type);
+    meta_release(j, j->etag);
+    meta_release(j, j->last_modified);
     pairs_destroy(&j->headers);
     pairs_destroy(&j->redirect_chain);
     mem_free(j->file_path);
@@ -665,8 +671,11 @@ static int sends_body(const job_t *j)
 /* A string literal and its length, for fmt_put(). */
 #define S_(lit) lit, sizeof(lit) - 1
 
-/* Serialises the request head into j->req_head, reusing its memory. */
-static int build_request(job_t *j, const proxy_t *px)
+/* Serialises the request head into stack (size bytes) when it fits, else
+ * into a new heap block; *out is where it went (the caller frees it unless
+ * it is stack), *out_len its length. Returns 0 or ERR_NO_MEMORY. */
+static int build_request(job_t *j, const proxy_t *px, char *stack, size_t size, char **out,
+                         size_t *out_len)
 {
     const char *m = job_method(j);
     /* Through an HTTP proxy a plain http request is in absolute form. */
@@ -679,16 +688,15 @@ static int build_request(job_t *j, const proxy_t *px)
     char date[40];
     int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
     int accept_enc = decodes(j) && !user_has_header(j, "Accept-Encoding");
-    size_t len;
     fmtbuf_t b;
     char *p;
 
     for (size_t i = 0; i < j->spec.nheaders; i++)
         need += strlen(j->spec.headers[i].name) + strlen(j->spec.headers[i].value) + 4;
-    p = mem_realloc(j->req_head, need);
+    p = need <= size ? stack : mem_alloc(need);
     if (p == NULL)
         return ERR_NO_MEMORY;
-    j->req_head = p;
+    *out = p;
     /* need bounds every append below: nothing is cut (fmtbuf, no printf). */
     b = (fmtbuf_t){.p = p, .cap = need};
     fmt_str(&b, m);
@@ -743,22 +751,34 @@ static int build_request(job_t *j, const proxy_t *px)
     fmt_put(&b, S_("\r\n"));
     assert(!b.over);
     p[b.len] = '\0';
-    len = b.len;
-    j->req_head_len = len;
+    *out_len = b.len;
     return 0;
 }
 
+/* Builds the request head and sends it (with the body). The head is built
+ * on the stack when it fits: conn_send() copies what the socket does not
+ * take at once, so a usual request costs no allocation. The proxy is the
+ * connection's: its origin was chosen with the one attempt() selected. */
 static void send_request(job_t *j)
 {
+    char stack[1024], *head = NULL;
+    size_t len = 0;
     uv_buf_t bufs[2];
     unsigned n = 1;
     int rc;
 
-    bufs[0] = uv_buf_init(j->req_head, (unsigned)j->req_head_len);
+    rc = build_request(j, j->conn->env->proxy, stack, sizeof(stack), &head, &len);
+    if (rc != 0) {
+        finish(j, rc, "building the request: %s", err_str(rc));
+        return;
+    }
+    bufs[0] = uv_buf_init(head, (unsigned)len);
     if (sends_body(j) && j->spec.body_len > 0)
         bufs[n++] = uv_buf_init(j->spec.body, (unsigned)j->spec.body_len);
     job_set_phase(j, JOB_PH_REQUEST, 0);
     rc = conn_send(j->conn, bufs, n, strcmp(job_method(j), "HEAD") == 0);
+    if (head != stack)
+        mem_free(head);
     if (rc != 0)
         finish(j, rc, "sending the request: %s", err_str(rc));
 }
@@ -769,10 +789,11 @@ static void send_request(job_t *j)
  * a retried status), so that only the final response's ever shows. */
 static void drop_metadata(job_t *j)
 {
-    mem_free(j->content_type);
-    mem_free(j->etag);
-    mem_free(j->last_modified);
+    meta_release(j, j->content_type);
+    meta_release(j, j->etag);
+    meta_release(j, j->last_modified);
     j->content_type = j->etag = j->last_modified = NULL;
+    j->meta_used = 0;
     j->content_length = -1;
     pairs_destroy(&j->headers);
 }
@@ -989,6 +1010,26 @@ static int add_content_encoding(job_t *j, const char *value, size_t vlen)
     return 0;
 }
 
+/* Keeps a metadata field of the final response (content_type, etag,
+ * last_modified) in the job's own meta[] when it fits, else on the heap: a
+ * usual response's three fit, and cost no allocation. A repeated field
+ * leaves its earlier copy's room in meta[] unused until drop_metadata(). */
+static int keep_meta(job_t *j, char **slot, const char *value, size_t vlen)
+{
+    meta_release(j, *slot);
+    *slot = NULL;
+    if (vlen < sizeof(j->meta) - j->meta_used) {
+        char *p = j->meta + j->meta_used;
+        memcpy(p, value, vlen);
+        p[vlen] = '\0';
+        j->meta_used += (unsigned)vlen + 1;
+        *slot = p;
+        return 0;
+    }
+    *slot = mem_strndup(value, vlen);
+    return *slot ? 0 : ERR_NO_MEMORY;
+}
+
 static int keep_header(char **slot, const char *value, size_t vlen)
 {
     mem_free(*slot);
@@ -1023,11 +1064,11 @@ static int on_conn_header(void *user, const char *name, size_t nlen, const char 
     if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
         return keep_header(&j->retry_after, value, vlen);
     if (nlen == 12 && strncasecmp(name, "content-type", 12) == 0)
-        return keep_header(&j->content_type, value, vlen);
+        return keep_meta(j, &j->content_type, value, vlen);
     if (nlen == 4 && strncasecmp(name, "etag", 4) == 0)
-        return keep_header(&j->etag, value, vlen);
+        return keep_meta(j, &j->etag, value, vlen);
     if (nlen == 13 && strncasecmp(name, "last-modified", 13) == 0)
-        return keep_header(&j->last_modified, value, vlen);
+        return keep_meta(j, &j->last_modified, value, vlen);
     if (nlen == 13 && strncasecmp(name, "content-range", 13) == 0)
         return keep_header(&j->content_range, value, vlen);
     return 0;
@@ -1595,13 +1636,6 @@ static void attempt(job_t *j)
         return;
     }
     plan_file(j);
-    rc = build_request(j, px);
-    if (rc != 0) {
-        if (px)
-            proxy_decref(px);
-        finish(j, rc, "building the request: %s", err_str(rc));
-        return;
-    }
     job_set_phase(j, JOB_PH_WAIT_CONN, 0);
     rc = pool_connect_via(j->env->pool, &j->pool_wait, &j->url, j->tls_config, px, j->force_new,
                           on_pool_conn, j, &c);

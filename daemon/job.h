@@ -52,6 +52,14 @@ typedef enum job_overwrite {
     JOB_OVERWRITE_NEWER    /* If-Modified-Since its mtime; a 304 leaves it untouched */
 } job_overwrite_t;
 
+/* Bytes of a job's own room for its final response's Content-Type, ETag
+ * and Last-Modified (a usual response's three fit: no allocation). */
+#define JOB_META_INLINE 128
+
+/* Bytes of a job's own room for its submitted URL's parsed strings (a URL
+ * of up to about 90 characters fits: no allocation). */
+#define JOB_URL_ROOM 160
+
 /* The most of a non-2xx response's body a file job keeps (error_body). */
 #define JOB_ERROR_BODY_MAX 4096
 
@@ -241,7 +249,8 @@ struct job {
     char *content_encoding; /* owned: the final response's Content-Encoding, or NULL */
     int decoded;            /* the body was decoded from content_encoding */
 
-    /* read-only: the final response's metadata (owned; NULL when it had none) */
+    /* read-only: the final response's metadata (NULL when it had none; owned,
+     * or in meta[] below) */
     char *content_type;     /* Content-Type */
     char *etag;             /* ETag, as received (quotes and W/ included) */
     char *last_modified;    /* Last-Modified, as received */
@@ -266,26 +275,25 @@ struct job {
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
-    const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */
-    uint64_t seq;             /* submission order, the FIFO tie-break */
-    size_t heap_index;        /* position in the scheduler's queue while queued */
-    size_t cost;              /* heap bytes the job holds while queued (job_cost()) */
-    int url_shared;           /* spec.url is url.href (borrowed), not a copy of its own */
-    job_phase_t phase;        /* written by job_set_phase() only */
-    job_t *rprev, *rnext;     /* the scheduler's retained list */
-    job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
-    job_t *hnext;             /* the scheduler's id hash chain */
-    pool_wait_t pool_wait;    /* its place in an origin's queue, while it waits */
-    ratelimit_job_t rl;       /* the rate limiter's state (ratelimit.c) */
-    conn_t *conn;             /* owned reference while a request is in flight */
-    url_t url;                /* owned: the URL being fetched now */
-    tls_config_t *tls_config; /* owned reference once an https URL is involved */
-    char *method;             /* owned: the current method; NULL means GET (a 303 changes it) */
-    char *req_head;           /* owned: the serialised request head */
-    size_t req_head_len;
-    char *file_path;  /* owned: the confined output path until the job is done */
-    int body_dropped; /* a redirect turned the request into a bodiless GET */
-    int cross_origin; /* a redirect left the first origin: credentials dropped */
+    const job_env_t *env;        /* borrowed: the owner's, which outlives its jobs */
+    uint64_t seq;                /* submission order, the FIFO tie-break */
+    size_t heap_index;           /* position in the scheduler's queue while queued */
+    size_t cost;                 /* heap bytes the job holds while queued (job_cost()) */
+    int url_shared;              /* spec.url is url.href (borrowed), not a copy of its own */
+    job_phase_t phase;           /* written by job_set_phase() only */
+    job_t *rprev, *rnext;        /* the scheduler's retained list */
+    job_t *aprev, *anext;        /* the scheduler's list of all jobs, in submission order */
+    job_t *hnext;                /* the scheduler's id hash chain */
+    pool_wait_t pool_wait;       /* its place in an origin's queue, while it waits */
+    ratelimit_job_t rl;          /* the rate limiter's state (ratelimit.c) */
+    conn_t *conn;                /* owned reference while a request is in flight */
+    url_t url;                   /* owned: the URL being fetched now */
+    char url_room[JOB_URL_ROOM]; /* the submitted URL's strings, when they fit (url_parse_into) */
+    tls_config_t *tls_config;    /* owned reference once an https URL is involved */
+    char *method;                /* owned: the current method; NULL means GET (a 303 changes it) */
+    char *file_path;             /* owned: the confined output path until the job is done */
+    int body_dropped;            /* a redirect turned the request into a bodiless GET */
+    int cross_origin;            /* a redirect left the first origin: credentials dropped */
     dns_waiter_t dns_waiter;
     sink_t sink;            /* owned */
     uv_timer_t total_timer; /* total timeout */
@@ -312,6 +320,11 @@ struct job {
     int resumed_held;     /* reading again on the connection it kept while paused */
     uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
     job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
+
+    /* private: the room content_type, etag and last_modified take when they
+     * fit (job.c, keep_meta()); they are owned heap strings otherwise */
+    char meta[JOB_META_INLINE];
+    unsigned meta_used;
 
     char *content_range; /* owned: the response's Content-Range */
     char *if_range;      /* owned: the validator sent with Range, or NULL */

@@ -334,13 +334,16 @@ static void put_target(char **pos, const parts_t *pt)
 }
 
 /* Builds u's block from validated parts (see the layout at the top). */
-static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const parts_t *pt)
+static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const parts_t *pt,
+                 char *room, size_t room_size)
 {
     const char *name = url_scheme_name(scheme);
     size_t auth_max = hi->host.n + 2 + 6;
     size_t target_max = 1 + pt->path.n + 1 + pt->query.n;
     size_t href_max = strlen(name) + 3 + auth_max + target_max;
-    char *block = mem_alloc(href_max + 1 + hi->host.n + 1 + auth_max + 1);
+    size_t need = href_max + 1 + hi->host.n + 1 + auth_max + 1;
+    int in_room = room != NULL && need <= room_size;
+    char *block = in_room ? room : mem_alloc(need);
     char *pos = block, *auth, *target;
     if (block == NULL)
         return ERR_NO_MEMORY;
@@ -360,6 +363,7 @@ static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const par
     *pos = '\0';
     u->target = target;
     u->href = block;
+    u->in_room = in_room;
     u->scheme = scheme;
     u->port = hi->port;
     u->host_is_ip = hi->is_ip;
@@ -367,6 +371,11 @@ static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const par
 }
 
 int url_parse(url_t *u, const char *s, const char **msg)
+{
+    return url_parse_into(u, s, msg, NULL, 0);
+}
+
+int url_parse_into(url_t *u, const char *s, const char **msg, char *room, size_t size)
 {
     parts_t pt;
     host_info_t hi;
@@ -387,7 +396,7 @@ int url_parse(url_t *u, const char *s, const char **msg)
         return ERR_INVALID_REQUEST;
     if (check_escapes(pt.path, msg) != 0 || check_escapes(pt.query, msg) != 0)
         return ERR_INVALID_REQUEST;
-    return build(u, scheme, &hi, &pt);
+    return build(u, scheme, &hi, &pt, room, size);
 }
 
 /* Removes the last segment and its preceding '/' (if any) from the output. */
@@ -530,7 +539,8 @@ int url_resolve(url_t *out, const url_t *base, const char *ref, const char **msg
 
 void url_dispose(url_t *u)
 {
-    mem_free(u->href);
+    if (!u->in_room)
+        mem_free(u->href);
     memset(u, 0, sizeof(*u));
 }
 
@@ -548,6 +558,7 @@ int url_copy(url_t *out, const url_t *u)
     if (block == NULL)
         return ERR_NO_MEMORY;
     *out = *u;
+    out->in_room = 0;
     out->href = memcpy(block, u->href, href);
     out->host = memcpy(block + href, u->host, host);
     out->authority = memcpy(block + href + host, u->authority, auth);

@@ -409,6 +409,39 @@ static void test_no_memory(void)
     CHECK_INT(live_blocks(), 0);
 }
 
-TEST_MAIN(TEST_CASE(test_parse_good), TEST_CASE(test_parse_bad), TEST_CASE(test_parse_host_length),
-          TEST_CASE(test_resolve_rfc), TEST_CASE(test_resolve_more),
-          TEST_CASE(test_copy_and_origin), TEST_CASE(test_no_memory))
+/* url_parse_into(): a URL whose strings fit the room takes no allocation
+ * and is not freed by url_dispose(); one that does not fit gets a block of
+ * its own; a copy of a URL in a room is a block of its own. */
+static void test_parse_into_room(void)
+{
+    char room[96], small[16];
+    uint64_t total = mem_allocations_total(MEM_FETCHD);
+    const char *msg = NULL;
+    url_t u, v, w;
+
+    CHECK_INT(url_parse_into(&u, "HTTP://Example.COM:80/a/b?q=1", &msg, room, sizeof(room)), 0);
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), total);
+    CHECK_INT(u.in_room, 1);
+    CHECK(u.href >= room && u.href < room + sizeof(room));
+    CHECK_STR(u.href, "http://example.com/a/b?q=1");
+    CHECK_STR(u.host, "example.com");
+    CHECK_STR(u.authority, "example.com");
+    CHECK_STR(u.target, "/a/b?q=1");
+    CHECK_INT(url_copy(&v, &u), 0);
+    CHECK_INT(v.in_room, 0);
+    CHECK(v.href < room || v.href >= room + sizeof(room));
+    CHECK_STR(v.href, u.href);
+    url_dispose(&u);
+    CHECK_STR(v.target, "/a/b?q=1");
+    url_dispose(&v);
+    CHECK_INT(url_parse_into(&w, "http://example.com/a/b?q=1", &msg, small, sizeof(small)), 0);
+    CHECK_INT(w.in_room, 0);
+    CHECK_STR(w.host, "example.com");
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), total + 2);
+    url_dispose(&w);
+    CHECK_INT(live_blocks(), 0);
+}
+
+TEST_MAIN(TEST_CASE(test_parse_good), TEST_CASE(test_parse_into_room), TEST_CASE(test_parse_bad),
+          TEST_CASE(test_parse_host_length), TEST_CASE(test_resolve_rfc),
+          TEST_CASE(test_resolve_more), TEST_CASE(test_copy_and_origin), TEST_CASE(test_no_memory))
