@@ -275,32 +275,28 @@ struct job {
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
-    const job_env_t *env;        /* borrowed: the owner's, which outlives its jobs */
-    uint64_t seq;                /* submission order, the FIFO tie-break */
-    size_t heap_index;           /* position in the scheduler's queue while queued */
-    size_t cost;                 /* heap bytes the job holds while queued (job_cost()) */
-    int url_shared;              /* spec.url is url.href (borrowed), not a copy of its own */
-    job_phase_t phase;           /* written by job_set_phase() only */
-    job_t *rprev, *rnext;        /* the scheduler's retained list */
-    job_t *aprev, *anext;        /* the scheduler's list of all jobs, in submission order */
-    job_t *hnext;                /* the scheduler's id hash chain */
-    pool_wait_t pool_wait;       /* its place in an origin's queue, while it waits */
-    ratelimit_job_t rl;          /* the rate limiter's state (ratelimit.c) */
-    conn_t *conn;                /* owned reference while a request is in flight */
-    url_t url;                   /* owned: the URL being fetched now */
-    char url_room[JOB_URL_ROOM]; /* the submitted URL's strings, when they fit (url_parse_into) */
-    tls_config_t *tls_config;    /* owned reference once an https URL is involved */
-    char *method;                /* owned: the current method; NULL means GET (a 303 changes it) */
-    char *file_path;             /* owned: the confined output path until the job is done */
-    int body_dropped;            /* a redirect turned the request into a bodiless GET */
-    int cross_origin;            /* a redirect left the first origin: credentials dropped */
+    const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */
+    uint64_t seq;             /* submission order, the FIFO tie-break */
+    size_t heap_index;        /* position in the scheduler's queue while queued */
+    size_t cost;              /* heap bytes the job holds while queued (job_cost()) */
+    int url_shared;           /* spec.url is url.href (borrowed), not a copy of its own */
+    job_phase_t phase;        /* written by job_set_phase() only */
+    job_t *rprev, *rnext;     /* the scheduler's retained list */
+    job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
+    job_t *hnext;             /* the scheduler's id hash chain */
+    pool_wait_t pool_wait;    /* its place in an origin's queue, while it waits */
+    ratelimit_job_t rl;       /* the rate limiter's state (ratelimit.c) */
+    conn_t *conn;             /* owned reference while a request is in flight */
+    url_t url;                /* owned: the URL being fetched now */
+    tls_config_t *tls_config; /* owned reference once an https URL is involved */
+    char *method;             /* owned: the current method; NULL means GET (a 303 changes it) */
+    char *file_path;          /* owned: the confined output path until the job is done */
+    int body_dropped;         /* a redirect turned the request into a bodiless GET */
+    int cross_origin;         /* a redirect left the first origin: credentials dropped */
     dns_waiter_t dns_waiter;
-    sink_t sink;            /* owned */
-    uv_timer_t total_timer; /* total timeout */
-    uv_timer_t phase_timer; /* connect / first byte / idle / backoff */
-    int handles_open;       /* timers not yet closed */
-    uint64_t start_ms;      /* monotonic ms the job started */
-    uint64_t finished_ms;   /* loop time (ms) it finished, for retention */
+    int handles_open;     /* timers not yet closed */
+    uint64_t start_ms;    /* monotonic ms the job started */
+    uint64_t finished_ms; /* loop time (ms) it finished, for retention */
     uint64_t phase_start_ms;
     uint64_t connect_start_ms;
     int retries_left;
@@ -321,10 +317,7 @@ struct job {
     uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
     job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
 
-    /* private: the room content_type, etag and last_modified take when they
-     * fit (job.c, keep_meta()); they are owned heap strings otherwise */
-    char meta[JOB_META_INLINE];
-    unsigned meta_used;
+    unsigned meta_used; /* bytes of meta[] in use */
 
     char *content_range; /* owned: the response's Content-Range */
     char *if_range;      /* owned: the validator sent with Range, or NULL */
@@ -332,6 +325,17 @@ struct job {
     int64_t ims;         /* the If-Modified-Since sent (unix s; 0: none) */
     int no_resume;       /* the partial file was refused: start over from 0 */
     int range_complete;  /* a 416 said the partial file is the whole: drop its body */
+
+    /* private, and not cleared when the job is created (job_create() clears
+     * the struct up to here): each member is initialised by its own init
+     * function, or written before it is read. */
+    sink_t sink;                 /* owned */
+    uv_timer_t total_timer;      /* total timeout */
+    uv_timer_t phase_timer;      /* connect / first byte / idle / backoff */
+    char url_room[JOB_URL_ROOM]; /* the submitted URL's strings, when they fit (url_parse_into) */
+    /* the room content_type, etag and last_modified take when they fit
+     * (job.c, keep_meta()); they are owned heap strings otherwise */
+    char meta[JOB_META_INLINE];
 };
 
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure
