@@ -77,9 +77,23 @@ static int fail(const char **msg, const char *why)
 }
 
 /* Refuses bytes that may never appear in a URL we accept, wherever they are. */
+/* 1 for the bytes a URL may hold as they are (the ASCII ones that are not
+ * a control, DEL, space or backslash); the bytes from 0x80 are 0. */
+static const unsigned char url_byte_ok[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+};
+
 static int check_bytes(const char *s, const char **msg)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+    const unsigned char *p = (const unsigned char *)s;
+
+    /* The usual URL has no byte to refuse: one table look-up a byte. */
+    while (url_byte_ok[*p])
+        p++;
+    for (; *p != '\0'; p++) {
         if (*p == '\r' || *p == '\n')
             return fail(msg, "CR or LF in URL");
         if (*p == ' ')
@@ -233,6 +247,31 @@ static int ends_in_number(span_t h)
 }
 
 /* A reg-name (letters, digits, '-', '.', '_') or a dotted-quad IPv4 address. */
+/* 1 when h is four decimal numbers 0-255 joined by dots, none with a
+ * leading zero: an address inet_pton(AF_INET) accepts, found without it
+ * (0 does not mean invalid: the caller asks inet_pton then). */
+static int dotted_quad(span_t h)
+{
+    unsigned parts = 0, v = 0, digits = 0;
+
+    for (size_t i = 0; i <= h.n; i++) {
+        char c = i < h.n ? h.p[i] : '.';
+        if (is_digit(c)) {
+            if (digits > 0 && v == 0)
+                return 0; /* a leading zero */
+            v = v * 10 + (unsigned)(c - '0');
+            if (++digits > 3 || v > 255)
+                return 0;
+        } else if (c == '.' && digits > 0 && ++parts <= 4) {
+            v = 0;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return parts == 4;
+}
+
 static int parse_regname(span_t h, host_info_t *hi, const char **msg)
 {
     char buf[16];
@@ -250,10 +289,13 @@ static int parse_regname(span_t h, host_info_t *hi, const char **msg)
         return 0;
     if (h.n >= sizeof(buf))
         return fail(msg, "invalid IPv4 address");
-    memcpy(buf, h.p, h.n);
-    buf[h.n] = '\0';
-    if (uv_inet_pton(AF_INET, buf, addr) != 0)
-        return fail(msg, "invalid IPv4 address");
+    if (!dotted_quad(h)) {
+        /* Not the plain form: inet_pton has the last word, as before. */
+        memcpy(buf, h.p, h.n);
+        buf[h.n] = '\0';
+        if (uv_inet_pton(AF_INET, buf, addr) != 0)
+            return fail(msg, "invalid IPv4 address");
+    }
     hi->is_ip = 1;
     return 0;
 }

@@ -1,6 +1,8 @@
 /* Unit tests for daemon/url.c: strict parsing, reference resolution (RFC 3986
  * section 5.4), copies, and that nothing stays on fetchd's heap. */
+#include <arpa/inet.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "err.h"
@@ -442,6 +444,50 @@ static void test_parse_into_room(void)
     CHECK_INT(live_blocks(), 0);
 }
 
-TEST_MAIN(TEST_CASE(test_parse_good), TEST_CASE(test_parse_into_room), TEST_CASE(test_parse_bad),
+/* A host of dot-separated numbers is an address exactly when inet_pton()
+ * takes it (url.c finds the plain form without it). */
+static void test_ipv4_like_inet_pton(void)
+{
+    static const char *const part[] = {"0", "1", "00", "01", "9", "255", "256", "1000", ""};
+    const size_t np = sizeof(part) / sizeof(part[0]);
+    size_t idx[5];
+
+    for (size_t count = 3; count <= 5; count++) {
+        size_t combos = 1;
+        for (size_t k = 0; k < count; k++)
+            combos *= np;
+        for (size_t c = 0; c < combos; c++) {
+            char host[64] = "", url[96];
+            unsigned char addr[4];
+            const char *msg = NULL;
+            size_t x = c;
+            url_t u;
+            int ok, want;
+
+            for (size_t k = 0; k < count; k++, x /= np)
+                idx[k] = x % np;
+            for (size_t k = 0; k < count; k++)
+                snprintf(host + strlen(host), sizeof(host) - strlen(host), "%s%s", k ? "." : "",
+                         part[idx[k]]);
+            snprintf(url, sizeof(url), "http://%s/", host);
+            ok = url_parse(&u, url, &msg) == 0;
+            want = inet_pton(AF_INET, host, addr) == 1;
+            if (ok && !u.host_is_ip)
+                ok = -1; /* a name, not an address: not what this test makes */
+            if (ok != want && ok != -1) {
+                fprintf(stderr, "  host \"%s\": url_parse %d, inet_pton %d\n", host, ok, want);
+                CHECK_INT(ok, want);
+                url_dispose(&u);
+                return;
+            }
+            if (ok != 0)
+                url_dispose(&u);
+        }
+    }
+    CHECK_INT(live_blocks(), 0);
+}
+
+TEST_MAIN(TEST_CASE(test_parse_good), TEST_CASE(test_ipv4_like_inet_pton),
+          TEST_CASE(test_parse_into_room), TEST_CASE(test_parse_bad),
           TEST_CASE(test_parse_host_length), TEST_CASE(test_resolve_rfc),
           TEST_CASE(test_resolve_more), TEST_CASE(test_copy_and_origin), TEST_CASE(test_no_memory))
