@@ -1693,7 +1693,7 @@ static int feed_line(parse_ctx_t *ctx, strbuf_t *sb, size_t n)
     size_t used;
 
     sb->len = n; /* drops the received terminator; CRLF replaces it */
-    if (strbuf_append(sb, "\r\n", 2) != 0)
+    if (strbuf_put(sb, "\r\n", 2) != 0)
         return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response line");
     return feed(ctx, NULL, sb->p, sb->len, &used);
 }
@@ -2124,7 +2124,7 @@ static int rx_step(parse_ctx_t *ctx, buf_t *b, const char **pp, const char *end)
     if (!section && c->line.len + n > CONN_MAX_CHUNK_LINE)
         return rx_fail(ctx, ERR_PROTOCOL, "%s longer than %d bytes", line_kind(c),
                        CONN_MAX_CHUNK_LINE);
-    if (strbuf_append(&c->line, p, n) != 0)
+    if (strbuf_put(&c->line, p, n) != 0)
         return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response line");
     *pp = p + n;
     if (nl == NULL)
