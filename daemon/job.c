@@ -1052,6 +1052,18 @@ static __attribute__((noinline)) int keep_field(job_t *j, const char *name, size
     return rc == ERR_NO_MEMORY ? rc : 0;
 }
 
+/* 1 when the n bytes of a field name are want (lowercase letters and '-',
+ * n bytes), ignoring case: the connection hands over names that are
+ * tokens, and no token byte but a letter's case changes with | 0x20 into a
+ * letter or '-'. */
+static int name_is(const char *name, const char *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((name[i] | 0x20) != want[i])
+            return 0;
+    return 1;
+}
+
 static int on_conn_header(void *user, const char *name, size_t nlen, const char *value, size_t vlen,
                           conn_why_t *why)
 {
@@ -1061,21 +1073,26 @@ static int on_conn_header(void *user, const char *name, size_t nlen, const char 
     /* The only cost of keep_headers to a job without it: this test. */
     if (j->spec.keep_headers && keep_field(j, name, nlen, value, vlen) != 0)
         return ERR_NO_MEMORY;
-    if (nlen == 16 && strncasecmp(name, "content-encoding", 16) == 0)
-        return add_content_encoding(j, value, vlen);
-    if (nlen == 8 && strncasecmp(name, "location", 8) == 0)
-        return keep_header(&j->location, value, vlen);
-    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
-        return keep_header(&j->retry_after, value, vlen);
-    if (nlen == 12 && strncasecmp(name, "content-type", 12) == 0)
-        return keep_meta(j, &j->content_type, value, vlen);
-    if (nlen == 4 && strncasecmp(name, "etag", 4) == 0)
-        return keep_meta(j, &j->etag, value, vlen);
-    if (nlen == 13 && strncasecmp(name, "last-modified", 13) == 0)
-        return keep_meta(j, &j->last_modified, value, vlen);
-    if (nlen == 13 && strncasecmp(name, "content-range", 13) == 0)
-        return keep_header(&j->content_range, value, vlen);
-    return 0;
+    switch (nlen) {
+    case 4:
+        return name_is(name, "etag", 4) ? keep_meta(j, &j->etag, value, vlen) : 0;
+    case 8:
+        return name_is(name, "location", 8) ? keep_header(&j->location, value, vlen) : 0;
+    case 11:
+        return name_is(name, "retry-after", 11) ? keep_header(&j->retry_after, value, vlen) : 0;
+    case 12:
+        return name_is(name, "content-type", 12) ? keep_meta(j, &j->content_type, value, vlen) : 0;
+    case 13:
+        if (name_is(name, "last-modified", 13))
+            return keep_meta(j, &j->last_modified, value, vlen);
+        if (name_is(name, "content-range", 13))
+            return keep_header(&j->content_range, value, vlen);
+        return 0;
+    case 16:
+        return name_is(name, "content-encoding", 16) ? add_content_encoding(j, value, vlen) : 0;
+    default:
+        return 0;
+    }
 }
 
 static int is_redirect(int status)
