@@ -96,12 +96,20 @@ static void set_error_msg(job_t *j, const char *fmt, va_list ap)
     vsnprintf(j->error_msg, sizeof(j->error_msg), fmt, ap);
 }
 
+/* Sets the phase timer to ms from the loop's now (0 stops it). A timer
+ * already due at that moment (set earlier in the same loop turn: a request
+ * written at once starts the first-byte clock twice) is left as it is:
+ * restarting it would change nothing but cost a heap removal and insertion. */
 static void phase_timer(job_t *j, uint64_t ms)
 {
-    if (ms > 0)
-        uv_timer_start(&j->phase_timer, on_phase_timeout, ms, 0);
-    else
+    if (ms == 0) {
         uv_timer_stop(&j->phase_timer);
+        return;
+    }
+    /* (Every start of the phase timer has on_phase_timeout.) */
+    if (uv_is_active((uv_handle_t *)&j->phase_timer) && uv_timer_get_due_in(&j->phase_timer) == ms)
+        return;
+    uv_timer_start(&j->phase_timer, on_phase_timeout, ms, 0);
 }
 
 /* ---- pairs ----------------------------------------------------------------- */

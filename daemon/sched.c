@@ -533,7 +533,12 @@ static void expire(sched_t *s)
         return; /* the timer is closing */
     if (s->retained_head) {
         uint64_t due = s->retained_head->finished_ms + s->retain_ms;
-        uv_timer_start(&s->retain_timer, on_retain_timer, due > now ? due - now : 1, 0);
+        uint64_t in = due > now ? due - now : 1;
+        /* Every finished job comes here; the oldest's deadline is most often
+         * the one the timer already has. */
+        if (!uv_is_active((uv_handle_t *)&s->retain_timer) ||
+            uv_timer_get_due_in(&s->retain_timer) != in)
+            uv_timer_start(&s->retain_timer, on_retain_timer, in, 0);
     } else {
         uv_timer_stop(&s->retain_timer);
     }
