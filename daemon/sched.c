@@ -369,9 +369,11 @@ static int enqueue(sched_t *s, job_t *j)
     j->seq = ++s->next_seq;
     if (j->id[0] == '\0') {
         /* 16 hex digits: the 32-bit prefix, then the sequence's low 32 bits. */
-        fmt_hex64(j->id, s->id_prefix & 0xffffffffu, 8);
-        fmt_hex64(j->id + 8, j->seq & 0xffffffffu, 8);
-        j->id[16] = '\0';
+        char id[17];
+        fmt_hex64(id, s->id_prefix & 0xffffffffu, 8);
+        fmt_hex64(id + 8, j->seq & 0xffffffffu, 8);
+        id[16] = '\0';
+        memcpy(j->id, id, sizeof(id));
     }
     rc = heap_push(s, j);
     if (rc != 0)
