@@ -132,7 +132,7 @@ static void conn_destroy(conn_t *c)
     if (c->tls)
         tls_conn_destroy(c->tls);
     px_dispose(c);
-    strbuf_dispose(&c->hdr);
+    mem_free(c->head_copy);
     strbuf_dispose(&c->line);
     strbuf_dispose(&c->held);
     strbuf_dispose(&c->te);
@@ -1063,6 +1063,8 @@ static void write_finished(conn_t *c, int status)
 static void on_write(uv_write_t *req, int status)
 {
     conn_t *c = req->data;
+    mem_free(c->head_copy);
+    c->head_copy = NULL;
     write_finished(c, status);
     conn_decref(c);
 }
@@ -1121,13 +1123,30 @@ static int tls_send(void *ctx, const unsigned char *buf, size_t len)
     return 0;
 }
 
-/* A request in more pieces than this is queued whole, without trying. */
+/* The most pieces a request may come in (conn_send()). */
 #define CONN_MAX_SEND_BUFS 8
+
+/* Copies the unsent part of the request head (*b, which may lie on the
+ * caller's stack) into c->head_copy and points *b at it; freed when the
+ * write completes. Returns 0 or ERR_NO_MEMORY. */
+static int copy_head(conn_t *c, uv_buf_t *b)
+{
+    char *p = mem_alloc(b->len > 0 ? b->len : 1);
+
+    if (p == NULL)
+        return ERR_NO_MEMORY;
+    memcpy(p, b->base, b->len);
+    c->head_copy = p;
+    b->base = p;
+    return 0;
+}
 
 int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
 {
     uv_buf_t rest[CONN_MAX_SEND_BUFS];
-    int rc;
+    size_t done;
+    unsigned k = 0;
+    int rc, head_sent;
 
     assert(c->state == CONN_ACTIVE &&
            c->user != NULL); /* A plain connection reuses its one write request; TLS records queue
@@ -1162,30 +1181,33 @@ int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head)
     /* Most requests fit the socket buffer: written here, they are sent
      * before this returns, as a TLS connection's are; what is left of a
      * partial write is queued. */
-    if (nbufs <= CONN_MAX_SEND_BUFS) {
-        size_t done = try_write(c, bufs, nbufs);
-        unsigned k = 0;
-
-        for (unsigned i = 0; i < nbufs; i++) {
-            if (done >= bufs[i].len) {
-                done -= bufs[i].len;
-                continue;
-            }
-            rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
-            done = 0;
+    if (nbufs == 0 || nbufs > CONN_MAX_SEND_BUFS)
+        return ERR_INVALID_REQUEST;
+    done = try_write(c, bufs, nbufs);
+    head_sent = done >= bufs[0].len;
+    for (unsigned i = 0; i < nbufs; i++) {
+        if (done >= bufs[i].len) {
+            done -= bufs[i].len;
+            continue;
         }
-        if (k == 0) {
-            c->writes_pending++;
-            write_finished(c, 0);
-            return 0;
-        }
-        bufs = rest;
-        nbufs = k;
+        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
+        done = 0;
     }
+    if (k == 0) {
+        c->writes_pending++;
+        write_finished(c, 0);
+        return 0;
+    }
+    /* The head may lie on the caller's stack: what is left of it is copied
+     * for the queued write (a request in flight has the one write_req). */
+    if (!head_sent && (rc = copy_head(c, &rest[0])) != 0)
+        return rc;
     conn_incref(c);
     c->write_req.data = c;
-    rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
+    rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, k, on_write);
     if (rc != 0) {
+        mem_free(c->head_copy);
+        c->head_copy = NULL;
         conn_decref(c);
         return err_from_uv(rc);
     }
@@ -1464,7 +1486,6 @@ static int on_message_begin(llhttp_t *p)
     conn_t *c = ctx_conn(p);
     c->hdr_count = 0;
     c->hdr_bytes = 0;
-    strbuf_reset(&c->hdr);
     c->final_status = 0;
     return 0;
 }
@@ -1484,18 +1505,14 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
     return count_header_bytes(p, len);
 }
 
-static int hdr_append(llhttp_t *p, const char *at, size_t len)
-{
-    conn_t *c = ctx_conn(p);
-    if (strbuf_append(&c->hdr, at, len) != 0)
-        return fail_cb(p, ERR_NO_MEMORY, "no memory for a response header");
-    return 0;
-}
-
+/* llhttp sees only the header fields it interprets (flush_held()) and the
+ * trailer fields; the user hears of the head's fields from the normaliser,
+ * which has already split and checked them. These callbacks only keep
+ * llhttp's own count of what it saw bounded. */
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
-    int rc = count_header_bytes(p, len);
-    return rc ? rc : hdr_append(p, at, len);
+    (void)at;
+    return count_header_bytes(p, len);
 }
 
 static int on_header_field_complete(llhttp_t *p)
@@ -1503,33 +1520,18 @@ static int on_header_field_complete(llhttp_t *p)
     conn_t *c = ctx_conn(p);
     if (++c->hdr_count > CONN_MAX_HEADERS)
         return fail_cb(p, ERR_HEADERS_TOO_LARGE, "more than 256 response headers");
-    c->hdr_name_len = c->hdr.len;
-    return hdr_append(p, "", 1) ? -1 : 0;
+    return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
-    int rc = count_header_bytes(p, len);
-    return rc ? rc : hdr_append(p, at, len);
+    (void)at;
+    return count_header_bytes(p, len);
 }
 
 static int on_header_value_complete(llhttp_t *p)
 {
-    conn_t *c = ctx_conn(p);
-    const char *name = c->hdr.p;
-    size_t nlen = c->hdr_name_len;
-    const char *value = c->hdr.p + nlen + 1;
-    size_t vlen = c->hdr.len - nlen - 1;
-    int rc;
-
-    /* Trailer fields are checked and dropped: none of them may change what
-     * the head said (RFC 9110 6.5.1). */
-    rc = 0;
-    if (c->rx_state == RX_HEAD)
-        CALL_USER(c, rc = c->ops->on_header(c->user, name, nlen, value, vlen, why_of(p)));
-    strbuf_reset(&c->hdr);
-    if (rc)
-        return fail_user(p, rc, "response header refused");
+    (void)p;
     return 0;
 }
 
@@ -1691,7 +1693,7 @@ static int feed_line(parse_ctx_t *ctx, strbuf_t *sb, size_t n)
     size_t used;
 
     sb->len = n; /* drops the received terminator; CRLF replaces it */
-    if (strbuf_append(sb, "\r\n", 2) != 0)
+    if (strbuf_put(sb, "\r\n", 2) != 0)
         return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response line");
     return feed(ctx, NULL, sb->p, sb->len, &used);
 }
@@ -1702,9 +1704,45 @@ static int feed_text(parse_ctx_t *ctx, const char *text)
     return feed(ctx, NULL, text, strlen(text), &used);
 }
 
-static int name_is(const char *name, size_t n, const char *want)
+/* The header fields the normaliser or llhttp interpret; the name is
+ * classified once per field line. */
+typedef enum field_kind {
+    FIELD_OTHER,             /* the user's alone */
+    FIELD_CONTENT_LENGTH,    /* interpreted here, given to llhttp in one canonical form */
+    FIELD_TRANSFER_ENCODING, /* likewise */
+    FIELD_LOCATION,          /* checked here for repeats, then the user's */
+    FIELD_CONNECTION         /* Connection, Proxy-Connection, Upgrade: llhttp reads them too */
+} field_kind_t;
+
+/* 1 when the n bytes at name are want (lowercase, n bytes), ignoring case. */
+static int name_eq(const char *name, const char *want, size_t n)
 {
-    return strlen(want) == n && strncasecmp(name, want, n) == 0;
+    for (size_t i = 0; i < n; i++)
+        if ((name[i] | 0x20) != want[i])
+            return 0;
+    return 1;
+}
+
+/* name is a token (checked before): letters compare with | 0x20, and the
+ * other tchars of the names wanted ('-') are unchanged by it. */
+static field_kind_t field_kind(const char *name, size_t n)
+{
+    switch (n) {
+    case 7:
+        return name_eq(name, "upgrade", 7) ? FIELD_CONNECTION : FIELD_OTHER;
+    case 8:
+        return name_eq(name, "location", 8) ? FIELD_LOCATION : FIELD_OTHER;
+    case 10:
+        return name_eq(name, "connection", 10) ? FIELD_CONNECTION : FIELD_OTHER;
+    case 14:
+        return name_eq(name, "content-length", 14) ? FIELD_CONTENT_LENGTH : FIELD_OTHER;
+    case 16:
+        return name_eq(name, "proxy-connection", 16) ? FIELD_CONNECTION : FIELD_OTHER;
+    case 17:
+        return name_eq(name, "transfer-encoding", 17) ? FIELD_TRANSFER_ENCODING : FIELD_OTHER;
+    default:
+        return FIELD_OTHER;
+    }
 }
 
 /* A Content-Length field of a response that has a body: one value, however
@@ -1747,14 +1785,15 @@ static int location_field(parse_ctx_t *ctx, const char *v, size_t vlen)
     return 0;
 }
 
-/* What the head's own field means here: 1 forward it to llhttp, 0 drop it
- * (interpreted here, or not to be interpreted at all), -1 refuse. */
-static int head_field(parse_ctx_t *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+/* What the head's own field means here: 1 forward it (to the user, and to
+ * llhttp when llhttp reads it), 0 drop it (interpreted here, or not to be
+ * interpreted at all), -1 refuse. */
+static int head_field(parse_ctx_t *ctx, field_kind_t kind, const char *v, size_t vlen)
 {
     conn_t *c = ctx->conn;
     int status = llhttp_get_status_code(&c->parser);
-    int cl = name_is(name, nlen, "content-length");
-    int te = name_is(name, nlen, "transfer-encoding");
+    int cl = kind == FIELD_CONTENT_LENGTH;
+    int te = kind == FIELD_TRANSFER_ENCODING;
 
     if (status < 200)
         return 0; /* fields of an interim response never reach the final one */
@@ -1776,9 +1815,25 @@ static int head_field(parse_ctx_t *ctx, const char *name, size_t nlen, const cha
         c->framing = FRAMING_CHUNKED; /* seen, even if empty; decide_framing() checks it */
         return 0;
     }
-    if (name_is(name, nlen, "location"))
+    if (kind == FIELD_LOCATION)
         return location_field(ctx, v, vlen);
     return 1;
+}
+
+/* Hands a forwarded field of the head to the user: the name, and the value
+ * from its first non-OWS byte to the end of the line (trailing OWS kept, as
+ * llhttp reported it when it carried every field). */
+static int user_field(parse_ctx_t *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+{
+    conn_t *c = ctx->conn;
+    int rc;
+
+    CALL_USER(c, rc = c->ops->on_header(c->user, name, nlen, v, vlen, &ctx->why));
+    if (rc == 0)
+        return 0;
+    c->callback_err = rc;
+    ctx->errmsg = ctx->why.msg[0] ? ctx->why.msg : "response header refused";
+    return -1;
 }
 
 /* Checks the held field line and hands it to llhttp (or drops it). */
@@ -1787,7 +1842,8 @@ static int flush_held(parse_ctx_t *ctx, int trailer)
     conn_t *c = ctx->conn;
     const char *line = c->held.p, *colon, *v;
     const char *kind = trailer ? "trailer" : "header";
-    size_t nlen, vlen;
+    size_t nlen, vlen, vraw;
+    field_kind_t fk;
     int rc;
 
     if (c->held.len == 0)
@@ -1805,15 +1861,25 @@ static int flush_held(parse_ctx_t *ctx, int trailer)
     vlen = c->held.len - nlen - 1;
     while (vlen > 0 && is_ows(*v))
         v++, vlen--;
+    vraw = vlen;
     while (vlen > 0 && is_ows(v[vlen - 1]))
         vlen--;
     if (!http_is_field_value(v, vlen))
         return rx_fail(ctx, ERR_PROTOCOL, "control character in the value of %s field '%.*s'", kind,
                        clip(nlen), line);
-    if (trailer) /* framing fields in trailers mean nothing (RFC 9110 6.5.1) */
-        rc = !name_is(line, nlen, "content-length") && !name_is(line, nlen, "transfer-encoding");
-    else
-        rc = head_field(ctx, line, nlen, v, vlen);
+    fk = field_kind(line, nlen);
+    if (trailer) {
+        /* Framing fields in trailers mean nothing (RFC 9110 6.5.1); the
+         * others are checked by llhttp and dropped: none of them may change
+         * what the head said. */
+        rc = fk != FIELD_CONTENT_LENGTH && fk != FIELD_TRANSFER_ENCODING;
+    } else {
+        rc = head_field(ctx, fk, v, vlen);
+        /* llhttp is given only the fields it reads itself (keep-alive and
+         * upgrade); the user hears of every forwarded one from here. */
+        if (rc > 0)
+            rc = user_field(ctx, line, nlen, v, vraw) != 0 ? -1 : fk == FIELD_CONNECTION;
+    }
     if (rc > 0) {
         ctx->what = trailer ? "trailer line" : "header line";
         rc = feed_line(ctx, &c->held, c->held.len);
@@ -1865,6 +1931,19 @@ static int decide_framing(parse_ctx_t *ctx, int status, char *field, size_t size
     return 0;
 }
 
+/* The canonical framing field ("Name: value\r\n", decide_framing()) is the
+ * user's last field of the head, as llhttp reported it when it carried every
+ * field. */
+static int framing_field_to_user(parse_ctx_t *ctx, const char *field)
+{
+    /* decide_framing() wrote "Name: value\r\n", and nothing else. */
+    const char *colon = strchr(field, ':');
+    size_t len = strlen(field);
+
+    return user_field(ctx, field, (size_t)(colon - field), colon + 2,
+                      len - (size_t)(colon + 2 - field) - 2);
+}
+
 static int end_head(parse_ctx_t *ctx)
 {
     conn_t *c = ctx->conn;
@@ -1874,7 +1953,11 @@ static int end_head(parse_ctx_t *ctx)
     if (flush_held(ctx, 0) != 0 || decide_framing(ctx, status, field, sizeof(field)) != 0)
         return -1;
     ctx->what = "header section";
-    if ((field[0] && feed_text(ctx, field) != 0) || feed_text(ctx, "\r\n") != 0)
+    if (field[0] && framing_field_to_user(ctx, field) != 0)
+        return -1;
+    /* The framing field and the empty line go to llhttp in one call. */
+    strcat(field, "\r\n");
+    if (feed_text(ctx, field) != 0)
         return -1;
     if (status < 200) {
         if (++c->interim > CONN_MAX_INTERIM)
@@ -2041,7 +2124,7 @@ static int rx_step(parse_ctx_t *ctx, buf_t *b, const char **pp, const char *end)
     if (!section && c->line.len + n > CONN_MAX_CHUNK_LINE)
         return rx_fail(ctx, ERR_PROTOCOL, "%s longer than %d bytes", line_kind(c),
                        CONN_MAX_CHUNK_LINE);
-    if (strbuf_append(&c->line, p, n) != 0)
+    if (strbuf_put(&c->line, p, n) != 0)
         return rx_fail(ctx, ERR_NO_MEMORY, "no memory for a response line");
     *pp = p + n;
     if (nl == NULL)

@@ -138,7 +138,8 @@ struct conn {
     int connect_err;
     uv_connect_t connect_req;
     uv_write_t write_req;
-    buf_t *rbuf; /* owned: handed to libuv by on_alloc until on_read */
+    char *head_copy; /* owned: the unsent rest of a request head, while write_req carries it */
+    buf_t *rbuf;     /* owned: handed to libuv by on_alloc until on_read */
     llhttp_t parser;
     int handle_open;
     int reading;
@@ -153,8 +154,6 @@ struct conn {
     int must_close;          /* something about the response rules out reuse */
     unsigned hdr_count;
     size_t hdr_bytes;
-    strbuf_t hdr; /* owned: the current header as "name\0value" */
-    size_t hdr_name_len;
     /* The normaliser in front of llhttp (conn.c, "normalising"). */
     int rx_state;          /* rx_state_t in conn.c */
     strbuf_t line;         /* owned: the line being received */
@@ -200,11 +199,13 @@ void conn_detach(conn_t *c);
 void conn_set_idle(conn_t *c, uint64_t now);
 void conn_set_active(conn_t *c);
 
-/* Starts a request: writes the buffers (borrowed: they must stay valid until
- * the response ends; the attached user owns them) with one uv_write and
- * prepares the parser for the response. head says the method is HEAD. Returns
- * 0, or an error (nothing was sent). Later failures reach the user through
- * on_error. */
+/* Starts a request: writes the buffers (1 to 8) with one uv_write and
+ * prepares the parser for the response. bufs[0], the request head, is borrowed for the
+ * call only (what the socket does not take at once is copied); the others
+ * are borrowed until the response ends (the attached user owns them). head
+ * says the method is HEAD. Returns 0, or an error (the request was not sent
+ * whole; the caller closes the connection). Later failures reach the user
+ * through on_error. */
 int conn_send(conn_t *c, const uv_buf_t *bufs, unsigned nbufs, int head);
 
 /* Stops / resumes reading (sink backpressure). */

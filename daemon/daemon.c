@@ -364,6 +364,9 @@ json_t *daemon_stats_json(daemon_t *d)
         mem_get(c, &blocks, &bytes);
         bad |= json_object_set_new(heap, mem_component_name(c),
                                    pair("blocks", blocks, "bytes", bytes));
+        if (!bad)
+            bad |= set_u64(json_object_get(heap, mem_component_name(c)), "allocations_total",
+                           mem_allocations_total(c));
     }
     if (!bad) {
         bad |= set_u64(conns, "connecting", d->pool.nconnecting);

@@ -39,6 +39,7 @@
 
 #include "conn.h"
 #include "err.h"
+#include "fmt.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
@@ -95,12 +96,20 @@ static void set_error_msg(job_t *j, const char *fmt, va_list ap)
     vsnprintf(j->error_msg, sizeof(j->error_msg), fmt, ap);
 }
 
+/* Sets the phase timer to ms from the loop's now (0 stops it). A timer
+ * already due at that moment (set earlier in the same loop turn: a request
+ * written at once starts the first-byte clock twice) is left as it is:
+ * restarting it would change nothing but cost a heap removal and insertion. */
 static void phase_timer(job_t *j, uint64_t ms)
 {
-    if (ms > 0)
-        uv_timer_start(&j->phase_timer, on_phase_timeout, ms, 0);
-    else
+    if (ms == 0) {
         uv_timer_stop(&j->phase_timer);
+        return;
+    }
+    /* (Every start of the phase timer has on_phase_timeout.) */
+    if (uv_is_active((uv_handle_t *)&j->phase_timer) && uv_timer_get_due_in(&j->phase_timer) == ms)
+        return;
+    uv_timer_start(&j->phase_timer, on_phase_timeout, ms, 0);
 }
 
 /* ---- pairs ----------------------------------------------------------------- */
@@ -416,7 +425,7 @@ static int validate(job_t *j, char *err, size_t errlen)
     const char *msg = NULL;
     int rc;
 
-    rc = url_parse(&j->url, j->spec.url, &msg);
+    rc = url_parse_into(&j->url, j->spec.url, &msg, j->url_room, sizeof(j->url_room));
     if (rc != 0) {
         snprintf(err, errlen, "url: %s", msg ? msg : err_str(rc));
         return rc;
@@ -540,7 +549,7 @@ size_t job_cost(const job_t *j)
 
 int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg, size_t errlen)
 {
-    job_t *j = mem_calloc(1, sizeof(*j));
+    job_t *j = mem_alloc(sizeof(*j));
     int rc;
 
     if (j == NULL) {
@@ -548,6 +557,10 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
         snprintf(errmsg, errlen, "%s", err_str(ERR_NO_MEMORY));
         return ERR_NO_MEMORY;
     }
+    /* The sink, the timers and the rooms at the end are initialised by their
+     * own init functions or written before they are read: clearing them too
+     * would double the job's largest cost at creation. */
+    memset(j, 0, offsetof(job_t, sink));
     j->spec = *spec;
     memset(spec, 0, sizeof(*spec));
     j->refcnt = 1;
@@ -589,6 +602,13 @@ static void on_job_handle_close(uv_handle_t *h)
     mem_free(j);
 }
 
+/* Frees a metadata string unless it lies in the job's meta[]. */
+static void meta_release(job_t *j, char *p)
+{
+    if (p != NULL && (p < j->meta || p >= j->meta + sizeof(j->meta)))
+        mem_free(p);
+}
+
 static void job_destroy(job_t *j)
 {
     assert(j->conn == NULL && !pool_wait_pending(&j->pool_wait));
@@ -600,13 +620,12 @@ static void job_destroy(job_t *j)
     mem_free(j->output);
     mem_free(j->inline_body);
     mem_free(j->method);
-    mem_free(j->req_head);
     mem_free(j->location);
     mem_free(j->retry_after);
     mem_free(j->content_encoding);
-    mem_free(j->content_type);
-    mem_free(j->etag);
-    mem_free(j->last_modified);
+    meta_release(j, j->content_type);
+    meta_release(j, j->etag);
+    meta_release(j, j->last_modified);
     pairs_destroy(&j->headers);
     pairs_destroy(&j->redirect_chain);
     mem_free(j->file_path);
@@ -661,8 +680,14 @@ static int sends_body(const job_t *j)
     return j->spec.body != NULL && !j->body_dropped;
 }
 
-/* Serialises the request head into j->req_head, reusing its memory. */
-static int build_request(job_t *j, const proxy_t *px)
+/* A string literal and its length, for fmt_put(). */
+#define S_(lit) lit, sizeof(lit) - 1
+
+/* Serialises the request head into stack (size bytes) when it fits, else
+ * into a new heap block; *out is where it went (the caller frees it unless
+ * it is stack), *out_len its length. Returns 0 or ERR_NO_MEMORY. */
+static int build_request(job_t *j, const proxy_t *px, char *stack, size_t size, char **out,
+                         size_t *out_len)
 {
     const char *m = job_method(j);
     /* Through an HTTP proxy a plain http request is in absolute form. */
@@ -675,62 +700,97 @@ static int build_request(job_t *j, const proxy_t *px)
     char date[40];
     int ua = !user_has_header(j, "User-Agent"), accept = !user_has_header(j, "Accept");
     int accept_enc = decodes(j) && !user_has_header(j, "Accept-Encoding");
-    size_t len;
+    fmtbuf_t b;
     char *p;
 
     for (size_t i = 0; i < j->spec.nheaders; i++)
         need += strlen(j->spec.headers[i].name) + strlen(j->spec.headers[i].value) + 4;
-    p = mem_realloc(j->req_head, need);
+    p = need <= size ? stack : mem_alloc(need);
     if (p == NULL)
         return ERR_NO_MEMORY;
-    j->req_head = p;
-    len = (size_t)snprintf(p, need, "%s %s HTTP/1.1\r\nHost: %s\r\n", m, target, j->url.authority);
-    if (basic)
-        len += (size_t)snprintf(p + len, need - len, "Proxy-Authorization: Basic %s\r\n", basic);
+    *out = p;
+    /* need bounds every append below: nothing is cut (fmtbuf, no printf). */
+    b = (fmtbuf_t){.p = p, .cap = need};
+    fmt_str(&b, m);
+    fmt_put(&b, " ", 1);
+    fmt_str(&b, target);
+    fmt_put(&b, S_(" HTTP/1.1\r\nHost: "));
+    fmt_str(&b, j->url.authority);
+    fmt_put(&b, S_("\r\n"));
+    if (basic) {
+        fmt_put(&b, S_("Proxy-Authorization: Basic "));
+        fmt_str(&b, basic);
+        fmt_put(&b, S_("\r\n"));
+    }
     if (ua)
-        len += (size_t)snprintf(p + len, need - len, "User-Agent: fetchd/%s\r\n", FETCHD_VERSION);
+        fmt_put(&b, S_("User-Agent: fetchd/" FETCHD_VERSION "\r\n"));
     if (accept)
-        len += (size_t)snprintf(p + len, need - len, "Accept: */*\r\n");
+        fmt_put(&b, S_("Accept: */*\r\n"));
     if (accept_enc)
-        len += (size_t)snprintf(p + len, need - len, "Accept-Encoding: " DECODE_ACCEPT "\r\n");
+        fmt_put(&b, S_("Accept-Encoding: " DECODE_ACCEPT "\r\n"));
     for (size_t i = 0; i < j->spec.nheaders; i++) {
         const job_header_t *h = &j->spec.headers[i];
         /* Credentials never follow a redirect to another origin. */
         if (j->cross_origin && (header_is(h, "Authorization") || header_is(h, "Cookie") ||
                                 header_is(h, "Proxy-Authorization")))
             continue;
-        len += (size_t)snprintf(p + len, need - len, "%s: %s\r\n", h->name, h->value);
+        fmt_str(&b, h->name);
+        fmt_put(&b, ": ", 2);
+        fmt_str(&b, h->value);
+        fmt_put(&b, S_("\r\n"));
     }
     /* The file output's conditions (plan_file()). */
-    if (j->range_from > 0)
-        len +=
-            (size_t)snprintf(p + len, need - len, "Range: bytes=%" PRIu64 "-\r\nIf-Range: %s\r\n",
-                             j->range_from, j->if_range);
+    if (j->range_from > 0) {
+        fmt_put(&b, S_("Range: bytes="));
+        fmt_dec(&b, j->range_from);
+        fmt_put(&b, S_("-\r\nIf-Range: "));
+        fmt_str(&b, j->if_range);
+        fmt_put(&b, S_("\r\n"));
+    }
     if (j->ims != 0) {
         http_date(j->ims, date);
-        len += (size_t)snprintf(p + len, need - len, "If-Modified-Since: %s\r\n", date);
+        fmt_put(&b, S_("If-Modified-Since: "));
+        fmt_str(&b, date);
+        fmt_put(&b, S_("\r\n"));
     }
-    if (sends_body(j))
-        len += (size_t)snprintf(p + len, need - len, "Content-Length: %zu\r\n", j->spec.body_len);
-    else if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"))
-        len += (size_t)snprintf(p + len, need - len, "Content-Length: 0\r\n");
-    len += (size_t)snprintf(p + len, need - len, "\r\n");
-    assert(len < need);
-    j->req_head_len = len;
+    if (sends_body(j)) {
+        fmt_put(&b, S_("Content-Length: "));
+        fmt_dec(&b, j->spec.body_len);
+        fmt_put(&b, S_("\r\n"));
+    } else if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH")) {
+        fmt_put(&b, S_("Content-Length: 0\r\n"));
+    }
+    fmt_put(&b, S_("\r\n"));
+    assert(!b.over);
+    p[b.len] = '\0';
+    *out_len = b.len;
     return 0;
 }
 
+/* Builds the request head and sends it (with the body). The head is built
+ * on the stack when it fits: conn_send() copies what the socket does not
+ * take at once, so a usual request costs no allocation. The proxy is the
+ * connection's: its origin was chosen with the one attempt() selected. */
 static void send_request(job_t *j)
 {
+    char stack[1024], *head = NULL;
+    size_t len = 0;
     uv_buf_t bufs[2];
     unsigned n = 1;
     int rc;
 
-    bufs[0] = uv_buf_init(j->req_head, (unsigned)j->req_head_len);
+    rc = build_request(j, j->conn->env->proxy, stack, sizeof(stack), &head, &len);
+    if (rc != 0) {
+        finish(j, rc, "building the request: %s", err_str(rc));
+        return;
+    }
+    bufs[0] = uv_buf_init(head, (unsigned)len);
     if (sends_body(j) && j->spec.body_len > 0)
         bufs[n++] = uv_buf_init(j->spec.body, (unsigned)j->spec.body_len);
     job_set_phase(j, JOB_PH_REQUEST, 0);
     rc = conn_send(j->conn, bufs, n, strcmp(job_method(j), "HEAD") == 0);
+    if (head != stack)
+        mem_free(head);
     if (rc != 0)
         finish(j, rc, "sending the request: %s", err_str(rc));
 }
@@ -741,10 +801,11 @@ static void send_request(job_t *j)
  * a retried status), so that only the final response's ever shows. */
 static void drop_metadata(job_t *j)
 {
-    mem_free(j->content_type);
-    mem_free(j->etag);
-    mem_free(j->last_modified);
+    meta_release(j, j->content_type);
+    meta_release(j, j->etag);
+    meta_release(j, j->last_modified);
     j->content_type = j->etag = j->last_modified = NULL;
+    j->meta_used = 0;
     j->content_length = -1;
     pairs_destroy(&j->headers);
 }
@@ -961,6 +1022,26 @@ static int add_content_encoding(job_t *j, const char *value, size_t vlen)
     return 0;
 }
 
+/* Keeps a metadata field of the final response (content_type, etag,
+ * last_modified) in the job's own meta[] when it fits, else on the heap: a
+ * usual response's three fit, and cost no allocation. A repeated field
+ * leaves its earlier copy's room in meta[] unused until drop_metadata(). */
+static int keep_meta(job_t *j, char **slot, const char *value, size_t vlen)
+{
+    meta_release(j, *slot);
+    *slot = NULL;
+    if (vlen < sizeof(j->meta) - j->meta_used) {
+        char *p = j->meta + j->meta_used;
+        memcpy(p, value, vlen);
+        p[vlen] = '\0';
+        j->meta_used += (unsigned)vlen + 1;
+        *slot = p;
+        return 0;
+    }
+    *slot = mem_strndup(value, vlen);
+    return *slot ? 0 : ERR_NO_MEMORY;
+}
+
 static int keep_header(char **slot, const char *value, size_t vlen)
 {
     mem_free(*slot);
@@ -979,6 +1060,18 @@ static __attribute__((noinline)) int keep_field(job_t *j, const char *name, size
     return rc == ERR_NO_MEMORY ? rc : 0;
 }
 
+/* 1 when the n bytes of a field name are want (lowercase letters and '-',
+ * n bytes), ignoring case: the connection hands over names that are
+ * tokens, and no token byte but a letter's case changes with | 0x20 into a
+ * letter or '-'. */
+static int name_is(const char *name, const char *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((name[i] | 0x20) != want[i])
+            return 0;
+    return 1;
+}
+
 static int on_conn_header(void *user, const char *name, size_t nlen, const char *value, size_t vlen,
                           conn_why_t *why)
 {
@@ -988,21 +1081,26 @@ static int on_conn_header(void *user, const char *name, size_t nlen, const char 
     /* The only cost of keep_headers to a job without it: this test. */
     if (j->spec.keep_headers && keep_field(j, name, nlen, value, vlen) != 0)
         return ERR_NO_MEMORY;
-    if (nlen == 16 && strncasecmp(name, "content-encoding", 16) == 0)
-        return add_content_encoding(j, value, vlen);
-    if (nlen == 8 && strncasecmp(name, "location", 8) == 0)
-        return keep_header(&j->location, value, vlen);
-    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
-        return keep_header(&j->retry_after, value, vlen);
-    if (nlen == 12 && strncasecmp(name, "content-type", 12) == 0)
-        return keep_header(&j->content_type, value, vlen);
-    if (nlen == 4 && strncasecmp(name, "etag", 4) == 0)
-        return keep_header(&j->etag, value, vlen);
-    if (nlen == 13 && strncasecmp(name, "last-modified", 13) == 0)
-        return keep_header(&j->last_modified, value, vlen);
-    if (nlen == 13 && strncasecmp(name, "content-range", 13) == 0)
-        return keep_header(&j->content_range, value, vlen);
-    return 0;
+    switch (nlen) {
+    case 4:
+        return name_is(name, "etag", 4) ? keep_meta(j, &j->etag, value, vlen) : 0;
+    case 8:
+        return name_is(name, "location", 8) ? keep_header(&j->location, value, vlen) : 0;
+    case 11:
+        return name_is(name, "retry-after", 11) ? keep_header(&j->retry_after, value, vlen) : 0;
+    case 12:
+        return name_is(name, "content-type", 12) ? keep_meta(j, &j->content_type, value, vlen) : 0;
+    case 13:
+        if (name_is(name, "last-modified", 13))
+            return keep_meta(j, &j->last_modified, value, vlen);
+        if (name_is(name, "content-range", 13))
+            return keep_header(&j->content_range, value, vlen);
+        return 0;
+    case 16:
+        return name_is(name, "content-encoding", 16) ? add_content_encoding(j, value, vlen) : 0;
+    default:
+        return 0;
+    }
 }
 
 static int is_redirect(int status)
@@ -1567,13 +1665,6 @@ static void attempt(job_t *j)
         return;
     }
     plan_file(j);
-    rc = build_request(j, px);
-    if (rc != 0) {
-        if (px)
-            proxy_decref(px);
-        finish(j, rc, "building the request: %s", err_str(rc));
-        return;
-    }
     job_set_phase(j, JOB_PH_WAIT_CONN, 0);
     rc = pool_connect_via(j->env->pool, &j->pool_wait, &j->url, j->tls_config, px, j->force_new,
                           on_pool_conn, j, &c);
@@ -1673,12 +1764,14 @@ static void finish(job_t *j, int err, const char *fmt, ...)
     if (j->phase >= JOB_PH_FINISHING)
         return;
     j->error = err;
-    va_start(ap, fmt);
-    set_error_msg(j, fmt, ap);
-    va_end(ap);
-    if (err == 0)
-        j->error_msg[0] = '\0';
-    else if (j->error_msg[0] == '\0')
+    if (err == 0) {
+        j->error_msg[0] = '\0'; /* a success has no message: nothing to format */
+    } else {
+        va_start(ap, fmt);
+        set_error_msg(j, fmt, ap);
+        va_end(ap);
+    }
+    if (err != 0 && j->error_msg[0] == '\0')
         snprintf(j->error_msg, sizeof(j->error_msg), "%s", err_str(err));
     job_set_phase(j, JOB_PH_FINISHING, 0); /* lets go of timers, waits, connection */
     rc = err ? sink_abort(&j->sink, on_sink_done) : sink_commit(&j->sink, on_sink_done);

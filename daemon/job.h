@@ -52,6 +52,14 @@ typedef enum job_overwrite {
     JOB_OVERWRITE_NEWER    /* If-Modified-Since its mtime; a 304 leaves it untouched */
 } job_overwrite_t;
 
+/* Bytes of a job's own room for its final response's Content-Type, ETag
+ * and Last-Modified (a usual response's three fit: no allocation). */
+#define JOB_META_INLINE 128
+
+/* Bytes of a job's own room for its submitted URL's parsed strings (a URL
+ * of up to about 90 characters fits: no allocation). */
+#define JOB_URL_ROOM 160
+
 /* The most of a non-2xx response's body a file job keeps (error_body). */
 #define JOB_ERROR_BODY_MAX 4096
 
@@ -241,7 +249,8 @@ struct job {
     char *content_encoding; /* owned: the final response's Content-Encoding, or NULL */
     int decoded;            /* the body was decoded from content_encoding */
 
-    /* read-only: the final response's metadata (owned; NULL when it had none) */
+    /* read-only: the final response's metadata (NULL when it had none; owned,
+     * or in meta[] below) */
     char *content_type;     /* Content-Type */
     char *etag;             /* ETag, as received (quotes and W/ included) */
     char *last_modified;    /* Last-Modified, as received */
@@ -281,18 +290,13 @@ struct job {
     url_t url;                /* owned: the URL being fetched now */
     tls_config_t *tls_config; /* owned reference once an https URL is involved */
     char *method;             /* owned: the current method; NULL means GET (a 303 changes it) */
-    char *req_head;           /* owned: the serialised request head */
-    size_t req_head_len;
-    char *file_path;  /* owned: the confined output path until the job is done */
-    int body_dropped; /* a redirect turned the request into a bodiless GET */
-    int cross_origin; /* a redirect left the first origin: credentials dropped */
+    char *file_path;          /* owned: the confined output path until the job is done */
+    int body_dropped;         /* a redirect turned the request into a bodiless GET */
+    int cross_origin;         /* a redirect left the first origin: credentials dropped */
     dns_waiter_t dns_waiter;
-    sink_t sink;            /* owned */
-    uv_timer_t total_timer; /* total timeout */
-    uv_timer_t phase_timer; /* connect / first byte / idle / backoff */
-    int handles_open;       /* timers not yet closed */
-    uint64_t start_ms;      /* monotonic ms the job started */
-    uint64_t finished_ms;   /* loop time (ms) it finished, for retention */
+    int handles_open;     /* timers not yet closed */
+    uint64_t start_ms;    /* monotonic ms the job started */
+    uint64_t finished_ms; /* loop time (ms) it finished, for retention */
     uint64_t phase_start_ms;
     uint64_t connect_start_ms;
     int retries_left;
@@ -313,12 +317,25 @@ struct job {
     uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
     job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
 
+    unsigned meta_used; /* bytes of meta[] in use */
+
     char *content_range; /* owned: the response's Content-Range */
     char *if_range;      /* owned: the validator sent with Range, or NULL */
     uint64_t range_from; /* the Range start sent (0: none) */
     int64_t ims;         /* the If-Modified-Since sent (unix s; 0: none) */
     int no_resume;       /* the partial file was refused: start over from 0 */
     int range_complete;  /* a 416 said the partial file is the whole: drop its body */
+
+    /* private, and not cleared when the job is created (job_create() clears
+     * the struct up to here): each member is initialised by its own init
+     * function, or written before it is read. */
+    sink_t sink;                 /* owned */
+    uv_timer_t total_timer;      /* total timeout */
+    uv_timer_t phase_timer;      /* connect / first byte / idle / backoff */
+    char url_room[JOB_URL_ROOM]; /* the submitted URL's strings, when they fit (url_parse_into) */
+    /* the room content_type, etag and last_modified take when they fit
+     * (job.c, keep_meta()); they are owned heap strings otherwise */
+    char meta[JOB_META_INLINE];
 };
 
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure

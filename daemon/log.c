@@ -111,6 +111,19 @@ static size_t escape_one(char esc[9], const unsigned char *p, size_t left)
     return 0;
 }
 
+/* 1 for the bytes that stand as they are in a log line: not a control,
+ * not DEL, not the backslash, not 0xC2 (which may start a C1 control). */
+static const unsigned char plain_byte[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
 size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
 {
     const unsigned char *p = (const unsigned char *)src;
@@ -121,7 +134,7 @@ size_t log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
         size_t n, used, run = i;
 
         /* A run of bytes that stand as they are, copied at once. */
-        while (run < srclen && p[run] >= 0x20 && p[run] != 0x7f && p[run] != '\\' && p[run] != 0xc2)
+        while (run < srclen && plain_byte[p[run]])
             run++;
         if (run > i) {
             size_t k = run - i < dstlen - 1 - out ? run - i : dstlen - 1 - out;

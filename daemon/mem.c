@@ -29,6 +29,7 @@ _Static_assert(HDR_SIZE % alignof(max_align_t) == 0, "mem header keeps alignment
 static struct {
     atomic_uint_fast64_t blocks;
     atomic_uint_fast64_t bytes;
+    atomic_uint_fast64_t total; /* allocation calls that succeeded, reallocs included */
 } counters[MEM__COUNT];
 
 static atomic_long fail_countdown;
@@ -47,6 +48,7 @@ static void *count_alloc(mem_component_t c, size_t size, int zero)
     h->magic = MEM_MAGIC;
     atomic_fetch_add_explicit(&counters[c].blocks, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&counters[c].bytes, size, memory_order_relaxed);
+    atomic_fetch_add_explicit(&counters[c].total, 1, memory_order_relaxed);
     return (char *)h + HDR_SIZE;
 }
 
@@ -86,6 +88,7 @@ static void *count_realloc(mem_component_t c, void *p, size_t size)
     if (nh == NULL)
         return NULL;
     nh->size = size;
+    atomic_fetch_add_explicit(&counters[nh->component].total, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&counters[nh->component].bytes, old, memory_order_relaxed);
     atomic_fetch_add_explicit(&counters[nh->component].bytes, size, memory_order_relaxed);
     return (char *)nh + HDR_SIZE;
@@ -186,6 +189,11 @@ void mem_get(mem_component_t c, uint64_t *blocks, uint64_t *bytes)
         *blocks = atomic_load_explicit(&counters[c].blocks, memory_order_relaxed);
     if (bytes)
         *bytes = atomic_load_explicit(&counters[c].bytes, memory_order_relaxed);
+}
+
+uint64_t mem_allocations_total(mem_component_t c)
+{
+    return atomic_load_explicit(&counters[c].total, memory_order_relaxed);
 }
 
 const char *mem_component_name(mem_component_t c)

@@ -52,6 +52,12 @@ char *mem_strndup(const char *p, size_t len);
 /* Live blocks and bytes of one component at this moment. */
 void mem_get(mem_component_t c, uint64_t *blocks, uint64_t *bytes);
 
+/* Allocations component c has made since the process started: every
+ * malloc, calloc and realloc that succeeded (a realloc counts once, as the
+ * C library's allocator sees one call). Never falls; the live blocks of
+ * mem_get() are these minus the frees. */
+uint64_t mem_allocations_total(mem_component_t c);
+
 /* The name used as the metrics label: "fetchd", "libuv", "jansson", "zlib",
  * "brotli", "zstd". */
 const char *mem_component_name(mem_component_t c);

@@ -113,6 +113,11 @@ static void render_memory(strbuf_t *b, const metrics_t *m)
          "Live heap blocks, by allocating component (counting allocator).");
     for (int c = 0; c < MEM__COUNT; c++)
         labelled(b, "fetchd_heap_allocations", "component", comp[c], blocks[c]);
+    head(b, "fetchd_heap_allocations_total", "counter",
+         "Heap allocations made (malloc, calloc and realloc calls), by allocating component.");
+    for (int c = 0; c < MEM__COUNT; c++)
+        labelled(b, "fetchd_heap_allocations_total", "component", comp[c],
+                 mem_allocations_total(c));
     head(b, "fetchd_heap_bytes", "gauge", "Live heap bytes, by allocating component.");
     for (int c = 0; c < MEM__COUNT; c++)
         labelled(b, "fetchd_heap_bytes", "component", comp[c], bytes[c]);

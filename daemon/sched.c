@@ -15,6 +15,7 @@
 #endif
 
 #include "err.h"
+#include "fmt.h"
 #include "http.h"
 #include "mem.h"
 
@@ -366,9 +367,14 @@ static int enqueue(sched_t *s, job_t *j)
     int rc;
 
     j->seq = ++s->next_seq;
-    if (j->id[0] == '\0')
-        snprintf(j->id, sizeof(j->id), "%08" PRIx64 "%08" PRIx64, s->id_prefix,
-                 j->seq & 0xffffffffu);
+    if (j->id[0] == '\0') {
+        /* 16 hex digits: the 32-bit prefix, then the sequence's low 32 bits. */
+        char id[17];
+        fmt_hex64(id, s->id_prefix & 0xffffffffu, 8);
+        fmt_hex64(id + 8, j->seq & 0xffffffffu, 8);
+        id[16] = '\0';
+        memcpy(j->id, id, sizeof(id));
+    }
     rc = heap_push(s, j);
     if (rc != 0)
         return rc;
@@ -529,7 +535,12 @@ static void expire(sched_t *s)
         return; /* the timer is closing */
     if (s->retained_head) {
         uint64_t due = s->retained_head->finished_ms + s->retain_ms;
-        uv_timer_start(&s->retain_timer, on_retain_timer, due > now ? due - now : 1, 0);
+        uint64_t in = due > now ? due - now : 1;
+        /* Every finished job comes here; the oldest's deadline is most often
+         * the one the timer already has. */
+        if (!uv_is_active((uv_handle_t *)&s->retain_timer) ||
+            uv_timer_get_due_in(&s->retain_timer) != in)
+            uv_timer_start(&s->retain_timer, on_retain_timer, in, 0);
     } else {
         uv_timer_stop(&s->retain_timer);
     }

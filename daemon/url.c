@@ -77,9 +77,23 @@ static int fail(const char **msg, const char *why)
 }
 
 /* Refuses bytes that may never appear in a URL we accept, wherever they are. */
+/* 1 for the bytes a URL may hold as they are (the ASCII ones that are not
+ * a control, DEL, space or backslash); the bytes from 0x80 are 0. */
+static const unsigned char url_byte_ok[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+};
+
 static int check_bytes(const char *s, const char **msg)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+    const unsigned char *p = (const unsigned char *)s;
+
+    /* The usual URL has no byte to refuse: one table look-up a byte. */
+    while (url_byte_ok[*p])
+        p++;
+    for (; *p != '\0'; p++) {
         if (*p == '\r' || *p == '\n')
             return fail(msg, "CR or LF in URL");
         if (*p == ' ')
@@ -233,6 +247,31 @@ static int ends_in_number(span_t h)
 }
 
 /* A reg-name (letters, digits, '-', '.', '_') or a dotted-quad IPv4 address. */
+/* 1 when h is four decimal numbers 0-255 joined by dots, none with a
+ * leading zero: an address inet_pton(AF_INET) accepts, found without it
+ * (0 does not mean invalid: the caller asks inet_pton then). */
+static int dotted_quad(span_t h)
+{
+    unsigned parts = 0, v = 0, digits = 0;
+
+    for (size_t i = 0; i <= h.n; i++) {
+        char c = i < h.n ? h.p[i] : '.';
+        if (is_digit(c)) {
+            if (digits > 0 && v == 0)
+                return 0; /* a leading zero */
+            v = v * 10 + (unsigned)(c - '0');
+            if (++digits > 3 || v > 255)
+                return 0;
+        } else if (c == '.' && digits > 0 && ++parts <= 4) {
+            v = 0;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return parts == 4;
+}
+
 static int parse_regname(span_t h, host_info_t *hi, const char **msg)
 {
     char buf[16];
@@ -250,10 +289,13 @@ static int parse_regname(span_t h, host_info_t *hi, const char **msg)
         return 0;
     if (h.n >= sizeof(buf))
         return fail(msg, "invalid IPv4 address");
-    memcpy(buf, h.p, h.n);
-    buf[h.n] = '\0';
-    if (uv_inet_pton(AF_INET, buf, addr) != 0)
-        return fail(msg, "invalid IPv4 address");
+    if (!dotted_quad(h)) {
+        /* Not the plain form: inet_pton has the last word, as before. */
+        memcpy(buf, h.p, h.n);
+        buf[h.n] = '\0';
+        if (uv_inet_pton(AF_INET, buf, addr) != 0)
+            return fail(msg, "invalid IPv4 address");
+    }
     hi->is_ip = 1;
     return 0;
 }
@@ -334,13 +376,16 @@ static void put_target(char **pos, const parts_t *pt)
 }
 
 /* Builds u's block from validated parts (see the layout at the top). */
-static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const parts_t *pt)
+static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const parts_t *pt,
+                 char *room, size_t room_size)
 {
     const char *name = url_scheme_name(scheme);
     size_t auth_max = hi->host.n + 2 + 6;
     size_t target_max = 1 + pt->path.n + 1 + pt->query.n;
     size_t href_max = strlen(name) + 3 + auth_max + target_max;
-    char *block = mem_alloc(href_max + 1 + hi->host.n + 1 + auth_max + 1);
+    size_t need = href_max + 1 + hi->host.n + 1 + auth_max + 1;
+    int in_room = room != NULL && need <= room_size;
+    char *block = in_room ? room : mem_alloc(need);
     char *pos = block, *auth, *target;
     if (block == NULL)
         return ERR_NO_MEMORY;
@@ -360,6 +405,7 @@ static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const par
     *pos = '\0';
     u->target = target;
     u->href = block;
+    u->in_room = in_room;
     u->scheme = scheme;
     u->port = hi->port;
     u->host_is_ip = hi->is_ip;
@@ -367,6 +413,11 @@ static int build(url_t *u, url_scheme_t scheme, const host_info_t *hi, const par
 }
 
 int url_parse(url_t *u, const char *s, const char **msg)
+{
+    return url_parse_into(u, s, msg, NULL, 0);
+}
+
+int url_parse_into(url_t *u, const char *s, const char **msg, char *room, size_t size)
 {
     parts_t pt;
     host_info_t hi;
@@ -387,7 +438,7 @@ int url_parse(url_t *u, const char *s, const char **msg)
         return ERR_INVALID_REQUEST;
     if (check_escapes(pt.path, msg) != 0 || check_escapes(pt.query, msg) != 0)
         return ERR_INVALID_REQUEST;
-    return build(u, scheme, &hi, &pt);
+    return build(u, scheme, &hi, &pt, room, size);
 }
 
 /* Removes the last segment and its preceding '/' (if any) from the output. */
@@ -530,7 +581,8 @@ int url_resolve(url_t *out, const url_t *base, const char *ref, const char **msg
 
 void url_dispose(url_t *u)
 {
-    mem_free(u->href);
+    if (!u->in_room)
+        mem_free(u->href);
     memset(u, 0, sizeof(*u));
 }
 
@@ -548,6 +600,7 @@ int url_copy(url_t *out, const url_t *u)
     if (block == NULL)
         return ERR_NO_MEMORY;
     *out = *u;
+    out->in_room = 0;
     out->href = memcpy(block, u->href, href);
     out->host = memcpy(block + href, u->host, host);
     out->authority = memcpy(block + href + host, u->authority, auth);

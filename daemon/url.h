@@ -23,12 +23,18 @@ typedef struct url {
     char *authority; /* owned; Host header value: host[:port], brackets for IPv6,
                         the port omitted when it is the default */
     char *href;      /* owned; the normalised absolute URL, without fragment */
+    int in_room;     /* the strings lie in the caller's room (url_parse_into()): not freed */
 } url_t;
 
 /* Parses the absolute URL s into u. Returns 0, ERR_INVALID_REQUEST (u left
  * zeroed) or ERR_NO_MEMORY. When msg is not NULL it receives a static string
  * naming what is wrong ("control byte in URL", "unsupported scheme", ...). */
 int url_parse(url_t *u, const char *s, const char **msg);
+
+/* url_parse(), with the strings placed in room (size bytes, borrowed: it
+ * must outlive u) when they fit, else in a block of their own as
+ * url_parse() does; a URL in the room costs no allocation. */
+int url_parse_into(url_t *u, const char *s, const char **msg, char *room, size_t size);
 
 /* Resolves ref (a Location header value: absolute, scheme-relative,
  * absolute-path or relative-path reference, RFC 3986 section 5) against base

@@ -857,6 +857,62 @@ class Urllib2Scenario(NginxMetricsTestCase):
                          - before["buffers.in_use"] - before["buffers.free"])
 
 
+# ---- allocations made (issue 15) ---------------------------------------------------------
+
+ALLOC_FETCHES = 20
+
+
+class HeapAllocationsTotal(NginxMetricsTestCase):
+    """fetchd_heap_allocations_total{component}: every allocation made, a
+    counter beside the live-blocks gauge. N fetches make at least N of
+    fetchd's own (each job is one), no component's count ever falls, and the
+    stats method reports the same figures."""
+
+    def totals(self, s):
+        return s.by_label("fetchd_heap_allocations_total", "component")
+
+    def test_counts_every_allocation_and_never_falls(self):
+        self.start_daemon(["--idle-timeout", "1"])
+        client = self.rpc()
+        n = self.nginx
+        first = self.scrape()
+        self.assertEqual(first.types.get("fetchd_heap_allocations_total"), "counter",
+                         "no counter TYPE line for fetchd_heap_allocations_total")
+        before = self.totals(first)
+        self.assertLessEqual({"fetchd", "libuv", "jansson", "zlib", "brotli", "zstd"},
+                             set(before), before)
+        live = first.by_label("fetchd_heap_allocations", "component")
+        for comp, made in before.items():
+            self.assertGreaterEqual(made, live[comp], "%s: fewer made than live" % comp)
+        self.assertGreater(before["fetchd"], 0, before)
+        seen = [before]
+        for i in range(ALLOC_FETCHES):
+            job = self.fetch(client, {"url": n.url("/small.txt")})
+            self.assertEqual((job["state"], job.get("http_status")), ("done", 200), job)
+            if i % 5 == 4:
+                seen.append(self.totals(self.scrape()))
+        seen.append(self.totals(self.wait_idle_closed()))
+        for earlier, later in zip(seen, seen[1:]):
+            for comp in before:
+                self.assertGreaterEqual(later[comp], earlier[comp],
+                                        "fetchd_heap_allocations_total{component=%s} fell: "
+                                        "%r%s" % (comp, [t[comp] for t in seen], self.ctx()))
+        after = seen[-1]
+        self.assertGreaterEqual(after["fetchd"] - before["fetchd"], ALLOC_FETCHES,
+                                "%d fetches, fetchd allocations %d -> %d"
+                                % (ALLOC_FETCHES, before["fetchd"], after["fetchd"]))
+        self.assertGreaterEqual(after["jansson"] - before["jansson"], ALLOC_FETCHES, after)
+        # The stats method's figures: read after a scrape, so each must be
+        # at least the scrape's, and no more than a second scrape's.
+        s1 = self.totals(self.scrape())
+        heap = client.result("stats")["heap"]
+        s2 = self.totals(self.scrape())
+        for comp in before:
+            self.assertIn("allocations_total", heap[comp], heap)
+            self.assertGreaterEqual(heap[comp]["allocations_total"], s1[comp], comp)
+            self.assertLessEqual(heap[comp]["allocations_total"], s2[comp], comp)
+
+
 # ---- a real Prometheus ------------------------------------------------------------------
 
 

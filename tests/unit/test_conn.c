@@ -29,6 +29,12 @@ typedef struct server {
     int close_after;    /* close the connection after the answer */
     char req[4096];
     size_t len;
+    /* big: the request head is too large for req: it is only scanned (its
+     * bytes counted, and the 'Z's among them), its last 4 bytes kept. */
+    int big;
+    size_t big_len, big_z;
+    char tail[5];
+    char scratch[65536];
 } server_t;
 
 static void on_peer_closed(uv_handle_t *h)
@@ -41,7 +47,22 @@ static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
     server_t *s = h->data;
     (void)hint;
-    *b = uv_buf_init(s->req + s->len, (unsigned)(sizeof(s->req) - 1 - s->len));
+    if (s->big)
+        *b = uv_buf_init(s->scratch, sizeof(s->scratch));
+    else
+        *b = uv_buf_init(s->req + s->len, (unsigned)(sizeof(s->req) - 1 - s->len));
+}
+
+/* A big head's bytes: counted and scanned; returns 1 once its end is in. */
+static int big_bytes(server_t *s, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        s->big_z += p[i] == 'Z';
+        memmove(s->tail, s->tail + 1, 3);
+        s->tail[3] = p[i];
+    }
+    s->big_len += n;
+    return memcmp(s->tail, "\r\n\r\n", 4) == 0;
 }
 
 static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
@@ -49,7 +70,13 @@ static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     server_t *s = st->data;
     uv_buf_t out;
 
-    (void)b;
+    if (s->big && n > 0) {
+        if (!big_bytes(s, b->base, (size_t)n) || s->answer == NULL)
+            return;
+        n = 0;
+        strcpy(s->req, "\r\n\r\n"); /* the end of the head, for the answer below */
+        s->len = 4;
+    }
     if (n < 0 || s->len + (size_t)n >= sizeof(s->req) - 1) {
         if (!uv_is_closing((uv_handle_t *)&s->peer))
             uv_close((uv_handle_t *)&s->peer, on_peer_closed);
@@ -114,6 +141,9 @@ typedef struct user {
     size_t blen;
     const char *refuse_head; /* refuse the head with this reason */
     int close_in_body;       /* conn_close() from inside on_body */
+    int big_head;            /* send a head of BIG_PAD bytes and more (send_big_head()) */
+    int head_copied;         /* conn_send() kept a copy of the head's unsent rest */
+    size_t big_len;
     int finished;
 } user_t;
 
@@ -160,6 +190,32 @@ static void u_detach(void *p)
 
 static const char request[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
+/* big_head: the request head's size; it is built in a block of its own
+ * that is overwritten with 'Z's and freed as soon as conn_send() returns. */
+#define BIG_PAD (2u << 20)
+
+static void send_big_head(user_t *u)
+{
+    static const char start[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ";
+    size_t n = sizeof(start) - 1 + BIG_PAD + 4;
+    char *head = malloc(n);
+    uv_buf_t b;
+    int small = 4096;
+
+    CHECK(head != NULL);
+    memcpy(head, start, sizeof(start) - 1);
+    memset(head + sizeof(start) - 1, 'a', BIG_PAD);
+    memcpy(head + n - 4, "\r\n\r\n", 4);
+    /* A small send buffer: the socket takes only part of the head at once. */
+    CHECK_INT(uv_send_buffer_size((uv_handle_t *)&u->conn->tcp, &small), 0);
+    b = uv_buf_init(head, (unsigned)n);
+    CHECK_INT(conn_send(u->conn, &b, 1, 0), 0);
+    u->head_copied = u->conn->head_copy != NULL;
+    memset(head, 'Z', n);
+    free(head);
+    u->big_len = n;
+}
+
 static void u_connected(void *p, int err, const char *msg)
 {
     user_t *u = p;
@@ -172,7 +228,10 @@ static void u_connected(void *p, int err, const char *msg)
         u->finished = 1;
         return;
     }
-    CHECK_INT(conn_send(u->conn, &b, 1, 0), 0);
+    if (u->big_head)
+        send_big_head(u);
+    else
+        CHECK_INT(conn_send(u->conn, &b, 1, 0), 0);
 }
 
 static void u_sent(void *p)
@@ -400,6 +459,29 @@ static void test_reusable_response(void)
     CHECK_INT(f.closings, 1);
 }
 
+/* The request head is the caller's for the call only: what the socket
+ * does not take at once is copied (the caller's bytes are overwritten right
+ * after the call), and the copy goes when the write completes. */
+static void test_head_is_copied_when_not_sent_at_once(void)
+{
+    fixture_t *f = calloc(1, sizeof(*f)); /* the big server's scratch: not on the stack */
+
+    CHECK(f != NULL);
+    setup(f, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0);
+    f->srv.big = 1;
+    f->user.big_head = 1;
+    start(f, f->srv.port);
+    CHECK(run_until_finished(f));
+    CHECK_INT(f->user.head_copied, 1);
+    CHECK_INT(f->srv.big_len, f->user.big_len);
+    CHECK_INT(f->srv.big_z, 0);
+    CHECK_STR(f->user.trace, "connected sent read header head body detach complete");
+    CHECK_INT(f->user.status, 200);
+    CHECK(f->returned != NULL && f->returned->head_copy == NULL);
+    teardown(f);
+    free(f);
+}
+
 /* A response cut short: on_error carries the code and the message. */
 static void test_truncated(void)
 {
@@ -470,8 +552,11 @@ static void test_connect_refused(void)
 int main(void)
 {
     static const test_case_t cases[] = {
-        TEST_CASE(test_reusable_response), TEST_CASE(test_truncated),
-        TEST_CASE(test_refusal_reason),    TEST_CASE(test_close_inside_callback),
+        TEST_CASE(test_reusable_response),
+        TEST_CASE(test_head_is_copied_when_not_sent_at_once),
+        TEST_CASE(test_truncated),
+        TEST_CASE(test_refusal_reason),
+        TEST_CASE(test_close_inside_callback),
         TEST_CASE(test_connect_refused),
     };
     if (mem_install() != 0)

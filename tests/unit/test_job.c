@@ -50,9 +50,11 @@ static struct fake {
 
 static conn_t *fake_conn_new(conn_state_t state)
 {
+    static const conn_env_t direct; /* no proxy: what send_request() reads */
     conn_t *c = mem_calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
+    c->env = &direct;
     c->refcnt = 1; /* the reference the pool hands over */
     c->state = state;
     F.conns_live++;

@@ -82,6 +82,31 @@ static void test_failure_injection(void)
     CHECK_INT(blocks(MEM_FETCHD), 0);
 }
 
+/* mem_allocations_total(): every successful malloc, calloc and realloc
+ * counts once; frees and failures do not, and the count never falls. */
+static void test_allocations_total(void)
+{
+    uint64_t t0 = mem_allocations_total(MEM_FETCHD), j0 = mem_allocations_total(MEM_JANSSON);
+    char *p = mem_alloc(10), *q = mem_calloc(2, 8);
+    json_t *o;
+
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), t0 + 2);
+    p = mem_realloc(p, 4000);
+    CHECK(p != NULL);
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), t0 + 3);
+    mem_free(p);
+    mem_free(q);
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), t0 + 3);
+    mem_fail_after(1);
+    CHECK(mem_alloc(8) == NULL);
+    CHECK(mem_alloc(SIZE_MAX - 4) == NULL);
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), t0 + 3);
+    o = json_pack("{s:s}", "a", "b");
+    CHECK(mem_allocations_total(MEM_JANSSON) > j0);
+    json_decref(o);
+    CHECK_INT(mem_allocations_total(MEM_FETCHD), t0 + 3);
+}
+
 static void test_huge_request_fails_cleanly(void)
 {
     CHECK(mem_alloc(SIZE_MAX - 4) == NULL);
@@ -97,4 +122,5 @@ static void test_all(void)
 
 TEST_MAIN(TEST_CASE(test_all), TEST_CASE(test_counts_fetchd_blocks_and_bytes),
           TEST_CASE(test_strdup), TEST_CASE(test_libuv_and_jansson_are_counted_apart),
-          TEST_CASE(test_failure_injection), TEST_CASE(test_huge_request_fails_cleanly))
+          TEST_CASE(test_failure_injection), TEST_CASE(test_allocations_total),
+          TEST_CASE(test_huge_request_fails_cleanly))
