@@ -7,8 +7,8 @@
  *
  * Buffers come in two sizes: standard (the pool's size) and large
  * (BUF_LARGE_UNITS times that), which a connection reads into while a body
- * streams in: a quarter of the read syscalls, and of the TCP window updates
- * each read sends, for the same bytes. The pool's counts (in_use, nfree,
+ * streams in: a quarter of the read syscalls for the same bytes, and well
+ * over a 64 KiB loopback segment per read. The pool's counts (in_use, nfree,
  * max_free) are in units of the standard size, a large buffer counting
  * BUF_LARGE_UNITS, so that count * size stays the bytes they hold.
  *
