@@ -142,6 +142,7 @@ struct conn {
     buf_t *rbuf;     /* owned: handed to libuv by on_alloc until on_read */
     llhttp_t parser;
     int handle_open;
+    int read_large; /* the last read filled its buffer mid-response: the next takes a large one */
     int reading;
     int head_request;        /* the request in flight is HEAD: no body follows */
     unsigned writes_pending; /* writes (write_req, or TLS records) with libuv */

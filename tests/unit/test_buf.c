@@ -1,5 +1,5 @@
 /* Unit tests for daemon/buf.c: reuse, the free-list cap, trimming and the
- * live counts. */
+ * live counts, for standard and large buffers. */
 #include "buf.h"
 #include "mem.h"
 #include "stats.h"
@@ -155,6 +155,103 @@ static void test_alloc_failure(void)
     CHECK_INT(fetchd_blocks(), base);
 }
 
+/* A large buffer holds BUF_LARGE_UNITS standard sizes and counts as that many
+ * units in in_use and nfree, so that count * size stays its bytes; it comes
+ * back from its own free list, never as a standard buffer. */
+static void test_large(void)
+{
+    stats_t st;
+    buf_pool_t p;
+    uint64_t base = fetchd_blocks();
+    stats_init(&st);
+    buf_pool_init(&p, 1024, 2 * BUF_LARGE_UNITS, &st);
+
+    buf_t *l = buf_get_large(&p), *s = buf_get(&p);
+    CHECK(l != NULL && s != NULL);
+    CHECK_INT(l->size, BUF_LARGE_UNITS * 1024);
+    CHECK_INT(s->size, 1024);
+    CHECK_INT(l->len, 0);
+    CHECK_INT(p.in_use, BUF_LARGE_UNITS + 1);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 2);
+    memset(l->data, 'x', l->size); /* all of it is usable */
+
+    CHECK_INT(buf_decref(l), 1);
+    CHECK_INT(p.in_use, 1);
+    CHECK_INT(p.nfree, BUF_LARGE_UNITS);
+    CHECK_INT(p.nlarge_free, 1);
+    /* A standard request does not get the large buffer, nor the reverse. */
+    buf_t *s2 = buf_get(&p);
+    CHECK(s2 != l);
+    CHECK_INT(s2->size, 1024);
+    CHECK_INT(p.nlarge_free, 1);
+    CHECK(buf_get_large(&p) == l);
+    CHECK_INT(p.nlarge_free, 0);
+    CHECK_INT(p.nfree, 0);
+    CHECK_INT(p.in_use, BUF_LARGE_UNITS + 2);
+
+    buf_decref(s);
+    buf_decref(s2);
+    buf_decref(l);
+    CHECK_INT(p.in_use, 0);
+    CHECK_INT(p.nfree, BUF_LARGE_UNITS + 2);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 3);
+
+    /* Trimming frees the large buffers first. */
+    buf_pool_trim(&p, 2);
+    CHECK_INT(p.nlarge_free, 0);
+    CHECK_INT(p.nfree, 2);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 2);
+
+    buf_pool_dispose(&p);
+    CHECK_INT(p.nfree, 0);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 0);
+    CHECK_INT(fetchd_blocks(), base);
+}
+
+/* A large buffer is kept free only while its units fit under max_free, and
+ * at most BUF_LARGE_MAX_FREE of them. */
+static void test_large_caps(void)
+{
+    enum { N = BUF_LARGE_MAX_FREE + 2 };
+    stats_t st;
+    buf_pool_t p;
+    buf_t *bs[N];
+    uint64_t base = fetchd_blocks();
+    stats_init(&st);
+
+    buf_pool_init(&p, 64, BUF_LARGE_UNITS + 1, &st);
+    buf_t *a = buf_get_large(&p), *b = buf_get_large(&p), *s = buf_get(&p), *s2 = buf_get(&p);
+    buf_decref(a);
+    CHECK_INT(p.nlarge_free, 1);
+    buf_decref(b); /* no room: freed */
+    CHECK_INT(p.nlarge_free, 1);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 3);
+    buf_decref(s);
+    buf_decref(s2); /* no room either */
+    CHECK_INT(p.nfree, BUF_LARGE_UNITS + 1);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 2);
+    buf_pool_dispose(&p);
+
+    buf_pool_init(&p, 64, 1000, &st);
+    for (int i = 0; i < N; i++)
+        bs[i] = buf_get_large(&p);
+    for (int i = 0; i < N; i++)
+        buf_decref(bs[i]);
+    CHECK_INT(p.nlarge_free, BUF_LARGE_MAX_FREE);
+    CHECK_INT(p.nfree, BUF_LARGE_MAX_FREE * BUF_LARGE_UNITS);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], BUF_LARGE_MAX_FREE);
+
+    /* Allocation failure: NULL, nothing counted. */
+    buf_pool_trim(&p, 0);
+    mem_fail_after(1);
+    CHECK(buf_get_large(&p) == NULL);
+    mem_fail_after(0);
+    CHECK_INT(p.in_use, 0);
+    buf_pool_dispose(&p);
+    CHECK_INT(st.objects[STATS_OBJ_BUFFER], 0);
+    CHECK_INT(fetchd_blocks(), base);
+}
+
 TEST_MAIN(TEST_CASE(test_get_and_reuse), TEST_CASE(test_refcount),
           TEST_CASE(test_lifo_cap_and_trim), TEST_CASE(test_zero_cap),
-          TEST_CASE(test_alloc_failure))
+          TEST_CASE(test_alloc_failure), TEST_CASE(test_large), TEST_CASE(test_large_caps))

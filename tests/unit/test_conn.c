@@ -27,6 +27,8 @@ typedef struct server {
     int port, accepted, peer_open;
     const char *answer; /* borrowed: sent once the request head is in */
     int close_after;    /* close the connection after the answer */
+    size_t big_len;     /* with answer NULL: a 200 with this many zero bytes */
+    uv_write_t wreq;    /* the big answer's write */
     char req[4096];
     size_t len;
     /* big: the request head is too large for req: it is only scanned (its
@@ -65,6 +67,27 @@ static int big_bytes(server_t *s, const char *p, size_t n)
     return memcmp(s->tail, "\r\n\r\n", 4) == 0;
 }
 
+static void on_big_written(uv_write_t *w, int status)
+{
+    (void)w, (void)status; /* cancelled when the test closes the connection first */
+}
+
+/* The head and big_len zero bytes, in one write: the head and the body's
+ * start reach the client in one loopback segment of up to 64 KiB. */
+static void send_big(server_t *s)
+{
+    static char head[64], zeros[1 << 20];
+    uv_buf_t out[2];
+    int n;
+
+    CHECK(s->big_len <= sizeof(zeros));
+    n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", s->big_len);
+    out[0] = uv_buf_init(head, (unsigned)n);
+    out[1] = uv_buf_init(zeros, (unsigned)s->big_len);
+    CHECK_INT(uv_write(&s->wreq, (uv_stream_t *)&s->peer, out, 2, on_big_written), 0);
+    s->big_len = 0;
+}
+
 static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 {
     server_t *s = st->data;
@@ -84,7 +107,13 @@ static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     }
     s->len += (size_t)n;
     s->req[s->len] = '\0';
-    if (strstr(s->req, "\r\n\r\n") == NULL || s->answer == NULL)
+    if (strstr(s->req, "\r\n\r\n") == NULL)
+        return;
+    if (s->big_len > 0) {
+        send_big(s);
+        return;
+    }
+    if (s->answer == NULL)
         return;
     out = uv_buf_init((char *)s->answer, (unsigned)strlen(s->answer));
     /* A few dozen bytes always fit a loopback socket's buffer. */
@@ -145,6 +174,11 @@ typedef struct user {
     int head_copied;         /* conn_send() kept a copy of the head's unsent rest */
     size_t big_len;
     int finished;
+    size_t total, max_chunk; /* body bytes, and the most in one on_body */
+    size_t pause_at;         /* 0, or pause reading once this many body bytes are in */
+    int paused;              /* 1 paused, 2 resumed */
+    size_t after_resume;     /* the first on_body's length after the resume */
+    uv_timer_t resume_timer; /* resumes reading on the next loop turn */
 } user_t;
 
 typedef struct fixture {
@@ -268,6 +302,15 @@ static int u_head(void *p, int status, int64_t length, const char *te, conn_why_
     return 0;
 }
 
+static void on_resume(uv_timer_t *t)
+{
+    user_t *u = t->data;
+    if (u->conn != NULL) {
+        u->paused = 2;
+        conn_resume(u->conn);
+    }
+}
+
 static int u_body(void *p, buf_t *b, const char *at, size_t len, conn_why_t *why)
 {
     user_t *u = p;
@@ -277,6 +320,16 @@ static int u_body(void *p, buf_t *b, const char *at, size_t len, conn_why_t *why
     if (u->blen + len < sizeof(u->body)) {
         memcpy(u->body + u->blen, at, len);
         u->blen += len;
+    }
+    u->total += len;
+    u->max_chunk = len > u->max_chunk ? len : u->max_chunk;
+    if (u->paused == 2 && u->after_resume == 0)
+        u->after_resume = len;
+    if (u->pause_at > 0 && u->total >= u->pause_at && u->paused == 0 && u->conn != NULL) {
+        /* As a byte rate in debt does: stop reading, resume a little later. */
+        conn_pause(u->conn);
+        u->paused = 1;
+        uv_timer_start(&u->resume_timer, on_resume, 0, 0);
     }
     if (u->close_in_body && u->conn != NULL) {
         /* The connection must survive this: CALL_USER holds it. */
@@ -529,6 +582,51 @@ static void test_close_inside_callback(void)
     teardown(&f);
 }
 
+/* A body that streams in: once a read fills a standard buffer, the next
+ * ones take large buffers (BUF_LARGE_UNITS times the size), so on_body sees
+ * more than a standard buffer at once; the connection still goes back to
+ * the pool, and every buffer back to its pool. */
+static void test_large_reads(void)
+{
+    fixture_t f;
+    setup(&f, NULL, 0);
+    f.srv.big_len = 1 << 20;
+    uv_timer_init(&f.loop, &f.user.resume_timer);
+    start(&f, f.srv.port);
+    CHECK(run_until_finished(&f));
+    CHECK_INT(f.user.err, 0);
+    CHECK_INT(f.user.total, 1 << 20);
+    CHECK(f.user.max_chunk > f.bufs.size);
+    CHECK(f.user.max_chunk <= f.bufs.size * BUF_LARGE_UNITS);
+    CHECK(f.returned != NULL);
+    /* The next response starts with a standard buffer again. */
+    CHECK(f.returned != NULL && !f.returned->read_large);
+    uv_close((uv_handle_t *)&f.user.resume_timer, NULL);
+    teardown(&f);
+}
+
+/* A pause inside a read (a byte rate in debt, sink backpressure) sends the
+ * connection back to standard buffers: the first read after the resume is
+ * at most a standard buffer, as the byte rate's budget expects. */
+static void test_pause_resets_large_reads(void)
+{
+    fixture_t f;
+    setup(&f, NULL, 0);
+    f.srv.big_len = 1 << 20;
+    f.user.pause_at = 256 * 1024;
+    uv_timer_init(&f.loop, &f.user.resume_timer);
+    f.user.resume_timer.data = &f.user;
+    start(&f, f.srv.port);
+    CHECK(run_until_finished(&f));
+    CHECK_INT(f.user.err, 0);
+    CHECK_INT(f.user.total, 1 << 20);
+    CHECK_INT(f.user.paused, 2);
+    CHECK(f.user.max_chunk > f.bufs.size); /* large reads before the pause */
+    CHECK(f.user.after_resume > 0 && f.user.after_resume <= f.bufs.size);
+    uv_close((uv_handle_t *)&f.user.resume_timer, NULL);
+    teardown(&f);
+}
+
 /* Nobody listens: on_connected reports connect_refused with a message. */
 static void test_connect_refused(void)
 {
@@ -558,6 +656,8 @@ int main(void)
         TEST_CASE(test_refusal_reason),
         TEST_CASE(test_close_inside_callback),
         TEST_CASE(test_connect_refused),
+        TEST_CASE(test_large_reads),
+        TEST_CASE(test_pause_resets_large_reads),
     };
     if (mem_install() != 0)
         return 1;
