@@ -27,7 +27,7 @@ typedef struct server {
     int port, accepted, peer_open;
     const char *answer; /* borrowed: sent once the request head is in */
     int close_after;    /* close the connection after the answer */
-    size_t big_len;     /* with answer NULL: a 200 with this many zero bytes */
+    size_t zeros_len;   /* with answer NULL: a 200 with this many zero bytes */
     uv_write_t wreq;    /* the big answer's write */
     char req[4096];
     size_t len;
@@ -72,7 +72,7 @@ static void on_big_written(uv_write_t *w, int status)
     (void)w, (void)status; /* cancelled when the test closes the connection first */
 }
 
-/* The head and big_len zero bytes, in one write: the head and the body's
+/* The head and zeros_len zero bytes, in one write: the head and the body's
  * start reach the client in one loopback segment of up to 64 KiB. */
 static void send_big(server_t *s)
 {
@@ -80,12 +80,13 @@ static void send_big(server_t *s)
     uv_buf_t out[2];
     int n;
 
-    CHECK(s->big_len <= sizeof(zeros));
-    n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", s->big_len);
+    CHECK(s->zeros_len <= sizeof(zeros));
+    n = snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n",
+                 s->zeros_len);
     out[0] = uv_buf_init(head, (unsigned)n);
-    out[1] = uv_buf_init(zeros, (unsigned)s->big_len);
+    out[1] = uv_buf_init(zeros, (unsigned)s->zeros_len);
     CHECK_INT(uv_write(&s->wreq, (uv_stream_t *)&s->peer, out, 2, on_big_written), 0);
-    s->big_len = 0;
+    s->zeros_len = 0;
 }
 
 static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
@@ -109,7 +110,7 @@ static void on_peer_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     s->req[s->len] = '\0';
     if (strstr(s->req, "\r\n\r\n") == NULL)
         return;
-    if (s->big_len > 0) {
+    if (s->zeros_len > 0) {
         send_big(s);
         return;
     }
@@ -590,7 +591,7 @@ static void test_large_reads(void)
 {
     fixture_t f;
     setup(&f, NULL, 0);
-    f.srv.big_len = 1 << 20;
+    f.srv.zeros_len = 1 << 20;
     uv_timer_init(&f.loop, &f.user.resume_timer);
     start(&f, f.srv.port);
     CHECK(run_until_finished(&f));
@@ -612,7 +613,7 @@ static void test_pause_resets_large_reads(void)
 {
     fixture_t f;
     setup(&f, NULL, 0);
-    f.srv.big_len = 1 << 20;
+    f.srv.zeros_len = 1 << 20;
     f.user.pause_at = 256 * 1024;
     uv_timer_init(&f.loop, &f.user.resume_timer);
     f.user.resume_timer.data = &f.user;
