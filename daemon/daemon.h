@@ -71,7 +71,8 @@ typedef struct daemon_config {
 void daemon_config_init(daemon_config_t *cfg);
 void daemon_config_dispose(daemon_config_t *cfg);
 
-/* Read buffers: 64 KiB each, at most 256 kept free (16 MiB). */
+/* Read buffers: 64 KiB each, at most 256 kept free (16 MiB); a body that streams
+ * in is read into 256 KiB buffers, which count as 4 (buf.h). */
 #define DAEMON_BUF_SIZE     (64 * 1024)
 #define DAEMON_BUF_MAX_FREE 256
 
