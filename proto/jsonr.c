@@ -1,0 +1,872 @@
+/* jsonr — a strict JSON reader into a flat array of tokens (jsonr.h).
+ *
+ * One pass over the text, no recursion: an open container's token holds, in
+ * its `next` field, the index of the container around it, so the nesting
+ * lives in the token array itself and closing a container pops back to its
+ * parent. An object member is two tokens, an internal key token followed by
+ * the value's. Strings without escapes stay in the text; those with escapes
+ * are decoded into r->scratch, and tokens hold offsets, since both arrays
+ * may move while they grow.
+ *
+ * What is accepted follows jansson 2.14's load.c exactly (JSON_DECODE_ANY,
+ * no other flag): strict UTF-8 in strings, no raw control character in a
+ * string, no \u0000, no lone surrogate, integers within int64 ("too big
+ * integer"), reals through strtod (overflow refused, underflow accepted),
+ * a value at most 2048 deep counting the value itself, only whitespace
+ * after the root, and one NUL byte right after a number or a literal
+ * ignored (a quirk of jansson's stream, see jsonr_parse). The C locale is assumed for strtod, as in
+ * fetchd.
+ */
+#include "jsonr.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEPTH  2048
+#define NO_CONTEXT SIZE_MAX
+
+enum { T_KEY = 8 }; /* an object member's key, just before its value */
+
+enum {
+    F_ESC = 1,   /* a string (or key) decoded into scratch */
+    F_MEMBER = 2 /* the value of an object member: its key is the token before */
+};
+
+struct jsonr_tok {
+    uint8_t type;  /* jsonr_type_t or T_KEY */
+    uint8_t flags; /* F_* */
+    uint32_t off;  /* the value's source text: text[off, off + len) */
+    uint32_t len;
+    uint32_t next; /* the next sibling; while a container is open, its parent */
+    union {
+        int64_t i; /* JSONR_INTEGER */
+        double d;  /* JSONR_REAL */
+        struct {
+            uint32_t a, b;
+        } u; /* containers: count, last child; escaped strings: scratch offset, length */
+    } v;
+};
+
+/* Bytes a string scan must stop at: '"', '\\', control characters and
+ * non-ASCII (UTF-8 to validate). */
+static const uint8_t str_stop[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* ---- life cycle ----------------------------------------------------------------- */
+
+void jsonr_init(jsonr_t *r, void *(*realloc_fn)(void *, size_t), void (*free_fn)(void *))
+{
+    memset(r, 0, sizeof(*r));
+    r->realloc_fn = realloc_fn;
+    r->free_fn = free_fn;
+}
+
+void jsonr_free(jsonr_t *r)
+{
+    if (r->tok)
+        r->free_fn(r->tok);
+    if (r->scratch)
+        r->free_fn(r->scratch);
+    r->tok = NULL;
+    r->scratch = NULL;
+    r->ntok = r->cap = 0;
+    r->scratch_len = r->scratch_cap = 0;
+}
+
+void jsonr_trim(jsonr_t *r, size_t keep_bytes)
+{
+    if ((size_t)r->cap * sizeof(jsonr_tok_t) + r->scratch_cap > keep_bytes)
+        jsonr_free(r);
+}
+
+/* ---- errors --------------------------------------------------------------------- */
+
+/* Sets line and column (1-based line; the column counts characters, as
+ * jansson does) for the byte offset pos. */
+static void locate(jsonr_t *r, size_t pos)
+{
+    const uint8_t *s = (const uint8_t *)r->text;
+    int line = 1, column = 0;
+
+    if (pos > r->len)
+        pos = r->len;
+    for (size_t i = 0; i < pos; i++) {
+        if (s[i] == '\n') {
+            line++;
+            column = 0;
+        } else if ((s[i] & 0xC0) != 0x80) {
+            column++;
+        }
+    }
+    r->line = line;
+    r->column = column;
+}
+
+/* Records a syntax error: the message, then (like jansson) " near 'TOKEN'"
+ * with the text of the token at fault, text[start, pos), when it is short
+ * and printable, or " near end of file" when there is none (start is the
+ * end); start NO_CONTEXT adds nothing. The position is pos. Returns -1. */
+__attribute__((format(printf, 4, 5))) static int fail(jsonr_t *r, size_t start, size_t pos,
+                                                      const char *fmt, ...)
+{
+    char msg[120];
+    va_list ap;
+    size_t n = start != NO_CONTEXT && pos > start ? pos - start : 0;
+    int printable = n > 0 && n <= 20;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    for (size_t i = 0; printable && i < n; i++)
+        if ((uint8_t)r->text[start + i] < 0x20 || (uint8_t)r->text[start + i] > 0x7E)
+            printable = 0;
+    if (printable)
+        snprintf(r->error, sizeof(r->error), "%s near '%.*s'", msg, (int)n, r->text + start);
+    else if (start != NO_CONTEXT && start >= r->len)
+        snprintf(r->error, sizeof(r->error), "%s near end of file", msg);
+    else
+        snprintf(r->error, sizeof(r->error), "%s", msg);
+    locate(r, pos);
+    r->ntok = 0;
+    return -1;
+}
+
+static int no_memory(jsonr_t *r)
+{
+    snprintf(r->error, sizeof(r->error), "out of memory");
+    r->line = r->column = 0;
+    r->ntok = 0;
+    return -2;
+}
+
+/* ---- growth --------------------------------------------------------------------- */
+
+static int grow_tokens(jsonr_t *r)
+{
+    uint32_t cap = r->cap ? r->cap * 2 : 32;
+    jsonr_tok_t *t;
+
+    if (cap <= r->cap)
+        return -1;
+    t = r->realloc_fn(r->tok, (size_t)cap * sizeof(*t));
+    if (t == NULL)
+        return -1;
+    r->tok = t;
+    r->cap = cap;
+    return 0;
+}
+
+/* Makes room for n more bytes of scratch. */
+static int reserve_scratch(jsonr_t *r, size_t n)
+{
+    size_t cap = r->scratch_cap ? r->scratch_cap : 256;
+    char *s;
+
+    if (r->scratch_cap - r->scratch_len >= n)
+        return 0;
+    while (cap - r->scratch_len < n) {
+        if (cap > SIZE_MAX / 2)
+            return -1;
+        cap *= 2;
+    }
+    s = r->realloc_fn(r->scratch, cap);
+    if (s == NULL)
+        return -1;
+    r->scratch = s;
+    r->scratch_cap = cap;
+    return 0;
+}
+
+/* ---- strings -------------------------------------------------------------------- */
+
+/* The length of the valid UTF-8 sequence that starts at s (at most avail
+ * bytes), or 0: overlong forms, surrogates and code points past U+10FFFF
+ * are invalid, as in jansson's utf8_check_full. */
+static size_t utf8_len(const uint8_t *s, size_t avail)
+{
+    uint8_t c = s[0];
+    uint32_t cp;
+    size_t n;
+
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (avail < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || (n == 3 && cp < 0x800) ||
+        (n == 4 && cp < 0x10000))
+        return 0;
+    return n;
+}
+
+static int hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Scans the string whose opening quote is at text[start]: validates it
+ * (UTF-8, control characters, escape syntax) and sets *end just past the
+ * closing quote and *esc if it holds a backslash. 0 or -1 (r->error set). */
+static int scan_string(jsonr_t *r, size_t start, size_t *end, int *esc)
+{
+    const uint8_t *s = (const uint8_t *)r->text;
+    size_t len = r->len, p = start + 1, n;
+    uint8_t c;
+
+    for (;;) {
+        while (p < len && !str_stop[s[p]])
+            p++;
+        if (p == len)
+            return fail(r, start, p, "premature end of input");
+        c = s[p];
+        if (c == '"')
+            break;
+        if (c == '\\') {
+            *esc = 1;
+            if (++p == len)
+                return fail(r, start, p, "premature end of input");
+            c = s[p];
+            if (c == 'u') {
+                for (int i = 0; i < 4; i++)
+                    if (++p == len || hexval(s[p]) < 0)
+                        return fail(r, start, p + (p < len), "invalid escape");
+            } else if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' &&
+                       c != 'r' && c != 't') {
+                return fail(r, start, p + 1, "invalid escape");
+            }
+            p++;
+        } else if (c < 0x20) {
+            if (c == '\n')
+                return fail(r, start, p, "unexpected newline");
+            return fail(r, start, p, "control character 0x%x", c);
+        } else {
+            n = utf8_len(s + p, len - p);
+            if (n == 0)
+                return fail(r, NO_CONTEXT, p + 1, "unable to decode byte 0x%x", c);
+            p += n;
+        }
+    }
+    *end = p + 1;
+    return 0;
+}
+
+static uint32_t hex4(const uint8_t *s)
+{
+    return (uint32_t)(hexval(s[0]) << 12 | hexval(s[1]) << 8 | hexval(s[2]) << 4 | hexval(s[3]));
+}
+
+static size_t utf8_put(char *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | cp >> 12);
+        o[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | cp >> 18);
+    o[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+    o[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+    o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Decodes the (scanned, valid) string text[start, end) with escapes into
+ * scratch and records where in token t. Refuses what jansson's second pass
+ * does: surrogates that do not pair, and \u0000 (with the message for a key
+ * or for a value). 0, -1 or -2. */
+static int decode_string(jsonr_t *r, uint32_t t, size_t start, size_t end)
+{
+    const uint8_t *s = (const uint8_t *)r->text;
+    size_t p = start + 1, q = end - 1;
+    char *o;
+    uint32_t cp, lo;
+
+    if (reserve_scratch(r, q - p))
+        return -2;
+    o = r->scratch + r->scratch_len;
+    while (p < q) {
+        if (s[p] != '\\') {
+            *o++ = (char)s[p++];
+            continue;
+        }
+        p++;
+        switch (s[p++]) {
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
+        case 'u':
+            cp = hex4(s + p);
+            p += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (p + 1 < q && s[p] == '\\' && s[p + 1] == 'u') {
+                    lo = hex4(s + p + 2);
+                    p += 6;
+                    if (lo < 0xDC00 || lo > 0xDFFF)
+                        return fail(r, start, end, "invalid Unicode '\\u%04X\\u%04X'", cp, lo);
+                    cp = ((cp - 0xD800) << 10) + (lo - 0xDC00) + 0x10000;
+                } else {
+                    return fail(r, start, end, "invalid Unicode '\\u%04X'", cp);
+                }
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                return fail(r, start, end, "invalid Unicode '\\u%04X'", cp);
+            } else if (cp == 0) {
+                if (r->tok[t].type == T_KEY)
+                    return fail(r, start, end, "NUL byte in object key not supported");
+                return fail(r, start, end, "\\u0000 is not allowed");
+            }
+            o += utf8_put(o, cp);
+            break;
+        default: /* '"', '\\', '/' */
+            *o++ = (char)s[p - 1];
+            break;
+        }
+    }
+    r->tok[t].flags |= F_ESC;
+    r->tok[t].v.u.a = (uint32_t)r->scratch_len;
+    r->tok[t].v.u.b = (uint32_t)(o - (r->scratch + r->scratch_len));
+    r->scratch_len += r->tok[t].v.u.b;
+    return 0;
+}
+
+/* Reads the string starting at *p into token t and moves *p past it. */
+static int read_string(jsonr_t *r, uint32_t t, size_t *p)
+{
+    size_t end = 0;
+    int esc = 0, rc;
+
+    if ((rc = scan_string(r, *p, &end, &esc)) != 0)
+        return rc;
+    r->tok[t].len = (uint32_t)(end - *p);
+    if (esc && (rc = decode_string(r, t, *p, end)) != 0)
+        return rc;
+    *p = end;
+    return 0;
+}
+
+/* ---- numbers and literals ------------------------------------------------------- */
+
+static int is_digit(uint8_t c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static int is_alpha(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* Converts the real text[start, end) with strtod on a NUL-terminated copy
+ * (on the stack, or for a long one at the end of scratch, given back
+ * afterwards). */
+static int read_real(jsonr_t *r, uint32_t t, size_t start, size_t end)
+{
+    char buf[64], *copy = buf;
+    size_t n = end - start;
+    double d;
+
+    if (n >= sizeof(buf)) {
+        if (reserve_scratch(r, n + 1))
+            return -2;
+        copy = r->scratch + r->scratch_len;
+    }
+    memcpy(copy, r->text + start, n);
+    copy[n] = '\0';
+    errno = 0;
+    d = strtod(copy, NULL);
+    if ((d == HUGE_VAL || d == -HUGE_VAL) && errno == ERANGE)
+        return fail(r, start, end, "real number overflow");
+    r->tok[t].type = JSONR_REAL;
+    r->tok[t].v.d = d;
+    return 0;
+}
+
+/* Reads the number at *p (a digit or '-') into token t, with jansson's
+ * grammar: no leading zeros, digits after '.' and after the exponent. */
+static int read_number(jsonr_t *r, uint32_t t, size_t *pp)
+{
+    const uint8_t *s = (const uint8_t *)r->text;
+    size_t len = r->len, start = *pp, p = start;
+    uint64_t acc = 0;
+    int neg = 0, over = 0;
+
+    if (s[p] == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p < len && s[p] == '0') {
+        p++;
+        if (p < len && is_digit(s[p]))
+            return fail(r, start, p + 1, "invalid token");
+    } else if (p < len && is_digit(s[p])) {
+        for (; p < len && is_digit(s[p]); p++) {
+            unsigned d = s[p] - '0';
+            if (acc > (UINT64_MAX - d) / 10)
+                over = 1;
+            acc = acc * 10 + d;
+        }
+    } else {
+        return fail(r, start, p + (p < len), "invalid token");
+    }
+    *pp = p;
+    if (p == len || (s[p] != '.' && s[p] != 'e' && s[p] != 'E')) {
+        if (over || acc > (uint64_t)INT64_MAX + neg)
+            return fail(r, start, p, neg ? "too big negative integer" : "too big integer");
+        r->tok[t].type = JSONR_INTEGER;
+        if (!neg)
+            r->tok[t].v.i = (int64_t)acc;
+        else if (acc == (uint64_t)INT64_MAX + 1)
+            r->tok[t].v.i = INT64_MIN;
+        else
+            r->tok[t].v.i = -(int64_t)acc;
+        r->tok[t].len = (uint32_t)(p - start);
+        return 0;
+    }
+    if (s[p] == '.') {
+        p++;
+        if (p == len || !is_digit(s[p]))
+            return fail(r, start, p, "invalid token");
+        while (p < len && is_digit(s[p]))
+            p++;
+    }
+    if (p < len && (s[p] == 'e' || s[p] == 'E')) {
+        p++;
+        if (p < len && (s[p] == '+' || s[p] == '-'))
+            p++;
+        if (p == len || !is_digit(s[p]))
+            return fail(r, start, p, "invalid token");
+        while (p < len && is_digit(s[p]))
+            p++;
+    }
+    *pp = p;
+    r->tok[t].len = (uint32_t)(p - start);
+    return read_real(r, t, start, p);
+}
+
+/* Reads true, false or null at *p (a letter): like jansson, the whole run of
+ * letters is the token. */
+static int read_literal(jsonr_t *r, uint32_t t, size_t *pp)
+{
+    const char *s = r->text;
+    size_t start = *pp, p = start;
+
+    while (p < r->len && is_alpha((uint8_t)s[p]))
+        p++;
+    if (p - start == 4 && memcmp(s + start, "true", 4) == 0)
+        r->tok[t].type = JSONR_TRUE;
+    else if (p - start == 5 && memcmp(s + start, "false", 5) == 0)
+        r->tok[t].type = JSONR_FALSE;
+    else if (p - start == 4 && memcmp(s + start, "null", 4) == 0)
+        r->tok[t].type = JSONR_NULL;
+    else
+        return fail(r, start, p, "invalid token");
+    r->tok[t].len = (uint32_t)(p - start);
+    *pp = p;
+    return 0;
+}
+
+/* ---- the parser ----------------------------------------------------------------- */
+
+static size_t skip_ws(const uint8_t *s, size_t p, size_t len)
+{
+    while (p < len && (s[p] == ' ' || s[p] == '\n' || s[p] == '\r' || s[p] == '\t'))
+        p++;
+    return p;
+}
+
+/* Appends a token for a value (or key) starting at p, linked into the open
+ * container cur. JSONR_NONE when out of memory. */
+static uint32_t add_token(jsonr_t *r, uint8_t type, uint8_t flags, size_t p, uint32_t cur)
+{
+    uint32_t t;
+    jsonr_tok_t *k;
+
+    if (r->ntok == r->cap && grow_tokens(r))
+        return JSONR_NONE;
+    t = r->ntok++;
+    k = &r->tok[t];
+    k->type = type;
+    k->flags = flags;
+    k->off = (uint32_t)p;
+    k->next = JSONR_NONE;
+    if (type != T_KEY && cur != JSONR_NONE) {
+        jsonr_tok_t *c = &r->tok[cur];
+        if (c->v.u.a++ != 0)
+            r->tok[c->v.u.b].next = t;
+        c->v.u.b = t;
+    }
+    return t;
+}
+
+/* Reads an object member's key and its ':' at *p; 0, -1 or -2. */
+static int read_key(jsonr_t *r, size_t *pp, uint32_t cur)
+{
+    const uint8_t *s = (const uint8_t *)r->text;
+    size_t p = skip_ws(s, *pp, r->len);
+    uint32_t t;
+    int rc;
+
+    if (p == r->len || s[p] != '"')
+        return fail(r, p, p + (p < r->len), "string or '}' expected");
+    if ((t = add_token(r, T_KEY, 0, p, cur)) == JSONR_NONE)
+        return -2;
+    if ((rc = read_string(r, t, &p)) != 0)
+        return rc;
+    p = skip_ws(s, p, r->len);
+    if (p == r->len || s[p] != ':')
+        return fail(r, p, p + (p < r->len), "':' expected");
+    *pp = p + 1;
+    return 0;
+}
+
+/* A value token: its type from the first byte, then the rest read. */
+static int read_scalar(jsonr_t *r, uint32_t t, size_t *p)
+{
+    uint8_t c = (uint8_t)r->text[*p];
+
+    if (c == '"') {
+        r->tok[t].type = JSONR_STRING;
+        return read_string(r, t, p);
+    }
+    if (c == '-' || is_digit(c))
+        return read_number(r, t, p);
+    if (is_alpha(c))
+        return read_literal(r, t, p);
+    if (c == ']' || c == '}' || c == ':' || c == ',')
+        return fail(r, *p, *p + 1, "unexpected token");
+    return fail(r, *p, *p + 1, "invalid token");
+}
+
+int jsonr_parse(jsonr_t *r, const char *text, size_t len)
+{
+    const uint8_t *s = (const uint8_t *)text;
+    size_t p = 0;
+    uint32_t cur = JSONR_NONE, t;
+    unsigned depth = 0;
+    uint8_t member = 0;
+    int rc;
+
+    r->text = text;
+    r->len = len;
+    r->ntok = 0;
+    r->scratch_len = 0;
+    r->error[0] = '\0';
+    r->line = r->column = 0;
+    if (len >= UINT32_MAX)
+        return fail(r, 0, 0, "text too long");
+
+value: /* a value starts (after whitespace) at p */
+    p = skip_ws(s, p, len);
+    if (p == len)
+        return fail(r, p, p, "unexpected token");
+    if (depth >= MAX_DEPTH)
+        return fail(r, p, p + 1, "maximum parsing depth reached");
+    if ((t = add_token(r, JSONR_NULL, member, p, cur)) == JSONR_NONE)
+        return no_memory(r);
+    if (s[p] == '{' || s[p] == '[') {
+        uint8_t close = s[p] == '{' ? '}' : ']';
+        r->tok[t].type = s[p] == '{' ? JSONR_OBJECT : JSONR_ARRAY;
+        r->tok[t].v.u.a = 0;
+        r->tok[t].next = cur; /* the parent, while open */
+        cur = t;
+        depth++;
+        p = skip_ws(s, p + 1, len);
+        if (p < len && s[p] == close) {
+            p++;
+            goto close;
+        }
+        if (close == ']') {
+            member = 0;
+            goto value;
+        }
+        goto key;
+    }
+    if ((rc = read_scalar(r, t, &p)) != 0)
+        return rc == -2 ? no_memory(r) : rc;
+    /* jansson reads one character past a number or a literal and puts it
+     * back; a NUL put back is lost (its stream takes a NUL in its buffer for
+     * "empty"), so it accepts "[1\0]". Accept exactly that too. */
+    if (p < len && s[p] == '\0' && r->tok[t].type != JSONR_STRING)
+        p++;
+
+after: /* a value ended at p */
+    p = skip_ws(s, p, len);
+    if (cur == JSONR_NONE) {
+        if (p != len)
+            return fail(r, p, p + 1, "end of file expected");
+        return 0;
+    }
+    if (p < len && s[p] == ',') {
+        p++;
+        if (r->tok[cur].type == JSONR_ARRAY) {
+            member = 0;
+            goto value;
+        }
+        goto key;
+    }
+    if (p < len && s[p] == (r->tok[cur].type == JSONR_ARRAY ? ']' : '}')) {
+        p++;
+        goto close;
+    }
+    return fail(r, p, p + (p < len),
+                r->tok[cur].type == JSONR_ARRAY ? "']' expected" : "'}' expected");
+
+close: /* cur's closing bracket ended at p */
+    t = cur;
+    r->tok[t].len = (uint32_t)(p - r->tok[t].off);
+    cur = r->tok[t].next;
+    r->tok[t].next = JSONR_NONE;
+    depth--;
+    goto after;
+
+key: /* an object member starts at p */
+    if ((rc = read_key(r, &p, cur)) != 0)
+        return rc == -2 ? no_memory(r) : rc;
+    member = F_MEMBER;
+    goto value;
+}
+
+/* ---- reading -------------------------------------------------------------------- */
+
+static const jsonr_tok_t *tok(const jsonr_t *r, uint32_t v)
+{
+    return v < r->ntok ? &r->tok[v] : NULL;
+}
+
+jsonr_type_t jsonr_type(const jsonr_t *r, uint32_t v)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    if (k == NULL)
+        return JSONR_NULL;
+    return k->type == T_KEY ? JSONR_STRING : (jsonr_type_t)k->type;
+}
+
+uint32_t jsonr_count(const jsonr_t *r, uint32_t v)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    if (k == NULL || (k->type != JSONR_ARRAY && k->type != JSONR_OBJECT))
+        return 0;
+    return k->v.u.a;
+}
+
+uint32_t jsonr_first(const jsonr_t *r, uint32_t v)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    if (k == NULL || (k->type != JSONR_ARRAY && k->type != JSONR_OBJECT) || k->v.u.a == 0)
+        return JSONR_NONE;
+    return k->type == JSONR_ARRAY ? v + 1 : v + 2;
+}
+
+uint32_t jsonr_next(const jsonr_t *r, uint32_t v)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    return k ? k->next : JSONR_NONE;
+}
+
+static const char *tok_str(const jsonr_t *r, const jsonr_tok_t *k, size_t *len)
+{
+    if (k->flags & F_ESC) {
+        *len = k->v.u.b;
+        return r->scratch + k->v.u.a;
+    }
+    *len = k->len - 2;
+    return r->text + k->off + 1;
+}
+
+const char *jsonr_key(const jsonr_t *r, uint32_t member_value, size_t *len)
+{
+    const jsonr_tok_t *k = tok(r, member_value);
+    size_t n;
+
+    if (k == NULL || !(k->flags & F_MEMBER))
+        return NULL;
+    return tok_str(r, k - 1, len ? len : &n);
+}
+
+uint32_t jsonr_getn(const jsonr_t *r, uint32_t obj, const char *key, size_t klen)
+{
+    uint32_t found = JSONR_NONE;
+
+    if (jsonr_type(r, obj) != JSONR_OBJECT)
+        return JSONR_NONE;
+    for (uint32_t v = jsonr_first(r, obj); v != JSONR_NONE; v = r->tok[v].next) {
+        size_t n;
+        const char *k = tok_str(r, &r->tok[v - 1], &n);
+        if (n == klen && memcmp(k, key, klen) == 0)
+            found = v;
+    }
+    return found;
+}
+
+uint32_t jsonr_get(const jsonr_t *r, uint32_t obj, const char *key)
+{
+    return jsonr_getn(r, obj, key, strlen(key));
+}
+
+uint32_t jsonr_at(const jsonr_t *r, uint32_t arr, uint32_t i)
+{
+    uint32_t v;
+
+    if (jsonr_type(r, arr) != JSONR_ARRAY || i >= r->tok[arr].v.u.a)
+        return JSONR_NONE;
+    for (v = arr + 1; i > 0; i--)
+        v = r->tok[v].next;
+    return v;
+}
+
+const char *jsonr_str(const jsonr_t *r, uint32_t v, size_t *len)
+{
+    const jsonr_tok_t *k = tok(r, v);
+    size_t n;
+
+    if (k == NULL || (k->type != JSONR_STRING && k->type != T_KEY))
+        return NULL;
+    return tok_str(r, k, len ? len : &n);
+}
+
+int jsonr_str_eq(const jsonr_t *r, uint32_t v, const char *s)
+{
+    size_t n;
+    const char *p = jsonr_str(r, v, &n);
+
+    return p != NULL && strlen(s) == n && memcmp(p, s, n) == 0;
+}
+
+int jsonr_int(const jsonr_t *r, uint32_t v, long long *out)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    if (k == NULL || k->type != JSONR_INTEGER)
+        return -1;
+    *out = k->v.i;
+    return 0;
+}
+
+int jsonr_number(const jsonr_t *r, uint32_t v, double *out)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    if (k == NULL)
+        return -1;
+    if (k->type == JSONR_INTEGER)
+        *out = (double)k->v.i;
+    else if (k->type == JSONR_REAL)
+        *out = k->v.d;
+    else
+        return -1;
+    return 0;
+}
+
+const char *jsonr_raw(const jsonr_t *r, uint32_t v, size_t *len)
+{
+    const jsonr_tok_t *k = tok(r, v);
+
+    if (k == NULL) {
+        *len = 0;
+        return NULL;
+    }
+    *len = k->len;
+    return r->text + k->off;
+}
+
+json_t *jsonr_to_json(const jsonr_t *r, uint32_t v)
+{
+    const jsonr_tok_t *k = tok(r, v);
+    json_t *j, *e;
+    size_t n;
+    const char *s;
+
+    if (k == NULL)
+        return NULL;
+    switch (jsonr_type(r, v)) {
+    case JSONR_NULL:
+        return json_null();
+    case JSONR_FALSE:
+        return json_false();
+    case JSONR_TRUE:
+        return json_true();
+    case JSONR_INTEGER:
+        return json_integer(k->v.i);
+    case JSONR_REAL:
+        return json_real(k->v.d);
+    case JSONR_STRING:
+        s = tok_str(r, k, &n);
+        return json_stringn_nocheck(s, n);
+    case JSONR_ARRAY:
+        if ((j = json_array()) == NULL)
+            return NULL;
+        for (uint32_t c = jsonr_first(r, v); c != JSONR_NONE; c = r->tok[c].next)
+            if ((e = jsonr_to_json(r, c)) == NULL || json_array_append_new(j, e) != 0)
+                goto fail;
+        return j;
+    case JSONR_OBJECT:
+        if ((j = json_object()) == NULL)
+            return NULL;
+        for (uint32_t c = jsonr_first(r, v); c != JSONR_NONE; c = r->tok[c].next) {
+            s = tok_str(r, &r->tok[c - 1], &n);
+            if ((e = jsonr_to_json(r, c)) == NULL || json_object_setn_new_nocheck(j, s, n, e) != 0)
+                goto fail;
+        }
+        return j;
+    }
+    return NULL;
+fail:
+    json_decref(j);
+    return NULL;
+}
