@@ -25,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define MAX_DEPTH  2048
 #define NO_CONTEXT SIZE_MAX
@@ -236,18 +239,58 @@ static int hexval(uint8_t c)
     return -1;
 }
 
-/* Scans the string whose opening quote is at text[start]: validates it
+#define ONES 0x0101010101010101ull
+#define HIGH 0x8080808080808080ull
+#define HOT  static inline __attribute__((always_inline))
+
+/* The first index at or after p of a byte a string scan must look at (see
+ * str_stop), or len. Sixteen bytes at a time with SSE2 (bytes below 0x20
+ * and from 0x80 up are exactly those below 0x20 as signed bytes), else
+ * eight at a time where the machine is little-endian: in each word, the
+ * lowest byte flagged by these bit tricks is exactly the first such byte (a
+ * false flag only follows a true one). */
+HOT size_t plain_run(const uint8_t *s, size_t p, size_t len)
+{
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                  space = _mm_set1_epi8(0x20);
+    while (len - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + p));
+        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                                 _mm_cmplt_epi8(x, space));
+        unsigned bits = (unsigned)_mm_movemask_epi8(m);
+        if (bits)
+            return p + (size_t)__builtin_ctz(bits);
+        p += 16;
+    }
+#endif
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (len - p >= 8) {
+        uint64_t x, q, b, m;
+        memcpy(&x, s + p, 8);
+        q = x ^ (ONES * '"');
+        b = x ^ (ONES * '\\');
+        m = (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b) | x) & HIGH;
+        if (m)
+            return p + ((size_t)__builtin_ctzll(m) >> 3);
+        p += 8;
+    }
+#endif
+    while (p < len && !str_stop[s[p]])
+        p++;
+    return p;
+}
+
+/* Scans the string whose opening quote is at s[start]: validates it
  * (UTF-8, control characters, escape syntax) and sets *end just past the
  * closing quote and *esc if it holds a backslash. 0 or -1 (r->error set). */
-static int scan_string(jsonr_t *r, size_t start, size_t *end, int *esc)
+HOT int scan_string(jsonr_t *r, const uint8_t *s, size_t len, size_t start, size_t *end, int *esc)
 {
-    const uint8_t *s = (const uint8_t *)r->text;
-    size_t len = r->len, p = start + 1, n;
+    size_t p = start + 1, n;
     uint8_t c;
 
     for (;;) {
-        while (p < len && !str_stop[s[p]])
-            p++;
+        p = plain_run(s, p, len);
         if (p == len)
             return fail(r, start, p, "premature end of input");
         c = s[p];
@@ -381,21 +424,6 @@ static int decode_string(jsonr_t *r, uint32_t t, size_t start, size_t end)
     return 0;
 }
 
-/* Reads the string starting at *p into token t and moves *p past it. */
-static int read_string(jsonr_t *r, uint32_t t, size_t *p)
-{
-    size_t end = 0;
-    int esc = 0, rc;
-
-    if ((rc = scan_string(r, *p, &end, &esc)) != 0)
-        return rc;
-    r->tok[t].len = (uint32_t)(end - *p);
-    if (esc && (rc = decode_string(r, t, *p, end)) != 0)
-        return rc;
-    *p = end;
-    return 0;
-}
-
 /* ---- numbers and literals ------------------------------------------------------- */
 
 static int is_digit(uint8_t c)
@@ -519,84 +547,42 @@ static int read_literal(jsonr_t *r, uint32_t t, size_t *pp)
 
 /* ---- the parser ----------------------------------------------------------------- */
 
-static size_t skip_ws(const uint8_t *s, size_t p, size_t len)
+HOT size_t skip_ws(const uint8_t *s, size_t p, size_t len)
 {
     while (p < len && (s[p] == ' ' || s[p] == '\n' || s[p] == '\r' || s[p] == '\t'))
         p++;
     return p;
 }
 
-/* Appends a token for a value (or key) starting at p, linked into the open
- * container cur. JSONR_NONE when out of memory. */
-static uint32_t add_token(jsonr_t *r, uint8_t type, uint8_t flags, size_t p, uint32_t cur)
+/* The byte at p after whitespace (p moves past it), or -1 at the end. The
+ * usual case, no whitespace, costs two comparisons. */
+#define PEEK() (p < len && s[p] > ' ' ? s[p] : (p = skip_ws(s, p, len), p < len ? s[p] : -1))
+
+/* Reads a scalar value, whose first byte c is at *p, into token t. */
+static int read_scalar(jsonr_t *r, uint32_t t, size_t *p, int c)
 {
-    uint32_t t;
-    jsonr_tok_t *k;
-
-    if (r->ntok == r->cap && grow_tokens(r))
-        return JSONR_NONE;
-    t = r->ntok++;
-    k = &r->tok[t];
-    k->type = type;
-    k->flags = flags;
-    k->off = (uint32_t)p;
-    k->next = JSONR_NONE;
-    if (type != T_KEY && cur != JSONR_NONE) {
-        jsonr_tok_t *c = &r->tok[cur];
-        if (c->v.u.a++ != 0)
-            r->tok[c->v.u.b].next = t;
-        c->v.u.b = t;
-    }
-    return t;
-}
-
-/* Reads an object member's key and its ':' at *p; 0, -1 or -2. */
-static int read_key(jsonr_t *r, size_t *pp, uint32_t cur)
-{
-    const uint8_t *s = (const uint8_t *)r->text;
-    size_t p = skip_ws(s, *pp, r->len);
-    uint32_t t;
-    int rc;
-
-    if (p == r->len || s[p] != '"')
-        return fail(r, p, p + (p < r->len), "string or '}' expected");
-    if ((t = add_token(r, T_KEY, 0, p, cur)) == JSONR_NONE)
-        return -2;
-    if ((rc = read_string(r, t, &p)) != 0)
-        return rc;
-    p = skip_ws(s, p, r->len);
-    if (p == r->len || s[p] != ':')
-        return fail(r, p, p + (p < r->len), "':' expected");
-    *pp = p + 1;
-    return 0;
-}
-
-/* A value token: its type from the first byte, then the rest read. */
-static int read_scalar(jsonr_t *r, uint32_t t, size_t *p)
-{
-    uint8_t c = (uint8_t)r->text[*p];
-
-    if (c == '"') {
-        r->tok[t].type = JSONR_STRING;
-        return read_string(r, t, p);
-    }
-    if (c == '-' || is_digit(c))
+    if (c == '-' || is_digit((uint8_t)c))
         return read_number(r, t, p);
-    if (is_alpha(c))
+    if (is_alpha((uint8_t)c))
         return read_literal(r, t, p);
     if (c == ']' || c == '}' || c == ':' || c == ',')
         return fail(r, *p, *p + 1, "unexpected token");
     return fail(r, *p, *p + 1, "invalid token");
 }
 
+/* The parser keeps its state in locals (the token array, its length, the
+ * open container and how many values it has so far); an open container's
+ * token keeps its parent's index in `next` and its parent's count in
+ * v.u.a, given back when it closes. */
 int jsonr_parse(jsonr_t *r, const char *text, size_t len)
 {
     const uint8_t *s = (const uint8_t *)text;
     size_t p = 0;
-    uint32_t cur = JSONR_NONE, t;
+    jsonr_tok_t *tk = r->tok, *k;
+    uint32_t n = 0, cap = r->cap, cur = JSONR_NONE, last = JSONR_NONE, count = 0, t, saved;
     unsigned depth = 0;
-    uint8_t member = 0;
-    int rc;
+    uint8_t flags = 0;
+    int c, rc, esc;
 
     r->text = text;
     r->len = len;
@@ -607,74 +593,125 @@ int jsonr_parse(jsonr_t *r, const char *text, size_t len)
     if (len >= UINT32_MAX)
         return fail(r, 0, 0, "text too long");
 
-value: /* a value starts (after whitespace) at p */
-    p = skip_ws(s, p, len);
-    if (p == len)
+value: /* a value starts at p, after whitespace; flags says whether it is a member's */
+    if ((c = PEEK()) < 0)
         return fail(r, p, p, "unexpected token");
     if (depth >= MAX_DEPTH)
         return fail(r, p, p + 1, "maximum parsing depth reached");
-    if ((t = add_token(r, JSONR_NULL, member, p, cur)) == JSONR_NONE)
-        return no_memory(r);
-    if (s[p] == '{' || s[p] == '[') {
-        uint8_t close = s[p] == '{' ? '}' : ']';
-        r->tok[t].type = s[p] == '{' ? JSONR_OBJECT : JSONR_ARRAY;
-        r->tok[t].v.u.a = 0;
-        r->tok[t].next = cur; /* the parent, while open */
+    if (__builtin_expect(n == cap, 0)) {
+        if (grow_tokens(r))
+            return no_memory(r);
+        tk = r->tok;
+        cap = r->cap;
+    }
+    t = n++;
+    k = &tk[t];
+    k->flags = flags;
+    k->off = (uint32_t)p;
+    k->next = JSONR_NONE;
+    if (cur != JSONR_NONE) {
+        if (count++ != 0)
+            tk[last].next = t;
+        last = t;
+    }
+    switch (c) {
+    case '"':
+        k->type = JSONR_STRING;
+        esc = 0;
+        if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
+            return rc;
+        k->len = (uint32_t)(p - k->off);
+        if (esc && (rc = decode_string(r, t, k->off, p)) != 0)
+            return rc == -2 ? no_memory(r) : rc;
+        break;
+    case '{':
+    case '[':
+        k->type = c == '{' ? JSONR_OBJECT : JSONR_ARRAY;
+        k->next = cur;
+        k->v.u.a = count;
         cur = t;
+        count = 0;
         depth++;
-        p = skip_ws(s, p + 1, len);
-        if (p < len && s[p] == close) {
+        p++;
+        c = PEEK();
+        if (c == (k->type == JSONR_OBJECT ? '}' : ']')) {
             p++;
             goto close;
         }
-        if (close == ']') {
-            member = 0;
-            goto value;
-        }
-        goto key;
+        if (k->type == JSONR_OBJECT)
+            goto key;
+        flags = 0;
+        goto value;
+    default:
+        if ((rc = read_scalar(r, t, &p, c)) != 0)
+            return rc == -2 ? no_memory(r) : rc;
+        /* jansson reads one byte past a number or a literal and puts it
+         * back; a NUL put back is lost (its stream takes a NUL in its buffer
+         * for "empty"), so it accepts "[1\0]". Accept exactly that too. */
+        if (p < len && s[p] == '\0')
+            p++;
+        break;
     }
-    if ((rc = read_scalar(r, t, &p)) != 0)
-        return rc == -2 ? no_memory(r) : rc;
-    /* jansson reads one character past a number or a literal and puts it
-     * back; a NUL put back is lost (its stream takes a NUL in its buffer for
-     * "empty"), so it accepts "[1\0]". Accept exactly that too. */
-    if (p < len && s[p] == '\0' && r->tok[t].type != JSONR_STRING)
-        p++;
 
 after: /* a value ended at p */
-    p = skip_ws(s, p, len);
     if (cur == JSONR_NONE) {
+        p = skip_ws(s, p, len);
         if (p != len)
             return fail(r, p, p + 1, "end of file expected");
+        r->ntok = n;
         return 0;
     }
-    if (p < len && s[p] == ',') {
+    c = PEEK();
+    if (c == ',') {
         p++;
-        if (r->tok[cur].type == JSONR_ARRAY) {
-            member = 0;
+        if (tk[cur].type == JSONR_ARRAY) {
+            flags = 0;
             goto value;
         }
         goto key;
     }
-    if (p < len && s[p] == (r->tok[cur].type == JSONR_ARRAY ? ']' : '}')) {
+    if (c == (tk[cur].type == JSONR_ARRAY ? ']' : '}')) {
         p++;
         goto close;
     }
-    return fail(r, p, p + (p < len),
-                r->tok[cur].type == JSONR_ARRAY ? "']' expected" : "'}' expected");
+    return fail(r, p, p + (p < len), tk[cur].type == JSONR_ARRAY ? "']' expected" : "'}' expected");
 
 close: /* cur's closing bracket ended at p */
-    t = cur;
-    r->tok[t].len = (uint32_t)(p - r->tok[t].off);
-    cur = r->tok[t].next;
-    r->tok[t].next = JSONR_NONE;
+    k = &tk[cur];
+    k->len = (uint32_t)(p - k->off);
+    last = cur;
+    cur = k->next;
+    k->next = JSONR_NONE;
+    saved = k->v.u.a;
+    k->v.u.a = count;
+    count = saved;
     depth--;
     goto after;
 
-key: /* an object member starts at p */
-    if ((rc = read_key(r, &p, cur)) != 0)
+key: /* an object member starts at p, after whitespace */
+    if (PEEK() != '"')
+        return fail(r, p, p + (p < len), "string or '}' expected");
+    if (__builtin_expect(n == cap, 0)) {
+        if (grow_tokens(r))
+            return no_memory(r);
+        tk = r->tok;
+        cap = r->cap;
+    }
+    t = n++;
+    k = &tk[t];
+    k->type = T_KEY;
+    k->flags = 0;
+    k->off = (uint32_t)p;
+    esc = 0;
+    if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
+        return rc;
+    k->len = (uint32_t)(p - k->off);
+    if (esc && (rc = decode_string(r, t, k->off, p)) != 0)
         return rc == -2 ? no_memory(r) : rc;
-    member = F_MEMBER;
+    if (PEEK() != ':')
+        return fail(r, p, p + (p < len), "':' expected");
+    p++;
+    flags = F_MEMBER;
     goto value;
 }
 
