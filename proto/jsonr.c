@@ -121,8 +121,8 @@ static void locate(jsonr_t *r, size_t pos)
  * with the text of the token at fault, text[start, pos), when it is short
  * and printable, or " near end of file" when there is none (start is the
  * end); start NO_CONTEXT adds nothing. The position is pos. Returns -1. */
-__attribute__((format(printf, 4, 5))) static int fail(jsonr_t *r, size_t start, size_t pos,
-                                                      const char *fmt, ...)
+__attribute__((format(printf, 4, 5), cold, noinline)) static int
+fail(jsonr_t *r, size_t start, size_t pos, const char *fmt, ...)
 {
     char msg[120];
     va_list ap;
@@ -146,7 +146,7 @@ __attribute__((format(printf, 4, 5))) static int fail(jsonr_t *r, size_t start, 
     return -1;
 }
 
-static int no_memory(jsonr_t *r)
+__attribute__((cold, noinline)) static int no_memory(jsonr_t *r)
 {
     snprintf(r->error, sizeof(r->error), "out of memory");
     r->line = r->column = 0;
@@ -156,7 +156,7 @@ static int no_memory(jsonr_t *r)
 
 /* ---- growth --------------------------------------------------------------------- */
 
-static int grow_tokens(jsonr_t *r)
+__attribute__((noinline)) static int grow_tokens(jsonr_t *r)
 {
     uint32_t cap = r->cap ? r->cap * 2 : 32;
     jsonr_tok_t *t;
@@ -358,7 +358,7 @@ static size_t utf8_put(char *o, uint32_t cp)
  * scratch and records where in token t. Refuses what jansson's second pass
  * does: surrogates that do not pair, and \u0000 (with the message for a key
  * or for a value). 0, -1 or -2. */
-static int decode_string(jsonr_t *r, uint32_t t, size_t start, size_t end)
+__attribute__((noinline)) static int decode_string(jsonr_t *r, uint32_t t, size_t start, size_t end)
 {
     const uint8_t *s = (const uint8_t *)r->text;
     size_t p = start + 1, q = end - 1;
@@ -479,12 +479,11 @@ static int read_number(jsonr_t *r, uint32_t t, size_t *pp)
         if (p < len && is_digit(s[p]))
             return fail(r, start, p + 1, "invalid token");
     } else if (p < len && is_digit(s[p])) {
-        for (; p < len && is_digit(s[p]); p++) {
-            unsigned d = s[p] - '0';
-            if (acc > (UINT64_MAX - d) / 10)
-                over = 1;
-            acc = acc * 10 + d;
-        }
+        size_t first = p;
+        for (; p < len && is_digit(s[p]); p++)
+            acc = acc * 10 + (unsigned)(s[p] - '0');
+        /* 19 digits always fit in 64 bits; more never fit in 63. */
+        over = p - first > 19;
     } else {
         return fail(r, start, p + (p < len), "invalid token");
     }
@@ -559,7 +558,7 @@ HOT size_t skip_ws(const uint8_t *s, size_t p, size_t len)
 #define PEEK() (p < len && s[p] > ' ' ? s[p] : (p = skip_ws(s, p, len), p < len ? s[p] : -1))
 
 /* Reads a scalar value, whose first byte c is at *p, into token t. */
-static int read_scalar(jsonr_t *r, uint32_t t, size_t *p, int c)
+__attribute__((noinline)) static int read_scalar(jsonr_t *r, uint32_t t, size_t *p, int c)
 {
     if (c == '-' || is_digit((uint8_t)c))
         return read_number(r, t, p);
@@ -582,7 +581,8 @@ int jsonr_parse(jsonr_t *r, const char *text, size_t len)
     uint32_t n = 0, cap = r->cap, cur = JSONR_NONE, last = JSONR_NONE, count = 0, t, saved;
     unsigned depth = 0;
     uint8_t flags = 0;
-    int c, rc, esc;
+    int c, rc, esc, closer = 0; /* closer: the open container's closing bracket */
+    size_t start;
 
     r->text = text;
     r->len = len;
@@ -596,8 +596,6 @@ int jsonr_parse(jsonr_t *r, const char *text, size_t len)
 value: /* a value starts at p, after whitespace; flags says whether it is a member's */
     if ((c = PEEK()) < 0)
         return fail(r, p, p, "unexpected token");
-    if (depth >= MAX_DEPTH)
-        return fail(r, p, p + 1, "maximum parsing depth reached");
     if (__builtin_expect(n == cap, 0)) {
         if (grow_tokens(r))
             return no_memory(r);
@@ -606,9 +604,9 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
     }
     t = n++;
     k = &tk[t];
+    start = p;
     k->flags = flags;
     k->off = (uint32_t)p;
-    k->next = JSONR_NONE;
     if (cur != JSONR_NONE) {
         if (count++ != 0)
             tk[last].next = t;
@@ -620,8 +618,8 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
         esc = 0;
         if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
             return rc;
-        k->len = (uint32_t)(p - k->off);
-        if (esc && (rc = decode_string(r, t, k->off, p)) != 0)
+        k->len = (uint32_t)(p - start);
+        if (esc && (rc = decode_string(r, t, start, p)) != 0)
             return rc == -2 ? no_memory(r) : rc;
         break;
     case '{':
@@ -633,12 +631,17 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
         count = 0;
         depth++;
         p++;
+        closer = c + 2; /* '[' + 2 == ']', '{' + 2 == '}' */
         c = PEEK();
-        if (c == (k->type == JSONR_OBJECT ? '}' : ']')) {
+        if (c == closer) {
             p++;
             goto close;
         }
-        if (k->type == JSONR_OBJECT)
+        /* A value is at most MAX_DEPTH deep, counting itself: the values
+         * in this container would be one too many. */
+        if (depth >= MAX_DEPTH)
+            return fail(r, p, p + (p < len), "maximum parsing depth reached");
+        if (closer == '}')
             goto key;
         flags = 0;
         goto value;
@@ -658,27 +661,30 @@ after: /* a value ended at p */
         p = skip_ws(s, p, len);
         if (p != len)
             return fail(r, p, p + 1, "end of file expected");
+        tk[0].next = JSONR_NONE;
         r->ntok = n;
         return 0;
     }
     c = PEEK();
     if (c == ',') {
         p++;
-        if (tk[cur].type == JSONR_ARRAY) {
+        if (closer == ']') {
             flags = 0;
             goto value;
         }
         goto key;
     }
-    if (c == (tk[cur].type == JSONR_ARRAY ? ']' : '}')) {
+    if (c == closer) {
         p++;
         goto close;
     }
-    return fail(r, p, p + (p < len), tk[cur].type == JSONR_ARRAY ? "']' expected" : "'}' expected");
+    return fail(r, p, p + (p < len), closer == ']' ? "']' expected" : "'}' expected");
 
 close: /* cur's closing bracket ended at p */
     k = &tk[cur];
     k->len = (uint32_t)(p - k->off);
+    if (count != 0)
+        tk[last].next = JSONR_NONE; /* the last child's; the others' are set as they follow */
     last = cur;
     cur = k->next;
     k->next = JSONR_NONE;
@@ -686,6 +692,8 @@ close: /* cur's closing bracket ended at p */
     k->v.u.a = count;
     count = saved;
     depth--;
+    if (cur != JSONR_NONE)
+        closer = tk[cur].type == JSONR_ARRAY ? ']' : '}';
     goto after;
 
 key: /* an object member starts at p, after whitespace */
@@ -699,14 +707,15 @@ key: /* an object member starts at p, after whitespace */
     }
     t = n++;
     k = &tk[t];
+    start = p;
     k->type = T_KEY;
     k->flags = 0;
     k->off = (uint32_t)p;
     esc = 0;
     if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
         return rc;
-    k->len = (uint32_t)(p - k->off);
-    if (esc && (rc = decode_string(r, t, k->off, p)) != 0)
+    k->len = (uint32_t)(p - start);
+    if (esc && (rc = decode_string(r, t, start, p)) != 0)
         return rc == -2 ? no_memory(r) : rc;
     if (PEEK() != ':')
         return fail(r, p, p + (p < len), "':' expected");
@@ -753,7 +762,7 @@ uint32_t jsonr_next(const jsonr_t *r, uint32_t v)
 {
     const jsonr_tok_t *k = tok(r, v);
 
-    return k ? k->next : JSONR_NONE;
+    return k && k->type != T_KEY ? k->next : JSONR_NONE;
 }
 
 static const char *tok_str(const jsonr_t *r, const jsonr_tok_t *k, size_t *len)
