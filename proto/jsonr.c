@@ -357,8 +357,9 @@ static size_t utf8_put(char *o, uint32_t cp)
 /* Decodes the (scanned, valid) string text[start, end) with escapes into
  * scratch and records where in token t. Refuses what jansson's second pass
  * does: surrogates that do not pair, and \u0000 (with the message for a key
- * or for a value). 0, -1 or -2. */
-__attribute__((noinline)) static int decode_string(jsonr_t *r, uint32_t t, size_t start, size_t end)
+ * or for a value) unless flags has JSONR_ALLOW_NUL. 0, -1 or -2. */
+__attribute__((noinline)) static int decode_string(jsonr_t *r, uint32_t t, size_t start, size_t end,
+                                                   unsigned flags)
 {
     const uint8_t *s = (const uint8_t *)r->text;
     size_t p = start + 1, q = end - 1;
@@ -405,7 +406,7 @@ __attribute__((noinline)) static int decode_string(jsonr_t *r, uint32_t t, size_
                 }
             } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                 return fail(r, start, end, "invalid Unicode '\\u%04X'", cp);
-            } else if (cp == 0) {
+            } else if (cp == 0 && !(flags & JSONR_ALLOW_NUL)) {
                 if (r->tok[t].type == T_KEY)
                     return fail(r, start, end, "NUL byte in object key not supported");
                 return fail(r, start, end, "\\u0000 is not allowed");
@@ -575,6 +576,11 @@ __attribute__((noinline)) static int read_scalar(jsonr_t *r, uint32_t t, size_t 
  * v.u.a, given back when it closes. */
 int jsonr_parse(jsonr_t *r, const char *text, size_t len)
 {
+    return jsonr_parse_flags(r, text, len, 0);
+}
+
+int jsonr_parse_flags(jsonr_t *r, const char *text, size_t len, unsigned pflags)
+{
     const uint8_t *s = (const uint8_t *)text;
     size_t p = 0;
     jsonr_tok_t *tk = r->tok, *k;
@@ -619,7 +625,7 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
         if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
             return rc;
         k->len = (uint32_t)(p - start);
-        if (esc && (rc = decode_string(r, t, start, p)) != 0)
+        if (esc && (rc = decode_string(r, t, start, p, pflags)) != 0)
             return rc == -2 ? no_memory(r) : rc;
         break;
     case '{':
@@ -715,7 +721,7 @@ key: /* an object member starts at p, after whitespace */
     if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
         return rc;
     k->len = (uint32_t)(p - start);
-    if (esc && (rc = decode_string(r, t, start, p)) != 0)
+    if (esc && (rc = decode_string(r, t, start, p, pflags)) != 0)
         return rc == -2 ? no_memory(r) : rc;
     if (PEEK() != ':')
         return fail(r, p, p + (p < len), "':' expected");

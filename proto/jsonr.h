@@ -58,6 +58,12 @@ void jsonr_trim(jsonr_t *r, size_t keep_bytes);
  * line, column), -2 (no memory). */
 int jsonr_parse(jsonr_t *r, const char *text, size_t len);
 
+/* Flags of jsonr_parse_flags(). */
+#define JSONR_ALLOW_NUL 1u /* \u0000 in strings and keys (as JSON_ALLOW_NUL, and in keys too) */
+
+/* jsonr_parse() with flags (JSONR_*); jsonr_parse() is flags 0. */
+int jsonr_parse_flags(jsonr_t *r, const char *text, size_t len, unsigned flags);
+
 /* The type of value v (v must be a value of the last successful parse). */
 jsonr_type_t jsonr_type(const jsonr_t *r, uint32_t v);
 

@@ -218,6 +218,16 @@ static void test_escapes(void)
     CHECK_INT(jsonr_parse(&R, "\"a\0b\"", 5), -1); /* a raw NUL */
     CHECK(strstr(R.error, "control character 0x0") != NULL);
     CHECK_INT(parse("\"\x7f\""), 0); /* DEL is no control character to JSON */
+
+    /* JSONR_ALLOW_NUL lets \u0000 through, in keys too. */
+    const char *nul = "{\"k\\u0000\": \"a\\u0000b\"}";
+    CHECK_INT(jsonr_parse_flags(&R, nul, strlen(nul), JSONR_ALLOW_NUL), 0);
+    v = jsonr_first(&R, 0);
+    s = jsonr_str(&R, v, &len);
+    CHECK(len == 3 && memcmp(s, "a\0b", 3) == 0);
+    s = jsonr_key(&R, v, &len);
+    CHECK(len == 2 && memcmp(s, "k\0", 2) == 0);
+    CHECK_INT(jsonr_parse_flags(&R, nul, strlen(nul), 0), -1);
 }
 
 static void test_utf8(void)
