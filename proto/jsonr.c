@@ -877,6 +877,77 @@ const char *jsonr_raw(const jsonr_t *r, uint32_t v, size_t *len)
     return r->text + k->off;
 }
 
+/* ---- duplicate keys ------------------------------------------------------------ */
+
+static int key_cmp(const jsonr_t *r, uint32_t a, uint32_t b)
+{
+    size_t la, lb;
+    const char *ka = tok_str(r, &r->tok[a - 1], &la), *kb = tok_str(r, &r->tok[b - 1], &lb);
+    int c = memcmp(ka, kb, la < lb ? la : lb);
+    return c != 0 ? c : (la > lb) - (la < lb);
+}
+
+static int sort_cmp(const void *a, const void *b, void *r)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = key_cmp(r, x, y);
+    return c != 0 ? c : (x > y) - (x < y);
+}
+
+/* A repeated key among the members of object o: small objects pairwise,
+ * large ones sorted by key (then position) in tmp. */
+static uint32_t object_duplicate(const jsonr_t *r, uint32_t o, uint32_t *tmp)
+{
+    uint32_t n = 0, found = JSONR_NONE;
+
+    for (uint32_t v = jsonr_first(r, o); v != JSONR_NONE; v = r->tok[v].next) {
+        if (tmp == NULL) {
+            for (uint32_t w = jsonr_first(r, o); w != v; w = r->tok[w].next)
+                if (key_cmp(r, v, w) == 0)
+                    return v;
+        } else {
+            tmp[n++] = v;
+        }
+    }
+    if (tmp == NULL)
+        return JSONR_NONE;
+    qsort_r(tmp, n, sizeof(*tmp), sort_cmp, (void *)r);
+    /* Of the repeats, the first one in the text, as a parser would meet it. */
+    for (uint32_t i = 1; i < n; i++)
+        if (key_cmp(r, tmp[i - 1], tmp[i]) == 0 && tmp[i] < found)
+            found = tmp[i];
+    return found;
+}
+
+int jsonr_find_duplicate(const jsonr_t *r, uint32_t *dup)
+{
+    uint32_t *tmp = NULL, best = JSONR_NONE;
+    size_t cap = 0;
+
+    for (uint32_t o = 0; o < r->ntok; o++) {
+        uint32_t n = r->tok[o].type == JSONR_OBJECT ? r->tok[o].v.u.a : 0, d;
+        if (n < 2)
+            continue;
+        if (n > 16 && n > cap) {
+            uint32_t *t = r->realloc_fn(tmp, (size_t)n * sizeof(*tmp));
+            if (t == NULL) {
+                if (tmp)
+                    r->free_fn(tmp);
+                return -2;
+            }
+            tmp = t;
+            cap = n;
+        }
+        d = object_duplicate(r, o, n > 16 ? tmp : NULL);
+        if (d < best)
+            best = d;
+    }
+    if (tmp)
+        r->free_fn(tmp);
+    *dup = best;
+    return best != JSONR_NONE;
+}
+
 json_t *jsonr_to_json(const jsonr_t *r, uint32_t v)
 {
     const jsonr_tok_t *k = tok(r, v);

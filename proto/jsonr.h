@@ -106,6 +106,12 @@ int jsonr_number(const jsonr_t *r, uint32_t v, double *out);
  * echo an id). */
 const char *jsonr_raw(const jsonr_t *r, uint32_t v, size_t *len);
 
+/* Looks for a key repeated within one object anywhere in the last parse
+ * (what JSON_REJECT_DUPLICATES refuses). Returns 0 if none, 1 with *dup the
+ * value of a repeating member, or -2 when out of memory (a large object is
+ * sorted in a temporary array from realloc_fn). */
+int jsonr_find_duplicate(const jsonr_t *r, uint32_t *dup);
+
 /* A jansson copy of v (a new reference) or NULL (no memory), for cold paths. */
 json_t *jsonr_to_json(const jsonr_t *r, uint32_t v);
 

@@ -33,9 +33,17 @@ static int agrees(const char *text, size_t n)
     }
     ok = (a != NULL) == (rc == 0);
     if (ok && a != NULL) {
-        json_t *b = jsonr_to_json(&R, 0);
+        json_t *b = jsonr_to_json(&R, 0), *c;
+        uint32_t dup;
         ok = b != NULL && json_equal(a, b);
         json_decref(b);
+        /* Repeated keys: found exactly when JSON_REJECT_DUPLICATES refuses. */
+        c = json_loadb(text, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+        if (ok && jsonr_find_duplicate(&R, &dup) != (c == NULL)) {
+            fprintf(stderr, "  duplicates: jansson %s\n", c ? "none" : "some");
+            ok = 0;
+        }
+        json_decref(c);
     }
     if (!ok) {
         fprintf(stderr, "  disagree on %zu bytes (jansson %s: %s; jsonr %d: %s):\n  ", n,
@@ -408,7 +416,27 @@ static void test_syntax(void)
 
 static void test_duplicates(void)
 {
+    char big[2048];
+    size_t n0 = 0;
+    uint32_t dup;
     long long n;
+
+    /* Small objects are compared pairwise, larger ones sorted. */
+    for (int size = 2; size <= 40; size += 19) {
+        for (int repeat = 0; repeat <= 1; repeat++) {
+            n0 = (size_t)sprintf(big, "[{\"x\":{}},{");
+            for (int i = 0; i < size; i++)
+                n0 += (size_t)sprintf(big + n0, "%s\"k%d\":%d", i ? "," : "",
+                                      repeat && i == size - 1 ? size / 3 : i, i);
+            n0 += (size_t)sprintf(big + n0, "}]");
+            CHECK_INT(jsonr_parse(&R, big, n0), 0);
+            CHECK_INT(jsonr_find_duplicate(&R, &dup), repeat);
+            if (repeat) {
+                CHECK(jsonr_int(&R, dup, &n) == 0 && n == size - 1);
+            }
+            CHECK(agrees(big, n0));
+        }
+    }
 
     CHECK_INT(parse("{\"a\":1,\"b\":2,\"a\":3}"), 0);
     CHECK_INT(jsonr_count(&R, 0), 3);
