@@ -57,6 +57,7 @@ typedef struct field field_t;
  * offset (into job_spec_t) and check min..max; the others ignore both. */
 struct field {
     const char *name;
+    size_t len; /* strlen(name) */
     int (*decode)(decoder_t *d, const field_t *f, uint32_t v);
     size_t offset;
     long long min, max;
@@ -132,26 +133,27 @@ static int name_is(const char *name, const char *s, size_t n)
 
 typedef struct members {
     uint32_t n, overflow;
-    uint32_t first[MEMBERS_MAX]; /* the value of the key's first member (for its key) */
-    uint32_t last[MEMBERS_MAX];  /* the value of its last */
+    uint32_t last[MEMBERS_MAX]; /* the value of the key's last member */
+    const char *key[MEMBERS_MAX];
+    size_t klen[MEMBERS_MAX];
 } members_t;
 
 static void collect(const jsonr_t *r, uint32_t obj, members_t *m, uint32_t cap)
 {
     m->n = m->overflow = 0;
     for (uint32_t v = jsonr_first(r, obj); v != JSONR_NONE; v = jsonr_next(r, v)) {
-        size_t klen, l;
+        size_t klen;
         const char *k = jsonr_key(r, v, &klen);
         uint32_t i;
-        for (i = 0; i < m->n; i++) {
-            const char *k2 = jsonr_key(r, m->first[i], &l);
-            if (l == klen && memcmp(k, k2, klen) == 0)
+        for (i = 0; i < m->n; i++)
+            if (m->klen[i] == klen && memcmp(k, m->key[i], klen) == 0)
                 break;
-        }
         if (i < m->n) {
             m->last[i] = v;
         } else if (m->n < cap) {
-            m->first[m->n] = m->last[m->n] = v;
+            m->last[m->n] = v;
+            m->key[m->n] = k;
+            m->klen[m->n] = klen;
             m->n++;
         } else {
             m->overflow = 1;
@@ -276,8 +278,8 @@ static int dec_timeouts(decoder_t *d, const field_t *f, uint32_t v)
     /* Among any five keys one is unknown: it is refused before the end. */
     collect(d->r, v, &m, (uint32_t)ntimeouts + 1);
     for (uint32_t k = 0; k < m.n; k++) {
-        size_t klen, i = 0;
-        const char *key = jsonr_key(d->r, m.first[k], &klen);
+        size_t klen = m.klen[k], i = 0;
+        const char *key = m.key[k];
         while (i < ntimeouts && !name_is(names[i], key, klen))
             i++;
         snprintf(field, sizeof(field), "%s.%s", f->name, printable(name, sizeof(name), key, klen));
@@ -380,8 +382,8 @@ static int headers_object(decoder_t *d, uint32_t v)
     if (rc != 0)
         return rc;
     for (uint32_t k = 0; k < m.n; k++) {
-        size_t klen, vlen;
-        const char *key = jsonr_key(d->r, m.first[k], &klen), *val;
+        size_t klen = m.klen[k], vlen;
+        const char *key = m.key[k], *val;
         if (!is_type(d->r, m.last[k], JSONR_STRING))
             return bad(d, "headers", "value of \"%s\" must be a string",
                        printable(shown, sizeof(shown), key, klen));
@@ -568,40 +570,41 @@ static int dec_overwrite(decoder_t *d, const field_t *f, uint32_t v)
 }
 
 #define SPEC_OFF(m) offsetof(job_spec_t, m)
+#define F(name)     name, sizeof(name) - 1
 
 static const field_t fields[] = {
-    {"url", dec_string, SPEC_OFF(url), 0, 0},
-    {"method", dec_method, 0, 0, 0},
-    {"headers", dec_headers, 0, 0, 0},
-    {"body", dec_body, 0, 0, 0},
-    {"body_base64", dec_body_base64, 0, 0, 0},
-    {"output", dec_output, 0, 0, 0},
-    {"inline_max", dec_u64, SPEC_OFF(inline_max), 1, JOBSPEC_MAX_INLINE},
-    {"sha256", dec_bool, SPEC_OFF(sha256), 0, 0},
-    {"expected_sha256", dec_expected_sha256, 0, 0, 0},
-    {"timeouts", dec_timeouts, 0, 0, 0},
-    {"timeout", dec_timeout, 0, 0, 0},
-    {"retries", dec_int, SPEC_OFF(retries), 0, JOB_MAX_RETRIES},
-    {"max_redirects", dec_int, SPEC_OFF(max_redirects), 0, JOB_MAX_REDIRECTS_LIMIT},
-    {"max_body", dec_u64, SPEC_OFF(max_body), 0, LLONG_MAX},
-    {"fail_on_http_error", dec_bool, SPEC_OFF(fail_on_http_error), 0, 0},
-    {"insecure", dec_bool, SPEC_OFF(insecure), 0, 0},
-    {"allow_downgrade", dec_bool, SPEC_OFF(allow_downgrade), 0, 0},
-    {"ca_file", dec_string, SPEC_OFF(ca_file), 0, 0},
-    {"client_cert", dec_string, SPEC_OFF(client_cert), 0, 0},
-    {"client_key", dec_string, SPEC_OFF(client_key), 0, 0},
-    {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
-    {"labels", dec_labels, 0, 0, 0},
-    {"decode", dec_decode, 0, 0, 0},
-    {"rate", dec_rate, 0, 0, 0},
-    {"delay", dec_delay, 0, 0, 0},
-    {"limit_rate", dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
-    {"proxy", dec_text, SPEC_OFF(proxy), 0, 0},
-    {"no_proxy", dec_text, SPEC_OFF(no_proxy), 0, 0},
-    {"keep_headers", dec_bool, SPEC_OFF(keep_headers), 0, 0},
-    {"overwrite", dec_overwrite, 0, 0, 0},
-    {"mkdirs", dec_bool, SPEC_OFF(mkdirs), 0, 0},
-    {"resume", dec_bool, SPEC_OFF(resume), 0, 0},
+    {F("url"), dec_string, SPEC_OFF(url), 0, 0},
+    {F("method"), dec_method, 0, 0, 0},
+    {F("headers"), dec_headers, 0, 0, 0},
+    {F("body"), dec_body, 0, 0, 0},
+    {F("body_base64"), dec_body_base64, 0, 0, 0},
+    {F("output"), dec_output, 0, 0, 0},
+    {F("inline_max"), dec_u64, SPEC_OFF(inline_max), 1, JOBSPEC_MAX_INLINE},
+    {F("sha256"), dec_bool, SPEC_OFF(sha256), 0, 0},
+    {F("expected_sha256"), dec_expected_sha256, 0, 0, 0},
+    {F("timeouts"), dec_timeouts, 0, 0, 0},
+    {F("timeout"), dec_timeout, 0, 0, 0},
+    {F("retries"), dec_int, SPEC_OFF(retries), 0, JOB_MAX_RETRIES},
+    {F("max_redirects"), dec_int, SPEC_OFF(max_redirects), 0, JOB_MAX_REDIRECTS_LIMIT},
+    {F("max_body"), dec_u64, SPEC_OFF(max_body), 0, LLONG_MAX},
+    {F("fail_on_http_error"), dec_bool, SPEC_OFF(fail_on_http_error), 0, 0},
+    {F("insecure"), dec_bool, SPEC_OFF(insecure), 0, 0},
+    {F("allow_downgrade"), dec_bool, SPEC_OFF(allow_downgrade), 0, 0},
+    {F("ca_file"), dec_string, SPEC_OFF(ca_file), 0, 0},
+    {F("client_cert"), dec_string, SPEC_OFF(client_cert), 0, 0},
+    {F("client_key"), dec_string, SPEC_OFF(client_key), 0, 0},
+    {F("priority"), dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
+    {F("labels"), dec_labels, 0, 0, 0},
+    {F("decode"), dec_decode, 0, 0, 0},
+    {F("rate"), dec_rate, 0, 0, 0},
+    {F("delay"), dec_delay, 0, 0, 0},
+    {F("limit_rate"), dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
+    {F("proxy"), dec_text, SPEC_OFF(proxy), 0, 0},
+    {F("no_proxy"), dec_text, SPEC_OFF(no_proxy), 0, 0},
+    {F("keep_headers"), dec_bool, SPEC_OFF(keep_headers), 0, 0},
+    {F("overwrite"), dec_overwrite, 0, 0, 0},
+    {F("mkdirs"), dec_bool, SPEC_OFF(mkdirs), 0, 0},
+    {F("resume"), dec_bool, SPEC_OFF(resume), 0, 0},
 };
 
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
@@ -609,21 +612,29 @@ static const field_t fields[] = {
 static const field_t *find_field(const char *key, size_t klen)
 {
     for (size_t i = 0; i < NFIELDS; i++) {
-        if (fields[i].name[0] == (klen ? key[0] : '\0') && name_is(fields[i].name, key, klen))
+        if (fields[i].len == klen && memcmp(fields[i].name, key, klen) == 0)
             return &fields[i];
     }
     return NULL;
 }
 
 /* Fields that exclude each other, refused before either is decoded so that
- * one never overwrites (and leaks) what the other stored. */
-static int check_conflicts(decoder_t *d, uint32_t obj)
+ * one never overwrites (and leaks) what the other stored. f[k] is the field
+ * of member k of m (NULL: unknown). */
+static int check_conflicts(decoder_t *d, const members_t *m, const field_t *const *f)
 {
-    const jsonr_t *r = d->r;
-    uint32_t timeouts = jsonr_get(r, obj, "timeouts");
-    if (jsonr_get(r, obj, "body") != JSONR_NONE && jsonr_get(r, obj, "body_base64") != JSONR_NONE)
+    int body = 0, body_base64 = 0, timeout = 0, total = 0;
+    for (uint32_t k = 0; k < m->n; k++) {
+        if (f[k] == NULL)
+            continue;
+        body |= f[k]->decode == dec_body;
+        body_base64 |= f[k]->decode == dec_body_base64;
+        timeout |= f[k]->decode == dec_timeout;
+        total |= f[k]->decode == dec_timeouts && jsonr_get(d->r, m->last[k], "total") != JSONR_NONE;
+    }
+    if (body && body_base64)
         return bad(d, "body_base64", "cannot be combined with \"body\"");
-    if (jsonr_get(r, obj, "timeout") != JSONR_NONE && jsonr_get(r, timeouts, "total") != JSONR_NONE)
+    if (timeout && total)
         return bad(d, "timeout", "cannot be combined with \"timeouts.total\"");
     return 0;
 }
@@ -641,22 +652,22 @@ static int check_complete(decoder_t *d, uint32_t obj)
 static int decode_fields(decoder_t *d, uint32_t obj)
 {
     members_t m;
+    const field_t *f[NFIELDS + 1];
     char shown[64];
     int rc;
     if (!is_type(d->r, obj, JSONR_OBJECT))
         return bad(d, "job", "must be a JSON object");
-    rc = check_conflicts(d, obj);
-    if (rc != 0)
-        return rc;
     /* Among any NFIELDS + 1 keys one is unknown: it is refused before the end. */
     collect(d->r, obj, &m, NFIELDS + 1);
+    for (uint32_t k = 0; k < m.n; k++)
+        f[k] = find_field(m.key[k], m.klen[k]);
+    rc = check_conflicts(d, &m, f);
+    if (rc != 0)
+        return rc;
     for (uint32_t k = 0; k < m.n; k++) {
-        size_t klen;
-        const char *key = jsonr_key(d->r, m.first[k], &klen);
-        const field_t *f = find_field(key, klen);
-        if (f == NULL)
-            return bad(d, printable(shown, sizeof(shown), key, klen), "unknown field");
-        rc = f->decode(d, f, m.last[k]);
+        if (f[k] == NULL)
+            return bad(d, printable(shown, sizeof(shown), m.key[k], m.klen[k]), "unknown field");
+        rc = f[k]->decode(d, f[k], m.last[k]);
         if (rc != 0)
             return rc;
     }
@@ -696,8 +707,8 @@ int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsi
     collect(r, params, &m, nchangeable + 3);
     for (uint32_t i = 0; i < m.n; i++) {
         const field_t *f = NULL;
-        size_t klen;
-        const char *key = jsonr_key(r, m.first[i], &klen);
+        size_t klen = m.klen[i];
+        const char *key = m.key[i];
         unsigned k;
         int rc;
         if (name_is("id", key, klen) || name_is("ids", key, klen))
