@@ -17,6 +17,9 @@
  * ignored (a quirk of jansson's stream, see jsonr_parse). The C locale is assumed for strtod, as in
  * fetchd.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* qsort_r */
+#endif
 #include "jsonr.h"
 
 #include <errno.h>
@@ -263,8 +266,7 @@ HOT size_t plain_run(const uint8_t *s, size_t p, size_t len)
             return p + (size_t)__builtin_ctz(bits);
         p += 16;
     }
-#endif
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     while (len - p >= 8) {
         uint64_t x, q, b, m;
         memcpy(&x, s + p, 8);
@@ -547,7 +549,8 @@ static int read_literal(jsonr_t *r, uint32_t t, size_t *pp)
 
 /* ---- the parser ----------------------------------------------------------------- */
 
-HOT size_t skip_ws(const uint8_t *s, size_t p, size_t len)
+/* Out of line: the parser calls it only when there is whitespace. */
+__attribute__((noinline)) static size_t skip_ws(const uint8_t *s, size_t p, size_t len)
 {
     while (p < len && (s[p] == ' ' || s[p] == '\n' || s[p] == '\r' || s[p] == '\t'))
         p++;
@@ -558,22 +561,31 @@ HOT size_t skip_ws(const uint8_t *s, size_t p, size_t len)
  * usual case, no whitespace, costs two comparisons. */
 #define PEEK() (p < len && s[p] > ' ' ? s[p] : (p = skip_ws(s, p, len), p < len ? s[p] : -1))
 
-/* Reads a scalar value, whose first byte c is at *p, into token t. */
-__attribute__((noinline)) static int read_scalar(jsonr_t *r, uint32_t t, size_t *p, int c)
+#define SCALAR_FAIL  SIZE_MAX       /* read_scalar(): r->error is set */
+#define SCALAR_NOMEM (SIZE_MAX - 1) /* read_scalar(): out of memory */
+
+/* Reads a scalar value, whose first byte c is at p, into token t; returns
+ * the position after it, or SCALAR_FAIL or SCALAR_NOMEM. (The parser's
+ * position never has its address taken: it stays in a register.) */
+__attribute__((noinline)) static size_t read_scalar(jsonr_t *r, uint32_t t, size_t p, int c)
 {
+    int rc;
+
     if (c == '-' || is_digit((uint8_t)c))
-        return read_number(r, t, p);
-    if (is_alpha((uint8_t)c))
-        return read_literal(r, t, p);
-    if (c == ']' || c == '}' || c == ':' || c == ',')
-        return fail(r, *p, *p + 1, "unexpected token");
-    return fail(r, *p, *p + 1, "invalid token");
+        rc = read_number(r, t, &p);
+    else if (is_alpha((uint8_t)c))
+        rc = read_literal(r, t, &p);
+    else if (c == ']' || c == '}' || c == ':' || c == ',')
+        rc = fail(r, p, p + 1, "unexpected token");
+    else
+        rc = fail(r, p, p + 1, "invalid token");
+    return rc == 0 ? p : rc == -2 ? SCALAR_NOMEM : SCALAR_FAIL;
 }
 
 /* The parser keeps its state in locals (the token array, its length, the
- * open container and how many values it has so far); an open container's
- * token keeps its parent's index in `next` and its parent's count in
- * v.u.a, given back when it closes. */
+ * open container and its last value so far); an open container's token
+ * keeps its parent's index in `next`, given back when it closes, when its
+ * values are also counted along their links. */
 int jsonr_parse(jsonr_t *r, const char *text, size_t len)
 {
     return jsonr_parse_flags(r, text, len, 0);
@@ -584,9 +596,8 @@ int jsonr_parse_flags(jsonr_t *r, const char *text, size_t len, unsigned pflags)
     const uint8_t *s = (const uint8_t *)text;
     size_t p = 0;
     jsonr_tok_t *tk = r->tok, *k;
-    uint32_t n = 0, cap = r->cap, cur = JSONR_NONE, last = JSONR_NONE, count = 0, t, saved;
+    uint32_t n = 0, cap = r->cap, cur = JSONR_NONE, last = JSONR_NONE, t, count;
     unsigned depth = 0;
-    uint8_t flags = 0;
     int c, rc, esc, closer = 0; /* closer: the open container's closing bracket */
     size_t start;
 
@@ -599,7 +610,7 @@ int jsonr_parse_flags(jsonr_t *r, const char *text, size_t len, unsigned pflags)
     if (len >= UINT32_MAX)
         return fail(r, 0, 0, "text too long");
 
-value: /* a value starts at p, after whitespace; flags says whether it is a member's */
+value: /* a value starts at p, after whitespace (a member's value if closer is '}') */
     if ((c = PEEK()) < 0)
         return fail(r, p, p, "unexpected token");
     if (__builtin_expect(n == cap, 0)) {
@@ -611,13 +622,11 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
     t = n++;
     k = &tk[t];
     start = p;
-    k->flags = flags;
+    k->flags = closer == '}' ? F_MEMBER : 0;
     k->off = (uint32_t)p;
-    if (cur != JSONR_NONE) {
-        if (count++ != 0)
-            tk[last].next = t;
-        last = t;
-    }
+    if (last != JSONR_NONE)
+        tk[last].next = t;
+    last = t;
     switch (c) {
     case '"':
         k->type = JSONR_STRING;
@@ -632,9 +641,8 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
     case '[':
         k->type = c == '{' ? JSONR_OBJECT : JSONR_ARRAY;
         k->next = cur;
-        k->v.u.a = count;
         cur = t;
-        count = 0;
+        last = JSONR_NONE;
         depth++;
         p++;
         closer = c + 2; /* '[' + 2 == ']', '{' + 2 == '}' */
@@ -649,11 +657,28 @@ value: /* a value starts at p, after whitespace; flags says whether it is a memb
             return fail(r, p, p + (p < len), "maximum parsing depth reached");
         if (closer == '}')
             goto key;
-        flags = 0;
         goto value;
     default:
-        if ((rc = read_scalar(r, t, &p, c)) != 0)
-            return rc == -2 ? no_memory(r) : rc;
+        if (c == '-' || is_digit((uint8_t)c)) {
+            /* The common short integer here; anything else (a real, a
+             * leading zero, many digits, an error) in read_number(). */
+            size_t q = p + (c == '-'), d0 = q;
+            uint64_t acc = 0;
+            while (q < len && is_digit(s[q]) && q - d0 < 18)
+                acc = acc * 10 + (uint64_t)(s[q++] - '0');
+            if (q > d0 && (s[d0] != '0' || q == d0 + 1) &&
+                (q == len || (!is_digit(s[q]) && s[q] != '.' && (s[q] | 0x20) != 'e'))) {
+                k->type = JSONR_INTEGER;
+                k->v.i = c == '-' ? -(int64_t)acc : (int64_t)acc;
+                k->len = (uint32_t)(q - p);
+                p = q;
+                goto scalar_done;
+            }
+        }
+        p = read_scalar(r, t, p, c);
+        if (p >= SCALAR_NOMEM)
+            return p == SCALAR_NOMEM ? no_memory(r) : -1;
+    scalar_done:
         /* jansson reads one byte past a number or a literal and puts it
          * back; a NUL put back is lost (its stream takes a NUL in its buffer
          * for "empty"), so it accepts "[1\0]". Accept exactly that too. */
@@ -674,10 +699,8 @@ after: /* a value ended at p */
     c = PEEK();
     if (c == ',') {
         p++;
-        if (closer == ']') {
-            flags = 0;
+        if (closer == ']')
             goto value;
-        }
         goto key;
     }
     if (c == closer) {
@@ -689,14 +712,17 @@ after: /* a value ended at p */
 close: /* cur's closing bracket ended at p */
     k = &tk[cur];
     k->len = (uint32_t)(p - k->off);
-    if (count != 0)
-        tk[last].next = JSONR_NONE; /* the last child's; the others' are set as they follow */
+    count = 0;
+    if (last != JSONR_NONE) {
+        /* The last child's next; the others' were set as they followed. */
+        tk[last].next = JSONR_NONE;
+        for (t = cur + (k->type == JSONR_OBJECT ? 2 : 1); t != JSONR_NONE; t = tk[t].next)
+            count++;
+    }
+    k->v.u.a = count;
     last = cur;
     cur = k->next;
     k->next = JSONR_NONE;
-    saved = k->v.u.a;
-    k->v.u.a = count;
-    count = saved;
     depth--;
     if (cur != JSONR_NONE)
         closer = tk[cur].type == JSONR_ARRAY ? ']' : '}';
@@ -726,7 +752,6 @@ key: /* an object member starts at p, after whitespace */
     if (PEEK() != ':')
         return fail(r, p, p + (p < len), "':' expected");
     p++;
-    flags = F_MEMBER;
     goto value;
 }
 
