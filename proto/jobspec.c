@@ -10,7 +10,8 @@
  * the request is parsed once, with no allocation per value. An object's
  * members are taken as jansson's tree would hold them (each key once, at
  * its first place, with its last value), so repeated keys mean what they
- * always meant. The json_t entry points dump the tree and decode that.
+ * always meant. The json_t entry points read the tree into tokens
+ * (jsonr_from_json) and decode those.
  *
  * Every string the spec keeps is copied with mem_strndup() and the header
  * array comes from mem_calloc(): job_spec_dispose() releases them with
@@ -729,36 +730,19 @@ int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsi
     return 0;
 }
 
-/* Parses the JSON text of the tree v (borrowed; NULL reads as null) into
- * r, initialised here: the json_t entry points below are wrappers around
- * the jsonr decoder, so there is one decoder. *text is jansson's text, to
- * be freed with free_text() once r is done with. 0 or ERR_NO_MEMORY. */
-static int reparse(jsonr_t *r, const json_t *v, char **text)
+/* Reads the tree v (borrowed; NULL reads as null) into r, initialised
+ * here: the json_t entry points below are wrappers around the jsonr
+ * decoder, so there is one decoder. 0 or ERR_NO_MEMORY. */
+static int from_tree(jsonr_t *r, const json_t *v)
 {
     jsonr_init(r, mem_realloc, mem_free);
-    *text = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    if (v != NULL && *text == NULL)
-        return ERR_NO_MEMORY;
-    /* A tree may hold NUL bytes in strings: the decoder refuses them by name. */
-    if (jsonr_parse_flags(r, *text ? *text : "null", *text ? strlen(*text) : 4, JSONR_ALLOW_NUL) !=
-        0)
-        return ERR_NO_MEMORY; /* a text jansson dumped always parses */
-    return 0;
-}
-
-static void free_text(char *text)
-{
-    json_free_t free_fn;
-    json_get_alloc_funcs(NULL, &free_fn);
-    if (text != NULL)
-        free_fn(text);
+    return jsonr_from_json(r, v) == 0 ? 0 : ERR_NO_MEMORY;
 }
 
 int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen)
 {
     jsonr_t r;
-    char *text;
-    int rc = reparse(&r, obj, &text);
+    int rc = from_tree(&r, obj);
     if (rc == 0) {
         rc = jobspec_decode_r(&r, 0, spec, errbuf, errlen);
     } else {
@@ -767,7 +751,6 @@ int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t err
         no_memory(&d);
     }
     jsonr_free(&r);
-    free_text(text);
     return rc;
 }
 
@@ -775,8 +758,7 @@ int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, ch
                        size_t errlen)
 {
     jsonr_t r;
-    char *text;
-    int rc = reparse(&r, params, &text);
+    int rc = from_tree(&r, params);
     if (rc == 0) {
         rc = jobspec_decode_set_r(&r, 0, to, which, errbuf, errlen);
     } else {
@@ -786,7 +768,6 @@ int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, ch
         no_memory(&d);
     }
     jsonr_free(&r);
-    free_text(text);
     return rc;
 }
 

@@ -800,7 +800,7 @@ static const char *tok_str(const jsonr_t *r, const jsonr_tok_t *k, size_t *len)
 {
     if (k->flags & F_ESC) {
         *len = k->v.u.b;
-        return r->scratch + k->v.u.a;
+        return *len ? r->scratch + k->v.u.a : ""; /* scratch may be NULL then */
     }
     *len = k->len - 2;
     return r->text + k->off + 1;
@@ -971,6 +971,115 @@ int jsonr_find_duplicate(const jsonr_t *r, uint32_t *dup)
         r->free_fn(tmp);
     *dup = best;
     return best != JSONR_NONE;
+}
+
+/* ---- from a jansson tree -------------------------------------------------------- */
+
+/* Appends the token of value v (a member's value if flags has F_MEMBER, an
+ * object key if key is set), and those of its values after it; *out is
+ * its index. Recursive: a tree holds what a parse let through (2,048 deep)
+ * or what the program built. 0 or -2. */
+static int from_json(jsonr_t *r, const json_t *v, const char *key, size_t klen, uint8_t flags,
+                     uint32_t *out)
+{
+    uint32_t t, prev = JSONR_NONE, c, count = 0;
+    jsonr_tok_t *k;
+    const char *s = key;
+    size_t n = klen;
+
+    if (r->ntok == r->cap && grow_tokens(r))
+        return -2;
+    t = r->ntok++;
+    k = &r->tok[t];
+    k->flags = flags;
+    k->off = k->len = 0;
+    k->next = JSONR_NONE;
+    *out = t;
+    if (key == NULL) {
+        switch (v ? json_typeof(v) : JSON_NULL) {
+        case JSON_OBJECT: {
+            const char *name;
+            size_t nlen;
+            json_t *m;
+            k->type = JSONR_OBJECT;
+            json_object_keylen_foreach ((json_t *)v, name, nlen, m) {
+                if (from_json(r, NULL, name, nlen, 0, &c) != 0 ||
+                    from_json(r, m, NULL, 0, F_MEMBER, &c) != 0)
+                    return -2;
+                if (prev != JSONR_NONE)
+                    r->tok[prev].next = c;
+                prev = c;
+                count++;
+            }
+            r->tok[t].v.u.a = count;
+            return 0;
+        }
+        case JSON_ARRAY: {
+            size_t i;
+            json_t *e;
+            k->type = JSONR_ARRAY;
+            json_array_foreach ((json_t *)v, i, e) {
+                if (from_json(r, e, NULL, 0, 0, &c) != 0)
+                    return -2;
+                if (prev != JSONR_NONE)
+                    r->tok[prev].next = c;
+                prev = c;
+                count++;
+            }
+            r->tok[t].v.u.a = count;
+            return 0;
+        }
+        case JSON_STRING:
+            k->type = JSONR_STRING;
+            s = json_string_value(v);
+            n = json_string_length(v);
+            break;
+        case JSON_INTEGER:
+            k->type = JSONR_INTEGER;
+            k->v.i = json_integer_value(v);
+            return 0;
+        case JSON_REAL:
+            k->type = JSONR_REAL;
+            k->v.d = json_real_value(v);
+            return 0;
+        case JSON_TRUE:
+            k->type = JSONR_TRUE;
+            return 0;
+        case JSON_FALSE:
+            k->type = JSONR_FALSE;
+            return 0;
+        default:
+            k->type = JSONR_NULL;
+            return 0;
+        }
+    } else {
+        k->type = T_KEY;
+    }
+    if (n > UINT32_MAX || reserve_scratch(r, n))
+        return -2;
+    k = &r->tok[t];
+    k->flags |= F_ESC;
+    k->v.u.a = (uint32_t)r->scratch_len;
+    k->v.u.b = (uint32_t)n;
+    if (n > 0)
+        memcpy(r->scratch + r->scratch_len, s, n);
+    r->scratch_len += n;
+    return 0;
+}
+
+int jsonr_from_json(jsonr_t *r, const json_t *v)
+{
+    uint32_t root;
+
+    r->text = "";
+    r->len = 0;
+    r->ntok = 0;
+    r->scratch_len = 0;
+    r->error[0] = '\0';
+    r->line = r->column = 0;
+    if (from_json(r, v, NULL, 0, 0, &root) != 0)
+        return no_memory(r);
+    return 0;
 }
 
 json_t *jsonr_to_json(const jsonr_t *r, uint32_t v)

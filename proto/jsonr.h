@@ -112,6 +112,12 @@ const char *jsonr_raw(const jsonr_t *r, uint32_t v, size_t *len);
  * sorted in a temporary array from realloc_fn). */
 int jsonr_find_duplicate(const jsonr_t *r, uint32_t *dup);
 
+/* Fills r with the values of the jansson tree v (borrowed; NULL reads as
+ * null) as if its JSON text had been parsed, every string copied into
+ * scratch: a json_t entry point can then share a jsonr decoder. There is no
+ * source text: jsonr_raw() gives "" for every value. 0, or -2 (no memory). */
+int jsonr_from_json(jsonr_t *r, const json_t *v);
+
 /* A jansson copy of v (a new reference) or NULL (no memory), for cold paths. */
 json_t *jsonr_to_json(const jsonr_t *r, uint32_t v);
 

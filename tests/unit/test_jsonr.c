@@ -37,6 +37,17 @@ static int agrees(const char *text, size_t n)
         uint32_t dup;
         ok = b != NULL && json_equal(a, b);
         json_decref(b);
+        /* jansson's tree read back into tokens gives the same tree. */
+        jsonr_t r2;
+        jsonr_init(&r2, realloc, free);
+        if (ok && jsonr_from_json(&r2, a) == 0) {
+            b = jsonr_to_json(&r2, 0);
+            ok = b != NULL && json_equal(a, b);
+            if (!ok)
+                fprintf(stderr, "  jsonr_from_json differs\n");
+            json_decref(b);
+        }
+        jsonr_free(&r2);
         /* Repeated keys: found exactly when JSON_REJECT_DUPLICATES refuses. */
         c = json_loadb(text, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
         if (ok && jsonr_find_duplicate(&R, &dup) != (c == NULL)) {
@@ -573,13 +584,36 @@ static void test_no_memory(void)
 
 static void test_to_json(void)
 {
-    json_t *j;
+    json_t *j, *t;
+    size_t len;
+    const char *s;
 
     CHECK_INT(parse("{\"a\":[1,2.5,\"x\\u00e9\",null,true,false,{}],\"b\":{\"c\":-3}}"), 0);
     j = jsonr_to_json(&R, jsonr_get(&R, 0, "b"));
     CHECK(j != NULL && json_integer_value(json_object_get(j, "c")) == -3);
     json_decref(j);
     CHECK(jsonr_to_json(&R, JSONR_NONE) == NULL);
+
+    /* A tree read into tokens, NUL bytes in keys and strings included. */
+    t = json_pack("{s:[i,f,s,n,b],s:{},s:s}", "a", 7, 2.5, "x", 1, "b", "", "");
+    CHECK_INT(jsonr_from_json(&R, t), 0);
+    CHECK_INT(jsonr_count(&R, 0), 3);
+    CHECK_INT(jsonr_count(&R, jsonr_get(&R, 0, "a")), 5);
+    CHECK(jsonr_str_eq(&R, jsonr_at(&R, jsonr_get(&R, 0, "a"), 2), "x"));
+    CHECK(jsonr_str_eq(&R, jsonr_get(&R, 0, ""), ""));
+    s = jsonr_raw(&R, 0, &len);
+    CHECK(len == 0);
+    j = jsonr_to_json(&R, 0);
+    CHECK(j != NULL && json_equal(j, t));
+    json_decref(j);
+    /* (json_equal() does not see keys past a NUL: looked up by hand.) */
+    json_object_setn_new(t, "k\0y", 3, json_stringn("v\0w", 3));
+    CHECK_INT(jsonr_from_json(&R, t), 0);
+    s = jsonr_str(&R, jsonr_getn(&R, 0, "k\0y", 3), &len);
+    CHECK(s != NULL && len == 3 && memcmp(s, "v\0w", 3) == 0);
+    json_decref(t);
+    CHECK_INT(jsonr_from_json(&R, NULL), 0);
+    CHECK_INT(jsonr_type(&R, 0), JSONR_NULL);
 }
 
 /* ---- the differential test ------------------------------------------------------- */
