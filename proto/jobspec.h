@@ -26,7 +26,7 @@ int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsi
                          char *errbuf, size_t errlen);
 
 /* jobspec_decode_r() on a jansson tree (borrowed), which it reads into
- * tokens first (jsonr_from_json: two allocations): for cold paths. Initialises spec and fills it
+ * tokens first (jsonr_from_json: one allocation): for cold paths. Initialises spec and fills it
  * from the JSON object obj. Returns 0, or ERR_INVALID_REQUEST with a message naming the field in
  * errbuf (spec is then disposed and zeroed), or ERR_NO_MEMORY. Unknown fields are refused. */
 int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen);

@@ -38,8 +38,9 @@
 enum { T_KEY = 8 }; /* an object member's key, just before its value */
 
 enum {
-    F_ESC = 1,   /* a string (or key) decoded into scratch */
-    F_MEMBER = 2 /* the value of an object member: its key is the token before */
+    F_ESC = 1,    /* a string (or key) decoded into scratch */
+    F_MEMBER = 2, /* the value of an object member: its key is the token before */
+    F_TREE = 4    /* from a jansson tree: a string's bytes are at v.p, len long */
 };
 
 struct jsonr_tok {
@@ -53,7 +54,8 @@ struct jsonr_tok {
         double d;  /* JSONR_REAL */
         struct {
             uint32_t a, b;
-        } u; /* containers: count, last child; escaped strings: scratch offset, length */
+        } u;           /* containers: count; escaped strings: scratch offset, length */
+        const char *p; /* F_TREE strings: borrowed from the tree */
     } v;
 };
 
@@ -802,6 +804,10 @@ static const char *tok_str(const jsonr_t *r, const jsonr_tok_t *k, size_t *len)
         *len = k->v.u.b;
         return *len ? r->scratch + k->v.u.a : ""; /* scratch may be NULL then */
     }
+    if (k->flags & F_TREE) {
+        *len = k->len;
+        return k->v.p;
+    }
     *len = k->len - 2;
     return r->text + k->off + 1;
 }
@@ -898,6 +904,10 @@ const char *jsonr_raw(const jsonr_t *r, uint32_t v, size_t *len)
         *len = 0;
         return NULL;
     }
+    if (k->flags & F_TREE) {
+        *len = 0;
+        return "";
+    }
     *len = k->len;
     return r->text + k->off;
 }
@@ -977,8 +987,8 @@ int jsonr_find_duplicate(const jsonr_t *r, uint32_t *dup)
 
 /* Appends the token of value v (a member's value if flags has F_MEMBER, an
  * object key if key is set), and those of its values after it; *out is
- * its index. Recursive: a tree holds what a parse let through (2,048 deep)
- * or what the program built. 0 or -2. */
+ * its index. Strings stay in the tree (F_TREE). Recursive: a tree holds what a parse let through
+ * (2,048 deep) or what the program built. 0 or -2. */
 static int from_json(jsonr_t *r, const json_t *v, const char *key, size_t klen, uint8_t flags,
                      uint32_t *out)
 {
@@ -1055,15 +1065,11 @@ static int from_json(jsonr_t *r, const json_t *v, const char *key, size_t klen, 
     } else {
         k->type = T_KEY;
     }
-    if (n > UINT32_MAX || reserve_scratch(r, n))
+    if (n > UINT32_MAX)
         return -2;
-    k = &r->tok[t];
-    k->flags |= F_ESC;
-    k->v.u.a = (uint32_t)r->scratch_len;
-    k->v.u.b = (uint32_t)n;
-    if (n > 0)
-        memcpy(r->scratch + r->scratch_len, s, n);
-    r->scratch_len += n;
+    k->flags |= F_TREE;
+    k->len = (uint32_t)n;
+    k->v.p = s;
     return 0;
 }
 

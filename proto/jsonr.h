@@ -113,9 +113,10 @@ const char *jsonr_raw(const jsonr_t *r, uint32_t v, size_t *len);
 int jsonr_find_duplicate(const jsonr_t *r, uint32_t *dup);
 
 /* Fills r with the values of the jansson tree v (borrowed; NULL reads as
- * null) as if its JSON text had been parsed, every string copied into
- * scratch: a json_t entry point can then share a jsonr decoder. There is no
- * source text: jsonr_raw() gives "" for every value. 0, or -2 (no memory). */
+ * null, and v must outlive the tokens: strings are not copied) as if its
+ * JSON text had been parsed: a json_t entry point can then share a jsonr
+ * decoder. There is no source text: jsonr_raw() gives "" for every value.
+ * 0, or -2 (no memory). */
 int jsonr_from_json(jsonr_t *r, const json_t *v);
 
 /* A jansson copy of v (a new reference) or NULL (no memory), for cold paths. */
