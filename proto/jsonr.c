@@ -561,7 +561,9 @@ __attribute__((noinline)) static size_t skip_ws(const uint8_t *s, size_t p, size
 
 /* The byte at p after whitespace (p moves past it), or -1 at the end. The
  * usual case, no whitespace, costs two comparisons. */
-#define PEEK() (p < len && s[p] > ' ' ? s[p] : (p = skip_ws(s, p, len), p < len ? s[p] : -1))
+#define PEEK()                                         \
+    (__builtin_expect(p < len && s[p] > ' ', 1) ? s[p] \
+                                                : (p = skip_ws(s, p, len), p < len ? s[p] : -1))
 
 #define SCALAR_FAIL  SIZE_MAX       /* read_scalar(): r->error is set */
 #define SCALAR_NOMEM (SIZE_MAX - 1) /* read_scalar(): out of memory */
@@ -629,8 +631,7 @@ value: /* a value starts at p, after whitespace (a member's value if closer is '
     if (last != JSONR_NONE)
         tk[last].next = t;
     last = t;
-    switch (c) {
-    case '"':
+    if (__builtin_expect(c == '"', 1)) {
         k->type = JSONR_STRING;
         esc = 0;
         if ((rc = scan_string(r, s, len, p, &p, &esc)) != 0)
@@ -638,9 +639,7 @@ value: /* a value starts at p, after whitespace (a member's value if closer is '
         k->len = (uint32_t)(p - start);
         if (esc && (rc = decode_string(r, t, start, p, pflags)) != 0)
             return rc == -2 ? no_memory(r) : rc;
-        break;
-    case '{':
-    case '[':
+    } else if (c == '{' || c == '[') {
         k->type = c == '{' ? JSONR_OBJECT : JSONR_ARRAY;
         k->next = cur;
         cur = t;
@@ -660,7 +659,7 @@ value: /* a value starts at p, after whitespace (a member's value if closer is '
         if (closer == '}')
             goto key;
         goto value;
-    default:
+    } else {
         if (c == '-' || is_digit((uint8_t)c)) {
             /* The common short integer here; anything else (a real, a
              * leading zero, many digits, an error) in read_number(). */
@@ -686,7 +685,6 @@ value: /* a value starts at p, after whitespace (a member's value if closer is '
          * for "empty"), so it accepts "[1\0]". Accept exactly that too. */
         if (p < len && s[p] == '\0')
             p++;
-        break;
     }
 
 after: /* a value ended at p */
