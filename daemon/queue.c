@@ -17,6 +17,7 @@
 
 #include "err.h"
 #include "jobspec.h"
+#include "jsonr.h"
 #include "log.h"
 #include "mem.h"
 
@@ -900,9 +901,9 @@ static void entry_submit(queue_entry_t *e, const redisReply *fields)
     queue_t *q = e->q;
     const redisReply *v = fields && fields->type == REDIS_REPLY_ARRAY ? field(fields, "job") : NULL;
     char err[256], why[300];
-    json_error_t jerr;
     job_spec_t spec;
-    json_t *obj;
+    jsonr_t r;
+    uint32_t dup;
     job_t *j;
     int rc;
 
@@ -910,20 +911,39 @@ static void entry_submit(queue_entry_t *e, const redisReply *fields)
         entry_reject(e, "the entry has no field \"job\"", NULL);
         return;
     }
-    obj = json_loadb(v->str, (size_t)v->len, JSON_REJECT_DUPLICATES, &jerr);
-    if (obj == NULL || !json_is_object(obj)) {
-        snprintf(why, sizeof(why), "job: %s", obj ? "not a JSON object" : jerr.text);
-        json_decref(obj);
+    jsonr_init(&r, mem_realloc, mem_free);
+    rc = jsonr_parse(&r, v->str, (size_t)v->len);
+    if (rc == 0)
+        rc = jsonr_find_duplicate(&r, &dup);
+    if (rc == -2) {
+        jsonr_free(&r);
+        log_warn("queue: entry %s not taken now (%s); it stays pending for a claim", e->id,
+                 err_str(ERR_NO_MEMORY));
+        entry_free(e);
+        return;
+    }
+    if (rc != 0 || jsonr_type(&r, 0) != JSONR_OBJECT) {
+        size_t klen = 0;
+        const char *key = rc == 1 ? jsonr_key(&r, dup, &klen) : NULL;
+        if (rc == 1)
+            snprintf(why, sizeof(why), "job: duplicate object key \"%.*s\"",
+                     (int)(klen < 64 ? klen : 64), key);
+        else
+            snprintf(why, sizeof(why), "job: %s", rc == 0 ? "not a JSON object" : r.error);
+        jsonr_free(&r);
         entry_reject(e, why, NULL);
         return;
     }
-    rc = jobspec_decode(obj, &spec, err, sizeof(err));
+    rc = jobspec_decode_r(&r, 0, &spec, err, sizeof(err));
     if (rc == 0)
         rc = sched_submit(&q->d->sched, &spec, &j, err, sizeof(err));
     if (rc == ERR_INVALID_REQUEST) {
-        json_t *url = json_object_get(obj, "url");
+        size_t n = 0;
+        const char *u = jsonr_str(&r, jsonr_get(&r, 0, "url"), &n);
+        char *url = u != NULL ? mem_strndup(u, n) : NULL;
         snprintf(why, sizeof(why), "job: %s", err);
-        entry_reject(e, why, json_is_string(url) ? json_string_value(url) : NULL);
+        entry_reject(e, why, url);
+        mem_free(url);
     } else if (rc != 0) {
         /* Not the entry's fault (a full queue, memory): leave it pending. */
         log_warn("queue: entry %s not taken now (%s); it stays pending for a claim", e->id,
@@ -934,7 +954,7 @@ static void entry_submit(queue_entry_t *e, const redisReply *fields)
         e->job = j;
         j->data = e;
     }
-    json_decref(obj);
+    jsonr_free(&r);
 }
 
 /* Entries from XREADGROUP or XAUTOCLAIM: [[id, [field, value, ...]], ...]. */

@@ -12,6 +12,7 @@
 
 #include "err.h"
 #include "jobspec.h"
+#include "jsonr.h"
 #include "log.h"
 #include "mem.h"
 
@@ -119,23 +120,29 @@ long state_save(sched_t *s, const char *dir, int with_running, char *err, size_t
     return n;
 }
 
-/* Queues the saved jobs; returns how many, and sets *skipped to the number
- * that could not be restored (each is logged). */
-static long restore(sched_t *s, json_t *jobs, const char *path, size_t *skipped)
+/* Queues the saved jobs, the array jobs of the parsed file r; returns how
+ * many, and sets *skipped to the number that could not be restored (each
+ * is logged). */
+static long restore(sched_t *s, const jsonr_t *r, uint32_t jobs, const char *path, size_t *skipped)
 {
-    size_t i;
-    json_t *entry;
+    size_t i = 0;
     long restored = 0;
 
     *skipped = 0;
-    json_array_foreach (jobs, i, entry) {
-        const char *id = json_string_value(json_object_get(entry, "id"));
+    for (uint32_t entry = jsonr_first(r, jobs); entry != JSONR_NONE;
+         entry = jsonr_next(r, entry), i++) {
+        size_t idlen = 0;
+        const char *idp = jsonr_str(r, jsonr_get(r, entry, "id"), &idlen);
+        char id[64], why[256];
         job_spec_t spec;
-        char why[256];
-        if (id == NULL ||
-            jobspec_decode(json_object_get(entry, "spec"), &spec, why, sizeof(why)) != 0) {
+        /* A longer id is refused by sched_restore() all the same. */
+        if (idp != NULL)
+            snprintf(id, sizeof(id), "%.*s", (int)(idlen < sizeof(id) ? idlen : sizeof(id) - 1),
+                     idp);
+        if (idp == NULL ||
+            jobspec_decode_r(r, jsonr_get(r, entry, "spec"), &spec, why, sizeof(why)) != 0) {
             log_error("state: %s: job %zu cannot be restored: %s", path, i,
-                      id == NULL ? "no id" : why);
+                      idp == NULL ? "no id" : why);
             (*skipped)++;
             continue;
         }
@@ -147,6 +154,49 @@ static long restore(sched_t *s, json_t *jobs, const char *path, size_t *skipped)
         restored++;
     }
     return restored;
+}
+
+/* Reads the whole file at path into *text (mem_alloc'd, owned by the
+ * caller) and its length into *len. 0, or -1 with errno set. */
+static int read_file(const char *path, char **text, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t cap = 0, n = 0;
+    char *buf = NULL, *grown;
+    ssize_t got;
+
+    if (fd < 0)
+        return -1;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64 * 1024;
+            grown = cap > n ? mem_realloc(buf, cap) : NULL;
+            if (grown == NULL) {
+                mem_free(buf);
+                close(fd);
+                errno = ENOMEM;
+                return -1;
+            }
+            buf = grown;
+        }
+        got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int e = errno;
+            mem_free(buf);
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        if (got == 0)
+            break;
+        n += (size_t)got;
+    }
+    close(fd);
+    *text = buf;
+    *len = n;
+    return 0;
 }
 
 int state_check_dir(const char *dir, char *err, size_t errlen)
@@ -224,32 +274,59 @@ static int keep_bad(const char *path, int keep_original, char *bad, size_t len)
 
 long state_load(sched_t *s, const char *dir, char *err, size_t errlen)
 {
-    char path[PATH_MAX], bad[PATH_MAX + 64];
-    json_error_t jerr;
-    json_t *doc, *jobs;
-    size_t skipped;
+    char path[PATH_MAX], bad[PATH_MAX + 64], why[PATH_MAX + 256];
+    char *text = NULL;
+    size_t len = 0, skipped;
+    uint32_t jobs = JSONR_NONE;
+    long long version = 0;
+    jsonr_t r;
+    int rc, line = -1;
     long n;
 
     snprintf(path, sizeof(path), "%s/" STATE_FILE, dir);
     if (access(path, F_OK) != 0)
         return 0;
-    doc = json_load_file(path, 0, &jerr);
-    jobs = json_object_get(doc, "jobs");
-    if (doc == NULL || !json_is_array(jobs) ||
-        json_integer_value(json_object_get(doc, "version")) != STATE_VERSION) {
+    jsonr_init(&r, mem_realloc, mem_free);
+    if (read_file(path, &text, &len) != 0) {
+        if (errno == ENOMEM) {
+            snprintf(err, errlen, "%s: %s", path, err_str(ERR_NO_MEMORY));
+            return ERR_NO_MEMORY;
+        }
+        snprintf(why, sizeof(why), "unable to open %s: %s", path, strerror(errno));
+        rc = -1;
+    } else {
+        rc = jsonr_parse(&r, text, len);
+        if (rc == -2) {
+            jsonr_free(&r);
+            mem_free(text);
+            snprintf(err, errlen, "%s: %s", path, err_str(ERR_NO_MEMORY));
+            return ERR_NO_MEMORY;
+        }
+        if (rc == 0) {
+            jobs = jsonr_get(&r, 0, "jobs");
+            jsonr_int(&r, jsonr_get(&r, 0, "version"), &version);
+            snprintf(why, sizeof(why), "not a fetchd queue file");
+        } else {
+            snprintf(why, sizeof(why), "%s", r.error);
+            line = r.line;
+        }
+    }
+    if (rc != 0 || jsonr_type(&r, jobs) != JSONR_ARRAY || jobs == JSONR_NONE ||
+        version != STATE_VERSION) {
         /* Keep it for a human to look at; start with an empty queue. */
-        const char *why = doc ? "not a fetchd queue file" : jerr.text;
         if (keep_bad(path, 0, bad, sizeof(bad)) == 0)
-            snprintf(err, errlen, "%s:%d: %s (kept as %s)", path, jerr.line, why, bad);
+            snprintf(err, errlen, "%s:%d: %s (kept as %s)", path, line, why, bad);
         else
             snprintf(err, errlen,
                      "%s:%d: %s (could not keep it aside: %s; the next save replaces it)", path,
-                     jerr.line, why, strerror(errno));
-        json_decref(doc);
+                     line, why, strerror(errno));
+        jsonr_free(&r);
+        mem_free(text);
         return ERR_IO;
     }
-    n = restore(s, jobs, path, &skipped);
-    json_decref(doc);
+    n = restore(s, &r, jobs, path, &skipped);
+    jsonr_free(&r);
+    mem_free(text);
     /* A job that could not be restored (a bad entry, or no memory for it)
      * would be gone after the next save: keep the file as it was. */
     if (skipped > 0) {

@@ -6,10 +6,17 @@
  * is about ("timeouts.connect: ...", "headers: ..."), because the client shows
  * it to a person who must find the mistake in their request.
  *
+ * Decoding reads a jsonr token array (proto/jsonr.h), not a jansson tree:
+ * the request is parsed once, with no allocation per value. An object's
+ * members are taken as jansson's tree would hold them (each key once, at
+ * its first place, with its last value), so repeated keys mean what they
+ * always meant. The json_t entry points read the tree into tokens
+ * (jsonr_from_json) and decode those.
+ *
  * Every string the spec keeps is copied with mem_strndup() and the header
  * array comes from mem_calloc(): job_spec_dispose() releases them with
- * mem_free(). Labels are deep-copied, so the job never shares a JSON tree with
- * the request it came from.
+ * mem_free(). Labels are copied into a jansson tree of their own, so the
+ * job never shares memory with the request it came from.
  */
 #include <limits.h>
 #include <math.h>
@@ -23,6 +30,7 @@
 
 #include "err.h"
 #include "jobspec.h"
+#include "jsonr.h"
 #include "jsonw.h"
 
 #include "http.h"
@@ -36,9 +44,10 @@
 #define JOBSPEC_PRIORITY_MAX  1000
 #define JOBSPEC_SHA256_HEX    64
 
-/* The decoder's working state for one jobspec_decode() call. */
+/* The decoder's working state for one jobspec_decode_r() call. */
 typedef struct decoder {
     job_spec_t *spec; /* borrowed: the spec being filled */
+    const jsonr_t *r; /* borrowed: the parsed request */
     char *errbuf;     /* borrowed: may be NULL */
     size_t errlen;
 } decoder_t;
@@ -49,7 +58,8 @@ typedef struct field field_t;
  * offset (into job_spec_t) and check min..max; the others ignore both. */
 struct field {
     const char *name;
-    int (*decode)(decoder_t *d, const field_t *f, json_t *v);
+    size_t len; /* strlen(name) */
+    int (*decode)(decoder_t *d, const field_t *f, uint32_t v);
     size_t offset;
     long long min, max;
 };
@@ -98,20 +108,75 @@ static const char *printable(char *out, size_t outlen, const char *s, size_t n)
     return out;
 }
 
-/* A string value without NUL bytes (which C strings cannot carry). */
-static int text_value(decoder_t *d, const char *field, json_t *v, const char **s, size_t *n)
+static int is_bool(const jsonr_t *r, uint32_t v)
 {
-    if (!json_is_string(v))
+    jsonr_type_t t = jsonr_type(r, v);
+    return v != JSONR_NONE && (t == JSONR_TRUE || t == JSONR_FALSE);
+}
+
+static int is_type(const jsonr_t *r, uint32_t v, jsonr_type_t t)
+{
+    return v != JSONR_NONE && jsonr_type(r, v) == t;
+}
+
+static int name_is(const char *name, const char *s, size_t n)
+{
+    return strlen(name) == n && memcmp(name, s, n) == 0;
+}
+
+/* ---- the members of an object, as jansson's tree would hold them ---------------- */
+
+/* Each key once, in the order of its first appearance, with the value of its
+ * last (a repeated key is not an error: the last value wins, as it always
+ * did). At most cap keys; more set overflow, and the rest still update the
+ * values of those kept. */
+#define MEMBERS_MAX (JOBSPEC_MAX_HEADERS + 1)
+
+typedef struct members {
+    uint32_t n, overflow;
+    uint32_t last[MEMBERS_MAX]; /* the value of the key's last member */
+    const char *key[MEMBERS_MAX];
+    size_t klen[MEMBERS_MAX];
+} members_t;
+
+static void collect(const jsonr_t *r, uint32_t obj, members_t *m, uint32_t cap)
+{
+    m->n = m->overflow = 0;
+    for (uint32_t v = jsonr_first(r, obj); v != JSONR_NONE; v = jsonr_next(r, v)) {
+        size_t klen;
+        const char *k = jsonr_key(r, v, &klen);
+        uint32_t i;
+        for (i = 0; i < m->n; i++)
+            if (m->klen[i] == klen && memcmp(k, m->key[i], klen) == 0)
+                break;
+        if (i < m->n) {
+            m->last[i] = v;
+        } else if (m->n < cap) {
+            m->last[m->n] = v;
+            m->key[m->n] = k;
+            m->klen[m->n] = klen;
+            m->n++;
+        } else {
+            m->overflow = 1;
+        }
+    }
+}
+
+/* ---- field decoders ------------------------------------------------------------- */
+
+/* A string value without NUL bytes (which C strings cannot carry). */
+static int text_value(decoder_t *d, const char *field, uint32_t v, const char **s, size_t *n)
+{
+    if (!is_type(d->r, v, JSONR_STRING))
         return bad(d, field, "must be a string");
-    *s = json_string_value(v);
-    *n = json_string_length(v);
+    *s = jsonr_str(d->r, v, n);
     if (memchr(*s, '\0', *n) != NULL)
         return bad(d, field, "must not contain NUL bytes");
     return 0;
 }
 
 /* Stores a heap copy of a string field at f->offset. */
-static int store_text(decoder_t *d, const field_t *f, json_t *v, int allow_empty)
+static int store_text(decoder_t *d, const field_t *f, uint32_t v, int allow_empty)
 {
     char **dst = (char **)((char *)d->spec + f->offset);
     const char *s = NULL;
@@ -126,36 +191,37 @@ static int store_text(decoder_t *d, const field_t *f, json_t *v, int allow_empty
 }
 
 /* A non-empty string. */
-static int dec_string(decoder_t *d, const field_t *f, json_t *v)
+static int dec_string(decoder_t *d, const field_t *f, uint32_t v)
 {
     return store_text(d, f, v, 0);
 }
 
 /* A string that may be empty: proxy ("" = direct) and no_proxy. The proxy
  * URL itself is checked by job_create(). */
-static int dec_text(decoder_t *d, const field_t *f, json_t *v)
+static int dec_text(decoder_t *d, const field_t *f, uint32_t v)
 {
     return store_text(d, f, v, 1);
 }
 
-static int dec_bool(decoder_t *d, const field_t *f, json_t *v)
+static int dec_bool(decoder_t *d, const field_t *f, uint32_t v)
 {
-    if (!json_is_boolean(v))
+    if (!is_bool(d->r, v))
         return bad(d, f->name, "must be true or false");
-    *(int *)((char *)d->spec + f->offset) = json_is_true(v);
+    *(int *)((char *)d->spec + f->offset) = jsonr_type(d->r, v) == JSONR_TRUE;
     return 0;
 }
 
-static int integer_in_range(decoder_t *d, const field_t *f, json_t *v, long long *out)
+static int integer_in_range(decoder_t *d, const field_t *f, uint32_t v, long long *out)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < f->min || json_integer_value(v) > f->max)
+    long long x = 0;
+    if (jsonr_int(d->r, v, &x) != 0 || x < f->min || x > f->max)
         return bad(d, f->name, "must be an integer from %lld to %lld", f->min, f->max);
-    *out = json_integer_value(v);
+    *out = x;
     return 0;
 }
 
 /* An int field of job_spec_t. */
-static int dec_int(decoder_t *d, const field_t *f, json_t *v)
+static int dec_int(decoder_t *d, const field_t *f, uint32_t v)
 {
     long long x = 0;
     int rc = integer_in_range(d, f, v, &x);
@@ -165,7 +231,7 @@ static int dec_int(decoder_t *d, const field_t *f, json_t *v)
 }
 
 /* A uint64_t field of job_spec_t. */
-static int dec_u64(decoder_t *d, const field_t *f, json_t *v)
+static int dec_u64(decoder_t *d, const field_t *f, uint32_t v)
 {
     long long x = 0;
     int rc = integer_in_range(d, f, v, &x);
@@ -174,11 +240,18 @@ static int dec_u64(decoder_t *d, const field_t *f, json_t *v)
     return rc;
 }
 
+/* A number (integer or real) as json_number_value() gives it, or -1. */
+static double number_or(const jsonr_t *r, uint32_t v, double otherwise)
+{
+    double x;
+    return jsonr_number(r, v, &x) == 0 ? x : otherwise;
+}
+
 /* A duration in seconds (integer or real), stored in milliseconds. A tiny
  * positive value rounds up to 1 ms rather than to "no timeout". */
-static int seconds(decoder_t *d, const char *field, json_t *v, uint64_t *ms)
+static int seconds(decoder_t *d, const char *field, uint32_t v, uint64_t *ms)
 {
-    double s = json_is_number(v) ? json_number_value(v) : -1;
+    double s = number_or(d->r, v, -1);
     if (!(s > 0 && s <= JOBSPEC_MAX_TIMEOUT_S))
         return bad(d, field, "must be a positive number of seconds (at most %d)",
                    JOBSPEC_MAX_TIMEOUT_S);
@@ -188,38 +261,39 @@ static int seconds(decoder_t *d, const char *field, json_t *v, uint64_t *ms)
     return 0;
 }
 
-static int dec_timeout(decoder_t *d, const field_t *f, json_t *v)
+static int dec_timeout(decoder_t *d, const field_t *f, uint32_t v)
 {
     return seconds(d, f->name, v, &d->spec->total_timeout_ms);
 }
 
-static int dec_timeouts(decoder_t *d, const field_t *f, json_t *v)
+static int dec_timeouts(decoder_t *d, const field_t *f, uint32_t v)
 {
     static const char *const names[] = {"connect", "first_byte", "idle", "total"};
     uint64_t *dst[] = {&d->spec->connect_timeout_ms, &d->spec->first_byte_timeout_ms,
                        &d->spec->idle_timeout_ms, &d->spec->total_timeout_ms};
     const size_t ntimeouts = sizeof(names) / sizeof(names[0]);
-    const char *key;
-    size_t klen;
-    json_t *sub;
+    members_t m;
     char field[64], name[32];
-    if (!json_is_object(v))
+    if (!is_type(d->r, v, JSONR_OBJECT))
         return bad(d, f->name, "must be an object");
-    json_object_keylen_foreach (v, key, klen, sub) {
-        size_t i = 0;
-        while (i < ntimeouts && !(strlen(names[i]) == klen && memcmp(names[i], key, klen) == 0))
+    /* Among any five keys one is unknown: it is refused before the end. */
+    collect(d->r, v, &m, (uint32_t)ntimeouts + 1);
+    for (uint32_t k = 0; k < m.n; k++) {
+        size_t klen = m.klen[k], i = 0;
+        const char *key = m.key[k];
+        while (i < ntimeouts && !name_is(names[i], key, klen))
             i++;
         snprintf(field, sizeof(field), "%s.%s", f->name, printable(name, sizeof(name), key, klen));
         if (i == ntimeouts)
             return bad(d, field, "unknown field (known: connect, first_byte, idle, total)");
-        int rc = seconds(d, field, sub, dst[i]);
+        int rc = seconds(d, field, m.last[k], dst[i]);
         if (rc != 0)
             return rc;
     }
     return 0;
 }
 
-static int dec_method(decoder_t *d, const field_t *f, json_t *v)
+static int dec_method(decoder_t *d, const field_t *f, uint32_t v)
 {
     const char *s = NULL;
     size_t n = 0;
@@ -299,20 +373,23 @@ static int alloc_headers(decoder_t *d, size_t n)
     return d->spec->headers != NULL ? 0 : no_memory(d);
 }
 
-static int headers_object(decoder_t *d, json_t *v)
+static int headers_object(decoder_t *d, uint32_t v)
 {
-    const char *key;
-    size_t klen;
-    json_t *val;
+    members_t m;
     char shown[64];
-    int rc = alloc_headers(d, json_object_size(v));
+    int rc;
+    collect(d->r, v, &m, JOBSPEC_MAX_HEADERS + 1);
+    rc = alloc_headers(d, m.n);
     if (rc != 0)
         return rc;
-    json_object_keylen_foreach (v, key, klen, val) {
-        if (!json_is_string(val))
+    for (uint32_t k = 0; k < m.n; k++) {
+        size_t klen = m.klen[k], vlen;
+        const char *key = m.key[k], *val;
+        if (!is_type(d->r, m.last[k], JSONR_STRING))
             return bad(d, "headers", "value of \"%s\" must be a string",
                        printable(shown, sizeof(shown), key, klen));
-        rc = add_header(d, key, klen, json_string_value(val), json_string_length(val));
+        val = jsonr_str(d->r, m.last[k], &vlen);
+        rc = add_header(d, key, klen, val, vlen);
         if (rc != 0)
             return rc;
     }
@@ -320,40 +397,43 @@ static int headers_object(decoder_t *d, json_t *v)
 }
 
 /* One array element: "Name: value" or ["Name", "value"]. */
-static int header_item(decoder_t *d, size_t i, json_t *item)
+static int header_item(decoder_t *d, size_t i, uint32_t item)
 {
+    const jsonr_t *r = d->r;
     char field[32];
     snprintf(field, sizeof(field), "headers[%zu]", i);
-    if (json_is_string(item)) {
-        const char *s = json_string_value(item);
-        size_t n = json_string_length(item);
+    if (is_type(r, item, JSONR_STRING)) {
+        size_t n;
+        const char *s = jsonr_str(r, item, &n);
         const char *colon = memchr(s, ':', n);
         if (colon == NULL)
             return bad(d, field, "expected \"Name: value\"");
         return add_header(d, s, (size_t)(colon - s), colon + 1, n - (size_t)(colon - s) - 1);
     }
-    if (json_is_array(item) && json_array_size(item) == 2 &&
-        json_is_string(json_array_get(item, 0)) && json_is_string(json_array_get(item, 1))) {
-        json_t *name = json_array_get(item, 0), *value = json_array_get(item, 1);
-        return add_header(d, json_string_value(name), json_string_length(name),
-                          json_string_value(value), json_string_length(value));
+    if (is_type(r, item, JSONR_ARRAY) && jsonr_count(r, item) == 2 &&
+        is_type(r, jsonr_at(r, item, 0), JSONR_STRING) &&
+        is_type(r, jsonr_at(r, item, 1), JSONR_STRING)) {
+        size_t nlen, vlen;
+        const char *name = jsonr_str(r, jsonr_at(r, item, 0), &nlen);
+        const char *value = jsonr_str(r, jsonr_at(r, item, 1), &vlen);
+        return add_header(d, name, nlen, value, vlen);
     }
     return bad(d, field, "must be a \"Name: value\" string or a [name, value] pair");
 }
 
-static int dec_headers(decoder_t *d, const field_t *f, json_t *v)
+static int dec_headers(decoder_t *d, const field_t *f, uint32_t v)
 {
-    size_t i;
-    json_t *item;
+    size_t i = 0;
     int rc;
-    if (json_is_object(v))
+    if (is_type(d->r, v, JSONR_OBJECT))
         return headers_object(d, v);
-    if (!json_is_array(v))
+    if (!is_type(d->r, v, JSONR_ARRAY))
         return bad(d, f->name, "must be an object or an array");
-    rc = alloc_headers(d, json_array_size(v));
+    rc = alloc_headers(d, jsonr_count(d->r, v));
     if (rc != 0)
         return rc;
-    json_array_foreach (v, i, item) {
+    for (uint32_t item = jsonr_first(d->r, v); item != JSONR_NONE;
+         item = jsonr_next(d->r, item), i++) {
         rc = header_item(d, i, item);
         if (rc != 0)
             return rc;
@@ -361,23 +441,23 @@ static int dec_headers(decoder_t *d, const field_t *f, json_t *v)
     return 0;
 }
 
-static int dec_body(decoder_t *d, const field_t *f, json_t *v)
+static int dec_body(decoder_t *d, const field_t *f, uint32_t v)
 {
-    if (!json_is_string(v))
+    const char *s;
+    if (!is_type(d->r, v, JSONR_STRING))
         return bad(d, f->name, "must be a string");
-    d->spec->body_len = json_string_length(v);
-    d->spec->body = mem_strndup(json_string_value(v), d->spec->body_len);
+    s = jsonr_str(d->r, v, &d->spec->body_len);
+    d->spec->body = mem_strndup(s, d->spec->body_len);
     return d->spec->body != NULL ? 0 : no_memory(d);
 }
 
-static int dec_body_base64(decoder_t *d, const field_t *f, json_t *v)
+static int dec_body_base64(decoder_t *d, const field_t *f, uint32_t v)
 {
     const unsigned char *src;
     size_t slen, olen = 0;
-    if (!json_is_string(v))
+    if (!is_type(d->r, v, JSONR_STRING))
         return bad(d, f->name, "must be a string");
-    src = (const unsigned char *)json_string_value(v);
-    slen = json_string_length(v);
+    src = (const unsigned char *)jsonr_str(d->r, v, &slen);
     /* A first pass without a buffer validates and measures. */
     int rc = mbedtls_base64_decode(NULL, 0, &olen, src, slen);
     if (rc != 0 && rc != MBEDTLS_ERR_BASE64_BUFFER_TOO_SMALL)
@@ -392,7 +472,7 @@ static int dec_body_base64(decoder_t *d, const field_t *f, json_t *v)
     return 0;
 }
 
-static int dec_output(decoder_t *d, const field_t *f, json_t *v)
+static int dec_output(decoder_t *d, const field_t *f, uint32_t v)
 {
     const char *s = NULL;
     size_t n = 0;
@@ -401,9 +481,9 @@ static int dec_output(decoder_t *d, const field_t *f, json_t *v)
         return rc;
     if (n == 0)
         return bad(d, f->name, "must be \"discard\", \"inline\" or a file path");
-    if (strcmp(s, "discard") == 0) {
+    if (name_is("discard", s, n)) {
         d->spec->output = JOB_OUTPUT_DISCARD;
-    } else if (strcmp(s, "inline") == 0) {
+    } else if (name_is("inline", s, n)) {
         d->spec->output = JOB_OUTPUT_INLINE;
     } else {
         d->spec->output = JOB_OUTPUT_FILE;
@@ -414,14 +494,16 @@ static int dec_output(decoder_t *d, const field_t *f, json_t *v)
     return 0;
 }
 
-static int dec_expected_sha256(decoder_t *d, const field_t *f, json_t *v)
+static int dec_expected_sha256(decoder_t *d, const field_t *f, uint32_t v)
 {
     const char *s = NULL;
-    size_t n = 0;
+    size_t n = 0, i;
     int rc = text_value(d, f->name, v, &s, &n);
     if (rc != 0)
         return rc;
-    if (n != JOBSPEC_SHA256_HEX || strspn(s, "0123456789abcdefABCDEF") != n)
+    for (i = 0; i < n && strchr("0123456789abcdefABCDEF", s[i]) != NULL; i++)
+        ;
+    if (n != JOBSPEC_SHA256_HEX || i != n)
         return bad(d, f->name, "must be %d hexadecimal digits", JOBSPEC_SHA256_HEX);
     d->spec->expected_sha256 = mem_strndup(s, n);
     if (d->spec->expected_sha256 == NULL)
@@ -436,26 +518,27 @@ static int dec_expected_sha256(decoder_t *d, const field_t *f, json_t *v)
 
 /* true: decode; false: never (whatever the daemon's default); absent: the
  * daemon's default. */
-static int dec_decode(decoder_t *d, const field_t *f, json_t *v)
+static int dec_decode(decoder_t *d, const field_t *f, uint32_t v)
 {
-    if (!json_is_boolean(v))
+    if (!is_bool(d->r, v))
         return bad(d, f->name, "must be true or false");
-    d->spec->decode = json_is_true(v) ? 1 : -1;
+    d->spec->decode = jsonr_type(d->r, v) == JSONR_TRUE ? 1 : -1;
     return 0;
 }
 
-static int dec_labels(decoder_t *d, const field_t *f, json_t *v)
+/* Labels are echoed back as given: the one field kept as a jansson tree. */
+static int dec_labels(decoder_t *d, const field_t *f, uint32_t v)
 {
-    if (!json_is_object(v))
+    if (!is_type(d->r, v, JSONR_OBJECT))
         return bad(d, f->name, "must be an object");
-    d->spec->labels = json_deep_copy(v);
+    d->spec->labels = jsonr_to_json(d->r, v);
     return d->spec->labels != NULL ? 0 : no_memory(d);
 }
 
 /* rate: requests/s to the job's host at most (the host's rules still apply). */
-static int dec_rate(decoder_t *d, const field_t *f, json_t *v)
+static int dec_rate(decoder_t *d, const field_t *f, uint32_t v)
 {
-    double r = json_is_number(v) ? json_number_value(v) : -1;
+    double r = number_or(d->r, v, -1);
     if (!(r >= RL_MIN_RATE && r <= RL_MAX_RATE))
         return bad(d, f->name, "must be a number of requests per second from %g to %g", RL_MIN_RATE,
                    RL_MAX_RATE);
@@ -464,9 +547,9 @@ static int dec_rate(decoder_t *d, const field_t *f, json_t *v)
 }
 
 /* delay: seconds since the last request start to the job's host, at least. */
-static int dec_delay(decoder_t *d, const field_t *f, json_t *v)
+static int dec_delay(decoder_t *d, const field_t *f, uint32_t v)
 {
-    double s = json_is_number(v) ? json_number_value(v) : -1;
+    double s = number_or(d->r, v, -1);
     if (!(s >= 0 && s <= RL_MAX_DELAY_S))
         return bad(d, f->name, "must be a number of seconds from 0 to %d", RL_MAX_DELAY_S);
     d->spec->delay_ms = (uint64_t)llround(s * 1000);
@@ -475,11 +558,12 @@ static int dec_delay(decoder_t *d, const field_t *f, json_t *v)
 
 static const char *const overwrite_names[] = {"", "replace", "never", "newer"};
 
-static int dec_overwrite(decoder_t *d, const field_t *f, json_t *v)
+static int dec_overwrite(decoder_t *d, const field_t *f, uint32_t v)
 {
-    const char *s = json_string_value(v);
+    size_t n = 0;
+    const char *s = jsonr_str(d->r, v, &n);
     for (int i = JOB_OVERWRITE_REPLACE; s != NULL && i <= JOB_OVERWRITE_NEWER; i++)
-        if (strcmp(s, overwrite_names[i]) == 0) {
+        if (name_is(overwrite_names[i], s, n)) {
             d->spec->overwrite = (job_overwrite_t)i;
             return 0;
         }
@@ -487,106 +571,118 @@ static int dec_overwrite(decoder_t *d, const field_t *f, json_t *v)
 }
 
 #define SPEC_OFF(m) offsetof(job_spec_t, m)
+#define F(name)     name, sizeof(name) - 1
 
 static const field_t fields[] = {
-    {"url", dec_string, SPEC_OFF(url), 0, 0},
-    {"method", dec_method, 0, 0, 0},
-    {"headers", dec_headers, 0, 0, 0},
-    {"body", dec_body, 0, 0, 0},
-    {"body_base64", dec_body_base64, 0, 0, 0},
-    {"output", dec_output, 0, 0, 0},
-    {"inline_max", dec_u64, SPEC_OFF(inline_max), 1, JOBSPEC_MAX_INLINE},
-    {"sha256", dec_bool, SPEC_OFF(sha256), 0, 0},
-    {"expected_sha256", dec_expected_sha256, 0, 0, 0},
-    {"timeouts", dec_timeouts, 0, 0, 0},
-    {"timeout", dec_timeout, 0, 0, 0},
-    {"retries", dec_int, SPEC_OFF(retries), 0, JOB_MAX_RETRIES},
-    {"max_redirects", dec_int, SPEC_OFF(max_redirects), 0, JOB_MAX_REDIRECTS_LIMIT},
-    {"max_body", dec_u64, SPEC_OFF(max_body), 0, LLONG_MAX},
-    {"fail_on_http_error", dec_bool, SPEC_OFF(fail_on_http_error), 0, 0},
-    {"insecure", dec_bool, SPEC_OFF(insecure), 0, 0},
-    {"allow_downgrade", dec_bool, SPEC_OFF(allow_downgrade), 0, 0},
-    {"ca_file", dec_string, SPEC_OFF(ca_file), 0, 0},
-    {"client_cert", dec_string, SPEC_OFF(client_cert), 0, 0},
-    {"client_key", dec_string, SPEC_OFF(client_key), 0, 0},
-    {"priority", dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
-    {"labels", dec_labels, 0, 0, 0},
-    {"decode", dec_decode, 0, 0, 0},
-    {"rate", dec_rate, 0, 0, 0},
-    {"delay", dec_delay, 0, 0, 0},
-    {"limit_rate", dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
-    {"proxy", dec_text, SPEC_OFF(proxy), 0, 0},
-    {"no_proxy", dec_text, SPEC_OFF(no_proxy), 0, 0},
-    {"keep_headers", dec_bool, SPEC_OFF(keep_headers), 0, 0},
-    {"overwrite", dec_overwrite, 0, 0, 0},
-    {"mkdirs", dec_bool, SPEC_OFF(mkdirs), 0, 0},
-    {"resume", dec_bool, SPEC_OFF(resume), 0, 0},
+    {F("url"), dec_string, SPEC_OFF(url), 0, 0},
+    {F("method"), dec_method, 0, 0, 0},
+    {F("headers"), dec_headers, 0, 0, 0},
+    {F("body"), dec_body, 0, 0, 0},
+    {F("body_base64"), dec_body_base64, 0, 0, 0},
+    {F("output"), dec_output, 0, 0, 0},
+    {F("inline_max"), dec_u64, SPEC_OFF(inline_max), 1, JOBSPEC_MAX_INLINE},
+    {F("sha256"), dec_bool, SPEC_OFF(sha256), 0, 0},
+    {F("expected_sha256"), dec_expected_sha256, 0, 0, 0},
+    {F("timeouts"), dec_timeouts, 0, 0, 0},
+    {F("timeout"), dec_timeout, 0, 0, 0},
+    {F("retries"), dec_int, SPEC_OFF(retries), 0, JOB_MAX_RETRIES},
+    {F("max_redirects"), dec_int, SPEC_OFF(max_redirects), 0, JOB_MAX_REDIRECTS_LIMIT},
+    {F("max_body"), dec_u64, SPEC_OFF(max_body), 0, LLONG_MAX},
+    {F("fail_on_http_error"), dec_bool, SPEC_OFF(fail_on_http_error), 0, 0},
+    {F("insecure"), dec_bool, SPEC_OFF(insecure), 0, 0},
+    {F("allow_downgrade"), dec_bool, SPEC_OFF(allow_downgrade), 0, 0},
+    {F("ca_file"), dec_string, SPEC_OFF(ca_file), 0, 0},
+    {F("client_cert"), dec_string, SPEC_OFF(client_cert), 0, 0},
+    {F("client_key"), dec_string, SPEC_OFF(client_key), 0, 0},
+    {F("priority"), dec_int, SPEC_OFF(priority), JOBSPEC_PRIORITY_MIN, JOBSPEC_PRIORITY_MAX},
+    {F("labels"), dec_labels, 0, 0, 0},
+    {F("decode"), dec_decode, 0, 0, 0},
+    {F("rate"), dec_rate, 0, 0, 0},
+    {F("delay"), dec_delay, 0, 0, 0},
+    {F("limit_rate"), dec_u64, SPEC_OFF(limit_rate), 0, 1LL << 50},
+    {F("proxy"), dec_text, SPEC_OFF(proxy), 0, 0},
+    {F("no_proxy"), dec_text, SPEC_OFF(no_proxy), 0, 0},
+    {F("keep_headers"), dec_bool, SPEC_OFF(keep_headers), 0, 0},
+    {F("overwrite"), dec_overwrite, 0, 0, 0},
+    {F("mkdirs"), dec_bool, SPEC_OFF(mkdirs), 0, 0},
+    {F("resume"), dec_bool, SPEC_OFF(resume), 0, 0},
 };
+
+#define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
 static const field_t *find_field(const char *key, size_t klen)
 {
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        if (strlen(fields[i].name) == klen && memcmp(fields[i].name, key, klen) == 0)
+    for (size_t i = 0; i < NFIELDS; i++) {
+        if (fields[i].len == klen && memcmp(fields[i].name, key, klen) == 0)
             return &fields[i];
     }
     return NULL;
 }
 
 /* Fields that exclude each other, refused before either is decoded so that
- * one never overwrites (and leaks) what the other stored. */
-static int check_conflicts(decoder_t *d, const json_t *obj)
+ * one never overwrites (and leaks) what the other stored. f[k] is the field
+ * of member k of m (NULL: unknown). */
+static int check_conflicts(decoder_t *d, const members_t *m, const field_t *const *f)
 {
-    json_t *timeouts = json_object_get(obj, "timeouts");
-    if (json_object_get(obj, "body") && json_object_get(obj, "body_base64"))
+    int body = 0, body_base64 = 0, timeout = 0, total = 0;
+    for (uint32_t k = 0; k < m->n; k++) {
+        if (f[k] == NULL)
+            continue;
+        body |= f[k]->decode == dec_body;
+        body_base64 |= f[k]->decode == dec_body_base64;
+        timeout |= f[k]->decode == dec_timeout;
+        total |= f[k]->decode == dec_timeouts && jsonr_get(d->r, m->last[k], "total") != JSONR_NONE;
+    }
+    if (body && body_base64)
         return bad(d, "body_base64", "cannot be combined with \"body\"");
-    if (json_object_get(obj, "timeout") && json_object_get(timeouts, "total"))
+    if (timeout && total)
         return bad(d, "timeout", "cannot be combined with \"timeouts.total\"");
     return 0;
 }
 
 /* Rules that need the whole spec, checked once every field is decoded. */
-static int check_complete(decoder_t *d, const json_t *obj)
+static int check_complete(decoder_t *d, uint32_t obj)
 {
     if (d->spec->url == NULL)
         return bad(d, "url", "required");
-    if (d->spec->expected_sha256 && json_is_false(json_object_get(obj, "sha256")))
+    if (d->spec->expected_sha256 && is_type(d->r, jsonr_get(d->r, obj, "sha256"), JSONR_FALSE))
         return bad(d, "sha256", "cannot be false when \"expected_sha256\" is given");
     return 0;
 }
 
-static int decode_fields(decoder_t *d, const json_t *obj)
+static int decode_fields(decoder_t *d, uint32_t obj)
 {
-    const char *key;
-    size_t klen;
-    json_t *v;
+    members_t m;
+    const field_t *f[NFIELDS + 1];
     char shown[64];
-    /* jansson's iteration API takes a non-const object; it does not modify it. */
-    json_t *o = (json_t *)obj;
     int rc;
-    if (!json_is_object(obj))
+    if (!is_type(d->r, obj, JSONR_OBJECT))
         return bad(d, "job", "must be a JSON object");
-    rc = check_conflicts(d, obj);
+    /* Among any NFIELDS + 1 keys one is unknown: it is refused before the end. */
+    collect(d->r, obj, &m, NFIELDS + 1);
+    for (uint32_t k = 0; k < m.n; k++)
+        f[k] = find_field(m.key[k], m.klen[k]);
+    rc = check_conflicts(d, &m, f);
     if (rc != 0)
         return rc;
-    json_object_keylen_foreach (o, key, klen, v) {
-        const field_t *f = find_field(key, klen);
-        if (f == NULL)
-            return bad(d, printable(shown, sizeof(shown), key, klen), "unknown field");
-        rc = f->decode(d, f, v);
+    for (uint32_t k = 0; k < m.n; k++) {
+        if (f[k] == NULL)
+            return bad(d, printable(shown, sizeof(shown), m.key[k], m.klen[k]), "unknown field");
+        rc = f[k]->decode(d, f[k], m.last[k]);
         if (rc != 0)
             return rc;
     }
     return check_complete(d, obj);
 }
 
-int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen)
+int jobspec_decode_r(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *errbuf, size_t errlen)
 {
-    decoder_t d = {spec, errbuf, errlen};
+    decoder_t d = {spec, r, errbuf, errlen};
     int rc;
     job_spec_init(spec);
     if (errbuf != NULL && errlen > 0)
         errbuf[0] = '\0';
-    rc = decode_fields(&d, obj);
+    rc = decode_fields(&d, v);
     if (rc != 0) {
         job_spec_dispose(spec);
         memset(spec, 0, sizeof(*spec));
@@ -594,43 +690,85 @@ int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t err
     return rc;
 }
 
-int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, char *errbuf,
-                       size_t errlen)
+int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsigned *which,
+                         char *errbuf, size_t errlen)
 {
     /* The fields `set` changes, in the order of their JOBSPEC_SET_* bits. */
     static const char *const changeable[] = {"priority", "rate", "delay", "limit_rate"};
-    decoder_t d = {to, errbuf, errlen};
-    json_t *o = (json_t *)params, *v;
-    const char *key;
-    size_t klen;
+    const unsigned nchangeable = sizeof(changeable) / sizeof(changeable[0]);
+    decoder_t d = {to, r, errbuf, errlen};
+    members_t m;
     char shown[64];
 
     job_spec_init(to);
     *which = 0;
     if (errbuf != NULL && errlen > 0)
         errbuf[0] = '\0';
-    json_object_keylen_foreach (o, key, klen, v) {
+    /* id, ids and the changeable keys: among one more, one is unknown. */
+    collect(r, params, &m, nchangeable + 3);
+    for (uint32_t i = 0; i < m.n; i++) {
         const field_t *f = NULL;
+        size_t klen = m.klen[i];
+        const char *key = m.key[i];
         unsigned k;
         int rc;
-        if ((klen == 2 && memcmp(key, "id", 2) == 0) || (klen == 3 && memcmp(key, "ids", 3) == 0))
+        if (name_is("id", key, klen) || name_is("ids", key, klen))
             continue; /* which jobs: the caller's */
-        for (k = 0; k < sizeof(changeable) / sizeof(changeable[0]); k++)
-            if (strlen(changeable[k]) == klen && memcmp(changeable[k], key, klen) == 0)
+        for (k = 0; k < nchangeable && f == NULL; k++)
+            if (name_is(changeable[k], key, klen))
                 f = find_field(key, klen);
         if (f == NULL)
             return bad(&d, printable(shown, sizeof(shown), key, klen),
                        "unknown field (set changes priority, rate, delay, limit_rate)");
-        rc = f->decode(&d, f, v);
+        rc = f->decode(&d, f, m.last[i]);
         if (rc != 0)
             return rc;
-        for (k = 0; strcmp(changeable[k], f->name) != 0; k++)
-            ;
-        *which |= 1u << k;
+        *which |= 1u << (k - 1);
     }
     if (*which == 0)
         return bad(&d, "params", "nothing to change: give priority, rate, delay or limit_rate");
     return 0;
+}
+
+/* Reads the tree v (borrowed; NULL reads as null) into r, initialised
+ * here: the json_t entry points below are wrappers around the jsonr
+ * decoder, so there is one decoder. 0 or ERR_NO_MEMORY. */
+static int from_tree(jsonr_t *r, const json_t *v)
+{
+    jsonr_init(r, mem_realloc, mem_free);
+    return jsonr_from_json(r, v) == 0 ? 0 : ERR_NO_MEMORY;
+}
+
+int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen)
+{
+    jsonr_t r;
+    int rc = from_tree(&r, obj);
+    if (rc == 0) {
+        rc = jobspec_decode_r(&r, 0, spec, errbuf, errlen);
+    } else {
+        decoder_t d = {spec, &r, errbuf, errlen};
+        memset(spec, 0, sizeof(*spec));
+        no_memory(&d);
+    }
+    jsonr_free(&r);
+    return rc;
+}
+
+int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, char *errbuf,
+                       size_t errlen)
+{
+    jsonr_t r;
+    int rc = from_tree(&r, params);
+    if (rc == 0) {
+        rc = jobspec_decode_set_r(&r, 0, to, which, errbuf, errlen);
+    } else {
+        decoder_t d = {to, &r, errbuf, errlen};
+        job_spec_init(to);
+        *which = 0;
+        no_memory(&d);
+    }
+    jsonr_free(&r);
+    return rc;
 }
 
 /* A JSON string for text that should be UTF-8 but may not be (an error

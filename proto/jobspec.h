@@ -8,13 +8,27 @@
 #define FETCHD_JOBSPEC_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <jansson.h>
 
 #include "job.h"
+#include "jsonr.h"
 
-/* Initialises spec and fills it from the JSON object obj. obj is borrowed. Returns 0, or
- * ERR_INVALID_REQUEST with a message naming the field in errbuf (spec is then
- * disposed and zeroed), or ERR_NO_MEMORY. Unknown fields are refused. */
+/* Initialises spec and fills it from the job spec object v of the parsed
+ * text r (both borrowed; nothing of r is kept). Returns 0, or
+ * ERR_INVALID_REQUEST with a message naming the field in errbuf (spec is
+ * then disposed and zeroed), or ERR_NO_MEMORY. Unknown fields are refused;
+ * a repeated key counts once, with its last value. */
+int jobspec_decode_r(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *errbuf, size_t errlen);
+
+/* jobspec_decode_set() on the value params of the parsed text r. */
+int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsigned *which,
+                         char *errbuf, size_t errlen);
+
+/* jobspec_decode_r() on a jansson tree (borrowed), which it reads into
+ * tokens first (jsonr_from_json: one allocation): for cold paths. Initialises spec and fills it
+ * from the JSON object obj. Returns 0, or ERR_INVALID_REQUEST with a message naming the field in
+ * errbuf (spec is then disposed and zeroed), or ERR_NO_MEMORY. Unknown fields are refused. */
 int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t errlen);
 
 /* Decodes the changes of a `set` call from its params (borrowed): the keys

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 SECONDS_EACH=${1:-60}
 JOBS=${JOBS:-2}
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
-TARGETS="fuzz_url fuzz_jobspec fuzz_response fuzz_control fuzz_config fuzz_state fuzz_metrics"
+TARGETS="fuzz_url fuzz_jobspec fuzz_jsonr fuzz_response fuzz_control fuzz_config fuzz_state fuzz_metrics"
 
 case "$SECONDS_EACH" in
 '' | *[!0-9]*)

@@ -34,7 +34,7 @@ if(FETCHD_FUZZ)
     set_source_files_properties(${_fetchd_llhttp_sources} PROPERTIES COMPILE_OPTIONS -w)
   endif()
 
-  foreach(t url jobspec response control config state metrics)
+  foreach(t url jobspec jsonr response control config state metrics)
     add_executable(fuzz_${t} ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c)
     if(t STREQUAL "control" OR t STREQUAL "state")
       # Inputs name URLs: every connection and lookup stays on loopback.

@@ -176,12 +176,14 @@ static void on_sleep(uv_timer_t *t)
     h->slept = 1;
 }
 
-static void submit(harness_t *h, json_t *spec_json)
+/* Submits the job spec of the script line text[0, len) (an object). */
+static void submit(harness_t *h, const char *text, size_t len)
 {
     job_spec_t spec;
     char err[256];
     job_t *j;
     size_t index = h->njobs;
+    jsonr_t r;
     int rc;
 
     if (h->njobs == h->cap) {
@@ -192,7 +194,15 @@ static void submit(harness_t *h, json_t *spec_json)
             exit(2);
         }
     }
-    rc = jobspec_decode(spec_json, &spec, err, sizeof(err));
+    /* The script's reader is the harness's, not fetchd's: libc memory, so
+     * fail_alloc counts the same allocations as before. */
+    jsonr_init(&r, realloc, free);
+    if (jsonr_parse(&r, text, len) != 0) {
+        fprintf(stderr, "fetchd-harness: job line: %s\n", r.error[0] ? r.error : "out of memory");
+        exit(2);
+    }
+    rc = jobspec_decode_r(&r, 0, &spec, err, sizeof(err));
+    jsonr_free(&r);
     if (rc == 0)
         rc = sched_submit(&h->d.sched, &spec, &j, err, sizeof(err));
     if (rc != 0) {
@@ -724,13 +734,13 @@ static int run_peer_command(harness_t *h, const char *cmd, json_t *line)
     return -1;
 }
 
-static int run_command(harness_t *h, json_t *line)
+static int run_command(harness_t *h, json_t *line, const char *text, size_t len)
 {
     const char *cmd = json_string_value(json_object_get(line, "cmd"));
     json_t *index = json_object_get(line, "index");
 
     if (cmd == NULL) {
-        submit(h, line);
+        submit(h, text, len);
     } else if (strcmp(cmd, "wait") == 0) {
         if (json_is_integer(index)) {
             size_t i = (size_t)json_integer_value(index);
@@ -788,7 +798,7 @@ static int run_script(harness_t *h, FILE *in)
             rc = -1;
             break;
         }
-        rc = run_command(h, o);
+        rc = run_command(h, o, line, strlen(line)); /* the text json_loads() read */
         json_decref(o);
     }
     free(line);

@@ -6,6 +6,7 @@
 
 #include "err.h"
 #include "jobspec.h"
+#include "jsonr.h"
 #include "mem.h"
 #include "test.h"
 
@@ -22,18 +23,22 @@ static int is_zeroed(const job_spec_t *s)
     return memcmp(s, &zero, sizeof(zero)) == 0;
 }
 
-/* Decodes the JSON text js; returns jobspec_decode()'s result. */
+/* Decodes the JSON text js; returns jobspec_decode_r()'s result. */
 static int decode(const char *js, job_spec_t *spec, char *err, size_t errlen)
 {
-    json_error_t jerr;
-    json_t *obj = json_loads(js, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    jsonr_t r;
     int rc;
-    if (obj == NULL) {
-        fprintf(stderr, "  bad test JSON: %s: %s\n", js, jerr.text);
-        return 1;
+    jsonr_init(&r, mem_realloc, mem_free);
+    rc = jsonr_parse_flags(&r, js, strlen(js), JSONR_ALLOW_NUL);
+    if (rc != 0) {
+        if (rc == -1)
+            fprintf(stderr, "  bad test JSON: %s: %s\n", js, r.error);
+        jsonr_free(&r);
+        memset(spec, 0, sizeof(*spec));
+        return rc == -2 ? ERR_NO_MEMORY : 1;
     }
-    rc = jobspec_decode(obj, spec, err, errlen);
-    json_decref(obj);
+    rc = jobspec_decode_r(&r, 0, spec, err, errlen);
+    jsonr_free(&r);
     return rc;
 }
 
@@ -327,6 +332,24 @@ static void test_no_memory(void)
         job_spec_t s;
         char err[256];
         mem_fail_after(n);
+        rc = decode(full_spec, &s, err, sizeof(err)); /* the parse may run out too */
+        mem_fail_after(0);
+        if (rc == ERR_NO_MEMORY) {
+            CHECK(is_zeroed(&s));
+            CHECK_INT(live_blocks(), 0);
+        } else {
+            CHECK_INT(rc, 0);
+            job_spec_dispose(&s);
+        }
+    }
+    CHECK(n > 5);
+    CHECK_INT(live_blocks(), 0);
+    /* The same through the json_t wrapper. */
+    rc = ERR_NO_MEMORY;
+    for (n = 1; rc == ERR_NO_MEMORY && n < 100; n++) {
+        job_spec_t s;
+        char err[256];
+        mem_fail_after(n);
         rc = jobspec_decode(obj, &s, err, sizeof(err));
         mem_fail_after(0);
         if (rc == ERR_NO_MEMORY) {
@@ -339,6 +362,84 @@ static void test_no_memory(void)
     }
     CHECK(n > 5);
     json_decref(obj);
+    CHECK_INT(live_blocks(), 0);
+}
+
+/* Repeated keys mean what they meant when jansson's tree was decoded: each
+ * key once, at its first place, with its last value. The tree (through the
+ * json_t wrapper) and the text (jobspec_decode_r) give the same answer. */
+static void test_same_as_tree(void)
+{
+    static const char *const cases[] = {
+        "{\"url\": \"http://a/\", \"url\": \"http://b/\"}",
+        "{\"retries\": \"x\", \"url\": \"http://a/\", \"retries\": 5}",
+        "{\"retries\": 1, \"bogus\": 1, \"retries\": \"y\"}",
+        "{\"retries\": \"x\", \"bogus\": 1, \"retries\": \"y\"}",
+        "{\"url\": \"http://a/\", \"headers\": {\"X-A\": \"1\", \"X-B\": \"2\", \"X-A\": \"3\"}}",
+        "{\"url\": \"http://a/\", \"headers\": {\"X A\": 1, \"X A\": \"2\"}}",
+        "{\"url\": \"http://a/\", \"timeouts\": {\"connect\": 0, \"connect\": 2}}",
+        "{\"url\": \"http://a/\", \"timeouts\": {\"read\": 0, \"idle\": 2, \"read\": 1}}",
+        "{\"url\": \"http://a/\", \"labels\": {\"k\": 1, \"k\": [2]}}",
+        "{\"url\": \"http://a/\", \"body\": \"x\", \"body\": \"y\"}",
+        "{\"url\": \"http://a/\", \"timeout\": 1, \"timeouts\": {\"total\": 1, \"total\": 2}}",
+        "{\"url\": \"http://a/\", \"a1\": 1, \"a2\": 2, \"url\": 3}",
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        job_spec_t a, b;
+        char ea[256] = "", eb[256] = "";
+        json_t *tree = json_loads(cases[i], 0, NULL);
+        int ra = jobspec_decode(tree, &a, ea, sizeof(ea));
+        int rb = decode(cases[i], &b, eb, sizeof(eb));
+        CHECK_INT(ra, rb);
+        CHECK_STR(ea, eb);
+        if (ra == 0 && rb == 0) {
+            json_t *ja = jobspec_encode_spec(&a), *jb = jobspec_encode_spec(&b);
+            CHECK(ja != NULL && jb != NULL && json_equal(ja, jb));
+            json_decref(ja);
+            json_decref(jb);
+            job_spec_dispose(&a);
+            job_spec_dispose(&b);
+        }
+        json_decref(tree);
+    }
+    CHECK_INT(live_blocks(), 0);
+}
+
+/* The changes of a `set` call. */
+static void test_set(void)
+{
+    static const struct {
+        const char *js;
+        int rc;
+        unsigned which;
+        const char *msg;
+    } cases[] = {
+        {"{\"id\": \"a\", \"priority\": 5}", 0, 1, ""},
+        {"{\"ids\": [], \"rate\": 2.5, \"limit_rate\": 100}", 0, 2 | 8, ""},
+        {"{\"delay\": 1, \"priority\": \"x\", \"priority\": 3}", 0, 1 | 4, ""},
+        {"{\"id\": \"a\"}", ERR_INVALID_REQUEST, 0, "params: nothing to change"},
+        {"{\"url\": \"x\"}", ERR_INVALID_REQUEST, 0, "url: unknown field (set changes"},
+        {"{\"priority\": 5000}", ERR_INVALID_REQUEST, 0, "priority: must be an integer"},
+        {"[]", ERR_INVALID_REQUEST, 0, "params: nothing to change"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        jsonr_t r;
+        job_spec_t to, to2;
+        unsigned which = 99, which2 = 99;
+        char err[256] = "", err2[256] = "";
+        json_t *tree = json_loads(cases[i].js, JSON_DECODE_ANY, NULL);
+        jsonr_init(&r, mem_realloc, mem_free);
+        CHECK_INT(jsonr_parse(&r, cases[i].js, strlen(cases[i].js)), 0);
+        CHECK_INT(jobspec_decode_set_r(&r, 0, &to, &which, err, sizeof(err)), cases[i].rc);
+        CHECK(strstr(err, cases[i].msg) != NULL);
+        if (cases[i].rc == 0)
+            CHECK_INT(which, cases[i].which);
+        CHECK_INT(jobspec_decode_set(tree, &to2, &which2, err2, sizeof(err2)), cases[i].rc);
+        CHECK_STR(err, err2);
+        CHECK_INT(which, which2);
+        jsonr_free(&r);
+        json_decref(tree);
+    }
     CHECK_INT(live_blocks(), 0);
 }
 
@@ -703,7 +804,8 @@ static void test_encode_metadata_no_memory(void)
 
 TEST_MAIN(TEST_CASE(test_defaults), TEST_CASE(test_full), TEST_CASE(test_variants),
           TEST_CASE(test_bad), TEST_CASE(test_bad_limits), TEST_CASE(test_no_memory),
-          TEST_CASE(test_encode_done), TEST_CASE(test_encode_failed), TEST_CASE(test_encode_inline),
+          TEST_CASE(test_same_as_tree), TEST_CASE(test_set), TEST_CASE(test_encode_done),
+          TEST_CASE(test_encode_failed), TEST_CASE(test_encode_inline),
           TEST_CASE(test_encode_error), TEST_CASE(test_encode_no_memory),
           TEST_CASE(test_keep_headers_spec), TEST_CASE(test_pairs_bounds),
           TEST_CASE(test_encode_metadata), TEST_CASE(test_encode_metadata_no_memory))
