@@ -463,7 +463,7 @@ static ctl_client_t *client_create(control_t *ctl)
     c->ctl = ctl;
     c->stats = &ctl->d->stats;
     c->refcnt = 1; /* the handle's */
-    rpc_peer_init(&c->peer, &peer_ops, ctl->max_output);
+    rpc_peer_init(&c->peer, &peer_ops, ctl->max_output, &ctl->reader);
     methods_session_init(&c->session, &ctl->methods, &c->peer);
     stats_obj_created(c->stats, STATS_OBJ_CTL_CLIENT);
     uv_pipe_init(&ctl->d->loop, &c->pipe, 0);
@@ -611,6 +611,7 @@ static void control_init(control_t *ctl, daemon_t *d)
     ctl->max_output = 8 * 1024 * 1024;
     methods_init(&ctl->methods, d, &ctl->nclients);
     ctl->methods.nreading = &ctl->nreading;
+    jsonr_init(&ctl->reader, mem_realloc, mem_free);
 }
 
 /* Listening: the per-turn flush of the clients' output starts with it. The
@@ -704,6 +705,7 @@ void control_close(control_t *ctl)
         uv_close((uv_handle_t *)&ctl->flush_pre, NULL);
     }
     uv_close((uv_handle_t *)&ctl->server, NULL);
+    jsonr_free(&ctl->reader); /* every client is closing: no line is parsed any more */
     if (ctl->path) {
         /* A socket systemd passed is systemd's to remove. */
         unlink(ctl->path);
