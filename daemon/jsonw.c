@@ -18,6 +18,42 @@ static inline void put(jsonw_t *w, const char *s, size_t n)
     strbuf_put(w->b, s, n); /* a failure marks the strbuf */
 }
 
+/* Room for n more bytes written in place: the place, or NULL once the
+ * buffer failed. advance() then says where the writing ended. */
+static inline char *room(jsonw_t *w, size_t n)
+{
+    strbuf_t *b = w->b;
+
+    if (b->failed || (b->len + n >= b->cap && strbuf_reserve(b, n) != 0))
+        return NULL;
+    return b->p + b->len;
+}
+
+static inline void advance(jsonw_t *w, char *end)
+{
+    strbuf_t *b = w->b;
+
+    b->len = (size_t)(end - b->p);
+    b->p[b->len] = '\0';
+}
+
+/* sep() as a byte written at p: the comma, if one is due. Returns 0 or 1. */
+static inline size_t sep_at(jsonw_t *w, char *p)
+{
+    uint32_t bit = 1u << w->depth;
+
+    if (w->after_key) {
+        w->after_key = 0;
+        return 0;
+    }
+    if (w->has_items & bit) {
+        *p = ',';
+        return 1;
+    }
+    w->has_items |= bit;
+    return 0;
+}
+
 /* The separator before a value or a key: a comma unless it is the first
  * member of its container, or the value of the key just written. */
 static void sep(jsonw_t *w)
@@ -134,6 +170,33 @@ static int plain(unsigned char c)
     return c >= 0x20 && c != '"' && c != '\\' && c != 0x7F;
 }
 
+/* The length of the prefix of s made of plain ASCII bytes only. Eight
+ * bytes at a time while none of them needs a look (no control byte, '"',
+ * '\\', DEL or non-ASCII byte: each test is exact about whether one is
+ * there, not where), then byte by byte. */
+static size_t plain_prefix(const char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, q, b, d;
+
+        memcpy(&x, p + i, 8);
+        q = x ^ (ones * '"');
+        b = x ^ (ones * '\\');
+        d = x ^ (ones * 0x7F);
+        if ((x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) |
+             ((d - ones) & ~d)) &
+            highs)
+            break;
+    }
+    while (i < n && p[i] < 0x80 && plain(p[i]))
+        i++;
+    return i;
+}
+
 static void escape(jsonw_t *w, unsigned char c)
 {
     static const char hex[] = "0123456789abcdef";
@@ -163,8 +226,19 @@ static void escape(jsonw_t *w, unsigned char c)
 void jsonw_stringn(jsonw_t *w, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, run = 0, k;
+    size_t i = plain_prefix(s, n), run = 0, k;
 
+    if (i == n) { /* nothing to escape, the usual case: one copy */
+        char *o = room(w, n + 3);
+        if (o != NULL) {
+            o += sep_at(w, o);
+            *o++ = '"';
+            memcpy(o, s, n);
+            o[n] = '"';
+            advance(w, o + n + 1);
+        }
+        return;
+    }
     sep(w);
     put(w, "\"", 1);
     while (i < n) {
@@ -222,25 +296,29 @@ void jsonw_fixed(jsonw_t *w, int64_t v, unsigned decimals)
     static const uint64_t pow10[] = {1,      10,      100,      1000,      10000,
                                      100000, 1000000, 10000000, 100000000, 1000000000};
     uint64_t m, scale, frac;
-    char d[9];
+    char *o;
 
     if (decimals > 9)
         decimals = 9;
-    sep(w);
+    o = room(w, 3 + FMT_U64_MAX + 9);
+    if (o == NULL)
+        return;
+    o += sep_at(w, o);
     if (v < 0)
-        put(w, "-", 1);
+        *o++ = '-';
     m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
     scale = pow10[decimals];
-    put_u64(w, m / scale);
-    if (decimals == 0)
-        return;
-    frac = m % scale;
-    for (unsigned i = decimals; i > 0; i--) {
-        d[i - 1] = (char)('0' + frac % 10);
-        frac /= 10;
+    o += fmt_u64(o, m / scale);
+    if (decimals > 0) {
+        frac = m % scale;
+        *o++ = '.';
+        for (unsigned i = decimals; i > 0; i--) {
+            o[i - 1] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        o += decimals;
     }
-    put(w, ".", 1);
-    put(w, d, decimals);
+    advance(w, o);
 }
 
 void jsonw_double(jsonw_t *w, double v)
@@ -307,6 +385,83 @@ void jsonw_json(jsonw_t *w, const json_t *v)
         put(w, text, n);
     if (text != small)
         mem_free(text);
+}
+
+void jsonw_key_lit(jsonw_t *w, const char *key, size_t klen)
+{
+    char *o = room(w, klen + 1);
+
+    if (o != NULL) {
+        o += sep_at(w, o);
+        memcpy(o, key, klen);
+        advance(w, o + klen);
+    }
+    w->after_key = 1;
+}
+
+void jsonw_member_str(jsonw_t *w, const char *key, size_t klen, const char *s, size_t n)
+{
+    char *o;
+
+    if (plain_prefix(s, n) != n) {
+        jsonw_key_lit(w, key, klen);
+        jsonw_stringn(w, s, n);
+        return;
+    }
+    o = room(w, klen + n + 3);
+    if (o != NULL) {
+        o += sep_at(w, o);
+        memcpy(o, key, klen);
+        o += klen;
+        *o++ = '"';
+        memcpy(o, s, n);
+        o[n] = '"';
+        advance(w, o + n + 1);
+    }
+}
+
+void jsonw_member_uint(jsonw_t *w, const char *key, size_t klen, uint64_t v)
+{
+    char *o = room(w, klen + 1 + FMT_U64_MAX);
+
+    if (o != NULL) {
+        o += sep_at(w, o);
+        memcpy(o, key, klen);
+        o += klen;
+        advance(w, o + fmt_u64(o, v));
+    }
+}
+
+void jsonw_member_int(jsonw_t *w, const char *key, size_t klen, int64_t v)
+{
+    char *o = room(w, klen + 2 + FMT_U64_MAX);
+
+    if (o != NULL) {
+        o += sep_at(w, o);
+        memcpy(o, key, klen);
+        o += klen;
+        if (v < 0)
+            *o++ = '-';
+        advance(w, o + fmt_u64(o, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v));
+    }
+}
+
+void jsonw_member_fixed(jsonw_t *w, const char *key, size_t klen, int64_t v, unsigned decimals)
+{
+    jsonw_key_lit(w, key, klen);
+    jsonw_fixed(w, v, decimals);
+}
+
+void jsonw_member_true(jsonw_t *w, const char *key, size_t klen)
+{
+    char *o = room(w, klen + 5);
+
+    if (o != NULL) {
+        o += sep_at(w, o);
+        memcpy(o, key, klen);
+        memcpy(o + klen, "true", 4);
+        advance(w, o + klen + 4);
+    }
 }
 
 void jsonw_raw(jsonw_t *w, const char *json, size_t n)

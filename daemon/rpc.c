@@ -269,14 +269,37 @@ static int is_string(const jsonr_t *r, uint32_t v)
     return v != JSONR_NONE && jsonr_type(r, v) == JSONR_STRING;
 }
 
+/* The members of a request object the framing reads (JSONR_NONE: absent). */
+typedef struct req_members {
+    uint32_t id, version, method, params;
+} req_members_t;
+
+/* One walk over the request's members; a repeated key's last value wins,
+ * as with jsonr_get() (and jansson). */
+static void members(const jsonr_t *r, uint32_t req, req_members_t *m)
+{
+    m->id = m->version = m->method = m->params = JSONR_NONE;
+    for (uint32_t v = jsonr_first(r, req); v != JSONR_NONE; v = jsonr_next(r, v)) {
+        size_t len;
+        const char *key = jsonr_key(r, v, &len);
+
+        if (len == 2 && memcmp(key, "id", 2) == 0)
+            m->id = v;
+        else if (len == 7 && memcmp(key, "jsonrpc", 7) == 0)
+            m->version = v;
+        else if (len == 6 && memcmp(key, "method", 6) == 0)
+            m->method = v;
+        else if (len == 6 && memcmp(key, "params", 6) == 0)
+            m->params = v;
+    }
+}
+
 /* Checks the members of a request object (section 4); on failure sets
  * call->error (and leaves call->id NULL when the id itself is invalid). */
-static int check_request(rpc_call_t *call, uint32_t req)
+static int check_request(rpc_call_t *call, const req_members_t *m)
 {
     const jsonr_t *r = call->r;
-    uint32_t id = jsonr_get(r, req, "id");
-    uint32_t version = jsonr_get(r, req, "jsonrpc");
-    uint32_t params = jsonr_get(r, req, "params");
+    uint32_t id = m->id, version = m->version, params = m->params;
 
     if (!valid_id(r, id)) {
         rpc_call_error(call, RPC_INVALID_REQUEST, "invalid_request", NULL,
@@ -288,7 +311,7 @@ static int check_request(rpc_call_t *call, uint32_t req)
     if (!is_string(r, version) || !jsonr_str_eq(r, version, "2.0")) {
         rpc_call_error(call, RPC_INVALID_REQUEST, "invalid_request", NULL,
                        "jsonrpc: must be \"2.0\"");
-    } else if (!is_string(r, jsonr_get(r, req, "method"))) {
+    } else if (!is_string(r, m->method)) {
         rpc_call_error(call, RPC_INVALID_REQUEST, "invalid_request", NULL,
                        "method: must be a string");
     } else if (params != JSONR_NONE && jsonr_type(r, params) != JSONR_OBJECT &&
@@ -301,12 +324,12 @@ static int check_request(rpc_call_t *call, uint32_t req)
 
 /* Runs a valid request's method; returns its result (new reference) or
  * NULL with call->error set, the result written or the call deferred. */
-static json_t *run_method(rpc_call_t *call, uint32_t req)
+static json_t *run_method(rpc_call_t *call, const req_members_t *m)
 {
     const rpc_peer_t *p = call->peer;
-    uint32_t params = jsonr_get(call->r, req, "params");
+    uint32_t params = m->params;
     size_t len, i;
-    const char *name = jsonr_str(call->r, jsonr_get(call->r, req, "method"), &len);
+    const char *name = jsonr_str(call->r, m->method, &len);
 
     for (i = 0; i < p->nmethods; i++)
         if (strncmp(p->methods[i].name, name, len) == 0 && p->methods[i].name[len] == '\0')
@@ -334,6 +357,7 @@ static void handle_call(rpc_peer_t *p, uint32_t req, rpc_batch_t *batch, size_t 
 {
     rpc_call_t call = {
         .peer = p, .r = p->reader, .params = JSONR_NONE, .batch = batch, .slot = slot};
+    req_members_t m;
     json_t *result;
 
     *deferred = 0;
@@ -346,7 +370,8 @@ static void handle_call(rpc_peer_t *p, uint32_t req, rpc_batch_t *batch, size_t 
         write_response(resp, NULL, 0, "error", err);
         return;
     }
-    if (check_request(&call, req) != 0) {
+    members(p->reader, req, &m);
+    if (check_request(&call, &m) != 0) {
         /* An invalid request object is answered even without an id: the
          * server cannot tell it was meant as a notification (JSON-RPC 2.0
          * section 5, and the examples of section 7). */
@@ -355,7 +380,7 @@ static void handle_call(rpc_peer_t *p, uint32_t req, rpc_batch_t *batch, size_t 
     }
     /* From here the request is valid: a notification gets no answer,
      * whatever happens (section 4.1). */
-    result = run_method(&call, req);
+    result = run_method(&call, &m);
     if (call.deferred) {
         *deferred = 1;
     } else if (call.id == NULL) {
