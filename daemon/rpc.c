@@ -114,10 +114,18 @@ void rpc_send_error(rpc_peer_t *p, int code, const char *code_name, const char *
 
 void rpc_result_begin(rpc_call_t *call, jsonw_t *w)
 {
+    rpc_peer_t *p = call->peer;
+
     assert(!call->written && !call->deferred);
     call->written = 1;
-    envelope(&call->out, call->id, call->id_len, "result");
-    jsonw_init(w, &call->out);
+    call->outp = &call->out;
+    if (call->batch == NULL && call->id != NULL && p->ops->line_begin != NULL) {
+        strbuf_t *line = p->ops->line_begin(p);
+        if (line != NULL)
+            call->outp = line; /* straight into the peer's output */
+    }
+    envelope(call->outp, call->id, call->id_len, "result");
+    jsonw_init(w, call->outp);
 }
 
 uint32_t rpc_param(const rpc_call_t *call, const char *key)
@@ -240,15 +248,28 @@ void rpc_defer_end_written(rpc_defer_t *d, void (*write)(jsonw_t *w, const void 
     strbuf_t resp = {0};
     jsonw_t w;
 
-    if (d->batch == NULL && d->peer->closing) {
+    rpc_peer_t *p = d->peer;
+    strbuf_t *out = &resp;
+
+    if (d->batch == NULL && p->closing) {
         defer_finish(d, NULL); /* nobody reads it: not even written */
         return;
     }
-    strbuf_reserve(&resp, RPC_LINE_GUESS);
-    envelope(&resp, d->id.len ? id_text(&d->id) : NULL, d->id.len, "result");
-    jsonw_init(&w, &resp);
+    if (d->batch == NULL && p->ops->line_begin != NULL)
+        out = p->ops->line_begin(p); /* straight into the peer's output */
+    if (out == NULL)
+        out = &resp;
+    if (out == &resp)
+        strbuf_reserve(&resp, RPC_LINE_GUESS);
+    envelope(out, d->id.len ? id_text(&d->id) : NULL, d->id.len, "result");
+    jsonw_init(&w, out);
     write(&w, arg);
-    strbuf_put(&resp, "}", 1);
+    strbuf_put(out, "}", 1);
+    if (out != &resp) {
+        p->ops->line_end(p, out);
+        defer_finish(d, NULL);
+        return;
+    }
     defer_finish(d, &resp);
 }
 
@@ -386,9 +407,13 @@ static void handle_call(rpc_peer_t *p, uint32_t req, rpc_batch_t *batch, size_t 
     } else if (call.id == NULL) {
         json_decref(result); /* a notification */
     } else if (call.written) {
-        strbuf_put(&call.out, "}", 1);
-        *resp = call.out;
-        memset(&call.out, 0, sizeof(call.out));
+        strbuf_put(call.outp, "}", 1);
+        if (call.outp != &call.out) {
+            p->ops->line_end(p, call.outp); /* written into the peer's output */
+        } else {
+            *resp = call.out;
+            memset(&call.out, 0, sizeof(call.out));
+        }
     } else if (result != NULL) {
         write_response(resp, call.id, call.id_len, "result", result);
     } else {

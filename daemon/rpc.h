@@ -65,6 +65,12 @@ typedef struct rpc_peer_ops {
      * takes line's memory (line is zeroed); a failed line drops the peer
      * as out of memory. */
     void (*send_text)(rpc_peer_t *p, strbuf_t *line);
+    /* Optional: the buffer a line is written into directly (the owner's
+     * pending output), or NULL to have it sent with send_text; then
+     * line_end() ends the line written at its end (a failed buffer drops
+     * the peer). Nothing is sent to the peer between the two. */
+    strbuf_t *(*line_begin)(rpc_peer_t *p);
+    void (*line_end)(rpc_peer_t *p, strbuf_t *out);
     void (*drop)(rpc_peer_t *p, const char *why); /* closes the peer; sets p->closing */
     void (*incref)(rpc_peer_t *p);                /* a reference on the peer's owner */
     void (*decref)(rpc_peer_t *p);
@@ -93,8 +99,9 @@ struct rpc_call {
     size_t slot;        /* the call's place in its batch's responses */
     json_t *error;      /* owned: set when the call failed */
     int deferred;       /* rpc_defer() was called: answered later */
-    int written;        /* rpc_result_begin() was called: out holds the answer */
-    strbuf_t out;       /* owned: the answer's text while it is written */
+    int written;        /* rpc_result_begin() was called: *outp holds the answer */
+    strbuf_t *outp;     /* borrowed: where the answer is written (&out, or the peer's line) */
+    strbuf_t out;       /* owned: the answer's text while it is written, unless direct */
 };
 
 /* A request id kept as its JSON text (e.g. `7`, `"a\"b"`, `null`). */
@@ -126,9 +133,10 @@ void rpc_handle_line(rpc_peer_t *p, const char *line, size_t n);
 uint32_t rpc_param(const rpc_call_t *call, const char *key);
 
 /* Starts the call's result as text: the method writes exactly one JSON
- * value with the writer set up in *w, then returns NULL. An allocation
- * failure while writing answers as out of memory. Call at most once, and
- * not together with an error or rpc_defer(). */
+ * value with the writer set up in *w, then returns NULL. A call alone on
+ * its line is written straight into the peer's output (line_begin), so
+ * the method sends nothing else from here on. Call at most once, and not
+ * together with an error or rpc_defer(). */
 void rpc_result_begin(rpc_call_t *call, jsonw_t *w);
 
 /* An error object {code, message, data:{code: code_name, ...}}; data (may

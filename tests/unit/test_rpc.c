@@ -23,6 +23,7 @@ static struct {
     const char *why;
     rpc_defer_t defers[MAX_DEFERS];
     int ndefers, calls;
+    int direct, direct_lines; /* line_begin() answers; the lines written that way */
 } fake;
 
 /* The peer's reader, on the C library's allocator (as fetchctl's): the
@@ -74,8 +75,33 @@ static void fake_decref(rpc_peer_t *p)
     fake.refs--;
 }
 
-static const rpc_peer_ops_t fake_ops = {fake_send, fake_send_text, fake_drop, fake_incref,
-                                        fake_decref};
+/* Lines written straight into the peer's output, when fake.direct is set
+ * (as the control server does); else the framing uses send_text. */
+static strbuf_t direct_out;
+
+static strbuf_t *fake_line_begin(rpc_peer_t *p)
+{
+    if (!fake.direct || p->closing)
+        return NULL;
+    fake.direct_lines++;
+    return &direct_out;
+}
+
+static void fake_line_end(rpc_peer_t *p, strbuf_t *out)
+{
+    strbuf_t line = *out;
+
+    memset(out, 0, sizeof(*out)); /* one line at a time here: the output is the line */
+    fake_send_text(p, &line);
+}
+
+static const rpc_peer_ops_t fake_ops = {.send = fake_send,
+                                        .send_text = fake_send_text,
+                                        .line_begin = fake_line_begin,
+                                        .line_end = fake_line_end,
+                                        .drop = fake_drop,
+                                        .incref = fake_incref,
+                                        .decref = fake_decref};
 
 /* ---- methods ---------------------------------------------------------------------- */
 
@@ -143,9 +169,32 @@ static json_t *m_big(rpc_call_t *call)
     return json_string(text);
 }
 
+/* A result written as text: {"w":params.n or 0}. */
+static json_t *m_written(rpc_call_t *call)
+{
+    uint32_t n = rpc_param(call, "n");
+    long long v = 0;
+    jsonw_t w;
+
+    fake.calls++;
+    if (n != JSONR_NONE)
+        jsonr_int(call->r, n, &v);
+    rpc_result_begin(call, &w);
+    jsonw_object_begin(&w);
+    jsonw_member_int(&w, JSONW_KEY("w"), v);
+    jsonw_object_end(&w);
+    return NULL;
+}
+
+static void write_true(jsonw_t *w, const void *arg)
+{
+    (void)arg;
+    jsonw_bool(w, 1);
+}
+
 static const rpc_method_t methods[] = {
-    {"subtract", m_subtract}, {"echo", m_echo}, {"fail", m_fail}, {"nothing", m_nothing},
-    {"defer", m_defer},       {"drop", m_drop}, {"big", m_big},
+    {"written", m_written}, {"subtract", m_subtract}, {"echo", m_echo}, {"fail", m_fail},
+    {"nothing", m_nothing}, {"defer", m_defer},       {"drop", m_drop}, {"big", m_big},
 };
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -349,7 +398,7 @@ static void test_ids_of_every_type(void)
  * same as the value of the id member"): escapes stay as written, and a
  * number keeps digits a double would lose. Inline and long ids, answered at
  * once and deferred. */
-static void test_raw_id_echo(void)
+static void raw_id_echo(int direct)
 {
     static const char *ids[] = {
         "\"a\\\"b\\u00e9\\/\\n\"",
@@ -362,24 +411,41 @@ static void test_raw_id_echo(void)
     };
 
     reset(1 << 20);
+    fake.direct = direct;
     for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
         char text[300], want[300];
 
         snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"method\":\"fail\",\"id\":%s}", ids[i]);
         snprintf(want, sizeof(want), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":", ids[i]);
         line(text);
-        CHECK_INT(nsent(), 2 * i + 1);
+        CHECK_INT(nsent(), 3 * i + 1);
         CHECK(strncmp(last_text, want, strlen(want)) == 0);
         snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"method\":\"defer\",\"id\":%s}",
                  ids[i]);
         line(text);
         CHECK_INT(fake.ndefers, 1);
-        rpc_defer_end(&fake.defers[0], "result", json_true());
+        rpc_defer_end_written(&fake.defers[0], write_true, NULL);
         fake.ndefers = 0;
         snprintf(want, sizeof(want), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":true}", ids[i]);
-        CHECK_INT(nsent(), 2 * i + 2);
+        CHECK_INT(nsent(), 3 * i + 2);
+        CHECK_STR(last_text, want);
+        snprintf(text, sizeof(text),
+                 "{\"jsonrpc\":\"2.0\",\"method\":\"written\",\"params\":{\"n\":-3},\"id\":%s}",
+                 ids[i]);
+        line(text);
+        snprintf(want, sizeof(want), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"w\":-3}}",
+                 ids[i]);
+        CHECK_INT(nsent(), 3 * i + 3);
         CHECK_STR(last_text, want);
     }
+}
+
+static void test_raw_id_echo(void)
+{
+    raw_id_echo(0);
+    CHECK_INT(fake.direct_lines, 0);
+    raw_id_echo(1);
+    CHECK_INT(fake.direct_lines, 12); /* the written answers; the errors are sent as lines */
 }
 
 /* A parse error names the column where the text went wrong, as jansson
