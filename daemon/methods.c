@@ -395,22 +395,6 @@ static void submit_result(rpc_call_t *call, job_t **jobs, size_t n)
     jsonw_object_end(&w);
 }
 
-/* Decodes the job object v into spec; on failure (an error code, errbuf
- * set) spec holds nothing. */
-static int decode_spec(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *errbuf, size_t errlen)
-{
-    json_t *obj = jsonr_to_json(r, v);
-    int rc;
-
-    if (obj == NULL) {
-        snprintf(errbuf, errlen, "%s", err_str(ERR_NO_MEMORY));
-        return ERR_NO_MEMORY;
-    }
-    rc = jobspec_decode(obj, spec, errbuf, errlen);
-    json_decref(obj);
-    return rc;
-}
-
 static json_t *m_submit(rpc_call_t *call)
 {
     sched_t *s = &sess(call)->m->d->sched;
@@ -434,7 +418,7 @@ static json_t *m_submit(rpc_call_t *call)
         snprintf(err, sizeof(err), "%s", err_str(rc));
     }
     for (v = jsonr_first(call->r, arr); rc == 0 && v != JSONR_NONE; v = jsonr_next(call->r, v)) {
-        rc = decode_spec(call->r, v, &specs[decoded], err, sizeof(err));
+        rc = jobspec_decode_r(call->r, v, &specs[decoded], err, sizeof(err));
         if (rc != 0)
             bad = rc == ERR_NO_MEMORY ? -1 : (long)decoded;
         decoded++;
@@ -599,18 +583,21 @@ static json_t *m_set(rpc_call_t *call)
 {
     set_changes_t c;
     char err[256];
-    json_t *result, *params;
+    json_t *result, *none = NULL;
     int rc;
 
-    /* A cold method: its params as a jansson copy keep the decoder shared
-     * with the state file's. */
-    params = call->params != JSONR_NONE ? jsonr_to_json(call->r, call->params) : json_object();
-    if (params == NULL) {
+    memset(&c, 0, sizeof(c));
+    /* No params at all: decoded as an empty object, which the decoder
+     * refuses in its own words. */
+    if (call->params == JSONR_NONE && (none = json_object()) == NULL) {
         rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
         return NULL;
     }
-    rc = jobspec_decode_set(params, &c.to, &c.which, err, sizeof(err));
-    json_decref(params);
+    if (none != NULL)
+        rc = jobspec_decode_set(none, &c.to, &c.which, err, sizeof(err));
+    else
+        rc = jobspec_decode_set_r(call->r, call->params, &c.to, &c.which, err, sizeof(err));
+    json_decref(none);
     if (rc != 0) {
         const char *colon = strstr(err, ": ");
         json_t *data = json_pack("{s:s}", "message", err);
