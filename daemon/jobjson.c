@@ -56,13 +56,20 @@ static void write_blob(jsonw_t *w, const char *p, size_t n)
         jsonw_member_str(w, JSONW_KEY(key), v_, strlen(v_)); \
     } while (0)
 
+/* The same for a string that needs no escaping (hex digits, a name). */
+#define write_plain(w, key, v)                                 \
+    do {                                                       \
+        const char *v_ = (v);                                  \
+        jsonw_member_plain(w, JSONW_KEY(key), v_, strlen(v_)); \
+    } while (0)
+
 #define write_uint(w, key, v) jsonw_member_uint(w, JSONW_KEY(key), v)
 
 void jobjson_write(jsonw_t *w, const job_t *j)
 {
     jsonw_object_begin(w);
-    write_string(w, "id", j->id);
-    write_string(w, "state", job_state_name(j->state));
+    write_string(w, "id", j->id); /* hex digits, unless a state file said otherwise */
+    write_plain(w, "state", job_state_name(j->state));
     write_string(w, "url", j->spec.url != NULL ? j->spec.url : "");
     write_string(w, "method", j->spec.method != NULL ? j->spec.method : "GET");
     write_uint(w, "bytes", j->bytes);
@@ -75,7 +82,7 @@ void jobjson_write(jsonw_t *w, const job_t *j)
     if (j->http_status != 0)
         jsonw_member_int(w, JSONW_KEY("http_status"), j->http_status);
     if (j->sha256[0] != '\0')
-        write_string(w, "sha256", j->sha256);
+        write_plain(w, "sha256", j->sha256); /* hex digits */
     if (j->output != NULL)
         write_string(w, "output", j->output);
     if (j->spec.output == JOB_OUTPUT_INLINE && j->state == JOB_DONE) {
@@ -86,7 +93,7 @@ void jobjson_write(jsonw_t *w, const job_t *j)
     if (j->error != 0) {
         jsonw_key(w, "error");
         jsonw_object_begin(w);
-        write_string(w, "code", err_name(j->error));
+        write_plain(w, "code", err_name(j->error));
         write_string(w, "message", j->error_msg[0] != '\0' ? j->error_msg : err_str(j->error));
         jsonw_object_end(w);
     }

@@ -55,6 +55,9 @@ void jsonw_key(jsonw_t *w, const char *key);
 void jsonw_key_lit(jsonw_t *w, const char *key, size_t klen);
 /* A member with a string value (escaped as jsonw_stringn() does). */
 void jsonw_member_str(jsonw_t *w, const char *key, size_t klen, const char *s, size_t n);
+/* A member with a string value the caller knows needs no escaping (hex,
+ * a fixed name): copied without a look. */
+void jsonw_member_plain(jsonw_t *w, const char *key, size_t klen, const char *s, size_t n);
 void jsonw_member_uint(jsonw_t *w, const char *key, size_t klen, uint64_t v);
 void jsonw_member_int(jsonw_t *w, const char *key, size_t klen, int64_t v);
 /* A member with a jsonw_fixed() value. */

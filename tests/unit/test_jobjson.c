@@ -169,6 +169,8 @@ static void test_members(void)
     jsonw_member_int(&w, JSONW_KEY("z"), 0);
     jsonw_member_fixed(&w, JSONW_KEY("f"), -1796140125665836, 6);
     jsonw_member_true(&w, JSONW_KEY("t"));
+    jsonw_member_plain(&w, JSONW_KEY("p"), "0af", 3);
+    jsonw_member_fixed(&w, JSONW_KEY("g"), 5, 9);
     jsonw_key_lit(&w, JSONW_KEY("o"));
     jsonw_object_begin(&w);
     jsonw_member_uint(&w, JSONW_KEY("n"), 7);
@@ -181,6 +183,7 @@ static void test_members(void)
     CHECK(!b.failed);
     CHECK_STR(b.p, "[{\"s\":\"plain\",\"e\":\"q\\\"\",\"u\":18446744073709551615,"
                    "\"i\":-9223372036854775808,\"z\":0,\"f\":-1796140125.665836,\"t\":true,"
+                   "\"p\":\"0af\",\"g\":0.000000005,"
                    "\"o\":{\"n\":7}},{\"only\":true}]");
     strbuf_dispose(&b);
 }
