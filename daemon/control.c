@@ -672,6 +672,7 @@ static void start_flush(control_t *ctl)
     uv_unref((uv_handle_t *)&ctl->flush);
     uv_unref((uv_handle_t *)&ctl->flush_pre);
     ctl->flush_on = 1;
+    rpc_reader_settle(&ctl->reader); /* its one block exists from the start */
 }
 
 int control_start_fd(control_t *ctl, daemon_t *d, int fd, char *err, size_t errlen)

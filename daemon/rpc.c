@@ -489,6 +489,15 @@ static int blank(const char *s, size_t n)
     return 1;
 }
 
+void rpc_reader_settle(jsonr_t *r)
+{
+    /* The usual line, without escapes and of ordinary size, leaves the
+     * token array as it is. */
+    jsonr_trim(r, r->scratch_cap > 0 ? 0 : RPC_READER_KEEP);
+    if (r->tok == NULL)
+        jsonr_parse(r, "0", 1); /* one small token array again; without memory, none */
+}
+
 void rpc_handle_line(rpc_peer_t *p, const char *line, size_t n)
 {
     jsonr_t *r = p->reader;
@@ -512,5 +521,5 @@ void rpc_handle_line(rpc_peer_t *p, const char *line, size_t n)
         if (resp.len > 0 || resp.failed)
             p->ops->send_text(p, &resp);
     }
-    jsonr_trim(r, RPC_READER_KEEP);
+    rpc_reader_settle(r);
 }

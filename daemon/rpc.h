@@ -38,9 +38,9 @@
 
 /* A request id up to this many bytes of JSON text is kept inline. */
 #define RPC_ID_INLINE 32
-/* After a line, a reader whose arrays pass this many bytes frees them, so
- * one huge line does not pin its token array for the daemon's life. */
-#define RPC_READER_KEEP (64 * 1024)
+/* After a line, a reader whose token array passes this many bytes frees
+ * it, so one huge line does not pin its array for the daemon's life. */
+#define RPC_READER_KEEP (128 * 1024)
 
 typedef struct rpc_peer rpc_peer_t;
 typedef struct rpc_call rpc_call_t;
@@ -127,6 +127,13 @@ void rpc_peer_init(rpc_peer_t *p, const rpc_peer_ops_t *ops, size_t max_output, 
  * parse error, runs a request or a batch. The caller holds a reference on
  * p's owner: a method or a send may drop the peer, which only marks it. */
 void rpc_handle_line(rpc_peer_t *p, const char *line, size_t n);
+
+/* Brings a reader back to one small token array and no scratch, unless
+ * it holds just that already: after every line (rpc_handle_line() calls
+ * it), and by the reader's owner when it starts. The daemon's heap count
+ * then does not depend on what the last line held (a huge line, escaped
+ * strings), which the soak's and test_hostile's exact baselines need. */
+void rpc_reader_settle(jsonr_t *r);
 
 /* The value of params.key in the call's reader, or JSONR_NONE when absent
  * (or when the call has no params). */
