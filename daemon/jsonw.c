@@ -262,6 +262,73 @@ static void escape(jsonw_t *w, unsigned char c)
     }
 }
 
+/* escape()'s bytes written at o; returns the end. */
+static char *escape_at(char *o, unsigned char c)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    *o++ = '\\';
+    switch (c) {
+    case '"':
+    case '\\':
+        *o++ = (char)c;
+        break;
+    case '\n':
+        *o++ = 'n';
+        break;
+    case '\r':
+        *o++ = 'r';
+        break;
+    case '\t':
+        *o++ = 't';
+        break;
+    default:
+        memcpy(o, "u00", 3);
+        o[3] = hex[c >> 4];
+        o[4] = hex[c & 15];
+        o += 5;
+    }
+    return o;
+}
+
+/* Strings up to this long that need escaping are written in place, in
+ * room for the worst case (six bytes for each). */
+#define JSONW_DIRECT_MAX 65536
+
+/* jsonw_stringn() of a string whose first `plain` bytes need nothing. */
+static void stringn_direct(jsonw_t *w, const char *s, size_t n, size_t plain_len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    char *o = room(w, 6 * n + 3);
+    size_t i = plain_len, k;
+
+    if (o == NULL)
+        return;
+    o += sep_at(w, o);
+    *o++ = '"';
+    memcpy(o, s, i);
+    o += i;
+    while (i < n) {
+        if (p[i] < 0x80) {
+            o = escape_at(o, p[i]);
+            i++;
+        } else if ((k = utf8_seq(p + i, n - i)) != 0) {
+            memcpy(o, s + i, k);
+            o += k;
+            i += k;
+        } else {
+            *o++ = '?'; /* as lossy_string() in proto/jobspec.c */
+            i++;
+        }
+        k = plain_prefix(s + i, n - i);
+        memcpy(o, s + i, k);
+        o += k;
+        i += k;
+    }
+    *o++ = '"';
+    advance(w, o);
+}
+
 void jsonw_stringn(jsonw_t *w, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -276,6 +343,10 @@ void jsonw_stringn(jsonw_t *w, const char *s, size_t n)
             o[n] = '"';
             advance(w, o + n + 1);
         }
+        return;
+    }
+    if (n <= JSONW_DIRECT_MAX) {
+        stringn_direct(w, s, n, i);
         return;
     }
     sep(w);
