@@ -38,9 +38,12 @@
 
 /* A request id up to this many bytes of JSON text is kept inline. */
 #define RPC_ID_INLINE 32
-/* After a line, a reader whose token array passes this many bytes frees
- * it, so one huge line does not pin its array for the daemon's life. */
-#define RPC_READER_KEEP (128 * 1024)
+/* After a line, a reader whose token array passes this many bytes goes
+ * back to its first, small one (jsonr's first array of 32 tokens fits): a
+ * request line (wait, status, one job) needs no more, and the heap is then
+ * the same, byte for byte, after any line (test_limits' Burst compares
+ * bytes). A line that grew it, a batch of jobs, pays a few reallocations. */
+#define RPC_READER_KEEP 1024
 
 typedef struct rpc_peer rpc_peer_t;
 typedef struct rpc_call rpc_call_t;
@@ -130,9 +133,10 @@ void rpc_handle_line(rpc_peer_t *p, const char *line, size_t n);
 
 /* Brings a reader back to one small token array and no scratch, unless
  * it holds just that already: after every line (rpc_handle_line() calls
- * it), and by the reader's owner when it starts. The daemon's heap count
- * then does not depend on what the last line held (a huge line, escaped
- * strings), which the soak's and test_hostile's exact baselines need. */
+ * it), and by the reader's owner when it starts. The daemon's heap then
+ * does not depend on what the last line held (many values, escaped
+ * strings), which the soak's, test_hostile's and test_limits' exact
+ * baselines need. */
 void rpc_reader_settle(jsonr_t *r);
 
 /* The value of params.key in the call's reader, or JSONR_NONE when absent
