@@ -22,19 +22,12 @@ static inline void put(jsonw_t *w, const char *s, size_t n)
  * buffer failed. advance() then says where the writing ended. */
 static inline char *room(jsonw_t *w, size_t n)
 {
-    strbuf_t *b = w->b;
-
-    if (b->failed || (b->len + n >= b->cap && strbuf_reserve(b, n) != 0))
-        return NULL;
-    return b->p + b->len;
+    return strbuf_room(w->b, n);
 }
 
 static inline void advance(jsonw_t *w, char *end)
 {
-    strbuf_t *b = w->b;
-
-    b->len = (size_t)(end - b->p);
-    b->p[b->len] = '\0';
+    strbuf_commit(w->b, end);
 }
 
 /* sep() as a byte written at p: the comma, if one is due. Returns 0 or 1. */
