@@ -184,24 +184,35 @@ static void on_flush_pre(uv_prepare_t *h)
 
 /* Queues the text in line, which ends with its newline, taking line's
  * memory (it is zeroed). */
+/* Puts c on the pending list (its output is written this loop turn). */
+static void make_pending(ctl_client_t *c)
+{
+    c->pending = 1;
+    c->writes++;
+    client_incref(c);
+    c->onext = c->ctl->pending;
+    c->ctl->pending = c;
+}
+
+/* libuv queues what the socket does not take; a client that does not
+ * read cannot make us hold its output without bound. */
+static void check_output(ctl_client_t *c)
+{
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) + c->out.len > c->ctl->max_output)
+        client_close(c, "slow reader: output queue over its limit");
+}
+
 static void queue_line(ctl_client_t *c, strbuf_t *line)
 {
     if (!c->pending) {
-        c->pending = 1;
-        c->writes++;
-        client_incref(c);
-        c->onext = c->ctl->pending;
-        c->ctl->pending = c;
+        make_pending(c);
         c->out = *line; /* the first line of the turn is the buffer: no copy */
         memset(line, 0, sizeof(*line));
     } else {
         strbuf_append(&c->out, line->p, line->len); /* a failure marks out failed */
         strbuf_dispose(line);
     }
-    /* libuv queues what the socket does not take; a client that does not
-     * read cannot make us hold its output without bound. */
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) + c->out.len > c->ctl->max_output)
-        client_close(c, "slow reader: output queue over its limit");
+    check_output(c);
 }
 
 /* Queues v (a reference this function takes) as one line. */
@@ -262,6 +273,35 @@ static void peer_send_text(rpc_peer_t *p, strbuf_t *line)
     send_text(client_of(p), line);
 }
 
+/* A line written straight into the client's pending output: no buffer of
+ * its own, no copy. The first line of a turn makes room for a wait's
+ * answer at once. */
+#define LINE_GUESS 1024
+
+static strbuf_t *peer_line_begin(rpc_peer_t *p)
+{
+    ctl_client_t *c = client_of(p);
+
+    if (c->peer.closing)
+        return NULL;
+    if (!c->pending) {
+        make_pending(c);
+        strbuf_reserve(&c->out, LINE_GUESS); /* a failure marks out failed */
+    }
+    return &c->out;
+}
+
+static void peer_line_end(rpc_peer_t *p, strbuf_t *out)
+{
+    ctl_client_t *c = client_of(p);
+
+    if (out->failed || strbuf_put(out, "\n", 1) != 0) {
+        client_close(c, "out of memory for a response");
+        return;
+    }
+    check_output(c);
+}
+
 static void peer_drop(rpc_peer_t *p, const char *why)
 {
     client_close(client_of(p), why);
@@ -277,8 +317,13 @@ static void peer_decref(rpc_peer_t *p)
     client_decref(client_of(p));
 }
 
-static const rpc_peer_ops_t peer_ops = {peer_send, peer_send_text, peer_drop, peer_incref,
-                                        peer_decref};
+static const rpc_peer_ops_t peer_ops = {.send = peer_send,
+                                        .send_text = peer_send_text,
+                                        .line_begin = peer_line_begin,
+                                        .line_end = peer_line_end,
+                                        .drop = peer_drop,
+                                        .incref = peer_incref,
+                                        .decref = peer_decref};
 
 /* ---- reading -------------------------------------------------------------------- */
 
@@ -463,7 +508,7 @@ static ctl_client_t *client_create(control_t *ctl)
     c->ctl = ctl;
     c->stats = &ctl->d->stats;
     c->refcnt = 1; /* the handle's */
-    rpc_peer_init(&c->peer, &peer_ops, ctl->max_output);
+    rpc_peer_init(&c->peer, &peer_ops, ctl->max_output, &ctl->reader);
     methods_session_init(&c->session, &ctl->methods, &c->peer);
     stats_obj_created(c->stats, STATS_OBJ_CTL_CLIENT);
     uv_pipe_init(&ctl->d->loop, &c->pipe, 0);
@@ -611,6 +656,7 @@ static void control_init(control_t *ctl, daemon_t *d)
     ctl->max_output = 8 * 1024 * 1024;
     methods_init(&ctl->methods, d, &ctl->nclients);
     ctl->methods.nreading = &ctl->nreading;
+    jsonr_init(&ctl->reader, mem_realloc, mem_free);
 }
 
 /* Listening: the per-turn flush of the clients' output starts with it. The
@@ -626,6 +672,7 @@ static void start_flush(control_t *ctl)
     uv_unref((uv_handle_t *)&ctl->flush);
     uv_unref((uv_handle_t *)&ctl->flush_pre);
     ctl->flush_on = 1;
+    rpc_reader_settle(&ctl->reader); /* its one block exists from the start */
 }
 
 int control_start_fd(control_t *ctl, daemon_t *d, int fd, char *err, size_t errlen)
@@ -704,6 +751,7 @@ void control_close(control_t *ctl)
         uv_close((uv_handle_t *)&ctl->flush_pre, NULL);
     }
     uv_close((uv_handle_t *)&ctl->server, NULL);
+    jsonr_free(&ctl->reader); /* every client is closing: no line is parsed any more */
     if (ctl->path) {
         /* A socket systemd passed is systemd's to remove. */
         unlink(ctl->path);

@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "daemon.h"
+#include "jsonr.h"
 #include "methods.h"
 
 typedef struct ctl_client ctl_client_t;
@@ -55,6 +56,8 @@ typedef struct control {
     uv_prepare_t flush_pre; /* and before it waits, for lines from timers and the like */
     int flush_on;           /* the two are initialised (closed by control_close()) */
     methods_t methods;      /* what the clients' method sessions share */
+    jsonr_t reader;         /* parses every client's lines: one line is handled at a time, and
+                             * a shared reader leaves an idle client holding no block */
 } control_t;
 
 /* Binds and listens on path (mode 0660 under systemd, else 0600), replacing

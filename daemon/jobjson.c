@@ -7,32 +7,28 @@
 
 #include "err.h"
 
-/* Unix seconds with microseconds: the fractions jansson's %.17g printed,
- * within the double's own resolution at today's dates. */
-static void write_time(jsonw_t *w, const char *key, double t)
+/* Microseconds: the fractions jansson's %.17g printed, within the
+ * double's own resolution at today's dates. */
+static int64_t usec(double t)
 {
-    jsonw_key(w, key);
-    jsonw_fixed(w, (int64_t)llround(t * 1e6), 6);
+    return (int64_t)llround(t * 1e6);
 }
 
+/* The keys are literals written once as JSON (JSONW_KEY), and each member
+ * goes out in one append: this object is written for every finished job. */
 static void write_timings(jsonw_t *w, const job_timings_t *t)
 {
     jsonw_object_begin(w);
-    write_time(w, "created", t->created);
-    jsonw_key(w, "queued_ms");
-    jsonw_uint(w, t->queued_ms);
-    jsonw_key(w, "dns_ms");
-    jsonw_uint(w, t->dns_ms);
-    jsonw_key(w, "connect_ms");
-    jsonw_uint(w, t->connect_ms);
-    jsonw_key(w, "ttfb_ms");
-    jsonw_uint(w, t->ttfb_ms);
-    jsonw_key(w, "total_ms");
-    jsonw_uint(w, t->total_ms);
+    jsonw_member_fixed(w, JSONW_KEY("created"), usec(t->created), 6);
+    jsonw_member_uint(w, JSONW_KEY("queued_ms"), t->queued_ms);
+    jsonw_member_uint(w, JSONW_KEY("dns_ms"), t->dns_ms);
+    jsonw_member_uint(w, JSONW_KEY("connect_ms"), t->connect_ms);
+    jsonw_member_uint(w, JSONW_KEY("ttfb_ms"), t->ttfb_ms);
+    jsonw_member_uint(w, JSONW_KEY("total_ms"), t->total_ms);
     if (t->started != 0)
-        write_time(w, "started", t->started);
+        jsonw_member_fixed(w, JSONW_KEY("started"), usec(t->started), 6);
     if (t->finished != 0)
-        write_time(w, "finished", t->finished);
+        jsonw_member_fixed(w, JSONW_KEY("finished"), usec(t->finished), 6);
     jsonw_object_end(w);
 }
 
@@ -53,39 +49,40 @@ static void write_blob(jsonw_t *w, const char *p, size_t n)
     jsonw_object_end(w);
 }
 
-static void write_string(jsonw_t *w, const char *key, const char *v)
-{
-    jsonw_key(w, key);
-    jsonw_string(w, v);
-}
+/* key: the C string v; key is a JSONW_KEY() literal. */
+#define write_string(w, key, v)                              \
+    do {                                                     \
+        const char *v_ = (v);                                \
+        jsonw_member_str(w, JSONW_KEY(key), v_, strlen(v_)); \
+    } while (0)
 
-static void write_uint(jsonw_t *w, const char *key, uint64_t v)
-{
-    jsonw_key(w, key);
-    jsonw_uint(w, v);
-}
+/* The same for a string that needs no escaping (hex digits, a name). */
+#define write_plain(w, key, v)                                 \
+    do {                                                       \
+        const char *v_ = (v);                                  \
+        jsonw_member_plain(w, JSONW_KEY(key), v_, strlen(v_)); \
+    } while (0)
+
+#define write_uint(w, key, v) jsonw_member_uint(w, JSONW_KEY(key), v)
 
 void jobjson_write(jsonw_t *w, const job_t *j)
 {
     jsonw_object_begin(w);
-    write_string(w, "id", j->id);
-    write_string(w, "state", job_state_name(j->state));
+    write_string(w, "id", j->id); /* hex digits, unless a state file said otherwise */
+    write_plain(w, "state", job_state_name(j->state));
     write_string(w, "url", j->spec.url != NULL ? j->spec.url : "");
     write_string(w, "method", j->spec.method != NULL ? j->spec.method : "GET");
     write_uint(w, "bytes", j->bytes);
     write_uint(w, "wire_bytes", j->wire_bytes);
     write_uint(w, "redirects", j->redirects);
     write_uint(w, "attempts", j->attempts);
-    jsonw_key(w, "priority");
-    jsonw_int(w, j->spec.priority);
+    jsonw_member_int(w, JSONW_KEY("priority"), j->spec.priority);
     if (j->effective_url != NULL)
         write_string(w, "effective_url", j->effective_url);
-    if (j->http_status != 0) {
-        jsonw_key(w, "http_status");
-        jsonw_int(w, j->http_status);
-    }
+    if (j->http_status != 0)
+        jsonw_member_int(w, JSONW_KEY("http_status"), j->http_status);
     if (j->sha256[0] != '\0')
-        write_string(w, "sha256", j->sha256);
+        write_plain(w, "sha256", j->sha256); /* hex digits */
     if (j->output != NULL)
         write_string(w, "output", j->output);
     if (j->spec.output == JOB_OUTPUT_INLINE && j->state == JOB_DONE) {
@@ -96,14 +93,12 @@ void jobjson_write(jsonw_t *w, const job_t *j)
     if (j->error != 0) {
         jsonw_key(w, "error");
         jsonw_object_begin(w);
-        write_string(w, "code", err_name(j->error));
+        write_plain(w, "code", err_name(j->error));
         write_string(w, "message", j->error_msg[0] != '\0' ? j->error_msg : err_str(j->error));
         jsonw_object_end(w);
     }
-    if (j->not_modified) {
-        jsonw_key(w, "not_modified");
-        jsonw_bool(w, 1);
-    }
+    if (j->not_modified)
+        jsonw_member_true(w, JSONW_KEY("not_modified"));
     if (j->resumed_from > 0)
         write_uint(w, "resumed_from", j->resumed_from);
     if (j->error_body != NULL) {
@@ -112,16 +107,12 @@ void jobjson_write(jsonw_t *w, const job_t *j)
     }
     if (j->content_encoding != NULL)
         write_string(w, "content_encoding", j->content_encoding);
-    if (j->decoded) {
-        jsonw_key(w, "decoded");
-        jsonw_bool(w, 1);
-    }
+    if (j->decoded)
+        jsonw_member_true(w, JSONW_KEY("decoded"));
     if (j->content_type != NULL)
         write_string(w, "content_type", j->content_type);
-    if (j->content_length >= 0) {
-        jsonw_key(w, "content_length");
-        jsonw_int(w, j->content_length);
-    }
+    if (j->content_length >= 0)
+        jsonw_member_int(w, JSONW_KEY("content_length"), j->content_length);
     if (j->etag != NULL)
         write_string(w, "etag", j->etag);
     if (j->last_modified != NULL)
@@ -192,7 +183,7 @@ void jobjson_write(jsonw_t *w, const job_t *j)
         jsonw_key(w, "paused");
         jsonw_bool(w, 1);
     }
-    jsonw_key(w, "timings");
+    jsonw_key_lit(w, JSONW_KEY("timings"));
     write_timings(w, &j->timings);
     jsonw_object_end(w);
 }

@@ -45,6 +45,26 @@ void jsonw_array_end(jsonw_t *w);
 /* A member's key: plain ASCII the caller knows needs no escaping. */
 void jsonw_key(jsonw_t *w, const char *key);
 
+/* The per-member writers below take the key as a literal already written
+ * as JSON, quotes and colon included, with its length:
+ * jsonw_member_uint(w, JSONW_KEY("bytes"), n). Each member goes out in one
+ * append, its comma included: the hot answers' way. */
+#define JSONW_KEY(k) "\"" k "\":", sizeof("\"" k "\":") - 1
+
+/* A member's key given as JSONW_KEY(): its value comes next. */
+void jsonw_key_lit(jsonw_t *w, const char *key, size_t klen);
+/* A member with a string value (escaped as jsonw_stringn() does). */
+void jsonw_member_str(jsonw_t *w, const char *key, size_t klen, const char *s, size_t n);
+/* A member with a string value the caller knows needs no escaping (hex,
+ * a fixed name): copied without a look. */
+void jsonw_member_plain(jsonw_t *w, const char *key, size_t klen, const char *s, size_t n);
+void jsonw_member_uint(jsonw_t *w, const char *key, size_t klen, uint64_t v);
+void jsonw_member_int(jsonw_t *w, const char *key, size_t klen, int64_t v);
+/* A member with a jsonw_fixed() value. */
+void jsonw_member_fixed(jsonw_t *w, const char *key, size_t klen, int64_t v, unsigned decimals);
+/* A member `key: true`. */
+void jsonw_member_true(jsonw_t *w, const char *key, size_t klen);
+
 /* A string value of n bytes, escaped; ill-formed UTF-8 becomes '?'. */
 void jsonw_stringn(jsonw_t *w, const char *s, size_t n);
 void jsonw_string(jsonw_t *w, const char *s);

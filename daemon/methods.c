@@ -77,7 +77,7 @@ static void write_job(jsonw_t *w, const void *job)
 }
 
 /* Ends the wait with {key: value}, or, with key NULL, with its job as the
- * result (written straight into the line unless the wait is in a batch). */
+ * result (written straight into its line or its batch's slot). */
 static void wait_end(methods_wait_t *w, const char *key, json_t *value)
 {
     methods_session_t *s = w->s;
@@ -100,8 +100,6 @@ static void wait_end(methods_wait_t *w, const char *key, json_t *value)
         w->jnext->jprev = w->jprev;
     if (key != NULL)
         rpc_defer_end(&w->answer, key, value);
-    else if (rpc_defer_batched(&w->answer))
-        rpc_defer_end(&w->answer, "result", jobspec_encode_job(j));
     else
         rpc_defer_end_written(&w->answer, write_job, j);
     uv_close((uv_handle_t *)&w->timer, on_wait_closed);
@@ -120,26 +118,29 @@ static void on_wait_timeout(uv_timer_t *t)
 }
 
 /* Registers an open wait for call on j; the checks are done. */
-static int wait_create(rpc_call_t *call, job_t *j, json_t *tv, size_t id_bytes)
+static int wait_create(rpc_call_t *call, job_t *j, double timeout, size_t id_bytes)
 {
     methods_session_t *s = sess(call);
     methods_wait_t *w = mem_calloc(1, sizeof(*w));
 
     if (w == NULL)
         return -1;
+    if (rpc_defer(call, &w->answer) != 0) { /* holds the id, and a reference on the batch */
+        mem_free(w);
+        return -1;
+    }
     stats_obj_created(s->stats, STATS_OBJ_CTL_WAIT);
     s->peer->ops->incref(s->peer); /* the wait's, dropped when its timer has closed */
     w->s = s;
     w->job = j;
     job_incref(j);
-    rpc_defer(call, &w->answer); /* holds the id, and a reference on the batch */
     w->id_bytes = id_bytes;
     s->nwaits++;
     s->wait_bytes += id_bytes;
     uv_timer_init(&s->m->d->loop, &w->timer);
     w->timer.data = w;
-    if (tv != NULL)
-        uv_timer_start(&w->timer, on_wait_timeout, (uint64_t)(json_number_value(tv) * 1000), 0);
+    if (timeout > 0)
+        uv_timer_start(&w->timer, on_wait_timeout, (uint64_t)(timeout * 1000), 0);
     w->cnext = s->waits;
     if (s->waits)
         s->waits->cprev = w;
@@ -278,40 +279,72 @@ int methods_session_idle(const methods_session_t *s)
 
 /* ---- params --------------------------------------------------------------------- */
 
+static int is_type(const jsonr_t *r, uint32_t v, jsonr_type_t t)
+{
+    return v != JSONR_NONE && jsonr_type(r, v) == t;
+}
+
+/* The job whose id is the string v, or NULL (after answering the error). */
+static job_t *find_job(rpc_call_t *call, uint32_t v)
+{
+    char id[64];
+    size_t len;
+    const char *s = jsonr_str(call->r, v, &len);
+    job_t *j = NULL;
+
+    if (len < sizeof(id)) { /* a longer one is no job's */
+        memcpy(id, s, len);
+        id[len] = '\0';
+        j = sched_find(&sess(call)->m->d->sched, id);
+    }
+    if (j == NULL)
+        rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no job with id \"%.*s\"",
+                       (int)(len < 40 ? len : 40), s);
+    return j;
+}
+
+/* The string v, NUL-terminated, into buf; -1 if it is no string or does
+ * not fit. */
+static int copy_str(const jsonr_t *r, uint32_t v, char *buf, size_t size)
+{
+    size_t len;
+    const char *s = v != JSONR_NONE ? jsonr_str(r, v, &len) : NULL;
+
+    if (s == NULL || len >= size)
+        return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    return 0;
+}
+
 static int param_id(rpc_call_t *call, job_t **out)
 {
-    json_t *v = json_object_get(call->params, "id");
+    uint32_t v = rpc_param(call, "id");
 
-    if (!json_is_string(v)) {
+    if (!is_type(call->r, v, JSONR_STRING)) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.id: a job id string is required");
         return -1;
     }
-    *out = sched_find(&sess(call)->m->d->sched, json_string_value(v));
-    if (*out == NULL) {
-        rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no job with id \"%.40s\"",
-                       json_string_value(v));
-        return -1;
-    }
-    return 0;
+    *out = find_job(call, v);
+    return *out != NULL ? 0 : -1;
 }
 
 /* An optional positive integer param within [1, max]; def when absent. */
 static int param_uint(rpc_call_t *call, const char *key, long long def, long long max,
                       long long *out)
 {
-    json_t *v = json_object_get(call->params, key);
+    uint32_t v = rpc_param(call, key);
 
-    if (v == NULL) {
+    if (v == JSONR_NONE) {
         *out = def;
         return 0;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max) {
+    if (jsonr_int(call->r, v, out) != 0 || *out < 1 || *out > max) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.%s: must be an integer from 1 to %lld", key, max);
         return -1;
     }
-    *out = json_integer_value(v);
     return 0;
 }
 
@@ -333,26 +366,47 @@ static json_t *spec_error_data(long index, const char *msg)
     return d;
 }
 
-static json_t *submit_result(job_t **jobs, size_t n)
+/* Answers the call with j's job object, written straight into its line. */
+static json_t *written_job(rpc_call_t *call, const job_t *j)
 {
-    json_t *ids = json_array();
-    for (size_t i = 0; ids && i < n; i++)
-        json_array_append_new(ids, json_string(jobs[i]->id));
-    return ids ? json_pack("{s:o}", "ids", ids) : NULL;
+    jsonw_t w;
+
+    if (call->id != NULL) { /* a notification's answer is never sent */
+        rpc_result_begin(call, &w);
+        jobjson_write(&w, j);
+    }
+    return NULL;
+}
+
+/* {"ids": [...]}, written straight into the call's line. */
+static void submit_result(rpc_call_t *call, job_t **jobs, size_t n)
+{
+    jsonw_t w;
+
+    if (call->id == NULL)
+        return;
+    rpc_result_begin(call, &w);
+    jsonw_object_begin(&w);
+    jsonw_key(&w, "ids");
+    jsonw_array_begin(&w);
+    for (size_t i = 0; i < n; i++)
+        jsonw_string(&w, jobs[i]->id);
+    jsonw_array_end(&w);
+    jsonw_object_end(&w);
 }
 
 static json_t *m_submit(rpc_call_t *call)
 {
     sched_t *s = &sess(call)->m->d->sched;
-    json_t *arr = json_object_get(call->params, "jobs"), *result = NULL;
-    size_t n = json_array_size(arr), decoded = 0;
+    uint32_t arr = rpc_param(call, "jobs"), v;
+    size_t n = arr != JSONR_NONE ? jsonr_count(call->r, arr) : 0, decoded = 0;
     job_spec_t *specs;
     job_t **jobs;
     char err[256];
     long bad = -1;
     int rc = 0;
 
-    if (!json_is_array(arr) || n == 0 || n > MAX_SUBMIT) {
+    if (!is_type(call->r, arr, JSONR_ARRAY) || n == 0 || n > MAX_SUBMIT) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.jobs: an array of 1 to %d job objects is required", MAX_SUBMIT);
         return NULL;
@@ -363,10 +417,11 @@ static json_t *m_submit(rpc_call_t *call)
         rc = ERR_NO_MEMORY;
         snprintf(err, sizeof(err), "%s", err_str(rc));
     }
-    for (; rc == 0 && decoded < n; decoded++) {
-        rc = jobspec_decode(json_array_get(arr, decoded), &specs[decoded], err, sizeof(err));
+    for (v = jsonr_first(call->r, arr); rc == 0 && v != JSONR_NONE; v = jsonr_next(call->r, v)) {
+        rc = jobspec_decode_r(call->r, v, &specs[decoded], err, sizeof(err));
         if (rc != 0)
             bad = rc == ERR_NO_MEMORY ? -1 : (long)decoded;
+        decoded++;
     }
     if (rc != 0) {
         /* Decoding failed at `decoded - 1`, which disposed its own spec. */
@@ -375,7 +430,7 @@ static json_t *m_submit(rpc_call_t *call)
     } else {
         rc = sched_submit_many(s, specs, n, jobs, &bad, err, sizeof(err));
         if (rc == 0)
-            result = submit_result(jobs, n);
+            submit_result(call, jobs, n);
     }
     mem_free(specs);
     if (rc == ERR_INVALID_REQUEST && bad >= 0)
@@ -384,30 +439,29 @@ static json_t *m_submit(rpc_call_t *call)
     else if (rc != 0)
         rpc_call_error(call, RPC_SERVER_ERROR, err_name(rc), NULL, "%s", err);
     mem_free(jobs);
-    return result;
+    return NULL;
 }
 
 static json_t *m_status(rpc_call_t *call)
 {
     job_t *j;
-    return param_id(call, &j) == 0 ? jobspec_encode_job(j) : NULL;
+    return param_id(call, &j) == 0 ? written_job(call, j) : NULL;
 }
 
 static json_t *m_cancel(rpc_call_t *call)
 {
-    json_t *result;
     job_t *j;
 
     if (param_id(call, &j) != 0)
         return NULL;
     /* The cancelled job finishes inside sched_cancel(), and retention may
      * forget it there (--retain-jobs 0, --retain-seconds 0): hold it until
-     * its answer is encoded. */
+     * its answer is written. */
     job_incref(j);
     sched_cancel(&sess(call)->m->d->sched, j); /* a finished job stays as it is */
-    result = jobspec_encode_job(j);
+    written_job(call, j);
     job_decref(j);
-    return result;
+    return NULL;
 }
 
 /* ---- pause, resume, set: by id or by ids ----------------------------------------- */
@@ -422,32 +476,28 @@ typedef int (*job_action_fn)(sched_t *s, job_t *j, const void *arg, char *errmsg
  * answering the error; *single says which form the call used. */
 static long param_jobs(rpc_call_t *call, job_t **jobs, int *single)
 {
-    sched_t *s = &sess(call)->m->d->sched;
-    json_t *ids = json_object_get(call->params, "ids"), *v;
-    size_t i, n = json_array_size(ids);
+    uint32_t ids = rpc_param(call, "ids"), v;
+    size_t i = 0, n = ids != JSONR_NONE ? jsonr_count(call->r, ids) : 0;
 
-    *single = ids == NULL;
+    *single = ids == JSONR_NONE;
     if (*single)
         return param_id(call, &jobs[0]) == 0 ? 1 : -1;
-    if (json_object_get(call->params, "id") != NULL || !json_is_array(ids) || n == 0 ||
+    if (rpc_param(call, "id") != JSONR_NONE || !is_type(call->r, ids, JSONR_ARRAY) || n == 0 ||
         n > MAX_LIST) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.ids: an array of 1 to %d job id strings (or params.id alone)",
                        MAX_LIST);
         return -1;
     }
-    json_array_foreach (ids, i, v) {
-        if (!json_is_string(v)) {
+    for (v = jsonr_first(call->r, ids); v != JSONR_NONE; v = jsonr_next(call->r, v), i++) {
+        if (!is_type(call->r, v, JSONR_STRING)) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                            "params.ids[%zu]: a job id string", i);
             return -1;
         }
-        jobs[i] = sched_find(s, json_string_value(v));
-        if (jobs[i] == NULL) {
-            rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no job with id \"%.40s\"",
-                           json_string_value(v));
+        jobs[i] = find_job(call, v);
+        if (jobs[i] == NULL)
             return -1;
-        }
     }
     return (long)n;
 }
@@ -465,7 +515,9 @@ static json_t *by_jobs(rpc_call_t *call, job_action_fn act, const void *arg)
     int single, rc = 0;
     long n, i;
 
-    if (json_array_size(json_object_get(call->params, "ids")) > 1 &&
+    uint32_t ids = rpc_param(call, "ids");
+
+    if (ids != JSONR_NONE && jsonr_count(call->r, ids) > 1 &&
         (jobs = mem_calloc(MAX_LIST, sizeof(*jobs))) == NULL) {
         rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
         return NULL;
@@ -531,9 +583,22 @@ static json_t *m_set(rpc_call_t *call)
 {
     set_changes_t c;
     char err[256];
-    json_t *result;
+    json_t *result, *none = NULL;
+    int rc;
 
-    if (jobspec_decode_set(call->params, &c.to, &c.which, err, sizeof(err)) != 0) {
+    memset(&c, 0, sizeof(c));
+    /* No params at all: decoded as an empty object, which the decoder
+     * refuses in its own words. */
+    if (call->params == JSONR_NONE && (none = json_object()) == NULL) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+        return NULL;
+    }
+    if (none != NULL)
+        rc = jobspec_decode_set(none, &c.to, &c.which, err, sizeof(err));
+    else
+        rc = jobspec_decode_set_r(call->r, call->params, &c.to, &c.which, err, sizeof(err));
+    json_decref(none);
+    if (rc != 0) {
         const char *colon = strstr(err, ": ");
         json_t *data = json_pack("{s:s}", "message", err);
         if (data && colon)
@@ -568,24 +633,23 @@ static int wait_allowed(rpc_call_t *call, size_t id_bytes)
 
 static json_t *m_wait(rpc_call_t *call)
 {
-    json_t *tv = json_object_get(call->params, "timeout");
-    size_t id_bytes;
+    uint32_t tv = rpc_param(call, "timeout");
+    double timeout = 0;
     job_t *j;
 
     if (param_id(call, &j) != 0)
         return NULL;
-    if (tv != NULL && (!json_is_number(tv) || json_number_value(tv) <= 0 ||
-                       json_number_value(tv) > 365 * 86400.0)) {
+    if (tv != JSONR_NONE &&
+        (jsonr_number(call->r, tv, &timeout) != 0 || timeout <= 0 || timeout > 365 * 86400.0)) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.timeout: must be a positive number of seconds");
         return NULL;
     }
     if (job_is_finished(j) || call->id == NULL)
-        return jobspec_encode_job(j); /* a notification gets no answer anyway */
-    id_bytes = json_dumpb(call->id, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (!wait_allowed(call, id_bytes))
+        return written_job(call, j); /* a notification gets no answer anyway */
+    if (!wait_allowed(call, call->id_len))
         return NULL;
-    if (wait_create(call, j, tv, id_bytes) != 0)
+    if (wait_create(call, j, timeout, call->id_len) != 0)
         rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
     return NULL;
 }
@@ -593,37 +657,43 @@ static json_t *m_wait(rpc_call_t *call)
 static json_t *m_list(rpc_call_t *call)
 {
     sched_t *s = &sess(call)->m->d->sched;
-    json_t *sv = json_object_get(call->params, "state");
-    json_t *av = json_object_get(call->params, "after");
+    uint32_t sv = rpc_param(call, "state"), av = rpc_param(call, "after");
     json_t *jobs, *next = json_null();
     job_state_t want = JOB_QUEUED;
+    char name[16];
     long long limit;
     job_t *j = NULL;
 
-    if (sv != NULL && (!json_is_string(sv) || job_state_from_name(json_string_value(sv), &want))) {
+    if (sv != JSONR_NONE &&
+        (copy_str(call->r, sv, name, sizeof(name)) != 0 || job_state_from_name(name, &want))) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.state: one of queued, running, done, failed, cancelled");
         return NULL;
     }
     if (param_uint(call, "limit", 100, MAX_LIST, &limit) != 0)
         return NULL;
-    if (av != NULL) {
-        if (!json_is_string(av)) {
+    if (av != JSONR_NONE) {
+        char id[64];
+        size_t len = 0;
+        const char *text = jsonr_str(call->r, av, &len);
+
+        if (!is_type(call->r, av, JSONR_STRING)) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                            "params.after: a job id string (the \"next\" of the previous page)");
             return NULL;
         }
-        j = sched_find(s, json_string_value(av));
+        if (copy_str(call->r, av, id, sizeof(id)) == 0)
+            j = sched_find(s, id);
         if (j == NULL) {
             rpc_call_error(call, RPC_SERVER_ERROR, "cursor_expired", NULL,
-                           "job %.40s is no longer retained: list again from the start",
-                           json_string_value(av));
+                           "job %.*s is no longer retained: list again from the start",
+                           (int)(len < 40 ? len : 40), text);
             return NULL;
         }
     }
     jobs = json_array();
     while (jobs && (j = sched_next(s, j)) != NULL) {
-        if (sv != NULL && j->state != want)
+        if (sv != JSONR_NONE && j->state != want)
             continue;
         json_array_append_new(jobs, jobspec_encode_job(j));
         if ((long long)json_array_size(jobs) == limit) {
@@ -684,27 +754,29 @@ static json_t *m_stats(rpc_call_t *call)
  * asked for with "progress": true. 0 when invalid. */
 static unsigned sub_events(rpc_call_t *call)
 {
-    json_t *ev = json_object_get(call->params, "events"), *v;
-    json_t *progress = json_object_get(call->params, "progress");
+    const jsonr_t *r = call->r;
+    uint32_t ev = rpc_param(call, "events"), progress = rpc_param(call, "progress"), v;
     unsigned mask = 0;
-    size_t i;
+    size_t i = 0;
 
-    if (progress != NULL && !json_is_boolean(progress)) {
+    if (progress != JSONR_NONE && !is_type(r, progress, JSONR_TRUE) &&
+        !is_type(r, progress, JSONR_FALSE)) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.progress: true or false");
         return 0;
     }
-    if (ev == NULL)
+    if (ev == JSONR_NONE)
         mask = (1u << (SCHED_EV_FINISHED + 1)) - 1;
-    else if (!json_is_array(ev) || json_array_size(ev) == 0) {
+    else if (!is_type(r, ev, JSONR_ARRAY) || jsonr_count(r, ev) == 0) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.events: a non-empty array of event names");
         return 0;
     }
-    json_array_foreach (ev, i, v) {
+    for (v = ev != JSONR_NONE ? jsonr_first(r, ev) : JSONR_NONE; v != JSONR_NONE;
+         v = jsonr_next(r, v), i++) {
         int e;
         for (e = 0; e <= SCHED_EV_PROGRESS; e++)
-            if (json_is_string(v) && strcmp(json_string_value(v), sched_event_name(e)) == 0)
+            if (is_type(r, v, JSONR_STRING) && jsonr_str_eq(r, v, sched_event_name(e)))
                 break;
         if (e > SCHED_EV_PROGRESS) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
@@ -715,20 +787,22 @@ static unsigned sub_events(rpc_call_t *call)
         }
         mask |= 1u << e;
     }
-    return json_is_true(progress) ? mask | 1u << SCHED_EV_PROGRESS : mask;
+    return is_type(r, progress, JSONR_TRUE) ? mask | 1u << SCHED_EV_PROGRESS : mask;
 }
 
-/* Checks params.ids and the session's limits; *ids_bytes is the list's size. */
-static int sub_allowed(rpc_call_t *call, json_t *ids, size_t *ids_bytes)
+/* Checks params.ids and the session's limits; *out is the list as a new
+ * reference (NULL for all jobs), *ids_bytes its size. */
+static int sub_allowed(rpc_call_t *call, uint32_t ids, json_t **out, size_t *ids_bytes)
 {
     const methods_session_t *s = sess(call);
-    json_t *v;
-    size_t i;
+    const jsonr_t *r = call->r;
 
-    if (ids != NULL) {
-        int ok = json_is_array(ids);
-        json_array_foreach (ids, i, v)
-            ok = ok && json_is_string(v);
+    *out = NULL;
+    if (ids != JSONR_NONE) {
+        int ok = is_type(r, ids, JSONR_ARRAY);
+        for (uint32_t v = ok ? jsonr_first(r, ids) : JSONR_NONE; v != JSONR_NONE;
+             v = jsonr_next(r, v))
+            ok = ok && is_type(r, v, JSONR_STRING);
         if (!ok) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                            "params.ids: an array of job id strings");
@@ -740,11 +814,17 @@ static int sub_allowed(rpc_call_t *call, json_t *ids, size_t *ids_bytes)
                        "this client already has %d subscriptions", MAX_SUBS_PER_CLIENT);
         return 0;
     }
-    *ids_bytes = ids ? json_dumpb(ids, NULL, 0, JSON_COMPACT) : 0;
+    if (ids != JSONR_NONE && (*out = jsonr_to_json(r, ids)) == NULL) {
+        rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
+        return 0;
+    }
+    *ids_bytes = *out ? json_dumpb(*out, NULL, 0, JSON_COMPACT) : 0;
     if (s->sub_bytes + *ids_bytes > MAX_HELD_BYTES) {
         rpc_call_error(call, RPC_SERVER_ERROR, "too_many_subscriptions", NULL,
                        "the id lists of this client's subscriptions would pass %d bytes",
                        MAX_HELD_BYTES);
+        json_decref(*out);
+        *out = NULL;
         return 0;
     }
     return 1;
@@ -753,15 +833,16 @@ static int sub_allowed(rpc_call_t *call, json_t *ids, size_t *ids_bytes)
 static json_t *m_subscribe(rpc_call_t *call)
 {
     methods_session_t *s = sess(call);
-    json_t *ids = json_object_get(call->params, "ids");
+    json_t *ids = NULL;
     unsigned mask = sub_events(call);
     methods_sub_t *sub;
     size_t ids_bytes = 0;
 
-    if (mask == 0 || !sub_allowed(call, ids, &ids_bytes))
+    if (mask == 0 || !sub_allowed(call, rpc_param(call, "ids"), &ids, &ids_bytes))
         return NULL;
     sub = mem_calloc(1, sizeof(*sub));
     if (sub == NULL) {
+        json_decref(ids);
         rpc_call_error(call, RPC_SERVER_ERROR, "no_memory", NULL, "out of memory");
         return NULL;
     }
@@ -770,7 +851,7 @@ static json_t *m_subscribe(rpc_call_t *call)
     sub->events = mask;
     if (mask & (1u << SCHED_EV_PROGRESS))
         s->m->d->sched.env.progress_subs++; /* running jobs send progress events from now on */
-    sub->ids = ids ? json_incref(ids) : NULL;
+    sub->ids = ids;                         /* the reference sub_allowed() made */
     sub->ids_bytes = ids_bytes;
     sub->next = s->subs;
     s->subs = sub;
@@ -782,24 +863,24 @@ static json_t *m_subscribe(rpc_call_t *call)
 static json_t *m_unsubscribe(rpc_call_t *call)
 {
     methods_session_t *s = sess(call);
-    json_t *v = json_object_get(call->params, "subscription");
+    long long v;
     methods_sub_t **pp;
+    uint32_t sv = rpc_param(call, "subscription");
 
-    if (!json_is_integer(v)) {
+    if (sv == JSONR_NONE || jsonr_int(call->r, sv, &v) != 0) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.subscription: the number subscribe returned");
         return NULL;
     }
     for (pp = &s->subs; *pp; pp = &(*pp)->next) {
-        if ((json_int_t)(*pp)->id == json_integer_value(v)) {
+        if ((long long)(*pp)->id == v) {
             methods_sub_t *sub = *pp;
             *pp = sub->next;
             sub_free(s, sub);
             return json_pack("{s:b}", "ok", 1);
         }
     }
-    rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL,
-                   "no subscription %" JSON_INTEGER_FORMAT, json_integer_value(v));
+    rpc_call_error(call, RPC_SERVER_ERROR, "not_found", NULL, "no subscription %lld", v);
     return NULL;
 }
 

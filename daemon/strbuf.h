@@ -37,6 +37,22 @@ static inline int strbuf_put(strbuf_t *b, const void *data, size_t n)
  * ERR_NO_MEMORY (and sets failed). */
 int strbuf_reserve(strbuf_t *b, size_t n);
 
+/* Room for n more bytes, written in place by the caller: their place, or
+ * NULL once the buffer failed; strbuf_commit() then says where they end. */
+static inline char *strbuf_room(strbuf_t *b, size_t n)
+{
+    if (b->failed || (b->len + n >= b->cap && strbuf_reserve(b, n) != 0))
+        return NULL;
+    return b->p + b->len;
+}
+
+/* Takes the bytes written since strbuf_room() up to end into the buffer. */
+static inline void strbuf_commit(strbuf_t *b, char *end)
+{
+    b->len = (size_t)(end - b->p);
+    b->p[b->len] = '\0';
+}
+
 /* Marks the buffer failed, as an allocation failure would: for a writer on
  * it that cannot go on (later appends do nothing). */
 void strbuf_fail(strbuf_t *b);

@@ -598,6 +598,72 @@ class Batches(_Servers):
             self.assertEqual(r["result"]["state"], "done", r)
 
 
+class RawIds(_Servers):
+    """A request's id comes back as the very text the client wrote (proto/PROTOCOL.md §3):
+    escapes stay as written and a number keeps digits a double would lose, whether the
+    answer is built at once, written straight from the job (status), deferred (wait, with
+    ids short and long), an error, or in a batch."""
+
+    IDS = [
+        rb'"a\"b\u00e9\/\n"',
+        b"1.00000000000000000001",
+        b"-0.0e+00",
+        b"9223372036854775807",
+        b'"' + b"long id \\u0041 " * 20 + b'"',
+    ]
+
+    def line_for(self, c, raw):
+        c.send_raw(raw + b"\n")
+        line = c.read_line()
+        self.assertIsNotNone(line, "fetchd closed the connection after %r" % raw[:80])
+        return line
+
+    def test_ids_echoed_as_written(self):
+        jid = self.submit(self.c, [self.small()])[0]
+        self.assertEqual(self.wait_job(self.c, jid)["state"], "done")
+        with self.connect() as c:
+            for rid in self.IDS:
+                with self.subTest(id=rid[:40]):
+                    head = b'{"jsonrpc":"2.0","id":' + rid + b","
+                    for body in [b'"method":"version"',
+                                 b'"method":"status","params":{"id":"%s"}' % jid.encode(),
+                                 b'"method":"wait","params":{"id":"%s"}' % jid.encode(),
+                                 b'"method":"nosuch"']:
+                        line = self.line_for(c, b'{"jsonrpc":"2.0",' + body + b',"id":' + rid
+                                             + b"}")
+                        self.assertTrue(line.startswith(head), (body, line[:160]))
+                        json.loads(line)
+
+    def test_deferred_waits_echo_their_ids(self):
+        ids = self.submit(self.c, [self.drip(3) for _ in self.IDS])
+        with self.connect() as c:
+            for rid, jid in zip(self.IDS, ids):
+                c.send_raw(b'{"jsonrpc":"2.0","method":"wait","params":{"id":"%s"},"id":%s}\n'
+                           % (jid.encode(), rid))
+            lines = [c.read_line() for _ in ids]
+        self.assertNotIn(None, lines)
+        for line in lines:
+            self.assertEqual(json.loads(line)["result"]["state"], "done", line[:200])
+        for rid in self.IDS:
+            head = b'{"jsonrpc":"2.0","id":' + rid + b',"result":{"id":"'
+            self.assertEqual(sum(1 for line in lines if line.startswith(head)), 1,
+                             (rid, [line[:80] for line in lines]))
+
+    def test_ids_in_a_batch(self):
+        jid = self.submit(self.c, [self.drip(2)])[0]
+        with self.connect() as c:
+            calls = [b'{"jsonrpc":"2.0","method":"wait","params":{"id":"%s"},"id":%s}'
+                     % (jid.encode(), rid) for rid in self.IDS]
+            calls.append(b'{"jsonrpc":"2.0","method":"status","params":{"id":"%s"},"id":%s}'
+                         % (jid.encode(), self.IDS[1]))
+            line = self.line_for(c, b"[" + b",".join(calls) + b"]")
+        answers = json.loads(line)
+        self.assertEqual(len(answers), len(calls))
+        for rid in self.IDS:
+            self.assertIn(b'{"jsonrpc":"2.0","id":' + rid + b',"result":{"id":"', line)
+        self.assertEqual(answers[0]["result"]["state"], "done")
+
+
 class Errors(_Servers):
     def expect(self, raw, code, rid="any"):
         self.c.send_raw(raw if raw.endswith(b"\n") else raw + b"\n")

@@ -472,6 +472,26 @@ class Lines(HostileCase):
             self.assertEqual(exact.response(1)["result"]["protocol"], 1)
         self.served.finish(self)
 
+    def test_reader_lets_go_of_big_and_escaped_lines(self):
+        """The lines are parsed into one token array the daemon reuses; a line of half a
+        million values grows it to megabytes, and escaped strings make it decode into a
+        second buffer. After either, the daemon's heap is back where it was (blocks
+        exactly, at cleanup; bytes within 64 KiB here), and the answers are right."""
+        before = self.stats(self.c)["heap"]["fetchd"]["bytes"]
+        body = json.dumps(rpc("version", 1)).encode()[:-1]
+        values = b"0," * ((LINE_MAX - len(body) - 64) // 2) + b"0"
+        escaped = (b'{"jsonrpc":"2.0","method":"version","id":"\\u0041\\n",'
+                   b'"params":{"x":"a\\"b\\u00e9\\ud83d\\ude00"}}\n')
+        with self.daemon.client() as big:
+            big.send_raw(body + b',"params":{"x":[' + values + b"]}}\n")
+            self.assertEqual(big.response(1)["result"]["protocol"], 1)
+            big.send_raw(escaped)
+            self.assertEqual(big.response("A\n")["result"]["protocol"], 1)
+        after = self.stats(self.c)["heap"]["fetchd"]["bytes"]
+        self.assertLess(after - before, 64 * 1024, "fetchd kept %d bytes after the big line"
+                        % (after - before))
+        self.served.finish(self)
+
     def test_oversize_line_sent_slowly_then_vanish(self):
         with self.daemon.client() as bad:
             for _ in range(LINE_MAX // 65536):

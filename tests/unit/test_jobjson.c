@@ -115,6 +115,79 @@ static void test_strings(void)
     strbuf_dispose(&b);
 }
 
+/* The eight-bytes-at-a-time scan for bytes that need a look: every byte
+ * value at every place of strings that take the fast path around it, each
+ * as a value and as a member, must come out as the byte-by-byte writer
+ * says (escaped, or '?' for a lone non-ASCII byte). */
+static void test_string_scan(void)
+{
+    char text[19], want[19];
+    int bad = 0;
+
+    for (int c = 0; c < 256; c++) {
+        for (size_t at = 0; at < sizeof(text) - 1; at++) {
+            strbuf_t b = {0};
+            jsonw_t w;
+            json_t *v;
+
+            memset(text, 'a' + (int)(at % 7), sizeof(text) - 1);
+            text[at] = (char)c;
+            memcpy(want, text, sizeof(want));
+            if (c >= 0x80)
+                want[at] = '?';
+            jsonw_init(&w, &b);
+            jsonw_object_begin(&w);
+            jsonw_member_str(&w, JSONW_KEY("k"), text, sizeof(text) - 1);
+            jsonw_key_lit(&w, JSONW_KEY("v"));
+            jsonw_stringn(&w, text, sizeof(text) - 1);
+            jsonw_object_end(&w);
+            v = b.failed ? NULL : json_loadb(b.p, b.len, JSON_ALLOW_NUL, NULL);
+            if (v == NULL || json_string_length(json_object_get(v, "k")) != sizeof(text) - 1 ||
+                memcmp(json_string_value(json_object_get(v, "k")), want, sizeof(text) - 1) != 0 ||
+                !json_equal(json_object_get(v, "k"), json_object_get(v, "v")))
+                bad++;
+            json_decref(v);
+            strbuf_dispose(&b);
+        }
+    }
+    CHECK_INT(bad, 0);
+}
+
+/* Each member goes out whole, with its comma, in one append. */
+static void test_members(void)
+{
+    strbuf_t b = {0};
+    jsonw_t w;
+
+    jsonw_init(&w, &b);
+    jsonw_array_begin(&w);
+    jsonw_object_begin(&w);
+    jsonw_member_str(&w, JSONW_KEY("s"), "plain", 5);
+    jsonw_member_str(&w, JSONW_KEY("e"), "q\"", 2);
+    jsonw_member_uint(&w, JSONW_KEY("u"), UINT64_MAX);
+    jsonw_member_int(&w, JSONW_KEY("i"), INT64_MIN);
+    jsonw_member_int(&w, JSONW_KEY("z"), 0);
+    jsonw_member_fixed(&w, JSONW_KEY("f"), -1796140125665836, 6);
+    jsonw_member_true(&w, JSONW_KEY("t"));
+    jsonw_member_plain(&w, JSONW_KEY("p"), "0af", 3);
+    jsonw_member_fixed(&w, JSONW_KEY("g"), 5, 9);
+    jsonw_key_lit(&w, JSONW_KEY("o"));
+    jsonw_object_begin(&w);
+    jsonw_member_uint(&w, JSONW_KEY("n"), 7);
+    jsonw_object_end(&w);
+    jsonw_object_end(&w);
+    jsonw_object_begin(&w);
+    jsonw_member_true(&w, JSONW_KEY("only"));
+    jsonw_object_end(&w);
+    jsonw_array_end(&w);
+    CHECK(!b.failed);
+    CHECK_STR(b.p, "[{\"s\":\"plain\",\"e\":\"q\\\"\",\"u\":18446744073709551615,"
+                   "\"i\":-9223372036854775808,\"z\":0,\"f\":-1796140125.665836,\"t\":true,"
+                   "\"p\":\"0af\",\"g\":0.000000005,"
+                   "\"o\":{\"n\":7}},{\"only\":true}]");
+    strbuf_dispose(&b);
+}
+
 /* ---- random jobs, both encoders -------------------------------------------- */
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15u;
@@ -363,4 +436,5 @@ static void test_allocation_failure(void)
 }
 
 TEST_MAIN(TEST_CASE(test_values), TEST_CASE(test_fmt), TEST_CASE(test_strings),
+          TEST_CASE(test_string_scan), TEST_CASE(test_members),
           TEST_CASE(test_random_jobs_both_ways), TEST_CASE(test_allocation_failure))

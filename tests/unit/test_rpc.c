@@ -6,6 +6,7 @@
  * outside batches, a peer dropped mid-batch, the batch output limit, an
  * allocation failure, and that nothing stays on the heap afterwards. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mem.h"
@@ -22,7 +23,12 @@ static struct {
     const char *why;
     rpc_defer_t defers[MAX_DEFERS];
     int ndefers, calls;
+    int direct, direct_lines; /* line_begin() answers; the lines written that way */
 } fake;
+
+/* The peer's reader, on the C library's allocator (as fetchctl's): the
+ * heap counts below are the framing's own. */
+static jsonr_t reader;
 
 static void fake_drop(rpc_peer_t *p, const char *why);
 
@@ -34,9 +40,15 @@ static void fake_send(rpc_peer_t *p, json_t *msg)
     json_decref(msg);
 }
 
+/* The last line sent as text, byte for byte (NUL-terminated, cut short). */
+static char last_text[4096];
+
 static void fake_send_text(rpc_peer_t *p, strbuf_t *line)
 {
     json_t *msg = line->failed ? NULL : json_loadb(line->p, line->len, 0, NULL);
+
+    if (!line->failed)
+        snprintf(last_text, sizeof(last_text), "%.*s", (int)line->len, line->p);
 
     if (line->failed)
         fake_drop(p, "out of memory for a response");
@@ -63,28 +75,54 @@ static void fake_decref(rpc_peer_t *p)
     fake.refs--;
 }
 
-static const rpc_peer_ops_t fake_ops = {fake_send, fake_send_text, fake_drop, fake_incref,
-                                        fake_decref};
+/* Lines written straight into the peer's output, when fake.direct is set
+ * (as the control server does); else the framing uses send_text. */
+static strbuf_t direct_out;
+
+static strbuf_t *fake_line_begin(rpc_peer_t *p)
+{
+    if (!fake.direct || p->closing)
+        return NULL;
+    fake.direct_lines++;
+    return &direct_out;
+}
+
+static void fake_line_end(rpc_peer_t *p, strbuf_t *out)
+{
+    strbuf_t line = *out;
+
+    memset(out, 0, sizeof(*out)); /* one line at a time here: the output is the line */
+    fake_send_text(p, &line);
+}
+
+static const rpc_peer_ops_t fake_ops = {.send = fake_send,
+                                        .send_text = fake_send_text,
+                                        .line_begin = fake_line_begin,
+                                        .line_end = fake_line_end,
+                                        .drop = fake_drop,
+                                        .incref = fake_incref,
+                                        .decref = fake_decref};
 
 /* ---- methods ---------------------------------------------------------------------- */
 
 static json_t *m_subtract(rpc_call_t *call)
 {
-    json_t *a = json_object_get(call->params, "minuend");
-    json_t *b = json_object_get(call->params, "subtrahend");
+    uint32_t a = rpc_param(call, "minuend"), b = rpc_param(call, "subtrahend");
+    long long x, y;
 
     fake.calls++;
-    if (!json_is_integer(a) || !json_is_integer(b)) {
+    if (a == JSONR_NONE || b == JSONR_NONE || jsonr_int(call->r, a, &x) != 0 ||
+        jsonr_int(call->r, b, &y) != 0) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL, "two integers");
         return NULL;
     }
-    return json_integer(json_integer_value(a) - json_integer_value(b));
+    return json_integer(x - y);
 }
 
 static json_t *m_echo(rpc_call_t *call)
 {
     fake.calls++;
-    return json_incref(call->params);
+    return call->params == JSONR_NONE ? json_object() : jsonr_to_json(call->r, call->params);
 }
 
 static json_t *m_fail(rpc_call_t *call)
@@ -107,7 +145,9 @@ static json_t *m_defer(rpc_call_t *call)
     fake.calls++;
     if (fake.ndefers == MAX_DEFERS)
         return json_string("no room");
-    rpc_defer(call, &fake.defers[fake.ndefers++]);
+    if (rpc_defer(call, &fake.defers[fake.ndefers]) != 0)
+        return NULL;
+    fake.ndefers++;
     return NULL;
 }
 
@@ -129,9 +169,32 @@ static json_t *m_big(rpc_call_t *call)
     return json_string(text);
 }
 
+/* A result written as text: {"w":params.n or 0}. */
+static json_t *m_written(rpc_call_t *call)
+{
+    uint32_t n = rpc_param(call, "n");
+    long long v = 0;
+    jsonw_t w;
+
+    fake.calls++;
+    if (n != JSONR_NONE)
+        jsonr_int(call->r, n, &v);
+    rpc_result_begin(call, &w);
+    jsonw_object_begin(&w);
+    jsonw_member_int(&w, JSONW_KEY("w"), v);
+    jsonw_object_end(&w);
+    return NULL;
+}
+
+static void write_true(jsonw_t *w, const void *arg)
+{
+    (void)arg;
+    jsonw_bool(w, 1);
+}
+
 static const rpc_method_t methods[] = {
-    {"subtract", m_subtract}, {"echo", m_echo}, {"fail", m_fail}, {"nothing", m_nothing},
-    {"defer", m_defer},       {"drop", m_drop}, {"big", m_big},
+    {"written", m_written}, {"subtract", m_subtract}, {"echo", m_echo}, {"fail", m_fail},
+    {"nothing", m_nothing}, {"defer", m_defer},       {"drop", m_drop}, {"big", m_big},
 };
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -155,7 +218,7 @@ static void reset(size_t max_output)
     json_decref(fake.sent);
     memset(&fake, 0, sizeof(fake));
     fake.sent = json_array();
-    rpc_peer_init(&fake.peer, &fake_ops, max_output);
+    rpc_peer_init(&fake.peer, &fake_ops, max_output, &reader);
     fake.peer.methods = methods;
     fake.peer.nmethods = sizeof(methods) / sizeof(methods[0]);
 }
@@ -331,6 +394,93 @@ static void test_ids_of_every_type(void)
     CHECK_INT(fake.calls, sizeof(ids) / sizeof(ids[0])); /* id null is a call, not a notification */
 }
 
+/* The id is echoed as the very text the request gave (section 5: "the
+ * same as the value of the id member"): escapes stay as written, and a
+ * number keeps digits a double would lose. Inline and long ids, answered at
+ * once and deferred. */
+static void raw_id_echo(int direct)
+{
+    static const char *ids[] = {
+        "\"a\\\"b\\u00e9\\/\\n\"",
+        "1.00000000000000000001",
+        "-0.0e+00",
+        "9223372036854775807",
+        "null",
+        "\"a long id, longer than the inline buffer of a deferred call: "
+        "\\u0041\\t\\\\ 0123456789\"",
+    };
+
+    reset(1 << 20);
+    fake.direct = direct;
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        char text[300], want[300];
+
+        snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"method\":\"fail\",\"id\":%s}", ids[i]);
+        snprintf(want, sizeof(want), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":", ids[i]);
+        line(text);
+        CHECK_INT(nsent(), 3 * i + 1);
+        CHECK(strncmp(last_text, want, strlen(want)) == 0);
+        snprintf(text, sizeof(text), "{\"jsonrpc\":\"2.0\",\"method\":\"defer\",\"id\":%s}",
+                 ids[i]);
+        line(text);
+        CHECK_INT(fake.ndefers, 1);
+        rpc_defer_end_written(&fake.defers[0], write_true, NULL);
+        fake.ndefers = 0;
+        snprintf(want, sizeof(want), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":true}", ids[i]);
+        CHECK_INT(nsent(), 3 * i + 2);
+        CHECK_STR(last_text, want);
+        snprintf(text, sizeof(text),
+                 "{\"jsonrpc\":\"2.0\",\"method\":\"written\",\"params\":{\"n\":-3},\"id\":%s}",
+                 ids[i]);
+        line(text);
+        snprintf(want, sizeof(want), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"w\":-3}}",
+                 ids[i]);
+        CHECK_INT(nsent(), 3 * i + 3);
+        CHECK_STR(last_text, want);
+    }
+}
+
+static void test_raw_id_echo(void)
+{
+    raw_id_echo(0);
+    CHECK_INT(fake.direct_lines, 0);
+    raw_id_echo(1);
+    CHECK_INT(fake.direct_lines, 12); /* the written answers; the errors are sent as lines */
+}
+
+/* A parse error names the column where the text went wrong, as jansson
+ * counts it (the protocol promised that before the reader changed). */
+static void test_parse_error_column(void)
+{
+    static const char *lines[] = {
+        "{\"jsonrpc\":\"2.0\",}",
+        "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1} x",
+        "[1,2",
+        "{\"a\":\"\\u00e9\\x\"}",
+        "{\"id\":12345678901234567890123}",
+    };
+
+    reset(1 << 20);
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        json_error_t jerr;
+        json_t *v = json_loadb(lines[i], strlen(lines[i]), JSON_DECODE_ANY, &jerr);
+        char want[64];
+        const char *msg;
+
+        CHECK(v == NULL);
+        json_decref(v);
+        snprintf(want, sizeof(want), "parse error at column %d: ", jerr.column);
+        line(lines[i]);
+        CHECK_INT(nsent(), i + 1);
+        CHECK(is_response(sent(i), "null", RPC_PARSE_ERROR));
+        msg = json_string_value(json_object_get(json_object_get(sent(i), "error"), "message"));
+        CHECK(msg != NULL && strncmp(msg, want, strlen(want)) == 0);
+        if (msg != NULL && strncmp(msg, want, strlen(want)) != 0)
+            fprintf(stderr, "  line %s: got \"%s\", want \"%s...\"\n", lines[i], msg, want);
+    }
+    CHECK_INT(fake.calls, 0);
+}
+
 static void test_invalid_ids(void)
 {
     static const char *ids[] = {"true", "false", "{}", "{\"a\":1}", "[]", "[1]"};
@@ -444,7 +594,7 @@ static void test_defer_alone(void)
     CHECK_INT(nsent(), 1);
     CHECK(is_response(sent(0), "\"w\"", 0));
     CHECK_STR(json_string_value(json_object_get(sent(0), "result")), "done");
-    CHECK(fake.defers[0].id == NULL && fake.defers[0].batch == NULL);
+    CHECK(fake.defers[0].id.len == 0 && fake.defers[0].batch == NULL);
 }
 
 /* A batch is answered once its last deferred call is, as one line in
@@ -549,6 +699,8 @@ int main(void)
         TEST_CASE(test_spec_mixed_batch),
         TEST_CASE(test_spec_batch_of_notifications),
         TEST_CASE(test_ids_of_every_type),
+        TEST_CASE(test_raw_id_echo),
+        TEST_CASE(test_parse_error_column),
         TEST_CASE(test_invalid_ids),
         TEST_CASE(test_invalid_members),
         TEST_CASE(test_results_and_errors),
@@ -566,11 +718,13 @@ int main(void)
 
     if (mem_install() != 0)
         return 1;
+    jsonr_init(&reader, realloc, free);
     blocks = live_blocks();
     json_blocks = live_json_blocks();
     rc = test_main(cases, sizeof(cases) / sizeof(cases[0]));
     json_decref(fake.sent);
     fake.sent = NULL;
+    jsonr_free(&reader);
     if (live_blocks() != blocks || live_json_blocks() != json_blocks) {
         fprintf(stderr, "heap not back at baseline: fetchd %llu -> %llu, jansson %llu -> %llu\n",
                 (unsigned long long)blocks, (unsigned long long)live_blocks(),
