@@ -99,13 +99,10 @@ static int owes_nothing(const ctl_client_t *c)
     return c->eof && methods_session_idle(&c->session);
 }
 
-static void on_write(uv_write_t *req, int status)
+/* One write of c's output ended (status 0, or a libuv error); drops the
+ * write's count and reference. */
+static void write_ended(ctl_client_t *c, int status)
 {
-    ctl_write_t *w = req->data;
-    ctl_client_t *c = w->client;
-    mem_free(w->text);
-    stats_obj_destroyed(c->stats, STATS_OBJ_CTL_WRITE);
-    mem_free(w);
     c->writes--;
     /* A failed write means the peer is gone (reading may have stopped at a
      * half-close, so no read error would tell us). */
@@ -114,45 +111,71 @@ static void on_write(uv_write_t *req, int status)
     client_decref(c);
 }
 
+static void on_write(uv_write_t *req, int status)
+{
+    ctl_write_t *w = req->data;
+    ctl_client_t *c = w->client;
+    mem_free(w->text);
+    stats_obj_destroyed(c->stats, STATS_OBJ_CTL_WRITE);
+    mem_free(w);
+    write_ended(c, status);
+}
+
 /* Output is coalesced: the lines a client is sent in one loop turn (wait
  * answers, events, replies) are appended to its `out` buffer, and once per
- * turn each such client gets one uv_write with all of them: right after the
- * turn's I/O callbacks (a uv_check), and before the loop waits again (a
- * uv_prepare, for lines that timers queued), so no line waits for I/O. While lines wait, the client
- * is on ctl->pending, holding a reference, and the pending output counts as a write in flight (so
- * close_after_flush and a half-close wait for it as for a real one). */
+ * turn each such client gets one write with all of them, just before the
+ * loop waits for I/O again (a uv_prepare). That is after the turn's idle
+ * callbacks, where the scheduler starts the next jobs: a request goes out
+ * before the answers about the jobs that made room for it. While lines
+ * wait, the client is on ctl->pending, holding a reference, and the pending
+ * output counts as a write in flight (so close_after_flush and a half-close
+ * wait for it as for a real one). What the socket takes at once is written
+ * with uv_try_write(); only the rest becomes a write request. */
 
-/* Hands c's pending output to libuv, or drops it if c is closing; the
+/* Hands c's pending output to the socket, or drops it if c is closing; the
  * pending entry's reference and write count pass to the write. */
 static void write_out(ctl_client_t *c)
 {
     strbuf_t out = c->out;
     ctl_write_t *w = NULL;
     uv_buf_t buf;
+    int sent = 0;
 
     memset(&c->out, 0, sizeof(c->out));
     if (!c->peer.closing && out.failed)
         client_close(c, "out of memory for a response");
-    if (!c->peer.closing)
+    if (!c->peer.closing) {
+        buf = uv_buf_init(out.p, (unsigned)out.len);
+        sent = uv_try_write((uv_stream_t *)&c->pipe, &buf, 1);
+        if (sent == (int)out.len) {
+            strbuf_dispose(&out);
+            write_ended(c, 0);
+            return;
+        }
+        if (sent < 0 && sent != UV_EAGAIN) {
+            strbuf_dispose(&out);
+            write_ended(c, sent); /* the peer is gone */
+            return;
+        }
+        sent = sent < 0 ? 0 : sent;
         w = mem_alloc(sizeof(*w));
+    }
     if (w == NULL) {
         if (!c->peer.closing)
             client_close(c, "out of memory for a response");
         strbuf_dispose(&out);
-        c->writes--;
-        client_decref(c);
+        write_ended(c, 0);
         return;
     }
     w->req.data = w;
     w->client = c;
     w->text = out.p;
-    buf = uv_buf_init(out.p, (unsigned)out.len);
+    buf = uv_buf_init(out.p + sent, (unsigned)(out.len - (size_t)sent));
     if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &buf, 1, on_write) != 0) {
         strbuf_dispose(&out);
         mem_free(w);
         client_close(c, "write failed");
-        c->writes--;
-        client_decref(c);
+        write_ended(c, 0);
         return;
     }
     stats_obj_created(c->stats, STATS_OBJ_CTL_WRITE);
@@ -172,12 +195,7 @@ static void flush_pending(control_t *ctl)
     }
 }
 
-static void on_flush(uv_check_t *h)
-{
-    flush_pending(h->data);
-}
-
-static void on_flush_pre(uv_prepare_t *h)
+static void on_flush(uv_prepare_t *h)
 {
     flush_pending(h->data);
 }
@@ -664,13 +682,10 @@ static void control_init(control_t *ctl, daemon_t *d)
 static void start_flush(control_t *ctl)
 {
     ctl->listening = 1;
-    uv_check_init(&ctl->d->loop, &ctl->flush);
-    uv_prepare_init(&ctl->d->loop, &ctl->flush_pre);
-    ctl->flush.data = ctl->flush_pre.data = ctl;
-    uv_check_start(&ctl->flush, on_flush);
-    uv_prepare_start(&ctl->flush_pre, on_flush_pre);
+    uv_prepare_init(&ctl->d->loop, &ctl->flush);
+    ctl->flush.data = ctl;
+    uv_prepare_start(&ctl->flush, on_flush);
     uv_unref((uv_handle_t *)&ctl->flush);
-    uv_unref((uv_handle_t *)&ctl->flush_pre);
     ctl->flush_on = 1;
     rpc_reader_settle(&ctl->reader); /* its one block exists from the start */
 }
@@ -748,7 +763,6 @@ void control_close(control_t *ctl)
     flush_pending(ctl); /* the closed clients' output is dropped, their references go */
     if (ctl->flush_on) {
         uv_close((uv_handle_t *)&ctl->flush, NULL);
-        uv_close((uv_handle_t *)&ctl->flush_pre, NULL);
     }
     uv_close((uv_handle_t *)&ctl->server, NULL);
     jsonr_free(&ctl->reader); /* every client is closing: no line is parsed any more */

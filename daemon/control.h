@@ -50,14 +50,13 @@ typedef struct control {
     uv_pipe_t server;
     uv_pipe_t reject; /* accepts and closes a connection when a client cannot be allocated */
     int listening, closing, rejecting, reject_waiting;
-    ctl_client_t *clients;  /* owned */
-    ctl_client_t *pending;  /* clients with lines queued this loop turn (each holds a reference) */
-    uv_check_t flush;       /* after the loop's I/O: one write per pending client */
-    uv_prepare_t flush_pre; /* and before it waits, for lines from timers and the like */
-    int flush_on;           /* the two are initialised (closed by control_close()) */
-    methods_t methods;      /* what the clients' method sessions share */
-    jsonr_t reader;         /* parses every client's lines: one line is handled at a time, and
-                             * a shared reader leaves an idle client holding no block */
+    ctl_client_t *clients; /* owned */
+    ctl_client_t *pending; /* clients with lines queued this loop turn (each holds a reference) */
+    uv_prepare_t flush;    /* before the loop waits: one write per pending client */
+    int flush_on;          /* it is initialised (closed by control_close()) */
+    methods_t methods;     /* what the clients' method sessions share */
+    jsonr_t reader;        /* parses every client's lines: one line is handled at a time, and
+                            * a shared reader leaves an idle client holding no block */
 } control_t;
 
 /* Binds and listens on path (mode 0660 under systemd, else 0600), replacing
