@@ -32,6 +32,10 @@
 /* Configurations cached at once (one per CA file, verification and client
  * certificate in use); the oldest goes first. */
 #define TLS_MAX_CONFIGS 16
+/* Room for mbedTLS's ciphersuites and curves in fetchd's order (2.28 has
+ * about 150 suites and 13 curves; what does not fit is left out). */
+#define TLS_MAX_SUITES 256
+#define TLS_MAX_CURVES 32
 
 typedef struct tls tls_t;
 typedef struct tls_config tls_config_t;
@@ -68,6 +72,10 @@ struct tls {
     unsigned next_id;
     tls_session_entry_t *sessions; /* owned, most recent first */
     size_t nsessions;
+    /* Every configuration's preferences (mbedTLS keeps pointers to them):
+     * zero-terminated, see order_suites() and order_curves(). */
+    int suites[TLS_MAX_SUITES + 1];
+    mbedtls_ecp_group_id curves[TLS_MAX_CURVES + 1];
 };
 
 /* Sends ciphertext on the connection's socket; returns 0 or a negative
