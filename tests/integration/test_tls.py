@@ -4,7 +4,9 @@ without close_notify, session resumption, keep-alive reuse and client
 certificates.  Certificates and servers come from tlsutil.py."""
 
 import base64
+import os
 import ssl
+import subprocess
 import sys
 import time
 import unittest
@@ -481,6 +483,95 @@ class BrokenServers(TlsTestCase):
         with TlsServer(self.certs.valid, "truncate-notify") as srv:
             _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca})
         self.assert_failed(job, "truncated")
+
+
+class LoggingTlsNginx(TlsNginx):
+    """TlsNginx whose main port logs, per request, what the handshake
+    negotiated (`negotiated()`), with `extra` directives in its server block
+    (`ssl_ecdh_curve`, `ssl_ciphers`, a second certificate...)."""
+
+    LOG_FORMAT = "log_format negotiated '$ssl_protocol $ssl_cipher $ssl_curve $ssl_session_reused';"
+
+    def __init__(self, cert_set, extra=""):
+        super().__init__(cert_set)
+        self.extra = extra
+
+    def _config(self):
+        log = "access_log %s/negotiated.log negotiated;" % self.prefix
+        return self._http_prologue() + """    %(format)s
+    %(main)s
+}
+""" % {"format": self.LOG_FORMAT, "main": self._server_block(self.port, log + self.extra)}
+
+    def negotiated(self):
+        """One (protocol, cipher, curve, reused) tuple per request so far."""
+        with open(os.path.join(self.prefix, "negotiated.log")) as f:
+            return [tuple(line.split()) for line in f if line.strip()]
+
+
+def rsa_leaf(cert_set, directory):
+    """An RSA-2048 leaf for localhost signed by the test CA, and ffdhe2048
+    parameters: what a DHE-RSA-only server needs (there is no DHE-ECDSA)."""
+    key = os.path.join(directory, "rsa.key")
+    csr = os.path.join(directory, "rsa.csr")
+    cert = os.path.join(directory, "rsa.pem")
+    ext = os.path.join(directory, "rsa.ext")
+    dh = os.path.join(directory, "dh.pem")
+    with open(ext, "w") as f:
+        f.write("subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+                "extendedKeyUsage = serverAuth\n")
+    for args in (["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                  "-out", key],
+                 ["req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", csr],
+                 ["x509", "-req", "-in", csr, "-CA", cert_set.ca, "-CAkey", cert_set.ca_key,
+                  "-CAcreateserial", "-days", "30", "-sha256", "-extfile", ext, "-out", cert],
+                 ["genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048",
+                  "-out", dh]):
+        subprocess.run(["openssl"] + args, check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return cert, key, dh
+
+
+class Negotiation(TlsTestCase):
+    """What fetchd offers, as the server saw it: X25519 and an AES-GCM suite
+    against a default nginx (mbedTLS's own order gave secp521r1 and
+    ChaCha20, several times the handshake's cost), and servers that accept
+    only what fetchd offers last still connect."""
+
+    def fetch_from(self, extra="", jobs=1, reconnect=False):
+        with LoggingTlsNginx(self.certs, extra) as nginx:
+            spec = {"url": nginx.url("/1k.bin"), "sha256": True, "ca_file": self.certs.ca}
+            script = []
+            for _ in range(jobs):
+                script += [spec, WAIT] + ([CLOSE_IDLE] if reconnect else [])
+            events, rc = self.run_harness(script + [STATS])
+            self.assert_tls_clean(events, rc)
+            for index in range(jobs):
+                self.assert_done(self.job(events, index), 200)
+                self.assertEqual(self.job(events, index).get("sha256"), nginx.sha256("/1k.bin"))
+            return nginx.negotiated(), self.final_stats(events)
+
+    def test_default_server_gets_x25519_and_aes_gcm(self):
+        seen, _ = self.fetch_from()
+        self.assertEqual(seen, [("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", "X25519", ".")])
+
+    def test_every_reconnect_resumes(self):
+        seen, stats = self.fetch_from(jobs=5, reconnect=True)
+        self.assertEqual([entry[3] for entry in seen], [".", "r", "r", "r", "r"], seen)
+        self.assertEqual(stats["connections_opened_total"], 5, stats)
+        self.assertEqual(stats["tls_handshakes_total"], 5, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 4, stats)
+
+    def test_server_with_only_secp384r1(self):
+        seen, _ = self.fetch_from("ssl_ecdh_curve secp384r1;")
+        self.assertEqual(seen, [("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", "secp384r1", ".")])
+
+    def test_server_with_only_dhe(self):
+        directory = self.make_tmpdir("tls-dhe-")
+        cert, key, dh = rsa_leaf(self.certs, directory)
+        seen, _ = self.fetch_from("ssl_certificate %s; ssl_certificate_key %s; ssl_dhparam %s; "
+                                  "ssl_ciphers DHE-RSA-AES128-GCM-SHA256;" % (cert, key, dh))
+        self.assertEqual([entry[:2] for entry in seen], [("TLSv1.2", "DHE-RSA-AES128-GCM-SHA256")])
 
 
 if __name__ == "__main__":
