@@ -24,21 +24,25 @@ static const char *alpn_protocols[] = {"http/1.1", NULL};
 /* ---- preferences ---------------------------------------------------------------
  * mbedTLS 2.28's defaults cost a full handshake several times what it must:
  * its curve list starts with secp521r1 (a server that follows the client's
- * order, as nginx does by default, takes it), and its suite list starts with
- * ChaCha20-Poly1305 (portable C, where AES-GCM has AES-NI and PCLMUL) and
+ * order, as nginx does by default, takes it: 2.8x X25519's cost), and it
  * puts DHE (two 2048-bit exponentiations) among the ECDHE suites. fetchd
  * offers the same sets in another order: what is cheap and forward-secret
  * first, everything else after it, so a server that only has DHE or only
- * secp384r1 still finds it. */
+ * secp384r1 still finds it.
+ *
+ * ChaCha20-Poly1305 stays first: with Debian's mbedTLS 2.28 it decrypts at
+ * about 300 MB/s on x86-64, where AES-GCM, AES-NI and PCLMUL notwithstanding,
+ * manages about 180 MB/s (one 16-byte block per call through the cipher
+ * layer); bulk transfers are decrypted on the loop thread. */
 
 /* The suites offered first, in this order. */
 static const int preferred_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 };
 
 /* X25519 is the cheapest curve and the most widely offered; the NIST ones
