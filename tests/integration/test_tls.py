@@ -4,9 +4,15 @@ without close_notify, session resumption, keep-alive reuse and client
 certificates.  Certificates and servers come from tlsutil.py."""
 
 import base64
+import fcntl
+import hashlib
 import os
+import socket
 import ssl
+import struct
 import subprocess
+import termios
+import threading
 import sys
 import time
 import unittest
@@ -14,7 +20,7 @@ import urllib.parse
 
 from faultserver import FaultServer, pattern
 from fetchtest import SLOWDOWN, HarnessTestCase, inline_bytes, sha256_hex
-from tlsutil import BODY, TRUNCATED_LENGTH, TlsNginx, TlsServer, certs
+from tlsutil import BODY, TRUNCATED_LENGTH, TlsNginx, TlsServer, certs, server_context
 
 WAIT = {"cmd": "wait"}
 STATS = {"cmd": "stats"}
@@ -572,6 +578,108 @@ class Negotiation(TlsTestCase):
         seen, _ = self.fetch_from("ssl_certificate %s; ssl_certificate_key %s; ssl_dhparam %s; "
                                   "ssl_ciphers DHE-RSA-AES128-GCM-SHA256;" % (cert, key, dh))
         self.assertEqual([entry[:2] for entry in seen], [("TLSv1.2", "DHE-RSA-AES128-GCM-SHA256")])
+
+
+class StalledReader:
+    """A one-connection TLS server on 127.0.0.1 that, once the request head
+    is in, stops reading until its receive queue stops growing (a full queue
+    behind a small receive buffer: the client's socket refused more), then
+    reads the Content-Length body and answers with its SHA-256 in hex.
+
+    With a body larger than the kernel can hold on both sides (the client's
+    send buffer is at most net.ipv4.tcp_wmem's 4 MiB), the client's records
+    must partly wait in its own queue: records tried at once and records
+    queued behind a partial write must still arrive whole and in order."""
+
+    RCVBUF = 32 * 1024
+    POLL = 0.02
+    STABLE_POLLS = 5
+
+    def __init__(self, pair):
+        self.ctx = server_context(pair)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(30.0 * SLOWDOWN)
+        self.port = self.sock.getsockname()[1]
+        self.queued_max = 0
+        self.error = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path):
+        return "https://localhost:%d%s" % (self.port, path)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        self.thread.join(60.0 * SLOWDOWN)
+        return False
+
+    def _queued(self, sock):
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+    def _wait_full(self, sock):
+        """Until the receive queue held the same bytes STABLE_POLLS times in
+        a row (bounded: the client may be slow under valgrind)."""
+        last, stable = -1, 0
+        for _ in range(int(30.0 * SLOWDOWN / self.POLL)):
+            now = self._queued(sock)
+            self.queued_max = max(self.queued_max, now)
+            stable = stable + 1 if now == last and now > 0 else 0
+            if stable >= self.STABLE_POLLS:
+                return
+            last = now
+            threading.Event().wait(self.POLL)
+
+    def _serve(self):
+        try:
+            raw, _ = self.sock.accept()
+            raw.settimeout(30.0 * SLOWDOWN)
+            with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        raise EOFError("no request head")
+                    buf += chunk
+                head, body = buf.split(b"\r\n\r\n", 1)
+                length = int([line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")][0])
+                self._wait_full(tls)
+                digest = hashlib.sha256(body)
+                received = len(body)
+                while received < length:
+                    chunk = tls.recv(min(65536, length - received))
+                    if not chunk:
+                        raise EOFError("body cut at %d of %d" % (received, length))
+                    digest.update(chunk)
+                    received += len(chunk)
+                answer = digest.hexdigest().encode()
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close"
+                            b"\r\n\r\n%s" % (len(answer), answer))
+                tls.unwrap()
+        except (OSError, EOFError, ValueError, IndexError) as exc:
+            self.error = exc
+
+
+class RecordWrites(TlsTestCase):
+    """TLS records are written at once when the socket takes them, and
+    queued (copied) when it does not; either way in order."""
+
+    def test_body_larger_than_the_socket_buffers_arrives_in_order(self):
+        body = pattern(16 * 1024 * 1024)
+        with StalledReader(self.certs.valid) as srv:
+            _, job = self.fetch_one({"url": srv.url("/echo-sha256"), "ca_file": self.certs.ca,
+                                     "method": "POST", "output": "inline",
+                                     "body_base64": base64.b64encode(body).decode()})
+        self.assertIsNone(srv.error, srv.error)
+        self.assertGreater(srv.queued_max, 0, "the server never saw its queue fill")
+        self.assert_done(job, 200)
+        self.assertEqual(inline_bytes(job).decode(), sha256_hex(body))
 
 
 if __name__ == "__main__":
