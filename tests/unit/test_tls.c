@@ -1,9 +1,11 @@
 /* Unit tests for daemon/tls.c's configuration cache: one configuration per
  * combination, a bound on how many are kept, and configurations that live on
- * with their users after the cache lets them go.
+ * with their users after the cache lets them go; and the order in which
+ * curves and suites are offered.
  *
  * Needs the system CA bundle (ca-certificates, in deploy/install-deps.sh's
  * build set); distinct CA file names are symlinks to it. */
+#include <mbedtls/ssl_ciphersuites.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -133,12 +135,84 @@ static void test_forget_keeps_configs_in_use(void)
     CHECK_INT(st.objects[STATS_OBJ_TLS_CONFIG], 0);
 }
 
+static int is_dhe(int id)
+{
+    const mbedtls_ssl_ciphersuite_t *cs = mbedtls_ssl_ciphersuite_from_id(id);
+    return cs && (cs->key_exchange == MBEDTLS_KEY_EXCHANGE_DHE_RSA ||
+                  cs->key_exchange == MBEDTLS_KEY_EXCHANGE_DHE_PSK);
+}
+
+static size_t count_of(const int *list, int id)
+{
+    size_t n = 0;
+    for (; *list; list++)
+        n += *list == id;
+    return n;
+}
+
+/* X25519, then P-256, P-384, P-521, then every other curve of the library,
+ * each once: a server with only an unusual curve still finds it. */
+static void test_curve_order(void)
+{
+    const mbedtls_ecp_group_id *all = mbedtls_ecp_grp_id_list();
+    size_t n_all = 0, n = 0;
+    char err[256];
+    stats_t st;
+    tls_t t;
+
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    CHECK_INT(t.curves[0], MBEDTLS_ECP_DP_CURVE25519);
+    CHECK_INT(t.curves[1], MBEDTLS_ECP_DP_SECP256R1);
+    CHECK_INT(t.curves[2], MBEDTLS_ECP_DP_SECP384R1);
+    CHECK_INT(t.curves[3], MBEDTLS_ECP_DP_SECP521R1);
+    while (all[n_all] != MBEDTLS_ECP_DP_NONE)
+        n_all++;
+    while (t.curves[n] != MBEDTLS_ECP_DP_NONE)
+        n++;
+    CHECK_INT(n, n_all);
+    for (size_t i = 0; i < n_all; i++) {
+        size_t seen = 0;
+        for (size_t j = 0; j < n; j++)
+            seen += t.curves[j] == all[i];
+        CHECK_INT(seen, 1);
+    }
+    tls_dispose(&t);
+}
+
+/* ECDHE with ChaCha20-Poly1305 first, every suite of the library's default
+ * list once, and every DHE suite after every other. */
+static void test_suite_order(void)
+{
+    const int *all = mbedtls_ssl_list_ciphersuites();
+    int dhe_seen = 0;
+    char err[256];
+    stats_t st;
+    tls_t t;
+
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    CHECK_INT(t.suites[0], MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256);
+    CHECK_INT(t.suites[1], MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256);
+    CHECK_INT(t.suites[2], MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    for (size_t i = 0; all[i]; i++)
+        CHECK_INT(count_of(t.suites, all[i]), 1);
+    for (size_t i = 0; t.suites[i]; i++) {
+        CHECK_INT(count_of(all, t.suites[i]), 1);
+        CHECK(!dhe_seen || is_dhe(t.suites[i])); /* nothing but DHE after a DHE suite */
+        dhe_seen |= is_dhe(t.suites[i]);
+    }
+    tls_dispose(&t);
+}
+
 int main(void)
 {
     static const test_case_t cases[] = {
         TEST_CASE(test_same_combination_is_shared),
         TEST_CASE(test_cache_is_bounded),
         TEST_CASE(test_forget_keeps_configs_in_use),
+        TEST_CASE(test_curve_order),
+        TEST_CASE(test_suite_order),
     };
     int rc;
 
