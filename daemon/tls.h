@@ -9,8 +9,9 @@
  * IP-literal host is checked against the certificate's iPAddress SANs here,
  * since mbedTLS 2.28 does not do that.
  *
- * Every configuration offers X25519 first and DHE suites last (see tls.c,
- * "preferences": mbedTLS's own order made nginx pick secp521r1).
+ * Every configuration offers X25519 first, then DHE suites, and static-RSA
+ * key exchange last (see tls.c, "preferences": mbedTLS's own order made
+ * nginx pick secp521r1).
  *
  * Ownership: struct tls (one per daemon) owns the RNG, the configuration
  * cache (one reference per cached config) and the session cache. An origin
