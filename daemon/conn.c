@@ -240,6 +240,8 @@ void conn_close(conn_t *c, stats_close_t reason)
         dns_entry_decref(c->dns);
         c->dns = NULL;
     }
+    if (c->tls)
+        tls_conn_leave(c->tls); /* before uv_close: a waiter is never woken closing */
     if (c->tls && c->handle_open)
         tls_conn_close_notify(c->tls);
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -392,7 +394,19 @@ static int advance_handshake(conn_t *c)
         return -1;
     }
     become_active(c);
+    tls_conn_leave(c->tls); /* connections waiting for this handshake go */
     return 0;
+}
+
+/* Another connection's full handshake to the origin ended: this one's turn. */
+static void on_tls_turn(void *ctx)
+{
+    conn_t *c = ctx;
+
+    conn_incref(c);
+    tls_conn_feed(c->tls, NULL, 0);
+    advance_handshake(c); /* sends the ClientHello */
+    conn_decref(c);
 }
 
 static void start_tls(conn_t *c)
@@ -404,6 +418,10 @@ static void start_tls(conn_t *c)
         setup_failed(c, ERR_NO_MEMORY, "no memory for a TLS session");
         return;
     }
+    /* While another full handshake to the origin runs, wait for its session
+     * (the connect timeout still runs; closing leaves the queue). */
+    if (tls_conn_begin(c->tls, on_tls_turn, c) == TLS_WAIT)
+        return;
     tls_conn_feed(c->tls, NULL, 0);
     advance_handshake(c); /* sends the ClientHello */
 }

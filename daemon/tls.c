@@ -555,7 +555,6 @@ tls_conn_t *tls_conn_create(tls_config_t *config, const char *host, int host_is_
 {
     tls_t *t = config->tls;
     tls_conn_t *tc = mem_calloc(1, sizeof(*tc));
-    tls_session_entry_t *cached;
 
     if (tc == NULL)
         return NULL;
@@ -582,9 +581,6 @@ tls_conn_t *tls_conn_create(tls_config_t *config, const char *host, int host_is_
     }
     mbedtls_ssl_set_bio(&tc->ssl, tc, bio_send, bio_recv, NULL);
     mbedtls_ssl_set_verify(&tc->ssl, on_verify, tc);
-    cached = session_find(t, session_key, 0);
-    if (cached != NULL)
-        mbedtls_ssl_set_session(&tc->ssl, &cached->session);
     return tc;
 fail:
     tls_conn_destroy(tc);
@@ -599,8 +595,106 @@ void tls_conn_close_notify(tls_conn_t *tc)
     }
 }
 
+/* ---- one full handshake per origin at a time ------------------------------------
+ * A full handshake costs the loop several milliseconds (two signature checks
+ * and a key exchange), a resumed one a tenth of it. When many connections
+ * to a new origin open at once, the first leads a full handshake and the
+ * others wait for its session instead of paying the same price each. Every
+ * participant is on one list in arrival order (a few entries: the
+ * connections in their handshake's first step). */
+
+static void turn_unlink(tls_conn_t *tc)
+{
+    tls_t *t = tc->tls;
+
+    if (tc->turn_prev)
+        tc->turn_prev->turn_next = tc->turn_next;
+    else
+        t->turns_head = tc->turn_next;
+    if (tc->turn_next)
+        tc->turn_next->turn_prev = tc->turn_prev;
+    else
+        t->turns_tail = tc->turn_prev;
+    tc->turn_prev = tc->turn_next = NULL;
+    tc->turn = TLS_TURN_NONE;
+}
+
+static void turn_append(tls_conn_t *tc, tls_turn_t turn)
+{
+    tls_t *t = tc->tls;
+
+    tc->turn = turn;
+    tc->turn_next = NULL;
+    tc->turn_prev = t->turns_tail;
+    if (t->turns_tail)
+        t->turns_tail->turn_next = tc;
+    else
+        t->turns_head = tc;
+    t->turns_tail = tc;
+}
+
+/* The first connection to key in the given turn, or NULL. */
+static tls_conn_t *turn_find(tls_t *t, const char *key, tls_turn_t turn)
+{
+    for (tls_conn_t *p = t->turns_head; p; p = p->turn_next)
+        if (p->turn == turn && strcmp(p->session_key, key) == 0)
+            return p;
+    return NULL;
+}
+
+/* Resumes the cached session (returns 0), or leads when nobody does
+ * (returns 0), or waits for the leader (returns TLS_WAIT). */
+static int take_turn(tls_conn_t *tc)
+{
+    tls_session_entry_t *cached = session_find(tc->tls, tc->session_key, 0);
+
+    if (cached != NULL) {
+        mbedtls_ssl_set_session(&tc->ssl, &cached->session);
+        return 0;
+    }
+    if (turn_find(tc->tls, tc->session_key, TLS_TURN_LEADING) == NULL) {
+        turn_append(tc, TLS_TURN_LEADING);
+        return 0;
+    }
+    turn_append(tc, TLS_TURN_WAITING);
+    return TLS_WAIT;
+}
+
+int tls_conn_begin(tls_conn_t *tc, tls_wake_fn wake, void *ctx)
+{
+    assert(tc->turn == TLS_TURN_NONE && !tc->handshake_done);
+    tc->wake = wake;
+    tc->wake_ctx = ctx;
+    return take_turn(tc);
+}
+
+void tls_conn_leave(tls_conn_t *tc)
+{
+    tls_t *t = tc->tls;
+    tls_turn_t was = tc->turn;
+    tls_conn_t *w;
+
+    if (was == TLS_TURN_NONE)
+        return;
+    turn_unlink(tc);
+    if (was != TLS_TURN_LEADING)
+        return;
+    /* Wake the waiters one by one, each unlinked before its callback runs
+     * (which may close connections, this one's waiters too, or open new
+     * ones). Each resumes the fresh session; without one the first leads,
+     * the others keep waiting for it. No waiter is added while nobody
+     * leads, so the walk ends. */
+    while (turn_find(t, tc->session_key, TLS_TURN_LEADING) == NULL &&
+           (w = turn_find(t, tc->session_key, TLS_TURN_WAITING)) != NULL) {
+        turn_unlink(w);
+        take_turn(w); /* 0: nobody leads */
+        w->wake(w->wake_ctx);
+    }
+}
+
 void tls_conn_destroy(tls_conn_t *tc)
 {
+    tls_conn_leave(tc);
     mbedtls_ssl_free(&tc->ssl);
     stats_obj_destroyed(tc->tls->stats, STATS_OBJ_TLS_CONTEXT);
     tls_config_decref(tc->config);
@@ -634,7 +728,15 @@ static const char *verify_reason(const tls_conn_t *tc, uint32_t flags)
 int tls_conn_handshake(tls_conn_t *tc)
 {
     char why[100];
-    int rc = mbedtls_ssl_handshake(&tc->ssl);
+    int rc;
+
+    if (tc->turn == TLS_TURN_WAITING) {
+        snprintf(tc->errmsg, sizeof(tc->errmsg),
+                 "TLS handshake with %.100s failed: the server sent data before the ClientHello",
+                 tc->host);
+        return ERR_TLS_HANDSHAKE;
+    }
+    rc = mbedtls_ssl_handshake(&tc->ssl);
 
     if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
         return TLS_AGAIN;

@@ -580,6 +580,133 @@ class Negotiation(TlsTestCase):
         self.assertEqual([entry[:2] for entry in seen], [("TLSv1.2", "DHE-RSA-AES128-GCM-SHA256")])
 
 
+class FirstHelloServer(TlsServer):
+    """TlsServer whose first connection to send anything (a ClientHello) is
+    treated by `first`: "garble" answers it with plain-text bytes and
+    closes, "stall" never answers; every other connection is served as
+    usual. A connection waiting for another's handshake sends nothing, so
+    with fetchd the first ClientHello is the leader's. `hellos` counts the
+    connections that sent one."""
+
+    HELLO_WAIT = 30.0
+
+    def __init__(self, pair, first):
+        super().__init__(pair)
+        self.first = first
+        self.hellos = 0
+
+    def _serve(self, sock):
+        try:
+            sock.settimeout(self.HELLO_WAIT * SLOWDOWN)
+            data = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            data = b""
+        with self._lock:
+            self.hellos += 1 if data else 0
+            mine = bool(data) and self.hellos == 1
+            self._changed.notify_all()
+        if not mine:
+            super()._serve(sock)
+            return
+        try:
+            if self.first == "garble":
+                sock.recv(16384)
+                sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(16384):  # until fetchd closes (bounded by the timeout)
+                    pass
+            else:
+                self.stopping.wait(60)
+        except OSError:
+            pass
+        finally:
+            self._track(sock, False)
+            sock.close()
+
+
+class OneFullHandshakePerOrigin(TlsTestCase):
+    """Connections opened at once to an origin without a cached session: one
+    leads a full handshake, the others wait for it (after their TCP connect)
+    and resume its session; when the leader fails or goes, the next leads."""
+
+    JOBS = 16
+
+    def test_sixteen_at_once_one_full_handshake(self):
+        with LoggingTlsNginx(self.certs) as nginx:
+            spec = {"url": nginx.url("/1k.bin"), "sha256": True, "ca_file": self.certs.ca}
+            events, rc = self.run_harness([spec] * self.JOBS + [WAIT, STATS],
+                                          ["--max-per-host", self.JOBS,
+                                           "--max-connections", self.JOBS])
+            seen = nginx.negotiated()
+        self.assert_tls_clean(events, rc)
+        for index in range(self.JOBS):
+            self.assert_done(self.job(events, index), 200)
+        stats = self.final_stats(events)
+        self.assertEqual(stats["connections_opened_total"], self.JOBS, stats)
+        self.assertEqual(sorted(entry[3] for entry in seen), ["."] + ["r"] * (self.JOBS - 1), seen)
+        self.assertEqual(stats["tls_handshakes_total"], self.JOBS, stats)
+        self.assertEqual(stats["tls_resumptions_total"], self.JOBS - 1, stats)
+
+    def test_leader_fails_next_leads(self):
+        jobs = 4
+        with FirstHelloServer(self.certs.valid, "garble") as srv:
+            spec = {"url": srv.url("/"), "ca_file": self.certs.ca, "retries": 0}
+            events, rc = self.run_harness([spec] * jobs + [WAIT])
+            srv.wait_until(lambda s: s.handshakes >= jobs - 1, 10.0 * SLOWDOWN)
+            conns = srv.connections
+            hellos = srv.hellos
+        self.assert_tls_clean(events, rc)
+        states = sorted((self.job(events, i)["state"], (self.job(events, i).get("error") or {})
+                         .get("code")) for i in range(jobs))
+        self.assertEqual(states, [("done", None)] * (jobs - 1) + [("failed", "tls_handshake")],
+                         "%r%s" % (states, self.context()))
+        self.assertEqual(hellos, jobs, conns)
+        # The second leader's handshake was full; the others resumed it.
+        self.assertEqual(sorted(c["reused"] for c in conns), [False] + [True] * (jobs - 2), conns)
+
+    def test_leader_cancelled_mid_handshake_next_leads(self):
+        with FirstHelloServer(self.certs.valid, "stall") as srv:
+            spec = {"url": srv.url("/"), "ca_file": self.certs.ca, "retries": 0,
+                    "timeouts": {"connect": 30 * SLOWDOWN}}
+            events, rc = self.run_harness(
+                [spec, sleep(300), spec, spec, spec, sleep(300), STATS,
+                 {"cmd": "cancel", "index": 0}, WAIT])
+            srv.wait_until(lambda s: s.handshakes >= 3, 10.0 * SLOWDOWN)
+            conns = srv.connections
+        self.assert_tls_clean(events, rc)
+        # While the leader stalled, four TLS contexts lived, one ClientHello
+        # had gone out.
+        mid = self.stats_events(events)[0]
+        self.assertEqual(mid["objects"]["tls_context"], 4, mid)
+        self.assertEqual(self.job(events, 0)["state"], "cancelled")
+        for index in (1, 2, 3):
+            self.assert_done(self.job(events, index), 200)
+        self.assertEqual(sorted(c["reused"] for c in conns), [False, True, True], conns)
+
+    def test_waiter_times_out_while_leader_stalls(self):
+        # The connect timeout covers the wait; when it ends the waiter leaves
+        # the queue (ASan and valgrind_tls see no dangling entry when the
+        # leader goes later), and it never sent a ClientHello.
+        with FirstHelloServer(self.certs.valid, "stall") as srv:
+            leader = {"url": srv.url("/", "127.0.0.1"), "ca_file": self.certs.ca,
+                      "retries": 0, "timeouts": {"connect": 60 * SLOWDOWN}}
+            waiter = dict(leader, timeouts={"connect": 1.0 * SLOWDOWN})
+            events, rc = self.run_harness(
+                [leader, sleep(300), waiter, {"cmd": "wait", "index": 1}, STATS,
+                 {"cmd": "cancel", "index": 0}, WAIT])
+            hellos = srv.hellos
+        self.assert_tls_clean(events, rc)
+        job = self.job(events, 1)
+        self.assert_failed(job, "tls_handshake")
+        self.assertIn("timed out", job["error"]["message"], job)
+        # The waiter's connection closed; the leader's still connects.
+        mid = self.stats_events(events)[0]
+        self.assertEqual(mid["connections"]["connecting"], 1, mid)
+        self.assertEqual(mid["connections_closed_total"]["connect_failed"], 1, mid)
+        self.assertEqual(self.job(events, 0)["state"], "cancelled")
+        self.assertEqual(hellos, 1)
+
+
 class StalledReader:
     """A one-connection TLS server on 127.0.0.1 that, once the request head
     is in, stops reading until its receive queue stops growing (a full queue

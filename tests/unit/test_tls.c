@@ -1,12 +1,14 @@
 /* Unit tests for daemon/tls.c's configuration cache: one configuration per
  * combination, a bound on how many are kept, and configurations that live on
- * with their users after the cache lets them go; and the order in which
- * curves and suites are offered.
+ * with their users after the cache lets them go; the order in which curves
+ * and suites are offered; and the handshake turns (one full handshake per
+ * origin at a time: who leads, who waits, who is woken when).
  *
  * Needs the system CA bundle (ca-certificates, in deploy/install-deps.sh's
  * build set); distinct CA file names are symlinks to it. */
 #include <mbedtls/ssl_ciphersuites.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -221,6 +223,122 @@ static void test_suite_order(void)
     tls_dispose(&t);
 }
 
+/* ---- one full handshake per origin at a time -------------------------------- */
+
+static int wakes[8];
+
+static void on_wake(void *ctx)
+{
+    wakes[(int *)ctx - wakes]++;
+}
+
+static int no_send(void *ctx, const unsigned char *buf, size_t len)
+{
+    (void)ctx, (void)buf, (void)len;
+    return 0;
+}
+
+/* Connections to one origin with nothing cached: the first leads, the
+ * others wait in order; another origin is not held up. */
+static void test_turns_first_leads_others_wait(void)
+{
+    char err[256];
+    stats_t st;
+    tls_t t;
+    tls_config_t *cfg = NULL;
+    tls_conn_t *a, *b, *c, *other;
+
+    memset(wakes, 0, sizeof(wakes));
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    CHECK_INT(tls_config_get(&t, NULL, 1, NULL, NULL, &cfg, err, sizeof(err)), 0);
+    a = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    b = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    c = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    other = tls_conn_create(cfg, "b.test", 0, "k2", no_send, NULL);
+    CHECK(a && b && c && other);
+    CHECK_INT(tls_conn_begin(a, on_wake, &wakes[0]), 0);
+    CHECK_INT(a->turn, TLS_TURN_LEADING);
+    CHECK_INT(tls_conn_begin(b, on_wake, &wakes[1]), TLS_WAIT);
+    CHECK_INT(tls_conn_begin(c, on_wake, &wakes[2]), TLS_WAIT);
+    CHECK_INT(tls_conn_begin(other, on_wake, &wakes[3]), 0);
+    /* A waiter refuses to handshake (the server spoke first). */
+    CHECK_INT(tls_conn_handshake(b), ERR_TLS_HANDSHAKE);
+    /* The leader fails (no session cached): the first waiter leads, the
+     * second keeps waiting. */
+    tls_conn_leave(a);
+    CHECK_INT(wakes[1], 1);
+    CHECK_INT(wakes[2], 0);
+    CHECK_INT(b->turn, TLS_TURN_LEADING);
+    CHECK_INT(c->turn, TLS_TURN_WAITING);
+    tls_conn_leave(a); /* a second time: nothing */
+    CHECK_INT(wakes[2], 0);
+    /* The new leader is destroyed mid-handshake: the last waiter leads. */
+    tls_conn_destroy(b);
+    CHECK_INT(wakes[2], 1);
+    CHECK_INT(c->turn, TLS_TURN_LEADING);
+    CHECK_INT(wakes[0] + wakes[3], 0);
+    tls_conn_destroy(c);
+    tls_conn_destroy(a);
+    tls_conn_destroy(other);
+    CHECK(t.turns_head == NULL && t.turns_tail == NULL);
+    tls_config_decref(cfg);
+    tls_dispose(&t);
+    CHECK_INT(st.objects[STATS_OBJ_TLS_CONTEXT], 0);
+}
+
+/* A waiter that goes away is never woken; one closed from inside another's
+ * wake is not woken either. */
+static int closing_victim;
+static tls_conn_t *victim;
+
+static void on_wake_close_victim(void *ctx)
+{
+    on_wake(ctx);
+    if (victim) {
+        tls_conn_leave(victim);
+        closing_victim++;
+    }
+}
+
+static void test_turns_waiter_leaves(void)
+{
+    char err[256];
+    stats_t st;
+    tls_t t;
+    tls_config_t *cfg = NULL;
+    tls_conn_t *a, *b, *c, *d;
+
+    memset(wakes, 0, sizeof(wakes));
+    stats_init(&st);
+    CHECK_INT(tls_init(&t, &st, NULL, NULL, NULL, err, sizeof(err)), 0);
+    CHECK_INT(tls_config_get(&t, NULL, 1, NULL, NULL, &cfg, err, sizeof(err)), 0);
+    a = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    b = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    c = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    d = tls_conn_create(cfg, "a.test", 0, "k1", no_send, NULL);
+    CHECK(a && b && c && d);
+    CHECK_INT(tls_conn_begin(a, on_wake, &wakes[0]), 0);
+    CHECK_INT(tls_conn_begin(b, on_wake, &wakes[1]), TLS_WAIT);
+    CHECK_INT(tls_conn_begin(c, on_wake_close_victim, &wakes[2]), TLS_WAIT);
+    CHECK_INT(tls_conn_begin(d, on_wake, &wakes[3]), TLS_WAIT);
+    tls_conn_destroy(b); /* a waiter closes */
+    victim = c;          /* c, leading next, fails at once when woken */
+    tls_conn_leave(a);
+    victim = NULL;
+    CHECK_INT(wakes[1], 0);
+    CHECK_INT(wakes[2], 1);
+    CHECK_INT(closing_victim, 1);
+    CHECK_INT(wakes[3], 1); /* then d leads */
+    CHECK_INT(d->turn, TLS_TURN_LEADING);
+    tls_conn_destroy(a);
+    tls_conn_destroy(c);
+    tls_conn_destroy(d);
+    CHECK(t.turns_head == NULL && t.turns_tail == NULL);
+    tls_config_decref(cfg);
+    tls_dispose(&t);
+}
+
 int main(void)
 {
     static const test_case_t cases[] = {
@@ -229,6 +347,8 @@ int main(void)
         TEST_CASE(test_forget_keeps_configs_in_use),
         TEST_CASE(test_curve_order),
         TEST_CASE(test_suite_order),
+        TEST_CASE(test_turns_first_leads_others_wait),
+        TEST_CASE(test_turns_waiter_leaves),
     };
     int rc;
 
