@@ -10,7 +10,9 @@ configuration, against an nginx that never resumes, minus the same against
 one that always does, over N (the harness's CPU time from getrusage; the
 harness is one loop thread, and 127.0.0.1 needs no DNS thread). That is
 measured twice: with the fixture's P-256 ECDSA certificate, and with an
-RSA-2048 one (what most public servers present).
+RSA-2048 one (what most public servers present). The idle-memory run also
+says how many of its N connections, opened at once to a fresh origin, did
+a full handshake (one: the others wait for its session and resume it).
 
     python3 tests/bench/tls_cost.py [--connections 1000] [--handshakes 50]
 
@@ -87,7 +89,8 @@ def idle_rss(url, n, extra):
     if rc != 0:
         sys.exit("harness failed (%d): %s" % (rc, err[-2000:]))
     s = stats_of(events)[-1]
-    return s["process_resident_memory_bytes"], s["connections"]["idle"]
+    return (s["process_resident_memory_bytes"], s["connections"]["idle"],
+            s.get("tls_handshakes_total", 0), s.get("tls_resumptions_total", 0))
 
 
 def handshake_ms(url, ca, n):
@@ -129,8 +132,13 @@ def main():
     cs = certs()
     with Nginx() as plain, TlsNginx() as tls:
         n = args.connections
-        rss_plain, idle_plain = idle_rss(plain.url("/small.txt"), n, {})
-        rss_tls, idle_tls = idle_rss(tls.url("/small.txt"), n, {"ca_file": cs.ca})
+        rss_plain, idle_plain, _, _ = idle_rss(plain.url("/small.txt"), n, {})
+        rss_tls, idle_tls, shakes, resumed = idle_rss(tls.url("/small.txt"), n,
+                                                      {"ca_file": cs.ca})
+        # n connections opened at once to a fresh origin: one full handshake
+        # leads, the others wait for its session and resume it.
+        print("HANDSHAKES_AT_ONCE: %d jobs at once to a fresh origin: %d handshakes, "
+              "%d resumed" % (n, shakes, resumed))
         if idle_plain != idle_tls:
             print("note: %d plain and %d TLS connections were idle" % (idle_plain, idle_tls))
         per_conn = (rss_tls - rss_plain) / idle_tls
