@@ -240,6 +240,8 @@ void conn_close(conn_t *c, stats_close_t reason)
         dns_entry_decref(c->dns);
         c->dns = NULL;
     }
+    if (c->tls)
+        tls_conn_leave(c->tls); /* before uv_close: a waiter is never woken closing */
     if (c->tls && c->handle_open)
         tls_conn_close_notify(c->tls);
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -392,7 +394,19 @@ static int advance_handshake(conn_t *c)
         return -1;
     }
     become_active(c);
+    tls_conn_leave(c->tls); /* connections waiting for this handshake go */
     return 0;
+}
+
+/* Another connection's full handshake to the origin ended: this one's turn. */
+static void on_tls_turn(void *ctx)
+{
+    conn_t *c = ctx;
+
+    conn_incref(c);
+    tls_conn_feed(c->tls, NULL, 0);
+    advance_handshake(c); /* sends the ClientHello */
+    conn_decref(c);
 }
 
 static void start_tls(conn_t *c)
@@ -404,6 +418,10 @@ static void start_tls(conn_t *c)
         setup_failed(c, ERR_NO_MEMORY, "no memory for a TLS session");
         return;
     }
+    /* While another full handshake to the origin runs, wait for its session
+     * (the connect timeout still runs; closing leaves the queue). */
+    if (tls_conn_begin(c->tls, on_tls_turn, c) == TLS_WAIT)
+        return;
     tls_conn_feed(c->tls, NULL, 0);
     advance_handshake(c); /* sends the ClientHello */
 }
@@ -1092,19 +1110,31 @@ static size_t try_write(conn_t *c, const uv_buf_t *bufs, unsigned nbufs)
     return n > 0 ? (size_t)n : 0;
 }
 
-/* mbedTLS's send callback: one uv_write per record. Records are not tried
- * at once as plain requests are (try_write()): written synchronously, they
- * broke handshakes in test_tls, and the TLS path has not been reworked for
- * it yet. */
+/* mbedTLS's send callback. A record is tried at once (try_write()): most
+ * fit the socket buffer, and then need no copy, no write request and no
+ * epoll_ctl. What the socket does not take is copied and queued, and every
+ * record after it queues behind it (uv_try_write() refuses while anything
+ * is queued), so records stay in order. mbedTLS is always told that the
+ * whole record went: it never sees a partial send or WANT_WRITE, which it
+ * would hand back from a handshake step that then waits for input forever.
+ * An error is not reported here either: the queued write meets it and
+ * reports it through on_tls_write(), as a plain request's does. */
 static int tls_send(void *ctx, const unsigned char *buf, size_t len)
 {
     conn_t *c = ctx;
     tls_write_t *w;
     uv_buf_t b;
+    size_t done;
     int rc;
 
     if (!c->handle_open || uv_is_closing((uv_handle_t *)&c->tcp))
         return ERR_IO;
+    b = uv_buf_init((char *)buf, (unsigned)len);
+    done = try_write(c, &b, 1);
+    if (done == len)
+        return 0;
+    buf += done;
+    len -= done;
     w = mem_alloc(sizeof(*w) + len);
     if (w == NULL)
         return ERR_NO_MEMORY;

@@ -9,6 +9,18 @@
  * IP-literal host is checked against the certificate's iPAddress SANs here,
  * since mbedTLS 2.28 does not do that.
  *
+ * Every configuration offers X25519 first, then DHE suites, and static-RSA
+ * key exchange last (see tls.c, "preferences": mbedTLS's own order made
+ * nginx pick secp521r1).
+ *
+ * One full handshake per origin at a time: a connection whose origin (its
+ * session cache key) has no cached session while another connection's full
+ * handshake to it is in flight waits for that one to end before it sends
+ * its ClientHello (tls_conn_begin()), then resumes the fresh session; if the
+ * leader fails or goes away instead, the first waiter leads. The waiting
+ * lists live in struct tls; a connection leaves them through
+ * tls_conn_leave() or tls_conn_destroy().
+ *
  * Ownership: struct tls (one per daemon) owns the RNG, the configuration
  * cache (one reference per cached config) and the session cache. An origin
  * owns a reference to its config; a tls_conn_t is owned by its connection
@@ -32,6 +44,10 @@
 /* Configurations cached at once (one per CA file, verification and client
  * certificate in use); the oldest goes first. */
 #define TLS_MAX_CONFIGS 16
+/* Room for mbedTLS's ciphersuites and curves in fetchd's order (2.28 has
+ * about 150 suites and 13 curves; what does not fit is left out). */
+#define TLS_MAX_SUITES 256
+#define TLS_MAX_CURVES 32
 
 typedef struct tls tls_t;
 typedef struct tls_config tls_config_t;
@@ -68,11 +84,29 @@ struct tls {
     unsigned next_id;
     tls_session_entry_t *sessions; /* owned, most recent first */
     size_t nsessions;
+    /* Connections leading or waiting for a full handshake, in the order
+     * they came (borrowed: each unlinks itself, see tls_conn_leave()). */
+    tls_conn_t *turns_head, *turns_tail;
+    /* Every configuration's preferences (mbedTLS keeps pointers to them):
+     * zero-terminated, see order_suites() and order_curves(). */
+    int suites[TLS_MAX_SUITES + 1];
+    mbedtls_ecp_group_id curves[TLS_MAX_CURVES + 1];
 };
 
 /* Sends ciphertext on the connection's socket; returns 0 or a negative
  * error. The bytes must be copied or written before it returns. */
 typedef int (*tls_send_fn)(void *ctx, const unsigned char *buf, size_t len);
+
+/* Tells a connection that waited (tls_conn_begin() returned TLS_WAIT) that
+ * it may start its handshake now; it is no longer waiting when called. */
+typedef void (*tls_wake_fn)(void *ctx);
+
+/* Where a connection stands in its origin's handshake turns. */
+typedef enum tls_turn {
+    TLS_TURN_NONE,    /* not begun, resuming, or done */
+    TLS_TURN_LEADING, /* its full handshake is the origin's one in flight */
+    TLS_TURN_WAITING  /* waits for the leader's outcome */
+} tls_turn_t;
 
 struct tls_conn {
     mbedtls_ssl_context ssl;
@@ -85,7 +119,11 @@ struct tls_conn {
     /* private */
     tls_send_fn send;
     void *send_ctx;
-    int send_err;            /* the send function's last error (a fetchd code), or 0 */
+    int send_err; /* the send function's last error (a fetchd code), or 0 */
+    tls_turn_t turn;
+    tls_conn_t *turn_prev, *turn_next; /* borrowed: tls->turns_head's list */
+    tls_wake_fn wake;
+    void *wake_ctx;
     const unsigned char *in; /* borrowed: ciphertext fed and not yet consumed */
     size_t in_len;
     int verify_called;
@@ -137,8 +175,25 @@ tls_conn_t *tls_conn_create(tls_config_t *config, const char *host, int host_is_
  * connection is being closed). */
 void tls_conn_close_notify(tls_conn_t *tc);
 
-/* Frees everything. */
+/* Frees everything; leaves the origin's turns first (tls_conn_leave()). */
 void tls_conn_destroy(tls_conn_t *tc);
+
+#define TLS_WAIT 3
+
+/* Takes the connection's turn before its first handshake step. Returns 0
+ * when it may start now: it resumes the origin's cached session, or none is
+ * cached and no other full handshake to the origin is in flight, so it
+ * leads one. Returns TLS_WAIT when another connection leads: wake(ctx) is
+ * called once when this one may start (with a fresh session to resume, or
+ * to lead in turn), unless it leaves first. */
+int tls_conn_begin(tls_conn_t *tc, tls_wake_fn wake, void *ctx);
+
+/* Ends the connection's part in its origin's turns (call it once its
+ * handshake completed, and when it closes; a second call does nothing): a
+ * waiter leaves the queue; a leader's end wakes the waiters, which resume
+ * the session it left in the cache or, if there is none, the first of
+ * them leads. The wake callbacks run before this returns. */
+void tls_conn_leave(tls_conn_t *tc);
 
 /* Hands ciphertext to the connection; it stays borrowed until the next
  * tls_conn_handshake() / tls_conn_read() that consumes it all. */
@@ -149,7 +204,8 @@ void tls_conn_feed(tls_conn_t *tc, const char *in, size_t len);
 
 /* Advances the handshake with what was fed. Returns 0 once it is complete,
  * TLS_AGAIN when it needs more input, or ERR_TLS_VERIFY / ERR_TLS_HANDSHAKE
- * (tc->errmsg says why). */
+ * (tc->errmsg says why; also when the server sent bytes to a connection
+ * still waiting for its turn). */
 int tls_conn_handshake(tls_conn_t *tc);
 
 /* Decrypts into out. Returns the number of bytes (> 0); 0 with *status set

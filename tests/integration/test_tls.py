@@ -4,7 +4,15 @@ without close_notify, session resumption, keep-alive reuse and client
 certificates.  Certificates and servers come from tlsutil.py."""
 
 import base64
+import fcntl
+import hashlib
+import os
+import socket
 import ssl
+import struct
+import subprocess
+import termios
+import threading
 import sys
 import time
 import unittest
@@ -12,7 +20,7 @@ import urllib.parse
 
 from faultserver import FaultServer, pattern
 from fetchtest import SLOWDOWN, HarnessTestCase, inline_bytes, sha256_hex
-from tlsutil import BODY, TRUNCATED_LENGTH, TlsNginx, TlsServer, certs
+from tlsutil import BODY, TRUNCATED_LENGTH, TlsNginx, TlsServer, certs, server_context
 
 WAIT = {"cmd": "wait"}
 STATS = {"cmd": "stats"}
@@ -481,6 +489,324 @@ class BrokenServers(TlsTestCase):
         with TlsServer(self.certs.valid, "truncate-notify") as srv:
             _, job = self.fetch_one({"url": srv.url("/"), "ca_file": self.certs.ca})
         self.assert_failed(job, "truncated")
+
+
+class LoggingTlsNginx(TlsNginx):
+    """TlsNginx whose main port logs, per request, what the handshake
+    negotiated (`negotiated()`), with `extra` directives in its server block
+    (`ssl_ecdh_curve`, `ssl_ciphers`, a second certificate...)."""
+
+    LOG_FORMAT = "log_format negotiated '$ssl_protocol $ssl_cipher $ssl_curve $ssl_session_reused';"
+
+    def __init__(self, cert_set, extra=""):
+        super().__init__(cert_set)
+        self.extra = extra
+
+    def _config(self):
+        log = "access_log %s/negotiated.log negotiated;" % self.prefix
+        return self._http_prologue() + """    %(format)s
+    %(main)s
+}
+""" % {"format": self.LOG_FORMAT, "main": self._server_block(self.port, log + self.extra)}
+
+    def negotiated(self):
+        """One (protocol, cipher, curve, reused) tuple per request so far."""
+        with open(os.path.join(self.prefix, "negotiated.log")) as f:
+            return [tuple(line.split()) for line in f if line.strip()]
+
+
+def rsa_leaf(cert_set, directory):
+    """An RSA-2048 leaf for localhost signed by the test CA, and ffdhe2048
+    parameters: what a DHE-RSA-only server needs (there is no DHE-ECDSA)."""
+    key = os.path.join(directory, "rsa.key")
+    csr = os.path.join(directory, "rsa.csr")
+    cert = os.path.join(directory, "rsa.pem")
+    ext = os.path.join(directory, "rsa.ext")
+    dh = os.path.join(directory, "dh.pem")
+    with open(ext, "w") as f:
+        f.write("subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+                "extendedKeyUsage = serverAuth\n")
+    for args in (["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                  "-out", key],
+                 ["req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", csr],
+                 ["x509", "-req", "-in", csr, "-CA", cert_set.ca, "-CAkey", cert_set.ca_key,
+                  "-CAcreateserial", "-days", "30", "-sha256", "-extfile", ext, "-out", cert],
+                 ["genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048",
+                  "-out", dh]):
+        subprocess.run(["openssl"] + args, check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return cert, key, dh
+
+
+class Negotiation(TlsTestCase):
+    """What fetchd offers, as the server saw it: X25519 against a default
+    nginx (mbedTLS's own order gave secp521r1, 2.8 times the key exchange's
+    cost) with ChaCha20-Poly1305 (mbedTLS's fastest bulk cipher), and
+    servers that accept only what fetchd offers last still connect."""
+
+    def fetch_from(self, extra="", jobs=1, reconnect=False):
+        with LoggingTlsNginx(self.certs, extra) as nginx:
+            spec = {"url": nginx.url("/1k.bin"), "sha256": True, "ca_file": self.certs.ca}
+            script = []
+            for _ in range(jobs):
+                script += [spec, WAIT] + ([CLOSE_IDLE] if reconnect else [])
+            events, rc = self.run_harness(script + [STATS])
+            self.assert_tls_clean(events, rc)
+            for index in range(jobs):
+                self.assert_done(self.job(events, index), 200)
+                self.assertEqual(self.job(events, index).get("sha256"), nginx.sha256("/1k.bin"))
+            return nginx.negotiated(), self.final_stats(events)
+
+    def test_default_server_gets_x25519_and_chacha20(self):
+        seen, _ = self.fetch_from()
+        self.assertEqual(seen, [("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305", "X25519", ".")])
+
+    def test_every_reconnect_resumes(self):
+        seen, stats = self.fetch_from(jobs=5, reconnect=True)
+        self.assertEqual([entry[3] for entry in seen], [".", "r", "r", "r", "r"], seen)
+        self.assertEqual(stats["connections_opened_total"], 5, stats)
+        self.assertEqual(stats["tls_handshakes_total"], 5, stats)
+        self.assertEqual(stats["tls_resumptions_total"], 4, stats)
+
+    def test_server_with_only_secp384r1(self):
+        seen, _ = self.fetch_from("ssl_ecdh_curve secp384r1;")
+        self.assertEqual(seen, [("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305", "secp384r1", ".")])
+
+    def test_server_with_only_dhe(self):
+        directory = self.make_tmpdir("tls-dhe-")
+        cert, key, dh = rsa_leaf(self.certs, directory)
+        seen, _ = self.fetch_from("ssl_certificate %s; ssl_certificate_key %s; ssl_dhparam %s; "
+                                  "ssl_ciphers DHE-RSA-AES128-GCM-SHA256;" % (cert, key, dh))
+        self.assertEqual([entry[:2] for entry in seen], [("TLSv1.2", "DHE-RSA-AES128-GCM-SHA256")])
+
+
+class FirstHelloServer(TlsServer):
+    """TlsServer whose first connection to send anything (a ClientHello) is
+    treated by `first`: "garble" answers it with plain-text bytes and
+    closes, "stall" never answers; every other connection is served as
+    usual. A connection waiting for another's handshake sends nothing, so
+    with fetchd the first ClientHello is the leader's. `hellos` counts the
+    connections that sent one."""
+
+    HELLO_WAIT = 30.0
+
+    def __init__(self, pair, first):
+        super().__init__(pair)
+        self.first = first
+        self.hellos = 0
+
+    def _serve(self, sock):
+        try:
+            sock.settimeout(self.HELLO_WAIT * SLOWDOWN)
+            data = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            data = b""
+        with self._lock:
+            self.hellos += 1 if data else 0
+            mine = bool(data) and self.hellos == 1
+            self._changed.notify_all()
+        if not mine:
+            super()._serve(sock)
+            return
+        try:
+            if self.first == "garble":
+                sock.recv(16384)
+                sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(16384):  # until fetchd closes (bounded by the timeout)
+                    pass
+            else:
+                self.stopping.wait(60)
+        except OSError:
+            pass
+        finally:
+            self._track(sock, False)
+            sock.close()
+
+
+class OneFullHandshakePerOrigin(TlsTestCase):
+    """Connections opened at once to an origin without a cached session: one
+    leads a full handshake, the others wait for it (after their TCP connect)
+    and resume its session; when the leader fails or goes, the next leads."""
+
+    JOBS = 16
+
+    def test_sixteen_at_once_one_full_handshake(self):
+        with LoggingTlsNginx(self.certs) as nginx:
+            spec = {"url": nginx.url("/1k.bin"), "sha256": True, "ca_file": self.certs.ca}
+            events, rc = self.run_harness([spec] * self.JOBS + [WAIT, STATS],
+                                          ["--max-per-host", self.JOBS,
+                                           "--max-connections", self.JOBS])
+            seen = nginx.negotiated()
+        self.assert_tls_clean(events, rc)
+        for index in range(self.JOBS):
+            self.assert_done(self.job(events, index), 200)
+        stats = self.final_stats(events)
+        self.assertEqual(stats["connections_opened_total"], self.JOBS, stats)
+        self.assertEqual(sorted(entry[3] for entry in seen), ["."] + ["r"] * (self.JOBS - 1), seen)
+        self.assertEqual(stats["tls_handshakes_total"], self.JOBS, stats)
+        self.assertEqual(stats["tls_resumptions_total"], self.JOBS - 1, stats)
+
+    def test_leader_fails_next_leads(self):
+        jobs = 4
+        with FirstHelloServer(self.certs.valid, "garble") as srv:
+            spec = {"url": srv.url("/"), "ca_file": self.certs.ca, "retries": 0}
+            events, rc = self.run_harness([spec] * jobs + [WAIT])
+            srv.wait_until(lambda s: s.handshakes >= jobs - 1, 10.0 * SLOWDOWN)
+            conns = srv.connections
+            hellos = srv.hellos
+        self.assert_tls_clean(events, rc)
+        states = sorted((self.job(events, i)["state"], (self.job(events, i).get("error") or {})
+                         .get("code")) for i in range(jobs))
+        self.assertEqual(states, [("done", None)] * (jobs - 1) + [("failed", "tls_handshake")],
+                         "%r%s" % (states, self.context()))
+        self.assertEqual(hellos, jobs, conns)
+        # The second leader's handshake was full; the others resumed it.
+        self.assertEqual(sorted(c["reused"] for c in conns), [False] + [True] * (jobs - 2), conns)
+
+    def test_leader_cancelled_mid_handshake_next_leads(self):
+        with FirstHelloServer(self.certs.valid, "stall") as srv:
+            spec = {"url": srv.url("/"), "ca_file": self.certs.ca, "retries": 0,
+                    "timeouts": {"connect": 30 * SLOWDOWN}}
+            events, rc = self.run_harness(
+                [spec, sleep(300), spec, spec, spec, sleep(300), STATS,
+                 {"cmd": "cancel", "index": 0}, WAIT])
+            srv.wait_until(lambda s: s.handshakes >= 3, 10.0 * SLOWDOWN)
+            conns = srv.connections
+        self.assert_tls_clean(events, rc)
+        # While the leader stalled, four TLS contexts lived, one ClientHello
+        # had gone out.
+        mid = self.stats_events(events)[0]
+        self.assertEqual(mid["objects"]["tls_context"], 4, mid)
+        self.assertEqual(self.job(events, 0)["state"], "cancelled")
+        for index in (1, 2, 3):
+            self.assert_done(self.job(events, index), 200)
+        self.assertEqual(sorted(c["reused"] for c in conns), [False, True, True], conns)
+
+    def test_waiter_times_out_while_leader_stalls(self):
+        # The connect timeout covers the wait; when it ends the waiter leaves
+        # the queue (ASan and valgrind_tls see no dangling entry when the
+        # leader goes later), and it never sent a ClientHello.
+        with FirstHelloServer(self.certs.valid, "stall") as srv:
+            leader = {"url": srv.url("/", "127.0.0.1"), "ca_file": self.certs.ca,
+                      "retries": 0, "timeouts": {"connect": 60 * SLOWDOWN}}
+            waiter = dict(leader, timeouts={"connect": 1.0 * SLOWDOWN})
+            events, rc = self.run_harness(
+                [leader, sleep(300), waiter, {"cmd": "wait", "index": 1}, STATS,
+                 {"cmd": "cancel", "index": 0}, WAIT])
+            hellos = srv.hellos
+        self.assert_tls_clean(events, rc)
+        job = self.job(events, 1)
+        self.assert_failed(job, "tls_handshake")
+        self.assertIn("timed out", job["error"]["message"], job)
+        # The waiter's connection closed; the leader's still connects.
+        mid = self.stats_events(events)[0]
+        self.assertEqual(mid["connections"]["connecting"], 1, mid)
+        self.assertEqual(mid["connections_closed_total"]["connect_failed"], 1, mid)
+        self.assertEqual(self.job(events, 0)["state"], "cancelled")
+        self.assertEqual(hellos, 1)
+
+
+class StalledReader:
+    """A one-connection TLS server on 127.0.0.1 that, once the request head
+    is in, stops reading until its receive queue stops growing (a full queue
+    behind a small receive buffer: the client's socket refused more), then
+    reads the Content-Length body and answers with its SHA-256 in hex.
+
+    With a body larger than the kernel can hold on both sides (the client's
+    send buffer is at most net.ipv4.tcp_wmem's 4 MiB), the client's records
+    must partly wait in its own queue: records tried at once and records
+    queued behind a partial write must still arrive whole and in order."""
+
+    RCVBUF = 32 * 1024
+    POLL = 0.02
+    STABLE_POLLS = 5
+
+    def __init__(self, pair):
+        self.ctx = server_context(pair)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(30.0 * SLOWDOWN)
+        self.port = self.sock.getsockname()[1]
+        self.queued_max = 0
+        self.error = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path):
+        return "https://localhost:%d%s" % (self.port, path)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+        self.thread.join(60.0 * SLOWDOWN)
+        return False
+
+    def _queued(self, sock):
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+    def _wait_full(self, sock):
+        """Until the receive queue held the same bytes STABLE_POLLS times in
+        a row (bounded: the client may be slow under valgrind)."""
+        last, stable = -1, 0
+        for _ in range(int(30.0 * SLOWDOWN / self.POLL)):
+            now = self._queued(sock)
+            self.queued_max = max(self.queued_max, now)
+            stable = stable + 1 if now == last and now > 0 else 0
+            if stable >= self.STABLE_POLLS:
+                return
+            last = now
+            threading.Event().wait(self.POLL)
+
+    def _serve(self):
+        try:
+            raw, _ = self.sock.accept()
+            raw.settimeout(30.0 * SLOWDOWN)
+            with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        raise EOFError("no request head")
+                    buf += chunk
+                head, body = buf.split(b"\r\n\r\n", 1)
+                length = int([line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")][0])
+                self._wait_full(tls)
+                digest = hashlib.sha256(body)
+                received = len(body)
+                while received < length:
+                    chunk = tls.recv(min(65536, length - received))
+                    if not chunk:
+                        raise EOFError("body cut at %d of %d" % (received, length))
+                    digest.update(chunk)
+                    received += len(chunk)
+                answer = digest.hexdigest().encode()
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close"
+                            b"\r\n\r\n%s" % (len(answer), answer))
+                tls.unwrap()
+        except (OSError, EOFError, ValueError, IndexError) as exc:
+            self.error = exc
+
+
+class RecordWrites(TlsTestCase):
+    """TLS records are written at once when the socket takes them, and
+    queued (copied) when it does not; either way in order."""
+
+    def test_body_larger_than_the_socket_buffers_arrives_in_order(self):
+        body = pattern(16 * 1024 * 1024)
+        with StalledReader(self.certs.valid) as srv:
+            _, job = self.fetch_one({"url": srv.url("/echo-sha256"), "ca_file": self.certs.ca,
+                                     "method": "POST", "output": "inline",
+                                     "body_base64": base64.b64encode(body).decode()})
+        self.assertIsNone(srv.error, srv.error)
+        self.assertGreater(srv.queued_max, 0, "the server never saw its queue fill")
+        self.assert_done(job, 200)
+        self.assertEqual(inline_bytes(job).decode(), sha256_hex(body))
 
 
 if __name__ == "__main__":
