@@ -150,6 +150,49 @@ json_int_t rpc_request(rpc_t *r, const char *method, json_t *params)
     return rc == 0 ? id : -1;
 }
 
+/* Appends s as a JSON string (quoted, escaped) to r's output, which has
+ * room for 6 bytes a byte of s and the quotes. */
+static void put_string(rpc_t *r, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    r->out[r->out_len++] = '"';
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            r->out[r->out_len++] = '\\';
+            r->out[r->out_len++] = (char)ch;
+        } else if (ch < 0x20) {
+            memcpy(r->out + r->out_len, "\\u00", 4);
+            r->out[r->out_len + 4] = hex[ch >> 4];
+            r->out[r->out_len + 5] = hex[ch & 15];
+            r->out_len += 6;
+        } else {
+            r->out[r->out_len++] = (char)ch;
+        }
+    }
+    r->out[r->out_len++] = '"';
+}
+
+json_int_t rpc_request_job(rpc_t *r, const char *method, const char *job_id)
+{
+    char head[96];
+    int n = snprintf(head, sizeof(head),
+                     "{\"jsonrpc\":\"2.0\",\"id\":%" JSON_INTEGER_FORMAT
+                     ",\"method\":\"%s\",\"params\":{\"id\":",
+                     r->next_id, method);
+
+    if (n < 0 || (size_t)n >= sizeof(head) ||
+        out_reserve(r, (size_t)n + 6 * strlen(job_id) + 2 + 3) != 0)
+        return -1;
+    memcpy(r->out + r->out_len, head, (size_t)n);
+    r->out_len += (size_t)n;
+    put_string(r, job_id);
+    memcpy(r->out + r->out_len, "}}\n", 3);
+    r->out_len += 3;
+    return r->next_id++;
+}
+
 /* Returns the next complete non-blank line in the input buffer as a parsed
  * message: 1 with *msg set, 0 when no full line is there yet, or
  * RPC_BAD_LINE. */

@@ -40,6 +40,9 @@ void rpc_close(rpc_t *r);
 /* Queues a call of method with params (a reference this function steals;
  * NULL means no params). Returns its id (> 0), or -1 when out of memory. */
 json_int_t rpc_request(rpc_t *r, const char *method, json_t *params);
+/* The same for a call whose only parameter is a job id ({"id": job_id}),
+ * written without building a tree: fetchctl sends one `wait` per job. */
+json_int_t rpc_request_job(rpc_t *r, const char *method, const char *job_id);
 
 /* Builds (without queueing) the call object for method and params (stolen),
  * with a fresh id stored in *id: for callers assembling batches. Returns a

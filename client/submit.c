@@ -1080,13 +1080,13 @@ static void term_final_bar(submit_t *s, json_t *job)
     json_int_t ms =
         json_integer_value(json_object_get(json_object_get(job, "timings"), "total_ms"));
     json_int_t wire = json_integer_value(json_object_get(job, "wire_bytes"));
-    json_t *shown = json_deep_copy(job);
+    json_t *shown;
     char line[512], b[32];
 
-    if (!t->on || t->known != 1 || !s->eof || shown == NULL || wire <= 0) {
-        json_decref(shown);
+    /* Only a terminal showing one known job gets the bar: the copy is made
+     * for it alone, not for each of a long input's answers. */
+    if (!t->on || t->known != 1 || !s->eof || wire <= 0 || (shown = json_deep_copy(job)) == NULL)
         return;
-    }
     /* The average over the whole transfer, and the time it took. */
     json_object_set_new(shown, "speed", json_integer(ms > 0 ? wire * 1000 / ms : 0));
     if (json_object_get(job, "content_length") != NULL)
@@ -1158,7 +1158,7 @@ static void term_dispose(term_t *t)
 /* Queues a wait call for the job and remembers which job it is for. */
 static int queue_wait(submit_t *s, const char *id)
 {
-    json_int_t call = rpc_request(&s->c->rpc, "wait", json_pack("{s:s}", "id", id));
+    json_int_t call = rpc_request_job(&s->c->rpc, "wait", id);
     size_t slot = (size_t)(call - s->wait_base);
     if (call < 0)
         return -1;
