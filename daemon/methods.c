@@ -215,6 +215,10 @@ static void write_event(jsonw_t *w, uint64_t sub_id, sched_event_t ev, const str
     jsonw_object_end(w);
 }
 
+/* A job object's text fits in this from the start (about 600 bytes for a
+ * plain fetch), so it is not grown twice on its way. */
+#define EVENT_JOB_GUESS 1024
+
 void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, strbuf_t *job)
 {
     rpc_peer_t *peer = s->peer;
@@ -224,12 +228,13 @@ void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, strbuf_t *
      * only in methods_session_dispose(), with the client's last reference,
      * and the caller holds one). */
     for (methods_sub_t *sub = s->subs; sub && !peer->closing; sub = sub->next) {
-        strbuf_t line = {0};
+        strbuf_t line = {0}, *out = NULL;
         jsonw_t w;
 
         if (!sub_wants(sub, j, ev))
             continue;
         if (job->len == 0) {
+            strbuf_reserve(job, EVENT_JOB_GUESS); /* one allocation, not three */
             jsonw_init(&w, job);
             jobjson_write(&w, j);
         }
@@ -237,10 +242,20 @@ void methods_notify(methods_session_t *s, job_t *j, sched_event_t ev, strbuf_t *
             peer->ops->drop(peer, "out of memory for an event");
             return;
         }
-        strbuf_reserve(&line, job->len + 128);
-        jsonw_init(&w, &line);
+        /* Straight into the client's pending output where the owner
+         * offers it (no line of its own, no copy). */
+        if (peer->ops->line_begin != NULL)
+            out = peer->ops->line_begin(peer);
+        if (out == NULL) {
+            strbuf_reserve(&line, job->len + 128);
+            out = &line;
+        }
+        jsonw_init(&w, out);
         write_event(&w, sub->id, ev, job);
-        peer->ops->send_text(peer, &line);
+        if (out != &line)
+            peer->ops->line_end(peer, out);
+        else
+            peer->ops->send_text(peer, &line);
     }
 }
 
