@@ -460,7 +460,7 @@ void jsonw_null(jsonw_t *w)
 void jsonw_json(jsonw_t *w, const json_t *v)
 {
     const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
-    char small[256], *text = small;
+    char small[256];
     size_t n;
 
     if (v == NULL || json_is_null(v)) {
@@ -477,17 +477,20 @@ void jsonw_json(jsonw_t *w, const json_t *v)
     }
     sep(w);
     n = json_dumpb(v, small, sizeof(small), flags);
-    if (n > sizeof(small)) {
-        text = mem_alloc(n);
-        if (text == NULL || json_dumpb(v, text, n, flags) != n)
-            n = 0;
-    }
-    if (n == 0)
+    if (n == 0) {
         strbuf_fail(w->b);
-    else
-        put(w, text, n);
-    if (text != small)
-        mem_free(text);
+    } else if (n <= sizeof(small)) {
+        put(w, small, n);
+    } else {
+        /* A big value (a `list` page is megabytes) is dumped straight
+         * into its place, which is made once at its size: no copy of it,
+         * and no chain of ever larger buffers on its way. */
+        char *o = room(w, n);
+        if (o != NULL && json_dumpb(v, o, n, flags) == n)
+            advance(w, o + n);
+        else
+            strbuf_fail(w->b);
+    }
 }
 
 void jsonw_key_lit(jsonw_t *w, const char *key, size_t klen)

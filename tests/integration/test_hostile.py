@@ -437,8 +437,12 @@ class Batches(HostileCase):
             big.send([rpc("list", i, {"limit": 1000}) for i in range(60)])
             self.assertTrue(big.at_eof(), "the client was not dropped")
             self.assertLess(big.bytes_read, OUTPUT_MAX)
+        # Were all 60 answers built, their text alone would be some 130 MiB.
+        # The bound sits well under that and well over what the four pages
+        # made before the drop cost in an ASan build, whose quarantine keeps
+        # every freed block (the pages' trees) resident: about 64 MiB there.
         grown = self.stats(self.c)["process_resident_memory_bytes"] - before
-        self.assertLess(grown, 64 << 20, "the batch's answers were built: RSS grew %d bytes"
+        self.assertLess(grown, 96 << 20, "the batch's answers were built: RSS grew %d bytes"
                         % grown)
         self.assertRegex(self.daemon.log(), "over the output limit")
         self.assertEqual(len(self.cancel_all(self.c, ids)), len(ids))
