@@ -507,23 +507,12 @@ void jsonw_key_lit(jsonw_t *w, const char *key, size_t klen)
 
 void jsonw_member_str(jsonw_t *w, const char *key, size_t klen, const char *s, size_t n)
 {
-    char *o;
-
     if (plain_prefix(s, n) != n) {
         jsonw_key_lit(w, key, klen);
         jsonw_stringn(w, s, n);
         return;
     }
-    o = room(w, klen + n + 3);
-    if (o != NULL) {
-        o += sep_at(w, o);
-        memcpy(o, key, klen);
-        o += klen;
-        *o++ = '"';
-        memcpy(o, s, n);
-        o[n] = '"';
-        advance(w, o + n + 1);
-    }
+    jsonw_member_plain(w, key, klen, s, n);
 }
 
 void jsonw_member_uint(jsonw_t *w, const char *key, size_t klen, uint64_t v)

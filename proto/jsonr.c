@@ -595,6 +595,21 @@ int jsonr_parse(jsonr_t *r, const char *text, size_t len)
     return jsonr_parse_flags(r, text, len, 0);
 }
 
+/* In the parser: the next token, t, at k, starting at p (the array grows
+ * when it is full). */
+#define NEW_TOKEN()                          \
+    do {                                     \
+        if (__builtin_expect(n == cap, 0)) { \
+            if (grow_tokens(r))              \
+                return no_memory(r);         \
+            tk = r->tok;                     \
+            cap = r->cap;                    \
+        }                                    \
+        t = n++;                             \
+        k = &tk[t];                          \
+        start = p;                           \
+    } while (0)
+
 int jsonr_parse_flags(jsonr_t *r, const char *text, size_t len, unsigned pflags)
 {
     const uint8_t *s = (const uint8_t *)text;
@@ -617,15 +632,7 @@ int jsonr_parse_flags(jsonr_t *r, const char *text, size_t len, unsigned pflags)
 value: /* a value starts at p, after whitespace (a member's value if closer is '}') */
     if ((c = PEEK()) < 0)
         return fail(r, p, p, "unexpected token");
-    if (__builtin_expect(n == cap, 0)) {
-        if (grow_tokens(r))
-            return no_memory(r);
-        tk = r->tok;
-        cap = r->cap;
-    }
-    t = n++;
-    k = &tk[t];
-    start = p;
+    NEW_TOKEN();
     k->flags = closer == '}' ? F_MEMBER : 0;
     k->off = (uint32_t)p;
     if (last != JSONR_NONE)
@@ -731,15 +738,7 @@ close: /* cur's closing bracket ended at p */
 key: /* an object member starts at p, after whitespace */
     if (PEEK() != '"')
         return fail(r, p, p + (p < len), "string or '}' expected");
-    if (__builtin_expect(n == cap, 0)) {
-        if (grow_tokens(r))
-            return no_memory(r);
-        tk = r->tok;
-        cap = r->cap;
-    }
-    t = n++;
-    k = &tk[t];
-    start = p;
+    NEW_TOKEN();
     k->type = T_KEY;
     k->flags = 0;
     k->off = (uint32_t)p;
@@ -754,6 +753,8 @@ key: /* an object member starts at p, after whitespace */
     p++;
     goto value;
 }
+
+#undef NEW_TOKEN
 
 /* ---- reading -------------------------------------------------------------------- */
 
