@@ -34,8 +34,23 @@ struct methods_wait {
     rpc_defer_t answer;            /* the request id and batch slot it answers */
     size_t id_bytes;               /* the id's size as JSON, counted in s->wait_bytes */
     uv_timer_t timer;              /* the wait's own timeout; memory freed in its close callback */
-    methods_wait_t *cprev, *cnext; /* the session's waits */
+    methods_wait_t *cprev, *cnext; /* the session's waits; cnext links its slab's free ones */
     methods_wait_t *jprev, *jnext; /* the job's watchers */
+    methods_wait_slab_t *slab;     /* borrowed: where its memory is */
+};
+
+/* Waits come in slabs: `fetchctl submit --wait` opens one per job, and a
+ * slab makes that one allocation per WAITS_PER_SLAB waits instead of one
+ * per wait. A slab is freed as soon as its last wait is, so a daemon with
+ * no open wait holds none. */
+#define WAITS_PER_SLAB 32
+
+struct methods_wait_slab {
+    methods_wait_slab_t *prev, *next; /* the server's slabs that have a free wait */
+    methods_wait_t *free;             /* waits given back, linked by cnext */
+    unsigned used;                    /* waits given out */
+    unsigned fresh;                   /* rec[fresh..] were never given out */
+    methods_wait_t rec[WAITS_PER_SLAB];
 };
 
 /* One subscription; the session owns it. One that includes progress
@@ -56,13 +71,79 @@ static methods_session_t *sess(const rpc_call_t *call)
 
 /* ---- waits ---------------------------------------------------------------------- */
 
+static void slab_unlink(methods_t *m, methods_wait_slab_t *sl)
+{
+    if (sl->prev)
+        sl->prev->next = sl->next;
+    else
+        m->slabs = sl->next;
+    if (sl->next)
+        sl->next->prev = sl->prev;
+    sl->prev = sl->next = NULL;
+}
+
+static void slab_link(methods_t *m, methods_wait_slab_t *sl)
+{
+    sl->prev = NULL;
+    sl->next = m->slabs;
+    if (m->slabs)
+        m->slabs->prev = sl;
+    m->slabs = sl;
+}
+
+/* A zeroed wait from a slab with room (a new one if none has), or NULL
+ * without memory. */
+static methods_wait_t *wait_alloc(methods_t *m)
+{
+    methods_wait_slab_t *sl = m->slabs;
+    methods_wait_t *w;
+
+    if (sl == NULL) {
+        sl = mem_alloc(sizeof(*sl));
+        if (sl == NULL)
+            return NULL;
+        sl->free = NULL;
+        sl->used = sl->fresh = 0;
+        slab_link(m, sl);
+    }
+    if (sl->free != NULL) {
+        w = sl->free;
+        sl->free = w->cnext;
+    } else {
+        w = &sl->rec[sl->fresh++];
+    }
+    if (++sl->used == WAITS_PER_SLAB)
+        slab_unlink(m, sl); /* full: back on the list when one of its waits goes */
+    memset(w, 0, sizeof(*w));
+    w->slab = sl;
+    return w;
+}
+
+/* Gives w back to its slab, and frees the slab if it was its last wait. */
+static void wait_release(methods_t *m, methods_wait_t *w)
+{
+    methods_wait_slab_t *sl = w->slab;
+
+    assert(sl->used > 0);
+    if (sl->used-- == WAITS_PER_SLAB)
+        slab_link(m, sl);
+    if (sl->used == 0) {
+        slab_unlink(m, sl);
+        mem_free(sl);
+        return;
+    }
+    w->cnext = sl->free;
+    sl->free = w;
+}
+
 static void on_wait_closed(uv_handle_t *h)
 {
     methods_wait_t *w = h->data;
-    rpc_peer_t *peer = w->s->peer;
+    methods_session_t *s = w->s;
+    rpc_peer_t *peer = s->peer;
 
-    stats_obj_destroyed(w->s->stats, STATS_OBJ_CTL_WAIT);
-    mem_free(w);
+    stats_obj_destroyed(s->stats, STATS_OBJ_CTL_WAIT);
+    wait_release(s->m, w);
     peer->ops->decref(peer); /* the wait's; may free the session */
 }
 
@@ -121,12 +202,12 @@ static void on_wait_timeout(uv_timer_t *t)
 static int wait_create(rpc_call_t *call, job_t *j, double timeout, size_t id_bytes)
 {
     methods_session_t *s = sess(call);
-    methods_wait_t *w = mem_calloc(1, sizeof(*w));
+    methods_wait_t *w = wait_alloc(s->m);
 
     if (w == NULL)
         return -1;
     if (rpc_defer(call, &w->answer) != 0) { /* holds the id, and a reference on the batch */
-        mem_free(w);
+        wait_release(s->m, w);
         return -1;
     }
     stats_obj_created(s->stats, STATS_OBJ_CTL_WAIT);

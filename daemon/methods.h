@@ -8,9 +8,11 @@
  * Ownership: a session (one per client, embedded in it) owns its waits and
  * its subscriptions. A wait holds a reference to the job it waits on, is
  * listed (borrowed) on that job's `watchers`, and holds a reference on its
- * peer's owner until its timer has closed. Subscriptions are freed only by
- * methods_session_dispose(), when the client's last reference goes, so an
- * event fan-out walking them survives a send that closes the client.
+ * peer's owner until its timer has closed; its memory is a slot in a
+ * slab of 32 that every session shares, freed with its last wait.
+ * Subscriptions are freed only by methods_session_dispose(), when the
+ * client's last reference goes, so an event fan-out walking them survives
+ * a send that closes the client.
  *
  * Per session at most 10,000 open waits and 64 subscriptions (and 1 MiB of
  * ids held for each); a `submit` takes at most 10,000 specs.
@@ -27,13 +29,15 @@
 
 typedef struct methods_wait methods_wait_t;
 typedef struct methods_sub methods_sub_t;
+typedef struct methods_wait_slab methods_wait_slab_t;
 
 /* What every session shares; embedded in the control server. */
 typedef struct methods {
-    daemon_t *d;              /* borrowed */
-    const unsigned *nclients; /* borrowed: the server's client count, reported by stats */
-    const unsigned *nreading; /* borrowed, may be NULL: buffers stats leaves out of in_use */
-    uint64_t next_sub;        /* private: the last subscription id given */
+    daemon_t *d;                /* borrowed */
+    const unsigned *nclients;   /* borrowed: the server's client count, reported by stats */
+    const unsigned *nreading;   /* borrowed, may be NULL: buffers stats leaves out of in_use */
+    uint64_t next_sub;          /* private: the last subscription id given */
+    methods_wait_slab_t *slabs; /* private: the slabs with room for a wait (see methods.c) */
 } methods_t;
 
 /* One client's waits and subscriptions; embedded in the client. */

@@ -26,7 +26,7 @@ from ctltest import (APP_ERROR, FETCHD, INVALID_PARAMS, INVALID_REQUEST, IO_TIME
                      LINE_MAX, METHOD_NOT_FOUND, OUTPUT_MAX, PARSE_ERROR, SUBMIT_MAX,
                      ControlTestCase, Fetchd, RpcClient, clean_env, spec)
 from faultserver import FaultServer
-from fetchtest import Nginx, remove_tree, tmpdir
+from fetchtest import SLOWDOWN, Nginx, remove_tree, tmpdir
 
 # Every daemon closes idle pooled connections after 1 s, so that the end of
 # each test can see the connection counts back at zero.
@@ -216,6 +216,45 @@ class Wait(_Servers):
         resp = self.c.call("wait", {"id": jid, "timeout": 0.2})
         self.assert_error(resp, APP_ERROR, "timeout")
         self.assertIn(self.c.result("status", {"id": jid})["state"], ("queued", "running"))
+        self.c.result("cancel", {"id": jid})
+
+    def test_a_burst_of_waits_shares_its_memory_and_gives_it_back(self):
+        """fetchctl submit --wait opens a wait per job: open waits take their
+        memory a slab (32) at a time, not one allocation each, and once they
+        are answered the heap is back where it was."""
+        jid = self.submit(self.c, [self.never()])[0]
+        self.c.result("pause", {"id": jid})  # holds nothing that changes meanwhile
+        n = 320
+
+        def heap(s):
+            return s["heap"]["fetchd"]
+
+        def settled(pred, what):
+            deadline = time.monotonic() + 10 * SLOWDOWN
+            s = self.stats(self.c)
+            while not pred(s) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                s = self.stats(self.c)
+            self.assertTrue(pred(s), "%s: %r" % (what, s))
+            return s
+
+        before = settled(lambda s: not any(s["connections"].values()),
+                         "the paused job's connection did not close")
+        rids = [self.c.request("wait", {"id": jid, "timeout": 1}) for _ in range(n)]
+        during = self.stats(self.c)
+        self.assertEqual(during["objects"]["ctl_wait"], n, during["objects"])
+        made = heap(during)["allocations_total"] - heap(before)["allocations_total"]
+        # 10 slabs, and the reader's and the answers' buffers growing; one
+        # allocation per wait would be 320.
+        self.assertLessEqual(made, n // 32 + 20,
+                             "%d open waits made %d allocations" % (n, made))
+        for rid in rids:
+            self.assert_error(self.c.response(rid), APP_ERROR, "timeout")
+        after = settled(lambda s: s["objects"]["ctl_wait"] == 0, "waits left open")
+        self.assertEqual(after["objects"], before["objects"])
+        self.assertEqual(heap(after)["blocks"], heap(before)["blocks"],
+                         "fetchd's live heap blocks, before %r, after %r"
+                         % (heap(before), heap(after)))
         self.c.result("cancel", {"id": jid})
 
     def test_wait_errors(self):
