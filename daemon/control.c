@@ -197,11 +197,12 @@ static void flush_pending(control_t *ctl)
 
 static void on_flush(uv_prepare_t *h)
 {
-    flush_pending(h->data);
+    control_t *ctl = h->data;
+
+    flush_pending(ctl);
+    strbuf_dispose(&ctl->event_job); /* a turn's events share it; the loop may now sleep */
 }
 
-/* Queues the text in line, which ends with its newline, taking line's
- * memory (it is zeroed). */
 /* Puts c on the pending list (its output is written this loop turn). */
 static void make_pending(ctl_client_t *c)
 {
@@ -220,6 +221,8 @@ static void check_output(ctl_client_t *c)
         client_close(c, "slow reader: output queue over its limit");
 }
 
+/* Queues the text in line, which ends with its newline, taking line's
+ * memory (it is zeroed). */
 static void queue_line(ctl_client_t *c, strbuf_t *line)
 {
     if (!c->pending) {
@@ -574,13 +577,23 @@ static void on_connection(uv_stream_t *server, int status)
 
 /* ---- events --------------------------------------------------------------------- */
 
+/* The job's text is written once per event, however many subscribers get
+ * it, into a buffer the turn's events share (freed before the loop sleeps,
+ * so an idle daemon holds none); an event inside another, or one after the
+ * server closed, has a buffer of its own. */
+#define EVENT_JOB_KEEP (64 * 1024)
+
 void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
 {
     control_t *ctl = data;
-    strbuf_t job = {0};
+    strbuf_t own = {0}, *job = &own;
     ctl_client_t *c, *next;
 
     (void)s;
+    if (!ctl->event_busy && ctl->flush_on && !ctl->closing) {
+        job = &ctl->event_job;
+        ctl->event_busy = 1;
+    }
     /* The scheduler holds a reference on j for the whole event. */
     if (ev == SCHED_EV_FINISHED)
         methods_job_finished(j);
@@ -590,11 +603,19 @@ void control_on_event(sched_t *s, job_t *j, sched_event_t ev, void *data)
     for (c = ctl->clients; c; c = next) {
         client_incref(c);
         if (!c->peer.closing)
-            methods_notify(&c->session, j, ev, &job);
+            methods_notify(&c->session, j, ev, job);
         next = c->next;
         client_decref(c);
     }
-    strbuf_dispose(&job);
+    if (job == &ctl->event_job) {
+        ctl->event_busy = 0;
+        if (job->failed || job->cap > EVENT_JOB_KEEP)
+            strbuf_dispose(job);
+        else
+            strbuf_reset(job);
+    } else {
+        strbuf_dispose(job);
+    }
 }
 
 /* ---- the socket ----------------------------------------------------------------- */
@@ -766,6 +787,7 @@ void control_close(control_t *ctl)
     }
     uv_close((uv_handle_t *)&ctl->server, NULL);
     jsonr_free(&ctl->reader); /* every client is closing: no line is parsed any more */
+    strbuf_dispose(&ctl->event_job);
     if (ctl->path) {
         /* A socket systemd passed is systemd's to remove. */
         unlink(ctl->path);

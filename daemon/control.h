@@ -57,6 +57,8 @@ typedef struct control {
     methods_t methods;     /* what the clients' method sessions share */
     jsonr_t reader;        /* parses every client's lines: one line is handled at a time, and
                             * a shared reader leaves an idle client holding no block */
+    strbuf_t event_job;    /* the job text of this turn's events (see control_on_event()) */
+    int event_busy;        /* an event is being sent with it */
 } control_t;
 
 /* Binds and listens on path (mode 0660 under systemd, else 0600), replacing
