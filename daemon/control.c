@@ -33,6 +33,7 @@ struct ctl_client {
     unsigned writes;           /* uv_writes in flight, and the pending output as one */
     strbuf_t line;             /* owned: the partial line so far */
     strbuf_t out;              /* owned: the lines queued this loop turn, not written yet */
+    size_t last_out;           /* bytes its last turn's output held: the next turn's first guess */
     int pending;               /* on ctl->pending: out is written before the loop waits */
     ctl_client_t *onext;       /* on ctl->pending */
     buf_t *rbuf;               /* owned while libuv reads into it */
@@ -142,6 +143,7 @@ static void write_out(ctl_client_t *c)
     int sent = 0;
 
     memset(&c->out, 0, sizeof(c->out));
+    c->last_out = out.len;
     if (!c->peer.closing && out.failed)
         client_close(c, "out of memory for a response");
     if (!c->peer.closing) {
@@ -295,9 +297,11 @@ static void peer_send_text(rpc_peer_t *p, strbuf_t *line)
 }
 
 /* A line written straight into the client's pending output: no buffer of
- * its own, no copy. The first line of a turn makes room for a wait's
- * answer at once. */
-#define LINE_GUESS 1024
+ * its own, no copy. The first line of a turn makes room at once for as
+ * much as the client's last turn held (a busy client's answers and events
+ * come at a steady rate), and at least for a wait's answer. */
+#define LINE_GUESS    1024
+#define OUT_GUESS_MAX (256 * 1024)
 
 static strbuf_t *peer_line_begin(rpc_peer_t *p)
 {
@@ -306,8 +310,11 @@ static strbuf_t *peer_line_begin(rpc_peer_t *p)
     if (c->peer.closing)
         return NULL;
     if (!c->pending) {
+        size_t guess = c->last_out + c->last_out / 4;
+
+        guess = guess < LINE_GUESS ? LINE_GUESS : guess > OUT_GUESS_MAX ? OUT_GUESS_MAX : guess;
         make_pending(c);
-        strbuf_reserve(&c->out, LINE_GUESS); /* a failure marks out failed */
+        strbuf_reserve(&c->out, guess); /* a failure marks out failed */
     }
     return &c->out;
 }
