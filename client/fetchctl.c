@@ -235,6 +235,32 @@ json_int_t ctl_resp_id(const jsonr_t *m, uint32_t resp)
     return id;
 }
 
+void ctl_job_read(const jsonr_t *m, uint32_t job, ctl_job_t *j)
+{
+    j->id = j->state = j->url = j->http_status = j->bytes = j->error = JSONR_NONE;
+    if (jsonr_type(m, job) != JSONR_OBJECT)
+        return;
+    for (uint32_t v = jsonr_first(m, job); v != JSONR_NONE; v = jsonr_next(m, v)) {
+        size_t n;
+        const char *k = jsonr_key(m, v, &n);
+        uint32_t *slot = NULL;
+        if (n == 2 && memcmp(k, "id", 2) == 0)
+            slot = &j->id;
+        else if (n == 3 && memcmp(k, "url", 3) == 0)
+            slot = &j->url;
+        else if (n == 5 && memcmp(k, "state", 5) == 0)
+            slot = &j->state;
+        else if (n == 5 && memcmp(k, "bytes", 5) == 0)
+            slot = &j->bytes;
+        else if (n == 5 && memcmp(k, "error", 5) == 0)
+            slot = &j->error;
+        else if (n == 11 && memcmp(k, "http_status", 11) == 0)
+            slot = &j->http_status;
+        if (slot != NULL)
+            *slot = v;
+    }
+}
+
 int ctl_job_done(const jsonr_t *m, uint32_t job)
 {
     return ctl_str_is(m, jsonr_get(m, job, "state"), "done");
@@ -253,28 +279,68 @@ void ctl_print_json(ctl_t *c, const jsonr_t *m, uint32_t v)
     fputc('\n', stdout);
 }
 
+/* Appends s to the line in d, padded with spaces to width (on the left
+ * when right is set), as printf's "%-*s" and "%*s" do; then sep. */
+static void column(jdump_t *d, const char *s, int width, int right, const char *sep)
+{
+    size_t n = strlen(s), pad = (size_t)width > n ? (size_t)width - n : 0;
+    static const char spaces[] = "                ";
+
+    if (right)
+        jdump_raw(d, spaces, pad);
+    jdump_raw(d, s, n);
+    if (!right)
+        jdump_raw(d, spaces, pad);
+    jdump_raw(d, sep, strlen(sep));
+}
+
+/* "%lld" of x into buf (24 bytes). */
+static const char *decimal(long long x, char *buf)
+{
+    char *p = buf + 23;
+    unsigned long long u = x < 0 ? 0ull - (unsigned long long)x : (unsigned long long)x;
+
+    *p = '\0';
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (x < 0)
+        *--p = '-';
+    return p;
+}
+
 void ctl_print_job(ctl_t *c, const jsonr_t *m, uint32_t job)
 {
-    uint32_t err = jsonr_get(m, job, "error");
+    ctl_job_t j;
     long long http;
-    char b1[32], b2[16], b3[4096], b4[1024], b5[1024], status[24];
+    size_t n;
+    char b1[32], b2[16], b3[4096], b4[1024], b5[1024], status[24], bytes[24];
+    const char *s;
+    jdump_t *d = &c->dump;
 
     ctl_progress_clear(c);
     if (c->json) {
         ctl_print_json(c, m, job);
         return;
     }
-    if (jsonr_int(m, jsonr_get(m, job, "http_status"), &http) == 0)
-        snprintf(status, sizeof(status), "%lld", http);
-    else
-        snprintf(status, sizeof(status), "-");
-    printf("%-16s  %-9s  %4s  %10lld  %s", shown_field(m, job, "id", b1, sizeof(b1)),
-           shown_field(m, job, "state", b2, sizeof(b2)), status,
-           ctl_int(m, jsonr_get(m, job, "bytes")), shown_field(m, job, "url", b3, sizeof(b3)));
-    if (err != JSONR_NONE)
-        printf("  %s: %s", shown_field(m, err, "code", b4, sizeof(b4)),
-               shown_field(m, err, "message", b5, sizeof(b5)));
-    fputc('\n', stdout);
+    ctl_job_read(m, job, &j);
+    /* The line of printf("%-16s  %-9s  %4s  %10lld  %s"), put together by
+     * hand: this runs once per job. */
+    d->len = 0;
+    s = ctl_str(m, j.id, &n);
+    column(d, shown_n(s, n, b1, sizeof(b1)), 16, 0, "  ");
+    s = ctl_str(m, j.state, &n);
+    column(d, shown_n(s, n, b2, sizeof(b2)), 9, 0, "  ");
+    column(d, jsonr_int(m, j.http_status, &http) == 0 ? decimal(http, status) : "-", 4, 1, "  ");
+    column(d, decimal(ctl_int(m, j.bytes), bytes), 10, 1, "  ");
+    s = ctl_str(m, j.url, &n);
+    column(d, shown_n(s, n, b3, sizeof(b3)), 0, 0, "");
+    if (j.error != JSONR_NONE) {
+        column(d, "  ", 0, 0, shown_field(m, j.error, "code", b4, sizeof(b4)));
+        column(d, ": ", 0, 0, shown_field(m, j.error, "message", b5, sizeof(b5)));
+    }
+    jdump_raw(d, "\n", 1);
+    fwrite(d->buf, 1, d->len, stdout);
 }
 
 /* One indented "label  value" line of a job's details. */

@@ -73,6 +73,15 @@ int ctl_str_is(const jsonr_t *m, uint32_t v, const char *s);
  * no string. */
 const char *ctl_strcpy(const jsonr_t *m, uint32_t v, char *buf, size_t len);
 
+/* The members of a job object that fetchctl reads for every job, found in
+ * one pass over it (JSONR_NONE when absent; of a repeated key the last, as
+ * jsonr_get() finds it). */
+typedef struct ctl_job {
+    uint32_t id, state, url, http_status, bytes, error;
+} ctl_job_t;
+
+void ctl_job_read(const jsonr_t *m, uint32_t job, ctl_job_t *j);
+
 /* The id of a response, or 0 when it has none that fetchctl sent. */
 json_int_t ctl_resp_id(const jsonr_t *m, uint32_t resp);
 

@@ -107,6 +107,45 @@ int jdump_string(jdump_t *d, const char *s, size_t n)
     return 0;
 }
 
+int jdump_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+
+    while (p < end) {
+        unsigned c = *p;
+        uint32_t cp;
+        size_t k;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            k = 2;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            k = 3;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            k = 4;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if ((size_t)(end - p) < k)
+            return 0;
+        for (size_t i = 1; i < k; i++) {
+            if ((p[i] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i] & 0x3F);
+        }
+        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || (k == 3 && cp < 0x800) ||
+            (k == 4 && cp < 0x10000))
+            return 0;
+        p += k;
+    }
+    return 1;
+}
+
 /* A string value: its source text when that is what jansson would write
  * (the string had no escape: its bytes are the text between the quotes,
  * which then holds nothing jansson escapes), else re-escaped. */

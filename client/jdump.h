@@ -31,6 +31,11 @@ int jdump_value(jdump_t *d, const jsonr_t *r, uint32_t v);
  * escapes it. 0 or -1. */
 int jdump_string(jdump_t *d, const char *s, size_t n);
 
+/* Whether s (n bytes) is valid UTF-8 by the rules of jansson's
+ * json_stringn(): no overlong form, surrogate or code point past U+10FFFF
+ * (NUL is valid). */
+int jdump_utf8_valid(const char *s, size_t n);
+
 /* Appends n raw bytes. 0 or -1. */
 int jdump_raw(jdump_t *d, const char *s, size_t n);
 

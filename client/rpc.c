@@ -177,19 +177,42 @@ static void put_string(rpc_t *r, const char *s)
     r->out[r->out_len++] = '"';
 }
 
+/* Writes "{"jsonrpc":"2.0","id":ID,"method":"METHOD","params":{"id":" at
+ * head, which has room for it (at most 72 bytes and the method's, which is
+ * at most 32): by hand, as it is written once per job. Returns its length. */
+static size_t call_head(char *head, json_int_t id, const char *method)
+{
+    static const char a[] = "{\"jsonrpc\":\"2.0\",\"id\":", b[] = ",\"method\":\"",
+                      c[] = "\",\"params\":{\"id\":";
+    char digits[24], *d = digits + sizeof(digits);
+    unsigned long long u = id < 0 ? 0ull - (unsigned long long)id : (unsigned long long)id;
+    size_t n = 0, k = strlen(method);
+
+    do
+        *--d = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (id < 0)
+        *--d = '-';
+    memcpy(head, a, sizeof(a) - 1);
+    n += sizeof(a) - 1;
+    memcpy(head + n, d, (size_t)(digits + sizeof(digits) - d));
+    n += (size_t)(digits + sizeof(digits) - d);
+    memcpy(head + n, b, sizeof(b) - 1);
+    n += sizeof(b) - 1;
+    memcpy(head + n, method, k);
+    n += k;
+    memcpy(head + n, c, sizeof(c) - 1);
+    return n + sizeof(c) - 1;
+}
+
 json_int_t rpc_request_job(rpc_t *r, const char *method, const char *job_id)
 {
-    char head[96];
-    int n = snprintf(head, sizeof(head),
-                     "{\"jsonrpc\":\"2.0\",\"id\":%" JSON_INTEGER_FORMAT
-                     ",\"method\":\"%s\",\"params\":{\"id\":",
-                     r->next_id, method);
+    size_t n;
 
-    if (n < 0 || (size_t)n >= sizeof(head) ||
-        out_reserve(r, (size_t)n + 6 * strlen(job_id) + 2 + 3) != 0)
+    if (strlen(method) > 32 || out_reserve(r, 128 + 6 * strlen(job_id) + 2 + 3) != 0)
         return -1;
-    memcpy(r->out + r->out_len, head, (size_t)n);
-    r->out_len += (size_t)n;
+    n = call_head(r->out + r->out_len, r->next_id, method);
+    r->out_len += n;
     put_string(r, job_id);
     memcpy(r->out + r->out_len, "}}\n", 3);
     r->out_len += 3;

@@ -564,39 +564,34 @@ static size_t last_segment(const char *url, size_t n, const char **name)
 }
 
 /* The job spec for a URL: {"url": URL, ...defaults}, and with -O its
- * "output". */
+ * "output"; the strings escaped as jansson would. -1 when the URL is not
+ * valid UTF-8 (or memory ran out). */
 static int url_spec(submit_t *s, const char *url, size_t n, pending_t *p)
 {
-    json_t *js = json_stringn(url, n), *jo = NULL;
-    char *quoted = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL, *qout = NULL;
-    size_t qlen = quoted ? strlen(quoted) : 0, dlen = strlen(s->defaults_text), olen = 0;
+    jdump_t *d = &s->c->dump;
+    size_t dlen = strlen(s->defaults_text), nl;
     const char *name;
 
-    json_decref(js);
-    if (quoted != NULL && s->remote_name) {
-        size_t nl = last_segment(url, n, &name);
-        jo = json_stringn(name, nl);
-        qout = jo ? json_dumps(jo, JSON_ENCODE_ANY) : NULL;
-        olen = qout ? strlen(qout) : 0;
-        json_decref(jo);
-        if (qout == NULL) {
-            free(quoted);
-            return -1;
-        }
-    }
-    if (quoted == NULL)
+    if (!jdump_utf8_valid(url, n))
         return -1;
-    p->text = malloc(qlen + dlen + olen + 32);
-    if (p->text != NULL) {
-        p->len =
-            (size_t)sprintf(p->text, "{\"url\":%s%s%s%s%s}", quoted, qout ? ",\"output\":" : "",
-                            qout ? qout : "", dlen ? "," : "", s->defaults_text);
-        if (s->c->json)
-            p->url = strndup(url, n);
+    d->len = 0;
+    if (jdump_raw(d, "{\"url\":", 7) != 0 || jdump_string(d, url, n) != 0)
+        return -1;
+    if (s->remote_name) {
+        nl = last_segment(url, n, &name);
+        if (jdump_raw(d, ",\"output\":", 10) != 0 || jdump_string(d, name, nl) != 0)
+            return -1;
     }
-    free(quoted);
-    free(qout);
-    return p->text != NULL ? 0 : -1;
+    if ((dlen > 0 && (jdump_raw(d, ",", 1) != 0 || jdump_raw(d, s->defaults_text, dlen) != 0)) ||
+        jdump_raw(d, "}", 1) != 0)
+        return -1;
+    if ((p->text = malloc(d->len)) == NULL)
+        return -1;
+    memcpy(p->text, d->buf, d->len);
+    p->len = d->len;
+    if (s->c->json)
+        p->url = strndup(url, n);
+    return 0;
 }
 
 /* A JSON job line, checked to be one object and then sent as it is. */
@@ -872,9 +867,10 @@ static tjob_t *tj_find(term_t *t, const char *id, size_t n, int add)
     return e->key != 0 ? e : NULL;
 }
 
-static void tj_bytes(term_t *t, tjob_t *e, const jsonr_t *m, uint32_t job)
+/* The job's bytes so far (bytes: its "bytes" member) count for it. */
+static void tj_bytes(term_t *t, tjob_t *e, const jsonr_t *m, uint32_t bytes)
 {
-    long long b = ctl_int(m, jsonr_get(m, job, "bytes"));
+    long long b = ctl_int(m, bytes);
     uint64_t now = b > 0 ? (uint64_t)b : 0;
     t->bytes = t->bytes - e->bytes + now;
     e->bytes = now;
@@ -909,7 +905,7 @@ static void term_event(submit_t *s, const jsonr_t *m, uint32_t params)
         e->state = TJ_RUNNING;
         t->running++;
     }
-    tj_bytes(t, e, m, job);
+    tj_bytes(t, e, m, jsonr_get(m, job, "bytes"));
     if (t->known == 1) {
         /* A run of one job draws its bar from it (a tree: bar_line). */
         json_decref(t->one);
@@ -942,28 +938,29 @@ static void term_finished(submit_t *s, const jsonr_t *m, uint32_t job)
 {
     static const char *const states[3] = {"done", "failed", "cancelled"};
     term_t *t = &s->term;
-    uint32_t state = jsonr_get(m, job, "state");
-    long long http = ctl_int(m, jsonr_get(m, job, "http_status"));
+    ctl_job_t j;
+    long long http;
     size_t n;
-    const char *code = ctl_str(m, jsonr_get(m, jsonr_get(m, job, "error"), "code"), &n);
-    const char *id;
+    const char *code, *id;
     tjob_t *e;
 
+    ctl_job_read(m, job, &j);
+    http = ctl_int(m, j.http_status);
     for (int k = 0; k < 3; k++)
-        if (ctl_str_is(m, state, states[k]))
+        if (ctl_str_is(m, j.state, states[k]))
             t->states[k]++;
     t->classes[http >= 100 && http <= 599 ? http / 100 : 0]++;
-    if (code != NULL)
+    if (j.error != JSONR_NONE && (code = ctl_str(m, jsonr_get(m, j.error, "code"), &n)) != NULL)
         term_error(t, code, n);
     t->finished++;
-    id = ctl_str(m, jsonr_get(m, job, "id"), &n);
+    id = ctl_str(m, j.id, &n);
     e = id != NULL ? tj_find(t, id, n, 0) : NULL;
     if (e == NULL || e->state == TJ_FINISHED)
         return;
     if (e->state == TJ_RUNNING)
         t->running--;
     e->state = TJ_FINISHED;
-    tj_bytes(t, e, m, job);
+    tj_bytes(t, e, m, j.bytes);
 }
 
 static int term_cols(void)
@@ -1120,15 +1117,18 @@ static void term_draw(submit_t *s)
 static void term_final_bar(submit_t *s, const jsonr_t *m, uint32_t job)
 {
     term_t *t = &s->term;
-    json_int_t len = ctl_int(m, jsonr_get(m, job, "content_length"));
-    json_int_t ms = ctl_int(m, jsonr_get(m, jsonr_get(m, job, "timings"), "total_ms"));
-    json_int_t wire = ctl_int(m, jsonr_get(m, job, "wire_bytes"));
+    json_int_t len, ms, wire;
     json_t *shown;
     char line[512], b[32];
 
-    /* Only a terminal showing one known job gets the bar: the copy is made
-     * for it alone, not for each of a long input's answers. */
-    if (!t->on || t->known != 1 || !s->eof || wire <= 0 || (shown = jsonr_to_json(m, job)) == NULL)
+    /* Only a terminal showing one known job gets the bar: it is looked at
+     * and copied for it alone, not for each of a long input's answers. */
+    if (!t->on || t->known != 1 || !s->eof)
+        return;
+    len = ctl_int(m, jsonr_get(m, job, "content_length"));
+    ms = ctl_int(m, jsonr_get(m, jsonr_get(m, job, "timings"), "total_ms"));
+    wire = ctl_int(m, jsonr_get(m, job, "wire_bytes"));
+    if (wire <= 0 || (shown = jsonr_to_json(m, job)) == NULL)
         return;
     /* The average over the whole transfer, and the time it took. */
     json_object_set_new(shown, "speed", json_integer(ms > 0 ? wire * 1000 / ms : 0));

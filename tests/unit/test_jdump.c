@@ -96,6 +96,38 @@ static void test_string(void)
     CHECK(D.len == 17 && memcmp(D.buf, "\"a\\\"b\\\\c\\u0001\x7f/\"", 17) == 0);
 }
 
+/* jdump_utf8_valid() against json_stringn() on random short byte strings
+ * drawn mostly from the bytes that decide UTF-8. */
+static void test_utf8(void)
+{
+    static const unsigned char bytes[] = {0x00, 0x41, 0x7f, 0x80, 0xbf, 0xc0, 0xc1,
+                                          0xc2, 0xdf, 0xe0, 0xed, 0xef, 0xf0, 0xf4,
+                                          0xf5, 0xff, 0x90, 0xa0, 0x9f, 0x8f, 0xbe};
+    unsigned char buf[6];
+    uint64_t x = 0x853c49e6748fea9bull;
+    int mismatches = 0, valid = 0;
+
+    for (int i = 0; i < 200000 && mismatches < 5; i++) {
+        size_t n = 1 + (size_t)(i % 5);
+        json_t *j;
+        for (size_t k = 0; k < n; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf[k] = bytes[(x >> 20) % sizeof(bytes)];
+        }
+        j = json_stringn((const char *)buf, n);
+        if ((j != NULL) != jdump_utf8_valid((const char *)buf, n)) {
+            fprintf(stderr, "  utf-8 verdicts differ on %zu bytes from %02x\n", n, buf[0]);
+            mismatches++;
+        }
+        valid += j != NULL;
+        json_decref(j);
+    }
+    CHECK_INT(mismatches, 0);
+    CHECK(valid > 1000);
+}
+
 /* ---- the differential test ------------------------------------------------------- */
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -254,4 +286,5 @@ static void test_teardown(void)
 }
 
 TEST_MAIN(TEST_CASE(setup), TEST_CASE(test_cases), TEST_CASE(test_from_tree),
-          TEST_CASE(test_string), TEST_CASE(test_differential), TEST_CASE(test_teardown))
+          TEST_CASE(test_string), TEST_CASE(test_utf8), TEST_CASE(test_differential),
+          TEST_CASE(test_teardown))
