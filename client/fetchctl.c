@@ -548,10 +548,15 @@ static const char wait_help[] =
     "Exits 0 when every job is done, 1 when one failed or was cancelled, 4 on\n"
     "an unknown id or when the timeout passed.\n";
 
+/* fetchd holds at most 10000 open wait calls per client (PROTOCOL.md): the
+ * calls for later ids are sent as earlier ones are answered. */
+#define CTL_MAX_WAITS 8192
+
 typedef struct waitset {
-    json_int_t base; /* the id of the first wait call */
-    size_t n, pending, done;
+    json_int_t base; /* the id of the first wait call; the i-th id's is base + i */
+    size_t n, pending, done, sent;
     char **ids; /* borrowed: the job ids, for messages */
+    double timeout;
     int rc;
 } waitset_t;
 
@@ -562,7 +567,7 @@ static int wait_answer(ctl_t *c, waitset_t *w, const jsonr_t *m, uint32_t resp)
     uint32_t job = jsonr_get(m, resp, "result");
     int rc;
 
-    if (id < w->base || id >= w->base + (json_int_t)w->n)
+    if (id < w->base || id >= w->base + (json_int_t)w->sent)
         return 0;
     w->pending--;
     w->done++;
@@ -579,6 +584,31 @@ static int wait_answer(ctl_t *c, waitset_t *w, const jsonr_t *m, uint32_t resp)
     return 1;
 }
 
+static int ascii(const char *s);
+
+/* Sends the wait calls of the next ids while fewer than CTL_MAX_WAITS are
+ * open: 0, or EXIT_SERVER. */
+static int wait_send(ctl_t *c, waitset_t *w)
+{
+    for (; w->sent < w->n && w->sent - w->done < CTL_MAX_WAITS; w->sent++) {
+        const char *id = w->ids[w->sent];
+        json_t *params;
+        /* An ASCII id is written straight; json_pack() checks any other's
+         * UTF-8 (a bad one ends the command, as it did). */
+        if (w->timeout <= 0 && ascii(id)) {
+            if (rpc_request_job(&c->rpc, "wait", id) < 0)
+                return EXIT_SERVER;
+            continue;
+        }
+        params = json_pack("{s:s}", "id", id);
+        if (params != NULL && w->timeout > 0)
+            json_object_set_new(params, "timeout", json_real(w->timeout));
+        if (params == NULL || rpc_request(&c->rpc, "wait", params) < 0)
+            return EXIT_SERVER;
+    }
+    return 0;
+}
+
 static int ascii(const char *s)
 {
     for (; *s != '\0'; s++)
@@ -591,24 +621,11 @@ static int ascii(const char *s)
  * finishes (a batch would be answered only when all had). */
 static int wait_ids(ctl_t *c, char **ids, size_t n, double timeout)
 {
-    waitset_t w = {c->rpc.next_id, n, n, 0, ids, EXIT_OK};
-    int rc = 0;
+    waitset_t w = {c->rpc.next_id, n, n, 0, 0, ids, timeout, EXIT_OK};
+    int rc = wait_send(c, &w);
 
-    for (size_t i = 0; i < n; i++) {
-        json_t *params;
-        /* An ASCII id is written straight; json_pack() checks any other's
-         * UTF-8 (a bad one ends the command, as it did). */
-        if (timeout <= 0 && ascii(ids[i])) {
-            if (rpc_request_job(&c->rpc, "wait", ids[i]) < 0)
-                return EXIT_SERVER;
-            continue;
-        }
-        params = json_pack("{s:s}", "id", ids[i]);
-        if (params != NULL && timeout > 0)
-            json_object_set_new(params, "timeout", json_real(timeout));
-        if (params == NULL || rpc_request(&c->rpc, "wait", params) < 0)
-            return EXIT_SERVER;
-    }
+    if (rc != 0)
+        return rc;
     ctl_progress(c, 0, n);
     while (w.pending > 0) {
         const jsonr_t *m = &c->rpc.msg;
@@ -616,6 +633,8 @@ static int wait_ids(ctl_t *c, char **ids, size_t n, double timeout)
             return rc;
         for (uint32_t resp = ctl_msg_first(m); resp != JSONR_NONE; resp = jsonr_next(m, resp))
             wait_answer(c, &w, m, resp);
+        if ((rc = wait_send(c, &w)) != 0)
+            return rc;
     }
     ctl_progress_clear(c);
     return w.rc;

@@ -29,6 +29,9 @@
 
 #define SUBMIT_BATCH_JOBS 1000
 #define SUBMIT_DEPTH      4
+/* fetchd holds at most 10000 open wait calls per client (PROTOCOL.md);
+ * the waits of later jobs are sent as earlier ones are answered. */
+#define SUBMIT_MAX_WAITS 8192
 /* The daemon refuses longer lines; keep a margin for the envelope. */
 #define SUBMIT_MAX_LINE (1024 * 1024 - 256)
 
@@ -119,6 +122,9 @@ typedef struct submit {
     size_t njobs;    /* jobs placed in batches so far */
     size_t nids;     /* ids received so far */
     char **wait_job; /* owned: for each call id - wait_base, the job a wait is for */
+    char **later;    /* owned: ids whose wait waits for room, from later_head to later_n */
+    size_t later_head, later_n, later_cap;
+    size_t waits_open; /* wait calls sent and not answered */
     size_t wait_cap;
     json_int_t wait_base;
     size_t waits_pending, waits_done;
@@ -1198,27 +1204,91 @@ static void term_dispose(term_t *t)
 
 /* ---- answers -------------------------------------------------------------------- */
 
-/* Queues a wait call for the job and remembers which job it is for. */
-static int queue_wait(submit_t *s, const char *id)
+/* Sends the wait call for the job id (owned; this function takes it) and
+ * remembers which job it is for. 0 or -1. */
+static int send_wait(submit_t *s, char *id)
 {
     json_int_t call = rpc_request_job(&s->c->rpc, "wait", id);
     size_t slot = (size_t)(call - s->wait_base);
-    if (call < 0)
+    if (call < 0) {
+        free(id);
         return -1;
+    }
     if (slot >= s->wait_cap) {
         size_t cap = s->wait_cap ? s->wait_cap * 2 : 4096;
         char **p;
         while (cap <= slot)
             cap *= 2;
-        if ((p = realloc(s->wait_job, cap * sizeof(*p))) == NULL)
+        if ((p = realloc(s->wait_job, cap * sizeof(*p))) == NULL) {
+            free(id);
             return -1;
+        }
         memset(p + s->wait_cap, 0, (cap - s->wait_cap) * sizeof(*p));
         s->wait_job = p;
         s->wait_cap = cap;
     }
-    s->wait_job[slot] = strdup(id);
+    s->wait_job[slot] = id;
+    s->waits_open++;
+    return 0;
+}
+
+/* Waits on the job: at once while fewer than SUBMIT_MAX_WAITS calls are
+ * open, else once earlier ones are answered (send_later). 0 or -1. */
+static int queue_wait(submit_t *s, const char *text)
+{
+    char *id = strdup(text);
+    if (id == NULL)
+        return -1;
     s->waits_pending++;
-    return s->wait_job[slot] != NULL ? 0 : -1;
+    if (s->waits_open < SUBMIT_MAX_WAITS && s->later_n == s->later_head)
+        return send_wait(s, id);
+    if (s->later_n == s->later_cap) {
+        size_t live = s->later_n - s->later_head, cap;
+        char **p;
+        if (live > 0)
+            memmove(s->later, s->later + s->later_head, live * sizeof(*s->later));
+        s->later_head = 0;
+        s->later_n = live;
+        cap = live * 2 > s->later_cap ? live * 2 : s->later_cap;
+        cap = cap > 0 ? cap : 4096;
+        if (cap > s->later_cap) {
+            if ((p = realloc(s->later, cap * sizeof(*p))) == NULL) {
+                free(id);
+                return -1;
+            }
+            s->later = p;
+            s->later_cap = cap;
+        }
+    }
+    s->later[s->later_n++] = id;
+    return 0;
+}
+
+/* Sends the waits that were kept for room, while there is room (and the
+ * run is not stopping). 0 or -1. */
+static int send_later(submit_t *s)
+{
+    while (!s->stop && s->waits_open < SUBMIT_MAX_WAITS && s->later_head < s->later_n) {
+        char *id = s->later[s->later_head++];
+        if (s->later_head == s->later_n)
+            s->later_head = s->later_n = 0;
+        if (send_wait(s, id) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The id of the next unfinished job at or after *pos (those with an open
+ * wait, then those whose wait is kept for room), moving *pos past it; NULL
+ * after the last. */
+static const char *next_unfinished(submit_t *s, size_t *pos)
+{
+    for (; *pos < s->wait_cap; (*pos)++)
+        if (s->wait_job[*pos] != NULL)
+            return s->wait_job[(*pos)++];
+    if (*pos - s->wait_cap < s->later_n - s->later_head)
+        return s->later[s->later_head + (*pos)++ - s->wait_cap];
+    return NULL;
 }
 
 /* --json: the line {"id":ID,"url":URL} of a job (without "url" when it is
@@ -1420,6 +1490,7 @@ static void on_wait_answer(submit_t *s, size_t slot, const jsonr_t *m, uint32_t 
     uint32_t job = jsonr_get(m, resp, "result");
     int rc;
     s->waits_pending--;
+    s->waits_open--;
     s->waits_done++;
     if (job != JSONR_NONE) {
         term_finished(s, m, job);
@@ -1438,6 +1509,8 @@ static void on_wait_answer(submit_t *s, size_t slot, const jsonr_t *m, uint32_t 
     }
     free(s->wait_job[slot]);
     s->wait_job[slot] = NULL;
+    if (send_later(s) != 0)
+        rc = EXIT_SERVER;
     if (rc > s->rc)
         s->rc = rc;
 }
@@ -1562,6 +1635,7 @@ static void cancel_command(submit_t *s)
 static const char *ids_file(submit_t *s, char *buf, size_t len)
 {
     const char *dir = getenv("TMPDIR");
+    const char *id;
     FILE *f;
     int fd, bad;
 
@@ -1572,9 +1646,8 @@ static const char *ids_file(submit_t *s, char *buf, size_t len)
             close(fd);
         return NULL;
     }
-    for (size_t i = 0; i < s->wait_cap; i++)
-        if (s->wait_job[i] != NULL)
-            fprintf(f, "%s\n", s->wait_job[i]);
+    for (size_t pos = 0; (id = next_unfinished(s, &pos)) != NULL;)
+        fprintf(f, "%s\n", id);
     bad = ferror(f);
     if (fclose(f) != 0 || bad) {
         unlink(buf);
@@ -1589,7 +1662,7 @@ static void interrupt_hint(submit_t *s)
 {
     size_t n = s->waits_pending;
     char path[4096];
-    const char *file;
+    const char *file, *id;
 
     if (n == 0) {
         fprintf(stderr, "fetchctl: interrupted; every job had finished\n");
@@ -1612,11 +1685,9 @@ static void interrupt_hint(submit_t *s)
     }
     fprintf(stderr, "fetchctl: to cancel %s:\n  ", n == 1 ? "it" : "them");
     cancel_command(s);
-    for (size_t i = 0; i < s->wait_cap; i++) {
-        if (s->wait_job[i] != NULL) {
-            fputc(' ', stderr);
-            shell_word(s->wait_job[i]);
-        }
+    for (size_t pos = 0; (id = next_unfinished(s, &pos)) != NULL;) {
+        fputc(' ', stderr);
+        shell_word(id);
     }
     fputc('\n', stderr);
 }
@@ -1626,19 +1697,17 @@ static void interrupt_hint(submit_t *s)
 static int cancel_unfinished(submit_t *s)
 {
     json_t *batch = NULL;
-    size_t n = 0;
+    const char *job;
+    size_t n = 0, pos = 0;
     int rc = 0;
 
     s->cancel_base = s->c->rpc.next_id;
-    for (size_t i = 0; rc == 0 && i < s->wait_cap; i++) {
+    while (rc == 0 && (job = next_unfinished(s, &pos)) != NULL) {
         json_int_t id;
-        if (s->wait_job[i] == NULL)
-            continue;
         if (batch == NULL && (batch = json_array()) == NULL)
             return EXIT_SERVER;
         if (json_array_append_new(batch, rpc_call_object(&s->c->rpc, "cancel",
-                                                         json_pack("{s:s}", "id", s->wait_job[i]),
-                                                         &id)) != 0)
+                                                         json_pack("{s:s}", "id", job), &id)) != 0)
             rc = EXIT_SERVER;
         else
             n++;
@@ -1735,6 +1804,9 @@ static void submit_dispose(submit_t *s)
     for (size_t i = 0; i < s->wait_cap; i++)
         free(s->wait_job[i]);
     free(s->wait_job);
+    for (size_t i = s->later_head; i < s->later_n; i++)
+        free(s->later[i]);
+    free(s->later);
     term_dispose(&s->term);
     free(s->pending.text);
     free(s->pending.url);
