@@ -1291,15 +1291,15 @@ static const char *next_unfinished(submit_t *s, size_t *pos)
     return NULL;
 }
 
-/* --json: the line {"id":ID,"url":URL} of a job (without "url" when it is
- * not known), as jansson wrote it. */
+/* --json: the line {"id":ID,"url":URL} of a job ("url":null when it is not
+ * known), as json_pack("{s:s, s:s?}") and jansson's dump wrote it. */
 static void print_id_json(submit_t *s, const char *id, const char *url)
 {
     jdump_t *d = &s->c->dump;
     d->len = 0;
     if (jdump_raw(d, "{\"id\":", 6) != 0 || jdump_string(d, id, strlen(id)) != 0 ||
-        (url != NULL &&
-         (jdump_raw(d, ",\"url\":", 7) != 0 || jdump_string(d, url, strlen(url)) != 0)) ||
+        jdump_raw(d, ",\"url\":", 7) != 0 ||
+        (url != NULL ? jdump_string(d, url, strlen(url)) : jdump_raw(d, "null", 4)) != 0 ||
         jdump_raw(d, "}\n", 2) != 0)
         d->len = 0;
     fwrite(d->buf, 1, d->len, stdout);
