@@ -156,18 +156,6 @@ int ctl_str_is(const jsonr_t *m, uint32_t v, const char *s)
     return p != NULL && strlen(s) == n && memcmp(p, s, n) == 0;
 }
 
-const char *ctl_strcpy(const jsonr_t *m, uint32_t v, char *buf, size_t len)
-{
-    size_t n;
-    const char *s = ctl_str(m, v, &n);
-    if (s == NULL)
-        return NULL;
-    n = n < len - 1 ? n : len - 1;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    return buf;
-}
-
 /* shown() of the string member key of o. */
 static const char *shown_field(const jsonr_t *m, uint32_t o, const char *key, char *buf, size_t len)
 {
@@ -178,16 +166,15 @@ static const char *shown_field(const jsonr_t *m, uint32_t o, const char *key, ch
 
 int ctl_print_error(const char *what, const jsonr_t *m, uint32_t error)
 {
-    size_t n;
+    size_t n, cn;
     const char *msg = ctl_str(m, jsonr_get(m, error, "message"), &n);
-    uint32_t code = jsonr_get(m, jsonr_get(m, error, "data"), "code");
+    const char *code = ctl_str(m, jsonr_get(m, jsonr_get(m, error, "data"), "code"), &cn);
     char buf[1024];
 
     fprintf(stderr, "fetchctl: %s%s%s", what ? what : "", what ? ": " : "",
             msg ? shown_n(msg, n, buf, sizeof(buf)) : "error without a message");
-    if (jsonr_type(m, code) == JSONR_STRING && code != JSONR_NONE)
-        fprintf(stderr, " (%s)",
-                shown_field(m, jsonr_get(m, error, "data"), "code", buf, sizeof(buf)));
+    if (code != NULL)
+        fprintf(stderr, " (%s)", shown_n(code, cn, buf, sizeof(buf)));
     fputc('\n', stderr);
     return EXIT_SERVER;
 }

@@ -69,10 +69,6 @@ long long ctl_int(const jsonr_t *m, uint32_t v);
 const char *ctl_str(const jsonr_t *m, uint32_t v, size_t *len);
 int ctl_str_is(const jsonr_t *m, uint32_t v, const char *s);
 
-/* A string as a C string in buf (cut to len - 1 bytes), or NULL when v is
- * no string. */
-const char *ctl_strcpy(const jsonr_t *m, uint32_t v, char *buf, size_t len);
-
 /* The members of a job object that fetchctl reads for every job, found in
  * one pass over it (JSONR_NONE when absent; of a repeated key the last, as
  * jsonr_get() finds it). */
