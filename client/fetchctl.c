@@ -120,43 +120,79 @@ static const char *shown(const char *s, char *buf, size_t len)
     return buf;
 }
 
-static const char *str_field(json_t *o, const char *key)
+/* shown() for n bytes (a message's string, not NUL-terminated). */
+static const char *shown_n(const char *s, size_t n, char *buf, size_t len)
 {
-    return json_string_value(json_object_get(o, key));
+    size_t i;
+    if (s == NULL)
+        return "-";
+    for (i = 0; i < n && i + 1 < len; i++)
+        buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+    buf[i] = '\0';
+    return buf;
 }
 
-int ctl_print_error(const char *what, json_t *error)
+long long ctl_int(const jsonr_t *m, uint32_t v)
 {
-    const char *msg = str_field(error, "message");
-    json_t *data = json_object_get(error, "data");
-    const char *code = str_field(data, "code");
+    long long i;
+    return jsonr_int(m, v, &i) == 0 ? i : 0;
+}
+
+const char *ctl_str(const jsonr_t *m, uint32_t v, size_t *len)
+{
+    const char *s = jsonr_str(m, v, len);
+    /* Only a message read from a tree (a line with \u0000, see rpc_read)
+     * holds a NUL, and has no source text (jsonr_from_json): the string
+     * ends at the NUL, as json_string_value() showed it. */
+    if (s != NULL && m->len == 0)
+        *len = strnlen(s, *len);
+    return s;
+}
+
+int ctl_str_is(const jsonr_t *m, uint32_t v, const char *s)
+{
+    size_t n;
+    const char *p = ctl_str(m, v, &n);
+    return p != NULL && strlen(s) == n && memcmp(p, s, n) == 0;
+}
+
+/* shown() of the string member key of o. */
+static const char *shown_field(const jsonr_t *m, uint32_t o, const char *key, char *buf, size_t len)
+{
+    size_t n;
+    const char *s = ctl_str(m, jsonr_get(m, o, key), &n);
+    return shown_n(s, n, buf, len);
+}
+
+int ctl_print_error(const char *what, const jsonr_t *m, uint32_t error)
+{
+    size_t n, cn;
+    const char *msg = ctl_str(m, jsonr_get(m, error, "message"), &n);
+    const char *code = ctl_str(m, jsonr_get(m, jsonr_get(m, error, "data"), "code"), &cn);
     char buf[1024];
 
     fprintf(stderr, "fetchctl: %s%s%s", what ? what : "", what ? ": " : "",
-            shown(msg ? msg : "error without a message", buf, sizeof(buf)));
+            msg ? shown_n(msg, n, buf, sizeof(buf)) : "error without a message");
     if (code != NULL)
-        fprintf(stderr, " (%s)", shown(code, buf, sizeof(buf)));
+        fprintf(stderr, " (%s)", shown_n(code, cn, buf, sizeof(buf)));
     fputc('\n', stderr);
     return EXIT_SERVER;
 }
 
-int ctl_recv(ctl_t *c, json_t **msg)
+int ctl_recv(ctl_t *c)
 {
     int rc;
     if (ctl_flush() != 0)
         return EXIT_SERVER;
-    rc = rpc_read(&c->rpc, msg, -1);
+    rc = rpc_read(&c->rpc, -1);
     if (rc == 1) {
-        json_t *id = json_object_get(*msg, "id");
-        json_t *error = json_object_get(*msg, "error");
-        if (json_is_object(*msg) && json_is_null(id) && error != NULL) {
+        const jsonr_t *m = &c->rpc.msg;
+        uint32_t id = jsonr_get(m, 0, "id"), error = jsonr_get(m, 0, "error");
+        if (id != JSONR_NONE && jsonr_type(m, id) == JSONR_NULL && error != JSONR_NONE) {
             /* An answer to no call of ours: the daemon refuses the whole
              * connection (too many clients) or could not read a line. */
             ctl_progress_clear(c);
-            rc = ctl_print_error("fetchd", error);
-            json_decref(*msg);
-            *msg = NULL;
-            return rc;
+            return ctl_print_error("fetchd", m, error);
         }
         return 0;
     }
@@ -172,97 +208,181 @@ int ctl_recv(ctl_t *c, json_t **msg)
     return EXIT_SERVER;
 }
 
-size_t ctl_msg_count(json_t *msg)
+uint32_t ctl_msg_first(const jsonr_t *m)
 {
-    return json_is_array(msg) ? json_array_size(msg) : 1;
+    return jsonr_type(m, 0) == JSONR_ARRAY ? jsonr_first(m, 0) : 0;
 }
 
-json_t *ctl_msg_item(json_t *msg, size_t i)
+json_int_t ctl_resp_id(const jsonr_t *m, uint32_t resp)
 {
-    return json_is_array(msg) ? json_array_get(msg, i) : msg;
-}
-
-json_int_t ctl_resp_id(json_t *resp)
-{
-    json_t *id = json_object_get(resp, "id");
-    if (json_object_get(resp, "method") != NULL || !json_is_integer(id))
+    long long id;
+    if (jsonr_get(m, resp, "method") != JSONR_NONE ||
+        jsonr_int(m, jsonr_get(m, resp, "id"), &id) != 0)
         return 0;
-    return json_integer_value(id);
+    return id;
 }
 
-int ctl_job_done(json_t *job)
+void ctl_job_read(const jsonr_t *m, uint32_t job, ctl_job_t *j)
 {
-    const char *state = str_field(job, "state");
-    return state != NULL && strcmp(state, "done") == 0;
-}
-
-void ctl_print_job(ctl_t *c, json_t *job)
-{
-    json_t *err = json_object_get(job, "error");
-    json_t *http = json_object_get(job, "http_status");
-    char b1[32], b2[16], b3[4096], b4[1024], b5[1024], status[24];
-
-    ctl_progress_clear(c);
-    if (c->json) {
-        json_dumpf(job, stdout, JSON_COMPACT);
-        fputc('\n', stdout);
+    j->id = j->state = j->url = j->http_status = j->bytes = j->error = JSONR_NONE;
+    if (jsonr_type(m, job) != JSONR_OBJECT)
         return;
+    for (uint32_t v = jsonr_first(m, job); v != JSONR_NONE; v = jsonr_next(m, v)) {
+        size_t n;
+        const char *k = jsonr_key(m, v, &n);
+        uint32_t *slot = NULL;
+        if (n == 2 && memcmp(k, "id", 2) == 0)
+            slot = &j->id;
+        else if (n == 3 && memcmp(k, "url", 3) == 0)
+            slot = &j->url;
+        else if (n == 5 && memcmp(k, "state", 5) == 0)
+            slot = &j->state;
+        else if (n == 5 && memcmp(k, "bytes", 5) == 0)
+            slot = &j->bytes;
+        else if (n == 5 && memcmp(k, "error", 5) == 0)
+            slot = &j->error;
+        else if (n == 11 && memcmp(k, "http_status", 11) == 0)
+            slot = &j->http_status;
+        if (slot != NULL)
+            *slot = v;
     }
-    if (json_is_integer(http))
-        snprintf(status, sizeof(status), "%" JSON_INTEGER_FORMAT, json_integer_value(http));
-    else
-        snprintf(status, sizeof(status), "-");
-    printf("%-16s  %-9s  %4s  %10" JSON_INTEGER_FORMAT "  %s",
-           shown(str_field(job, "id"), b1, sizeof(b1)),
-           shown(str_field(job, "state"), b2, sizeof(b2)), status,
-           json_integer_value(json_object_get(job, "bytes")),
-           shown(str_field(job, "url"), b3, sizeof(b3)));
-    if (err != NULL)
-        printf("  %s: %s", shown(str_field(err, "code"), b4, sizeof(b4)),
-               shown(str_field(err, "message"), b5, sizeof(b5)));
+}
+
+int ctl_job_done(const jsonr_t *m, uint32_t job)
+{
+    return ctl_str_is(m, jsonr_get(m, job, "state"), "done");
+}
+
+void ctl_print_json(ctl_t *c, const jsonr_t *m, uint32_t v)
+{
+    jsonr_type_t t = jsonr_type(m, v);
+
+    c->dump.len = 0;
+    /* As json_dumpf() without JSON_ENCODE_ANY: only an object or an array
+     * is written; out of memory, what was written goes out. */
+    if (v != JSONR_NONE && (t == JSONR_OBJECT || t == JSONR_ARRAY))
+        jdump_value(&c->dump, m, v);
+    fwrite(c->dump.buf, 1, c->dump.len, stdout);
     fputc('\n', stdout);
 }
 
+/* Appends s to the line in d, padded with spaces to width (on the left
+ * when right is set), as printf's "%-*s" and "%*s" do; then sep. */
+static void column(jdump_t *d, const char *s, int width, int right, const char *sep)
+{
+    size_t n = strlen(s), pad = (size_t)width > n ? (size_t)width - n : 0;
+    static const char spaces[] = "                ";
+
+    if (right)
+        jdump_raw(d, spaces, pad);
+    jdump_raw(d, s, n);
+    if (!right)
+        jdump_raw(d, spaces, pad);
+    jdump_raw(d, sep, strlen(sep));
+}
+
+/* "%lld" of x into buf (24 bytes). */
+static const char *decimal(long long x, char *buf)
+{
+    char *p = buf + 23;
+    unsigned long long u = x < 0 ? 0ull - (unsigned long long)x : (unsigned long long)x;
+
+    *p = '\0';
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (x < 0)
+        *--p = '-';
+    return p;
+}
+
+void ctl_print_job(ctl_t *c, const jsonr_t *m, uint32_t job)
+{
+    ctl_job_t j;
+    long long http;
+    size_t n;
+    char b1[32], b2[16], b3[4096], b4[1024], b5[1024], status[24], bytes[24];
+    const char *s;
+    jdump_t *d = &c->dump;
+
+    ctl_progress_clear(c);
+    if (c->json) {
+        ctl_print_json(c, m, job);
+        return;
+    }
+    ctl_job_read(m, job, &j);
+    /* The line of printf("%-16s  %-9s  %4s  %10lld  %s"), put together by
+     * hand: this runs once per job. */
+    d->len = 0;
+    s = ctl_str(m, j.id, &n);
+    column(d, shown_n(s, n, b1, sizeof(b1)), 16, 0, "  ");
+    s = ctl_str(m, j.state, &n);
+    column(d, shown_n(s, n, b2, sizeof(b2)), 9, 0, "  ");
+    column(d, jsonr_int(m, j.http_status, &http) == 0 ? decimal(http, status) : "-", 4, 1, "  ");
+    column(d, decimal(ctl_int(m, j.bytes), bytes), 10, 1, "  ");
+    s = ctl_str(m, j.url, &n);
+    column(d, shown_n(s, n, b3, sizeof(b3)), 0, 0, "");
+    if (j.error != JSONR_NONE) {
+        column(d, "  ", 0, 0, shown_field(m, j.error, "code", b4, sizeof(b4)));
+        column(d, ": ", 0, 0, shown_field(m, j.error, "message", b5, sizeof(b5)));
+    }
+    jdump_raw(d, "\n", 1);
+    fwrite(d->buf, 1, d->len, stdout);
+}
+
 /* One indented "label  value" line of a job's details. */
-static void detail(const char *label, const char *value)
+static void detail(const char *label, const char *value, size_t n)
 {
     char buf[4096];
     if (value != NULL)
-        printf("  %-14s %s\n", label, shown(value, buf, sizeof(buf)));
+        printf("  %-14s %s\n", label, shown_n(value, n, buf, sizeof(buf)));
 }
 
-void ctl_print_details(ctl_t *c, json_t *job)
+/* detail() of the string member key of o. */
+static void detail_field(const char *label, const jsonr_t *m, uint32_t o, const char *key)
 {
-    json_t *chain = json_object_get(job, "redirect_chain"), *hop, *pair;
-    json_t *headers = json_object_get(job, "headers");
-    json_t *length = json_object_get(job, "content_length");
+    size_t n;
+    const char *s = ctl_str(m, jsonr_get(m, o, key), &n);
+    detail(label, s, n);
+}
+
+void ctl_print_details(ctl_t *c, const jsonr_t *m, uint32_t job)
+{
+    uint32_t chain = jsonr_get(m, job, "redirect_chain"), hop, pair;
+    uint32_t headers = jsonr_get(m, job, "headers");
+    long long length;
+    size_t ne = 0, nu = 0;
+    const char *eff, *url;
     char label[32], num[32];
-    size_t i;
 
     if (c->json)
         return;
-    json_array_foreach (chain, i, hop) {
-        snprintf(label, sizeof(label), "redirect %" JSON_INTEGER_FORMAT,
-                 json_integer_value(json_object_get(hop, "status")));
-        detail(label, str_field(hop, "url"));
+    for (hop = jsonr_type(m, chain) == JSONR_ARRAY ? jsonr_first(m, chain) : JSONR_NONE;
+         hop != JSONR_NONE; hop = jsonr_next(m, hop)) {
+        snprintf(label, sizeof(label), "redirect %lld", ctl_int(m, jsonr_get(m, hop, "status")));
+        detail_field(label, m, hop, "url");
     }
-    if (json_array_size(chain) > 0 ||
-        strcmp(str_field(job, "effective_url") ? str_field(job, "effective_url") : "",
-               str_field(job, "url") ? str_field(job, "url") : "") != 0)
-        detail("final URL", str_field(job, "effective_url"));
-    detail("content-type", str_field(job, "content_type"));
-    if (json_is_integer(length)) {
-        snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(length));
-        detail("content-length", num);
+    eff = ctl_str(m, jsonr_get(m, job, "effective_url"), &ne);
+    url = ctl_str(m, jsonr_get(m, job, "url"), &nu);
+    if ((jsonr_type(m, chain) == JSONR_ARRAY && jsonr_count(m, chain) > 0) || ne != nu ||
+        (ne > 0 && memcmp(eff, url, ne) != 0))
+        detail("final URL", eff, ne);
+    detail_field("content-type", m, job, "content_type");
+    if (jsonr_int(m, jsonr_get(m, job, "content_length"), &length) == 0) {
+        snprintf(num, sizeof(num), "%lld", length);
+        detail("content-length", num, strlen(num));
     }
-    detail("etag", str_field(job, "etag"));
-    detail("last-modified", str_field(job, "last_modified"));
-    json_array_foreach (headers, i, pair) {
+    detail_field("etag", m, job, "etag");
+    detail_field("last-modified", m, job, "last_modified");
+    for (pair = jsonr_type(m, headers) == JSONR_ARRAY ? jsonr_first(m, headers) : JSONR_NONE;
+         pair != JSONR_NONE; pair = jsonr_next(m, pair)) {
         char n[256], v[4096];
-        printf("  < %s: %s\n", shown(json_string_value(json_array_get(pair, 0)), n, sizeof(n)),
-               shown(json_string_value(json_array_get(pair, 1)), v, sizeof(v)));
+        size_t ln = 0, lv = 0;
+        const char *name = ctl_str(m, jsonr_at(m, pair, 0), &ln);
+        const char *value = ctl_str(m, jsonr_at(m, pair, 1), &lv);
+        printf("  < %s: %s\n", shown_n(name, ln, n, sizeof(n)), shown_n(value, lv, v, sizeof(v)));
     }
-    if (json_is_true(json_object_get(job, "headers_truncated")))
+    if (jsonr_type(m, jsonr_get(m, job, "headers_truncated")) == JSONR_TRUE)
         fputs("  < (later fields dropped: fetchd keeps 100 fields, 64 KiB)\n", stdout);
 }
 
@@ -341,6 +461,7 @@ static int per_id_batches(ctl_t *c, const char *method, char **ids, size_t n)
 {
     json_t **answers = calloc(n, sizeof(*answers));
     json_int_t base = c->rpc.next_id;
+    jsonr_t one;
     size_t pending = n;
     int rc = answers ? 0 : EXIT_SERVER;
 
@@ -355,30 +476,37 @@ static int per_id_batches(ctl_t *c, const char *method, char **ids, size_t n)
         json_decref(batch);
     }
     while (rc == 0 && pending > 0) {
-        json_t *msg;
-        if ((rc = ctl_recv(c, &msg)) != 0)
+        const jsonr_t *m = &c->rpc.msg;
+        if ((rc = ctl_recv(c)) != 0)
             break;
-        for (size_t i = 0; i < ctl_msg_count(msg); i++) {
-            json_t *resp = ctl_msg_item(msg, i);
-            json_int_t id = ctl_resp_id(resp);
+        /* The answers are kept until the earlier ids' have come: as trees,
+         * since the message's text moves with the next read. */
+        for (uint32_t resp = ctl_msg_first(m); resp != JSONR_NONE; resp = jsonr_next(m, resp)) {
+            json_int_t id = ctl_resp_id(m, resp);
             if (id >= base && id < base + (json_int_t)n && answers[id - base] == NULL) {
-                answers[id - base] = json_incref(resp);
+                if ((answers[id - base] = jsonr_to_json(m, resp)) == NULL)
+                    rc = EXIT_SERVER;
                 pending--;
             }
         }
-        json_decref(msg);
     }
+    jsonr_init(&one, realloc, free);
     for (size_t i = 0; i < n && answers != NULL; i++) {
-        json_t *result = json_object_get(answers[i], "result");
-        if (result != NULL) {
-            ctl_print_job(c, result);
-            if (strcmp(method, "status") == 0)
-                ctl_print_details(c, result);
-        } else if (answers[i] != NULL &&
-                   ctl_print_error(ids[i], json_object_get(answers[i], "error")) > rc)
+        uint32_t result;
+        if (answers[i] == NULL)
+            continue;
+        if (jsonr_from_json(&one, answers[i]) != 0) {
             rc = EXIT_SERVER;
+        } else if ((result = jsonr_get(&one, 0, "result")) != JSONR_NONE) {
+            ctl_print_job(c, &one, result);
+            if (strcmp(method, "status") == 0)
+                ctl_print_details(c, &one, result);
+        } else if (ctl_print_error(ids[i], &one, jsonr_get(&one, 0, "error")) > rc) {
+            rc = EXIT_SERVER;
+        }
         json_decref(answers[i]);
     }
+    jsonr_free(&one);
     free(answers);
     return rc;
 }
@@ -407,30 +535,35 @@ static const char wait_help[] =
     "Exits 0 when every job is done, 1 when one failed or was cancelled, 4 on\n"
     "an unknown id or when the timeout passed.\n";
 
+/* fetchd holds at most 10000 open wait calls per client (PROTOCOL.md): the
+ * calls for later ids are sent as earlier ones are answered. */
+#define CTL_MAX_WAITS 8192
+
 typedef struct waitset {
-    json_int_t base; /* the id of the first wait call */
-    size_t n, pending, done;
+    json_int_t base; /* the id of the first wait call; the i-th id's is base + i */
+    size_t n, pending, done, sent;
     char **ids; /* borrowed: the job ids, for messages */
+    double timeout;
     int rc;
 } waitset_t;
 
 /* Records one wait answer; returns 1 when it was one of this set's. */
-static int wait_answer(ctl_t *c, waitset_t *w, json_t *resp)
+static int wait_answer(ctl_t *c, waitset_t *w, const jsonr_t *m, uint32_t resp)
 {
-    json_int_t id = ctl_resp_id(resp);
-    json_t *job = json_object_get(resp, "result");
+    json_int_t id = ctl_resp_id(m, resp);
+    uint32_t job = jsonr_get(m, resp, "result");
     int rc;
 
-    if (id < w->base || id >= w->base + (json_int_t)w->n)
+    if (id < w->base || id >= w->base + (json_int_t)w->sent)
         return 0;
     w->pending--;
     w->done++;
-    if (job != NULL) {
-        ctl_print_job(c, job);
-        rc = ctl_job_done(job) ? EXIT_OK : EXIT_JOB;
+    if (job != JSONR_NONE) {
+        ctl_print_job(c, m, job);
+        rc = ctl_job_done(m, job) ? EXIT_OK : EXIT_JOB;
     } else {
         ctl_progress_clear(c);
-        rc = ctl_print_error(w->ids[id - w->base], json_object_get(resp, "error"));
+        rc = ctl_print_error(w->ids[id - w->base], m, jsonr_get(m, resp, "error"));
     }
     if (rc > w->rc)
         w->rc = rc;
@@ -438,28 +571,57 @@ static int wait_answer(ctl_t *c, waitset_t *w, json_t *resp)
     return 1;
 }
 
+static int ascii(const char *s);
+
+/* Sends the wait calls of the next ids while fewer than CTL_MAX_WAITS are
+ * open: 0, or EXIT_SERVER. */
+static int wait_send(ctl_t *c, waitset_t *w)
+{
+    for (; w->sent < w->n && w->sent - w->done < CTL_MAX_WAITS; w->sent++) {
+        const char *id = w->ids[w->sent];
+        json_t *params;
+        /* An ASCII id is written straight; json_pack() checks any other's
+         * UTF-8 (a bad one ends the command, as it did). */
+        if (w->timeout <= 0 && ascii(id)) {
+            if (rpc_request_job(&c->rpc, "wait", id) < 0)
+                return EXIT_SERVER;
+            continue;
+        }
+        params = json_pack("{s:s}", "id", id);
+        if (params != NULL && w->timeout > 0)
+            json_object_set_new(params, "timeout", json_real(w->timeout));
+        if (params == NULL || rpc_request(&c->rpc, "wait", params) < 0)
+            return EXIT_SERVER;
+    }
+    return 0;
+}
+
+static int ascii(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s >= 0x80)
+            return 0;
+    return 1;
+}
+
 /* Waits on n jobs with one wait call each, so each prints the moment it
  * finishes (a batch would be answered only when all had). */
 static int wait_ids(ctl_t *c, char **ids, size_t n, double timeout)
 {
-    waitset_t w = {c->rpc.next_id, n, n, 0, ids, EXIT_OK};
-    int rc = 0;
+    waitset_t w = {c->rpc.next_id, n, n, 0, 0, ids, timeout, EXIT_OK};
+    int rc = wait_send(c, &w);
 
-    for (size_t i = 0; i < n; i++) {
-        json_t *params = json_pack("{s:s}", "id", ids[i]);
-        if (params != NULL && timeout > 0)
-            json_object_set_new(params, "timeout", json_real(timeout));
-        if (params == NULL || rpc_request(&c->rpc, "wait", params) < 0)
-            return EXIT_SERVER;
-    }
+    if (rc != 0)
+        return rc;
     ctl_progress(c, 0, n);
     while (w.pending > 0) {
-        json_t *msg;
-        if ((rc = ctl_recv(c, &msg)) != 0)
+        const jsonr_t *m = &c->rpc.msg;
+        if ((rc = ctl_recv(c)) != 0)
             return rc;
-        for (size_t i = 0; i < ctl_msg_count(msg); i++)
-            wait_answer(c, &w, ctl_msg_item(msg, i));
-        json_decref(msg);
+        for (uint32_t resp = ctl_msg_first(m); resp != JSONR_NONE; resp = jsonr_next(m, resp))
+            wait_answer(c, &w, m, resp);
+        if ((rc = wait_send(c, &w)) != 0)
+            return rc;
     }
     ctl_progress_clear(c);
     return w.rc;
@@ -502,33 +664,28 @@ static int cmd_wait(ctl_t *c, int argc, char **argv)
 
 /* ---- one call, one answer ------------------------------------------------------- */
 
-/* Calls method and returns its response in *resp (a new reference): 0, or
- * an exit code. */
-static int call(ctl_t *c, const char *method, json_t *params, json_t **resp)
+/* Calls method with params (stolen) and finds its answer's result in
+ * c->rpc.msg (until the next read): 0 with *result set, or an exit code. */
+static int call(ctl_t *c, const char *method, json_t *params, uint32_t *result)
 {
+    const jsonr_t *m = &c->rpc.msg;
     json_int_t id = rpc_request(&c->rpc, method, params);
+    uint32_t resp = JSONR_NONE;
     int rc;
-    *resp = NULL;
+    *result = JSONR_NONE;
     if (id < 0)
         return EXIT_SERVER;
-    for (;;) {
-        json_t *msg;
-        if ((rc = ctl_recv(c, &msg)) != 0)
+    while (resp == JSONR_NONE) {
+        if ((rc = ctl_recv(c)) != 0)
             return rc;
-        for (size_t i = 0; i < ctl_msg_count(msg); i++) {
-            if (ctl_resp_id(ctl_msg_item(msg, i)) == id)
-                *resp = json_incref(ctl_msg_item(msg, i));
-        }
-        json_decref(msg);
-        if (*resp != NULL)
-            break;
+        /* The last answer with this id in the message, as before. */
+        for (uint32_t r = ctl_msg_first(m); r != JSONR_NONE; r = jsonr_next(m, r))
+            if (ctl_resp_id(m, r) == id)
+                resp = r;
     }
-    if (json_object_get(*resp, "result") != NULL)
+    if ((*result = jsonr_get(m, resp, "result")) != JSONR_NONE)
         return 0;
-    rc = ctl_print_error(method, json_object_get(*resp, "error"));
-    json_decref(*resp);
-    *resp = NULL;
-    return rc;
+    return ctl_print_error(method, m, jsonr_get(m, resp, "error"));
 }
 
 /* ---- pause, resume, set --------------------------------------------------------- */
@@ -629,7 +786,9 @@ static int set_ids(ctl_t *c, json_t *changes, char **ids, size_t n)
     int rc = 0;
 
     for (size_t i = 0; rc == 0 && i < n; i += CTL_BATCH_CALLS) {
-        json_t *params = json_deep_copy(changes), *list = json_array(), *resp, *job;
+        json_t *params = json_deep_copy(changes), *list = json_array();
+        const jsonr_t *m = &c->rpc.msg;
+        uint32_t result, jobs;
         size_t k;
         for (k = i; list && k < n && k < i + CTL_BATCH_CALLS; k++)
             json_array_append_new(list, json_string(ids[k]));
@@ -637,11 +796,12 @@ static int set_ids(ctl_t *c, json_t *changes, char **ids, size_t n)
             json_decref(params);
             return EXIT_SERVER;
         }
-        if ((rc = call(c, "set", params, &resp)) != 0)
+        if ((rc = call(c, "set", params, &result)) != 0)
             return rc;
-        json_array_foreach (json_object_get(json_object_get(resp, "result"), "jobs"), k, job)
-            ctl_print_job(c, job);
-        json_decref(resp);
+        jobs = jsonr_get(m, result, "jobs");
+        for (uint32_t job = jsonr_type(m, jobs) == JSONR_ARRAY ? jsonr_first(m, jobs) : JSONR_NONE;
+             job != JSONR_NONE; job = jsonr_next(m, job))
+            ctl_print_job(c, m, job);
     }
     return rc;
 }
@@ -711,13 +871,14 @@ static int list_option(ctl_t *c, int opt, const char *arg, void *ctx)
 }
 
 /* Prints one page; returns the jobs printed. */
-static size_t list_page(ctl_t *c, json_t *jobs)
+static size_t list_page(ctl_t *c, uint32_t jobs)
 {
-    size_t i;
-    json_t *job;
-    json_array_foreach (jobs, i, job)
-        ctl_print_job(c, job);
-    return json_array_size(jobs);
+    const jsonr_t *m = &c->rpc.msg;
+    if (jsonr_type(m, jobs) != JSONR_ARRAY)
+        return 0;
+    for (uint32_t job = jsonr_first(m, jobs); job != JSONR_NONE; job = jsonr_next(m, job))
+        ctl_print_job(c, m, job);
+    return jsonr_count(m, jobs);
 }
 
 static int cmd_list(ctl_t *c, int argc, char **argv)
@@ -739,23 +900,25 @@ static int cmd_list(ctl_t *c, int argc, char **argv)
         printf("%-16s  %-9s  %4s  %10s  %s\n", "ID", "STATE", "HTTP", "BYTES", "URL");
     while (o.limit != 0) {
         long long page = o.limit > 0 && o.limit < CTL_LIST_PAGE ? o.limit : CTL_LIST_PAGE;
-        json_t *params = json_pack("{s:I}", "limit", (json_int_t)page), *resp, *result;
+        json_t *params = json_pack("{s:I}", "limit", (json_int_t)page);
+        const jsonr_t *m = &c->rpc.msg;
+        uint32_t result;
+        size_t n;
+        const char *next;
         if (params != NULL && o.state != NULL)
             json_object_set_new(params, "state", json_string(o.state));
         if (params != NULL && after != NULL)
             json_object_set_new(params, "after", json_string(after));
         free(after);
         after = NULL;
-        if ((rc = call(c, "list", params, &resp)) != 0)
+        if ((rc = call(c, "list", params, &result)) != 0)
             return rc;
-        result = json_object_get(resp, "result");
         if (o.limit > 0)
-            o.limit -= (long long)list_page(c, json_object_get(result, "jobs"));
+            o.limit -= (long long)list_page(c, jsonr_get(m, result, "jobs"));
         else
-            list_page(c, json_object_get(result, "jobs"));
-        if (str_field(result, "next") != NULL)
-            after = strdup(str_field(result, "next"));
-        json_decref(resp);
+            list_page(c, jsonr_get(m, result, "jobs"));
+        if ((next = ctl_str(m, jsonr_get(m, result, "next"), &n)) != NULL)
+            after = strndup(next, n);
         if (after == NULL)
             break;
         if ((rc = ctl_flush()) != 0)
@@ -828,7 +991,8 @@ static void stats_flatten(stat_table_t *t, const char *prefix, json_t *v)
 static int cmd_stats(ctl_t *c, int argc, char **argv)
 {
     stat_table_t t = {NULL, 0, 0, 0};
-    json_t *resp;
+    json_t *tree;
+    uint32_t result;
     char b1[512], b2[512];
     int rc = simple_options(c, argc, argv, stats_help, NULL, NULL, NULL, "s:h");
     if (rc >= 0)
@@ -837,13 +1001,16 @@ static int cmd_stats(ctl_t *c, int argc, char **argv)
         fprintf(stderr, "fetchctl stats: unexpected argument '%s'\n", argv[optind]);
         return ctl_usage_error("stats");
     }
-    if ((rc = ctl_connect(c)) != 0 || (rc = call(c, "stats", NULL, &resp)) != 0)
+    if ((rc = ctl_connect(c)) != 0 || (rc = call(c, "stats", NULL, &result)) != 0)
         return rc;
     if (c->json) {
-        json_dumpf(json_object_get(resp, "result"), stdout, JSON_COMPACT);
-        fputc('\n', stdout);
+        ctl_print_json(c, &c->rpc.msg, result);
     } else {
-        stats_flatten(&t, "", json_object_get(resp, "result"));
+        /* One answer, walked in full: a tree is the simple way. */
+        if ((tree = jsonr_to_json(&c->rpc.msg, result)) == NULL)
+            return EXIT_SERVER;
+        stats_flatten(&t, "", tree);
+        json_decref(tree);
         for (size_t i = 0; i < t.n; i++) {
             printf("%-*s  %s\n", (int)t.width, shown(t.lines[i].name, b1, sizeof(b1)),
                    shown(t.lines[i].value, b2, sizeof(b2)));
@@ -852,7 +1019,6 @@ static int cmd_stats(ctl_t *c, int argc, char **argv)
         }
         free(t.lines);
     }
-    json_decref(resp);
     return EXIT_OK;
 }
 
@@ -934,41 +1100,39 @@ static int watch_option(ctl_t *c, int opt, const char *arg, void *ctx)
 }
 
 /* "  1048576/4194304 1061234/s ETA 3s" ('-' for an unknown total or ETA). */
-static void print_progress(json_t *job)
+static void print_progress(const jsonr_t *m, uint32_t job)
 {
-    json_t *total = json_object_get(job, "total"), *eta = json_object_get(job, "eta");
-    printf("  %" JSON_INTEGER_FORMAT "/", json_integer_value(json_object_get(job, "wire_bytes")));
-    if (json_is_integer(total))
-        printf("%" JSON_INTEGER_FORMAT, json_integer_value(total));
+    long long total, eta;
+    printf("  %lld/", ctl_int(m, jsonr_get(m, job, "wire_bytes")));
+    if (jsonr_int(m, jsonr_get(m, job, "total"), &total) == 0)
+        printf("%lld", total);
     else
         putchar('-');
-    printf(" %" JSON_INTEGER_FORMAT "/s ETA ", json_integer_value(json_object_get(job, "speed")));
-    if (json_is_integer(eta))
-        printf("%" JSON_INTEGER_FORMAT "s", json_integer_value(eta));
+    printf(" %lld/s ETA ", ctl_int(m, jsonr_get(m, job, "speed")));
+    if (jsonr_int(m, jsonr_get(m, job, "eta"), &eta) == 0)
+        printf("%llds", eta);
     else
         putchar('-');
 }
 
-static void print_event(ctl_t *c, json_t *params)
+static void print_event(ctl_t *c, const jsonr_t *m, uint32_t params)
 {
-    json_t *job = json_object_get(params, "job");
-    json_t *http = json_object_get(job, "http_status");
-    json_t *err = json_object_get(job, "error");
+    uint32_t job = jsonr_get(m, params, "job");
+    uint32_t err = jsonr_get(m, job, "error");
+    long long http;
     char b1[32], b2[32], b3[16], b4[4096], b5[64], status[24] = "-";
     if (c->json) {
-        json_dumpf(params, stdout, JSON_COMPACT);
-        fputc('\n', stdout);
+        ctl_print_json(c, m, params);
     } else {
-        if (json_is_integer(http))
-            snprintf(status, sizeof(status), "%" JSON_INTEGER_FORMAT, json_integer_value(http));
-        printf("%-10s  %-16s  %-9s  %4s  %-18s  %s",
-               shown(str_field(params, "event"), b1, sizeof(b1)),
-               shown(str_field(job, "id"), b2, sizeof(b2)),
-               shown(str_field(job, "state"), b3, sizeof(b3)), status,
-               err ? shown(str_field(err, "code"), b5, sizeof(b5)) : "-",
-               shown(str_field(job, "url"), b4, sizeof(b4)));
+        if (jsonr_int(m, jsonr_get(m, job, "http_status"), &http) == 0)
+            snprintf(status, sizeof(status), "%lld", http);
+        printf(
+            "%-10s  %-16s  %-9s  %4s  %-18s  %s", shown_field(m, params, "event", b1, sizeof(b1)),
+            shown_field(m, job, "id", b2, sizeof(b2)), shown_field(m, job, "state", b3, sizeof(b3)),
+            status, err != JSONR_NONE ? shown_field(m, err, "code", b5, sizeof(b5)) : "-",
+            shown_field(m, job, "url", b4, sizeof(b4)));
         if (strcmp(b1, "progress") == 0) /* the wire bytes against the total */
-            print_progress(job);
+            print_progress(m, job);
         fputc('\n', stdout);
     }
     /* Events are for following live, also through a pipe. */
@@ -977,18 +1141,16 @@ static void print_event(ctl_t *c, json_t *params)
 
 static int watch_loop(ctl_t *c, json_int_t sub)
 {
+    const jsonr_t *m = &c->rpc.msg;
     for (;;) {
-        json_t *msg;
-        int rc = ctl_recv(c, &msg);
+        int rc = ctl_recv(c);
         if (rc != 0)
             return rc == EXIT_SIGNAL ? EXIT_OK : rc;
-        if (json_is_object(msg) && json_is_string(json_object_get(msg, "method")) &&
-            strcmp(str_field(msg, "method"), "event") == 0) {
-            json_t *params = json_object_get(msg, "params");
-            if (json_integer_value(json_object_get(params, "subscription")) == sub)
-                print_event(c, params);
+        if (ctl_str_is(m, jsonr_get(m, 0, "method"), "event")) {
+            uint32_t params = jsonr_get(m, 0, "params");
+            if (ctl_int(m, jsonr_get(m, params, "subscription")) == sub)
+                print_event(c, m, params);
         }
-        json_decref(msg);
     }
 }
 
@@ -997,15 +1159,12 @@ static int watch_loop(ctl_t *c, json_int_t sub)
  * says whether the subscription was made. */
 static int watch_once(ctl_t *c, json_t *params, int *subscribed)
 {
-    json_t *resp;
-    int rc = call(c, "subscribe", json_deep_copy(params), &resp);
+    uint32_t result;
+    int rc = call(c, "subscribe", json_deep_copy(params), &result);
     *subscribed = rc == 0;
     if (rc != 0)
         return rc;
-    rc = watch_loop(
-        c, json_integer_value(json_object_get(json_object_get(resp, "result"), "subscription")));
-    json_decref(resp);
-    return rc;
+    return watch_loop(c, ctl_int(&c->rpc.msg, jsonr_get(&c->rpc.msg, result, "subscription")));
 }
 
 static double now_s(void)
@@ -1097,7 +1256,8 @@ static const char version_help[] = "Usage: fetchctl version [--json]\n"
 
 static int cmd_version(ctl_t *c, int argc, char **argv)
 {
-    json_t *resp, *result;
+    const jsonr_t *m;
+    uint32_t result;
     char b1[64], b2[64];
     int rc = simple_options(c, argc, argv, version_help, NULL, NULL, NULL, "s:h");
     if (rc >= 0)
@@ -1106,18 +1266,16 @@ static int cmd_version(ctl_t *c, int argc, char **argv)
         printf("fetchctl %s\n", FETCHD_VERSION);
         fflush(stdout);
     }
-    if ((rc = ctl_connect(c)) != 0 || (rc = call(c, "version", NULL, &resp)) != 0)
+    if ((rc = ctl_connect(c)) != 0 || (rc = call(c, "version", NULL, &result)) != 0)
         return rc;
-    result = json_object_get(resp, "result");
+    m = &c->rpc.msg;
     if (c->json)
-        printf("{\"fetchctl\":\"%s\",\"fetchd\":\"%s\",\"protocol\":%" JSON_INTEGER_FORMAT "}\n",
-               FETCHD_VERSION, shown(str_field(result, "version"), b1, sizeof(b1)),
-               json_integer_value(json_object_get(result, "protocol")));
+        printf("{\"fetchctl\":\"%s\",\"fetchd\":\"%s\",\"protocol\":%lld}\n", FETCHD_VERSION,
+               shown_field(m, result, "version", b1, sizeof(b1)),
+               ctl_int(m, jsonr_get(m, result, "protocol")));
     else
-        printf("fetchd %s (protocol %" JSON_INTEGER_FORMAT ")\n",
-               shown(str_field(result, "version"), b2, sizeof(b2)),
-               json_integer_value(json_object_get(result, "protocol")));
-    json_decref(resp);
+        printf("fetchd %s (protocol %lld)\n", shown_field(m, result, "version", b2, sizeof(b2)),
+               ctl_int(m, jsonr_get(m, result, "protocol")));
     return EXIT_OK;
 }
 
@@ -1228,6 +1386,7 @@ int main(int argc, char **argv)
     rc = commands[i].fn(&c, argc - first, argv + first);
     if (c.connected)
         rpc_close(&c.rpc);
+    jdump_free(&c.dump);
     if (ctl_flush() != 0 && rc == EXIT_OK)
         rc = EXIT_SERVER;
     return rc;

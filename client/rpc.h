@@ -7,14 +7,20 @@
  * daemon that is itself blocked writing answers back. Responses may arrive
  * in any order; callers match them by the id rpc_request() returned.
  *
- * Ownership: the rpc_t owns its socket and both buffers; messages handed to
- * the caller are new references.
+ * Messages are read with jsonr (proto/jsonr.h) into a token array the rpc_t
+ * owns and reuses: no tree is built for an answer. A message stays readable
+ * until the next rpc_read() or rpc_wait(), which may move the bytes its
+ * tokens point into.
+ *
+ * Ownership: the rpc_t owns its socket, both buffers and the reader.
  */
 #ifndef FETCHCTL_RPC_H
 #define FETCHCTL_RPC_H
 
 #include <stddef.h>
 #include <jansson.h>
+
+#include "jsonr.h"
 
 /* rpc_read() results besides "one message" (1) and negative errnos. */
 #define RPC_EOF         0  /* the daemon closed the connection */
@@ -28,6 +34,8 @@ typedef struct rpc {
     char *out; /* owned: queued request bytes not yet written */
     size_t out_off, out_len, out_cap;
     json_int_t next_id;
+    jsonr_t msg;  /* owned: the last message read (value 0 is its root) */
+    json_t *tree; /* owned: that message's tree when only jansson could read it */
 } rpc_t;
 
 /* Connects to the socket at path. Returns 0, or a negative errno (with
@@ -58,11 +66,13 @@ int rpc_send_json(rpc_t *r, const json_t *v);
 /* Queues text (n bytes, without the newline) as one line. 0 or -1. */
 int rpc_send_raw(rpc_t *r, const char *text, size_t n);
 
-/* Returns the next message from the daemon in *msg (a new reference),
- * writing queued output meanwhile. timeout_ms < 0 waits for ever. Returns 1,
- * RPC_EOF, RPC_INTERRUPTED, RPC_BAD_LINE, -ETIMEDOUT or a negative errno.
- * Blank lines are skipped. */
-int rpc_read(rpc_t *r, json_t **msg, int timeout_ms);
+/* Reads the next message from the daemon into r->msg (borrowed by the
+ * caller until the next rpc_read() or rpc_wait()), writing queued output
+ * meanwhile. timeout_ms < 0 waits for ever. Returns 1, RPC_EOF,
+ * RPC_INTERRUPTED, RPC_BAD_LINE, -ETIMEDOUT or a negative errno. Blank
+ * lines are skipped. A line is JSON exactly when jansson's
+ * json_loadb(JSON_ALLOW_NUL) reads it. */
+int rpc_read(rpc_t *r, int timeout_ms);
 
 /* Waits up to timeout_ms until rpc_read() would return at once (a line is
  * in, the connection ended or failed, or an interrupt came), writing queued

@@ -29,8 +29,13 @@
 
 #define SUBMIT_BATCH_JOBS 1000
 #define SUBMIT_DEPTH      4
+/* fetchd holds at most 10000 open wait calls per client (PROTOCOL.md);
+ * the waits of later jobs are sent as earlier ones are answered. */
+#define SUBMIT_MAX_WAITS 8192
 /* The daemon refuses longer lines; keep a margin for the envelope. */
 #define SUBMIT_MAX_LINE (1024 * 1024 - 256)
+
+#define NO_ID SIZE_MAX
 
 /* One submit call in flight. */
 typedef struct batch {
@@ -38,7 +43,10 @@ typedef struct batch {
     size_t first, n;      /* its jobs: first (counted from 0 over the whole input) .. + n */
     unsigned long *lines; /* owned: the input line of each job (with -i) */
     char **urls;          /* owned: each job's URL (for --json output), or NULL */
-    json_t *ids;          /* owned: the ids answered, once answered */
+    char *id_text;        /* owned: the ids answered, each NUL-terminated */
+    size_t *id_off;       /* owned: where each starts in id_text; NO_ID for a non-string */
+    size_t nid;           /* entries of id_off */
+    int has_ids;          /* the answer had "ids" */
     int answered;
 } batch_t;
 
@@ -100,6 +108,7 @@ typedef struct submit {
     int include;     /* --include: keep_headers, and show them */
     char **urls;     /* borrowed: the command line's URLs */
     size_t nurls, next_url;
+    jsonr_t spec;  /* owned: the reader of -i FILE's JSON lines */
     FILE *fp;      /* owned unless it is stdin */
     char *linebuf; /* owned: getline's buffer */
     size_t linecap;
@@ -113,6 +122,9 @@ typedef struct submit {
     size_t njobs;    /* jobs placed in batches so far */
     size_t nids;     /* ids received so far */
     char **wait_job; /* owned: for each call id - wait_base, the job a wait is for */
+    char **later;    /* owned: ids whose wait waits for room, from later_head to later_n */
+    size_t later_head, later_n, later_cap;
+    size_t waits_open; /* wait calls sent and not answered */
     size_t wait_cap;
     json_int_t wait_base;
     size_t waits_pending, waits_done;
@@ -558,55 +570,64 @@ static size_t last_segment(const char *url, size_t n, const char **name)
 }
 
 /* The job spec for a URL: {"url": URL, ...defaults}, and with -O its
- * "output". */
+ * "output"; the strings escaped as jansson would. -1 when the URL is not
+ * valid UTF-8 (or memory ran out). */
 static int url_spec(submit_t *s, const char *url, size_t n, pending_t *p)
 {
-    json_t *js = json_stringn(url, n), *jo = NULL;
-    char *quoted = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL, *qout = NULL;
-    size_t qlen = quoted ? strlen(quoted) : 0, dlen = strlen(s->defaults_text), olen = 0;
+    jdump_t *d = &s->c->dump;
+    size_t dlen = strlen(s->defaults_text), nl;
     const char *name;
 
-    json_decref(js);
-    if (quoted != NULL && s->remote_name) {
-        size_t nl = last_segment(url, n, &name);
-        jo = json_stringn(name, nl);
-        qout = jo ? json_dumps(jo, JSON_ENCODE_ANY) : NULL;
-        olen = qout ? strlen(qout) : 0;
-        json_decref(jo);
-        if (qout == NULL) {
-            free(quoted);
-            return -1;
-        }
-    }
-    if (quoted == NULL)
+    if (!jdump_utf8_valid(url, n))
         return -1;
-    p->text = malloc(qlen + dlen + olen + 32);
-    if (p->text != NULL) {
-        p->len =
-            (size_t)sprintf(p->text, "{\"url\":%s%s%s%s%s}", quoted, qout ? ",\"output\":" : "",
-                            qout ? qout : "", dlen ? "," : "", s->defaults_text);
-        if (s->c->json)
-            p->url = strndup(url, n);
+    d->len = 0;
+    if (jdump_raw(d, "{\"url\":", 7) != 0 || jdump_string(d, url, n) != 0)
+        return -1;
+    if (s->remote_name) {
+        nl = last_segment(url, n, &name);
+        if (jdump_raw(d, ",\"output\":", 10) != 0 || jdump_string(d, name, nl) != 0)
+            return -1;
     }
-    free(quoted);
-    free(qout);
-    return p->text != NULL ? 0 : -1;
+    if ((dlen > 0 && (jdump_raw(d, ",", 1) != 0 || jdump_raw(d, s->defaults_text, dlen) != 0)) ||
+        jdump_raw(d, "}", 1) != 0)
+        return -1;
+    if ((p->text = malloc(d->len)) == NULL)
+        return -1;
+    memcpy(p->text, d->buf, d->len);
+    p->len = d->len;
+    if (s->c->json)
+        p->url = strndup(url, n);
+    return 0;
 }
 
 /* A JSON job line, checked to be one object and then sent as it is. */
 static int json_spec(submit_t *s, const char *text, size_t n, pending_t *p)
 {
     json_error_t err;
-    json_t *obj = json_loadb(text, n, 0, &err);
-    if (obj == NULL || !json_is_object(obj)) {
+    json_t *obj = NULL;
+    const char *url = NULL;
+    size_t ulen = 0;
+    /* jsonr accepts exactly what json_loadb() does; jansson reads a line
+     * only when jsonr refuses it, to say why in its words. */
+    int rc = jsonr_parse(&s->spec, text, n);
+
+    if (rc != 0)
+        obj = json_loadb(text, n, 0, &err);
+    if ((rc == 0 && jsonr_type(&s->spec, 0) != JSONR_OBJECT) || (rc != 0 && !json_is_object(obj))) {
         fprintf(stderr, "fetchctl: job %zu: %s%s\nfetchctl: (%s line %lu)\n", s->njobs,
-                obj ? "not a JSON object" : "invalid JSON: ", obj ? "" : err.text, s->input,
-                s->line);
+                rc == 0 || obj ? "not a JSON object" : "invalid JSON: ",
+                rc == 0 || obj ? "" : err.text, s->input, s->line);
         json_decref(obj);
         return EXIT_SERVER;
     }
-    if (s->c->json && json_is_string(json_object_get(obj, "url")))
-        p->url = strdup(json_string_value(json_object_get(obj, "url")));
+    if (s->c->json && rc == 0) {
+        url = jsonr_str(&s->spec, jsonr_get(&s->spec, 0, "url"), &ulen);
+    } else if (s->c->json && json_is_string(json_object_get(obj, "url"))) {
+        url = json_string_value(json_object_get(obj, "url"));
+        ulen = strlen(url);
+    }
+    if (url != NULL)
+        p->url = strndup(url, ulen);
     json_decref(obj);
     p->text = strndup(text, n);
     p->len = n;
@@ -702,7 +723,8 @@ static void batch_free(batch_t *b)
         free(b->urls[i]);
     free(b->urls);
     free(b->lines);
-    json_decref(b->ids);
+    free(b->id_text);
+    free(b->id_off);
     memset(b, 0, sizeof(*b));
 }
 
@@ -806,11 +828,11 @@ static double mono_s(void)
 }
 
 /* FNV-1a of a job id; never 0, which marks a free slot. */
-static uint64_t id_key(const char *id)
+static uint64_t id_key(const char *id, size_t n)
 {
     uint64_t h = 14695981039346656037ull;
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)id[i]) * 1099511628211ull;
     return h ? h : 1;
 }
 
@@ -824,9 +846,9 @@ static tjob_t *tj_slot(tjob_t *jobs, size_t cap, uint64_t key)
 
 /* The job with this id; with add, a new queued one when it is not there.
  * NULL when it is not (or memory ran out: that job is then not shown). */
-static tjob_t *tj_find(term_t *t, const char *id, int add)
+static tjob_t *tj_find(term_t *t, const char *id, size_t n, int add)
 {
-    uint64_t key = id_key(id);
+    uint64_t key = id_key(id, n);
     tjob_t *e;
 
     if (add && (t->known + 1) * 2 > t->cap) {
@@ -851,75 +873,100 @@ static tjob_t *tj_find(term_t *t, const char *id, int add)
     return e->key != 0 ? e : NULL;
 }
 
-static void tj_bytes(term_t *t, tjob_t *e, json_t *job)
+/* The job's bytes so far (bytes: its "bytes" member) count for it. */
+static void tj_bytes(term_t *t, tjob_t *e, const jsonr_t *m, uint32_t bytes)
 {
-    json_int_t b = json_integer_value(json_object_get(job, "bytes"));
+    long long b = ctl_int(m, bytes);
     uint64_t now = b > 0 ? (uint64_t)b : 0;
     t->bytes = t->bytes - e->bytes + now;
     e->bytes = now;
 }
 
 /* The ids of an answered submit call join the run, queued. */
-static void term_register(submit_t *s, json_t *ids)
+static void term_register(submit_t *s, const jsonr_t *m, uint32_t ids)
 {
-    json_t *id;
-    size_t i;
-    if (!s->term.on)
+    if (!s->term.on || jsonr_type(m, ids) != JSONR_ARRAY)
         return;
-    json_array_foreach (ids, i, id)
-        if (json_is_string(id))
-            tj_find(&s->term, json_string_value(id), 1);
+    for (uint32_t id = jsonr_first(m, ids); id != JSONR_NONE; id = jsonr_next(m, id)) {
+        size_t n;
+        const char *text = ctl_str(m, id, &n);
+        if (text != NULL)
+            tj_find(&s->term, text, n, 1);
+    }
 }
 
 /* A started or progress event of the subscription: the job runs. */
-static void term_event(submit_t *s, json_t *params)
+static void term_event(submit_t *s, const jsonr_t *m, uint32_t params)
 {
     term_t *t = &s->term;
-    json_t *job = json_object_get(params, "job");
-    const char *id = json_string_value(json_object_get(job, "id"));
+    uint32_t job = jsonr_get(m, params, "job");
+    size_t n;
+    const char *id = ctl_str(m, jsonr_get(m, job, "id"), &n);
     tjob_t *e;
 
-    if (t->sub == 0 || json_integer_value(json_object_get(params, "subscription")) != t->sub ||
-        id == NULL || (e = tj_find(t, id, 0)) == NULL || e->state == TJ_FINISHED)
+    if (t->sub == 0 || ctl_int(m, jsonr_get(m, params, "subscription")) != t->sub || id == NULL ||
+        (e = tj_find(t, id, n, 0)) == NULL || e->state == TJ_FINISHED)
         return;
     if (e->state == TJ_QUEUED) {
         e->state = TJ_RUNNING;
         t->running++;
     }
-    tj_bytes(t, e, job);
+    tj_bytes(t, e, m, jsonr_get(m, job, "bytes"));
     if (t->known == 1) {
+        /* A run of one job draws its bar from it (a tree: bar_line). */
         json_decref(t->one);
-        t->one = json_incref(job);
+        t->one = jsonr_to_json(m, job);
     }
 }
 
+/* Counts a finished job's error code, or "other" for a code that is not
+ * one of the daemon's own (only those reach the terminal). */
+static void term_error(term_t *t, const char *code, size_t n)
+{
+    static const char allowed[] = "abcdefghijklmnopqrstuvwxyz0123456789_";
+    char buf[128], *key = n < sizeof(buf) ? buf : malloc(n + 1);
+    const char *name;
+
+    if (key == NULL)
+        return;
+    memcpy(key, code, n);
+    key[n] = '\0';
+    name = strspn(key, allowed) == n ? key : "other";
+    if (t->errors != NULL || (t->errors = json_object()) != NULL)
+        json_object_set_new(t->errors, name,
+                            json_integer(json_integer_value(json_object_get(t->errors, name)) + 1));
+    if (key != buf)
+        free(key);
+}
+
 /* Counts a finished job (a wait's answer) for the line and the summary. */
-static void term_finished(submit_t *s, json_t *job)
+static void term_finished(submit_t *s, const jsonr_t *m, uint32_t job)
 {
     static const char *const states[3] = {"done", "failed", "cancelled"};
     term_t *t = &s->term;
-    const char *state = json_string_value(json_object_get(job, "state"));
-    const char *code = json_string_value(json_object_get(json_object_get(job, "error"), "code"));
-    json_int_t http = json_integer_value(json_object_get(job, "http_status"));
-    const char *id = json_string_value(json_object_get(job, "id"));
-    tjob_t *e = id != NULL ? tj_find(t, id, 0) : NULL;
+    ctl_job_t j;
+    long long http;
+    size_t n;
+    const char *code, *id;
+    tjob_t *e;
 
-    for (int k = 0; state != NULL && k < 3; k++)
-        if (strcmp(state, states[k]) == 0)
+    ctl_job_read(m, job, &j);
+    http = ctl_int(m, j.http_status);
+    for (int k = 0; k < 3; k++)
+        if (ctl_str_is(m, j.state, states[k]))
             t->states[k]++;
     t->classes[http >= 100 && http <= 599 ? http / 100 : 0]++;
-    if (code != NULL && strspn(code, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(code))
-        code = "other"; /* only the daemon's own codes reach the terminal */
-    if (code != NULL && (t->errors != NULL || (t->errors = json_object()) != NULL))
-        json_object_set_new(t->errors, code,
-                            json_integer(json_integer_value(json_object_get(t->errors, code)) + 1));
+    if (j.error != JSONR_NONE && (code = ctl_str(m, jsonr_get(m, j.error, "code"), &n)) != NULL)
+        term_error(t, code, n);
     t->finished++;
+    id = ctl_str(m, j.id, &n);
+    e = id != NULL ? tj_find(t, id, n, 0) : NULL;
     if (e == NULL || e->state == TJ_FINISHED)
         return;
     if (e->state == TJ_RUNNING)
         t->running--;
     e->state = TJ_FINISHED;
-    tj_bytes(t, e, job);
+    tj_bytes(t, e, m, j.bytes);
 }
 
 static int term_cols(void)
@@ -1073,23 +1120,25 @@ static void term_draw(submit_t *s)
 }
 
 /* A run of one job keeps its final bar on the screen, curl-like. */
-static void term_final_bar(submit_t *s, json_t *job)
+static void term_final_bar(submit_t *s, const jsonr_t *m, uint32_t job)
 {
     term_t *t = &s->term;
-    json_int_t len = json_integer_value(json_object_get(job, "content_length"));
-    json_int_t ms =
-        json_integer_value(json_object_get(json_object_get(job, "timings"), "total_ms"));
-    json_int_t wire = json_integer_value(json_object_get(job, "wire_bytes"));
+    json_int_t len, ms, wire;
     json_t *shown;
     char line[512], b[32];
 
-    /* Only a terminal showing one known job gets the bar: the copy is made
-     * for it alone, not for each of a long input's answers. */
-    if (!t->on || t->known != 1 || !s->eof || wire <= 0 || (shown = json_deep_copy(job)) == NULL)
+    /* Only a terminal showing one known job gets the bar: it is looked at
+     * and copied for it alone, not for each of a long input's answers. */
+    if (!t->on || t->known != 1 || !s->eof)
+        return;
+    len = ctl_int(m, jsonr_get(m, job, "content_length"));
+    ms = ctl_int(m, jsonr_get(m, jsonr_get(m, job, "timings"), "total_ms"));
+    wire = ctl_int(m, jsonr_get(m, job, "wire_bytes"));
+    if (wire <= 0 || (shown = jsonr_to_json(m, job)) == NULL)
         return;
     /* The average over the whole transfer, and the time it took. */
     json_object_set_new(shown, "speed", json_integer(ms > 0 ? wire * 1000 / ms : 0));
-    if (json_object_get(job, "content_length") != NULL)
+    if (jsonr_get(m, job, "content_length") != JSONR_NONE)
         json_object_set_new(shown, "total", json_integer(len));
     json_object_del(shown, "eta");
     bar_line(shown, term_cols() - 8, line, sizeof(line));
@@ -1155,50 +1204,122 @@ static void term_dispose(term_t *t)
 
 /* ---- answers -------------------------------------------------------------------- */
 
-/* Queues a wait call for the job and remembers which job it is for. */
-static int queue_wait(submit_t *s, const char *id)
+/* Sends the wait call for the job id (owned; this function takes it) and
+ * remembers which job it is for. 0 or -1. */
+static int send_wait(submit_t *s, char *id)
 {
     json_int_t call = rpc_request_job(&s->c->rpc, "wait", id);
     size_t slot = (size_t)(call - s->wait_base);
-    if (call < 0)
+    if (call < 0) {
+        free(id);
         return -1;
+    }
     if (slot >= s->wait_cap) {
         size_t cap = s->wait_cap ? s->wait_cap * 2 : 4096;
         char **p;
         while (cap <= slot)
             cap *= 2;
-        if ((p = realloc(s->wait_job, cap * sizeof(*p))) == NULL)
+        if ((p = realloc(s->wait_job, cap * sizeof(*p))) == NULL) {
+            free(id);
             return -1;
+        }
         memset(p + s->wait_cap, 0, (cap - s->wait_cap) * sizeof(*p));
         s->wait_job = p;
         s->wait_cap = cap;
     }
-    s->wait_job[slot] = strdup(id);
+    s->wait_job[slot] = id;
+    s->waits_open++;
+    return 0;
+}
+
+/* Waits on the job: at once while fewer than SUBMIT_MAX_WAITS calls are
+ * open, else once earlier ones are answered (send_later). 0 or -1. */
+static int queue_wait(submit_t *s, const char *text)
+{
+    char *id = strdup(text);
+    if (id == NULL)
+        return -1;
     s->waits_pending++;
-    return s->wait_job[slot] != NULL ? 0 : -1;
+    if (s->waits_open < SUBMIT_MAX_WAITS && s->later_n == s->later_head)
+        return send_wait(s, id);
+    if (s->later_n == s->later_cap) {
+        size_t live = s->later_n - s->later_head, cap;
+        char **p;
+        if (live > 0)
+            memmove(s->later, s->later + s->later_head, live * sizeof(*s->later));
+        s->later_head = 0;
+        s->later_n = live;
+        cap = live * 2 > s->later_cap ? live * 2 : s->later_cap;
+        cap = cap > 0 ? cap : 4096;
+        if (cap > s->later_cap) {
+            if ((p = realloc(s->later, cap * sizeof(*p))) == NULL) {
+                free(id);
+                return -1;
+            }
+            s->later = p;
+            s->later_cap = cap;
+        }
+    }
+    s->later[s->later_n++] = id;
+    return 0;
+}
+
+/* Sends the waits that were kept for room, while there is room (and the
+ * run is not stopping). 0 or -1. */
+static int send_later(submit_t *s)
+{
+    while (!s->stop && s->waits_open < SUBMIT_MAX_WAITS && s->later_head < s->later_n) {
+        char *id = s->later[s->later_head++];
+        if (s->later_head == s->later_n)
+            s->later_head = s->later_n = 0;
+        if (send_wait(s, id) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The id of the next unfinished job at or after *pos (those with an open
+ * wait, then those whose wait is kept for room), moving *pos past it; NULL
+ * after the last. */
+static const char *next_unfinished(submit_t *s, size_t *pos)
+{
+    for (; *pos < s->wait_cap; (*pos)++)
+        if (s->wait_job[*pos] != NULL)
+            return s->wait_job[(*pos)++];
+    if (*pos - s->wait_cap < s->later_n - s->later_head)
+        return s->later[s->later_head + (*pos)++ - s->wait_cap];
+    return NULL;
+}
+
+/* --json: the line {"id":ID,"url":URL} of a job ("url":null when it is not
+ * known), as json_pack("{s:s, s:s?}") and jansson's dump wrote it. */
+static void print_id_json(submit_t *s, const char *id, const char *url)
+{
+    jdump_t *d = &s->c->dump;
+    d->len = 0;
+    if (jdump_raw(d, "{\"id\":", 6) != 0 || jdump_string(d, id, strlen(id)) != 0 ||
+        jdump_raw(d, ",\"url\":", 7) != 0 ||
+        (url != NULL ? jdump_string(d, url, strlen(url)) : jdump_raw(d, "null", 4)) != 0 ||
+        jdump_raw(d, "}\n", 2) != 0)
+        d->len = 0;
+    fwrite(d->buf, 1, d->len, stdout);
 }
 
 /* Prints (or waits on) the ids of an answered batch. */
 static int batch_output(submit_t *s, batch_t *b)
 {
-    size_t i;
-    json_t *id;
     ctl_progress_clear(s->c);
-    json_array_foreach (b->ids, i, id) {
-        const char *text = json_string_value(id);
-        if (text == NULL)
+    for (size_t i = 0; i < b->nid; i++) {
+        const char *text = b->id_text + b->id_off[i];
+        if (b->id_off[i] == NO_ID)
             continue;
         s->nids++;
         /* The ids come first, also with --wait: a script has them even if
          * the wait is interrupted. */
-        if (s->c->json && !s->quiet) {
-            json_t *o = json_pack("{s:s, s:s?}", "id", text, "url", b->urls[i]);
-            json_dumpf(o, stdout, JSON_COMPACT);
-            fputc('\n', stdout);
-            json_decref(o);
-        } else if (!s->quiet) {
+        if (s->c->json && !s->quiet)
+            print_id_json(s, text, b->urls[i]);
+        else if (!s->quiet)
             puts(text);
-        }
         if (s->wait && queue_wait(s, text) != 0)
             return EXIT_SERVER;
     }
@@ -1206,96 +1327,157 @@ static int batch_output(submit_t *s, batch_t *b)
 }
 
 /* Reports a refused batch. */
-static void batch_error(submit_t *s, batch_t *b, json_t *error)
+static void batch_error(submit_t *s, batch_t *b, const jsonr_t *m, uint32_t error)
 {
-    json_t *data = json_object_get(error, "data");
-    json_t *index = json_object_get(data, "index");
-    const char *msg = json_string_value(json_object_get(data, "message"));
+    uint32_t data = jsonr_get(m, error, "data");
+    long long index;
+    size_t n;
+    const char *msg = ctl_str(m, jsonr_get(m, data, "message"), &n);
 
     ctl_progress_clear(s->c);
-    if (json_is_integer(index) && json_integer_value(index) >= 0 &&
-        (size_t)json_integer_value(index) < b->n && msg != NULL) {
-        size_t k = (size_t)json_integer_value(index);
-        fprintf(stderr, "fetchctl: job %zu: %s\n", b->first + k, msg);
+    if (jsonr_int(m, jsonr_get(m, data, "index"), &index) == 0 && index >= 0 &&
+        (size_t)index < b->n && msg != NULL) {
+        fprintf(stderr, "fetchctl: job %zu: %.*s\n", b->first + (size_t)index, (int)n, msg);
         if (s->input != NULL)
-            fprintf(stderr, "fetchctl: (%s line %lu)\n", s->input, b->lines[k]);
+            fprintf(stderr, "fetchctl: (%s line %lu)\n", s->input, b->lines[index]);
     } else {
-        ctl_print_error("submit", error);
+        ctl_print_error("submit", m, error);
     }
 }
 
-static void on_submit_answer(submit_t *s, batch_t *b, json_t *resp)
+/* Keeps a copy of the ids an answer gives (the message's text moves with
+ * the next read) until the batch retires. 0 or -1 (no memory). */
+static int batch_keep_ids(batch_t *b, const jsonr_t *m, uint32_t ids)
 {
-    json_t *result = json_object_get(resp, "result");
+    size_t bytes = 0, off = 0, n = jsonr_type(m, ids) == JSONR_ARRAY ? jsonr_count(m, ids) : 0;
+    uint32_t id;
+
+    b->has_ids = 1;
+    if (n == 0)
+        return 0;
+    for (id = jsonr_first(m, ids); id != JSONR_NONE; id = jsonr_next(m, id)) {
+        size_t len;
+        if (ctl_str(m, id, &len) != NULL)
+            bytes += len + 1;
+    }
+    b->id_off = malloc(n * sizeof(*b->id_off));
+    b->id_text = malloc(bytes ? bytes : 1);
+    if (b->id_off == NULL || b->id_text == NULL)
+        return -1;
+    for (id = jsonr_first(m, ids); id != JSONR_NONE; id = jsonr_next(m, id)) {
+        size_t len;
+        const char *text = ctl_str(m, id, &len);
+        b->id_off[b->nid++] = text != NULL ? off : NO_ID;
+        if (text == NULL)
+            continue;
+        memcpy(b->id_text + off, text, len);
+        b->id_text[off + len] = '\0';
+        off += len + 1;
+    }
+    return 0;
+}
+
+static void on_submit_answer(submit_t *s, batch_t *b, const jsonr_t *m, uint32_t resp)
+{
+    uint32_t result = jsonr_get(m, resp, "result");
     b->answered = 1;
-    if (result != NULL) {
-        b->ids = json_incref(json_object_get(result, "ids"));
-        term_register(s, b->ids); /* now: their events may come before the batch retires */
+    if (result != JSONR_NONE) {
+        uint32_t ids = jsonr_get(m, result, "ids");
+        if (ids != JSONR_NONE && batch_keep_ids(b, m, ids) != 0) {
+            s->stop = 1;
+            s->rc = EXIT_SERVER;
+        }
+        term_register(s, m, ids); /* now: their events may come before the batch retires */
         return;
     }
     if (!s->stop)
-        batch_error(s, b, json_object_get(resp, "error"));
+        batch_error(s, b, m, jsonr_get(m, resp, "error"));
     s->stop = 1;
     s->rc = EXIT_SERVER;
 }
 
 /* -o -: the header fields (with --include) as "Name: value" lines and an
  * empty line, CRLF-terminated as curl -i writes them. */
-static void write_fields(json_t *job)
+static void write_fields(const jsonr_t *m, uint32_t job)
 {
-    json_t *pair;
-    size_t i;
-    json_array_foreach (json_object_get(job, "headers"), i, pair) {
-        json_t *name = json_array_get(pair, 0), *value = json_array_get(pair, 1);
-        fwrite(json_string_value(name), 1, json_string_length(name), stdout);
+    uint32_t headers = jsonr_get(m, job, "headers");
+    for (uint32_t pair = jsonr_type(m, headers) == JSONR_ARRAY ? jsonr_first(m, headers)
+                                                               : JSONR_NONE;
+         pair != JSONR_NONE; pair = jsonr_next(m, pair)) {
+        size_t ln = 0, lv = 0;
+        const char *name = jsonr_str(m, jsonr_at(m, pair, 0), &ln);
+        const char *value = jsonr_str(m, jsonr_at(m, pair, 1), &lv);
+        fwrite(name, 1, name ? ln : 0, stdout);
         fputs(": ", stdout);
-        fwrite(json_string_value(value), 1, json_string_length(value), stdout);
+        fwrite(value, 1, value ? lv : 0, stdout);
         fputs("\r\n", stdout);
     }
     fputs("\r\n", stdout);
 }
 
+/* A string member as a new C string (cut at a NUL), or NULL. */
+static char *str_dup(const jsonr_t *m, uint32_t o, const char *key)
+{
+    size_t n;
+    const char *s = ctl_str(m, jsonr_get(m, o, key), &n);
+    return s != NULL ? strndup(s, n) : NULL;
+}
+
+/* -o -: why nothing was written for a job that did not finish done. */
+static void body_refused(const jsonr_t *m, uint32_t job)
+{
+    uint32_t err = jsonr_get(m, job, "error");
+    char *code = str_dup(m, err, "code"), *msg = str_dup(m, err, "message");
+    char *id = str_dup(m, job, "id"), *state = str_dup(m, job, "state");
+
+    if (code != NULL && strcmp(code, "body_too_large") == 0 && msg != NULL &&
+        strncmp(msg, "inline", 6) == 0)
+        fprintf(stderr,
+                "fetchctl: job %s: the body is too large for -o - (%s); nothing was"
+                " written: use -o FILE\n",
+                id ? id : "?", msg);
+    else
+        fprintf(stderr, "fetchctl: job %s is %s%s%s%s%s; nothing was written\n", id ? id : "?",
+                state ? state : "?", code ? ": " : "", code ? code : "", msg ? ": " : "",
+                msg ? msg : "");
+    free(code);
+    free(msg);
+    free(id);
+    free(state);
+}
+
 /* -o -: writes the inline body of a done job to stdout, exactly; a job
  * that did not finish done writes nothing and says why. Returns the exit
  * code of this job. */
-static int write_body(submit_t *s, json_t *job)
+static int write_body(submit_t *s, const jsonr_t *m, uint32_t job)
 {
-    json_t *in = json_object_get(job, "inline"), *data = json_object_get(in, "data");
-    json_t *err = json_object_get(job, "error");
-    const char *enc = json_string_value(json_object_get(in, "encoding"));
-    const char *code = json_string_value(json_object_get(err, "code"));
-    const char *msg = json_string_value(json_object_get(err, "message"));
-    const char *id = json_string_value(json_object_get(job, "id"));
-    const char *state = json_string_value(json_object_get(job, "state"));
+    uint32_t in = jsonr_get(m, job, "inline");
+    size_t n = 0, olen = 0;
+    const char *data = jsonr_str(m, jsonr_get(m, in, "data"), &n);
+    char *enc = str_dup(m, in, "encoding"), *id;
     unsigned char *raw;
-    size_t n = json_string_length(data), olen = 0;
 
     ctl_progress_clear(s->c);
-    if (!ctl_job_done(job) || !json_is_string(data) || enc == NULL) {
-        if (code != NULL && strcmp(code, "body_too_large") == 0 && msg != NULL &&
-            strncmp(msg, "inline", 6) == 0)
-            fprintf(stderr,
-                    "fetchctl: job %s: the body is too large for -o - (%s); nothing was"
-                    " written: use -o FILE\n",
-                    id ? id : "?", msg);
-        else
-            fprintf(stderr, "fetchctl: job %s is %s%s%s%s%s; nothing was written\n", id ? id : "?",
-                    state ? state : "?", code ? ": " : "", code ? code : "", msg ? ": " : "",
-                    msg ? msg : "");
+    if (!ctl_job_done(m, job) || data == NULL || enc == NULL) {
+        free(enc);
+        body_refused(m, job);
         return EXIT_JOB;
     }
     if (s->include)
-        write_fields(job);
+        write_fields(m, job);
     if (strcmp(enc, "text") == 0) {
-        fwrite(json_string_value(data), 1, n, stdout);
+        free(enc);
+        fwrite(data, 1, n, stdout);
         return EXIT_OK;
     }
+    free(enc);
     raw = malloc(n / 4 * 3 + 3);
     if (raw == NULL ||
-        mbedtls_base64_decode(raw, n / 4 * 3 + 3, &olen,
-                              (const unsigned char *)json_string_value(data), n) != 0) {
+        mbedtls_base64_decode(raw, n / 4 * 3 + 3, &olen, (const unsigned char *)data, n) != 0) {
         free(raw);
+        id = str_dup(m, job, "id");
         fprintf(stderr, "fetchctl: job %s: the inline body is not valid base64\n", id ? id : "?");
+        free(id);
         return EXIT_SERVER;
     }
     fwrite(raw, 1, olen, stdout);
@@ -1303,74 +1485,77 @@ static int write_body(submit_t *s, json_t *job)
     return EXIT_OK;
 }
 
-static void on_wait_answer(submit_t *s, size_t slot, json_t *resp)
+static void on_wait_answer(submit_t *s, size_t slot, const jsonr_t *m, uint32_t resp)
 {
-    json_t *job = json_object_get(resp, "result");
+    uint32_t job = jsonr_get(m, resp, "result");
     int rc;
     s->waits_pending--;
+    s->waits_open--;
     s->waits_done++;
-    if (job != NULL) {
-        term_finished(s, job);
-        term_final_bar(s, job);
+    if (job != JSONR_NONE) {
+        term_finished(s, m, job);
+        term_final_bar(s, m, job);
     }
-    if (job != NULL && s->to_stdout) {
-        rc = write_body(s, job);
-    } else if (job != NULL) {
-        ctl_print_job(s->c, job);
+    if (job != JSONR_NONE && s->to_stdout) {
+        rc = write_body(s, m, job);
+    } else if (job != JSONR_NONE) {
+        ctl_print_job(s->c, m, job);
         if (s->include)
-            ctl_print_details(s->c, job);
-        rc = ctl_job_done(job) ? EXIT_OK : EXIT_JOB;
+            ctl_print_details(s->c, m, job);
+        rc = ctl_job_done(m, job) ? EXIT_OK : EXIT_JOB;
     } else {
         ctl_progress_clear(s->c);
-        rc = ctl_print_error(s->wait_job[slot], json_object_get(resp, "error"));
+        rc = ctl_print_error(s->wait_job[slot], m, jsonr_get(m, resp, "error"));
     }
     free(s->wait_job[slot]);
     s->wait_job[slot] = NULL;
+    if (send_later(s) != 0)
+        rc = EXIT_SERVER;
     if (rc > s->rc)
         s->rc = rc;
 }
 
 /* Answers that are not a submit's or a wait's: the subscription, the
  * cancel calls after Ctrl-C, and the events. Returns 1 when resp was one. */
-static int on_other(submit_t *s, json_t *resp, json_int_t id)
+static int on_other(submit_t *s, const jsonr_t *m, uint32_t resp, json_int_t id)
 {
-    const char *method = json_string_value(json_object_get(resp, "method"));
-    json_t *result = json_object_get(resp, "result");
+    uint32_t method = jsonr_get(m, resp, "method");
+    uint32_t result = jsonr_get(m, resp, "result");
+    size_t n;
 
-    if (method != NULL && strcmp(method, "event") == 0) {
-        term_event(s, json_object_get(resp, "params"));
+    if (ctl_str_is(m, method, "event")) {
+        term_event(s, m, jsonr_get(m, resp, "params"));
         return 1;
     }
     if (id != 0 && id == s->term.sub_call) {
         /* A daemon without progress events refuses: the line then counts
          * finished jobs only. */
-        s->term.sub = json_integer_value(json_object_get(result, "subscription"));
+        s->term.sub = ctl_int(m, jsonr_get(m, result, "subscription"));
         return 1;
     }
     if (id >= s->cancel_base && id < s->cancel_base + (json_int_t)s->cancel_n) {
-        const char *state = json_string_value(json_object_get(result, "state"));
         s->cancels_pending--;
-        s->cancelled += state != NULL && strcmp(state, "cancelled") == 0;
+        s->cancelled += ctl_str_is(m, jsonr_get(m, result, "state"), "cancelled");
         return 1;
     }
-    return method != NULL;
+    return ctl_str(m, method, &n) != NULL;
 }
 
-static void on_response(submit_t *s, json_t *resp)
+static void on_response(submit_t *s, const jsonr_t *m, uint32_t resp)
 {
-    json_int_t id = ctl_resp_id(resp);
+    json_int_t id = ctl_resp_id(m, resp);
     size_t slot = (size_t)(id - s->wait_base);
-    if (on_other(s, resp, id))
+    if (on_other(s, m, resp, id))
         return;
     for (size_t i = 0; i < s->count; i++) {
         batch_t *b = &s->ring[(s->head + i) % SUBMIT_DEPTH];
         if (b->id == id && !b->answered) {
-            on_submit_answer(s, b, resp);
+            on_submit_answer(s, b, m, resp);
             return;
         }
     }
     if (id >= s->wait_base && slot < s->wait_cap && s->wait_job[slot] != NULL)
-        on_wait_answer(s, slot, resp);
+        on_wait_answer(s, slot, m, resp);
 }
 
 /* Retires answered batches from the head, in input order. */
@@ -1378,7 +1563,7 @@ static int retire(submit_t *s)
 {
     while (s->count > 0 && s->ring[s->head].answered) {
         batch_t *b = &s->ring[s->head];
-        int rc = b->ids != NULL ? batch_output(s, b) : 0;
+        int rc = b->has_ids ? batch_output(s, b) : 0;
         batch_free(b);
         s->head = (s->head + 1) % SUBMIT_DEPTH;
         s->count--;
@@ -1389,24 +1574,23 @@ static int retire(submit_t *s)
 }
 
 /* ctl_recv(), waking on a terminal to redraw the live line meanwhile. */
-static int recv_msg(submit_t *s, json_t **msg)
+static int recv_msg(submit_t *s)
 {
     while (s->term.on &&
            !rpc_wait(&s->c->rpc, s->c->progress_shown ? TERM_TICK_MS : TERM_HIDDEN_MS))
         term_draw(s);
-    return ctl_recv(s->c, msg);
+    return ctl_recv(s->c);
 }
 
 /* Reads one message and handles what it answers: 0 or an exit code. */
 static int step(submit_t *s)
 {
-    json_t *msg;
-    int rc = recv_msg(s, &msg);
+    const jsonr_t *m = &s->c->rpc.msg;
+    int rc = recv_msg(s);
     if (rc != 0)
         return rc;
-    for (size_t i = 0; i < ctl_msg_count(msg); i++)
-        on_response(s, ctl_msg_item(msg, i));
-    json_decref(msg);
+    for (uint32_t resp = ctl_msg_first(m); resp != JSONR_NONE; resp = jsonr_next(m, resp))
+        on_response(s, m, resp);
     if ((rc = retire(s)) != 0)
         return rc;
     term_draw(s);
@@ -1451,6 +1635,7 @@ static void cancel_command(submit_t *s)
 static const char *ids_file(submit_t *s, char *buf, size_t len)
 {
     const char *dir = getenv("TMPDIR");
+    const char *id;
     FILE *f;
     int fd, bad;
 
@@ -1461,9 +1646,8 @@ static const char *ids_file(submit_t *s, char *buf, size_t len)
             close(fd);
         return NULL;
     }
-    for (size_t i = 0; i < s->wait_cap; i++)
-        if (s->wait_job[i] != NULL)
-            fprintf(f, "%s\n", s->wait_job[i]);
+    for (size_t pos = 0; (id = next_unfinished(s, &pos)) != NULL;)
+        fprintf(f, "%s\n", id);
     bad = ferror(f);
     if (fclose(f) != 0 || bad) {
         unlink(buf);
@@ -1478,7 +1662,7 @@ static void interrupt_hint(submit_t *s)
 {
     size_t n = s->waits_pending;
     char path[4096];
-    const char *file;
+    const char *file, *id;
 
     if (n == 0) {
         fprintf(stderr, "fetchctl: interrupted; every job had finished\n");
@@ -1501,11 +1685,9 @@ static void interrupt_hint(submit_t *s)
     }
     fprintf(stderr, "fetchctl: to cancel %s:\n  ", n == 1 ? "it" : "them");
     cancel_command(s);
-    for (size_t i = 0; i < s->wait_cap; i++) {
-        if (s->wait_job[i] != NULL) {
-            fputc(' ', stderr);
-            shell_word(s->wait_job[i]);
-        }
+    for (size_t pos = 0; (id = next_unfinished(s, &pos)) != NULL;) {
+        fputc(' ', stderr);
+        shell_word(id);
     }
     fputc('\n', stderr);
 }
@@ -1515,19 +1697,17 @@ static void interrupt_hint(submit_t *s)
 static int cancel_unfinished(submit_t *s)
 {
     json_t *batch = NULL;
-    size_t n = 0;
+    const char *job;
+    size_t n = 0, pos = 0;
     int rc = 0;
 
     s->cancel_base = s->c->rpc.next_id;
-    for (size_t i = 0; rc == 0 && i < s->wait_cap; i++) {
+    while (rc == 0 && (job = next_unfinished(s, &pos)) != NULL) {
         json_int_t id;
-        if (s->wait_job[i] == NULL)
-            continue;
         if (batch == NULL && (batch = json_array()) == NULL)
             return EXIT_SERVER;
         if (json_array_append_new(batch, rpc_call_object(&s->c->rpc, "cancel",
-                                                         json_pack("{s:s}", "id", s->wait_job[i]),
-                                                         &id)) != 0)
+                                                         json_pack("{s:s}", "id", job), &id)) != 0)
             rc = EXIT_SERVER;
         else
             n++;
@@ -1624,6 +1804,9 @@ static void submit_dispose(submit_t *s)
     for (size_t i = 0; i < s->wait_cap; i++)
         free(s->wait_job[i]);
     free(s->wait_job);
+    for (size_t i = s->later_head; i < s->later_n; i++)
+        free(s->later[i]);
+    free(s->later);
     term_dispose(&s->term);
     free(s->pending.text);
     free(s->pending.url);
@@ -1631,6 +1814,7 @@ static void submit_dispose(submit_t *s)
     free(s->linebuf);
     free(s->defaults_text);
     json_decref(s->defaults);
+    jsonr_free(&s->spec);
     if (s->fp != NULL && s->fp != stdin)
         fclose(s->fp);
 }
@@ -1657,6 +1841,7 @@ int cmd_submit(ctl_t *c, int argc, char **argv)
 
     memset(&s, 0, sizeof(s));
     s.c = c;
+    jsonr_init(&s.spec, realloc, free);
     s.defaults = json_object();
     rc = s.defaults ? parse_options(&s, argc, argv) : EXIT_SERVER;
     if (rc < 0 && defaults_text(&s) != 0)

@@ -20,6 +20,13 @@ not a test: it prints numbers and asserts nothing about them.
     python3 tests/bench/callgrind_fetch.py --src /tmp/old    # another checkout
     python3 tests/bench/callgrind_fetch.py --bin-dir /tmp/fetchd-release/bin
 
+With --client, fetchctl is the one profiled instead: fetchd runs
+natively and `fetchctl submit -i FILE --wait` runs under callgrind, so the
+marginal count is the client's cost per job (submitting it, waiting on it,
+printing its line).
+
+    python3 tests/bench/callgrind_fetch.py --client --bin-dir build-rel/bin
+
 Standard library only. Every process it starts (nginx, fetchd under
 valgrind, fetchctl) it stops; the temporary build and files are removed.
 """
@@ -147,10 +154,11 @@ def clean_env():
                          "WATCHDOG_USEC", "WATCHDOG_PID")}
 
 
-def one_run(bin_dir, url, n, timeout, keep=None):
+def one_run(bin_dir, url, n, timeout, keep=None, client=False):
     """fetchd under callgrind does n GETs of url; returns its (Ir total,
-    allocation calls). With keep, callgrind's output file is copied there as
-    callgrind.N.out."""
+    allocation calls). With client, fetchctl runs under callgrind instead
+    (and fetchd natively). With keep, callgrind's output file is copied
+    there as callgrind.N.out (callgrind.fetchctl.N.out)."""
     work = tempfile.mkdtemp(prefix="fetchd-cg-")
     try:
         sock = os.path.join(work, "control.sock")
@@ -158,19 +166,22 @@ def one_run(bin_dir, url, n, timeout, keep=None):
         jobs = os.path.join(work, "jobs.txt")
         with open(jobs, "w") as f:
             f.write((url + "\n") * n)
-        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-               os.path.join(bin_dir, "fetchd"), "--control", sock, "--metrics", "off",
+        valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+        cmd = [os.path.join(bin_dir, "fetchd"), "--control", sock, "--metrics", "off",
                "--max-connections", str(CONNECTIONS), "--max-per-host", str(CONNECTIONS)]
+        ctl = [os.path.join(bin_dir, "fetchctl"), "-s", sock, "submit", "-i", jobs, "--wait"]
+        if client:
+            ctl = valgrind + ctl
+        else:
+            cmd = valgrind + cmd
         with open(os.path.join(work, "fetchd.log"), "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     env=clean_env(), start_new_session=True)
         try:
             if not wait_socket(sock, proc, START_TIMEOUT):
                 raise CallgrindError("fetchd under valgrind did not start:\n" + read_tail(work))
-            r = subprocess.run([os.path.join(bin_dir, "fetchctl"), "-s", sock, "submit", "-i",
-                                jobs, "--wait"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               timeout=timeout)
+            r = subprocess.run(ctl, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, timeout=timeout, env=clean_env())
             if r.returncode != 0:
                 raise CallgrindError("fetchctl submit exited %d: %s" % (
                     r.returncode, r.stderr.decode(errors="replace")[-2000:]))
@@ -180,7 +191,8 @@ def one_run(bin_dir, url, n, timeout, keep=None):
             raise CallgrindError("fetchd exited %r:\n%s" % (rc, read_tail(work)))
         if keep:
             os.makedirs(keep, exist_ok=True)
-            shutil.copy(out, os.path.join(keep, "callgrind.%d.out" % n))
+            name = "callgrind.fetchctl.%d.out" if client else "callgrind.%d.out"
+            shutil.copy(out, os.path.join(keep, name % n))
         return callgrind_totals(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -255,6 +267,9 @@ def parse_args():
     ap.add_argument("--timeout", type=float, default=1800.0, help="limit for one run (s)")
     ap.add_argument("--curl", action="store_true",
                     help="also measure curl --parallel the same way, and print the ratio")
+    ap.add_argument("--client", action="store_true",
+                    help="profile fetchctl submit -i FILE --wait instead of fetchd (which "
+                         "then runs natively)")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy callgrind's output files there (callgrind.N.out), for "
                          "callgrind_annotate")
@@ -287,6 +302,11 @@ def main():
             bin_dir = build(os.path.abspath(args.src), tmp_build)
         nginx = Nginx().start()
         url = nginx.url("/1k.bin")
+        if args.client:
+            ctl = marginal(lambda n: one_run(bin_dir, url, n, args.timeout, args.keep, True),
+                           args.small, args.large, args.repeat)
+            print_marginal("fetchctl", ctl, args.small, args.large)
+            return
         fetchd = marginal(lambda n: one_run(bin_dir, url, n, args.timeout, args.keep),
                           args.small, args.large, args.repeat)
         print_marginal("fetchd", fetchd, args.small, args.large)
