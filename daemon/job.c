@@ -254,7 +254,8 @@ void job_spec_init(job_spec_t *spec)
 
 void job_spec_dispose(job_spec_t *spec)
 {
-    mem_free(spec->url);
+    if (!spec->url_borrowed)
+        mem_free(spec->url);
     mem_free(spec->method);
     for (size_t i = 0; i < spec->nheaders; i++) {
         mem_free(spec->headers[i].name);
@@ -420,6 +421,34 @@ static int ensure_tls(job_t *j, char *err, size_t errlen)
                           &j->tls_config, err, errlen);
 }
 
+/* Makes spec.url the job's own. The submitted URL is most often already
+ * normalised: then the spec shares the parsed URL's text instead of holding
+ * a second copy, and a borrowed text (the decoder's room, which dies when
+ * job_create() returns) costs no allocation. Otherwise a borrowed text is
+ * copied here, before the room can go. */
+static int keep_url(job_t *j)
+{
+    job_spec_t *sp = &j->spec;
+    char *copy;
+
+    if (strcmp(sp->url, j->url.href) == 0) {
+        if (!sp->url_borrowed)
+            mem_free(sp->url);
+        sp->url = j->url.href;
+        sp->url_borrowed = 0;
+        j->url_shared = 1;
+        return 0;
+    }
+    if (!sp->url_borrowed)
+        return 0;
+    copy = mem_strdup(sp->url);
+    if (copy == NULL)
+        return ERR_NO_MEMORY; /* still borrowed: job_spec_dispose() leaves it */
+    sp->url = copy;
+    sp->url_borrowed = 0;
+    return 0;
+}
+
 static int validate(job_t *j, char *err, size_t errlen)
 {
     const char *msg = NULL;
@@ -468,13 +497,9 @@ static int validate(job_t *j, char *err, size_t errlen)
             return rc;
     }
     j->effective_url = j->url.href;
-    /* The submitted URL is most often already normalised: then the spec
-     * shares the parsed URL's text instead of holding a second copy. */
-    if (strcmp(j->spec.url, j->url.href) == 0) {
-        mem_free(j->spec.url);
-        j->spec.url = j->url.href;
-        j->url_shared = 1;
-    }
+    rc = keep_url(j);
+    if (rc != 0)
+        return rc;
     if (j->spec.method) {
         j->method = mem_strdup(j->spec.method);
         if (j->method == NULL)
@@ -588,6 +613,7 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
         job_decref(j);
         return rc;
     }
+    assert(!j->spec.url_borrowed);
     j->cost = job_cost(j);
     *out = j;
     return 0;

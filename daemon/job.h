@@ -69,9 +69,10 @@ typedef struct job_header {
 } job_header_t;
 
 /* What to fetch and how. job_spec_init() fills in the defaults below; every
- * pointer is owned by the spec and released by job_spec_dispose(). */
+ * pointer is owned by the spec and released by job_spec_dispose(), except a
+ * borrowed url (url_borrowed). */
 typedef struct job_spec {
-    char *url;             /* required */
+    char *url;             /* required; owned, or borrowed when url_borrowed */
     char *method;          /* NULL means "GET" */
     job_header_t *headers; /* nheaders entries */
     size_t nheaders;
@@ -108,6 +109,10 @@ typedef struct job_spec {
     job_overwrite_t overwrite; /* JOB_OVERWRITE_DEFAULT */
     int mkdirs;                /* 0: the output's directory must exist */
     int resume;                /* 0: a failed file job leaves no partial file to resume */
+    /* url lies in a decoder's room (jobspec_decode_lent()) that lives only
+     * until job_create() returns: job_spec_dispose() never frees it, and
+     * job_create() shares or copies it (placed last: it fills padding) */
+    int url_borrowed;
 } job_spec_t;
 
 #define JOB_DEFAULT_CONNECT_TIMEOUT_MS    10000
@@ -339,7 +344,9 @@ struct job {
 };
 
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure
- * too. Validates the URL, method and headers; returns 0 with *out a new
+ * too. A borrowed url (spec->url_borrowed) is read during the call only:
+ * the job shares its parsed url.href when the text is already normalised,
+ * and copies it otherwise. Validates the URL, method and headers; returns 0 with *out a new
  * reference, or ERR_INVALID_REQUEST (errmsg says which field and why) or
  * ERR_NO_MEMORY. env is borrowed and must outlive the job. The job is not
  * queued: its owner does that (sched_submit()). */

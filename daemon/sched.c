@@ -415,18 +415,20 @@ static int reserve(sched_t *s, size_t n)
     return 0;
 }
 
-int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
+int sched_submit_each(sched_t *s, size_t n, sched_spec_cb next, void *data, job_t **jobs, long *bad,
                       char *errmsg, size_t errlen)
 {
-    size_t created = 0, consumed = 0;
+    size_t created = 0;
     int rc;
 
     *bad = -1;
     rc = accepting_check(s, n, errmsg, errlen);
     while (rc == 0 && created < n) {
+        job_spec_t spec;
+        rc = next(data, created, &spec, errmsg, errlen);
         /* job_create() takes the spec, whether it succeeds or not. */
-        rc = job_create(&s->env, &specs[created], &jobs[created], errmsg, errlen);
-        consumed++;
+        if (rc == 0)
+            rc = job_create(&s->env, &spec, &jobs[created], errmsg, errlen);
         if (rc == 0)
             created++;
         else if (rc != ERR_NO_MEMORY)
@@ -439,8 +441,6 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
     if (rc != 0) {
         for (size_t k = 0; k < created; k++)
             job_decref(jobs[k]);
-        for (size_t k = consumed; k < n; k++)
-            job_spec_dispose(&specs[k]);
         return rc;
     }
     for (size_t k = 0; k < n; k++) {
@@ -450,6 +450,27 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
     }
     schedule_kick(s);
     return 0;
+}
+
+/* Moves specs[k] out of the array (which keeps a zeroed spec). */
+static int spec_from_array(void *data, size_t k, job_spec_t *spec, char *errmsg, size_t errlen)
+{
+    job_spec_t *specs = data;
+    (void)errmsg;
+    (void)errlen;
+    *spec = specs[k];
+    memset(&specs[k], 0, sizeof(specs[k]));
+    return 0;
+}
+
+int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
+                      char *errmsg, size_t errlen)
+{
+    int rc = sched_submit_each(s, n, spec_from_array, specs, jobs, bad, errmsg, errlen);
+    /* The specs the batch did not take (the taken ones are zeroed). */
+    for (size_t k = 0; rc != 0 && k < n; k++)
+        job_spec_dispose(&specs[k]);
+    return rc;
 }
 
 int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, size_t errlen)
