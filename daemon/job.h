@@ -280,6 +280,7 @@ struct job {
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
+    uint32_t id_hash;         /* the scheduler's: http_hash(id), kept for its table's rehash */
     const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */
     uint64_t seq;             /* submission order, the FIFO tie-break */
     size_t heap_index;        /* position in the scheduler's queue while queued */

@@ -404,8 +404,16 @@ static void submit_result(rpc_call_t *call, job_t **jobs, size_t n)
     jsonw_object_begin(&w);
     jsonw_key(&w, "ids");
     jsonw_array_begin(&w);
-    for (size_t i = 0; i < n; i++)
-        jsonw_string(&w, jobs[i]->id);
+    for (size_t i = 0; i < n; i++) {
+        /* A submitted job's id is the scheduler's 16 hex digits: nothing
+         * to escape, so it goes out quoted as it is. */
+        char quoted[sizeof(jobs[i]->id) + 2];
+        size_t len = strlen(jobs[i]->id);
+        quoted[0] = '"';
+        memcpy(quoted + 1, jobs[i]->id, len);
+        quoted[len + 1] = '"';
+        jsonw_raw(&w, quoted, len + 2);
+    }
     jsonw_array_end(&w);
     jsonw_object_end(&w);
 }

@@ -142,7 +142,7 @@ static void table_resize(sched_t *s, size_t n)
         job_t *j = s->table[i], *next;
         for (; j; j = next) {
             next = j->hnext;
-            size_t k = http_hash(j->id) & (n - 1);
+            size_t k = j->id_hash & (n - 1);
             j->hnext = t[k];
             t[k] = j;
         }
@@ -152,9 +152,19 @@ static void table_resize(sched_t *s, size_t n)
     s->table_size = n;
 }
 
+/* The bucket index of an id: the low 32 bits of its hash, which the job
+ * keeps (id_hash) so that a rehash does not hash every id again. */
+static uint32_t id_hash(const char *id)
+{
+    return (uint32_t)http_hash(id);
+}
+
 static void table_insert(sched_t *s, job_t *j)
 {
-    size_t k = http_hash(j->id) & (s->table_size - 1);
+    size_t k;
+
+    j->id_hash = id_hash(j->id);
+    k = j->id_hash & (s->table_size - 1);
     j->hnext = s->table[k];
     s->table[k] = j;
     if (++s->njobs > s->table_size)
@@ -165,7 +175,7 @@ static void table_insert(sched_t *s, job_t *j)
 
 static void table_remove(sched_t *s, job_t *j)
 {
-    job_t **pp = &s->table[http_hash(j->id) & (s->table_size - 1)];
+    job_t **pp = &s->table[j->id_hash & (s->table_size - 1)];
     while (*pp != j)
         pp = &(*pp)->hnext;
     *pp = j->hnext;
@@ -179,7 +189,7 @@ static void table_remove(sched_t *s, job_t *j)
 
 job_t *sched_find(sched_t *s, const char *id)
 {
-    job_t *j = s->table[http_hash(id) & (s->table_size - 1)];
+    job_t *j = s->table[id_hash(id) & (s->table_size - 1)];
     while (j && strcmp(j->id, id) != 0)
         j = j->hnext;
     return j;
