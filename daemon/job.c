@@ -617,7 +617,7 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
         snprintf(errmsg, errlen, "%s", err_str(ERR_NO_MEMORY));
         return ERR_NO_MEMORY;
     }
-    /* The sink, the timers and the rooms at the end are initialised by their
+    /* The sink, the timer and the rooms at the end are initialised by their
      * own init functions or written before they are read: clearing them too
      * would double the job's largest cost at creation. */
     memset(j, 0, offsetof(job_t, sink));

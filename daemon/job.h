@@ -365,7 +365,7 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
 size_t job_cost(const job_t *j);
 
 void job_incref(job_t *j);
-/* Returns 1 when the job was destroyed (its timers' close callbacks may still
+/* Returns 1 when the job was destroyed (its timer's close callback may still
  * be pending on the loop). */
 int job_decref(job_t *j);
 
