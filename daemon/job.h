@@ -60,6 +60,9 @@ typedef enum job_overwrite {
  * of up to about 90 characters fits: no allocation). */
 #define JOB_URL_ROOM 160
 
+/* A job clock (total_due, phase_due) that is not running. */
+#define JOB_NOT_DUE UINT64_MAX
+
 /* The most of a non-2xx response's body a file job keeps (error_body). */
 #define JOB_ERROR_BODY_MAX 4096
 
@@ -69,9 +72,10 @@ typedef struct job_header {
 } job_header_t;
 
 /* What to fetch and how. job_spec_init() fills in the defaults below; every
- * pointer is owned by the spec and released by job_spec_dispose(). */
+ * pointer is owned by the spec and released by job_spec_dispose(), except a
+ * borrowed url (url_borrowed). */
 typedef struct job_spec {
-    char *url;             /* required */
+    char *url;             /* required; owned, or borrowed when url_borrowed */
     char *method;          /* NULL means "GET" */
     job_header_t *headers; /* nheaders entries */
     size_t nheaders;
@@ -108,6 +112,10 @@ typedef struct job_spec {
     job_overwrite_t overwrite; /* JOB_OVERWRITE_DEFAULT */
     int mkdirs;                /* 0: the output's directory must exist */
     int resume;                /* 0: a failed file job leaves no partial file to resume */
+    /* url lies in a decoder's room (jobspec_decode_lent()) that lives only
+     * until job_create() returns: job_spec_dispose() never frees it, and
+     * job_create() shares or copies it (placed last: it fills padding) */
+    int url_borrowed;
 } job_spec_t;
 
 #define JOB_DEFAULT_CONNECT_TIMEOUT_MS    10000
@@ -275,12 +283,11 @@ struct job {
 
     /* private: the scheduler's and the job module's */
     unsigned refcnt;
+    uint32_t id_hash;         /* the scheduler's: http_hash(id), kept for its table's rehash */
     const job_env_t *env;     /* borrowed: the owner's, which outlives its jobs */
     uint64_t seq;             /* submission order, the FIFO tie-break */
     size_t heap_index;        /* position in the scheduler's queue while queued */
     size_t cost;              /* heap bytes the job holds while queued (job_cost()) */
-    int url_shared;           /* spec.url is url.href (borrowed), not a copy of its own */
-    job_phase_t phase;        /* written by job_set_phase() only */
     job_t *rprev, *rnext;     /* the scheduler's retained list */
     job_t *aprev, *anext;     /* the scheduler's list of all jobs, in submission order */
     job_t *hnext;             /* the scheduler's id hash chain */
@@ -291,47 +298,52 @@ struct job {
     tls_config_t *tls_config; /* owned reference once an https URL is involved */
     char *method;             /* owned: the current method; NULL means GET (a 303 changes it) */
     char *file_path;          /* owned: the confined output path until the job is done */
-    int body_dropped;         /* a redirect turned the request into a bodiless GET */
-    int cross_origin;         /* a redirect left the first origin: credentials dropped */
     dns_waiter_t dns_waiter;
-    int handles_open;     /* timers not yet closed */
+    uint64_t total_due;   /* loop time (ms) the total timeout comes; JOB_NOT_DUE: none */
+    uint64_t phase_due;   /* loop time (ms) the phase's timeout comes; JOB_NOT_DUE: none */
     uint64_t start_ms;    /* monotonic ms the job started */
     uint64_t finished_ms; /* loop time (ms) it finished, for retention */
     uint64_t phase_start_ms;
     uint64_t connect_start_ms;
     int retries_left;
-    int retried_stale;   /* this request already met a stale connection */
-    int force_new;       /* the next checkout must not reuse a connection */
-    int read_paused;     /* reading stopped for sink backpressure */
     int disposition;     /* what the response being read is for (job.c) */
     int redirect_status; /* status of the redirect being followed */
     int retry_status;    /* status of the response being retried */
     int last_retry_err;  /* the error that made the last retry */
+    job_phase_t phase;   /* written by job_set_phase() only */
     char *location;      /* owned: the response's Location */
     char *retry_after;   /* owned: the response's Retry-After */
 
     /* pause (job_pause(), job_resume()) */
-    int paused;           /* read-only: a client paused the job and has not resumed it */
-    int restart_on_drain; /* resumed from JOB_PH_PAUSED: restart once the sink is idle */
-    int resumed_held;     /* reading again on the connection it kept while paused */
     uint64_t paused_ms;   /* loop time of the pause, for the owner's keep bound */
     job_t *kprev, *knext; /* the scheduler's paused jobs that keep a connection */
+    int paused;           /* read-only: a client paused the job and has not resumed it */
 
     unsigned meta_used; /* bytes of meta[] in use */
+
+    /* private flags and counts of job.c, a byte each: job_t is allocated per job */
+    uint8_t url_shared;       /* spec.url is url.href (borrowed), not a copy of its own */
+    uint8_t body_dropped;     /* a redirect turned the request into a bodiless GET */
+    uint8_t cross_origin;     /* a redirect left the first origin: credentials dropped */
+    uint8_t handles_open;     /* handles (the timer) not yet closed */
+    uint8_t retried_stale;    /* this request already met a stale connection */
+    uint8_t force_new;        /* the next checkout must not reuse a connection */
+    uint8_t read_paused;      /* reading stopped for sink backpressure */
+    uint8_t restart_on_drain; /* resumed from JOB_PH_PAUSED: restart once the sink is idle */
+    uint8_t resumed_held;     /* reading again on the connection it kept while paused */
+    uint8_t no_resume;        /* the partial file was refused: start over from 0 */
+    uint8_t range_complete;   /* a 416 said the partial file is the whole: drop its body */
 
     char *content_range; /* owned: the response's Content-Range */
     char *if_range;      /* owned: the validator sent with Range, or NULL */
     uint64_t range_from; /* the Range start sent (0: none) */
     int64_t ims;         /* the If-Modified-Since sent (unix s; 0: none) */
-    int no_resume;       /* the partial file was refused: start over from 0 */
-    int range_complete;  /* a 416 said the partial file is the whole: drop its body */
 
     /* private, and not cleared when the job is created (job_create() clears
      * the struct up to here): each member is initialised by its own init
      * function, or written before it is read. */
     sink_t sink;                 /* owned */
-    uv_timer_t total_timer;      /* total timeout */
-    uv_timer_t phase_timer;      /* connect / first byte / idle / backoff */
+    uv_timer_t timer;            /* the earlier of total_due and phase_due (job.c) */
     char url_room[JOB_URL_ROOM]; /* the submitted URL's strings, when they fit (url_parse_into) */
     /* the room content_type, etag and last_modified take when they fit
      * (job.c, keep_meta()); they are owned heap strings otherwise */
@@ -339,7 +351,9 @@ struct job {
 };
 
 /* Creates a job that takes ownership of *spec (which is zeroed) — on failure
- * too. Validates the URL, method and headers; returns 0 with *out a new
+ * too. A borrowed url (spec->url_borrowed) is read during the call only:
+ * the job shares its parsed url.href when the text is already normalised,
+ * and copies it otherwise. Validates the URL, method and headers; returns 0 with *out a new
  * reference, or ERR_INVALID_REQUEST (errmsg says which field and why) or
  * ERR_NO_MEMORY. env is borrowed and must outlive the job. The job is not
  * queued: its owner does that (sched_submit()). */
@@ -351,7 +365,7 @@ int job_create(const job_env_t *env, job_spec_t *spec, job_t **out, char *errmsg
 size_t job_cost(const job_t *j);
 
 void job_incref(job_t *j);
-/* Returns 1 when the job was destroyed (its timers' close callbacks may still
+/* Returns 1 when the job was destroyed (its timer's close callback may still
  * be pending on the loop). */
 int job_decref(job_t *j);
 

@@ -485,54 +485,76 @@ static void submit_result(rpc_call_t *call, job_t **jobs, size_t n)
     jsonw_object_begin(&w);
     jsonw_key(&w, "ids");
     jsonw_array_begin(&w);
-    for (size_t i = 0; i < n; i++)
-        jsonw_string(&w, jobs[i]->id);
+    for (size_t i = 0; i < n; i++) {
+        /* A submitted job's id is the scheduler's 16 hex digits: nothing
+         * to escape, so it goes out quoted as it is. */
+        char quoted[sizeof(jobs[i]->id) + 2];
+        size_t len = strlen(jobs[i]->id);
+        quoted[0] = '"';
+        memcpy(quoted + 1, jobs[i]->id, len);
+        quoted[len + 1] = '"';
+        jsonw_raw(&w, quoted, len + 2);
+    }
     jsonw_array_end(&w);
     jsonw_object_end(&w);
+}
+
+/* The longest URL a submitted job's spec borrows from the batch's room
+ * instead of a heap copy of its own (a longer one is copied). */
+#define SUBMIT_URL_ROOM 2048
+
+/* The jobs of one submit call, decoded one at a time for sched_submit_each():
+ * each spec's url lies in room until its job_create() has shared or copied
+ * it, so one room serves the whole batch. */
+typedef struct submit_src {
+    const jsonr_t *r; /* borrowed: the call's parsed line */
+    uint32_t v;       /* the next job object */
+    char room[SUBMIT_URL_ROOM];
+} submit_src_t;
+
+static int next_spec(void *data, size_t k, job_spec_t *spec, char *err, size_t errlen)
+{
+    submit_src_t *src = data;
+    uint32_t v = src->v;
+
+    (void)k;
+    src->v = jsonr_next(src->r, v);
+    return jobspec_decode_lent(src->r, v, spec, src->room, sizeof(src->room), err, errlen);
 }
 
 static json_t *m_submit(rpc_call_t *call)
 {
     sched_t *s = &sess(call)->m->d->sched;
-    uint32_t arr = rpc_param(call, "jobs"), v;
-    size_t n = arr != JSONR_NONE ? jsonr_count(call->r, arr) : 0, decoded = 0;
-    job_spec_t *specs;
+    uint32_t arr = rpc_param(call, "jobs");
+    size_t n = arr != JSONR_NONE ? jsonr_count(call->r, arr) : 0;
+    submit_src_t src;
     job_t **jobs;
     char err[256];
     long bad = -1;
-    int rc = 0;
+    int rc;
 
     if (!is_type(call->r, arr, JSONR_ARRAY) || n == 0 || n > MAX_SUBMIT) {
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_params", NULL,
                        "params.jobs: an array of 1 to %d job objects is required", MAX_SUBMIT);
         return NULL;
     }
-    specs = mem_calloc(n, sizeof(*specs));
-    jobs = mem_calloc(n, sizeof(*jobs));
-    if (specs == NULL || jobs == NULL) {
+    /* The specs go straight into their jobs: only the jobs' pointers are
+     * kept for the answer. */
+    jobs = mem_alloc(n * sizeof(*jobs));
+    if (jobs == NULL) {
         rc = ERR_NO_MEMORY;
         snprintf(err, sizeof(err), "%s", err_str(rc));
-    }
-    for (v = jsonr_first(call->r, arr); rc == 0 && v != JSONR_NONE; v = jsonr_next(call->r, v)) {
-        rc = jobspec_decode_r(call->r, v, &specs[decoded], err, sizeof(err));
-        if (rc != 0)
-            bad = rc == ERR_NO_MEMORY ? -1 : (long)decoded;
-        decoded++;
-    }
-    if (rc != 0) {
-        /* Decoding failed at `decoded - 1`, which disposed its own spec. */
-        for (size_t i = 0; i + 1 < decoded; i++)
-            job_spec_dispose(&specs[i]);
     } else {
-        rc = sched_submit_many(s, specs, n, jobs, &bad, err, sizeof(err));
-        if (rc == 0)
-            submit_result(call, jobs, n);
+        src.r = call->r;
+        src.v = jsonr_first(call->r, arr);
+        rc = sched_submit_each(s, n, next_spec, &src, jobs, &bad, err, sizeof(err));
     }
-    mem_free(specs);
-    if (rc == ERR_INVALID_REQUEST && bad >= 0)
+    if (rc == 0)
+        submit_result(call, jobs, n);
+    else if (rc == ERR_INVALID_REQUEST && bad >= 0)
         rpc_call_error(call, RPC_INVALID_PARAMS, "invalid_request", spec_error_data(bad, err),
                        "job %ld: %s", bad, err);
-    else if (rc != 0)
+    else
         rpc_call_error(call, RPC_SERVER_ERROR, err_name(rc), NULL, "%s", err);
     mem_free(jobs);
     return NULL;

@@ -142,7 +142,7 @@ static void table_resize(sched_t *s, size_t n)
         job_t *j = s->table[i], *next;
         for (; j; j = next) {
             next = j->hnext;
-            size_t k = http_hash(j->id) & (n - 1);
+            size_t k = j->id_hash & (n - 1);
             j->hnext = t[k];
             t[k] = j;
         }
@@ -152,9 +152,19 @@ static void table_resize(sched_t *s, size_t n)
     s->table_size = n;
 }
 
+/* The bucket index of an id: the low 32 bits of its hash, which the job
+ * keeps (id_hash) so that a rehash does not hash every id again. */
+static uint32_t id_hash(const char *id)
+{
+    return (uint32_t)http_hash(id);
+}
+
 static void table_insert(sched_t *s, job_t *j)
 {
-    size_t k = http_hash(j->id) & (s->table_size - 1);
+    size_t k;
+
+    j->id_hash = id_hash(j->id);
+    k = j->id_hash & (s->table_size - 1);
     j->hnext = s->table[k];
     s->table[k] = j;
     if (++s->njobs > s->table_size)
@@ -165,7 +175,7 @@ static void table_insert(sched_t *s, job_t *j)
 
 static void table_remove(sched_t *s, job_t *j)
 {
-    job_t **pp = &s->table[http_hash(j->id) & (s->table_size - 1)];
+    job_t **pp = &s->table[j->id_hash & (s->table_size - 1)];
     while (*pp != j)
         pp = &(*pp)->hnext;
     *pp = j->hnext;
@@ -179,7 +189,7 @@ static void table_remove(sched_t *s, job_t *j)
 
 job_t *sched_find(sched_t *s, const char *id)
 {
-    job_t *j = s->table[http_hash(id) & (s->table_size - 1)];
+    job_t *j = s->table[id_hash(id) & (s->table_size - 1)];
     while (j && strcmp(j->id, id) != 0)
         j = j->hnext;
     return j;
@@ -415,18 +425,20 @@ static int reserve(sched_t *s, size_t n)
     return 0;
 }
 
-int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
+int sched_submit_each(sched_t *s, size_t n, sched_spec_cb next, void *data, job_t **jobs, long *bad,
                       char *errmsg, size_t errlen)
 {
-    size_t created = 0, consumed = 0;
+    size_t created = 0;
     int rc;
 
     *bad = -1;
     rc = accepting_check(s, n, errmsg, errlen);
     while (rc == 0 && created < n) {
+        job_spec_t spec;
+        rc = next(data, created, &spec, errmsg, errlen);
         /* job_create() takes the spec, whether it succeeds or not. */
-        rc = job_create(&s->env, &specs[created], &jobs[created], errmsg, errlen);
-        consumed++;
+        if (rc == 0)
+            rc = job_create(&s->env, &spec, &jobs[created], errmsg, errlen);
         if (rc == 0)
             created++;
         else if (rc != ERR_NO_MEMORY)
@@ -439,8 +451,6 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
     if (rc != 0) {
         for (size_t k = 0; k < created; k++)
             job_decref(jobs[k]);
-        for (size_t k = consumed; k < n; k++)
-            job_spec_dispose(&specs[k]);
         return rc;
     }
     for (size_t k = 0; k < n; k++) {
@@ -450,6 +460,27 @@ int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, lon
     }
     schedule_kick(s);
     return 0;
+}
+
+/* Moves specs[k] out of the array (which keeps a zeroed spec). */
+static int spec_from_array(void *data, size_t k, job_spec_t *spec, char *errmsg, size_t errlen)
+{
+    job_spec_t *specs = data;
+    (void)errmsg;
+    (void)errlen;
+    *spec = specs[k];
+    memset(&specs[k], 0, sizeof(specs[k]));
+    return 0;
+}
+
+int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
+                      char *errmsg, size_t errlen)
+{
+    int rc = sched_submit_each(s, n, spec_from_array, specs, jobs, bad, errmsg, errlen);
+    /* The specs the batch did not take (the taken ones are zeroed). */
+    for (size_t k = 0; rc != 0 && k < n; k++)
+        job_spec_dispose(&specs[k]);
+    return rc;
 }
 
 int sched_restore(sched_t *s, job_spec_t *spec, const char *id, char *errmsg, size_t errlen)

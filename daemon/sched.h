@@ -123,6 +123,21 @@ int sched_submit(sched_t *s, job_spec_t *spec, job_t **out, char *errmsg, size_t
 int sched_submit_many(sched_t *s, job_spec_t *specs, size_t n, job_t **jobs, long *bad,
                       char *errmsg, size_t errlen);
 
+/* Where sched_submit_each() takes a batch's specs from, in order: fills
+ * *spec with the k-th job's spec and returns 0, or returns
+ * ERR_INVALID_REQUEST (the k-th spec is at fault) or ERR_NO_MEMORY with
+ * errmsg filled in and *spec holding nothing. A spec it returns may borrow
+ * its url (url_borrowed) from memory that lives until its next call:
+ * job_create() never keeps it. */
+typedef int (*sched_spec_cb)(void *data, size_t k, job_spec_t *spec, char *errmsg, size_t errlen);
+
+/* sched_submit_many() with the specs made one at a time by next(data, k,
+ * ...), each going straight into its job: no array of specs, and a spec's
+ * borrowed url is read before the next is made. Same returns; on failure
+ * the specs made so far are released, and next is not called again. */
+int sched_submit_each(sched_t *s, size_t n, sched_spec_cb next, void *data, job_t **jobs, long *bad,
+                      char *errmsg, size_t errlen);
+
 /* Queues a job restored from the state file under its old id (ids from an
  * earlier run never collide with this run's). Same ownership and returns as
  * sched_submit(); an id already known is refused (ERR_INVALID_REQUEST). */

@@ -15,8 +15,11 @@
  *
  * Every string the spec keeps is copied with mem_strndup() and the header
  * array comes from mem_calloc(): job_spec_dispose() releases them with
- * mem_free(). Labels are copied into a jansson tree of their own, so the
- * job never shares memory with the request it came from.
+ * mem_free(). The one exception is the url of jobspec_decode_lent(), which
+ * is copied into the caller's room and marked borrowed (url_borrowed), so
+ * that a submitted job whose URL is already normalised costs no copy at
+ * all (job_create() shares or copies it before the room goes). Labels are copied into a jansson
+ * tree of their own, so the job never shares memory with the request it came from.
  */
 #include <limits.h>
 #include <math.h>
@@ -50,6 +53,8 @@ typedef struct decoder {
     const jsonr_t *r; /* borrowed: the parsed request */
     char *errbuf;     /* borrowed: may be NULL */
     size_t errlen;
+    char *room; /* borrowed: where the url goes when it fits (jobspec_decode_lent()); or NULL */
+    size_t roomlen;
 } decoder_t;
 
 typedef struct field field_t;
@@ -194,6 +199,25 @@ static int store_text(decoder_t *d, const field_t *f, uint32_t v, int allow_empt
 static int dec_string(decoder_t *d, const field_t *f, uint32_t v)
 {
     return store_text(d, f, v, 0);
+}
+
+/* The url: into the caller's room, borrowed, when it fits; else a heap copy. */
+static int dec_url(decoder_t *d, const field_t *f, uint32_t v)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = text_value(d, f->name, v, &s, &n);
+    if (rc != 0)
+        return rc;
+    if (n == 0)
+        return bad(d, f->name, "must not be empty");
+    if (n >= d->roomlen)
+        return store_text(d, f, v, 0);
+    memcpy(d->room, s, n);
+    d->room[n] = '\0';
+    d->spec->url = d->room;
+    d->spec->url_borrowed = 1;
+    return 0;
 }
 
 /* A string that may be empty: proxy ("" = direct) and no_proxy. The proxy
@@ -574,7 +598,7 @@ static int dec_overwrite(decoder_t *d, const field_t *f, uint32_t v)
 #define F(name)     name, sizeof(name) - 1
 
 static const field_t fields[] = {
-    {F("url"), dec_string, SPEC_OFF(url), 0, 0},
+    {F("url"), dec_url, SPEC_OFF(url), 0, 0},
     {F("method"), dec_method, 0, 0, 0},
     {F("headers"), dec_headers, 0, 0, 0},
     {F("body"), dec_body, 0, 0, 0},
@@ -677,7 +701,13 @@ static int decode_fields(decoder_t *d, uint32_t obj)
 
 int jobspec_decode_r(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *errbuf, size_t errlen)
 {
-    decoder_t d = {spec, r, errbuf, errlen};
+    return jobspec_decode_lent(r, v, spec, NULL, 0, errbuf, errlen);
+}
+
+int jobspec_decode_lent(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *room, size_t roomlen,
+                        char *errbuf, size_t errlen)
+{
+    decoder_t d = {spec, r, errbuf, errlen, room, room != NULL ? roomlen : 0};
     int rc;
     job_spec_init(spec);
     if (errbuf != NULL && errlen > 0)
@@ -696,7 +726,7 @@ int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsi
     /* The fields `set` changes, in the order of their JOBSPEC_SET_* bits. */
     static const char *const changeable[] = {"priority", "rate", "delay", "limit_rate"};
     const unsigned nchangeable = sizeof(changeable) / sizeof(changeable[0]);
-    decoder_t d = {to, r, errbuf, errlen};
+    decoder_t d = {to, r, errbuf, errlen, NULL, 0};
     members_t m;
     char shown[64];
 
@@ -746,7 +776,7 @@ int jobspec_decode(const json_t *obj, job_spec_t *spec, char *errbuf, size_t err
     if (rc == 0) {
         rc = jobspec_decode_r(&r, 0, spec, errbuf, errlen);
     } else {
-        decoder_t d = {spec, &r, errbuf, errlen};
+        decoder_t d = {spec, &r, errbuf, errlen, NULL, 0};
         memset(spec, 0, sizeof(*spec));
         no_memory(&d);
     }
@@ -762,7 +792,7 @@ int jobspec_decode_set(const json_t *params, job_spec_t *to, unsigned *which, ch
     if (rc == 0) {
         rc = jobspec_decode_set_r(&r, 0, to, which, errbuf, errlen);
     } else {
-        decoder_t d = {to, &r, errbuf, errlen};
+        decoder_t d = {to, &r, errbuf, errlen, NULL, 0};
         job_spec_init(to);
         *which = 0;
         no_memory(&d);

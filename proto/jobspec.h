@@ -21,6 +21,16 @@
  * a repeated key counts once, with its last value. */
 int jobspec_decode_r(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *errbuf, size_t errlen);
 
+/* jobspec_decode_r(), with the url copied into room (roomlen bytes,
+ * borrowed) when it fits: spec->url then points into room and
+ * spec->url_borrowed is set, and the spec must go to job_create() (which
+ * shares or copies the text) before room is reused or freed. A url that does
+ * not fit is a heap copy as in jobspec_decode_r(). The submit path lends one
+ * room to every job of a batch, so an already normalised URL costs no
+ * allocation. */
+int jobspec_decode_lent(const jsonr_t *r, uint32_t v, job_spec_t *spec, char *room, size_t roomlen,
+                        char *errbuf, size_t errlen);
+
 /* jobspec_decode_set() on the value params of the parsed text r. */
 int jobspec_decode_set_r(const jsonr_t *r, uint32_t params, job_spec_t *to, unsigned *which,
                          char *errbuf, size_t errlen);

@@ -657,8 +657,8 @@ static void cancel_in(job_phase_t phase)
     CHECK_STR(j->error_msg, "cancelled by request");
     CHECK(j->conn == NULL);
     CHECK(F.waiting == NULL);
-    CHECK(!uv_is_active((uv_handle_t *)&j->phase_timer));
-    CHECK(!uv_is_active((uv_handle_t *)&j->total_timer));
+    CHECK(!uv_is_active((uv_handle_t *)&j->timer));
+    CHECK(j->phase_due == JOB_NOT_DUE && j->total_due == JOB_NOT_DUE);
     CHECK_INT(f.owner.finished, 1);
     CHECK_INT(f.owner.events[JOB_EV_STARTED], phase == JOB_PH_QUEUED ? 0 : 1);
     CHECK_INT(f.stats.jobs_finished[STATS_RESULT_CANCELLED], 1);
