@@ -17,7 +17,7 @@
  * specs of up to about 100 bytes. */
 #define MAX_SUBMIT 10000
 #define MAX_LIST   1000
-/* Per client: an open wait costs about 250 bytes and a timer, a
+/* Per client: an open wait costs about 290 bytes and a timer, a
  * subscription is walked on every job event. */
 #define MAX_WAITS_PER_CLIENT 10000
 #define MAX_SUBS_PER_CLIENT  64
