@@ -11,58 +11,26 @@ Under ASan (build-asan) a job that kept the room would be a report in the
 log, which the clean stop checks.
 """
 
-import socket
-import threading
 import unittest
 
 from ctltest import ControlTestCase, spec
+from faultserver import FaultServer
 
 BATCH = 200
-
-
-class SilentServer:
-    """Accepts connections and never answers: a job there stays running."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-
-    def stop(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(5.0)
-        for c in self.conns:
-            c.close()
 
 
 class SubmitTest(ControlTestCase):
 
     def setUp(self):
-        self.srv = SilentServer()
+        self.srv = FaultServer().start()
         self.addCleanup(self.srv.stop)
-        # One job runs (it waits on the silent server forever); every other
+        # One job runs (it waits on /never, which never answers); every other
         # stays queued, so a submit's allocations are the submit's own.
         self.start_fetchd(["--max-running", 1, "--idle-timeout", 1], clean_stop=True,
                           download_dir=False, metrics=None)
         self.c = self.connect()
         self.base = "http://127.0.0.1:%d" % self.srv.port
-        first = self.c.result("submit", {"jobs": [spec(self.base + "/hold")]})["ids"][0]
+        first = self.c.result("submit", {"jobs": [spec(self.srv.url("/never"))]})["ids"][0]
         self.addCleanup(self.c.call, "cancel", {"id": first})
 
     def allocations(self):
