@@ -24,7 +24,9 @@
 /* After a burst of at least this many jobs has mostly left (a quarter
  * remains), the memory it took is handed back: the table and the heap
  * shrink as they empty, and the allocator returns its free pages to the
- * system at most once per SCHED_TRIM_EVERY_MS. */
+ * system at most once per SCHED_TRIM_EVERY_MS. The quarter that leaves
+ * after that trim is handed back too, once nothing is queued or running
+ * (at least a quarter of SCHED_TRIM_MIN_PEAK jobs). */
 #define SCHED_TRIM_MIN_PEAK 1024
 #define SCHED_TRIM_EVERY_MS 2000
 
@@ -181,6 +183,7 @@ static void table_remove(sched_t *s, job_t *j)
     *pp = j->hnext;
     j->hnext = NULL;
     s->njobs--;
+    s->left_jobs++;
     /* Shrink as the table empties, but never while sched_close() walks it. */
     if (s->accepting && s->table_size > SCHED_INITIAL_TABLE && s->njobs < s->table_size / 4)
         table_resize(s, s->table_size / 2);
@@ -588,6 +591,7 @@ static void trim_now(sched_t *s)
 {
     s->last_trim_ms = uv_now(s->loop);
     s->peak_jobs = s->njobs;
+    s->left_jobs = 0;
     s->trims++;
 #ifdef __GLIBC__
     malloc_trim(0);
@@ -603,10 +607,11 @@ static void on_trim_timer(uv_timer_t *t)
  * system; the timer rate-limits the trim (it walks the whole heap). */
 static void maybe_trim(sched_t *s)
 {
+    int burst = s->peak_jobs >= SCHED_TRIM_MIN_PEAK && s->njobs <= s->peak_jobs / 4;
+    int tail = s->left_jobs >= SCHED_TRIM_MIN_PEAK / 4 && s->nqueued == 0 && s->nrunning == 0;
     uint64_t now, due;
 
-    if (!s->accepting || s->peak_jobs < SCHED_TRIM_MIN_PEAK || s->njobs > s->peak_jobs / 4 ||
-        uv_is_active((uv_handle_t *)&s->trim_timer))
+    if (!s->accepting || !(burst || tail) || uv_is_active((uv_handle_t *)&s->trim_timer))
         return;
     now = uv_now(s->loop);
     due = s->last_trim_ms + SCHED_TRIM_EVERY_MS;

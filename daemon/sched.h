@@ -94,6 +94,7 @@ struct sched {
     uv_timer_t trim_timer; /* gives memory back once a burst has drained */
     uv_timer_t keep_timer; /* the keep bound of the first job on the keep list */
     size_t peak_jobs;      /* most jobs known since the last trim */
+    size_t left_jobs;      /* jobs forgotten since the last trim */
     uint64_t last_trim_ms; /* loop time of the last trim */
     int kick_active, handles_open;
 };

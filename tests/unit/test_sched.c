@@ -458,6 +458,51 @@ static void test_shrinks_after_burst(void)
     teardown(&f);
 }
 
+/* Runs the loop until the allocator has been trimmed again, or the guard
+ * fires; returns the trims counted. */
+static uint64_t run_until_trim(fixture_t *f, uint64_t trims)
+{
+    f->guard_fired = 0;
+    uv_timer_start(&f->guard, on_timer_flag, LOOP_TIMEOUT_MS, 0);
+    while (f->d.sched.trims == trims && !f->guard_fired)
+        uv_run(&f->d.loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->guard);
+    return f->d.sched.trims;
+}
+
+/* The trim comes when a quarter of the burst is left; the jobs that leave
+ * after it are handed back too, once nothing is queued or running. */
+static void test_trims_the_tail_of_a_burst(void)
+{
+    enum { N = 5000, TAIL = 1000 };
+    static job_spec_t specs[N];
+    static job_t *jobs[N];
+    fixture_t f;
+    char errmsg[256] = "";
+    uint64_t trims;
+    long bad;
+
+    setup(&f);
+    f.d.sched.max_running = 0;
+    f.d.sched.retain_jobs = 0;
+    small_specs(specs, N);
+    CHECK_INT(sched_submit_many(&f.d.sched, specs, N, jobs, &bad, errmsg, sizeof(errmsg)), 0);
+    trims = f.d.sched.trims;
+    for (size_t i = 0; i < N - TAIL; i++)
+        CHECK_INT(sched_cancel(&f.d.sched, jobs[i]), 0);
+    run_closes(&f); /* may already run the trim */
+    if (f.d.sched.trims == trims)
+        run_until_trim(&f, trims);
+    CHECK_INT(f.d.sched.trims, trims + 1);
+    CHECK_INT(f.d.sched.njobs, TAIL);
+    for (size_t i = N - TAIL; i < N; i++)
+        CHECK_INT(sched_cancel(&f.d.sched, jobs[i]), 0);
+    run_closes(&f);
+    CHECK_INT(f.d.sched.njobs, 0);
+    CHECK_INT(run_until_trim(&f, trims + 1), trims + 2);
+    teardown(&f);
+}
+
 /* Submits spec, which must be refused as invalid with a message starting
  * with field; checks that nothing of it is left once the loop has run. */
 static void expect_invalid(fixture_t *f, job_spec_t *spec, const char *field, uint64_t base)
@@ -790,5 +835,5 @@ TEST_MAIN(TEST_CASE(test_priority_then_fifo), TEST_CASE(test_find),
           TEST_CASE(test_queue_full), TEST_CASE(test_invalid_specs), TEST_CASE(test_retain_count),
           TEST_CASE(test_retain_age), TEST_CASE(test_forget_finished), TEST_CASE(test_shutdown),
           TEST_CASE(test_queue_bytes), TEST_CASE(test_shrinks_after_burst),
-          TEST_CASE(test_jobs_borrow_the_env), TEST_CASE(test_pause_queued_and_set_priority),
-          TEST_CASE(test_pause_running_keep_bound))
+          TEST_CASE(test_trims_the_tail_of_a_burst), TEST_CASE(test_jobs_borrow_the_env),
+          TEST_CASE(test_pause_queued_and_set_priority), TEST_CASE(test_pause_running_keep_bound))
