@@ -1,10 +1,11 @@
-/* libFuzzer target: jobspec_decode_r(), as the control socket calls it on
- * every submitted job (jsonr_parse() of one line, then one decode per job).
+/* libFuzzer target: jobspec_decode_r() and jobspec_decode_lent(), as the
+ * control socket calls them on every submitted job (jsonr_parse() of one
+ * line, then one decode per job).
  *
  * Checks what proto/jobspec.h promises:
  *  - the text decodes as the jansson tree of the same text does through
  *    jobspec_decode() (same result, same message, same spec), repeated keys
- *    included;
+ *    included, and as it does with its url lent a room (the submit path);
  *  - a refusal is ERR_INVALID_REQUEST or ERR_NO_MEMORY and releases
  *    everything;
  *  - a spec that decodes encodes (the state file's form), that form decodes
@@ -123,6 +124,36 @@ static void check_same_as_tree(const jsonr_t *r, const json_t *v)
     }
 }
 
+/* The submit path's decode, the url lent a room of roomlen bytes (as
+ * m_submit does): the same verdict, message and spec as an owned decode,
+ * the url in the room exactly when it is marked borrowed (when it fits),
+ * and dispose leaves the room alone (ASan: a free of the stack room). */
+static void check_lent_room(const jsonr_t *r, const json_t *v, size_t roomlen)
+{
+    char room[64];
+    job_spec_t a, b;
+    char ea[256], eb[256];
+    int ra = jobspec_decode_r(r, 0, &a, ea, sizeof(ea));
+    int rb = jobspec_decode_lent(r, 0, &b, room, roomlen, eb, sizeof(eb));
+
+    if (ra != rb || strcmp(ea, eb) != 0) {
+        fprintf(stderr, "fuzz_jobspec: owned: %d %s; lent: %d %s\n", ra, ea, rb, eb);
+        fail("an owned and a lent decode differ", v);
+    }
+    if (ra != 0)
+        return;
+    if (strcmp(a.url, b.url) != 0 || (b.url == room) != (b.url_borrowed != 0) ||
+        (strlen(a.url) < roomlen) != (b.url_borrowed != 0))
+        fail("the lent url is wrong, or in the room when it should not be", v);
+    json_t *ja = jobspec_encode_spec(&a), *jb = jobspec_encode_spec(&b);
+    if ((ja == NULL) != (jb == NULL) || (ja != NULL && !json_equal(ja, jb)))
+        fail("an owned and a lent decode give different specs", v);
+    json_decref(ja);
+    json_decref(jb);
+    job_spec_dispose(&a);
+    job_spec_dispose(&b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int installed;
@@ -142,6 +173,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (jsonr_parse(&r, (const char *)data, size) != 0)
         fail("jsonr refuses what jansson accepts", v);
     check_same_as_tree(&r, v);
+    check_lent_room(&r, v, 16); /* most urls do not fit: heap copies */
+    check_lent_room(&r, v, 64);
     rc0 = run_counted(&r, v);
     /* Fail each fetchd allocation in turn until a pass makes none fail. */
     for (long n = 1; n < 256; n++) {
