@@ -419,6 +419,18 @@ static void test_queue_bytes(void)
     teardown(&f);
 }
 
+/* Runs the loop until the allocator has been trimmed again, or the guard
+ * fires; returns the trims counted. */
+static uint64_t run_until_trim(fixture_t *f, uint64_t trims)
+{
+    f->guard_fired = 0;
+    uv_timer_start(&f->guard, on_timer_flag, LOOP_TIMEOUT_MS, 0);
+    while (f->d.sched.trims == trims && !f->guard_fired)
+        uv_run(&f->d.loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->guard);
+    return f->d.sched.trims;
+}
+
 static void test_shrinks_after_burst(void)
 {
     enum { N = 5000 };
@@ -448,26 +460,9 @@ static void test_shrinks_after_burst(void)
         CHECK_INT(f.d.sched.table_size, 1024);
         CHECK_INT(fetchd_blocks(), base);
         /* The allocator is trimmed once the burst is gone (rate-limited). */
-        f.guard_fired = 0;
-        uv_timer_start(&f.guard, on_timer_flag, LOOP_TIMEOUT_MS, 0);
-        while (f.d.sched.trims == trims && !f.guard_fired)
-            uv_run(&f.d.loop, UV_RUN_ONCE);
-        uv_timer_stop(&f.guard);
-        CHECK_INT(f.d.sched.trims, trims + 1);
+        CHECK_INT(run_until_trim(&f, trims), trims + 1);
     }
     teardown(&f);
-}
-
-/* Runs the loop until the allocator has been trimmed again, or the guard
- * fires; returns the trims counted. */
-static uint64_t run_until_trim(fixture_t *f, uint64_t trims)
-{
-    f->guard_fired = 0;
-    uv_timer_start(&f->guard, on_timer_flag, LOOP_TIMEOUT_MS, 0);
-    while (f->d.sched.trims == trims && !f->guard_fired)
-        uv_run(&f->d.loop, UV_RUN_ONCE);
-    uv_timer_stop(&f->guard);
-    return f->d.sched.trims;
 }
 
 /* The trim comes when a quarter of the burst is left; the jobs that leave
